@@ -1,0 +1,312 @@
+// Tile-sparse GEMM: Y[M,N] = act(X[M,K] * W^T + bias) + residual.
+//
+// W is N x K in the .ets tile layout, read straight from the uploaded file bytes:
+//   bitmap (u64 words, bit t set when tile t = br*grid_cols + bc is kept),
+//   row_offsets (u32[grid_rows+1]), values (kept tiles, TH*TW row-major each).
+// One CTA owns BM tokens x BN output features (a group of BN/TH block rows). It walks the tile
+// columns that are non-empty for any row of the group (the union list, built in shared memory
+// from the bitmap), loads the X slice of each such column once (cp.async, multi-stage), and
+// issues tensor-core mma (m16n8k16, fp32 accumulate) only for tiles that are present.
+// Requirements (checked on the host): K % 8 == 0, ldx % 8 == 0, 16-byte aligned X and values,
+// grid_cols <= ETS_MAX_GRID_COLS.
+#include <cuda_fp16.h>
+#include <cuda_bf16.h>
+
+#define ETS_BM 128
+#define ETS_BN 128
+#define ETS_KC 64
+#define ETS_STAGES 3
+#define ETS_THREADS 256
+#define ETS_MAX_GRID_COLS 512
+
+typedef unsigned int u32;
+typedef unsigned long long u64;
+
+namespace ets {
+
+__device__ __forceinline__ u32 smem_addr(const void* p) {
+    return static_cast<u32>(__cvta_generic_to_shared(p));
+}
+
+__device__ __forceinline__ void cp_async16(u32 dst, const void* src, bool valid) {
+    int n = valid ? 16 : 0;  // src-size 0 zero-fills the 16 bytes
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(n));
+}
+
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+__device__ __forceinline__ void ldmatrix_x4(u32 addr, u32& r0, u32& r1, u32& r2, u32& r3) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
+                 : "r"(addr));
+}
+
+template <bool BF16>
+__device__ __forceinline__ void mma16816(float* c, const u32* a, const u32* b) {
+    if (BF16) {
+        asm volatile(
+            "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+            "{%8,%9}, {%0,%1,%2,%3};\n"
+            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+    } else {
+        asm volatile(
+            "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+            "{%8,%9}, {%0,%1,%2,%3};\n"
+            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+    }
+}
+
+// A stage holds rows of KC=64 halves (8 chunks of 16 bytes); chunks are XOR-swizzled by row so
+// that ldmatrix over 8 consecutive rows hits 8 different bank groups.
+__device__ __forceinline__ u32 swz(int row, int chunk) {
+    return static_cast<u32>(row * (ETS_KC * 2) + ((chunk ^ (row & 7)) << 4));
+}
+
+template <typename T>
+struct Conv;
+template <>
+struct Conv<__half> {
+    static __device__ __forceinline__ float to_f(__half v) { return __half2float(v); }
+    static __device__ __forceinline__ __half from_f(float v) { return __float2half_rn(v); }
+};
+template <>
+struct Conv<__nv_bfloat16> {
+    static __device__ __forceinline__ float to_f(__nv_bfloat16 v) { return __bfloat162float(v); }
+    static __device__ __forceinline__ __nv_bfloat16 from_f(float v) { return __float2bfloat16_rn(v); }
+};
+
+// Not inlined: the epilogue is unrolled 64 times per thread and erff is long.
+__device__ __noinline__ float gelu_erf(float x) { return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f)); }
+
+template <int TH, int TW>
+struct Meta {
+    static constexpr int R = ETS_BN / TH;  // block rows per CTA group
+    unsigned char fullmask[ETS_MAX_GRID_COLS];
+    unsigned short jpos[ETS_MAX_GRID_COLS];
+    unsigned short ucol[ETS_MAX_GRID_COLS];
+    unsigned char umask[ETS_MAX_GRID_COLS];
+    unsigned short kidx[R][ETS_MAX_GRID_COLS];
+    u32 rowoff[R];
+    int U;
+};
+
+// Builds the union list of non-empty tile columns for the CTA's group of block rows, and for
+// every (row, union column) the kept-tile index relative to the row's start.
+template <int TH, int TW>
+__device__ void build_union(Meta<TH, TW>& md, const u64* bitmap, const u32* row_offsets,
+                            int grid_rows, int grid_cols, int br0) {
+    constexpr int R = Meta<TH, TW>::R;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    for (int bc = tid; bc < grid_cols; bc += ETS_THREADS) {
+        u32 m = 0;
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+            int br = br0 + r;
+            if (br < grid_rows) {
+                u64 t = static_cast<u64>(br) * grid_cols + bc;
+                if ((bitmap[t >> 6] >> (t & 63)) & 1ull) m |= 1u << r;
+            }
+        }
+        md.fullmask[bc] = static_cast<unsigned char>(m);
+    }
+    if (tid < R) md.rowoff[tid] = (br0 + tid < grid_rows) ? row_offsets[br0 + tid] : 0u;
+    __syncthreads();
+    const u32 lt = (1u << lane) - 1u;
+    if (warp == 0) {
+        int base = 0;
+        for (int c0 = 0; c0 < grid_cols; c0 += 32) {
+            int bc = c0 + lane;
+            u32 m = bc < grid_cols ? md.fullmask[bc] : 0u;
+            u32 bal = __ballot_sync(0xffffffffu, m != 0);
+            int pos = base + __popc(bal & lt);
+            if (m) {
+                md.ucol[pos] = static_cast<unsigned short>(bc);
+                md.umask[pos] = static_cast<unsigned char>(m);
+                md.jpos[bc] = static_cast<unsigned short>(pos);
+            }
+            base += __popc(bal);
+        }
+        if (lane == 0) md.U = base;
+    }
+    __syncthreads();
+    for (int r = warp; r < R; r += ETS_THREADS / 32) {
+        int base = 0;
+        for (int c0 = 0; c0 < grid_cols; c0 += 32) {
+            int bc = c0 + lane;
+            bool bit = bc < grid_cols && ((md.fullmask[bc] >> r) & 1u);
+            u32 bal = __ballot_sync(0xffffffffu, bit);
+            if (bit) md.kidx[r][md.jpos[bc]] = static_cast<unsigned short>(base + __popc(bal & lt));
+            base += __popc(bal);
+        }
+    }
+    __syncthreads();
+}
+
+template <typename T, int TH, int TW>
+__device__ __forceinline__ void load_stage(const Meta<TH, TW>& md, unsigned char* xs, unsigned char* ws,
+                                           const T* __restrict__ X, int M, int K, int ldx, int m0,
+                                           const T* __restrict__ values, int g) {
+    constexpr int S = ETS_KC / TW;      // union columns per stage
+    constexpr int CPT = TW / 8;         // 16-byte chunks per tile row
+    const int tid = threadIdx.x;
+    const int U = md.U;
+#pragma unroll
+    for (int i = 0; i < (ETS_BM * 8) / ETS_THREADS; ++i) {
+        int idx = tid + i * ETS_THREADS;
+        int row = idx >> 3, ch = idx & 7;
+        int s = ch / CPT, colin = (ch % CPT) * 8;
+        int j = g * S + s;
+        int m = m0 + row;
+        bool valid = j < U && m < M;
+        int k = valid ? static_cast<int>(md.ucol[j]) * TW + colin : 0;
+        valid = valid && k < K;
+        const T* src = valid ? X + static_cast<size_t>(m) * ldx + k : X;
+        cp_async16(smem_addr(xs + swz(row, ch)), src, valid);
+    }
+#pragma unroll
+    for (int i = 0; i < (ETS_BN * 8) / ETS_THREADS; ++i) {
+        int idx = tid + i * ETS_THREADS;
+        int n = idx >> 3, ch = idx & 7;
+        int s = ch / CPT, colin = (ch % CPT) * 8;
+        int j = g * S + s;
+        int r = n / TH, ir = n % TH;
+        if (j < U && ((md.umask[j] >> r) & 1u)) {
+            size_t tile = static_cast<size_t>(md.rowoff[r]) + md.kidx[r][j];
+            const T* src = values + tile * (TH * TW) + ir * TW + colin;
+            cp_async16(smem_addr(ws + swz(n, ch)), src, true);
+        }
+    }
+}
+
+template <typename T, bool BF16, int TH, int TW>
+__device__ void tile_gemm_body(const T* __restrict__ X, int M, int K, int ldx,
+                               const u64* __restrict__ bitmap, const u32* __restrict__ row_offsets,
+                               const T* __restrict__ values, int N, int grid_rows, int grid_cols,
+                               const float* __restrict__ bias, const T* __restrict__ residual,
+                               int gelu, T* __restrict__ Y, int ldy) {
+    constexpr int S = ETS_KC / TW;
+    constexpr int STAGE_BYTES = ETS_BM * ETS_KC * 2;
+    extern __shared__ __align__(128) unsigned char smem[];
+    unsigned char* xs = smem;
+    unsigned char* ws = smem + ETS_STAGES * STAGE_BYTES;
+    Meta<TH, TW>& md = *reinterpret_cast<Meta<TH, TW>*>(smem + 2 * ETS_STAGES * STAGE_BYTES);
+
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int warp_m = warp >> 2, warp_n = warp & 3;
+    const int n0 = blockIdx.x * ETS_BN, m0 = blockIdx.y * ETS_BM;
+    const int br0 = blockIdx.x * Meta<TH, TW>::R;
+
+    build_union<TH, TW>(md, bitmap, row_offsets, grid_rows, grid_cols, br0);
+    const int U = md.U;
+    const int G = (U + S - 1) / S;
+
+    float acc[4][4][4];
+#pragma unroll
+    for (int a = 0; a < 4; ++a)
+#pragma unroll
+        for (int b = 0; b < 4; ++b)
+#pragma unroll
+            for (int c = 0; c < 4; ++c) acc[a][b][c] = 0.f;
+
+#pragma unroll
+    for (int s = 0; s < ETS_STAGES - 1; ++s) {
+        if (s < G) load_stage<T, TH, TW>(md, xs + s * STAGE_BYTES, ws + s * STAGE_BYTES, X, M, K, ldx, m0, values, s);
+        cp_async_commit();
+    }
+    // Block rows of the warp's two n16 halves (feature offsets warp_n*32 + h*16).
+    const int r0 = (warp_n * 32) / TH, r1 = (warp_n * 32 + 16) / TH;
+
+    for (int g = 0; g < G; ++g) {
+        cp_async_wait<ETS_STAGES - 2>();
+        __syncthreads();
+        {
+            int gn = g + ETS_STAGES - 1;
+            if (gn < G) {
+                int b = gn % ETS_STAGES;
+                load_stage<T, TH, TW>(md, xs + b * STAGE_BYTES, ws + b * STAGE_BYTES, X, M, K, ldx, m0, values, gn);
+            }
+            cp_async_commit();
+        }
+        const int buf = g % ETS_STAGES;
+        const u32 xa = smem_addr(xs + buf * STAGE_BYTES);
+        const u32 wa = smem_addr(ws + buf * STAGE_BYTES);
+#pragma unroll
+        for (int kk = 0; kk < ETS_KC / 16; ++kk) {
+            const int j = g * S + (kk * 16) / TW;
+            const u32 um = j < U ? md.umask[j] : 0u;
+            const bool p0 = (um >> r0) & 1u, p1 = (um >> r1) & 1u;
+            if (!(p0 || p1)) continue;
+            u32 af[4][4];
+#pragma unroll
+            for (int mi = 0; mi < 4; ++mi) {
+                int row = warp_m * 64 + mi * 16 + (lane & 15);
+                int ch = kk * 2 + (lane >> 4);
+                ldmatrix_x4(xa + swz(row, ch), af[mi][0], af[mi][1], af[mi][2], af[mi][3]);
+            }
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                if (!(h == 0 ? p0 : p1)) continue;
+                u32 bf[4];
+                int mat = lane >> 3;
+                int n = warp_n * 32 + h * 16 + (lane & 7) + (mat >> 1) * 8;
+                int ch = kk * 2 + (mat & 1);
+                ldmatrix_x4(wa + swz(n, ch), bf[0], bf[1], bf[2], bf[3]);
+#pragma unroll
+                for (int mi = 0; mi < 4; ++mi) {
+                    mma16816<BF16>(acc[mi][h * 2 + 0], af[mi], &bf[0]);
+                    mma16816<BF16>(acc[mi][h * 2 + 1], af[mi], &bf[2]);
+                }
+            }
+        }
+    }
+    cp_async_wait<0>();
+
+    // Fused epilogue straight from the accumulators.
+#pragma unroll
+    for (int mi = 0; mi < 4; ++mi) {
+#pragma unroll
+        for (int ni = 0; ni < 4; ++ni) {
+            const int n = n0 + warp_n * 32 + ni * 8 + (lane & 3) * 2;
+#pragma unroll
+            for (int hh = 0; hh < 2; ++hh) {
+                const int m = m0 + warp_m * 64 + mi * 16 + (lane >> 2) + hh * 8;
+                if (m >= M) continue;
+#pragma unroll
+                for (int e = 0; e < 2; ++e) {
+                    const int nn = n + e;
+                    if (nn >= N) continue;
+                    float v = acc[mi][ni][hh * 2 + e];
+                    if (bias) v += bias[nn];
+                    if (gelu) v = gelu_erf(v);
+                    if (residual) v += Conv<T>::to_f(residual[static_cast<size_t>(m) * ldy + nn]);
+                    Y[static_cast<size_t>(m) * ldy + nn] = Conv<T>::from_f(v);
+                }
+            }
+        }
+    }
+}
+
+}  // namespace ets
+
+#define ETS_TILE_GEMM(NAME, T, BF, TH, TW)                                                        \
+    extern "C" __global__ void __launch_bounds__(ETS_THREADS, 2)                                   \
+        NAME(const T* X, int M, int K, int ldx, const u64* bitmap, const u32* row_offsets,         \
+             const T* values, int N, int grid_rows, int grid_cols, const float* bias,             \
+             const T* residual, int gelu, T* Y, int ldy) {                                         \
+        ets::tile_gemm_body<T, BF, TH, TW>(X, M, K, ldx, bitmap, row_offsets, values, N, grid_rows, \
+                                           grid_cols, bias, residual, gelu, Y, ldy);               \
+    }
+
+ETS_TILE_GEMM(tile_gemm_f16_16x16, __half, false, 16, 16)
+ETS_TILE_GEMM(tile_gemm_f16_32x32, __half, false, 32, 32)
+ETS_TILE_GEMM(tile_gemm_f16_64x64, __half, false, 64, 64)
+ETS_TILE_GEMM(tile_gemm_bf16_16x16, __nv_bfloat16, true, 16, 16)
+ETS_TILE_GEMM(tile_gemm_bf16_32x32, __nv_bfloat16, true, 32, 32)
+ETS_TILE_GEMM(tile_gemm_bf16_64x64, __nv_bfloat16, true, 64, 64)

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# All device checks and benchmarks of the CUDA runtime, for a machine with an NVIDIA GPU.
+# Run from the repository root after `cargo build --release --bin et-bench` (or with the binary
+# copied to target/release/). Prints the correctness results, the benchmark sweep and, last, a
+# short summary table. Logs go to $OUT/ when OUT is set.
+#
+# Env: CUDA_HOME (default /usr/local/cuda), ETS_BENCH_BIN, ETS_BENCH_ARGS (e.g. --quick),
+#      ETS_CHECK_ETS (extra .ets files to check, space separated; default .cuda/minilm.ets if present).
+set -uo pipefail
+
+bin="${ETS_BENCH_BIN:-target/release/et-bench}"
+export CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}"
+out="${OUT:-$(mktemp -d)}"
+
+# cudarc opens libnvrtc.so / libcublas.so by generic names (or .so.12 and older); a newer toolkit
+# ships only newer sonames, so link the generic names in a private folder.
+links="$(mktemp -d)"
+for lib in nvrtc cublas cublasLt; do
+    for d in "$CUDA_HOME/lib64" "$CUDA_HOME/lib" "$CUDA_HOME/targets/x86_64-linux/lib"; do
+        so="$(ls "$d"/lib$lib.so.[0-9]* 2>/dev/null | grep -v builtins | sort -V | tail -n1)"
+        if [ -n "$so" ]; then ln -sf "$so" "$links/lib$lib.so"; break; fi
+    done
+done
+export LD_LIBRARY_PATH="$links:$CUDA_HOME/lib64:${LD_LIBRARY_PATH:-}"
+export ETS_KERNEL_CACHE="${ETS_KERNEL_CACHE:-$(mktemp -d)}"
+export ETS_PTXAS="${ETS_PTXAS:-$CUDA_HOME/bin/ptxas}"
+
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu,power.draw --format=csv 2>&1 | tee "$out/nvidia-smi.txt"
+
+echo "== kernel resources (NVRTC + ptxas -v)"
+arch="$("$bin" resources --arch sm_90 >/dev/null 2>&1; echo sm_90)"
+"$bin" resources --arch "$arch" 2>&1 | tee "$out/resources.txt"
+
+extra=()
+for f in ${ETS_CHECK_ETS:-.cuda/minilm.ets}; do
+    [ -f "$f" ] && extra+=(--ets "$f")
+done
+"$bin" all "${extra[@]}" ${ETS_BENCH_ARGS:-} 2>&1 | tee "$out/et-bench.log"
+rc=${PIPESTATUS[0]}
+echo "et-bench exit code $rc"
+exit "$rc"

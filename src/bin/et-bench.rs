@@ -1,0 +1,347 @@
+//! et-bench: device checks and benchmarks of the CUDA runtime.
+//!
+//! - `et-bench all [--ets FILE]...`: correctness checks, then benchmarks, then a short table last.
+//! - `et-bench check [--ets FILE]...`: correctness only (exit code 1 on any failure).
+//! - `et-bench bench [--quick]`: benchmarks only.
+//! - `et-bench resources [--arch sm_90]`: NVRTC compile + `ptxas -v` report (no GPU needed).
+//! - `et-bench prepare-minilm --safetensors F --out F`: tile-prune a model's layer-0/1 weights with a
+//!   top-norm mask into a small `.ets` for the checks (no GPU needed).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use ets::format::{Dtype, EncodedTensor, EtsFile, EtsWriter, WriteOptions};
+use ets::runtime::cuda::bench::{self, GemmResult, Inputs, MaskMode};
+use ets::runtime::cuda::checks::{self, CheckResult};
+use ets::runtime::cuda::host::{top_norm_mask, Rng};
+use ets::runtime::cuda::{self, format_table, nvrtc, upload, CudaError, CudaRuntime, DeviceModel, Dispatcher};
+
+#[derive(Parser)]
+#[command(about = "Device checks and benchmarks of the ets CUDA runtime")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Checks, then benchmarks.
+    All {
+        /// Extra .ets files whose 2-D weights are checked.
+        #[arg(long)]
+        ets: Vec<PathBuf>,
+        /// Smaller benchmark sweep.
+        #[arg(long)]
+        quick: bool,
+    },
+    /// Correctness checks.
+    Check {
+        /// Extra .ets files whose 2-D weights are checked.
+        #[arg(long)]
+        ets: Vec<PathBuf>,
+    },
+    /// Benchmarks.
+    Bench {
+        /// Smaller sweep.
+        #[arg(long)]
+        quick: bool,
+    },
+    /// NVRTC compile and ptxas resource report.
+    Resources {
+        /// Target architecture.
+        #[arg(long, default_value = "sm_90")]
+        arch: String,
+    },
+    /// Tile-prune layer 0 and 1 of a safetensors BERT into a small .ets (CPU only).
+    PrepareMinilm {
+        /// Input model.safetensors.
+        #[arg(long)]
+        safetensors: PathBuf,
+        /// Output .ets.
+        #[arg(long)]
+        out: PathBuf,
+        /// Tile density to keep.
+        #[arg(long, default_value_t = 0.5)]
+        density: f64,
+        /// Tile edge.
+        #[arg(long, default_value_t = 16)]
+        tile: usize,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let r = match cli.cmd {
+        Cmd::All { ets, quick } => open().and_then(|rt| {
+            let ok = run_checks(&rt, &ets)?;
+            run_bench(&rt, quick)?;
+            Ok(ok)
+        }),
+        Cmd::Check { ets } => open().and_then(|rt| run_checks(&rt, &ets)),
+        Cmd::Bench { quick } => open().and_then(|rt| run_bench(&rt, quick).map(|_| true)),
+        Cmd::Resources { arch } => resources(&arch).map(|_| true),
+        Cmd::PrepareMinilm { safetensors, out, density, tile } => prepare(&safetensors, &out, density, tile).map(|_| true),
+    };
+    match r {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("et-bench: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn open() -> Result<CudaRuntime, CudaError> {
+    let rt = CudaRuntime::new(0)?;
+    println!("device: {} ({}, {} SMs), NVRTC {:?}", rt.name(), rt.arch(), rt.sm_count(), nvrtc::nvrtc_version()?);
+    Ok(rt)
+}
+
+fn resources(arch: &str) -> Result<(), CudaError> {
+    for r in cuda::compile_all_kernels(arch)? {
+        println!("{} for {arch}: {} entries, {} bytes PTX, {:.0} ms{}", r.file, r.entry_points.len(), r.ptx_bytes, r.millis,
+            if r.from_cache { " (cache)" } else { "" });
+        match nvrtc::ptxas_resources(&r) {
+            Ok(s) => print!("{s}"),
+            Err(e) => println!("  (no ptxas report: {e})"),
+        }
+    }
+    Ok(())
+}
+
+fn print_checks(results: &[CheckResult]) -> usize {
+    let mut fails = 0;
+    for c in results {
+        let ok = c.pass();
+        fails += usize::from(!ok);
+        println!(
+            "{} max_rel {:.2e} l2_rel {:.2e} nonfinite {}  {}",
+            if ok { "PASS" } else { "FAIL" },
+            c.err.max_rel,
+            c.err.l2_rel,
+            c.err.non_finite,
+            c.name
+        );
+    }
+    fails
+}
+
+fn run_checks(rt: &CudaRuntime, extra: &[PathBuf]) -> Result<bool, CudaError> {
+    let mut rng = Rng::fresh();
+    println!("== correctness (tolerance max_rel < {:.0e}, NaN never passes)", checks::TOLERANCE);
+    let mut all = checks::synthetic_suite(rt, &mut rng)?;
+    let dir = std::env::temp_dir().join(format!("et-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| CudaError::Invalid(format!("{}: {e}", dir.display())))?;
+    let path = dir.join("check.ets");
+    checks::write_check_file(&path, &mut rng)?;
+    let file = EtsFile::open(&path).map_err(|e| CudaError::Invalid(e.to_string()))?;
+    all.extend(checks::file_suite(rt, &mut rng, &file, 257)?);
+    for p in extra {
+        match EtsFile::open(p) {
+            Ok(f) => all.extend(checks::file_suite(rt, &mut rng, &f, 384)?),
+            Err(e) => println!("SKIP {}: {e}", p.display()),
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let fails = print_checks(&all);
+    let worst = all.iter().map(|c| c.err.max_rel).fold(0.0, f64::max);
+    println!("checks: {} run, {fails} failed, worst max_rel {worst:.2e}", all.len());
+    Ok(fails == 0)
+}
+
+/// A BERT-base-sized synthetic model (tile 16x16, density 0.5) for the upload measurement.
+fn upload_bench(rt: &CudaRuntime, rng: &mut Rng) -> Result<String, CudaError> {
+    let dir = std::env::temp_dir().join(format!("et-bench-up-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| CudaError::Invalid(e.to_string()))?;
+    let path = dir.join("upload.ets");
+    let fe = |e: ets::format::FormatError| CudaError::Invalid(e.to_string());
+    let mut w = EtsWriter::create(&path, WriteOptions { overwrite: true }).map_err(fe)?;
+    let base = rng.vec(3072 * 768, 0.05);
+    for layer in 0..12 {
+        for (i, (n, k)) in [(2304usize, 768usize), (768, 768), (3072, 768), (768, 3072)].iter().enumerate() {
+            let keep = rng.mask(n.div_ceil(16) * k.div_ceil(16), 0.5);
+            let enc = EncodedTensor::tile(*n, *k, &base[..n * k], 16, 16, &keep, Dtype::F16).map_err(fe)?;
+            w.add_tensor(&format!("up.{layer}.{i}.weight"), &enc).map_err(fe)?;
+        }
+    }
+    let cfg = serde_json::json!({});
+    w.finish(checks_config(), cfg, Default::default()).map_err(fe)?;
+    let file = EtsFile::open(&path).map_err(fe)?;
+    let model = DeviceModel::upload(rt, &file)?;
+    let st = model.stats();
+    let pinned = upload::pinned_copy_ms(rt, st.bytes)?;
+    let _ = std::fs::remove_dir_all(&dir);
+    let pin_gbps = st.bytes as f64 / (pinned * 1e6);
+    Ok(format!(
+        "upload: {:.1} MB in {:.2} ms = {:.1} GB/s ({}), plain pinned memcpy {:.2} ms = {:.1} GB/s, ratio {:.2}",
+        st.bytes as f64 / 1e6,
+        st.millis,
+        st.gbps(),
+        if st.registered { "registered mapping" } else { "pinned staging" },
+        pinned,
+        pin_gbps,
+        st.gbps() / pin_gbps
+    ))
+}
+
+fn checks_config() -> ets::format::ModelConfig {
+    ets::format::ModelConfig {
+        architecture: "bert".into(),
+        num_layers: 12,
+        hidden_size: 768,
+        num_heads: 12,
+        head_dim: 64,
+        heads_per_layer: vec![12; 12],
+        intermediate_size: 3072,
+        vocab_size: 1,
+        max_position_embeddings: 1,
+        type_vocab_size: 1,
+        layer_norm_eps: 1e-12,
+        activation: ets::format::Activation::Gelu,
+        num_labels: None,
+    }
+}
+
+fn run_bench(rt: &CudaRuntime, quick: bool) -> Result<(), CudaError> {
+    let mut rng = Rng::fresh();
+    println!("== ceilings");
+    let d2d = bench::d2d_gbps(rt, 1 << 30)?;
+    let tflops = bench::cublas_tflops(rt, &mut rng, 8192)?;
+    println!("device-to-device copy: {d2d:.0} GB/s (read+write); cuBLAS f16 8192^3: {tflops:.0} TFLOP/s");
+    let up = upload_bench(rt, &mut rng)?;
+    println!("{up}");
+    let tokens: &[usize] = if quick { &[128, 4096] } else { &[128, 4096, 16384] };
+    let shapes = [(2304usize, 768usize), (768, 768), (3072, 768), (768, 3072)];
+    let densities = [1.0, 0.5, 0.3, 0.2, 0.1];
+    let mut results: Vec<GemmResult> = Vec::new();
+    println!("== gemm sweep (f16, tile ms vs cuBLAS dense ms, ratio = cuBLAS/tile)");
+    for &(n, k) in &shapes {
+        let inp = Inputs::new(rt, &mut rng, *tokens.last().unwrap_or(&4096), n, k)?;
+        for &t in tokens {
+            for &d in &densities {
+                let r = bench::bench_one(rt, &mut rng, &inp, t, 16, d, MaskMode::Random)?;
+                print_result(&r, d2d);
+                results.push(r);
+            }
+            if t >= 4096 {
+                for &d in &[0.5, 0.2, 0.1] {
+                    let r = bench::bench_one(rt, &mut rng, &inp, t, 16, d, MaskMode::Grouped)?;
+                    print_result(&r, d2d);
+                    results.push(r);
+                }
+                if !quick && (n, k) == (3072, 768) {
+                    for tile in [32, 64] {
+                        for &d in &[1.0, 0.5, 0.2] {
+                            let r = bench::bench_one(rt, &mut rng, &inp, t, tile, d, MaskMode::Random)?;
+                            print_result(&r, d2d);
+                            results.push(r);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    dispatch_demo(rt, &mut rng)?;
+    summary(&results, d2d, &up);
+    Ok(())
+}
+
+fn print_result(r: &GemmResult, d2d: f64) {
+    println!(
+        "M{:>6} {:>4}->{:<4} tile{:<2} {:?} d{:.2}: tile {:.4} ms, cublas {:.4} ms, ratio {:.2}x, tile {:.0} GB/s ({:.0}% of copy)",
+        r.tokens, r.k, r.n, r.tile, r.mode, r.density, r.tile_ms, r.cublas_ms, r.ratio(), r.tile_gbps(),
+        100.0 * r.tile_gbps() / d2d
+    );
+}
+
+fn dispatch_demo(rt: &CudaRuntime, rng: &mut Rng) -> Result<(), CudaError> {
+    println!("== dispatch table (one layer, tiles 16x16, random masks, 4096 tokens)");
+    let d = Dispatcher::new();
+    let mut keep_alive = Vec::new();
+    for (name, n, k, dens) in [("q.weight", 768usize, 768usize, 0.5), ("ffn_in.weight", 3072, 768, 0.2), ("ffn_out.weight", 768, 3072, 0.1), ("qkv.weight", 2304, 768, 1.0)] {
+        let w = rng.vec(n * k, 0.05);
+        let keep = top_norm_mask(&w, n, k, 16, 16, dens);
+        let h = ets::runtime::cuda::host::HostTiles::from_dense(&w, n, k, 16, 16, &keep, cuda::ElemType::F16)
+            .map_err(CudaError::Invalid)?;
+        let (b, r, v) = (rt.upload(&h.bitmap)?, rt.upload(&h.row_offsets)?, rt.upload(&h.values)?);
+        let view = cuda::TileDeviceView {
+            bitmap: b.ptr(), row_offsets: r.ptr(), values: v.ptr(), rows: n, cols: k, th: 16, tw: 16,
+            grid_rows: h.grid_rows, grid_cols: h.grid_cols, kept: h.kept(), elem: cuda::ElemType::F16,
+            has_element_bitmaps: false,
+        };
+        d.decide(rt, name, &cuda::LinearWeight::Tile(view), 4096)?;
+        keep_alive.push((b, r, v));
+    }
+    print!("{}", format_table(&d.table()));
+    Ok(())
+}
+
+fn summary(results: &[GemmResult], d2d: f64, up: &str) {
+    println!("== SUMMARY (speed vs cuBLAS dense f16 = cuBLAS ms / tile ms; random tile masks unless noted)");
+    println!("{up}");
+    println!("{:<12} {:>7} {:>8} {:>8} {:>8} {:>6} {:>12}", "shape", "density", "M=128", "M=4096", "M=16384", "goal", "grouped 4096");
+    let shapes = [(768usize, 2304usize), (768, 768), (768, 3072), (3072, 768)];
+    for &(k, n) in &shapes {
+        for &d in &[1.0, 0.5, 0.3, 0.2, 0.1] {
+            let find = |t: usize, mode: MaskMode| {
+                results
+                    .iter()
+                    .find(|r| r.k == k && r.n == n && r.tokens == t && r.tile == 16 && r.mode == mode && (r.density - d).abs() < 0.02)
+                    .map(|r| format!("{:.2}x", r.ratio()))
+                    .unwrap_or_else(|| "-".into())
+            };
+            let g = bench::goal(d).map(|g| format!("{g:.1}x")).unwrap_or_else(|| "-".into());
+            println!(
+                "{:<12} {:>7.1} {:>8} {:>8} {:>8} {:>6} {:>12}",
+                format!("{k}->{n}"),
+                d,
+                find(128, MaskMode::Random),
+                find(4096, MaskMode::Random),
+                find(16384, MaskMode::Random),
+                g,
+                find(4096, MaskMode::Grouped)
+            );
+        }
+    }
+    let bw: Vec<String> = results
+        .iter()
+        .filter(|r| r.tokens == 128 && r.tile == 16 && r.mode == MaskMode::Random && (r.density - 0.5).abs() < 0.02)
+        .map(|r| format!("{}->{}: {:.0}%", r.k, r.n, 100.0 * r.tile_gbps() / d2d))
+        .collect();
+    println!("M=128 tile-kernel bandwidth vs copy ceiling {d2d:.0} GB/s at d0.5: {}", bw.join(", "));
+}
+
+fn prepare(src: &PathBuf, out: &PathBuf, density: f64, tile: usize) -> Result<(), CudaError> {
+    let bytes = std::fs::read(src).map_err(|e| CudaError::Invalid(format!("{}: {e}", src.display())))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| CudaError::Invalid(format!("{}: {e}", src.display())))?;
+    let fe = |e: ets::format::FormatError| CudaError::Invalid(e.to_string());
+    let mut w = EtsWriter::create(out, WriteOptions { overwrite: true }).map_err(fe)?;
+    let mut names: Vec<String> = st.names().into_iter().filter(|n| n.contains("layer.0.") || n.contains("layer.1.")).cloned().collect();
+    names.sort();
+    let mut count = 0;
+    for name in names {
+        let t = st.tensor(&name).map_err(|e| CudaError::Invalid(format!("{name}: {e}")))?;
+        if t.dtype() != safetensors::Dtype::F32 {
+            continue;
+        }
+        let data: Vec<f32> = t.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        let shape = t.shape().to_vec();
+        let enc = match shape.as_slice() {
+            [n, k] if name.ends_with(".weight") => {
+                let keep = top_norm_mask(&data, *n, *k, tile, tile, density);
+                count += 1;
+                EncodedTensor::tile(*n, *k, &data, tile, tile, &keep, Dtype::F16)
+            }
+            [n] if name.ends_with(".bias") => EncodedTensor::dense(vec![*n as u64], Dtype::F32, &data),
+            _ => continue,
+        }
+        .map_err(fe)?;
+        w.add_tensor(&name, &enc).map_err(fe)?;
+    }
+    w.finish(checks_config(), serde_json::json!({"prune": "top-norm tiles", "density": density}), Default::default())
+        .map_err(fe)?;
+    println!("wrote {} ({count} tile-pruned weights)", out.display());
+    Ok(())
+}

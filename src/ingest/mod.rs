@@ -1,0 +1,267 @@
+//! Reading source models (safetensors + config.json, ONNX) into canonical BERT tensors.
+//!
+//! [`open_source`] picks a reader by file extension (or content) and returns a [`ModelSource`]:
+//! the model's configuration, the canonical tensor names it has (see [`crate::format::names`]),
+//! and one tensor at a time as f32 in canonical layout (linear weights `[out, in]`). Readers map
+//! the file and decode a tensor only when asked, so a converter never holds the whole model.
+
+mod config;
+mod error;
+mod onnx;
+mod safetensors_src;
+pub mod synth;
+mod synth_onnx;
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use crate::format::names::{self, LayerTensor};
+use crate::format::{ModelConfig, Provenance};
+
+pub use error::IngestError;
+pub use onnx::OnnxSource;
+pub use safetensors_src::SafetensorsSource;
+
+/// Options for [`open_source`].
+#[derive(Debug, Clone, Default)]
+pub struct IngestOptions {
+    /// A Hugging Face `config.json` to use instead of the one beside the model.
+    pub config: Option<PathBuf>,
+    /// A `tokenizer.json` or `vocab.txt` to use instead of the one beside the model.
+    pub tokenizer: Option<PathBuf>,
+}
+
+/// One tensor in canonical layout, as f32.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SourceTensor {
+    /// Canonical shape, e.g. `[out, in]` for a linear weight.
+    pub shape: Vec<usize>,
+    /// Row-major values.
+    pub data: Vec<f32>,
+}
+
+/// The tokenizer files found for a model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenizerBlob {
+    /// `tokenizer.json` or `vocab.txt`.
+    pub format: String,
+    /// The file's bytes.
+    pub bytes: Vec<u8>,
+}
+
+/// A source model read as canonical BERT tensors.
+pub trait ModelSource {
+    /// The architecture (`heads_per_layer` is `[num_heads; num_layers]`).
+    fn config(&self) -> &ModelConfig;
+    /// Canonical names present, in canonical order: embeddings, layers 0.. in
+    /// [`LayerTensor::ALL`] order, pooler, classifier.
+    fn tensor_names(&self) -> Vec<String>;
+    /// Decodes one tensor as f32 in canonical layout.
+    fn load(&self, name: &str) -> Result<SourceTensor, IngestError>;
+    /// Source file name, its SHA-256, and this converter's name and version.
+    fn provenance(&self) -> Provenance;
+    /// The tokenizer found beside the model or given in the options.
+    fn tokenizer(&self) -> Option<TokenizerBlob>;
+}
+
+/// Opens a `.safetensors` (with its `config.json`) or `.onnx` model.
+pub fn open_source(
+    path: &Path,
+    opts: &IngestOptions,
+) -> Result<Box<dyn ModelSource + Send + Sync>, IngestError> {
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(|e| e.to_ascii_lowercase());
+    match ext.as_deref() {
+        Some("safetensors") => Ok(Box::new(SafetensorsSource::open(path, opts)?)),
+        Some("onnx") => Ok(Box::new(OnnxSource::open(path, opts)?)),
+        _ => {
+            // No telling extension: a safetensors file starts with a little-endian header length
+            // followed by `{`; anything else is tried as ONNX protobuf.
+            let mut head = [0u8; 9];
+            let n = read_prefix(path, &mut head)?;
+            if n == 9 && head[8] == b'{' {
+                Ok(Box::new(SafetensorsSource::open(path, opts)?))
+            } else if n > 0 && matches!(head[0], 0x08 | 0x12 | 0x1a | 0x22 | 0x3a | 0x42) {
+                Ok(Box::new(OnnxSource::open(path, opts)?))
+            } else {
+                Err(IngestError::UnknownFormat {
+                    path: path.to_path_buf(),
+                })
+            }
+        }
+    }
+}
+
+fn read_prefix(path: &Path, buf: &mut [u8]) -> Result<usize, IngestError> {
+    use std::io::Read;
+    let mut f = File::open(path).map_err(|e| IngestError::io(path, e))?;
+    let mut n = 0;
+    while n < buf.len() {
+        let got = f
+            .read(&mut buf[n..])
+            .map_err(|e| IngestError::io(path, e))?;
+        if got == 0 {
+            break;
+        }
+        n += got;
+    }
+    Ok(n)
+}
+
+/// Maps a file read-only.
+pub(crate) fn map_file(path: &Path) -> Result<memmap2::Mmap, IngestError> {
+    let file = File::open(path).map_err(|e| IngestError::io(path, e))?;
+    // SAFETY: the map is read-only; a concurrent writer could change the bytes under us, which
+    // can give wrong values but not memory unsafety in the byte-slice readers used here.
+    unsafe { memmap2::Mmap::map(&file) }.map_err(|e| IngestError::io(path, e))
+}
+
+/// Provenance for a source file: its name, the SHA-256 of its bytes, and this converter.
+pub(crate) fn provenance_of(path: &Path, bytes: &[u8]) -> Provenance {
+    let digest = Sha256::digest(bytes);
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    Provenance {
+        source_name: path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        source_sha256: hex,
+        converter: format!("ets {}", env!("CARGO_PKG_VERSION")),
+    }
+}
+
+/// Finds the tokenizer: the given file, else `tokenizer.json`, else `vocab.txt` beside the model.
+pub(crate) fn find_tokenizer(
+    model: &Path,
+    opts: &IngestOptions,
+) -> Result<Option<TokenizerBlob>, IngestError> {
+    let read = |p: &Path, format: &str| -> Result<TokenizerBlob, IngestError> {
+        let bytes = std::fs::read(p).map_err(|e| IngestError::io(p, e))?;
+        Ok(TokenizerBlob {
+            format: format.to_string(),
+            bytes,
+        })
+    };
+    if let Some(p) = &opts.tokenizer {
+        let is_vocab = p.extension().is_some_and(|e| e.eq_ignore_ascii_case("txt"));
+        let format = if is_vocab {
+            "vocab.txt"
+        } else {
+            "tokenizer.json"
+        };
+        return read(p, format).map(Some);
+    }
+    let dir = model.parent().unwrap_or_else(|| Path::new("."));
+    for format in ["tokenizer.json", "vocab.txt"] {
+        let p = dir.join(format);
+        if p.is_file() {
+            return read(&p, format).map(Some);
+        }
+    }
+    Ok(None)
+}
+
+/// Canonical names in canonical order for a model with `layers` layers.
+pub(crate) fn canonical_names(layers: usize, pooler: bool, classifier: bool) -> Vec<String> {
+    let mut out: Vec<String> = [
+        names::WORD_EMBEDDINGS,
+        names::POSITION_EMBEDDINGS,
+        names::TOKEN_TYPE_EMBEDDINGS,
+        names::EMBEDDINGS_LN_WEIGHT,
+        names::EMBEDDINGS_LN_BIAS,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    for layer in 0..layers {
+        out.extend(LayerTensor::ALL.iter().map(|t| t.name(layer)));
+    }
+    if pooler {
+        out.push(names::POOLER_WEIGHT.to_string());
+        out.push(names::POOLER_BIAS.to_string());
+    }
+    if classifier {
+        out.push(names::CLASSIFIER_WEIGHT.to_string());
+        out.push(names::CLASSIFIER_BIAS.to_string());
+    }
+    out
+}
+
+/// The shape a canonical tensor must have under `cfg`, or `None` for an unknown name.
+pub(crate) fn expected_shape(cfg: &ModelConfig, name: &str) -> Option<Vec<usize>> {
+    let h = cfg.hidden_size as usize;
+    let attn = (cfg.num_heads * cfg.head_dim) as usize;
+    let ffn = cfg.intermediate_size as usize;
+    let fixed = match name {
+        names::WORD_EMBEDDINGS => Some(vec![cfg.vocab_size as usize, h]),
+        names::POSITION_EMBEDDINGS => Some(vec![cfg.max_position_embeddings as usize, h]),
+        names::TOKEN_TYPE_EMBEDDINGS => Some(vec![cfg.type_vocab_size as usize, h]),
+        names::EMBEDDINGS_LN_WEIGHT | names::EMBEDDINGS_LN_BIAS => Some(vec![h]),
+        names::POOLER_WEIGHT => Some(vec![h, h]),
+        names::POOLER_BIAS => Some(vec![h]),
+        names::CLASSIFIER_WEIGHT => cfg.num_labels.map(|n| vec![n as usize, h]),
+        names::CLASSIFIER_BIAS => cfg.num_labels.map(|n| vec![n as usize]),
+        _ => None,
+    };
+    if fixed.is_some() {
+        return fixed;
+    }
+    let rest = name.strip_prefix("layers.")?;
+    let (idx, suffix) = rest.split_once('.')?;
+    let layer: usize = idx.parse().ok()?;
+    if layer >= cfg.num_layers as usize {
+        return None;
+    }
+    let t = LayerTensor::ALL.iter().find(|t| t.suffix() == suffix)?;
+    Some(match t {
+        LayerTensor::QueryWeight | LayerTensor::KeyWeight | LayerTensor::ValueWeight => {
+            vec![attn, h]
+        }
+        LayerTensor::QueryBias | LayerTensor::KeyBias | LayerTensor::ValueBias => vec![attn],
+        LayerTensor::OutputWeight => vec![h, attn],
+        LayerTensor::IntermediateWeight => vec![ffn, h],
+        LayerTensor::IntermediateBias => vec![ffn],
+        LayerTensor::FfnOutputWeight => vec![h, ffn],
+        LayerTensor::OutputBias
+        | LayerTensor::AttentionLnWeight
+        | LayerTensor::AttentionLnBias
+        | LayerTensor::FfnOutputBias
+        | LayerTensor::FfnLnWeight
+        | LayerTensor::FfnLnBias => vec![h],
+    })
+}
+
+/// Checks that every name in `wanted` is present with the shape `cfg` implies; lists all problems.
+pub(crate) fn check_shapes(
+    path: &Path,
+    cfg: &ModelConfig,
+    wanted: &[String],
+    shape_of: impl Fn(&str) -> Option<(String, Vec<usize>)>,
+) -> Result<(), IngestError> {
+    let mut problems = Vec::new();
+    for name in wanted {
+        let Some(expected) = expected_shape(cfg, name) else {
+            problems.push(format!("{name}: not a tensor of this configuration"));
+            continue;
+        };
+        match shape_of(name) {
+            None => problems.push(format!("{name}: missing (expected shape {expected:?})")),
+            Some((source, shape)) if shape != expected => problems.push(format!(
+                "{name} (source {source}): shape {shape:?}, expected {expected:?}"
+            )),
+            Some(_) => {}
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(IngestError::Shapes {
+            path: path.to_path_buf(),
+            problems,
+        })
+    }
+}

@@ -1,0 +1,450 @@
+//! The BERT forward pass on the CPU, straight from a mapped `.ets` file.
+
+use rayon::prelude::*;
+
+use crate::format::names::{self, LayerTensor};
+use crate::format::{EtsFile, FormatError, ModelConfig, TensorView};
+use crate::runtime::{
+    Encoder, EncoderOutput, ForwardOptions, RuntimeError, TokenBatch,
+};
+
+use super::linear::{tensor_row, Linear};
+use super::ops::{activate, add_into, attention, LayerNorm};
+
+/// One encoder layer's weights.
+struct Layer<'f> {
+    heads: usize,
+    /// Q, K, V projections; absent when every head of the layer was pruned.
+    qkv: Option<[Linear<'f>; 3]>,
+    /// Attention output projection (absent with zero heads: then only its bias remains).
+    out: Option<Linear<'f>>,
+    out_bias: Vec<f32>,
+    ln1: LayerNorm,
+    intermediate: Linear<'f>,
+    ffn_out: Linear<'f>,
+    ln2: LayerNorm,
+}
+
+/// The CPU reference runtime over a borrowed `.ets` file.
+///
+/// Weights stay in the mapped file in their stored encoding and dtype; only biases and LayerNorm
+/// parameters are copied out as f32.
+pub struct CpuEncoder<'f> {
+    config: ModelConfig,
+    hidden: usize,
+    word: TensorView<'f>,
+    position: TensorView<'f>,
+    token_type: TensorView<'f>,
+    embeddings_ln: LayerNorm,
+    layers: Vec<Layer<'f>>,
+    pooler: Option<Linear<'f>>,
+    classifier: Option<Linear<'f>>,
+}
+
+impl std::fmt::Debug for CpuEncoder<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CpuEncoder")
+            .field("layers", &self.layers.len())
+            .field("hidden", &self.hidden)
+            .finish_non_exhaustive()
+    }
+}
+
+fn get<'f>(file: &'f EtsFile, name: &str) -> Result<TensorView<'f>, RuntimeError> {
+    file.tensor(name).map_err(|e| match e {
+        FormatError::MissingTensor { .. } => RuntimeError::MissingTensor {
+            name: name.to_string(),
+        },
+        other => RuntimeError::Format(other),
+    })
+}
+
+fn vector(file: &EtsFile, name: &str, len: usize) -> Result<Vec<f32>, RuntimeError> {
+    let v = get(file, name)?;
+    if v.shape != [len as u64] {
+        return Err(RuntimeError::BadShape {
+            name: name.to_string(),
+            expected: vec![len as u64],
+            actual: v.shape.to_vec(),
+        });
+    }
+    Ok(v.to_dense_f32())
+}
+
+fn table<'f>(
+    file: &'f EtsFile,
+    name: &str,
+    rows: usize,
+    hidden: usize,
+) -> Result<TensorView<'f>, RuntimeError> {
+    let v = get(file, name)?;
+    let expected = vec![rows as u64, hidden as u64];
+    if v.shape != expected.as_slice() {
+        return Err(RuntimeError::BadShape {
+            name: name.to_string(),
+            expected,
+            actual: v.shape.to_vec(),
+        });
+    }
+    Ok(v)
+}
+
+fn layer_norm(
+    file: &EtsFile,
+    w: &str,
+    b: &str,
+    hidden: usize,
+    eps: f64,
+) -> Result<LayerNorm, RuntimeError> {
+    Ok(LayerNorm {
+        weight: vector(file, w, hidden)?,
+        bias: vector(file, b, hidden)?,
+        eps: eps as f32,
+    })
+}
+
+fn linear<'f>(
+    file: &'f EtsFile,
+    weight: &str,
+    bias: Option<&str>,
+    n: usize,
+    k: usize,
+) -> Result<Linear<'f>, RuntimeError> {
+    let b = match bias {
+        Some(b) => Some(vector(file, b, n)?),
+        None => None,
+    };
+    Linear::new(get(file, weight)?, n, k, b)
+}
+
+impl<'f> CpuEncoder<'f> {
+    /// Checks the file's tensors against its model configuration and prepares the layers.
+    pub fn new(file: &'f EtsFile) -> Result<CpuEncoder<'f>, RuntimeError> {
+        let c = file.model().clone();
+        let h = c.hidden_size as usize;
+        if c.heads_per_layer.len() != c.num_layers as usize {
+            return Err(RuntimeError::BadConfig(format!(
+                "heads_per_layer has {} entries for {} layers",
+                c.heads_per_layer.len(),
+                c.num_layers
+            )));
+        }
+        if h == 0 || c.head_dim == 0 {
+            return Err(RuntimeError::BadConfig(
+                "hidden_size and head_dim must be positive".to_string(),
+            ));
+        }
+        let word = table(file, names::WORD_EMBEDDINGS, c.vocab_size as usize, h)?;
+        let position = table(
+            file,
+            names::POSITION_EMBEDDINGS,
+            c.max_position_embeddings as usize,
+            h,
+        )?;
+        let token_type = table(
+            file,
+            names::TOKEN_TYPE_EMBEDDINGS,
+            c.type_vocab_size as usize,
+            h,
+        )?;
+        let embeddings_ln = layer_norm(
+            file,
+            names::EMBEDDINGS_LN_WEIGHT,
+            names::EMBEDDINGS_LN_BIAS,
+            h,
+            c.layer_norm_eps,
+        )?;
+        let layers = (0..c.num_layers as usize)
+            .map(|i| load_layer(file, &c, i))
+            .collect::<Result<Vec<_>, _>>()?;
+        let pooler = if file.has_tensor(names::POOLER_WEIGHT) {
+            Some(linear(
+                file,
+                names::POOLER_WEIGHT,
+                Some(names::POOLER_BIAS),
+                h,
+                h,
+            )?)
+        } else {
+            None
+        };
+        let classifier = match (file.has_tensor(names::CLASSIFIER_WEIGHT), c.num_labels) {
+            (true, Some(labels)) => Some(linear(
+                file,
+                names::CLASSIFIER_WEIGHT,
+                Some(names::CLASSIFIER_BIAS),
+                labels as usize,
+                h,
+            )?),
+            (true, None) => {
+                let v = get(file, names::CLASSIFIER_WEIGHT)?;
+                let labels = v.shape.first().copied().unwrap_or(0) as usize;
+                Some(linear(
+                    file,
+                    names::CLASSIFIER_WEIGHT,
+                    Some(names::CLASSIFIER_BIAS),
+                    labels,
+                    h,
+                )?)
+            }
+            (false, _) => None,
+        };
+        Ok(CpuEncoder {
+            config: c,
+            hidden: h,
+            word,
+            position,
+            token_type,
+            embeddings_ln,
+            layers,
+            pooler,
+            classifier,
+        })
+    }
+
+    fn check_batch(&self, batch: &TokenBatch) -> Result<(), RuntimeError> {
+        let c = &self.config;
+        for (si, s) in batch.sequences.iter().enumerate() {
+            if s.ids.is_empty() {
+                return Err(RuntimeError::BadSequence {
+                    sequence: si,
+                    reason: "no tokens".to_string(),
+                });
+            }
+            if s.type_ids.len() != s.ids.len() {
+                return Err(RuntimeError::BadSequence {
+                    sequence: si,
+                    reason: format!(
+                        "{} token-type ids for {} tokens",
+                        s.type_ids.len(),
+                        s.ids.len()
+                    ),
+                });
+            }
+            if s.ids.len() > c.max_position_embeddings as usize {
+                return Err(RuntimeError::SequenceTooLong {
+                    sequence: si,
+                    len: s.ids.len(),
+                    max: c.max_position_embeddings as usize,
+                });
+            }
+            for (position, (&id, &t)) in s.ids.iter().zip(&s.type_ids).enumerate() {
+                if id >= c.vocab_size {
+                    return Err(RuntimeError::TokenOutOfRange {
+                        sequence: si,
+                        position,
+                        id,
+                        vocab_size: c.vocab_size,
+                    });
+                }
+                if t >= c.type_vocab_size {
+                    return Err(RuntimeError::TokenTypeOutOfRange {
+                        sequence: si,
+                        position,
+                        id: t,
+                        type_vocab_size: c.type_vocab_size,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Word + position + token-type embeddings, then LayerNorm: packed `[tokens, hidden]`.
+    fn embed_tokens(&self, batch: &TokenBatch) -> Vec<f32> {
+        let h = self.hidden;
+        let tokens: Vec<(u32, usize, u32)> = batch
+            .sequences
+            .iter()
+            .flat_map(|s| {
+                s.ids
+                    .iter()
+                    .zip(&s.type_ids)
+                    .enumerate()
+                    .map(|(p, (&id, &t))| (id, p, t))
+            })
+            .collect();
+        let mut x = vec![0f32; tokens.len() * h];
+        x.par_chunks_mut(h)
+            .zip(tokens.par_iter())
+            .for_each_init(
+                || vec![0f32; h],
+                |tmp, (row, &(id, pos, t))| {
+                    tensor_row(&self.word, id as usize, row);
+                    tensor_row(&self.position, pos, tmp);
+                    add_into_serial(row, tmp);
+                    tensor_row(&self.token_type, t as usize, tmp);
+                    add_into_serial(row, tmp);
+                },
+            );
+        self.embeddings_ln.apply(&mut x);
+        x
+    }
+
+    fn run_layer(&self, layer: &Layer<'_>, x: &mut [f32], lengths: &[usize]) {
+        let m: usize = lengths.iter().sum();
+        let h = self.hidden;
+        let mut attn = match (&layer.qkv, &layer.out) {
+            (Some([q, k, v]), Some(o)) => {
+                let (qo, (ko, vo)) = rayon::join(
+                    || q.forward(x, m),
+                    || rayon::join(|| k.forward(x, m), || v.forward(x, m)),
+                );
+                let ctx = attention(
+                    &qo,
+                    &ko,
+                    &vo,
+                    lengths,
+                    layer.heads,
+                    self.config.head_dim as usize,
+                );
+                o.forward(&ctx, m)
+            }
+            // Every head pruned: the attention block contributes only its output bias.
+            _ => layer.out_bias.repeat(m),
+        };
+        add_into(&mut attn, x);
+        layer.ln1.apply(&mut attn);
+        let mut inter = layer.intermediate.forward(&attn, m);
+        activate(&mut inter, self.config.activation);
+        let mut out = layer.ffn_out.forward(&inter, m);
+        add_into(&mut out, &attn);
+        layer.ln2.apply(&mut out);
+        debug_assert_eq!(out.len(), m * h);
+        x.copy_from_slice(&out);
+    }
+
+    /// Pooler (`tanh`) and classifier outputs on the `[CLS]` rows.
+    fn heads(&self, x: &[f32], lengths: &[usize]) -> (Option<Vec<f32>>, Option<Vec<f32>>) {
+        let h = self.hidden;
+        let mut cls = Vec::with_capacity(lengths.len() * h);
+        let mut start = 0;
+        for &l in lengths {
+            cls.extend_from_slice(&x[start * h..start * h + h]);
+            start += l;
+        }
+        let n = lengths.len();
+        let pooled = self.pooler.as_ref().map(|p| {
+            let mut y = p.forward(&cls, n);
+            y.iter_mut().for_each(|v| *v = v.tanh());
+            y
+        });
+        let logits = self
+            .classifier
+            .as_ref()
+            .map(|c| c.forward(pooled.as_deref().unwrap_or(&cls), n));
+        (pooled, logits)
+    }
+}
+
+fn add_into_serial(x: &mut [f32], y: &[f32]) {
+    for (a, b) in x.iter_mut().zip(y) {
+        *a += b;
+    }
+}
+
+fn load_layer<'f>(file: &'f EtsFile, c: &ModelConfig, i: usize) -> Result<Layer<'f>, RuntimeError> {
+    let h = c.hidden_size as usize;
+    let heads = c.heads_per_layer.get(i).copied().unwrap_or(0) as usize;
+    let width = heads * c.head_dim as usize;
+    let name = |t: LayerTensor| t.name(i);
+    let out_bias = vector(file, &name(LayerTensor::OutputBias), h)?;
+    let (qkv, out) = if heads == 0 {
+        (None, None)
+    } else {
+        let proj = |w: LayerTensor, b: LayerTensor| linear(file, &name(w), Some(&name(b)), width, h);
+        let qkv = [
+            proj(LayerTensor::QueryWeight, LayerTensor::QueryBias)?,
+            proj(LayerTensor::KeyWeight, LayerTensor::KeyBias)?,
+            proj(LayerTensor::ValueWeight, LayerTensor::ValueBias)?,
+        ];
+        let out = linear(
+            file,
+            &name(LayerTensor::OutputWeight),
+            Some(&name(LayerTensor::OutputBias)),
+            h,
+            width,
+        )?;
+        (Some(qkv), Some(out))
+    };
+    let ffn_w = get(file, &name(LayerTensor::IntermediateWeight))?;
+    let inter_size = match ffn_w.shape {
+        [n, k] if *k == h as u64 && *n > 0 => *n as usize,
+        other => {
+            return Err(RuntimeError::BadShape {
+                name: name(LayerTensor::IntermediateWeight),
+                expected: vec![c.intermediate_size as u64, h as u64],
+                actual: other.to_vec(),
+            })
+        }
+    };
+    let intermediate = linear(
+        file,
+        &name(LayerTensor::IntermediateWeight),
+        Some(&name(LayerTensor::IntermediateBias)),
+        inter_size,
+        h,
+    )?;
+    let ffn_out = linear(
+        file,
+        &name(LayerTensor::FfnOutputWeight),
+        Some(&name(LayerTensor::FfnOutputBias)),
+        h,
+        inter_size,
+    )?;
+    let eps = c.layer_norm_eps;
+    Ok(Layer {
+        heads,
+        qkv,
+        out,
+        out_bias,
+        ln1: layer_norm(
+            file,
+            &name(LayerTensor::AttentionLnWeight),
+            &name(LayerTensor::AttentionLnBias),
+            h,
+            eps,
+        )?,
+        intermediate,
+        ffn_out,
+        ln2: layer_norm(
+            file,
+            &name(LayerTensor::FfnLnWeight),
+            &name(LayerTensor::FfnLnBias),
+            h,
+            eps,
+        )?,
+    })
+}
+
+impl Encoder for CpuEncoder<'_> {
+    fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    fn forward_with(
+        &self,
+        batch: &TokenBatch,
+        options: &ForwardOptions,
+    ) -> Result<EncoderOutput, RuntimeError> {
+        self.check_batch(batch)?;
+        let lengths: Vec<usize> = batch.sequences.iter().map(|s| s.len()).collect();
+        let mut x = self.embed_tokens(batch);
+        let mut states = options.output_hidden_states.then(|| vec![x.clone()]);
+        for layer in &self.layers {
+            self.run_layer(layer, &mut x, &lengths);
+            if let Some(s) = states.as_mut() {
+                s.push(x.clone());
+            }
+        }
+        let (pooler_output, logits) = self.heads(&x, &lengths);
+        Ok(EncoderOutput {
+            hidden_size: self.hidden,
+            lengths,
+            last_hidden: x,
+            hidden_states: states,
+            pooler_output,
+            logits,
+        })
+    }
+}

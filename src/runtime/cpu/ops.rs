@@ -1,0 +1,190 @@
+//! Element-wise pieces of the forward pass: LayerNorm, activations, attention.
+
+use rayon::prelude::*;
+
+use crate::format::Activation;
+
+/// Rows per parallel chunk for the cheap row-wise operations.
+const ROW_CHUNK: usize = 16;
+
+/// A LayerNorm's parameters.
+pub(crate) struct LayerNorm {
+    pub(crate) weight: Vec<f32>,
+    pub(crate) bias: Vec<f32>,
+    pub(crate) eps: f32,
+}
+
+impl LayerNorm {
+    /// Normalizes every row of `x` (`[rows, weight.len()]`) in place.
+    pub(crate) fn apply(&self, x: &mut [f32]) {
+        let h = self.weight.len().max(1);
+        x.par_chunks_mut(h * ROW_CHUNK).for_each(|chunk| {
+            for row in chunk.chunks_exact_mut(h) {
+                let n = row.len() as f32;
+                let mean = row.iter().sum::<f32>() / n;
+                let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+                let inv = 1.0 / (var + self.eps).sqrt();
+                for ((v, &g), &b) in row.iter_mut().zip(&self.weight).zip(&self.bias) {
+                    *v = (*v - mean) * inv * g + b;
+                }
+            }
+        });
+    }
+}
+
+/// `x += y`, element-wise.
+pub(crate) fn add_into(x: &mut [f32], y: &[f32]) {
+    x.par_chunks_mut(4096)
+        .zip(y.par_chunks(4096))
+        .for_each(|(a, b)| {
+            for (p, q) in a.iter_mut().zip(b) {
+                *p += q;
+            }
+        });
+}
+
+/// Applies the FFN activation in place.
+pub(crate) fn activate(x: &mut [f32], act: Activation) {
+    x.par_chunks_mut(4096).for_each(|c| match act {
+        Activation::Gelu => c.iter_mut().for_each(|v| *v = gelu_erf(*v)),
+        Activation::GeluTanh => c.iter_mut().for_each(|v| *v = gelu_tanh(*v)),
+        Activation::Relu => c.iter_mut().for_each(|v| *v = v.max(0.0)),
+    });
+}
+
+/// `0.5 x (1 + erf(x / sqrt 2))`, written with erfc so large negative inputs keep their
+/// relative precision.
+pub(crate) fn gelu_erf(x: f32) -> f32 {
+    0.5 * x * erfc(-x * std::f32::consts::FRAC_1_SQRT_2)
+}
+
+/// `0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`.
+pub(crate) fn gelu_tanh(x: f32) -> f32 {
+    const C: f32 = 0.797_884_6; // sqrt(2 / pi)
+    0.5 * x * (1.0 + (C * (x + 0.044_715 * x * x * x)).tanh())
+}
+
+/// Complementary error function, Chebyshev fit with fractional error below 1.2e-7 everywhere
+/// (Numerical Recipes, `erfcc`).
+pub(crate) fn erfc(x: f32) -> f32 {
+    let z = x.abs();
+    let t = 1.0 / (1.0 + 0.5 * z);
+    let poly = -z * z - 1.265_512_2
+        + t * (1.000_023_7
+            + t * (0.374_091_96
+                + t * (0.096_784_18
+                    + t * (-0.186_288_06
+                        + t * (0.278_868_07
+                            + t * (-1.135_203_98
+                                + t * (1.488_515_87
+                                    + t * (-0.822_152_23 + t * 0.170_872_77))))))));
+    let r = t * poly.exp();
+    if x >= 0.0 {
+        r
+    } else {
+        2.0 - r
+    }
+}
+
+/// Scaled dot-product attention over packed sequences.
+///
+/// `q`, `k`, `v` are `[total_tokens, heads * head_dim]`; each sequence attends only to its own
+/// tokens (the padding mask of a padded batch, by construction). Returns the context in the same
+/// layout.
+pub(crate) fn attention(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    lengths: &[usize],
+    heads: usize,
+    head_dim: usize,
+) -> Vec<f32> {
+    let width = heads * head_dim;
+    let total: usize = lengths.iter().sum();
+    let mut ctx = vec![0f32; total * width];
+    if width == 0 {
+        return ctx;
+    }
+    let mut starts = Vec::with_capacity(lengths.len());
+    let mut s = 0;
+    for &l in lengths {
+        starts.push(s);
+        s += l;
+    }
+    let scale = 1.0 / (head_dim as f32).sqrt();
+    let jobs: Vec<(usize, usize)> = (0..lengths.len())
+        .flat_map(|seq| (0..heads).map(move |h| (seq, h)))
+        .collect();
+    let parts: Vec<(usize, usize, Vec<f32>)> = jobs
+        .into_par_iter()
+        .map(|(seq, h)| {
+            let (start, len) = (starts[seq], lengths[seq]);
+            let col = h * head_dim;
+            let row = |m: &'_ [f32], t: usize| -> Vec<f32> {
+                m[(start + t) * width + col..(start + t) * width + col + head_dim].to_vec()
+            };
+            let keys: Vec<Vec<f32>> = (0..len).map(|t| row(k, t)).collect();
+            let vals: Vec<Vec<f32>> = (0..len).map(|t| row(v, t)).collect();
+            let mut out = vec![0f32; len * head_dim];
+            let mut scores = vec![0f32; len];
+            for i in 0..len {
+                let qi = &q[(start + i) * width + col..(start + i) * width + col + head_dim];
+                for (s, kj) in scores.iter_mut().zip(&keys) {
+                    *s = qi.iter().zip(kj).map(|(a, b)| a * b).sum::<f32>() * scale;
+                }
+                let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let mut sum = 0f32;
+                for s in scores.iter_mut() {
+                    *s = (*s - max).exp();
+                    sum += *s;
+                }
+                let inv = 1.0 / sum;
+                let o = &mut out[i * head_dim..(i + 1) * head_dim];
+                for (p, vj) in scores.iter().zip(&vals) {
+                    let w = p * inv;
+                    for (a, b) in o.iter_mut().zip(vj) {
+                        *a += w * b;
+                    }
+                }
+            }
+            (seq, h, out)
+        })
+        .collect();
+    for (seq, h, out) in parts {
+        for (t, src) in out.chunks_exact(head_dim).enumerate() {
+            let dst = (starts[seq] + t) * width + h * head_dim;
+            ctx[dst..dst + head_dim].copy_from_slice(src);
+        }
+    }
+    ctx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn erfc_matches_known_values() {
+        // erf values from tables (Abramowitz and Stegun, table 7.1) and erfc(3).
+        for &(x, erf) in &[
+            (0.0f32, 0.0f64),
+            (0.5, 0.520_499_877_8),
+            (1.0, 0.842_700_792_9),
+            (2.0, 0.995_322_265_0),
+            (-1.0, -0.842_700_792_9),
+        ] {
+            assert!((f64::from(1.0 - erfc(x)) - erf).abs() < 3e-7, "erf({x})");
+        }
+        let e3 = f64::from(erfc(3.0));
+        assert!((e3 - 2.209_049_699_858_544e-5).abs() / 2.2e-5 < 1e-6);
+    }
+
+    #[test]
+    fn gelu_limits() {
+        assert_eq!(gelu_erf(0.0), 0.0);
+        assert!((gelu_erf(10.0) - 10.0).abs() < 1e-5);
+        assert!(gelu_erf(-10.0).abs() < 1e-6);
+        assert!((gelu_erf(1.0) - 0.841_344_74).abs() < 1e-6);
+        assert!((gelu_tanh(1.0) - 0.841_192).abs() < 1e-5);
+    }
+}

@@ -1,0 +1,220 @@
+//! Text to token ids with the tokenizer embedded in a `.ets` file.
+//!
+//! A `tokenizer.json` section is loaded as is (its own padding and truncation settings are
+//! switched off: the runtime packs sequences and truncates to the model's position table). A
+//! `vocab.txt` section becomes the standard BERT WordPiece pipeline: BERT normalizer (clean text,
+//! Chinese characters split, lowercase), BERT pre-tokenizer, WordPiece with `##` continuations and
+//! the `[CLS] A [SEP]` template.
+
+use serde_json::{json, Map, Value};
+use tokenizers::Tokenizer;
+
+use crate::format::{names, EtsFile};
+use crate::runtime::{RuntimeError, TokenBatch, TokenSequence};
+
+/// A sequence that was cut to fit the model's position table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Truncation {
+    /// Index of the input text.
+    pub index: usize,
+    /// Tokens before truncation (special tokens included).
+    pub original_len: usize,
+    /// Tokens kept.
+    pub kept_len: usize,
+}
+
+/// The result of tokenizing a list of texts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tokenized {
+    /// One sequence per text, special tokens included.
+    pub batch: TokenBatch,
+    /// The texts that were truncated (the caller decides how to warn).
+    pub truncated: Vec<Truncation>,
+}
+
+/// The tokenizer of a model, built from the file's `tokenizer` section.
+pub struct TextTokenizer {
+    inner: Tokenizer,
+    max_len: usize,
+    sep_id: Option<u32>,
+}
+
+impl std::fmt::Debug for TextTokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TextTokenizer")
+            .field("max_len", &self.max_len)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TextTokenizer {
+    /// Builds the tokenizer embedded in `file`; [`RuntimeError::NoTokenizer`] when there is none.
+    pub fn from_file(file: &EtsFile) -> Result<TextTokenizer, RuntimeError> {
+        let section = file
+            .section(names::TOKENIZER_SECTION)
+            .ok_or(RuntimeError::NoTokenizer)?;
+        let format = section.entry.format.clone().unwrap_or_default();
+        let max_len = file.model().max_position_embeddings as usize;
+        TextTokenizer::from_bytes(&format, section.bytes, max_len)
+    }
+
+    /// Builds a tokenizer from a `tokenizer.json` or `vocab.txt` blob; sequences are truncated to
+    /// `max_len` tokens.
+    pub fn from_bytes(
+        format: &str,
+        bytes: &[u8],
+        max_len: usize,
+    ) -> Result<TextTokenizer, RuntimeError> {
+        let mut inner = match format {
+            "tokenizer.json" => Tokenizer::from_bytes(bytes)
+                .map_err(|e| RuntimeError::Tokenizer(format!("tokenizer.json: {e}")))?,
+            "vocab.txt" => wordpiece_from_vocab(bytes)?,
+            other => {
+                return Err(RuntimeError::Tokenizer(format!(
+                    "unknown tokenizer format `{other}` (expected tokenizer.json or vocab.txt)"
+                )))
+            }
+        };
+        inner.with_padding(None);
+        inner
+            .with_truncation(None)
+            .map_err(|e| RuntimeError::Tokenizer(e.to_string()))?;
+        let sep_id = inner.token_to_id("[SEP]");
+        Ok(TextTokenizer {
+            inner,
+            max_len: max_len.max(1),
+            sep_id,
+        })
+    }
+
+    /// Longest sequence kept, in tokens.
+    pub fn max_len(&self) -> usize {
+        self.max_len
+    }
+
+    /// Tokenizes texts (special tokens added), truncating each to [`TextTokenizer::max_len`]
+    /// tokens while keeping a final `[SEP]`.
+    pub fn encode(&self, texts: &[&str]) -> Result<Tokenized, RuntimeError> {
+        let mut sequences = Vec::with_capacity(texts.len());
+        let mut truncated = Vec::new();
+        for (index, text) in texts.iter().enumerate() {
+            let enc = self
+                .inner
+                .encode(*text, true)
+                .map_err(|e| RuntimeError::Tokenizer(format!("text {index}: {e}")))?;
+            let mut ids = enc.get_ids().to_vec();
+            let mut type_ids = enc.get_type_ids().to_vec();
+            let original_len = ids.len();
+            if ids.len() > self.max_len {
+                let ends_with_sep = self.sep_id.is_some() && ids.last().copied() == self.sep_id;
+                ids.truncate(self.max_len);
+                type_ids.truncate(self.max_len);
+                if let (true, Some(sep), Some(last)) = (ends_with_sep, self.sep_id, ids.last_mut())
+                {
+                    *last = sep;
+                }
+                truncated.push(Truncation {
+                    index,
+                    original_len,
+                    kept_len: ids.len(),
+                });
+            }
+            sequences.push(TokenSequence { ids, type_ids });
+        }
+        Ok(Tokenized {
+            batch: TokenBatch { sequences },
+            truncated,
+        })
+    }
+}
+
+/// The BERT WordPiece pipeline over a `vocab.txt` (one token per line, id = line number).
+fn wordpiece_from_vocab(bytes: &[u8]) -> Result<Tokenizer, RuntimeError> {
+    let text = std::str::from_utf8(bytes)
+        .map_err(|e| RuntimeError::Tokenizer(format!("vocab.txt is not UTF-8: {e}")))?;
+    let mut vocab = Map::new();
+    for (id, line) in text.lines().enumerate() {
+        let token = line.trim_end_matches('\r');
+        if token.is_empty() {
+            continue;
+        }
+        // First occurrence wins, as in the reference BERT loader.
+        if !vocab.contains_key(token) {
+            vocab.insert(token.to_string(), json!(id));
+        }
+    }
+    let id_of = |t: &str| vocab.get(t).and_then(Value::as_u64);
+    let (Some(cls), Some(sep)) = (id_of("[CLS]"), id_of("[SEP]")) else {
+        return Err(RuntimeError::Tokenizer(
+            "vocab.txt lacks [CLS] or [SEP]".to_string(),
+        ));
+    };
+    if id_of("[UNK]").is_none() {
+        return Err(RuntimeError::Tokenizer("vocab.txt lacks [UNK]".to_string()));
+    }
+    let added: Vec<Value> = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+        .iter()
+        .filter_map(|t| {
+            id_of(t).map(|id| {
+                json!({"id": id, "content": t, "single_word": false, "lstrip": false,
+                       "rstrip": false, "normalized": false, "special": true})
+            })
+        })
+        .collect();
+    // Described as a tokenizer.json document so the library's own loader assembles the pipeline.
+    let doc = json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": added,
+        "normalizer": {"type": "BertNormalizer", "clean_text": true, "handle_chinese_chars": true,
+                       "strip_accents": null, "lowercase": true},
+        "pre_tokenizer": {"type": "BertPreTokenizer"},
+        "post_processor": {"type": "BertProcessing", "sep": ["[SEP]", sep], "cls": ["[CLS]", cls]},
+        "decoder": {"type": "WordPiece", "prefix": "##", "cleanup": true},
+        "model": {"type": "WordPiece", "unk_token": "[UNK]", "continuing_subword_prefix": "##",
+                  "max_input_chars_per_word": 100, "vocab": Value::Object(vocab)},
+    });
+    let bytes = serde_json::to_vec(&doc).map_err(|e| RuntimeError::Tokenizer(e.to_string()))?;
+    Tokenizer::from_bytes(bytes).map_err(|e| RuntimeError::Tokenizer(format!("vocab.txt: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VOCAB: &str = "[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\nhello\nworld\n##s\n,\n";
+
+    #[test]
+    fn vocab_txt_pipeline() {
+        let t = TextTokenizer::from_bytes("vocab.txt", VOCAB.as_bytes(), 512).unwrap();
+        let out = t.encode(&["Hello WORLDs, zebra"]).unwrap();
+        // [CLS] hello world ##s , [UNK] [SEP]
+        assert_eq!(out.batch.sequences[0].ids, vec![2, 5, 6, 7, 8, 1, 3]);
+        assert!(out.truncated.is_empty());
+    }
+
+    #[test]
+    fn truncation_keeps_sep() {
+        let t = TextTokenizer::from_bytes("vocab.txt", VOCAB.as_bytes(), 4).unwrap();
+        let out = t.encode(&["hello world hello world", "hello"]).unwrap();
+        assert_eq!(out.batch.sequences[0].ids, vec![2, 5, 6, 3]);
+        assert_eq!(out.batch.sequences[1].ids, vec![2, 5, 3]);
+        assert_eq!(
+            out.truncated,
+            vec![Truncation {
+                index: 0,
+                original_len: 6,
+                kept_len: 4
+            }]
+        );
+    }
+
+    #[test]
+    fn bad_format_is_an_error() {
+        assert!(matches!(
+            TextTokenizer::from_bytes("spm", b"", 8),
+            Err(RuntimeError::Tokenizer(_))
+        ));
+    }
+}

@@ -1,0 +1,183 @@
+//! Benchmarks of the tile kernel against cuBLAS dense in the same process, and the ceilings they
+//! are judged by (device-to-device copy bandwidth, cuBLAS dense rate).
+
+use super::device::{CudaRuntime, DevBuf, ElemType};
+use super::dispatch::median_ms;
+use super::error::CudaError;
+use super::gemm::{self, Epilogue};
+use super::host::{to_bits, HostTiles, Rng};
+use super::upload::TileDeviceView;
+
+/// How kept tiles are placed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MaskMode {
+    /// Uniformly random tiles over the grid.
+    Random,
+    /// Every group of block rows a CTA owns (128 features) keeps the same tile columns.
+    Grouped,
+}
+
+/// One measured configuration.
+#[derive(Debug, Clone)]
+pub struct GemmResult {
+    /// Tokens (M).
+    pub tokens: usize,
+    /// In features (K).
+    pub k: usize,
+    /// Out features (N).
+    pub n: usize,
+    /// Tile edge.
+    pub tile: usize,
+    /// Tile density.
+    pub density: f64,
+    /// Mask placement.
+    pub mode: MaskMode,
+    /// Tile kernel ms (median).
+    pub tile_ms: f64,
+    /// cuBLAS dense ms (median, full dense random weight).
+    pub cublas_ms: f64,
+    /// Bytes the tile kernel must move at least (kept tiles, X, Y).
+    pub min_bytes: f64,
+}
+
+impl GemmResult {
+    /// cuBLAS time over tile-kernel time.
+    pub fn ratio(&self) -> f64 {
+        self.cublas_ms / self.tile_ms
+    }
+    /// Tile kernel GB/s over its minimum bytes.
+    pub fn tile_gbps(&self) -> f64 {
+        self.min_bytes / (self.tile_ms * 1e6)
+    }
+}
+
+/// Per-call milliseconds, with the batch sized so one batch lasts about 2 ms.
+pub fn time_call(rt: &CudaRuntime, mut f: impl FnMut() -> Result<(), CudaError>) -> Result<f64, CudaError> {
+    let probe = median_ms(rt, 1, 3, &mut f)?;
+    let per = ((2.0 / probe.max(1e-4)).ceil() as usize).clamp(3, 200);
+    median_ms(rt, 9, per, f)
+}
+
+/// Device-to-device copy bandwidth in GB/s (bytes read plus written) over `bytes`-sized buffers.
+pub fn d2d_gbps(rt: &CudaRuntime, bytes: usize) -> Result<f64, CudaError> {
+    let a = rt.alloc(bytes)?;
+    let b = rt.alloc(bytes)?;
+    rt.fill_u16(a.ptr(), 0x3C00, bytes / 2)?;
+    let ms = time_call(rt, || rt.copy_d2d(b.ptr(), a.ptr(), bytes))?;
+    Ok(2.0 * bytes as f64 / (ms * 1e6))
+}
+
+/// cuBLAS f16 dense rate in TFLOP/s on an `s x s x s` product of random data.
+pub fn cublas_tflops(rt: &CudaRuntime, rng: &mut Rng, s: usize) -> Result<f64, CudaError> {
+    let x = random_dev(rt, rng, s * s)?;
+    let w = random_dev(rt, rng, s * s)?;
+    let y = rt.alloc(s * s * 2)?;
+    let ms = time_call(rt, || gemm::dense_gemm(rt, ElemType::F16, x.ptr(), s, s, s, w.ptr(), s, y.ptr()))?;
+    Ok(2.0 * (s as f64).powi(3) / (ms * 1e9))
+}
+
+/// Uploads `n` random f16 values in [-1, 1) (generated in 1 Mi chunks, tiled to length).
+pub fn random_dev(rt: &CudaRuntime, rng: &mut Rng, n: usize) -> Result<DevBuf, CudaError> {
+    let chunk: Vec<u16> = (0..(1usize << 20).min(n.max(1))).map(|_| to_bits(ElemType::F16, rng.sym(1.0))).collect();
+    let buf = rt.alloc(n * 2)?;
+    let mut off = 0usize;
+    while off < n {
+        let len = chunk.len().min(n - off);
+        let host: &[u8] = bytemuck::cast_slice(&chunk[..len]);
+        let tmp = rt.upload_bytes(host)?;
+        rt.copy_d2d(buf.ptr() + (off * 2) as u64, tmp.ptr(), len * 2)?;
+        rt.synchronize()?;
+        off += len;
+    }
+    Ok(buf)
+}
+
+fn mask(rng: &mut Rng, gr: usize, gc: usize, tile: usize, density: f64, mode: MaskMode) -> Vec<bool> {
+    match mode {
+        MaskMode::Random => rng.mask(gr * gc, density),
+        MaskMode::Grouped => {
+            let rows_per_group = (gemm::TILE_BN / tile).max(1);
+            let mut keep = vec![false; gr * gc];
+            for g0 in (0..gr).step_by(rows_per_group) {
+                let cols = rng.mask(gc, density);
+                for br in g0..(g0 + rows_per_group).min(gr) {
+                    keep[br * gc..(br + 1) * gc].copy_from_slice(&cols);
+                }
+            }
+            keep
+        }
+    }
+}
+
+/// Shared inputs for a sweep: one random X of the largest size and one dense W per shape.
+pub struct Inputs {
+    x: DevBuf,
+    w_dense: Vec<f32>,
+    w_dev: DevBuf,
+    y: DevBuf,
+    n: usize,
+    k: usize,
+}
+
+impl Inputs {
+    /// Random X for up to `max_tokens x k`, a random dense `n x k` weight, and Y.
+    pub fn new(rt: &CudaRuntime, rng: &mut Rng, max_tokens: usize, n: usize, k: usize) -> Result<Self, CudaError> {
+        let scale = 1.0 / (k as f32).sqrt();
+        let w_dense = rng.vec(n * k, scale);
+        let bits: Vec<u16> = w_dense.iter().map(|&v| to_bits(ElemType::F16, v)).collect();
+        Ok(Self {
+            x: random_dev(rt, rng, max_tokens * k)?,
+            w_dev: rt.upload(&bits)?,
+            y: rt.alloc(max_tokens * n * 2)?,
+            w_dense,
+            n,
+            k,
+        })
+    }
+}
+
+/// Measures the tile kernel and cuBLAS for one configuration.
+pub fn bench_one(
+    rt: &CudaRuntime,
+    rng: &mut Rng,
+    inp: &Inputs,
+    tokens: usize,
+    tile: usize,
+    density: f64,
+    mode: MaskMode,
+) -> Result<GemmResult, CudaError> {
+    let (n, k) = (inp.n, inp.k);
+    let (gr, gc) = (n.div_ceil(tile), k.div_ceil(tile));
+    let keep = mask(rng, gr, gc, tile, density, mode);
+    let h = HostTiles::from_dense(&inp.w_dense, n, k, tile, tile, &keep, ElemType::F16).map_err(CudaError::Invalid)?;
+    let (b, r, v) = (rt.upload(&h.bitmap)?, rt.upload(&h.row_offsets)?, rt.upload(&h.values)?);
+    let view = TileDeviceView {
+        bitmap: b.ptr(),
+        row_offsets: r.ptr(),
+        values: v.ptr(),
+        rows: n,
+        cols: k,
+        th: tile,
+        tw: tile,
+        grid_rows: gr,
+        grid_cols: gc,
+        kept: h.kept(),
+        elem: ElemType::F16,
+        has_element_bitmaps: false,
+    };
+    let ep = Epilogue::default();
+    let tile_ms = time_call(rt, || gemm::tile_gemm(rt, inp.x.ptr(), tokens, &view, &ep, inp.y.ptr()))?;
+    let cublas_ms = time_call(rt, || {
+        gemm::dense_gemm(rt, ElemType::F16, inp.x.ptr(), k, tokens, k, inp.w_dev.ptr(), n, inp.y.ptr())
+    })?;
+    let min_bytes = (h.values.len() * 2 + tokens * k * 2 + tokens * n * 2) as f64;
+    Ok(GemmResult { tokens, k, n, tile, density: h.density(), mode, tile_ms, cublas_ms, min_bytes })
+}
+
+/// The goal ratio (speed vs cuBLAS) at large token counts for a density, if one is set.
+pub fn goal(density: f64) -> Option<f64> {
+    [(1.0, 0.8), (0.5, 1.6), (0.2, 3.5), (0.1, 6.0)]
+        .iter()
+        .find(|(d, _)| (density - d).abs() < 0.02)
+        .map(|&(_, g)| g)
+}

@@ -1,0 +1,288 @@
+//! Device correctness checks of the linear layer: fresh random inputs every run, outputs poisoned
+//! with NaN before each launch and checked fully written, compared with the f64-accumulated CPU
+//! reference computed from the same 16-bit-rounded inputs.
+
+use std::path::Path;
+
+use crate::format::{
+    Activation, Dtype, EncodedTensor, EtsFile, EtsWriter, ModelConfig, Provenance, TensorData, WriteOptions,
+};
+
+use super::device::{CudaRuntime, ElemType};
+use super::dispatch::Dispatcher;
+use super::error::CudaError;
+use super::gemm::{self, Epilogue, LinearWeight, Scratch};
+use super::host::{compare, from_bits, reference_linear, round_trip, to_bits, ErrorStats, HostTiles, Rng};
+use super::upload::{DeviceModel, TileDeviceView};
+
+/// Largest accepted `max |out - ref| / max |ref|`.
+pub const TOLERANCE: f64 = 1e-2;
+
+/// Outcome of one check.
+#[derive(Debug, Clone)]
+pub struct CheckResult {
+    /// What was checked.
+    pub name: String,
+    /// Errors against the reference.
+    pub err: ErrorStats,
+}
+
+impl CheckResult {
+    /// Within tolerance and no NaN.
+    pub fn pass(&self) -> bool {
+        self.err.passes(TOLERANCE)
+    }
+}
+
+/// Which implementation a check drives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckPath {
+    /// Tile kernel.
+    Tile,
+    /// Tile weight densified on the device, then cuBLAS + epilogue.
+    TileViaCublas,
+    /// `rows` encoding.
+    Rows,
+    /// `cols` encoding.
+    Cols,
+}
+
+fn nan_bits(elem: ElemType) -> u16 {
+    match elem {
+        ElemType::F16 => 0x7E00,
+        ElemType::Bf16 => 0x7FC0,
+    }
+}
+
+fn bits(elem: ElemType, v: &[f32]) -> Vec<u16> {
+    v.iter().map(|&x| to_bits(elem, x)).collect()
+}
+
+/// Runs `w` on the device for fresh inputs and compares with the reference from `w_dense`.
+#[allow(clippy::too_many_arguments)]
+fn run_and_compare(
+    rt: &CudaRuntime,
+    rng: &mut Rng,
+    elem: ElemType,
+    m: usize,
+    w: &LinearWeight,
+    w_dense: &[f32],
+    gelu: bool,
+    with_residual: bool,
+    fallback: Option<u64>,
+) -> Result<ErrorStats, CudaError> {
+    let (n, k) = w.dims();
+    let x = round_trip(elem, &rng.vec(m * k, 1.0));
+    let bias = rng.vec(n, 0.5);
+    let residual = round_trip(elem, &rng.vec(m * n, 1.0));
+    let xd = rt.upload(&bits(elem, &x))?;
+    let bd = rt.upload(&bias)?;
+    let rd = rt.upload(&bits(elem, &residual))?;
+    let y = rt.alloc(m * n * 2)?;
+    rt.fill_u16(y.ptr(), nan_bits(elem), m * n)?;
+    let ep = Epilogue { bias: bd.ptr(), gelu, residual: if with_residual { rd.ptr() } else { 0 } };
+    let mut scratch = Scratch::default();
+    gemm::linear(rt, xd.ptr(), m, w, fallback, &ep, y.ptr(), &mut scratch)?;
+    let out: Vec<u16> = rt.download(&y, m * n)?;
+    let out: Vec<f32> = out.iter().map(|&b| from_bits(elem, b)).collect();
+    let reference = reference_linear(&x, m, k, w_dense, n, Some(&bias), gelu, with_residual.then_some(&residual[..]));
+    Ok(compare(&out, &reference))
+}
+
+/// One synthetic case: an `n x k` weight of density `density` in tiles `th x tw` (or rows/cols).
+#[allow(clippy::too_many_arguments)]
+pub fn check_case(
+    rt: &CudaRuntime,
+    rng: &mut Rng,
+    elem: ElemType,
+    path: CheckPath,
+    (m, n, k): (usize, usize, usize),
+    (th, tw): (usize, usize),
+    density: f64,
+    gelu: bool,
+    residual: bool,
+) -> Result<CheckResult, CudaError> {
+    let scale = 1.0 / (k as f32).sqrt();
+    let w = round_trip(elem, &rng.vec(n * k, scale * 1.7));
+    let name = format!(
+        "{path:?} {} M{m} N{n} K{k} {th}x{tw} d{density} gelu={} res={}",
+        elem.suffix(),
+        gelu as u8,
+        residual as u8
+    );
+    let err = match path {
+        CheckPath::Tile | CheckPath::TileViaCublas => {
+            let keep = rng.mask(n.div_ceil(th) * k.div_ceil(tw), density);
+            let h = HostTiles::from_dense(&w, n, k, th, tw, &keep, elem).map_err(CudaError::Invalid)?;
+            let dense = h.to_dense_f32();
+            let (b, r, v) = (rt.upload(&h.bitmap)?, rt.upload(&h.row_offsets)?, rt.upload(&h.values)?);
+            let view = TileDeviceView {
+                bitmap: b.ptr(),
+                row_offsets: r.ptr(),
+                values: v.ptr(),
+                rows: n,
+                cols: k,
+                th,
+                tw,
+                grid_rows: h.grid_rows,
+                grid_cols: h.grid_cols,
+                kept: h.kept(),
+                elem,
+                has_element_bitmaps: false,
+            };
+            let fb = if path == CheckPath::TileViaCublas { Some(gemm::densify(rt, &view)?) } else { None };
+            let lw = LinearWeight::Tile(view);
+            run_and_compare(rt, rng, elem, m, &lw, &dense, gelu, residual, fb.as_ref().map(|d| d.ptr()))?
+        }
+        CheckPath::Rows => {
+            let keep = rng.mask(n, density);
+            let kept: Vec<usize> = (0..n).filter(|&i| keep[i]).collect();
+            let mut compact = Vec::with_capacity(kept.len() * k);
+            let mut dense = vec![0f32; n * k];
+            let mut inv = vec![-1i32; n];
+            for (j, &r) in kept.iter().enumerate() {
+                compact.extend_from_slice(&w[r * k..(r + 1) * k]);
+                dense[r * k..(r + 1) * k].copy_from_slice(&w[r * k..(r + 1) * k]);
+                inv[r] = j as i32;
+            }
+            let (wd, id) = (rt.upload(&bits(elem, &compact))?, rt.upload(&inv)?);
+            let lw = LinearWeight::Rows { w: wd.ptr(), inv: id.ptr(), n, nr: kept.len(), k, elem };
+            run_and_compare(rt, rng, elem, m, &lw, &dense, gelu, residual, None)?
+        }
+        CheckPath::Cols => {
+            let keep = rng.mask(k, density);
+            let kept: Vec<u32> = (0..k as u32).filter(|&i| keep[i as usize]).collect();
+            let mut compact = Vec::with_capacity(kept.len() * n);
+            let mut dense = vec![0f32; n * k];
+            for r in 0..n {
+                for &c in &kept {
+                    compact.push(w[r * k + c as usize]);
+                    dense[r * k + c as usize] = w[r * k + c as usize];
+                }
+            }
+            let (wd, id) = (rt.upload(&bits(elem, &compact))?, rt.upload(&kept)?);
+            let lw = LinearWeight::Cols { w: wd.ptr(), idx: id.ptr(), n, kc: kept.len(), k, elem };
+            run_and_compare(rt, rng, elem, m, &lw, &dense, gelu, residual, None)?
+        }
+    };
+    Ok(CheckResult { name, err })
+}
+
+/// The synthetic suite: every tile shape, both types, edge shapes, all paths and epilogues.
+pub fn synthetic_suite(rt: &CudaRuntime, rng: &mut Rng) -> Result<Vec<CheckResult>, CudaError> {
+    let mut out = Vec::new();
+    let shapes = [(333usize, 300usize, 200usize), (256, 768, 768), (130, 2304, 768), (200, 768, 3072)];
+    for elem in [ElemType::F16, ElemType::Bf16] {
+        for (th, tw) in [(16, 16), (32, 32), (64, 64)] {
+            for (si, &shape) in shapes.iter().enumerate() {
+                for (di, &d) in [1.0, 0.3, 0.05].iter().enumerate() {
+                    let (gelu, res) = ((si + di) % 2 == 0, (si + di) % 3 == 0);
+                    out.push(check_case(rt, rng, elem, CheckPath::Tile, shape, (th, tw), d, gelu, res)?);
+                }
+            }
+        }
+        for path in [CheckPath::TileViaCublas, CheckPath::Rows, CheckPath::Cols] {
+            for &shape in &shapes[..2] {
+                out.push(check_case(rt, rng, elem, path, shape, (16, 16), 0.4, true, true)?);
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn small_config(hidden: u32) -> ModelConfig {
+    ModelConfig {
+        architecture: "bert".into(),
+        num_layers: 1,
+        hidden_size: hidden,
+        num_heads: 1,
+        head_dim: hidden,
+        heads_per_layer: vec![1],
+        intermediate_size: hidden,
+        vocab_size: 1,
+        max_position_embeddings: 1,
+        type_vocab_size: 1,
+        layer_norm_eps: 1e-12,
+        activation: Activation::Gelu,
+        num_labels: None,
+    }
+}
+
+/// Writes a small `.ets` with tile (three shapes), rows, cols and dense weights and f32 biases.
+pub fn write_check_file(path: &Path, rng: &mut Rng) -> Result<(), CudaError> {
+    let fe = |e: crate::format::FormatError| CudaError::Invalid(format!("{}: {e}", path.display()));
+    let mut w = EtsWriter::create(path, WriteOptions { overwrite: true }).map_err(fe)?;
+    let specs: [(&str, usize, usize, usize, f64); 5] =
+        [("t16", 300, 264, 16, 0.3), ("t32", 768, 768, 32, 0.5), ("t64", 2304, 768, 64, 0.2), ("rows", 520, 384, 0, 0.5), ("cols", 384, 520, 0, 0.5)];
+    for (name, n, k, t, d) in specs {
+        let data = rng.vec(n * k, 1.0 / (k as f32).sqrt());
+        let enc = match name {
+            "rows" => {
+                let kept: Vec<u32> = (0..n as u32).filter(|_| rng.uniform() < d as f32).collect();
+                EncodedTensor::rows(n, k, &data, &kept, Dtype::F16)
+            }
+            "cols" => {
+                let kept: Vec<u32> = (0..k as u32).filter(|_| rng.uniform() < d as f32).collect();
+                EncodedTensor::cols(n, k, &data, &kept, Dtype::F16)
+            }
+            _ => {
+                let keep = rng.mask(n.div_ceil(t) * k.div_ceil(t), d);
+                EncodedTensor::tile(n, k, &data, t, t, &keep, Dtype::F16)
+            }
+        }
+        .map_err(fe)?;
+        w.add_tensor(&format!("check.{name}.weight"), &enc).map_err(fe)?;
+        let bias = EncodedTensor::dense(vec![n as u64], Dtype::F32, &rng.vec(n, 0.5)).map_err(fe)?;
+        w.add_tensor(&format!("check.{name}.bias"), &bias).map_err(fe)?;
+    }
+    let dense = EncodedTensor::dense(vec![256, 384], Dtype::F16, &rng.vec(256 * 384, 0.05)).map_err(fe)?;
+    w.add_tensor("check.dense.weight", &dense).map_err(fe)?;
+    w.finish(small_config(384), serde_json::json!({}), Provenance::default()).map_err(fe)
+}
+
+/// Uploads `file` as one allocation and checks every 2-D weight through the dispatcher (and the
+/// tile kernel directly for tile weights) against the format's own densified values.
+pub fn file_suite(rt: &CudaRuntime, rng: &mut Rng, file: &EtsFile, m: usize) -> Result<Vec<CheckResult>, CudaError> {
+    let model = DeviceModel::upload(rt, file)?;
+    let dispatcher = Dispatcher::new();
+    let mut out = Vec::new();
+    for v in file.tensors().filter(|v| v.shape.len() == 2) {
+        let lw = model.linear(v.name)?;
+        let elem = lw.elem();
+        let (n, k) = lw.dims();
+        if n > 8192 || k > 8192 {
+            continue; // embeddings: not a linear layer
+        }
+        let dense = round_trip(elem, &v.to_dense_f32());
+        let bias_name = v.name.replace(".weight", ".bias");
+        let bias = file.tensor(&bias_name).ok().map(|b| b.to_dense_f32());
+        let x = round_trip(elem, &rng.vec(m * k, 1.0));
+        let xd = rt.upload(&bits(elem, &x))?;
+        let y = rt.alloc(m * n * 2)?;
+        let ep = Epilogue { bias: model.f32_values(&bias_name).unwrap_or(0), gelu: false, residual: 0 };
+        let reference = reference_linear(&x, m, k, &dense, n, bias.as_deref(), false, None);
+        let mut scratch = Scratch::default();
+        let mut runs: Vec<(&str, bool)> = vec![("dispatch", false)];
+        if matches!(lw, LinearWeight::Tile(_)) {
+            runs.push(("tile kernel", true));
+        }
+        for (label, force_tile) in runs {
+            rt.fill_u16(y.ptr(), nan_bits(elem), m * n)?;
+            if force_tile {
+                gemm::linear(rt, xd.ptr(), m, &lw, None, &ep, y.ptr(), &mut scratch)?;
+            } else {
+                dispatcher.run_linear(rt, v.name, xd.ptr(), m, &lw, &ep, y.ptr(), &mut scratch)?;
+            }
+            let got: Vec<u16> = rt.download(&y, m * n)?;
+            let got: Vec<f32> = got.iter().map(|&b| from_bits(elem, b)).collect();
+            let enc = match v.data {
+                TensorData::Tile(t) => format!("tile {}x{} d{:.2}", t.tile_rows, t.tile_cols, t.density()),
+                TensorData::Rows { .. } => "rows".into(),
+                TensorData::Cols { .. } => "cols".into(),
+                TensorData::Dense { .. } => "dense".into(),
+            };
+            out.push(CheckResult { name: format!("file {} [{enc}] {label} M{m}", v.name), err: compare(&got, &reference) });
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,447 @@
+//! The device context: libraries probed without panics, kernels loaded on first use, raw buffers,
+//! launches and event timers.
+
+use std::collections::HashMap;
+use std::ffi::c_void;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use cudarc::cublas::CudaBlas;
+use cudarc::driver::{result, sys, CudaContext, CudaFunction, CudaModule, CudaStream};
+
+use super::error::CudaError;
+use super::nvrtc::{self, KernelReport, KERNELS};
+
+fn catch<T>(library: &'static str, f: impl FnOnce() -> T) -> Result<T, CudaError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|p| {
+        let detail = p
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "the dynamic loader panicked".to_string());
+        CudaError::LibraryMissing { library, detail }
+    })
+}
+
+/// Checks that the driver library loads and initializes; returns the number of devices.
+pub(crate) fn probe_driver() -> Result<usize, CudaError> {
+    // SAFETY: only tries to open the library by name.
+    if !catch("cuda driver", || unsafe { sys::is_culib_present() })? {
+        return Err(CudaError::LibraryMissing {
+            library: "cuda driver",
+            detail: "libcuda not found (no NVIDIA driver on this machine?)".into(),
+        });
+    }
+    catch("cuda driver", result::init)?.map_err(CudaError::driver("cuInit"))?;
+    let n = catch("cuda driver", result::device::get_count)?.map_err(CudaError::driver("cuDeviceGetCount"))?;
+    if n <= 0 {
+        return Err(CudaError::NoDevice { ordinal: 0, count: 0 });
+    }
+    Ok(n as usize)
+}
+
+/// Element type of activations and weights on the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ElemType {
+    /// IEEE binary16.
+    F16,
+    /// bfloat16.
+    Bf16,
+}
+
+impl ElemType {
+    /// Kernel-name suffix.
+    pub fn suffix(self) -> &'static str {
+        match self {
+            ElemType::F16 => "f16",
+            ElemType::Bf16 => "bf16",
+        }
+    }
+}
+
+/// A raw device allocation, freed on drop.
+pub struct DevBuf {
+    ptr: sys::CUdeviceptr,
+    bytes: usize,
+    ctx: Arc<CudaContext>,
+}
+
+impl std::fmt::Debug for DevBuf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DevBuf({:#x}, {} bytes)", self.ptr, self.bytes)
+    }
+}
+
+impl DevBuf {
+    /// Device address.
+    pub fn ptr(&self) -> u64 {
+        self.ptr
+    }
+    /// Size in bytes.
+    pub fn len(&self) -> usize {
+        self.bytes
+    }
+    /// Whether the allocation is empty.
+    pub fn is_empty(&self) -> bool {
+        self.bytes == 0
+    }
+}
+
+impl Drop for DevBuf {
+    fn drop(&mut self) {
+        if self.ptr != 0 && self.ctx.bind_to_thread().is_ok() {
+            // SAFETY: allocated by malloc_sync in this context, freed once.
+            let _ = unsafe { result::free_sync(self.ptr) };
+        }
+    }
+}
+
+/// A CUDA device with a stream, the embedded kernels (compiled on first use) and cuBLAS.
+pub struct CudaRuntime {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    arch: String,
+    name: String,
+    sm_count: i32,
+    modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
+    functions: Mutex<HashMap<String, CudaFunction>>,
+    blas: OnceLock<Result<CudaBlas, String>>,
+    smem_set: Mutex<HashMap<String, u32>>,
+    reports: Mutex<Vec<KernelReport>>,
+}
+
+/// A kernel argument.
+#[derive(Debug, Clone, Copy)]
+pub enum KArg {
+    /// A device pointer (0 for null).
+    Ptr(u64),
+    /// A 32-bit integer.
+    I32(i32),
+    /// A 32-bit float.
+    F32(f32),
+}
+
+impl CudaRuntime {
+    /// Opens device `ordinal`. Fails with a typed error when the driver, a GPU or NVRTC is missing.
+    pub fn new(ordinal: usize) -> Result<Self, CudaError> {
+        let count = probe_driver()?;
+        if ordinal >= count {
+            return Err(CudaError::NoDevice { ordinal, count });
+        }
+        nvrtc::probe_nvrtc()?;
+        let ctx = catch("cuda driver", || CudaContext::new(ordinal))?.map_err(CudaError::driver("creating the context"))?;
+        let stream = ctx.new_stream().map_err(CudaError::driver("creating a stream"))?;
+        let (major, minor) = ctx.compute_capability().map_err(CudaError::driver("compute capability"))?;
+        let name = ctx.name().map_err(CudaError::driver("device name"))?;
+        let sm_count = ctx
+            .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .map_err(CudaError::driver("multiprocessor count"))?;
+        Ok(Self {
+            ctx,
+            stream,
+            arch: format!("sm_{major}{minor}"),
+            name,
+            sm_count,
+            modules: Mutex::new(HashMap::new()),
+            functions: Mutex::new(HashMap::new()),
+            blas: OnceLock::new(),
+            smem_set: Mutex::new(HashMap::new()),
+            reports: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Architecture name, such as `sm_90`.
+    pub fn arch(&self) -> &str {
+        &self.arch
+    }
+    /// Device name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// Number of multiprocessors.
+    pub fn sm_count(&self) -> i32 {
+        self.sm_count
+    }
+    /// The stream all work goes to.
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+    /// Compile reports of the kernel files loaded so far.
+    pub fn kernel_reports(&self) -> Vec<KernelReport> {
+        self.reports.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    pub(crate) fn bind(&self) -> Result<(), CudaError> {
+        self.ctx.bind_to_thread().map_err(CudaError::driver("binding the context"))
+    }
+
+    /// Looks up a kernel by name, compiling and loading its file on first use.
+    pub fn function(&self, name: &str) -> Result<CudaFunction, CudaError> {
+        let poisoned = || CudaError::Invalid("kernel table lock poisoned".into());
+        if let Some(f) = self.functions.lock().map_err(|_| poisoned())?.get(name) {
+            return Ok(f.clone());
+        }
+        let file = kernel_file_for(name)?;
+        let module = {
+            let mut mods = self.modules.lock().map_err(|_| poisoned())?;
+            match mods.get(file) {
+                Some(m) => m.clone(),
+                None => {
+                    let src = KERNELS.iter().find(|(f, _)| *f == file).map(|(_, s)| *s).unwrap_or("");
+                    let report = nvrtc::compile_kernel(file, src, &self.arch)?;
+                    let ptx = cudarc::nvrtc::Ptx::from_src(report.ptx.clone());
+                    let m = self.ctx.load_module(ptx).map_err(CudaError::driver(format!("loading {file}")))?;
+                    if let Ok(mut r) = self.reports.lock() {
+                        r.push(report);
+                    }
+                    mods.insert(file, m.clone());
+                    m
+                }
+            }
+        };
+        let f = module.load_function(name).map_err(CudaError::driver(format!("kernel {name} in {file}")))?;
+        self.functions.lock().map_err(|_| poisoned())?.insert(name.to_string(), f.clone());
+        Ok(f)
+    }
+
+    /// Allocates `bytes` on the device (uninitialized).
+    pub fn alloc(&self, bytes: usize) -> Result<DevBuf, CudaError> {
+        self.bind()?;
+        // SAFETY: plain allocation; at least one byte so the pointer is valid.
+        let ptr = unsafe { result::malloc_sync(bytes.max(1)) }
+            .map_err(CudaError::driver(format!("allocating {bytes} bytes")))?;
+        Ok(DevBuf { ptr, bytes, ctx: self.ctx.clone() })
+    }
+
+    /// Allocates and fills from host bytes (synchronous).
+    pub fn upload_bytes(&self, data: &[u8]) -> Result<DevBuf, CudaError> {
+        let buf = self.alloc(data.len())?;
+        if !data.is_empty() {
+            // SAFETY: buf holds data.len() bytes.
+            unsafe { result::memcpy_htod_sync(buf.ptr, data) }.map_err(CudaError::driver("host-to-device copy"))?;
+        }
+        Ok(buf)
+    }
+
+    /// Uploads a slice of plain values.
+    pub fn upload<T: bytemuck::Pod>(&self, data: &[T]) -> Result<DevBuf, CudaError> {
+        self.upload_bytes(bytemuck::cast_slice(data))
+    }
+
+    /// Copies `out.len()` bytes from device address `src` (after the stream's work finishes).
+    pub fn download_bytes(&self, src: u64, out: &mut [u8]) -> Result<(), CudaError> {
+        self.synchronize()?;
+        // SAFETY: the caller's src holds out.len() bytes.
+        unsafe { result::memcpy_dtoh_sync(out, src) }.map_err(CudaError::driver("device-to-host copy"))
+    }
+
+    /// Downloads `n` values of `T` from `src`.
+    pub fn download<T: bytemuck::Pod + Default + Clone>(&self, src: &DevBuf, n: usize) -> Result<Vec<T>, CudaError> {
+        let bytes = n * std::mem::size_of::<T>();
+        if bytes > src.len() {
+            return Err(CudaError::Invalid(format!("download of {bytes} bytes from a {}-byte buffer", src.len())));
+        }
+        let mut out = vec![T::default(); n];
+        self.download_bytes(src.ptr, bytemuck::cast_slice_mut(&mut out))?;
+        Ok(out)
+    }
+
+    /// Fills `bytes` at `dst` with the 16-bit pattern `value` on the stream.
+    pub fn fill_u16(&self, dst: u64, value: u16, count: usize) -> Result<(), CudaError> {
+        self.bind()?;
+        // SAFETY: the caller's dst holds count u16 values.
+        unsafe { sys::cuMemsetD16Async(dst, value, count, self.stream.cu_stream()) }
+            .result()
+            .map_err(CudaError::driver("memset"))
+    }
+
+    /// Device-to-device copy on the stream.
+    pub fn copy_d2d(&self, dst: u64, src: u64, bytes: usize) -> Result<(), CudaError> {
+        self.bind()?;
+        // SAFETY: the caller's buffers hold `bytes`.
+        unsafe { result::memcpy_dtod_async(dst, src, bytes, self.stream.cu_stream()) }
+            .map_err(CudaError::driver("device-to-device copy"))
+    }
+
+    /// Waits for the stream.
+    pub fn synchronize(&self) -> Result<(), CudaError> {
+        self.stream.synchronize().map_err(CudaError::driver("stream synchronize"))
+    }
+
+    /// Launches kernel `name` on the stream.
+    pub fn launch(
+        &self,
+        name: &str,
+        grid: (u32, u32, u32),
+        block: (u32, u32, u32),
+        smem: u32,
+        args: &[KArg],
+    ) -> Result<(), CudaError> {
+        let f = self.function(name)?;
+        self.bind()?;
+        let needs_raise = smem > 48 * 1024
+            && self.smem_set.lock().map(|m| m.get(name).is_none_or(|&v| v < smem)).unwrap_or(true);
+        if needs_raise {
+            f.set_attribute(
+                sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                smem as i32,
+            )
+            .map_err(CudaError::driver(format!("shared memory limit of {name}")))?;
+            if let Ok(mut m) = self.smem_set.lock() {
+                m.insert(name.to_string(), smem);
+            }
+        }
+        let mut vals: Vec<[u8; 8]> = args
+            .iter()
+            .map(|a| {
+                let mut v = [0u8; 8];
+                match a {
+                    KArg::Ptr(p) => v.copy_from_slice(&p.to_ne_bytes()),
+                    KArg::I32(i) => v[..4].copy_from_slice(&i.to_ne_bytes()),
+                    KArg::F32(x) => v[..4].copy_from_slice(&x.to_ne_bytes()),
+                }
+                v
+            })
+            .collect();
+        let mut params: Vec<*mut c_void> = vals.iter_mut().map(|v| v.as_mut_ptr() as *mut c_void).collect();
+        // SAFETY: params point at values laid out as the kernel's parameters; they outlive the call
+        // (the driver copies them at launch).
+        unsafe { result::launch_kernel(f.cu_function(), grid, block, smem, self.stream.cu_stream(), &mut params) }
+            .map_err(CudaError::driver(format!("launching {name}")))
+    }
+
+    /// The cuBLAS handle bound to this runtime's stream (created on first use).
+    pub fn blas(&self) -> Result<&CudaBlas, CudaError> {
+        let r = self.blas.get_or_init(|| {
+            // SAFETY: probing only opens the library by name.
+            match catch("cublas", || unsafe { cudarc::cublas::sys::is_culib_present() }) {
+                Ok(true) => {}
+                Ok(false) => return Err("libcublas not found on the library search path".to_string()),
+                Err(e) => return Err(e.to_string()),
+            }
+            match catch("cublas", || CudaBlas::new(self.stream.clone())) {
+                Ok(Ok(b)) => Ok(b),
+                Ok(Err(e)) => Err(format!("cublasCreate: {e}")),
+                Err(e) => Err(e.to_string()),
+            }
+        });
+        r.as_ref().map_err(|d| CudaError::LibraryMissing { library: "cublas", detail: d.clone() })
+    }
+
+    /// Starts an event timer on the stream.
+    pub fn timer(&self) -> Result<GpuTimer, CudaError> {
+        self.bind()?;
+        let mk = || result::event::create(sys::CUevent_flags::CU_EVENT_DEFAULT).map_err(CudaError::driver("event"));
+        let t = GpuTimer { start: mk()?, end: mk()?, stream: self.stream.cu_stream(), ctx: self.ctx.clone() };
+        // SAFETY: events and stream belong to this context.
+        unsafe { result::event::record(t.start, t.stream) }.map_err(CudaError::driver("event record"))?;
+        Ok(t)
+    }
+
+    /// Registers host memory as pinned (page-locked) for fast asynchronous copies.
+    ///
+    /// # Safety
+    /// `ptr..ptr+bytes` must stay valid and mapped until [`CudaRuntime::unregister_host`].
+    pub unsafe fn register_host(&self, ptr: *const u8, bytes: usize) -> Result<(), CudaError> {
+        self.bind()?;
+        sys::cuMemHostRegister_v2(ptr as *mut c_void, bytes, sys::CU_MEMHOSTREGISTER_READ_ONLY)
+            .result()
+            .map_err(CudaError::driver("cuMemHostRegister"))
+    }
+
+    /// Undoes [`CudaRuntime::register_host`].
+    ///
+    /// # Safety
+    /// `ptr` must have been registered.
+    pub unsafe fn unregister_host(&self, ptr: *const u8) -> Result<(), CudaError> {
+        self.bind()?;
+        sys::cuMemHostUnregister(ptr as *mut c_void).result().map_err(CudaError::driver("cuMemHostUnregister"))
+    }
+
+    /// Asynchronous host-to-device copy on the stream.
+    ///
+    /// # Safety
+    /// `src` must hold `bytes` and stay valid until the stream finishes the copy; `dst` must hold them.
+    pub unsafe fn copy_h2d_async(&self, dst: u64, src: *const u8, bytes: usize) -> Result<(), CudaError> {
+        sys::cuMemcpyHtoDAsync_v2(dst, src as *const c_void, bytes, self.stream.cu_stream())
+            .result()
+            .map_err(CudaError::driver("asynchronous host-to-device copy"))
+    }
+
+    /// Allocates pinned host memory.
+    pub fn alloc_pinned(&self, bytes: usize) -> Result<PinnedBuf, CudaError> {
+        self.bind()?;
+        // SAFETY: plain allocation.
+        let ptr = unsafe { result::malloc_host(bytes.max(1), 0) }.map_err(CudaError::driver("pinned allocation"))?;
+        Ok(PinnedBuf { ptr: ptr as *mut u8, bytes, ctx: self.ctx.clone() })
+    }
+}
+
+/// Pinned host memory, freed on drop.
+pub struct PinnedBuf {
+    ptr: *mut u8,
+    bytes: usize,
+    ctx: Arc<CudaContext>,
+}
+
+impl PinnedBuf {
+    /// The memory as a mutable slice.
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: ptr holds bytes, owned by self.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.bytes) }
+    }
+    /// Host address.
+    pub fn as_ptr(&self) -> *const u8 {
+        self.ptr
+    }
+}
+
+impl Drop for PinnedBuf {
+    fn drop(&mut self) {
+        if self.ctx.bind_to_thread().is_ok() {
+            // SAFETY: allocated by malloc_host, freed once.
+            let _ = unsafe { result::free_host(self.ptr as *mut c_void) };
+        }
+    }
+}
+
+/// Two events around a region of stream work.
+pub struct GpuTimer {
+    start: sys::CUevent,
+    end: sys::CUevent,
+    stream: sys::CUstream,
+    ctx: Arc<CudaContext>,
+}
+
+impl GpuTimer {
+    /// Records the end event, waits for it and returns the elapsed milliseconds.
+    pub fn stop_ms(self) -> Result<f32, CudaError> {
+        // SAFETY: events created in this context, alive until drop.
+        unsafe {
+            result::event::record(self.end, self.stream).map_err(CudaError::driver("event record"))?;
+            result::event::synchronize(self.end).map_err(CudaError::driver("event synchronize"))?;
+            result::event::elapsed(self.start, self.end).map_err(CudaError::driver("event elapsed"))
+        }
+    }
+}
+
+impl Drop for GpuTimer {
+    fn drop(&mut self) {
+        if self.ctx.bind_to_thread().is_ok() {
+            // SAFETY: created by event::create, destroyed once.
+            unsafe {
+                let _ = result::event::destroy(self.start);
+                let _ = result::event::destroy(self.end);
+            }
+        }
+    }
+}
+
+fn kernel_file_for(name: &str) -> Result<&'static str, CudaError> {
+    if name.starts_with("tile_gemm_") {
+        Ok("tile_gemm.cu")
+    } else if ["epilogue_", "gather_cols_", "densify_tiles_"].iter().any(|p| name.starts_with(p)) {
+        Ok("gemm_aux.cu")
+    } else {
+        Err(CudaError::Invalid(format!("no kernel file defines {name}")))
+    }
+}

@@ -1,0 +1,225 @@
+//! Choosing, per weight and token count, between the tile kernel and cuBLAS on a dense copy.
+//!
+//! The first call for a (weight shape, tile shape, kept tiles, token bucket) measures both on the
+//! device and caches the answer for the process; [`Dispatcher::table`] lists every decision with
+//! its reason and the measured speedup.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use super::device::{CudaRuntime, DevBuf};
+use super::error::CudaError;
+use super::gemm::{self, Epilogue, LinearWeight, Scratch};
+use super::upload::TileDeviceView;
+
+/// Which implementation runs a weight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Choice {
+    /// The tile-sparse kernel on the stored tiles.
+    Tile,
+    /// cuBLAS on a dense (or compacted) matrix.
+    Cublas,
+}
+
+/// One dispatch decision.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DispatchEntry {
+    /// Weight name.
+    pub name: String,
+    /// Out features.
+    pub n: usize,
+    /// In features.
+    pub k: usize,
+    /// Token count the decision was measured at (rounded up to a power of two).
+    pub tokens: usize,
+    /// Stored density.
+    pub density: f64,
+    /// The choice.
+    pub choice: Choice,
+    /// Why.
+    pub reason: String,
+    /// Tile kernel milliseconds (when measured).
+    pub tile_ms: Option<f64>,
+    /// cuBLAS milliseconds (when measured).
+    pub dense_ms: Option<f64>,
+}
+
+impl DispatchEntry {
+    /// cuBLAS time over tile time (above 1: the tile kernel is faster).
+    pub fn speedup(&self) -> Option<f64> {
+        Some(self.dense_ms? / self.tile_ms?)
+    }
+}
+
+type Key = (usize, usize, usize, usize, usize, usize);
+
+/// Measures once, caches, and runs linear layers with the chosen implementation.
+#[derive(Default)]
+pub struct Dispatcher {
+    cache: Mutex<HashMap<Key, (Choice, Option<f64>, Option<f64>, String)>>,
+    entries: Mutex<Vec<DispatchEntry>>,
+    dense: Mutex<HashMap<String, DevBuf>>,
+}
+
+/// Median milliseconds per call of `f`, timed with device events over batches of `per_batch`
+/// back-to-back calls (after a warm-up batch).
+pub fn median_ms(
+    rt: &CudaRuntime,
+    batches: usize,
+    per_batch: usize,
+    mut f: impl FnMut() -> Result<(), CudaError>,
+) -> Result<f64, CudaError> {
+    for _ in 0..per_batch.max(1) {
+        f()?;
+    }
+    rt.synchronize()?;
+    let mut times = Vec::with_capacity(batches);
+    for _ in 0..batches.max(1) {
+        let t = rt.timer()?;
+        for _ in 0..per_batch.max(1) {
+            f()?;
+        }
+        times.push(t.stop_ms()? as f64 / per_batch.max(1) as f64);
+    }
+    times.sort_by(|a, b| a.total_cmp(b));
+    Ok(times[times.len() / 2])
+}
+
+fn bucket(tokens: usize) -> usize {
+    tokens.max(1).next_power_of_two()
+}
+
+impl Dispatcher {
+    /// An empty dispatcher.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn measure(&self, rt: &CudaRuntime, v: &TileDeviceView, tokens: usize) -> Result<(f64, f64), CudaError> {
+        let dense = gemm::densify(rt, v)?;
+        let x = rt.alloc(tokens * v.cols * 2)?;
+        let y = rt.alloc(tokens * v.rows * 2)?;
+        // Random-ish bits would be better, but the timing does not depend on the values here
+        // beyond zeros; fill with a small nonzero pattern (0x2E66 is about 0.1 in f16 and bf16-ish).
+        rt.fill_u16(x.ptr(), 0x2E66, tokens * v.cols)?;
+        let ep = Epilogue::default();
+        let tile = median_ms(rt, 5, 10, || gemm::tile_gemm(rt, x.ptr(), tokens, v, &ep, y.ptr()))?;
+        let cublas = median_ms(rt, 5, 10, || {
+            gemm::dense_gemm(rt, v.elem, x.ptr(), v.cols, tokens, v.cols, dense.ptr(), v.rows, y.ptr())
+        })?;
+        Ok((tile, cublas))
+    }
+
+    /// Decides (measuring on first sight) how weight `name` runs at `tokens` tokens.
+    pub fn decide(&self, rt: &CudaRuntime, name: &str, w: &LinearWeight, tokens: usize) -> Result<DispatchEntry, CudaError> {
+        let (n, k) = w.dims();
+        let tokens_b = bucket(tokens);
+        let poisoned = || CudaError::Invalid("dispatch cache lock poisoned".into());
+        let (density, decision) = match w {
+            LinearWeight::Tile(v) => {
+                let key = (n, k, v.th, v.tw, v.kept, tokens_b);
+                let cached = self.cache.lock().map_err(|_| poisoned())?.get(&key).cloned();
+                let d = match cached {
+                    Some(d) => d,
+                    None => {
+                        let d = match gemm::tile_kernel_unsupported(v) {
+                            Some(why) => (Choice::Cublas, None, None, why),
+                            None => {
+                                let (t, c) = self.measure(rt, v, tokens_b)?;
+                                let choice = if t <= c { Choice::Tile } else { Choice::Cublas };
+                                (choice, Some(t), Some(c), "measured".to_string())
+                            }
+                        };
+                        self.cache.lock().map_err(|_| poisoned())?.insert(key, d.clone());
+                        d
+                    }
+                };
+                (v.density(), d)
+            }
+            LinearWeight::Dense { .. } => (1.0, (Choice::Cublas, None, None, "dense encoding".into())),
+            LinearWeight::Rows { nr, n, .. } => {
+                (*nr as f64 / (*n).max(1) as f64, (Choice::Cublas, None, None, "rows encoding: compacted GEMM + scatter".into()))
+            }
+            LinearWeight::Cols { kc, k, .. } => {
+                (*kc as f64 / (*k).max(1) as f64, (Choice::Cublas, None, None, "cols encoding: gather + compacted GEMM".into()))
+            }
+        };
+        let entry = DispatchEntry {
+            name: name.into(),
+            n,
+            k,
+            tokens: tokens_b,
+            density,
+            choice: decision.0,
+            reason: decision.3,
+            tile_ms: decision.1,
+            dense_ms: decision.2,
+        };
+        let mut entries = self.entries.lock().map_err(|_| poisoned())?;
+        if !entries.iter().any(|e| e.name == entry.name && e.tokens == entry.tokens) {
+            entries.push(entry.clone());
+        }
+        Ok(entry)
+    }
+
+    /// Runs `Y = act(X W^T + b) + residual` with the implementation chosen for this weight.
+    #[allow(clippy::too_many_arguments)]
+    pub fn run_linear(
+        &self,
+        rt: &CudaRuntime,
+        name: &str,
+        x: u64,
+        m: usize,
+        w: &LinearWeight,
+        ep: &Epilogue,
+        y: u64,
+        scratch: &mut Scratch,
+    ) -> Result<Choice, CudaError> {
+        let d = self.decide(rt, name, w, m)?;
+        let fallback = match (d.choice, w) {
+            (Choice::Cublas, LinearWeight::Tile(v)) => {
+                let mut dense = self.dense.lock().map_err(|_| CudaError::Invalid("dense cache lock poisoned".into()))?;
+                if !dense.contains_key(name) {
+                    dense.insert(name.to_string(), gemm::densify(rt, v)?);
+                }
+                dense.get(name).map(|b| b.ptr())
+            }
+            _ => None,
+        };
+        gemm::linear(rt, x, m, w, fallback, ep, y, scratch)?;
+        Ok(d.choice)
+    }
+
+    /// Every decision so far.
+    pub fn table(&self) -> Vec<DispatchEntry> {
+        self.entries.lock().map(|e| e.clone()).unwrap_or_default()
+    }
+}
+
+/// Formats decisions as a text table.
+pub fn format_table(entries: &[DispatchEntry]) -> String {
+    let mut s = format!(
+        "{:<44} {:>6} {:>6} {:>7} {:>7} {:>7} {:>9} {:>9} {:>8}  reason\n",
+        "weight", "N", "K", "tokens", "density", "kernel", "tile ms", "cublas ms", "speedup"
+    );
+    for e in entries {
+        let f = |v: Option<f64>| v.map(|x| format!("{x:.4}")).unwrap_or_else(|| "-".into());
+        s.push_str(&format!(
+            "{:<44} {:>6} {:>6} {:>7} {:>7.3} {:>7} {:>9} {:>9} {:>8}  {}\n",
+            e.name,
+            e.n,
+            e.k,
+            e.tokens,
+            e.density,
+            match e.choice {
+                Choice::Tile => "tile",
+                Choice::Cublas => "cublas",
+            },
+            f(e.tile_ms),
+            f(e.dense_ms),
+            e.speedup().map(|x| format!("{x:.2}x")).unwrap_or_else(|| "-".into()),
+            e.reason
+        ));
+    }
+    s
+}

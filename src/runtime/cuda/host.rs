@@ -1,0 +1,420 @@
+//! The CPU half of the CUDA path: building the tile layout a kernel reads, tile masks, the f32
+//! reference of the linear layer and error measures. Nothing here needs a GPU.
+
+use half::{bf16, f16};
+
+use super::device::ElemType;
+
+/// A tile-encoded N x K weight in host memory, in exactly the layout of the `.ets` tile encoding
+/// (without element bitmaps): bitmap words, block-row prefix sums, kept tiles row-major.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostTiles {
+    /// Rows (output features).
+    pub rows: usize,
+    /// Columns (input features).
+    pub cols: usize,
+    /// Tile height.
+    pub th: usize,
+    /// Tile width.
+    pub tw: usize,
+    /// Block rows.
+    pub grid_rows: usize,
+    /// Block columns.
+    pub grid_cols: usize,
+    /// Occupancy bitmap, bit t of the grid (row-major) in word t / 64.
+    pub bitmap: Vec<u64>,
+    /// `grid_rows + 1` prefix sums of kept tiles per block row.
+    pub row_offsets: Vec<u32>,
+    /// Kept tiles, `th * tw` 16-bit values each (f16 or bf16 bits), zero-padded at the edges.
+    pub values: Vec<u16>,
+    /// Element type of `values`.
+    pub elem: ElemType,
+}
+
+/// Rounds an f32 to the 16-bit type and returns its bits.
+pub fn to_bits(elem: ElemType, v: f32) -> u16 {
+    match elem {
+        ElemType::F16 => f16::from_f32(v).to_bits(),
+        ElemType::Bf16 => bf16::from_f32(v).to_bits(),
+    }
+}
+
+/// Widens 16-bit bits of the type to f32.
+pub fn from_bits(elem: ElemType, b: u16) -> f32 {
+    match elem {
+        ElemType::F16 => f16::from_bits(b).to_f32(),
+        ElemType::Bf16 => bf16::from_bits(b).to_f32(),
+    }
+}
+
+/// Rounds every value through the 16-bit type (what the device sees).
+pub fn round_trip(elem: ElemType, v: &[f32]) -> Vec<f32> {
+    v.iter().map(|&x| from_bits(elem, to_bits(elem, x))).collect()
+}
+
+impl HostTiles {
+    /// Encodes a row-major `rows x cols` matrix keeping the tiles where `keep` (grid, row-major) is true.
+    pub fn from_dense(
+        data: &[f32],
+        rows: usize,
+        cols: usize,
+        th: usize,
+        tw: usize,
+        keep: &[bool],
+        elem: ElemType,
+    ) -> Result<Self, String> {
+        if th == 0 || tw == 0 {
+            return Err("tile edges must be positive".into());
+        }
+        let (gr, gc) = (rows.div_ceil(th), cols.div_ceil(tw));
+        if data.len() != rows * cols || keep.len() != gr * gc {
+            return Err(format!(
+                "shape mismatch: {} values for {rows}x{cols}, {} mask entries for a {gr}x{gc} grid",
+                data.len(),
+                keep.len()
+            ));
+        }
+        let mut bitmap = vec![0u64; (gr * gc).div_ceil(64)];
+        let mut row_offsets = Vec::with_capacity(gr + 1);
+        let mut values = Vec::new();
+        row_offsets.push(0u32);
+        for br in 0..gr {
+            for bc in 0..gc {
+                let t = br * gc + bc;
+                if !keep[t] {
+                    continue;
+                }
+                bitmap[t / 64] |= 1u64 << (t % 64);
+                for i in 0..th {
+                    for j in 0..tw {
+                        let (r, c) = (br * th + i, bc * tw + j);
+                        let v = if r < rows && c < cols { data[r * cols + c] } else { 0.0 };
+                        values.push(to_bits(elem, v));
+                    }
+                }
+            }
+            row_offsets.push((values.len() / (th * tw)) as u32);
+        }
+        Ok(Self { rows, cols, th, tw, grid_rows: gr, grid_cols: gc, bitmap, row_offsets, values, elem })
+    }
+
+    /// Kept tiles.
+    pub fn kept(&self) -> usize {
+        self.row_offsets.last().copied().unwrap_or(0) as usize
+    }
+
+    /// Fraction of grid tiles kept.
+    pub fn density(&self) -> f64 {
+        self.kept() as f64 / (self.grid_rows * self.grid_cols).max(1) as f64
+    }
+
+    /// The matrix as dense row-major f32 (pruned tiles zero).
+    pub fn to_dense_f32(&self) -> Vec<f32> {
+        let mut out = vec![0f32; self.rows * self.cols];
+        let area = self.th * self.tw;
+        let mut k = 0usize;
+        for br in 0..self.grid_rows {
+            for bc in 0..self.grid_cols {
+                let t = br * self.grid_cols + bc;
+                if self.bitmap[t / 64] >> (t % 64) & 1 == 0 {
+                    continue;
+                }
+                for i in 0..self.th {
+                    for j in 0..self.tw {
+                        let (r, c) = (br * self.th + i, bc * self.tw + j);
+                        if r < self.rows && c < self.cols {
+                            out[r * self.cols + c] = from_bits(self.elem, self.values[k * area + i * self.tw + j]);
+                        }
+                    }
+                }
+                k += 1;
+            }
+        }
+        out
+    }
+}
+
+/// Keeps the `round(density * tiles)` tiles of largest Frobenius norm (at least one).
+pub fn top_norm_mask(data: &[f32], rows: usize, cols: usize, th: usize, tw: usize, density: f64) -> Vec<bool> {
+    let (gr, gc) = (rows.div_ceil(th), cols.div_ceil(tw));
+    let mut norms = vec![0f64; gr * gc];
+    for r in 0..rows {
+        for c in 0..cols {
+            let v = data.get(r * cols + c).copied().unwrap_or(0.0) as f64;
+            norms[(r / th) * gc + c / tw] += v * v;
+        }
+    }
+    let keep_n = ((density.clamp(0.0, 1.0) * (gr * gc) as f64).round() as usize).clamp(1, gr * gc);
+    let mut order: Vec<usize> = (0..gr * gc).collect();
+    order.sort_by(|&a, &b| norms[b].total_cmp(&norms[a]).then(a.cmp(&b)));
+    let mut keep = vec![false; gr * gc];
+    for &t in order.iter().take(keep_n) {
+        keep[t] = true;
+    }
+    keep
+}
+
+/// A small deterministic generator (xorshift64*), for test and benchmark data.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// Seeds the generator (a zero seed is replaced).
+    pub fn new(seed: u64) -> Self {
+        Self(seed.max(1) ^ 0x9E37_79B9_7F4A_7C15)
+    }
+    /// A seed from the clock and process id, so every run draws fresh data.
+    pub fn fresh() -> Self {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1);
+        Self::new(t ^ (std::process::id() as u64) << 32)
+    }
+    /// Next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    /// Uniform in [0, 1).
+    pub fn uniform(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
+    }
+    /// Uniform in [-a, a).
+    pub fn sym(&mut self, a: f32) -> f32 {
+        (self.uniform() * 2.0 - 1.0) * a
+    }
+    /// `n` values uniform in [-a, a).
+    pub fn vec(&mut self, n: usize, a: f32) -> Vec<f32> {
+        (0..n).map(|_| self.sym(a)).collect()
+    }
+    /// A mask over `n` entries with exactly `round(density * n)` (at least one) true, at random places.
+    pub fn mask(&mut self, n: usize, density: f64) -> Vec<bool> {
+        let k = ((density.clamp(0.0, 1.0) * n as f64).round() as usize).clamp(1, n.max(1));
+        let mut idx: Vec<usize> = (0..n).collect();
+        for i in 0..k.min(n) {
+            let j = i + (self.next_u64() % (n - i) as u64) as usize;
+            idx.swap(i, j);
+        }
+        let mut m = vec![false; n];
+        for &i in idx.iter().take(k.min(n)) {
+            m[i] = true;
+        }
+        m
+    }
+}
+
+/// erf-based GELU in f64.
+pub fn gelu(x: f64) -> f64 {
+    0.5 * x * (1.0 + erf(x / std::f64::consts::SQRT_2))
+}
+
+/// The error function (Abramowitz-Stegun 7.1.26 is too coarse; this uses a series / continued
+/// fraction split, accurate to about 1e-12).
+pub fn erf(x: f64) -> f64 {
+    let a = x.abs();
+    let r = if a < 2.5 {
+        // Maclaurin series
+        let (mut term, mut sum, x2) = (a, a, a * a);
+        let mut n = 0.0;
+        loop {
+            n += 1.0;
+            term *= -x2 / n;
+            let add = term / (2.0 * n + 1.0);
+            sum += add;
+            if add.abs() < 1e-17 * sum.abs() {
+                break;
+            }
+        }
+        sum * 2.0 / std::f64::consts::PI.sqrt()
+    } else {
+        // continued fraction for erfc
+        let mut f = 0.0;
+        for k in (1..=60).rev() {
+            f = (k as f64 / 2.0) / (a + f);
+        }
+        1.0 - (-a * a).exp() / std::f64::consts::PI.sqrt() / (a + f)
+    };
+    if x < 0.0 {
+        -r
+    } else {
+        r
+    }
+}
+
+/// The linear layer in f64 from f32 inputs: `act(x w^T + b) + residual`, x `[m, k]`, w `[n, k]`.
+#[allow(clippy::too_many_arguments)]
+pub fn reference_linear(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: &[f32],
+    n: usize,
+    bias: Option<&[f32]>,
+    gelu_on: bool,
+    residual: Option<&[f32]>,
+) -> Vec<f32> {
+    use rayon::prelude::*;
+    let mut y = vec![0f32; m * n];
+    y.par_chunks_mut(n.max(1)).enumerate().for_each(|(i, row)| {
+        let xr = &x[i * k..(i + 1) * k];
+        for (j, out) in row.iter_mut().enumerate() {
+            let wr = &w[j * k..(j + 1) * k];
+            let mut acc = 0f64;
+            for (a, b) in xr.iter().zip(wr) {
+                acc += *a as f64 * *b as f64;
+            }
+            if let Some(b) = bias {
+                acc += b[j] as f64;
+            }
+            if gelu_on {
+                acc = gelu(acc);
+            }
+            if let Some(r) = residual {
+                acc += r[i * n + j] as f64;
+            }
+            *out = acc as f32;
+        }
+    });
+    y
+}
+
+/// Error of `out` against `reference`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ErrorStats {
+    /// `max |out - ref| / max |ref|`.
+    pub max_rel: f64,
+    /// `||out - ref||_2 / ||ref||_2`.
+    pub l2_rel: f64,
+    /// Non-finite values in `out` (NaN or infinity), which always fail a check.
+    pub non_finite: usize,
+}
+
+impl ErrorStats {
+    /// Passes when every value is finite and `max_rel < tol`.
+    pub fn passes(&self, tol: f64) -> bool {
+        self.non_finite == 0 && self.max_rel < tol && self.max_rel.is_finite()
+    }
+}
+
+/// Compares `out` with `reference` (same length).
+pub fn compare(out: &[f32], reference: &[f32]) -> ErrorStats {
+    let mut non_finite = 0usize;
+    let (mut max_d, mut max_r, mut d2, mut r2) = (0f64, 0f64, 0f64, 0f64);
+    for (&o, &r) in out.iter().zip(reference) {
+        if !o.is_finite() {
+            non_finite += 1;
+            continue;
+        }
+        let d = (o as f64 - r as f64).abs();
+        max_d = max_d.max(d);
+        max_r = max_r.max((r as f64).abs());
+        d2 += d * d;
+        r2 += (r as f64) * (r as f64);
+    }
+    if out.len() != reference.len() {
+        non_finite += out.len().abs_diff(reference.len());
+    }
+    ErrorStats {
+        max_rel: if max_r > 0.0 { max_d / max_r } else { max_d },
+        l2_rel: if r2 > 0.0 { (d2 / r2).sqrt() } else { d2.sqrt() },
+        non_finite,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::{Dtype, EncodedTensor, PartRole};
+
+    #[test]
+    fn layout_matches_the_format_writer() {
+        let mut rng = Rng::fresh();
+        for &(rows, cols, th, tw) in &[(40usize, 72usize, 16usize, 16usize), (64, 64, 32, 32), (70, 130, 64, 64)] {
+            let data = rng.vec(rows * cols, 1.0);
+            let keep = rng.mask(rows.div_ceil(th) * cols.div_ceil(tw), 0.4);
+            let ours = HostTiles::from_dense(&data, rows, cols, th, tw, &keep, ElemType::F16).unwrap();
+            let enc = EncodedTensor::tile(rows, cols, &data, th, tw, &keep, Dtype::F16).unwrap();
+            let part = |role: PartRole| enc.parts.iter().find(|(r, _)| *r == role).map(|(_, b)| b.clone()).unwrap();
+            let bitmap: Vec<u8> = ours.bitmap.iter().flat_map(|w| w.to_le_bytes()).collect();
+            let offs: Vec<u8> = ours.row_offsets.iter().flat_map(|w| w.to_le_bytes()).collect();
+            let vals: Vec<u8> = ours.values.iter().flat_map(|w| w.to_le_bytes()).collect();
+            assert_eq!(part(PartRole::TileBitmap), bitmap);
+            assert_eq!(part(PartRole::RowOffsets), offs);
+            assert_eq!(part(PartRole::Values), vals);
+        }
+    }
+
+    #[test]
+    fn dense_round_trip_zeroes_pruned_tiles_only() {
+        let mut rng = Rng::fresh();
+        let (rows, cols, th, tw) = (33, 50, 16, 16);
+        let data = round_trip(ElemType::F16, &rng.vec(rows * cols, 2.0));
+        let keep = rng.mask(3 * 4, 0.5);
+        let t = HostTiles::from_dense(&data, rows, cols, th, tw, &keep, ElemType::F16).unwrap();
+        let back = t.to_dense_f32();
+        for r in 0..rows {
+            for c in 0..cols {
+                let kept = keep[(r / th) * 4 + c / tw];
+                let want = if kept { data[r * cols + c] } else { 0.0 };
+                assert_eq!(back[r * cols + c], want, "({r},{c})");
+            }
+        }
+    }
+
+    #[test]
+    fn top_norm_keeps_the_largest_tiles() {
+        let (rows, cols) = (32, 32);
+        let mut data = vec![0.01f32; rows * cols];
+        // make tile (1, 0) big
+        for r in 16..32 {
+            for c in 0..16 {
+                data[r * cols + c] = 5.0;
+            }
+        }
+        let m = top_norm_mask(&data, rows, cols, 16, 16, 0.25);
+        assert_eq!(m, vec![false, false, true, false]);
+    }
+
+    #[test]
+    fn reference_matches_a_naive_loop_and_gelu_is_sane() {
+        let mut rng = Rng::fresh();
+        let (m, k, n) = (5, 7, 3);
+        let x = rng.vec(m * k, 1.0);
+        let w = rng.vec(n * k, 1.0);
+        let b = rng.vec(n, 1.0);
+        let res = rng.vec(m * n, 1.0);
+        let y = reference_linear(&x, m, k, &w, n, Some(&b), true, Some(&res));
+        for i in 0..m {
+            for j in 0..n {
+                let mut s = b[j] as f64;
+                for t in 0..k {
+                    s += x[i * k + t] as f64 * w[j * k + t] as f64;
+                }
+                let want = gelu(s) + res[i * n + j] as f64;
+                assert!((y[i * n + j] as f64 - want).abs() < 1e-5);
+            }
+        }
+        assert!((erf(0.5) - 0.520_499_877_813_046_5).abs() < 1e-12);
+        assert!((erf(3.0) - 0.999_977_909_503_001_4).abs() < 1e-12);
+        assert!((gelu(-10.0)).abs() < 1e-12);
+    }
+
+    #[test]
+    fn compare_flags_nan() {
+        let r = [1.0f32, 2.0, 3.0];
+        assert!(compare(&[1.0, 2.0, 3.0], &r).passes(1e-6));
+        assert!(!compare(&[1.0, f32::NAN, 3.0], &r).passes(1.0));
+        let s = compare(&[1.0, 2.0, 3.3], &r);
+        assert!((s.max_rel - 0.1).abs() < 1e-6);
+    }
+
+    #[test]
+    fn rng_mask_has_exact_count() {
+        let mut rng = Rng::fresh();
+        let m = rng.mask(100, 0.3);
+        assert_eq!(m.iter().filter(|&&b| b).count(), 30);
+    }
+}

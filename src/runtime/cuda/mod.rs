@@ -1,0 +1,38 @@
+//! The CUDA runtime: kernels compiled with NVRTC, the tile-sparse GEMM, cuBLAS for dense.
+//!
+//! Everything here loads the CUDA libraries (driver, NVRTC, cuBLAS) at run time, so the crate builds
+//! and runs on machines without them; [`cuda_available`] and [`CudaRuntime::new`] report their absence
+//! as an error instead of a panic.
+//!
+//! - [`host`]: the CPU half (tile layout building, masks, f32 reference GEMM); no GPU needed.
+//! - [`nvrtc`]: compiling `kernels/*.cu` for an architecture, with an on-disk cache.
+//! - [`CudaRuntime`]: a device context, stream, loaded kernels and a cuBLAS handle.
+//! - [`DeviceModel`]: an `.ets` file's data uploaded as one allocation, with per-tensor views.
+//! - [`gemm`]: the linear layer on the device (tile kernel, cuBLAS dense, rows/cols encodings).
+//! - [`dispatch`]: per-weight choice between the tile kernel and cuBLAS, measured once.
+
+pub mod bench;
+pub mod checks;
+mod device;
+pub mod dispatch;
+mod error;
+pub mod gemm;
+pub mod host;
+pub mod nvrtc;
+pub mod upload;
+
+pub use device::{CudaRuntime, DevBuf, ElemType, GpuTimer, KArg, PinnedBuf};
+pub use dispatch::{format_table, median_ms, Choice, DispatchEntry, Dispatcher};
+pub use error::CudaError;
+pub use gemm::{Epilogue, LinearWeight, Scratch};
+pub use nvrtc::{compile_all_kernels, KernelReport};
+pub use upload::{DeviceModel, DeviceTensor, TileDeviceView, UploadStats};
+
+/// Checks that the CUDA driver library, NVRTC and at least one GPU are usable.
+///
+/// Returns a message naming what is missing; never panics.
+pub fn cuda_available() -> Result<(), String> {
+    device::probe_driver().map_err(|e| e.to_string())?;
+    nvrtc::probe_nvrtc().map_err(|e| e.to_string())?;
+    Ok(())
+}
