@@ -28,8 +28,7 @@ export ETS_PTXAS="${ETS_PTXAS:-$CUDA_HOME/bin/ptxas}"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu,power.draw --format=csv 2>&1 | tee "$out/nvidia-smi.txt"
 
 echo "== kernel resources (NVRTC + ptxas -v)"
-arch="$("$bin" resources --arch sm_90 >/dev/null 2>&1; echo sm_90)"
-"$bin" resources --arch "$arch" 2>&1 | tee "$out/resources.txt"
+"$bin" resources --arch sm_90 2>&1 | tee "$out/resources.txt"
 
 extra=()
 for f in ${ETS_CHECK_ETS:-.cuda/minilm.ets}; do

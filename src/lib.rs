@@ -6,6 +6,7 @@
 //! - [`runtime`]: the CPU reference runtime and the CUDA runtime.
 #![deny(missing_docs)]
 
+pub mod convert;
 pub mod format;
 pub mod ingest;
 pub mod prune;

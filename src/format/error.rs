@@ -62,7 +62,8 @@ pub enum FormatError {
         /// File length.
         file_len: u64,
     },
-    /// R8: the header's SHA-256 differs from the preamble's digest.
+    /// R8: the SHA-256 of the preamble's first 32 bytes followed by the header differs from the
+    /// preamble's digest.
     #[error("header digest mismatch: preamble {expected}, header hashes to {actual}")]
     HeaderDigestMismatch {
         /// Digest stored in the preamble.

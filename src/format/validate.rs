@@ -145,7 +145,7 @@ fn check_preamble(bytes: &[u8]) -> Result<(u64, u16), FormatError> {
         });
     }
     let header = &bytes[PREAMBLE_LEN as usize..(PREAMBLE_LEN + header_len) as usize];
-    let actual = Sha256::digest(header);
+    let actual = header_digest(&bytes[..32], header);
     if actual.as_slice() != &bytes[32..64] {
         return Err(FormatError::HeaderDigestMismatch {
             expected: hex(&bytes[32..64]),
@@ -153,6 +153,15 @@ fn check_preamble(bytes: &[u8]) -> Result<(u64, u16), FormatError> {
         });
     }
     Ok((header_len, minor))
+}
+
+/// The preamble's digest: SHA-256 over the first 32 preamble bytes followed by the header, so
+/// that a changed minor version (which a reader otherwise accepts) is caught like any other byte.
+pub(crate) fn header_digest(preamble: &[u8], header: &[u8]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(preamble);
+    h.update(header);
+    h.finalize().into()
 }
 
 /// R10: bounds JSON nesting before the parser sees it, so no input can exhaust the stack.

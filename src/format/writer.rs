@@ -271,7 +271,8 @@ impl EtsWriter {
         pre.extend_from_slice(&ENDIAN_MARKER.to_le_bytes());
         pre.extend_from_slice(&(header.len() as u64).to_le_bytes());
         pre.extend_from_slice(&file_len.to_le_bytes());
-        pre.extend_from_slice(&Sha256::digest(header));
+        let digest = super::validate::header_digest(&pre, header);
+        pre.extend_from_slice(&digest);
         out.write_all(&pre).map_err(io)?;
         out.write_all(header).map_err(io)?;
         if file_len > PREAMBLE_LEN + header.len() as u64 {

@@ -322,12 +322,13 @@ pub fn summarize_ptxas(text: &str) -> String {
         if let Some(i) = line.find("Compiling entry function '") {
             let rest = &line[i + 26..];
             current = rest.split('\'').next().unwrap_or(rest).to_string();
-        } else if line.contains("bytes stack frame") {
+        } else if line.contains("bytes stack frame") && !current.is_empty() {
             let t = line.split("info    : ").nth(1).unwrap_or(line).trim();
             out.push_str(&format!("{current}: {t}"));
-        } else if line.contains("Used ") {
+        } else if line.contains("Used ") && !current.is_empty() {
             let t = line.split("info    : ").nth(1).unwrap_or(line).trim();
             out.push_str(&format!("; {t}\n"));
+            current.clear();
         }
     }
     out

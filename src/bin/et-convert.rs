@@ -1,0 +1,231 @@
+//! et-convert: read a BERT model (ONNX, or safetensors + config.json), prune it into tiles, write
+//! a `.ets` file. Exit codes: 0 success, 1 bad input or unsupported model, 2 usage.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use ets::convert::{convert, ConvertOptions, ConvertReport};
+use ets::format::Dtype;
+use ets::ingest::IngestOptions;
+use ets::prune::{Method, Recipe, Role};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "et-convert",
+    version,
+    about = "Convert a BERT model (.onnx, or .safetensors + config.json) into a tile-sparse .ets file"
+)]
+struct Args {
+    /// Source model: .onnx or .safetensors.
+    input: PathBuf,
+    /// Output .ets file.
+    output: PathBuf,
+    /// Pruning method: tile, tile-balanced, rows, cols, irregular, attention-aware, heads,
+    /// existing, none. Default: tile when a sparsity is given, otherwise none.
+    #[arg(long, value_parser = parse_method)]
+    method: Option<Method>,
+    /// Global sparsity target: the fraction of each weight removed (0 to below 1).
+    #[arg(long)]
+    sparsity: Option<f64>,
+    /// Sparsity for one role, e.g. `value=0.5` (roles: query, key, value, output,
+    /// intermediate, ffn_output). Repeatable.
+    #[arg(long = "role-sparsity", value_parser = parse_role_override)]
+    role_sparsity: Vec<(Role, f64)>,
+    /// Sparsity for one layer, e.g. `0=0.3`. Repeatable.
+    #[arg(long = "layer-sparsity", value_parser = parse_layer_override)]
+    layer_sparsity: Vec<(usize, f64)>,
+    /// Tile shape ROWSxCOLS (edges 8, 16, 32, 64 or 128).
+    #[arg(long, value_parser = parse_tile)]
+    tile: Option<[usize; 2]>,
+    /// A JSON recipe with method, sparsity, tile, roles, layers and per-tensor overrides.
+    /// Command-line options override it.
+    #[arg(long)]
+    recipe: Option<PathBuf>,
+    /// Stored weight type: f16, bf16 or f32.
+    #[arg(long, default_value = "f16", value_parser = parse_dtype)]
+    dtype: Dtype,
+    /// config.json to use instead of the one beside a safetensors model.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// tokenizer.json or vocab.txt to embed instead of the one beside the model.
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    /// Replace the output if it exists.
+    #[arg(long)]
+    force: bool,
+    /// Print a machine-readable JSON report on stdout instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// Print nothing but errors.
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn parse_method(s: &str) -> Result<Method, String> {
+    Method::parse(s).ok_or_else(|| {
+        let all: Vec<_> = Method::ALL.iter().map(|m| m.name()).collect();
+        format!("unknown method {s:?} (one of {})", all.join(", "))
+    })
+}
+
+fn parse_fraction(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
+    if (0.0..1.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("sparsity {v} must be at least 0 and below 1"))
+    }
+}
+
+fn parse_role_override(s: &str) -> Result<(Role, f64), String> {
+    let (role, value) = s.split_once('=').ok_or("expected ROLE=SPARSITY")?;
+    let role = Role::parse(role).ok_or_else(|| format!("unknown role {role:?}"))?;
+    Ok((role, parse_fraction(value)?))
+}
+
+fn parse_layer_override(s: &str) -> Result<(usize, f64), String> {
+    let (layer, value) = s.split_once('=').ok_or("expected LAYER=SPARSITY")?;
+    let layer = layer.parse().map_err(|_| format!("{layer:?} is not a layer index"))?;
+    Ok((layer, parse_fraction(value)?))
+}
+
+fn parse_tile(s: &str) -> Result<[usize; 2], String> {
+    let (r, c) = s.split_once(['x', 'X']).ok_or("expected ROWSxCOLS, e.g. 16x16")?;
+    let edge = |e: &str| -> Result<usize, String> {
+        let v: usize = e.parse().map_err(|_| format!("{e:?} is not a number"))?;
+        if [8, 16, 32, 64, 128].contains(&v) {
+            Ok(v)
+        } else {
+            Err(format!("tile edge {v} must be 8, 16, 32, 64 or 128"))
+        }
+    };
+    Ok([edge(r)?, edge(c)?])
+}
+
+fn parse_dtype(s: &str) -> Result<Dtype, String> {
+    Dtype::from_name(s).ok_or_else(|| format!("unknown dtype {s:?} (f16, bf16 or f32)"))
+}
+
+fn build_recipe(args: &Args) -> Result<Recipe, String> {
+    let mut recipe = match &args.recipe {
+        Some(path) => Recipe::from_file(path).map_err(|e| e.to_string())?,
+        None => Recipe::default(),
+    };
+    if let Some(s) = args.sparsity {
+        recipe.sparsity = parse_fraction(&s.to_string())?;
+        if args.recipe.is_none() && args.method.is_none() {
+            recipe.method = Method::Tile;
+        }
+    }
+    if let Some(m) = args.method {
+        recipe.method = m;
+    }
+    if let Some(t) = args.tile {
+        recipe.tile = t;
+    }
+    recipe.roles.extend(args.role_sparsity.iter().copied());
+    recipe.layers.extend(args.layer_sparsity.iter().copied());
+    if recipe.method != Method::None && recipe.method != Method::Existing && recipe.sparsity == 0.0
+        && recipe.roles.is_empty() && recipe.layers.is_empty() && recipe.tensors.is_empty()
+    {
+        return Err(format!(
+            "method {} needs a sparsity (--sparsity, --role-sparsity, --layer-sparsity or a recipe)",
+            recipe.method.name()
+        ));
+    }
+    Ok(recipe)
+}
+
+fn print_table(r: &ConvertReport, recipe: &Recipe) {
+    let m = &r.model;
+    println!(
+        "{} -> {}: BERT {} layers, hidden {}, heads {:?}, FFN {}",
+        r.input.display(),
+        r.output.display(),
+        m.num_layers,
+        m.hidden_size,
+        m.heads_per_layer,
+        m.intermediate_size
+    );
+    println!(
+        "method {}, tile {}x{}, global sparsity {}",
+        recipe.method.name(),
+        recipe.tile[0],
+        recipe.tile[1],
+        recipe.sparsity
+    );
+    println!(
+        "{:>5}  {:<22} {:<22} {:<22} {:<22} {:<22} {:<22}",
+        "layer", "query", "key", "value", "output", "intermediate", "ffn_output"
+    );
+    for layer in 0..m.num_layers as usize {
+        let cells: Vec<String> = Role::ALL
+            .iter()
+            .map(|role| {
+                r.tensors
+                    .iter()
+                    .find(|t| Role::of_name(&t.name) == Some((layer, *role)))
+                    .map(|t| {
+                        let tile = t.tile.map(|[a, b]| format!(" {a}x{b}")).unwrap_or_default();
+                        format!("{}{} {:.3}", t.encoding, tile, t.density)
+                    })
+                    .unwrap_or_else(|| "-".into())
+            })
+            .collect();
+        println!(
+            "{:>5}  {:<22} {:<22} {:<22} {:<22} {:<22} {:<22}",
+            layer, cells[0], cells[1], cells[2], cells[3], cells[4], cells[5]
+        );
+    }
+    let mb = |b: u64| b as f64 / 1e6;
+    println!(
+        "size {:.2} MB -> {:.2} MB ({:.1}%), tokenizer {}, {:.2} s",
+        mb(r.source_bytes),
+        mb(r.output_bytes),
+        100.0 * r.output_bytes as f64 / r.source_bytes.max(1) as f64,
+        if r.tokenizer { "embedded" } else { "none" },
+        r.seconds
+    );
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let recipe = match build_recipe(&args) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("et-convert: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if recipe.method == Method::None && args.sparsity.is_none() && !args.quiet && !args.json {
+        eprintln!("et-convert: no sparsity given: writing dense weights (use --sparsity to prune)");
+    }
+    let opts = ConvertOptions {
+        recipe: recipe.clone(),
+        dtype: args.dtype,
+        overwrite: args.force,
+        ingest: IngestOptions {
+            config: args.config.clone(),
+            tokenizer: args.tokenizer.clone(),
+        },
+        progress: !args.quiet && !args.json && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    };
+    match convert(&args.input, &args.output, &opts) {
+        Ok(report) => {
+            if args.json {
+                match serde_json::to_string_pretty(&report) {
+                    Ok(s) => println!("{s}"),
+                    Err(e) => eprintln!("et-convert: {e}"),
+                }
+            } else if !args.quiet {
+                print_table(&report, &recipe);
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("et-convert: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

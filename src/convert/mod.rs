@@ -1,0 +1,201 @@
+//! The conversion pipeline behind `et-convert`: read a source model one tensor at a time, prune
+//! each linear weight as the recipe says, and stream the result into a `.ets` writer. At most the
+//! four attention weights of one layer are in memory at once (for head pruning).
+
+mod heads;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::format::{names, Dtype, EncodedTensor, EtsWriter, FormatError, ModelConfig, WriteOptions};
+use crate::ingest::{open_source, IngestError, IngestOptions, SourceTensor};
+use crate::prune::{prune_matrix, Matrix, Method, PruneReport, Recipe, RecipeError, Role};
+
+/// Everything that can stop a conversion.
+#[derive(Debug, thiserror::Error)]
+pub enum ConvertError {
+    /// The source model could not be read or is not a supported BERT.
+    #[error(transparent)]
+    Ingest(#[from] IngestError),
+    /// Writing or re-reading the output failed.
+    #[error(transparent)]
+    Format(#[from] FormatError),
+    /// The recipe is invalid.
+    #[error(transparent)]
+    Recipe(#[from] RecipeError),
+    /// A source tensor has a shape the converter cannot prune.
+    #[error("tensor {name}: {reason}")]
+    Tensor {
+        /// Canonical name.
+        name: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Calibration could not run or the pruned model fell below `--min-cosine`.
+    #[error("calibration: {0}")]
+    Calibration(String),
+}
+
+/// Options of one conversion.
+#[derive(Debug, Clone)]
+pub struct ConvertOptions {
+    /// Pruning recipe.
+    pub recipe: Recipe,
+    /// Element type of the stored weights (1-D vectors are always stored as f32).
+    pub dtype: Dtype,
+    /// Replace an existing output.
+    pub overwrite: bool,
+    /// Where to find config and tokenizer.
+    pub ingest: IngestOptions,
+    /// Show a progress bar on stderr.
+    pub progress: bool,
+}
+
+/// What a conversion did.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConvertReport {
+    /// Source file.
+    pub input: PathBuf,
+    /// Output file.
+    pub output: PathBuf,
+    /// The architecture written (heads per layer after head pruning).
+    pub model: ModelConfig,
+    /// One entry per linear weight.
+    pub tensors: Vec<PruneReport>,
+    /// Bytes of the source file.
+    pub source_bytes: u64,
+    /// Bytes of the output file.
+    pub output_bytes: u64,
+    /// Wall-clock seconds.
+    pub seconds: f64,
+    /// Whether a tokenizer was embedded.
+    pub tokenizer: bool,
+}
+
+fn as_matrix<'a>(name: &str, t: &'a SourceTensor) -> Result<Matrix<'a>, ConvertError> {
+    match t.shape[..] {
+        [rows, cols] if rows * cols == t.data.len() => Ok(Matrix {
+            rows,
+            cols,
+            data: &t.data,
+        }),
+        _ => Err(ConvertError::Tensor {
+            name: name.to_string(),
+            reason: format!("expected a 2-D weight, found shape {:?}", t.shape),
+        }),
+    }
+}
+
+/// Converts `input` into a `.ets` file at `output` (written atomically).
+pub fn convert(input: &Path, output: &Path, opts: &ConvertOptions) -> Result<ConvertReport, ConvertError> {
+    let start = Instant::now();
+    if !opts.overwrite && output.exists() {
+        return Err(FormatError::OutputExists {
+            path: output.to_path_buf(),
+        }
+        .into());
+    }
+    let source = open_source(input, &opts.ingest)?;
+    let mut config = source.config().clone();
+    opts.recipe.validate(config.num_layers as usize)?;
+    let names = source.tensor_names();
+    let progress = progress_bar(opts.progress, names.len() as u64);
+    let mut writer = EtsWriter::create(output, WriteOptions { overwrite: opts.overwrite })?;
+    let mut heads = heads::HeadPlan::default();
+    let mut reports = Vec::new();
+    for name in &names {
+        progress.set_message(name.clone());
+        let tensor = source.load(name)?;
+        let encoded = match Role::of_name(name) {
+            Some((layer, role)) => {
+                let plan = opts.recipe.plan(name, layer, role);
+                let query_plan = opts.recipe.plan(&names::LayerTensor::QueryWeight.name(layer), layer, Role::Query);
+                let (tensor, plan) = if query_plan.method == Method::Heads {
+                    let kept = heads.kept(&*source, &config, layer, query_plan.sparsity)?;
+                    (heads::slice_weight(&config, role, &tensor, kept), query_plan)
+                } else {
+                    (tensor, plan)
+                };
+                let m = as_matrix(name, &tensor)?;
+                let value_heads = (role == Role::Value)
+                    .then(|| (config.num_heads as usize, config.head_dim as usize));
+                let (encoded, report) = prune_matrix(name, m, &plan, opts.dtype, value_heads)?;
+                reports.push(report);
+                encoded
+            }
+            None => {
+                let tensor = match heads::bias_role(name) {
+                    Some((layer, role)) if heads.is_pruned(layer) => {
+                        let kept = heads.kept(&*source, &config, layer, 0.0)?;
+                        heads::slice_weight(&config, role, &tensor, kept)
+                    }
+                    _ => tensor,
+                };
+                // Vectors are tiny and feed LayerNorm and bias adds directly: keep them exact.
+                let dtype = if tensor.shape.len() == 1 { Dtype::F32 } else { opts.dtype };
+                let shape = tensor.shape.iter().map(|&d| d as u64).collect();
+                EncodedTensor::dense(shape, dtype, &tensor.data)?
+            }
+        };
+        writer.add_tensor(name, &encoded)?;
+        progress.inc(1);
+    }
+    progress.finish_and_clear();
+    heads.apply(&mut config);
+    let tokenizer = source.tokenizer();
+    if let Some(t) = &tokenizer {
+        writer.add_blob(names::TOKENIZER_SECTION, "tokenizer", &t.format, &t.bytes, false)?;
+    }
+    let recipe = recipe_record(&opts.recipe, opts.dtype, &reports);
+    writer.finish(config.clone(), recipe, source.provenance())?;
+    let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    Ok(ConvertReport {
+        input: input.to_path_buf(),
+        output: output.to_path_buf(),
+        model: config,
+        tensors: reports,
+        source_bytes: size(input),
+        output_bytes: size(output),
+        seconds: start.elapsed().as_secs_f64(),
+        tokenizer: tokenizer.is_some(),
+    })
+}
+
+/// The recipe as stored in the file: what was asked, and what each weight got.
+pub fn recipe_record(recipe: &Recipe, dtype: Dtype, reports: &[PruneReport]) -> serde_json::Value {
+    let results: BTreeMap<&str, serde_json::Value> = reports
+        .iter()
+        .map(|r| {
+            (
+                r.name.as_str(),
+                serde_json::json!({
+                    "method": r.method.name(),
+                    "encoding": r.encoding,
+                    "target_sparsity": r.target_sparsity,
+                    "density": r.density,
+                }),
+            )
+        })
+        .collect();
+    let mut value = serde_json::to_value(recipe).unwrap_or(serde_json::Value::Null);
+    if let Some(obj) = value.as_object_mut() {
+        obj.insert("dtype".into(), dtype.name().into());
+        obj.insert("results".into(), serde_json::to_value(results).unwrap_or_default());
+    }
+    value
+}
+
+fn progress_bar(show: bool, len: u64) -> indicatif::ProgressBar {
+    if !show {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(len);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} tensors {elapsed} {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar
+}
