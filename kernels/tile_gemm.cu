@@ -190,12 +190,12 @@ __device__ void tile_gemm_body(const T* __restrict__ X, int M, int K, int ldx,
                                const u64* __restrict__ bitmap, const u32* __restrict__ row_offsets,
                                const T* __restrict__ values, int N, int grid_rows, int grid_cols,
                                const float* __restrict__ bias, const T* __restrict__ residual,
-                               int gelu, T* __restrict__ Y, int ldy) {
+                               int gelu, T* __restrict__ Y, int ldy, float* __restrict__ ws) {
     constexpr int S = ETS_KC / TW;
     constexpr int STAGE_BYTES = ETS_BM * ETS_KC * 2;
     extern __shared__ __align__(128) unsigned char smem[];
     unsigned char* xs = smem;
-    unsigned char* ws = smem + ETS_STAGES * STAGE_BYTES;
+    unsigned char* wsm = smem + ETS_STAGES * STAGE_BYTES;
     Meta<TH, TW>& md = *reinterpret_cast<Meta<TH, TW>*>(smem + 2 * ETS_STAGES * STAGE_BYTES);
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -206,6 +206,11 @@ __device__ void tile_gemm_body(const T* __restrict__ X, int M, int K, int ldx,
     build_union<TH, TW>(md, bitmap, row_offsets, grid_rows, grid_cols, br0);
     const int U = md.U;
     const int G = (U + S - 1) / S;
+    // Split-K (small token counts): blockIdx.z takes a contiguous share of the stages and adds
+    // its partial sums into the f32 workspace; a second kernel applies the epilogue.
+    const int gbeg = static_cast<int>((static_cast<long long>(G) * blockIdx.z) / gridDim.z);
+    const int gend = static_cast<int>((static_cast<long long>(G) * (blockIdx.z + 1)) / gridDim.z);
+    const int GL = gend - gbeg;
 
     float acc[4][4][4];
 #pragma unroll
@@ -217,26 +222,27 @@ __device__ void tile_gemm_body(const T* __restrict__ X, int M, int K, int ldx,
 
 #pragma unroll
     for (int s = 0; s < ETS_STAGES - 1; ++s) {
-        if (s < G) load_stage<T, TH, TW>(md, xs + s * STAGE_BYTES, ws + s * STAGE_BYTES, X, M, K, ldx, m0, values, s);
+        if (s < GL) load_stage<T, TH, TW>(md, xs + s * STAGE_BYTES, wsm + s * STAGE_BYTES, X, M, K, ldx, m0, values, gbeg + s);
         cp_async_commit();
     }
     // Block rows of the warp's two n16 halves (feature offsets warp_n*32 + h*16).
     const int r0 = (warp_n * 32) / TH, r1 = (warp_n * 32 + 16) / TH;
 
-    for (int g = 0; g < G; ++g) {
+    for (int gi = 0; gi < GL; ++gi) {
         cp_async_wait<ETS_STAGES - 2>();
         __syncthreads();
         {
-            int gn = g + ETS_STAGES - 1;
-            if (gn < G) {
+            int gn = gi + ETS_STAGES - 1;
+            if (gn < GL) {
                 int b = gn % ETS_STAGES;
-                load_stage<T, TH, TW>(md, xs + b * STAGE_BYTES, ws + b * STAGE_BYTES, X, M, K, ldx, m0, values, gn);
+                load_stage<T, TH, TW>(md, xs + b * STAGE_BYTES, wsm + b * STAGE_BYTES, X, M, K, ldx, m0, values, gbeg + gn);
             }
             cp_async_commit();
         }
-        const int buf = g % ETS_STAGES;
+        const int g = gbeg + gi;
+        const int buf = gi % ETS_STAGES;
         const u32 xa = smem_addr(xs + buf * STAGE_BYTES);
-        const u32 wa = smem_addr(ws + buf * STAGE_BYTES);
+        const u32 wa = smem_addr(wsm + buf * STAGE_BYTES);
 #pragma unroll
         for (int kk = 0; kk < ETS_KC / 16; ++kk) {
             const int j = g * S + (kk * 16) / TW;
@@ -267,6 +273,22 @@ __device__ void tile_gemm_body(const T* __restrict__ X, int M, int K, int ldx,
         }
     }
     cp_async_wait<0>();
+
+    if (ws) {
+#pragma unroll
+        for (int mi = 0; mi < 4; ++mi)
+#pragma unroll
+            for (int ni = 0; ni < 4; ++ni)
+#pragma unroll
+                for (int hh = 0; hh < 2; ++hh)
+#pragma unroll
+                    for (int e = 0; e < 2; ++e) {
+                        const int m = m0 + warp_m * 64 + mi * 16 + (lane >> 2) + hh * 8;
+                        const int nn = n0 + warp_n * 32 + ni * 8 + (lane & 3) * 2 + e;
+                        if (m < M && nn < N) atomicAdd(ws + static_cast<size_t>(m) * ldy + nn, acc[mi][ni][hh * 2 + e]);
+                    }
+        return;
+    }
 
     // Fused epilogue straight from the accumulators.
 #pragma unroll
@@ -299,9 +321,9 @@ __device__ void tile_gemm_body(const T* __restrict__ X, int M, int K, int ldx,
     extern "C" __global__ void __launch_bounds__(ETS_THREADS, 2)                                   \
         NAME(const T* X, int M, int K, int ldx, const u64* bitmap, const u32* row_offsets,         \
              const T* values, int N, int grid_rows, int grid_cols, const float* bias,             \
-             const T* residual, int gelu, T* Y, int ldy) {                                         \
+             const T* residual, int gelu, T* Y, int ldy, float* ws) {                              \
         ets::tile_gemm_body<T, BF, TH, TW>(X, M, K, ldx, bitmap, row_offsets, values, N, grid_rows, \
-                                           grid_cols, bias, residual, gelu, Y, ldy);               \
+                                           grid_cols, bias, residual, gelu, Y, ldy, ws);           \
     }
 
 ETS_TILE_GEMM(tile_gemm_f16_16x16, __half, false, 16, 16)

@@ -47,6 +47,24 @@ enum Cmd {
         #[arg(long)]
         quick: bool,
     },
+    /// One benchmark configuration (for profilers).
+    One {
+        /// Tokens.
+        #[arg(long, default_value_t = 16384)]
+        tokens: usize,
+        /// In features.
+        #[arg(long, default_value_t = 768)]
+        k: usize,
+        /// Out features.
+        #[arg(long, default_value_t = 3072)]
+        n: usize,
+        /// Tile density.
+        #[arg(long, default_value_t = 1.0)]
+        density: f64,
+        /// Tile edge.
+        #[arg(long, default_value_t = 16)]
+        tile: usize,
+    },
     /// NVRTC compile and ptxas resource report.
     Resources {
         /// Target architecture.
@@ -80,6 +98,13 @@ fn main() -> ExitCode {
         }),
         Cmd::Check { ets } => open().and_then(|rt| run_checks(&rt, &ets)),
         Cmd::Bench { quick } => open().and_then(|rt| run_bench(&rt, quick).map(|_| true)),
+        Cmd::One { tokens, k, n, density, tile } => open().and_then(|rt| {
+            let mut rng = Rng::fresh();
+            let inp = Inputs::new(&rt, &mut rng, tokens, n, k)?;
+            let r = bench::bench_one(&rt, &mut rng, &inp, tokens, tile, density, MaskMode::Random)?;
+            print_result(&r, 4000.0);
+            Ok(true)
+        }),
         Cmd::Resources { arch } => resources(&arch).map(|_| true),
         Cmd::PrepareMinilm { safetensors, out, density, tile } => prepare(&safetensors, &out, density, tile).map(|_| true),
     };
@@ -169,21 +194,24 @@ fn upload_bench(rt: &CudaRuntime, rng: &mut Rng) -> Result<String, CudaError> {
     let cfg = serde_json::json!({});
     w.finish(checks_config(), cfg, Default::default()).map_err(fe)?;
     let file = EtsFile::open(&path).map_err(fe)?;
-    let model = DeviceModel::upload(rt, &file)?;
-    let st = model.stats();
-    let pinned = upload::pinned_copy_ms(rt, st.bytes)?;
+    let mut lines = Vec::new();
+    let mut bytes = 0usize;
+    for method in [cuda::UploadMethod::Staged, cuda::UploadMethod::Register, cuda::UploadMethod::Pageable] {
+        let _warm = DeviceModel::upload_with(rt, &file, method)?;
+        drop(_warm);
+        let model = DeviceModel::upload_with(rt, &file, method)?;
+        let st = model.stats();
+        bytes = st.bytes;
+        lines.push((format!("{method:?}->{:?}", st.method), st.millis, st.gbps()));
+    }
+    let pinned = upload::pinned_copy_ms(rt, bytes)?;
     let _ = std::fs::remove_dir_all(&dir);
-    let pin_gbps = st.bytes as f64 / (pinned * 1e6);
-    Ok(format!(
-        "upload: {:.1} MB in {:.2} ms = {:.1} GB/s ({}), plain pinned memcpy {:.2} ms = {:.1} GB/s, ratio {:.2}",
-        st.bytes as f64 / 1e6,
-        st.millis,
-        st.gbps(),
-        if st.registered { "registered mapping" } else { "pinned staging" },
-        pinned,
-        pin_gbps,
-        st.gbps() / pin_gbps
-    ))
+    let pin_gbps = bytes as f64 / (pinned * 1e6);
+    let mut s = format!("upload of {:.1} MB (one allocation, file in page cache): plain pinned memcpy {pinned:.2} ms = {pin_gbps:.1} GB/s", bytes as f64 / 1e6);
+    for (name, ms, gbps) in lines {
+        s.push_str(&format!("; {name} {ms:.2} ms = {gbps:.1} GB/s ({:.2}x pinned)", gbps / pin_gbps));
+    }
+    Ok(s)
 }
 
 fn checks_config() -> ets::format::ModelConfig {
@@ -207,6 +235,11 @@ fn checks_config() -> ets::format::ModelConfig {
 fn run_bench(rt: &CudaRuntime, quick: bool) -> Result<(), CudaError> {
     let mut rng = Rng::fresh();
     println!("== ceilings");
+    for th in [16usize, 32, 64] {
+        let name = format!("tile_gemm_f16_{th}x{th}");
+        let occ = rt.occupancy(&name, 256, cuda::gemm::tile_smem_bytes(th) as u32)?;
+        println!("{name}: {occ} CTAs of 256 threads per SM with {} B shared memory", cuda::gemm::tile_smem_bytes(th));
+    }
     let d2d = bench::d2d_gbps(rt, 1 << 30)?;
     let tflops = bench::cublas_tflops(rt, &mut rng, 8192)?;
     println!("device-to-device copy: {d2d:.0} GB/s (read+write); cuBLAS f16 8192^3: {tflops:.0} TFLOP/s");

@@ -60,6 +60,17 @@ struct Args {
     /// Print nothing but errors.
     #[arg(long)]
     quiet: bool,
+    /// Sentences to compare the dense source and the pruned result on (one per line, or a
+    /// `text<TAB>label` tsv such as SST-2): prints per-layer cosine and largest difference and
+    /// records them in the file's recipe.
+    #[arg(long)]
+    calibrate: Option<PathBuf>,
+    /// Most calibration sentences to use.
+    #[arg(long, default_value_t = 64)]
+    calibrate_limit: usize,
+    /// With --calibrate: fail (exit 1, nothing written) when the output cosine is below this.
+    #[arg(long, requires = "calibrate")]
+    min_cosine: Option<f64>,
 }
 
 fn parse_method(s: &str) -> Result<Method, String> {
@@ -178,6 +189,19 @@ fn print_table(r: &ConvertReport, recipe: &Recipe) {
             layer, cells[0], cells[1], cells[2], cells[3], cells[4], cells[5]
         );
     }
+    if let Some(c) = &r.calibration {
+        println!(
+            "calibration on {} sentences of {}: per layer cosine / max |diff| (0 = embeddings)",
+            c.sentences, c.source
+        );
+        for l in &c.layers {
+            println!("{:>5}  cosine {:.6}  max|diff| {:.4}", l.layer, l.cosine, l.max_abs_diff);
+        }
+        println!(
+            "output (mean-pooled) cosine {:.6}, lowest sentence {:.6}",
+            c.output_cosine, c.output_min_cosine
+        );
+    }
     let mb = |b: u64| b as f64 / 1e6;
     println!(
         "size {:.2} MB -> {:.2} MB ({:.1}%), tokenizer {}, {:.2} s",
@@ -210,6 +234,9 @@ fn main() -> ExitCode {
             tokenizer: args.tokenizer.clone(),
         },
         progress: !args.quiet && !args.json && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        calibrate: args.calibrate.clone(),
+        calibrate_limit: args.calibrate_limit.max(1),
+        min_cosine: args.min_cosine,
     };
     match convert(&args.input, &args.output, &opts) {
         Ok(report) => {

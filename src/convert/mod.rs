@@ -2,6 +2,7 @@
 //! each linear weight as the recipe says, and stream the result into a `.ets` writer. At most the
 //! four attention weights of one layer are in memory at once (for head pruning).
 
+pub mod calibrate;
 mod heads;
 
 use std::collections::BTreeMap;
@@ -11,7 +12,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::format::{names, Dtype, EncodedTensor, EtsWriter, FormatError, ModelConfig, WriteOptions};
-use crate::ingest::{open_source, IngestError, IngestOptions, SourceTensor};
+use crate::ingest::{open_source, IngestError, IngestOptions, ModelSource, SourceTensor};
 use crate::prune::{prune_matrix, Matrix, Method, PruneReport, Recipe, RecipeError, Role};
 
 /// Everything that can stop a conversion.
@@ -52,6 +53,12 @@ pub struct ConvertOptions {
     pub ingest: IngestOptions,
     /// Show a progress bar on stderr.
     pub progress: bool,
+    /// Sentences (text file or SST-2 tsv) to compare dense and pruned outputs on.
+    pub calibrate: Option<PathBuf>,
+    /// How many calibration sentences to use at most.
+    pub calibrate_limit: usize,
+    /// Fail (and write nothing) when the calibrated output cosine falls below this.
+    pub min_cosine: Option<f64>,
 }
 
 /// What a conversion did.
@@ -73,6 +80,8 @@ pub struct ConvertReport {
     pub seconds: f64,
     /// Whether a tokenizer was embedded.
     pub tokenizer: bool,
+    /// Dense-vs-pruned fidelity, with `--calibrate`.
+    pub calibration: Option<calibrate::Calibration>,
 }
 
 fn as_matrix<'a>(name: &str, t: &'a SourceTensor) -> Result<Matrix<'a>, ConvertError> {
@@ -99,11 +108,94 @@ pub fn convert(input: &Path, output: &Path, opts: &ConvertOptions) -> Result<Con
         .into());
     }
     let source = open_source(input, &opts.ingest)?;
+    opts.recipe.validate(source.config().num_layers as usize)?;
+    let calibration = match &opts.calibrate {
+        Some(sentences) => Some(run_calibration(&*source, output, sentences, opts)?),
+        None => None,
+    };
+    let extra = calibration
+        .as_ref()
+        .and_then(|c| serde_json::to_value(c).ok());
+    let written = write_model(&*source, output, &opts.recipe, opts.dtype, opts.overwrite, opts.progress, extra)?;
+    let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    Ok(ConvertReport {
+        input: input.to_path_buf(),
+        output: output.to_path_buf(),
+        model: written.config,
+        tensors: written.reports,
+        source_bytes: size(input),
+        output_bytes: size(output),
+        seconds: start.elapsed().as_secs_f64(),
+        tokenizer: written.tokenizer,
+        calibration,
+    })
+}
+
+/// Temporary files removed on drop.
+struct TempFiles(Vec<PathBuf>);
+
+impl Drop for TempFiles {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// Writes the pruned model and a dense f32 reference to temporary files beside the output,
+/// compares them on the sentences, and enforces `--min-cosine`.
+fn run_calibration(
+    source: &dyn ModelSource,
+    output: &Path,
+    sentences: &Path,
+    opts: &ConvertOptions,
+) -> Result<calibrate::Calibration, ConvertError> {
+    let texts = calibrate::read_sentences(sentences, opts.calibrate_limit)?;
+    let name = output
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "out.ets".into());
+    let tmp = |suffix: &str| output.with_file_name(format!(".{name}.{}.{suffix}", std::process::id()));
+    let temps = TempFiles(vec![tmp("dense"), tmp("pruned")]);
+    let (dense, pruned) = (&temps.0[0], &temps.0[1]);
+    write_model(source, dense, &Recipe::default(), Dtype::F32, true, false, None)?;
+    write_model(source, pruned, &opts.recipe, opts.dtype, true, opts.progress, None)?;
+    let label = sentences
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let result = calibrate::compare(dense, pruned, &label, &texts)?;
+    if let Some(min) = opts.min_cosine {
+        if result.output_cosine < min {
+            return Err(ConvertError::Calibration(format!(
+                "output cosine {:.5} on {} sentences is below --min-cosine {min}; nothing written",
+                result.output_cosine, result.sentences
+            )));
+        }
+    }
+    Ok(result)
+}
+
+struct Written {
+    config: ModelConfig,
+    reports: Vec<PruneReport>,
+    tokenizer: bool,
+}
+
+/// Streams every tensor of `source` through pruning into a new file at `output`.
+fn write_model(
+    source: &dyn ModelSource,
+    output: &Path,
+    recipe: &Recipe,
+    dtype: Dtype,
+    overwrite: bool,
+    show_progress: bool,
+    calibration: Option<serde_json::Value>,
+) -> Result<Written, ConvertError> {
     let mut config = source.config().clone();
-    opts.recipe.validate(config.num_layers as usize)?;
     let names = source.tensor_names();
-    let progress = progress_bar(opts.progress, names.len() as u64);
-    let mut writer = EtsWriter::create(output, WriteOptions { overwrite: opts.overwrite })?;
+    let progress = progress_bar(show_progress, names.len() as u64);
+    let mut writer = EtsWriter::create(output, WriteOptions { overwrite })?;
     let mut heads = heads::HeadPlan::default();
     let mut reports = Vec::new();
     for name in &names {
@@ -111,10 +203,10 @@ pub fn convert(input: &Path, output: &Path, opts: &ConvertOptions) -> Result<Con
         let tensor = source.load(name)?;
         let encoded = match Role::of_name(name) {
             Some((layer, role)) => {
-                let plan = opts.recipe.plan(name, layer, role);
-                let query_plan = opts.recipe.plan(&names::LayerTensor::QueryWeight.name(layer), layer, Role::Query);
+                let plan = recipe.plan(name, layer, role);
+                let query_plan = recipe.plan(&names::LayerTensor::QueryWeight.name(layer), layer, Role::Query);
                 let (tensor, plan) = if query_plan.method == Method::Heads {
-                    let kept = heads.kept(&*source, &config, layer, query_plan.sparsity)?;
+                    let kept = heads.kept(source, &config, layer, query_plan.sparsity)?;
                     (heads::slice_weight(&config, role, &tensor, kept), query_plan)
                 } else {
                     (tensor, plan)
@@ -122,20 +214,20 @@ pub fn convert(input: &Path, output: &Path, opts: &ConvertOptions) -> Result<Con
                 let m = as_matrix(name, &tensor)?;
                 let value_heads = (role == Role::Value)
                     .then(|| (config.num_heads as usize, config.head_dim as usize));
-                let (encoded, report) = prune_matrix(name, m, &plan, opts.dtype, value_heads)?;
+                let (encoded, report) = prune_matrix(name, m, &plan, dtype, value_heads)?;
                 reports.push(report);
                 encoded
             }
             None => {
                 let tensor = match heads::bias_role(name) {
                     Some((layer, role)) if heads.is_pruned(layer) => {
-                        let kept = heads.kept(&*source, &config, layer, 0.0)?;
+                        let kept = heads.kept(source, &config, layer, 0.0)?;
                         heads::slice_weight(&config, role, &tensor, kept)
                     }
                     _ => tensor,
                 };
                 // Vectors are tiny and feed LayerNorm and bias adds directly: keep them exact.
-                let dtype = if tensor.shape.len() == 1 { Dtype::F32 } else { opts.dtype };
+                let dtype = if tensor.shape.len() == 1 { Dtype::F32 } else { dtype };
                 let shape = tensor.shape.iter().map(|&d| d as u64).collect();
                 EncodedTensor::dense(shape, dtype, &tensor.data)?
             }
@@ -149,17 +241,14 @@ pub fn convert(input: &Path, output: &Path, opts: &ConvertOptions) -> Result<Con
     if let Some(t) = &tokenizer {
         writer.add_blob(names::TOKENIZER_SECTION, "tokenizer", &t.format, &t.bytes, false)?;
     }
-    let recipe = recipe_record(&opts.recipe, opts.dtype, &reports);
-    writer.finish(config.clone(), recipe, source.provenance())?;
-    let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
-    Ok(ConvertReport {
-        input: input.to_path_buf(),
-        output: output.to_path_buf(),
-        model: config,
-        tensors: reports,
-        source_bytes: size(input),
-        output_bytes: size(output),
-        seconds: start.elapsed().as_secs_f64(),
+    let mut record = recipe_record(recipe, dtype, &reports);
+    if let (Some(obj), Some(c)) = (record.as_object_mut(), calibration) {
+        obj.insert("calibration".into(), c);
+    }
+    writer.finish(config.clone(), record, source.provenance())?;
+    Ok(Written {
+        config,
+        reports,
         tokenizer: tokenizer.is_some(),
     })
 }

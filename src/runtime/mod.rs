@@ -219,8 +219,7 @@ impl EncoderOutput {
     pub fn sequence(&self, i: usize) -> Option<&[f32]> {
         let len = *self.lengths.get(i)?;
         let start = self.offset(i) * self.hidden_size;
-        self.last_hidden
-            .get(start..start + len * self.hidden_size)
+        self.last_hidden.get(start..start + len * self.hidden_size)
     }
     /// One vector per sequence, `[batch, hidden_size]` row-major.
     pub fn pool(&self, pooling: Pooling) -> Vec<f32> {
@@ -236,7 +235,9 @@ pub fn pool_packed(packed: &[f32], lengths: &[usize], hidden: usize, pooling: Po
     let mut out = vec![0f32; lengths.len() * hidden];
     let mut start = 0usize;
     for (dst, &len) in out.chunks_exact_mut(hidden.max(1)).zip(lengths) {
-        let rows = packed.get(start * hidden..(start + len) * hidden).unwrap_or(&[]);
+        let rows = packed
+            .get(start * hidden..(start + len) * hidden)
+            .unwrap_or(&[]);
         match pooling {
             Pooling::Cls => {
                 if let Some(first) = rows.get(..hidden) {

@@ -50,7 +50,7 @@ fn u64_at(b: &[u8], at: usize) -> Result<u64, FormatError> {
 }
 
 /// Adds `delta` to every section and part offset that is a plain number.
-fn shift_offsets(header: &mut Value, delta: i128) {
+pub(crate) fn shift_offsets(header: &mut Value, delta: i128) {
     let Some(sections) = header.get_mut("sections").and_then(Value::as_array_mut) else {
         return;
     };
@@ -71,6 +71,15 @@ fn shift_one(obj: &mut Value, delta: i128) {
     }
 }
 
+/// The header's alignment when it is a valid one, else the writer's.
+fn layout_align(header: &Value) -> u64 {
+    header
+        .get("alignment")
+        .and_then(Value::as_u64)
+        .filter(|a| a.is_power_of_two() && (LAYOUT_ALIGN..=65_536).contains(a))
+        .unwrap_or(LAYOUT_ALIGN)
+}
+
 impl Raw {
     /// Takes a valid file apart.
     pub fn parse(bytes: &[u8]) -> Result<Raw, FormatError> {
@@ -80,7 +89,7 @@ impl Raw {
             .ok_or_else(|| bad("header past the end"))?;
         let mut header: Value =
             serde_json::from_slice(text).map_err(|e| bad(format!("header: {e}")))?;
-        let start = align_up(PREAMBLE_LEN + header_len as u64, LAYOUT_ALIGN).unwrap_or(0);
+        let start = align_up(PREAMBLE_LEN + header_len as u64, layout_align(&header)).unwrap_or(0);
         shift_offsets(&mut header, -i128::from(start));
         let data = bytes.get(start as usize..).unwrap_or(&[]).to_vec();
         Ok(Raw {
@@ -196,6 +205,44 @@ impl Raw {
         Ok(())
     }
 
+    /// Lays every section and part out again with `alignment` (and records it in the header).
+    pub fn relayout(&mut self, alignment: u64) -> Result<(), FormatError> {
+        let old = std::mem::take(&mut self.data);
+        let mut data: Vec<u8> = Vec::new();
+        let copy = |data: &mut Vec<u8>, e: &mut Value, first: bool| -> Result<(), FormatError> {
+            let obj = e.as_object_mut().ok_or_else(|| bad("entry is not an object"))?;
+            let (off, len) = Self::extent(obj)?;
+            if !first {
+                data.resize(data.len().div_ceil(alignment as usize) * alignment as usize, 0);
+            }
+            obj.insert("offset".into(), Value::from(data.len()));
+            data.extend_from_slice(old.get(off..off + len).ok_or_else(|| bad("region out of range"))?);
+            Ok(())
+        };
+        let h = self.json()?;
+        h["alignment"] = Value::from(alignment);
+        let sections = h
+            .get_mut("sections")
+            .and_then(Value::as_array_mut)
+            .ok_or_else(|| bad("no sections"))?;
+        for s in sections {
+            data.resize(data.len().div_ceil(alignment as usize) * alignment as usize, 0);
+            let start = data.len();
+            match s.get_mut("parts").and_then(Value::as_array_mut) {
+                Some(parts) => {
+                    for (i, p) in parts.iter_mut().enumerate() {
+                        copy(&mut data, p, i == 0)?;
+                    }
+                }
+                None => copy(&mut data, s, true)?,
+            }
+            s["offset"] = Value::from(start);
+            s["length"] = Value::from(data.len() - start);
+        }
+        self.data = data;
+        Ok(())
+    }
+
     /// Recomputes every section's `sha256` from the data (sections out of range are left alone).
     pub fn fix_checksums(&mut self) -> Result<(), FormatError> {
         let data = std::mem::take(&mut self.data);
@@ -221,12 +268,13 @@ impl Raw {
             }
             HeaderForm::Json(v) => {
                 // Offsets are absolute in the file, and their digits change the header's length.
-                let mut start = align_up(PREAMBLE_LEN, LAYOUT_ALIGN).unwrap_or(0);
+                let align = layout_align(v);
+                let mut start = align_up(PREAMBLE_LEN, align).unwrap_or(0);
                 loop {
                     let mut h = v.clone();
                     shift_offsets(&mut h, i128::from(start));
                     let text = serde_json::to_vec(&h).map_err(|e| bad(e.to_string()))?;
-                    let needed = align_up(PREAMBLE_LEN + text.len() as u64, LAYOUT_ALIGN).unwrap_or(0);
+                    let needed = align_up(PREAMBLE_LEN + text.len() as u64, align).unwrap_or(0);
                     if needed == start {
                         break (text, start);
                     }

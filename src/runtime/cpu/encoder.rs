@@ -4,9 +4,7 @@ use rayon::prelude::*;
 
 use crate::format::names::{self, LayerTensor};
 use crate::format::{EtsFile, FormatError, ModelConfig, TensorView};
-use crate::runtime::{
-    Encoder, EncoderOutput, ForwardOptions, RuntimeError, TokenBatch,
-};
+use crate::runtime::{Encoder, EncoderOutput, ForwardOptions, RuntimeError, TokenBatch};
 
 use super::linear::{tensor_row, Linear};
 use super::ops::{activate, add_into, attention, LayerNorm};
@@ -265,18 +263,16 @@ impl<'f> CpuEncoder<'f> {
             })
             .collect();
         let mut x = vec![0f32; tokens.len() * h];
-        x.par_chunks_mut(h)
-            .zip(tokens.par_iter())
-            .for_each_init(
-                || vec![0f32; h],
-                |tmp, (row, &(id, pos, t))| {
-                    tensor_row(&self.word, id as usize, row);
-                    tensor_row(&self.position, pos, tmp);
-                    add_into_serial(row, tmp);
-                    tensor_row(&self.token_type, t as usize, tmp);
-                    add_into_serial(row, tmp);
-                },
-            );
+        x.par_chunks_mut(h).zip(tokens.par_iter()).for_each_init(
+            || vec![0f32; h],
+            |tmp, (row, &(id, pos, t))| {
+                tensor_row(&self.word, id as usize, row);
+                tensor_row(&self.position, pos, tmp);
+                add_into_serial(row, tmp);
+                tensor_row(&self.token_type, t as usize, tmp);
+                add_into_serial(row, tmp);
+            },
+        );
         self.embeddings_ln.apply(&mut x);
         x
     }
@@ -352,7 +348,8 @@ fn load_layer<'f>(file: &'f EtsFile, c: &ModelConfig, i: usize) -> Result<Layer<
     let (qkv, out) = if heads == 0 {
         (None, None)
     } else {
-        let proj = |w: LayerTensor, b: LayerTensor| linear(file, &name(w), Some(&name(b)), width, h);
+        let proj =
+            |w: LayerTensor, b: LayerTensor| linear(file, &name(w), Some(&name(b)), width, h);
         let qkv = [
             proj(LayerTensor::QueryWeight, LayerTensor::QueryBias)?,
             proj(LayerTensor::KeyWeight, LayerTensor::KeyBias)?,

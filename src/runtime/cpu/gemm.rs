@@ -147,8 +147,7 @@ fn kernel_body<F: Madd>(
     let panel = &panel[..w * th];
     let mut r = 0;
     while r + 4 <= rows {
-        let xr: [&[f32]; 4] =
-            std::array::from_fn(|i| &x[(r + i) * k + c0..(r + i) * k + c0 + w]);
+        let xr: [&[f32]; 4] = std::array::from_fn(|i| &x[(r + i) * k + c0..(r + i) * k + c0 + w]);
         let o = &mut out[r * th..(r + 4) * th];
         column_chunks::<F, 4>(xr, panel, th, o);
         r += 4;
@@ -265,7 +264,9 @@ mod tests {
     fn rand_vec(len: usize, seed: &mut u64) -> Vec<f32> {
         (0..len)
             .map(|_| {
-                *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                *seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 ((*seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
             })
             .collect()
@@ -286,7 +287,13 @@ mod tests {
         ] {
             let w = rand_vec(n * k, &mut seed);
             let x = rand_vec(m * k, &mut seed);
-            let src = Plainly { w: w.clone(), n, k, th, tw };
+            let src = Plainly {
+                w: w.clone(),
+                n,
+                k,
+                th,
+                tw,
+            };
             let y = gemm(&src, &x, m);
             for r in 0..m {
                 for c in 0..n {

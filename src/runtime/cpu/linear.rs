@@ -204,11 +204,6 @@ impl<'a> Linear<'a> {
         Ok(Linear { n, k, kind, bias })
     }
 
-    /// Output features.
-    pub(crate) fn out_features(&self) -> usize {
-        self.n
-    }
-
     /// `x` is `[m, k]` row-major; returns `[m, n]`.
     pub(crate) fn forward(&self, x: &[f32], m: usize) -> Vec<f32> {
         let (n, k) = (self.n, self.k);

@@ -11,6 +11,7 @@ mod gemm;
 mod linear;
 pub mod npy;
 mod ops;
+pub mod synth;
 pub mod tokenize;
 
 pub use encoder::CpuEncoder;

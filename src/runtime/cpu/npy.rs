@@ -35,8 +35,7 @@ pub fn to_bytes(shape: &[usize], data: &[f32]) -> Vec<u8> {
     } else {
         format!("({})", dims.join(", "))
     };
-    let mut header =
-        format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape_txt}, }}");
+    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape_txt}, }}");
     // Magic (6) + version (2) + length (2) + header + '\n' is padded to a multiple of 64.
     let unpadded = 10 + header.len() + 1;
     header.push_str(&" ".repeat(unpadded.next_multiple_of(64) - unpadded));
@@ -98,7 +97,9 @@ pub fn from_bytes(bytes: &[u8]) -> Result<(Vec<usize>, Vec<f32>), String> {
     let major = bytes.get(6).copied().unwrap_or(0);
     let (hlen, hstart) = match major {
         1 => (
-            bytes.get(8..10).map(|b| u16::from_le_bytes([b[0], b[1]]) as usize),
+            bytes
+                .get(8..10)
+                .map(|b| u16::from_le_bytes([b[0], b[1]]) as usize),
             10,
         ),
         2 | 3 => (
@@ -110,12 +111,12 @@ pub fn from_bytes(bytes: &[u8]) -> Result<(Vec<usize>, Vec<f32>), String> {
         v => return Err(format!("unsupported .npy version {v}")),
     };
     let hlen = hlen.ok_or("truncated header")?;
-    let header = bytes
-        .get(hstart..hstart + hlen)
-        .ok_or("truncated header")?;
+    let header = bytes.get(hstart..hstart + hlen).ok_or("truncated header")?;
     let header = std::str::from_utf8(header).map_err(|_| "header is not text")?;
     if !header.contains("'descr': '<f4'") {
-        return Err(format!("only little-endian f32 ('<f4') is supported: {header}"));
+        return Err(format!(
+            "only little-endian f32 ('<f4') is supported: {header}"
+        ));
     }
     if header.contains("'fortran_order': True") {
         return Err("Fortran order is not supported".to_string());
@@ -130,7 +131,10 @@ pub fn from_bytes(bytes: &[u8]) -> Result<(Vec<usize>, Vec<f32>), String> {
         .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .map(|s| s.parse::<usize>().map_err(|e| format!("bad shape `{s}`: {e}")))
+        .map(|s| {
+            s.parse::<usize>()
+                .map_err(|e| format!("bad shape `{s}`: {e}"))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     let count: usize = shape.iter().product();
     let body = &bytes[hstart + hlen..];
@@ -156,7 +160,10 @@ mod tests {
     fn round_trip() {
         let data: Vec<f32> = (0..12).map(|i| i as f32 * 0.5 - 2.0).collect();
         let bytes = to_bytes(&[3, 4], &data);
-        assert_eq!((10 + u16::from_le_bytes([bytes[8], bytes[9]]) as usize) % 64, 0);
+        assert_eq!(
+            (10 + u16::from_le_bytes([bytes[8], bytes[9]]) as usize) % 64,
+            0
+        );
         assert_eq!(from_bytes(&bytes).unwrap(), (vec![3, 4], data.clone()));
         let one = to_bytes(&[12], &data);
         assert_eq!(from_bytes(&one).unwrap().0, vec![12]);

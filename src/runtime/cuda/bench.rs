@@ -52,7 +52,10 @@ impl GemmResult {
 }
 
 /// Per-call milliseconds, with the batch sized so one batch lasts about 2 ms.
-pub fn time_call(rt: &CudaRuntime, mut f: impl FnMut() -> Result<(), CudaError>) -> Result<f64, CudaError> {
+pub fn time_call(
+    rt: &CudaRuntime,
+    mut f: impl FnMut() -> Result<(), CudaError>,
+) -> Result<f64, CudaError> {
     let probe = median_ms(rt, 1, 3, &mut f)?;
     let per = ((2.0 / probe.max(1e-4)).ceil() as usize).clamp(3, 200);
     median_ms(rt, 9, per, f)
@@ -72,13 +75,17 @@ pub fn cublas_tflops(rt: &CudaRuntime, rng: &mut Rng, s: usize) -> Result<f64, C
     let x = random_dev(rt, rng, s * s)?;
     let w = random_dev(rt, rng, s * s)?;
     let y = rt.alloc(s * s * 2)?;
-    let ms = time_call(rt, || gemm::dense_gemm(rt, ElemType::F16, x.ptr(), s, s, s, w.ptr(), s, y.ptr()))?;
+    let ms = time_call(rt, || {
+        gemm::dense_gemm(rt, ElemType::F16, x.ptr(), s, s, s, w.ptr(), s, y.ptr())
+    })?;
     Ok(2.0 * (s as f64).powi(3) / (ms * 1e9))
 }
 
 /// Uploads `n` random f16 values in [-1, 1) (generated in 1 Mi chunks, tiled to length).
 pub fn random_dev(rt: &CudaRuntime, rng: &mut Rng, n: usize) -> Result<DevBuf, CudaError> {
-    let chunk: Vec<u16> = (0..(1usize << 20).min(n.max(1))).map(|_| to_bits(ElemType::F16, rng.sym(1.0))).collect();
+    let chunk: Vec<u16> = (0..(1usize << 20).min(n.max(1)))
+        .map(|_| to_bits(ElemType::F16, rng.sym(1.0)))
+        .collect();
     let buf = rt.alloc(n * 2)?;
     let mut off = 0usize;
     while off < n {
@@ -92,7 +99,14 @@ pub fn random_dev(rt: &CudaRuntime, rng: &mut Rng, n: usize) -> Result<DevBuf, C
     Ok(buf)
 }
 
-fn mask(rng: &mut Rng, gr: usize, gc: usize, tile: usize, density: f64, mode: MaskMode) -> Vec<bool> {
+fn mask(
+    rng: &mut Rng,
+    gr: usize,
+    gc: usize,
+    tile: usize,
+    density: f64,
+    mode: MaskMode,
+) -> Vec<bool> {
     match mode {
         MaskMode::Random => rng.mask(gr * gc, density),
         MaskMode::Grouped => {
@@ -121,7 +135,13 @@ pub struct Inputs {
 
 impl Inputs {
     /// Random X for up to `max_tokens x k`, a random dense `n x k` weight, and Y.
-    pub fn new(rt: &CudaRuntime, rng: &mut Rng, max_tokens: usize, n: usize, k: usize) -> Result<Self, CudaError> {
+    pub fn new(
+        rt: &CudaRuntime,
+        rng: &mut Rng,
+        max_tokens: usize,
+        n: usize,
+        k: usize,
+    ) -> Result<Self, CudaError> {
         let scale = 1.0 / (k as f32).sqrt();
         let w_dense = rng.vec(n * k, scale);
         let bits: Vec<u16> = w_dense.iter().map(|&v| to_bits(ElemType::F16, v)).collect();
@@ -149,8 +169,13 @@ pub fn bench_one(
     let (n, k) = (inp.n, inp.k);
     let (gr, gc) = (n.div_ceil(tile), k.div_ceil(tile));
     let keep = mask(rng, gr, gc, tile, density, mode);
-    let h = HostTiles::from_dense(&inp.w_dense, n, k, tile, tile, &keep, ElemType::F16).map_err(CudaError::Invalid)?;
-    let (b, r, v) = (rt.upload(&h.bitmap)?, rt.upload(&h.row_offsets)?, rt.upload(&h.values)?);
+    let h = HostTiles::from_dense(&inp.w_dense, n, k, tile, tile, &keep, ElemType::F16)
+        .map_err(CudaError::Invalid)?;
+    let (b, r, v) = (
+        rt.upload(&h.bitmap)?,
+        rt.upload(&h.row_offsets)?,
+        rt.upload(&h.values)?,
+    );
     let view = TileDeviceView {
         bitmap: b.ptr(),
         row_offsets: r.ptr(),
@@ -166,12 +191,34 @@ pub fn bench_one(
         has_element_bitmaps: false,
     };
     let ep = Epilogue::default();
-    let tile_ms = time_call(rt, || gemm::tile_gemm(rt, inp.x.ptr(), tokens, &view, &ep, inp.y.ptr()))?;
+    let tile_ms = time_call(rt, || {
+        gemm::tile_gemm(rt, inp.x.ptr(), tokens, &view, &ep, inp.y.ptr())
+    })?;
     let cublas_ms = time_call(rt, || {
-        gemm::dense_gemm(rt, ElemType::F16, inp.x.ptr(), k, tokens, k, inp.w_dev.ptr(), n, inp.y.ptr())
+        gemm::dense_gemm(
+            rt,
+            ElemType::F16,
+            inp.x.ptr(),
+            k,
+            tokens,
+            k,
+            inp.w_dev.ptr(),
+            n,
+            inp.y.ptr(),
+        )
     })?;
     let min_bytes = (h.values.len() * 2 + tokens * k * 2 + tokens * n * 2) as f64;
-    Ok(GemmResult { tokens, k, n, tile, density: h.density(), mode, tile_ms, cublas_ms, min_bytes })
+    Ok(GemmResult {
+        tokens,
+        k,
+        n,
+        tile,
+        density: h.density(),
+        mode,
+        tile_ms,
+        cublas_ms,
+        min_bytes,
+    })
 }
 
 /// The goal ratio (speed vs cuBLAS) at large token counts for a density, if one is set.

@@ -5,14 +5,17 @@
 use std::path::Path;
 
 use crate::format::{
-    Activation, Dtype, EncodedTensor, EtsFile, EtsWriter, ModelConfig, Provenance, TensorData, WriteOptions,
+    Activation, Dtype, EncodedTensor, EtsFile, EtsWriter, ModelConfig, Provenance, TensorData,
+    WriteOptions,
 };
 
 use super::device::{CudaRuntime, ElemType};
 use super::dispatch::Dispatcher;
 use super::error::CudaError;
 use super::gemm::{self, Epilogue, LinearWeight, Scratch};
-use super::host::{compare, from_bits, reference_linear, round_trip, to_bits, ErrorStats, HostTiles, Rng};
+use super::host::{
+    compare, from_bits, reference_linear, round_trip, to_bits, ErrorStats, HostTiles, Rng,
+};
 use super::upload::{DeviceModel, TileDeviceView};
 
 /// Largest accepted `max |out - ref| / max |ref|`.
@@ -37,8 +40,10 @@ impl CheckResult {
 /// Which implementation a check drives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CheckPath {
-    /// Tile kernel.
+    /// Tile kernel (K split chosen automatically: small cases split).
     Tile,
+    /// Tile kernel forced to one CTA per output tile (fused epilogue, no split).
+    TileNoSplit,
     /// Tile weight densified on the device, then cuBLAS + epilogue.
     TileViaCublas,
     /// `rows` encoding.
@@ -70,6 +75,7 @@ fn run_and_compare(
     gelu: bool,
     with_residual: bool,
     fallback: Option<u64>,
+    no_split: bool,
 ) -> Result<ErrorStats, CudaError> {
     let (n, k) = w.dims();
     let x = round_trip(elem, &rng.vec(m * k, 1.0));
@@ -80,12 +86,30 @@ fn run_and_compare(
     let rd = rt.upload(&bits(elem, &residual))?;
     let y = rt.alloc(m * n * 2)?;
     rt.fill_u16(y.ptr(), nan_bits(elem), m * n)?;
-    let ep = Epilogue { bias: bd.ptr(), gelu, residual: if with_residual { rd.ptr() } else { 0 } };
+    let ep = Epilogue {
+        bias: bd.ptr(),
+        gelu,
+        residual: if with_residual { rd.ptr() } else { 0 },
+    };
     let mut scratch = Scratch::default();
-    gemm::linear(rt, xd.ptr(), m, w, fallback, &ep, y.ptr(), &mut scratch)?;
+    match (w, no_split) {
+        (LinearWeight::Tile(v), true) => {
+            gemm::tile_gemm_split(rt, xd.ptr(), m, v, &ep, y.ptr(), 1)?
+        }
+        _ => gemm::linear(rt, xd.ptr(), m, w, fallback, &ep, y.ptr(), &mut scratch)?,
+    }
     let out: Vec<u16> = rt.download(&y, m * n)?;
     let out: Vec<f32> = out.iter().map(|&b| from_bits(elem, b)).collect();
-    let reference = reference_linear(&x, m, k, w_dense, n, Some(&bias), gelu, with_residual.then_some(&residual[..]));
+    let reference = reference_linear(
+        &x,
+        m,
+        k,
+        w_dense,
+        n,
+        Some(&bias),
+        gelu,
+        with_residual.then_some(&residual[..]),
+    );
     Ok(compare(&out, &reference))
 }
 
@@ -111,11 +135,16 @@ pub fn check_case(
         residual as u8
     );
     let err = match path {
-        CheckPath::Tile | CheckPath::TileViaCublas => {
+        CheckPath::Tile | CheckPath::TileNoSplit | CheckPath::TileViaCublas => {
             let keep = rng.mask(n.div_ceil(th) * k.div_ceil(tw), density);
-            let h = HostTiles::from_dense(&w, n, k, th, tw, &keep, elem).map_err(CudaError::Invalid)?;
+            let h =
+                HostTiles::from_dense(&w, n, k, th, tw, &keep, elem).map_err(CudaError::Invalid)?;
             let dense = h.to_dense_f32();
-            let (b, r, v) = (rt.upload(&h.bitmap)?, rt.upload(&h.row_offsets)?, rt.upload(&h.values)?);
+            let (b, r, v) = (
+                rt.upload(&h.bitmap)?,
+                rt.upload(&h.row_offsets)?,
+                rt.upload(&h.values)?,
+            );
             let view = TileDeviceView {
                 bitmap: b.ptr(),
                 row_offsets: r.ptr(),
@@ -130,9 +159,25 @@ pub fn check_case(
                 elem,
                 has_element_bitmaps: false,
             };
-            let fb = if path == CheckPath::TileViaCublas { Some(gemm::densify(rt, &view)?) } else { None };
+            let fb = if path == CheckPath::TileViaCublas {
+                Some(gemm::densify(rt, &view)?)
+            } else {
+                None
+            };
             let lw = LinearWeight::Tile(view);
-            run_and_compare(rt, rng, elem, m, &lw, &dense, gelu, residual, fb.as_ref().map(|d| d.ptr()))?
+            let fb = fb.as_ref().map(|d| d.ptr());
+            run_and_compare(
+                rt,
+                rng,
+                elem,
+                m,
+                &lw,
+                &dense,
+                gelu,
+                residual,
+                fb,
+                path == CheckPath::TileNoSplit,
+            )?
         }
         CheckPath::Rows => {
             let keep = rng.mask(n, density);
@@ -146,8 +191,15 @@ pub fn check_case(
                 inv[r] = j as i32;
             }
             let (wd, id) = (rt.upload(&bits(elem, &compact))?, rt.upload(&inv)?);
-            let lw = LinearWeight::Rows { w: wd.ptr(), inv: id.ptr(), n, nr: kept.len(), k, elem };
-            run_and_compare(rt, rng, elem, m, &lw, &dense, gelu, residual, None)?
+            let lw = LinearWeight::Rows {
+                w: wd.ptr(),
+                inv: id.ptr(),
+                n,
+                nr: kept.len(),
+                k,
+                elem,
+            };
+            run_and_compare(rt, rng, elem, m, &lw, &dense, gelu, residual, None, false)?
         }
         CheckPath::Cols => {
             let keep = rng.mask(k, density);
@@ -161,8 +213,15 @@ pub fn check_case(
                 }
             }
             let (wd, id) = (rt.upload(&bits(elem, &compact))?, rt.upload(&kept)?);
-            let lw = LinearWeight::Cols { w: wd.ptr(), idx: id.ptr(), n, kc: kept.len(), k, elem };
-            run_and_compare(rt, rng, elem, m, &lw, &dense, gelu, residual, None)?
+            let lw = LinearWeight::Cols {
+                w: wd.ptr(),
+                idx: id.ptr(),
+                n,
+                kc: kept.len(),
+                k,
+                elem,
+            };
+            run_and_compare(rt, rng, elem, m, &lw, &dense, gelu, residual, None, false)?
         }
     };
     Ok(CheckResult { name, err })
@@ -171,19 +230,46 @@ pub fn check_case(
 /// The synthetic suite: every tile shape, both types, edge shapes, all paths and epilogues.
 pub fn synthetic_suite(rt: &CudaRuntime, rng: &mut Rng) -> Result<Vec<CheckResult>, CudaError> {
     let mut out = Vec::new();
-    let shapes = [(333usize, 300usize, 200usize), (256, 768, 768), (130, 2304, 768), (200, 768, 3072)];
+    let shapes = [
+        (333usize, 300usize, 200usize),
+        (256, 768, 768),
+        (130, 2304, 768),
+        (200, 768, 3072),
+    ];
     for elem in [ElemType::F16, ElemType::Bf16] {
         for (th, tw) in [(16, 16), (32, 32), (64, 64)] {
             for (si, &shape) in shapes.iter().enumerate() {
                 for (di, &d) in [1.0, 0.3, 0.05].iter().enumerate() {
                     let (gelu, res) = ((si + di) % 2 == 0, (si + di) % 3 == 0);
-                    out.push(check_case(rt, rng, elem, CheckPath::Tile, shape, (th, tw), d, gelu, res)?);
+                    for path in [CheckPath::Tile, CheckPath::TileNoSplit] {
+                        out.push(check_case(
+                            rt,
+                            rng,
+                            elem,
+                            path,
+                            shape,
+                            (th, tw),
+                            d,
+                            gelu,
+                            res,
+                        )?);
+                    }
                 }
             }
         }
         for path in [CheckPath::TileViaCublas, CheckPath::Rows, CheckPath::Cols] {
             for &shape in &shapes[..2] {
-                out.push(check_case(rt, rng, elem, path, shape, (16, 16), 0.4, true, true)?);
+                out.push(check_case(
+                    rt,
+                    rng,
+                    elem,
+                    path,
+                    shape,
+                    (16, 16),
+                    0.4,
+                    true,
+                    true,
+                )?);
             }
         }
     }
@@ -212,8 +298,13 @@ fn small_config(hidden: u32) -> ModelConfig {
 pub fn write_check_file(path: &Path, rng: &mut Rng) -> Result<(), CudaError> {
     let fe = |e: crate::format::FormatError| CudaError::Invalid(format!("{}: {e}", path.display()));
     let mut w = EtsWriter::create(path, WriteOptions { overwrite: true }).map_err(fe)?;
-    let specs: [(&str, usize, usize, usize, f64); 5] =
-        [("t16", 300, 264, 16, 0.3), ("t32", 768, 768, 32, 0.5), ("t64", 2304, 768, 64, 0.2), ("rows", 520, 384, 0, 0.5), ("cols", 384, 520, 0, 0.5)];
+    let specs: [(&str, usize, usize, usize, f64); 5] = [
+        ("t16", 300, 264, 16, 0.3),
+        ("t32", 768, 768, 32, 0.5),
+        ("t64", 2304, 768, 64, 0.2),
+        ("rows", 520, 384, 0, 0.5),
+        ("cols", 384, 520, 0, 0.5),
+    ];
     for (name, n, k, t, d) in specs {
         let data = rng.vec(n * k, 1.0 / (k as f32).sqrt());
         let enc = match name {
@@ -231,18 +322,32 @@ pub fn write_check_file(path: &Path, rng: &mut Rng) -> Result<(), CudaError> {
             }
         }
         .map_err(fe)?;
-        w.add_tensor(&format!("check.{name}.weight"), &enc).map_err(fe)?;
-        let bias = EncodedTensor::dense(vec![n as u64], Dtype::F32, &rng.vec(n, 0.5)).map_err(fe)?;
-        w.add_tensor(&format!("check.{name}.bias"), &bias).map_err(fe)?;
+        w.add_tensor(&format!("check.{name}.weight"), &enc)
+            .map_err(fe)?;
+        let bias =
+            EncodedTensor::dense(vec![n as u64], Dtype::F32, &rng.vec(n, 0.5)).map_err(fe)?;
+        w.add_tensor(&format!("check.{name}.bias"), &bias)
+            .map_err(fe)?;
     }
-    let dense = EncodedTensor::dense(vec![256, 384], Dtype::F16, &rng.vec(256 * 384, 0.05)).map_err(fe)?;
+    let dense =
+        EncodedTensor::dense(vec![256, 384], Dtype::F16, &rng.vec(256 * 384, 0.05)).map_err(fe)?;
     w.add_tensor("check.dense.weight", &dense).map_err(fe)?;
-    w.finish(small_config(384), serde_json::json!({}), Provenance::default()).map_err(fe)
+    w.finish(
+        small_config(384),
+        serde_json::json!({}),
+        Provenance::default(),
+    )
+    .map_err(fe)
 }
 
 /// Uploads `file` as one allocation and checks every 2-D weight through the dispatcher (and the
 /// tile kernel directly for tile weights) against the format's own densified values.
-pub fn file_suite(rt: &CudaRuntime, rng: &mut Rng, file: &EtsFile, m: usize) -> Result<Vec<CheckResult>, CudaError> {
+pub fn file_suite(
+    rt: &CudaRuntime,
+    rng: &mut Rng,
+    file: &EtsFile,
+    m: usize,
+) -> Result<Vec<CheckResult>, CudaError> {
     let model = DeviceModel::upload(rt, file)?;
     let dispatcher = Dispatcher::new();
     let mut out = Vec::new();
@@ -259,7 +364,11 @@ pub fn file_suite(rt: &CudaRuntime, rng: &mut Rng, file: &EtsFile, m: usize) -> 
         let x = round_trip(elem, &rng.vec(m * k, 1.0));
         let xd = rt.upload(&bits(elem, &x))?;
         let y = rt.alloc(m * n * 2)?;
-        let ep = Epilogue { bias: model.f32_values(&bias_name).unwrap_or(0), gelu: false, residual: 0 };
+        let ep = Epilogue {
+            bias: model.f32_values(&bias_name).unwrap_or(0),
+            gelu: false,
+            residual: 0,
+        };
         let reference = reference_linear(&x, m, k, &dense, n, bias.as_deref(), false, None);
         let mut scratch = Scratch::default();
         let mut runs: Vec<(&str, bool)> = vec![("dispatch", false)];
@@ -276,12 +385,17 @@ pub fn file_suite(rt: &CudaRuntime, rng: &mut Rng, file: &EtsFile, m: usize) -> 
             let got: Vec<u16> = rt.download(&y, m * n)?;
             let got: Vec<f32> = got.iter().map(|&b| from_bits(elem, b)).collect();
             let enc = match v.data {
-                TensorData::Tile(t) => format!("tile {}x{} d{:.2}", t.tile_rows, t.tile_cols, t.density()),
+                TensorData::Tile(t) => {
+                    format!("tile {}x{} d{:.2}", t.tile_rows, t.tile_cols, t.density())
+                }
                 TensorData::Rows { .. } => "rows".into(),
                 TensorData::Cols { .. } => "cols".into(),
                 TensorData::Dense { .. } => "dense".into(),
             };
-            out.push(CheckResult { name: format!("file {} [{enc}] {label} M{m}", v.name), err: compare(&got, &reference) });
+            out.push(CheckResult {
+                name: format!("file {} [{enc}] {label} M{m}", v.name),
+                err: compare(&got, &reference),
+            });
         }
     }
     Ok(out)

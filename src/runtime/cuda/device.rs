@@ -32,9 +32,13 @@ pub(crate) fn probe_driver() -> Result<usize, CudaError> {
         });
     }
     catch("cuda driver", result::init)?.map_err(CudaError::driver("cuInit"))?;
-    let n = catch("cuda driver", result::device::get_count)?.map_err(CudaError::driver("cuDeviceGetCount"))?;
+    let n = catch("cuda driver", result::device::get_count)?
+        .map_err(CudaError::driver("cuDeviceGetCount"))?;
     if n <= 0 {
-        return Err(CudaError::NoDevice { ordinal: 0, count: 0 });
+        return Err(CudaError::NoDevice {
+            ordinal: 0,
+            count: 0,
+        });
     }
     Ok(n as usize)
 }
@@ -106,6 +110,7 @@ pub struct CudaRuntime {
     functions: Mutex<HashMap<String, CudaFunction>>,
     blas: OnceLock<Result<CudaBlas, String>>,
     smem_set: Mutex<HashMap<String, u32>>,
+    workspace: Mutex<Option<DevBuf>>,
     reports: Mutex<Vec<KernelReport>>,
 }
 
@@ -128,9 +133,14 @@ impl CudaRuntime {
             return Err(CudaError::NoDevice { ordinal, count });
         }
         nvrtc::probe_nvrtc()?;
-        let ctx = catch("cuda driver", || CudaContext::new(ordinal))?.map_err(CudaError::driver("creating the context"))?;
-        let stream = ctx.new_stream().map_err(CudaError::driver("creating a stream"))?;
-        let (major, minor) = ctx.compute_capability().map_err(CudaError::driver("compute capability"))?;
+        let ctx = catch("cuda driver", || CudaContext::new(ordinal))?
+            .map_err(CudaError::driver("creating the context"))?;
+        let stream = ctx
+            .new_stream()
+            .map_err(CudaError::driver("creating a stream"))?;
+        let (major, minor) = ctx
+            .compute_capability()
+            .map_err(CudaError::driver("compute capability"))?;
         let name = ctx.name().map_err(CudaError::driver("device name"))?;
         let sm_count = ctx
             .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
@@ -145,6 +155,7 @@ impl CudaRuntime {
             functions: Mutex::new(HashMap::new()),
             blas: OnceLock::new(),
             smem_set: Mutex::new(HashMap::new()),
+            workspace: Mutex::new(None),
             reports: Mutex::new(Vec::new()),
         })
     }
@@ -171,7 +182,9 @@ impl CudaRuntime {
     }
 
     pub(crate) fn bind(&self) -> Result<(), CudaError> {
-        self.ctx.bind_to_thread().map_err(CudaError::driver("binding the context"))
+        self.ctx
+            .bind_to_thread()
+            .map_err(CudaError::driver("binding the context"))
     }
 
     /// Looks up a kernel by name, compiling and loading its file on first use.
@@ -186,10 +199,17 @@ impl CudaRuntime {
             match mods.get(file) {
                 Some(m) => m.clone(),
                 None => {
-                    let src = KERNELS.iter().find(|(f, _)| *f == file).map(|(_, s)| *s).unwrap_or("");
+                    let src = KERNELS
+                        .iter()
+                        .find(|(f, _)| *f == file)
+                        .map(|(_, s)| *s)
+                        .unwrap_or("");
                     let report = nvrtc::compile_kernel(file, src, &self.arch)?;
                     let ptx = cudarc::nvrtc::Ptx::from_src(report.ptx.clone());
-                    let m = self.ctx.load_module(ptx).map_err(CudaError::driver(format!("loading {file}")))?;
+                    let m = self
+                        .ctx
+                        .load_module(ptx)
+                        .map_err(CudaError::driver(format!("loading {file}")))?;
                     if let Ok(mut r) = self.reports.lock() {
                         r.push(report);
                     }
@@ -198,8 +218,13 @@ impl CudaRuntime {
                 }
             }
         };
-        let f = module.load_function(name).map_err(CudaError::driver(format!("kernel {name} in {file}")))?;
-        self.functions.lock().map_err(|_| poisoned())?.insert(name.to_string(), f.clone());
+        let f = module
+            .load_function(name)
+            .map_err(CudaError::driver(format!("kernel {name} in {file}")))?;
+        self.functions
+            .lock()
+            .map_err(|_| poisoned())?
+            .insert(name.to_string(), f.clone());
         Ok(f)
     }
 
@@ -209,7 +234,11 @@ impl CudaRuntime {
         // SAFETY: plain allocation; at least one byte so the pointer is valid.
         let ptr = unsafe { result::malloc_sync(bytes.max(1)) }
             .map_err(CudaError::driver(format!("allocating {bytes} bytes")))?;
-        Ok(DevBuf { ptr, bytes, ctx: self.ctx.clone() })
+        Ok(DevBuf {
+            ptr,
+            bytes,
+            ctx: self.ctx.clone(),
+        })
     }
 
     /// Allocates and fills from host bytes (synchronous).
@@ -217,7 +246,8 @@ impl CudaRuntime {
         let buf = self.alloc(data.len())?;
         if !data.is_empty() {
             // SAFETY: buf holds data.len() bytes.
-            unsafe { result::memcpy_htod_sync(buf.ptr, data) }.map_err(CudaError::driver("host-to-device copy"))?;
+            unsafe { result::memcpy_htod_sync(buf.ptr, data) }
+                .map_err(CudaError::driver("host-to-device copy"))?;
         }
         Ok(buf)
     }
@@ -231,14 +261,22 @@ impl CudaRuntime {
     pub fn download_bytes(&self, src: u64, out: &mut [u8]) -> Result<(), CudaError> {
         self.synchronize()?;
         // SAFETY: the caller's src holds out.len() bytes.
-        unsafe { result::memcpy_dtoh_sync(out, src) }.map_err(CudaError::driver("device-to-host copy"))
+        unsafe { result::memcpy_dtoh_sync(out, src) }
+            .map_err(CudaError::driver("device-to-host copy"))
     }
 
     /// Downloads `n` values of `T` from `src`.
-    pub fn download<T: bytemuck::Pod + Default + Clone>(&self, src: &DevBuf, n: usize) -> Result<Vec<T>, CudaError> {
+    pub fn download<T: bytemuck::Pod + Default + Clone>(
+        &self,
+        src: &DevBuf,
+        n: usize,
+    ) -> Result<Vec<T>, CudaError> {
         let bytes = n * std::mem::size_of::<T>();
         if bytes > src.len() {
-            return Err(CudaError::Invalid(format!("download of {bytes} bytes from a {}-byte buffer", src.len())));
+            return Err(CudaError::Invalid(format!(
+                "download of {bytes} bytes from a {}-byte buffer",
+                src.len()
+            )));
         }
         let mut out = vec![T::default(); n];
         self.download_bytes(src.ptr, bytemuck::cast_slice_mut(&mut out))?;
@@ -262,9 +300,62 @@ impl CudaRuntime {
             .map_err(CudaError::driver("device-to-device copy"))
     }
 
+    /// Fills `count` u32 words at `dst` with `value` on the stream.
+    pub fn fill_u32(&self, dst: u64, value: u32, count: usize) -> Result<(), CudaError> {
+        self.bind()?;
+        // SAFETY: the caller's dst holds count u32 values.
+        unsafe { sys::cuMemsetD32Async(dst, value, count, self.stream.cu_stream()) }
+            .result()
+            .map_err(CudaError::driver("memset"))
+    }
+
+    /// A device workspace of at least `bytes`, reused across calls (all work is on one stream, so
+    /// consecutive users are ordered).
+    pub fn workspace(&self, bytes: usize) -> Result<u64, CudaError> {
+        let mut ws = self
+            .workspace
+            .lock()
+            .map_err(|_| CudaError::Invalid("workspace lock poisoned".into()))?;
+        if ws.as_ref().is_none_or(|b| b.len() < bytes) {
+            self.synchronize()?; // the old buffer may still be in use by queued work
+            *ws = None;
+            *ws = Some(self.alloc(bytes.next_power_of_two())?);
+        }
+        Ok(ws.as_ref().map(|b| b.ptr()).unwrap_or(0))
+    }
+
+    /// CTAs of kernel `name` that fit on one multiprocessor with this block size and shared memory.
+    pub fn occupancy(&self, name: &str, block: u32, smem: u32) -> Result<i32, CudaError> {
+        let f = self.function(name)?;
+        self.bind()?;
+        if smem > 48 * 1024 {
+            f.set_attribute(
+                sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                smem as i32,
+            )
+            .map_err(CudaError::driver("shared memory limit"))?;
+            f.set_attribute(
+                sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT,
+                100,
+            )
+            .map_err(CudaError::driver("carveout"))?;
+        }
+        // SAFETY: f is a loaded function.
+        unsafe {
+            result::occupancy::max_active_block_per_multiprocessor(
+                f.cu_function(),
+                block as i32,
+                smem as usize,
+            )
+        }
+        .map_err(CudaError::driver(format!("occupancy of {name}")))
+    }
+
     /// Waits for the stream.
     pub fn synchronize(&self) -> Result<(), CudaError> {
-        self.stream.synchronize().map_err(CudaError::driver("stream synchronize"))
+        self.stream
+            .synchronize()
+            .map_err(CudaError::driver("stream synchronize"))
     }
 
     /// Launches kernel `name` on the stream.
@@ -279,13 +370,25 @@ impl CudaRuntime {
         let f = self.function(name)?;
         self.bind()?;
         let needs_raise = smem > 48 * 1024
-            && self.smem_set.lock().map(|m| m.get(name).is_none_or(|&v| v < smem)).unwrap_or(true);
+            && self
+                .smem_set
+                .lock()
+                .map(|m| m.get(name).is_none_or(|&v| v < smem))
+                .unwrap_or(true);
         if needs_raise {
             f.set_attribute(
                 sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
                 smem as i32,
             )
             .map_err(CudaError::driver(format!("shared memory limit of {name}")))?;
+            // Ask for the largest shared-memory carveout so that two CTAs fit on a multiprocessor.
+            f.set_attribute(
+                sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT,
+                100,
+            )
+            .map_err(CudaError::driver(format!(
+                "shared memory carveout of {name}"
+            )))?;
             if let Ok(mut m) = self.smem_set.lock() {
                 m.insert(name.to_string(), smem);
             }
@@ -302,20 +405,36 @@ impl CudaRuntime {
                 v
             })
             .collect();
-        let mut params: Vec<*mut c_void> = vals.iter_mut().map(|v| v.as_mut_ptr() as *mut c_void).collect();
+        let mut params: Vec<*mut c_void> = vals
+            .iter_mut()
+            .map(|v| v.as_mut_ptr() as *mut c_void)
+            .collect();
         // SAFETY: params point at values laid out as the kernel's parameters; they outlive the call
         // (the driver copies them at launch).
-        unsafe { result::launch_kernel(f.cu_function(), grid, block, smem, self.stream.cu_stream(), &mut params) }
-            .map_err(CudaError::driver(format!("launching {name}")))
+        unsafe {
+            result::launch_kernel(
+                f.cu_function(),
+                grid,
+                block,
+                smem,
+                self.stream.cu_stream(),
+                &mut params,
+            )
+        }
+        .map_err(CudaError::driver(format!("launching {name}")))
     }
 
     /// The cuBLAS handle bound to this runtime's stream (created on first use).
     pub fn blas(&self) -> Result<&CudaBlas, CudaError> {
         let r = self.blas.get_or_init(|| {
             // SAFETY: probing only opens the library by name.
-            match catch("cublas", || unsafe { cudarc::cublas::sys::is_culib_present() }) {
+            match catch("cublas", || unsafe {
+                cudarc::cublas::sys::is_culib_present()
+            }) {
                 Ok(true) => {}
-                Ok(false) => return Err("libcublas not found on the library search path".to_string()),
+                Ok(false) => {
+                    return Err("libcublas not found on the library search path".to_string())
+                }
                 Err(e) => return Err(e.to_string()),
             }
             match catch("cublas", || CudaBlas::new(self.stream.clone())) {
@@ -324,16 +443,28 @@ impl CudaRuntime {
                 Err(e) => Err(e.to_string()),
             }
         });
-        r.as_ref().map_err(|d| CudaError::LibraryMissing { library: "cublas", detail: d.clone() })
+        r.as_ref().map_err(|d| CudaError::LibraryMissing {
+            library: "cublas",
+            detail: d.clone(),
+        })
     }
 
     /// Starts an event timer on the stream.
     pub fn timer(&self) -> Result<GpuTimer, CudaError> {
         self.bind()?;
-        let mk = || result::event::create(sys::CUevent_flags::CU_EVENT_DEFAULT).map_err(CudaError::driver("event"));
-        let t = GpuTimer { start: mk()?, end: mk()?, stream: self.stream.cu_stream(), ctx: self.ctx.clone() };
+        let mk = || {
+            result::event::create(sys::CUevent_flags::CU_EVENT_DEFAULT)
+                .map_err(CudaError::driver("event"))
+        };
+        let t = GpuTimer {
+            start: mk()?,
+            end: mk()?,
+            stream: self.stream.cu_stream(),
+            ctx: self.ctx.clone(),
+        };
         // SAFETY: events and stream belong to this context.
-        unsafe { result::event::record(t.start, t.stream) }.map_err(CudaError::driver("event record"))?;
+        unsafe { result::event::record(t.start, t.stream) }
+            .map_err(CudaError::driver("event record"))?;
         Ok(t)
     }
 
@@ -354,14 +485,21 @@ impl CudaRuntime {
     /// `ptr` must have been registered.
     pub unsafe fn unregister_host(&self, ptr: *const u8) -> Result<(), CudaError> {
         self.bind()?;
-        sys::cuMemHostUnregister(ptr as *mut c_void).result().map_err(CudaError::driver("cuMemHostUnregister"))
+        sys::cuMemHostUnregister(ptr as *mut c_void)
+            .result()
+            .map_err(CudaError::driver("cuMemHostUnregister"))
     }
 
     /// Asynchronous host-to-device copy on the stream.
     ///
     /// # Safety
     /// `src` must hold `bytes` and stay valid until the stream finishes the copy; `dst` must hold them.
-    pub unsafe fn copy_h2d_async(&self, dst: u64, src: *const u8, bytes: usize) -> Result<(), CudaError> {
+    pub unsafe fn copy_h2d_async(
+        &self,
+        dst: u64,
+        src: *const u8,
+        bytes: usize,
+    ) -> Result<(), CudaError> {
         sys::cuMemcpyHtoDAsync_v2(dst, src as *const c_void, bytes, self.stream.cu_stream())
             .result()
             .map_err(CudaError::driver("asynchronous host-to-device copy"))
@@ -371,8 +509,13 @@ impl CudaRuntime {
     pub fn alloc_pinned(&self, bytes: usize) -> Result<PinnedBuf, CudaError> {
         self.bind()?;
         // SAFETY: plain allocation.
-        let ptr = unsafe { result::malloc_host(bytes.max(1), 0) }.map_err(CudaError::driver("pinned allocation"))?;
-        Ok(PinnedBuf { ptr: ptr as *mut u8, bytes, ctx: self.ctx.clone() })
+        let ptr = unsafe { result::malloc_host(bytes.max(1), 0) }
+            .map_err(CudaError::driver("pinned allocation"))?;
+        Ok(PinnedBuf {
+            ptr: ptr as *mut u8,
+            bytes,
+            ctx: self.ctx.clone(),
+        })
     }
 }
 
@@ -417,7 +560,8 @@ impl GpuTimer {
     pub fn stop_ms(self) -> Result<f32, CudaError> {
         // SAFETY: events created in this context, alive until drop.
         unsafe {
-            result::event::record(self.end, self.stream).map_err(CudaError::driver("event record"))?;
+            result::event::record(self.end, self.stream)
+                .map_err(CudaError::driver("event record"))?;
             result::event::synchronize(self.end).map_err(CudaError::driver("event synchronize"))?;
             result::event::elapsed(self.start, self.end).map_err(CudaError::driver("event elapsed"))
         }
@@ -439,7 +583,15 @@ impl Drop for GpuTimer {
 fn kernel_file_for(name: &str) -> Result<&'static str, CudaError> {
     if name.starts_with("tile_gemm_") {
         Ok("tile_gemm.cu")
-    } else if ["epilogue_", "gather_cols_", "densify_tiles_"].iter().any(|p| name.starts_with(p)) {
+    } else if [
+        "epilogue_",
+        "gather_cols_",
+        "densify_tiles_",
+        "splitk_finish_",
+    ]
+    .iter()
+    .any(|p| name.starts_with(p))
+    {
         Ok("gemm_aux.cu")
     } else {
         Err(CudaError::Invalid(format!("no kernel file defines {name}")))

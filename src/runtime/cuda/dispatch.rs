@@ -95,7 +95,12 @@ impl Dispatcher {
         Self::default()
     }
 
-    fn measure(&self, rt: &CudaRuntime, v: &TileDeviceView, tokens: usize) -> Result<(f64, f64), CudaError> {
+    fn measure(
+        &self,
+        rt: &CudaRuntime,
+        v: &TileDeviceView,
+        tokens: usize,
+    ) -> Result<(f64, f64), CudaError> {
         let dense = gemm::densify(rt, v)?;
         let x = rt.alloc(tokens * v.cols * 2)?;
         let y = rt.alloc(tokens * v.rows * 2)?;
@@ -103,22 +108,45 @@ impl Dispatcher {
         // beyond zeros; fill with a small nonzero pattern (0x2E66 is about 0.1 in f16 and bf16-ish).
         rt.fill_u16(x.ptr(), 0x2E66, tokens * v.cols)?;
         let ep = Epilogue::default();
-        let tile = median_ms(rt, 5, 10, || gemm::tile_gemm(rt, x.ptr(), tokens, v, &ep, y.ptr()))?;
+        let tile = median_ms(rt, 5, 10, || {
+            gemm::tile_gemm(rt, x.ptr(), tokens, v, &ep, y.ptr())
+        })?;
         let cublas = median_ms(rt, 5, 10, || {
-            gemm::dense_gemm(rt, v.elem, x.ptr(), v.cols, tokens, v.cols, dense.ptr(), v.rows, y.ptr())
+            gemm::dense_gemm(
+                rt,
+                v.elem,
+                x.ptr(),
+                v.cols,
+                tokens,
+                v.cols,
+                dense.ptr(),
+                v.rows,
+                y.ptr(),
+            )
         })?;
         Ok((tile, cublas))
     }
 
     /// Decides (measuring on first sight) how weight `name` runs at `tokens` tokens.
-    pub fn decide(&self, rt: &CudaRuntime, name: &str, w: &LinearWeight, tokens: usize) -> Result<DispatchEntry, CudaError> {
+    pub fn decide(
+        &self,
+        rt: &CudaRuntime,
+        name: &str,
+        w: &LinearWeight,
+        tokens: usize,
+    ) -> Result<DispatchEntry, CudaError> {
         let (n, k) = w.dims();
         let tokens_b = bucket(tokens);
         let poisoned = || CudaError::Invalid("dispatch cache lock poisoned".into());
         let (density, decision) = match w {
             LinearWeight::Tile(v) => {
                 let key = (n, k, v.th, v.tw, v.kept, tokens_b);
-                let cached = self.cache.lock().map_err(|_| poisoned())?.get(&key).cloned();
+                let cached = self
+                    .cache
+                    .lock()
+                    .map_err(|_| poisoned())?
+                    .get(&key)
+                    .cloned();
                 let d = match cached {
                     Some(d) => d,
                     None => {
@@ -130,19 +158,36 @@ impl Dispatcher {
                                 (choice, Some(t), Some(c), "measured".to_string())
                             }
                         };
-                        self.cache.lock().map_err(|_| poisoned())?.insert(key, d.clone());
+                        self.cache
+                            .lock()
+                            .map_err(|_| poisoned())?
+                            .insert(key, d.clone());
                         d
                     }
                 };
                 (v.density(), d)
             }
-            LinearWeight::Dense { .. } => (1.0, (Choice::Cublas, None, None, "dense encoding".into())),
-            LinearWeight::Rows { nr, n, .. } => {
-                (*nr as f64 / (*n).max(1) as f64, (Choice::Cublas, None, None, "rows encoding: compacted GEMM + scatter".into()))
+            LinearWeight::Dense { .. } => {
+                (1.0, (Choice::Cublas, None, None, "dense encoding".into()))
             }
-            LinearWeight::Cols { kc, k, .. } => {
-                (*kc as f64 / (*k).max(1) as f64, (Choice::Cublas, None, None, "cols encoding: gather + compacted GEMM".into()))
-            }
+            LinearWeight::Rows { nr, n, .. } => (
+                *nr as f64 / (*n).max(1) as f64,
+                (
+                    Choice::Cublas,
+                    None,
+                    None,
+                    "rows encoding: compacted GEMM + scatter".into(),
+                ),
+            ),
+            LinearWeight::Cols { kc, k, .. } => (
+                *kc as f64 / (*k).max(1) as f64,
+                (
+                    Choice::Cublas,
+                    None,
+                    None,
+                    "cols encoding: gather + compacted GEMM".into(),
+                ),
+            ),
         };
         let entry = DispatchEntry {
             name: name.into(),
@@ -156,7 +201,10 @@ impl Dispatcher {
             dense_ms: decision.2,
         };
         let mut entries = self.entries.lock().map_err(|_| poisoned())?;
-        if !entries.iter().any(|e| e.name == entry.name && e.tokens == entry.tokens) {
+        if !entries
+            .iter()
+            .any(|e| e.name == entry.name && e.tokens == entry.tokens)
+        {
             entries.push(entry.clone());
         }
         Ok(entry)
@@ -178,7 +226,10 @@ impl Dispatcher {
         let d = self.decide(rt, name, w, m)?;
         let fallback = match (d.choice, w) {
             (Choice::Cublas, LinearWeight::Tile(v)) => {
-                let mut dense = self.dense.lock().map_err(|_| CudaError::Invalid("dense cache lock poisoned".into()))?;
+                let mut dense = self
+                    .dense
+                    .lock()
+                    .map_err(|_| CudaError::Invalid("dense cache lock poisoned".into()))?;
                 if !dense.contains_key(name) {
                     dense.insert(name.to_string(), gemm::densify(rt, v)?);
                 }
@@ -217,7 +268,9 @@ pub fn format_table(entries: &[DispatchEntry]) -> String {
             },
             f(e.tile_ms),
             f(e.dense_ms),
-            e.speedup().map(|x| format!("{x:.2}x")).unwrap_or_else(|| "-".into()),
+            e.speedup()
+                .map(|x| format!("{x:.2}x"))
+                .unwrap_or_else(|| "-".into()),
             e.reason
         ));
     }

@@ -80,12 +80,16 @@ pub enum CudaError {
 }
 
 impl CudaError {
-    pub(crate) fn driver(context: impl Into<String>) -> impl FnOnce(cudarc::driver::DriverError) -> Self {
+    pub(crate) fn driver(
+        context: impl Into<String>,
+    ) -> impl FnOnce(cudarc::driver::DriverError) -> Self {
         let context = context.into();
         move |source| CudaError::Driver { context, source }
     }
 
-    pub(crate) fn cublas(context: impl Into<String>) -> impl FnOnce(cudarc::cublas::result::CublasError) -> Self {
+    pub(crate) fn cublas(
+        context: impl Into<String>,
+    ) -> impl FnOnce(cudarc::cublas::result::CublasError) -> Self {
         let context = context.into();
         move |source| CudaError::Cublas { context, source }
     }

@@ -84,14 +84,18 @@ impl LinearWeight {
     pub fn dims(&self) -> (usize, usize) {
         match *self {
             LinearWeight::Tile(v) => (v.rows, v.cols),
-            LinearWeight::Dense { n, k, .. } | LinearWeight::Rows { n, k, .. } | LinearWeight::Cols { n, k, .. } => (n, k),
+            LinearWeight::Dense { n, k, .. }
+            | LinearWeight::Rows { n, k, .. }
+            | LinearWeight::Cols { n, k, .. } => (n, k),
         }
     }
     /// Element type.
     pub fn elem(&self) -> ElemType {
         match *self {
             LinearWeight::Tile(v) => v.elem,
-            LinearWeight::Dense { elem, .. } | LinearWeight::Rows { elem, .. } | LinearWeight::Cols { elem, .. } => elem,
+            LinearWeight::Dense { elem, .. }
+            | LinearWeight::Rows { elem, .. }
+            | LinearWeight::Cols { elem, .. } => elem,
         }
     }
 }
@@ -115,13 +119,19 @@ impl Scratch {
 /// Why the tile kernel cannot run this weight, or None when it can.
 pub fn tile_kernel_unsupported(v: &TileDeviceView) -> Option<String> {
     if !matches!((v.th, v.tw), (16, 16) | (32, 32) | (64, 64)) {
-        return Some(format!("tile shape {}x{} has no kernel (16x16, 32x32, 64x64)", v.th, v.tw));
+        return Some(format!(
+            "tile shape {}x{} has no kernel (16x16, 32x32, 64x64)",
+            v.th, v.tw
+        ));
     }
     if v.cols % 8 != 0 {
         return Some(format!("K = {} is not a multiple of 8", v.cols));
     }
     if v.grid_cols > TILE_MAX_GRID_COLS {
-        return Some(format!("{} tile columns exceed the kernel's {TILE_MAX_GRID_COLS}", v.grid_cols));
+        return Some(format!(
+            "{} tile columns exceed the kernel's {TILE_MAX_GRID_COLS}",
+            v.grid_cols
+        ));
     }
     if v.has_element_bitmaps {
         return Some("element bitmaps are not read by the tile kernel".into());
@@ -136,13 +146,65 @@ pub fn tile_smem_bytes(th: usize) -> usize {
     2 * 3 * TILE_STAGE_BYTES + meta.div_ceil(16) * 16
 }
 
+/// K splits for the tile kernel: when the output tiles fill less than one wave of the device
+/// (two CTAs per multiprocessor), the tile columns are shared among up to 16 CTAs per output tile.
+pub fn tile_splits(sm_count: usize, m: usize, w: &TileDeviceView) -> usize {
+    let ctas = w.rows.div_ceil(TILE_BN) * m.div_ceil(TILE_BM);
+    let wave = 2 * sm_count.max(1);
+    if ctas >= wave {
+        return 1;
+    }
+    let stages = (w.grid_cols * w.tw).div_ceil(64); // dense upper bound of stages per CTA
+    wave.div_ceil(ctas).min(16).min((stages / 2).max(1))
+}
+
 /// Runs the tile kernel: `Y = act(X W^T + b) + residual` with W tile-encoded.
-pub fn tile_gemm(rt: &CudaRuntime, x: u64, m: usize, w: &TileDeviceView, ep: &Epilogue, y: u64) -> Result<(), CudaError> {
+pub fn tile_gemm(
+    rt: &CudaRuntime,
+    x: u64,
+    m: usize,
+    w: &TileDeviceView,
+    ep: &Epilogue,
+    y: u64,
+) -> Result<(), CudaError> {
+    tile_gemm_split(
+        rt,
+        x,
+        m,
+        w,
+        ep,
+        y,
+        tile_splits(rt.sm_count() as usize, m, w),
+    )
+}
+
+/// [`tile_gemm`] with an explicit number of K splits (1: no split, fused epilogue).
+pub fn tile_gemm_split(
+    rt: &CudaRuntime,
+    x: u64,
+    m: usize,
+    w: &TileDeviceView,
+    ep: &Epilogue,
+    y: u64,
+    splits: usize,
+) -> Result<(), CudaError> {
     if let Some(why) = tile_kernel_unsupported(w) {
         return Err(CudaError::Invalid(format!("tile kernel: {why}")));
     }
+    let splits = splits.clamp(1, 64);
     let name = format!("tile_gemm_{}_{}x{}", w.elem.suffix(), w.th, w.tw);
-    let grid = (w.rows.div_ceil(TILE_BN) as u32, m.div_ceil(TILE_BM) as u32, 1);
+    let grid = (
+        w.rows.div_ceil(TILE_BN) as u32,
+        m.div_ceil(TILE_BM) as u32,
+        splits as u32,
+    );
+    let ws = if splits > 1 {
+        let ws = rt.workspace(m * w.rows * 4)?;
+        rt.fill_u32(ws, 0, m * w.rows)?;
+        ws
+    } else {
+        0
+    };
     let i = |v: usize| KArg::I32(v as i32);
     let args = [
         KArg::Ptr(x),
@@ -160,8 +222,34 @@ pub fn tile_gemm(rt: &CudaRuntime, x: u64, m: usize, w: &TileDeviceView, ep: &Ep
         KArg::I32(ep.gelu as i32),
         KArg::Ptr(y),
         i(w.rows),
+        KArg::Ptr(ws),
     ];
-    rt.launch(&name, grid, (TILE_THREADS, 1, 1), tile_smem_bytes(w.th) as u32, &args)
+    rt.launch(
+        &name,
+        grid,
+        (TILE_THREADS, 1, 1),
+        tile_smem_bytes(w.th) as u32,
+        &args,
+    )?;
+    if splits > 1 {
+        let args = [
+            KArg::Ptr(ws),
+            i(m),
+            i(w.rows),
+            KArg::Ptr(ep.bias),
+            KArg::Ptr(ep.residual),
+            KArg::I32(ep.gelu as i32),
+            KArg::Ptr(y),
+        ];
+        rt.launch(
+            &format!("splitk_finish_{}", w.elem.suffix()),
+            grid_1d(m * w.rows),
+            (256, 1, 1),
+            0,
+            &args,
+        )?;
+    }
+    Ok(())
 }
 
 fn data_type(elem: ElemType) -> blas_sys::cudaDataType {
@@ -248,13 +336,21 @@ pub fn epilogue(
         KArg::Ptr(ep.residual),
         KArg::I32(ep.gelu as i32),
     ];
-    rt.launch(&format!("epilogue_{}", elem.suffix()), grid_1d(m * n), (256, 1, 1), 0, &args)
+    rt.launch(
+        &format!("epilogue_{}", elem.suffix()),
+        grid_1d(m * n),
+        (256, 1, 1),
+        0,
+        &args,
+    )
 }
 
 /// Expands a tile-encoded weight into a dense `N x K` device matrix (for cuBLAS).
 pub fn densify(rt: &CudaRuntime, v: &TileDeviceView) -> Result<DevBuf, CudaError> {
     if v.has_element_bitmaps {
-        return Err(CudaError::Invalid("densify on the device needs a tile encoding without element bitmaps".into()));
+        return Err(CudaError::Invalid(
+            "densify on the device needs a tile encoding without element bitmaps".into(),
+        ));
     }
     let buf = rt.alloc(v.rows * v.cols * 2)?;
     rt.fill_u16(buf.ptr(), 0, v.rows * v.cols)?;
@@ -270,7 +366,13 @@ pub fn densify(rt: &CudaRuntime, v: &TileDeviceView) -> Result<DevBuf, CudaError
         i(v.grid_cols),
         KArg::Ptr(buf.ptr()),
     ];
-    rt.launch(&format!("densify_tiles_{}", v.elem.suffix()), (v.grid_rows as u32, 1, 1), (256, 1, 1), 0, &args)?;
+    rt.launch(
+        &format!("densify_tiles_{}", v.elem.suffix()),
+        (v.grid_rows as u32, 1, 1),
+        (256, 1, 1),
+        0,
+        &args,
+    )?;
     Ok(buf)
 }
 
@@ -298,22 +400,45 @@ pub fn linear(
             dense_gemm(rt, elem, x, k, m, k, w, n, y)?;
             epilogue(rt, elem, y, m, n, 0, 0, 0, ep)
         }
-        (LinearWeight::Rows { w, inv, n, nr, k, .. }, _) => {
+        (
+            LinearWeight::Rows {
+                w, inv, n, nr, k, ..
+            },
+            _,
+        ) => {
             let yc = scratch.get(rt, m * nr.max(1) * 2)?;
             if nr > 0 {
                 dense_gemm(rt, elem, x, k, m, k, w, nr, yc)?;
             }
             epilogue(rt, elem, y, m, n, yc, nr.max(1), inv, ep)
         }
-        (LinearWeight::Cols { w, idx, n, kc, k, .. }, _) => {
+        (
+            LinearWeight::Cols {
+                w, idx, n, kc, k, ..
+            },
+            _,
+        ) => {
             if kc == 0 {
                 rt.fill_u16(y, 0, m * n)?;
                 return epilogue(rt, elem, y, m, n, 0, 0, 0, ep);
             }
             let xc = scratch.get(rt, m * kc * 2)?;
             let i = |v: usize| KArg::I32(v as i32);
-            let args = [KArg::Ptr(x), i(m), i(k), KArg::Ptr(idx), i(kc), KArg::Ptr(xc)];
-            rt.launch(&format!("gather_cols_{}", elem.suffix()), grid_1d(m * kc), (256, 1, 1), 0, &args)?;
+            let args = [
+                KArg::Ptr(x),
+                i(m),
+                i(k),
+                KArg::Ptr(idx),
+                i(kc),
+                KArg::Ptr(xc),
+            ];
+            rt.launch(
+                &format!("gather_cols_{}", elem.suffix()),
+                grid_1d(m * kc),
+                (256, 1, 1),
+                0,
+                &args,
+            )?;
             dense_gemm(rt, elem, xc, kc, m, kc, w, n, y)?;
             epilogue(rt, elem, y, m, n, 0, 0, 0, ep)
         }

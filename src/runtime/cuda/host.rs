@@ -49,7 +49,9 @@ pub fn from_bits(elem: ElemType, b: u16) -> f32 {
 
 /// Rounds every value through the 16-bit type (what the device sees).
 pub fn round_trip(elem: ElemType, v: &[f32]) -> Vec<f32> {
-    v.iter().map(|&x| from_bits(elem, to_bits(elem, x))).collect()
+    v.iter()
+        .map(|&x| from_bits(elem, to_bits(elem, x)))
+        .collect()
 }
 
 impl HostTiles {
@@ -88,14 +90,29 @@ impl HostTiles {
                 for i in 0..th {
                     for j in 0..tw {
                         let (r, c) = (br * th + i, bc * tw + j);
-                        let v = if r < rows && c < cols { data[r * cols + c] } else { 0.0 };
+                        let v = if r < rows && c < cols {
+                            data[r * cols + c]
+                        } else {
+                            0.0
+                        };
                         values.push(to_bits(elem, v));
                     }
                 }
             }
             row_offsets.push((values.len() / (th * tw)) as u32);
         }
-        Ok(Self { rows, cols, th, tw, grid_rows: gr, grid_cols: gc, bitmap, row_offsets, values, elem })
+        Ok(Self {
+            rows,
+            cols,
+            th,
+            tw,
+            grid_rows: gr,
+            grid_cols: gc,
+            bitmap,
+            row_offsets,
+            values,
+            elem,
+        })
     }
 
     /// Kept tiles.
@@ -123,7 +140,8 @@ impl HostTiles {
                     for j in 0..self.tw {
                         let (r, c) = (br * self.th + i, bc * self.tw + j);
                         if r < self.rows && c < self.cols {
-                            out[r * self.cols + c] = from_bits(self.elem, self.values[k * area + i * self.tw + j]);
+                            out[r * self.cols + c] =
+                                from_bits(self.elem, self.values[k * area + i * self.tw + j]);
                         }
                     }
                 }
@@ -135,7 +153,14 @@ impl HostTiles {
 }
 
 /// Keeps the `round(density * tiles)` tiles of largest Frobenius norm (at least one).
-pub fn top_norm_mask(data: &[f32], rows: usize, cols: usize, th: usize, tw: usize, density: f64) -> Vec<bool> {
+pub fn top_norm_mask(
+    data: &[f32],
+    rows: usize,
+    cols: usize,
+    th: usize,
+    tw: usize,
+    density: f64,
+) -> Vec<bool> {
     let (gr, gc) = (rows.div_ceil(th), cols.div_ceil(tw));
     let mut norms = vec![0f64; gr * gc];
     for r in 0..rows {
@@ -319,7 +344,11 @@ pub fn compare(out: &[f32], reference: &[f32]) -> ErrorStats {
     }
     ErrorStats {
         max_rel: if max_r > 0.0 { max_d / max_r } else { max_d },
-        l2_rel: if r2 > 0.0 { (d2 / r2).sqrt() } else { d2.sqrt() },
+        l2_rel: if r2 > 0.0 {
+            (d2 / r2).sqrt()
+        } else {
+            d2.sqrt()
+        },
         non_finite,
     }
 }
@@ -332,14 +361,29 @@ mod tests {
     #[test]
     fn layout_matches_the_format_writer() {
         let mut rng = Rng::fresh();
-        for &(rows, cols, th, tw) in &[(40usize, 72usize, 16usize, 16usize), (64, 64, 32, 32), (70, 130, 64, 64)] {
+        for &(rows, cols, th, tw) in &[
+            (40usize, 72usize, 16usize, 16usize),
+            (64, 64, 32, 32),
+            (70, 130, 64, 64),
+        ] {
             let data = rng.vec(rows * cols, 1.0);
             let keep = rng.mask(rows.div_ceil(th) * cols.div_ceil(tw), 0.4);
-            let ours = HostTiles::from_dense(&data, rows, cols, th, tw, &keep, ElemType::F16).unwrap();
+            let ours =
+                HostTiles::from_dense(&data, rows, cols, th, tw, &keep, ElemType::F16).unwrap();
             let enc = EncodedTensor::tile(rows, cols, &data, th, tw, &keep, Dtype::F16).unwrap();
-            let part = |role: PartRole| enc.parts.iter().find(|(r, _)| *r == role).map(|(_, b)| b.clone()).unwrap();
+            let part = |role: PartRole| {
+                enc.parts
+                    .iter()
+                    .find(|(r, _)| *r == role)
+                    .map(|(_, b)| b.clone())
+                    .unwrap()
+            };
             let bitmap: Vec<u8> = ours.bitmap.iter().flat_map(|w| w.to_le_bytes()).collect();
-            let offs: Vec<u8> = ours.row_offsets.iter().flat_map(|w| w.to_le_bytes()).collect();
+            let offs: Vec<u8> = ours
+                .row_offsets
+                .iter()
+                .flat_map(|w| w.to_le_bytes())
+                .collect();
             let vals: Vec<u8> = ours.values.iter().flat_map(|w| w.to_le_bytes()).collect();
             assert_eq!(part(PartRole::TileBitmap), bitmap);
             assert_eq!(part(PartRole::RowOffsets), offs);

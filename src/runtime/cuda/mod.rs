@@ -26,7 +26,7 @@ pub use dispatch::{format_table, median_ms, Choice, DispatchEntry, Dispatcher};
 pub use error::CudaError;
 pub use gemm::{Epilogue, LinearWeight, Scratch};
 pub use nvrtc::{compile_all_kernels, KernelReport};
-pub use upload::{DeviceModel, DeviceTensor, TileDeviceView, UploadStats};
+pub use upload::{DeviceModel, DeviceTensor, TileDeviceView, UploadMethod, UploadStats};
 
 /// Checks that the CUDA driver library, NVRTC and at least one GPU are usable.
 ///

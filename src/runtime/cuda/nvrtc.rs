@@ -15,7 +15,10 @@ use super::error::CudaError;
 
 /// The kernel sources built into the library: (file name, source).
 pub const KERNELS: &[(&str, &str)] = &[
-    ("tile_gemm.cu", include_str!("../../../kernels/tile_gemm.cu")),
+    (
+        "tile_gemm.cu",
+        include_str!("../../../kernels/tile_gemm.cu"),
+    ),
     ("gemm_aux.cu", include_str!("../../../kernels/gemm_aux.cu")),
 ];
 
@@ -73,7 +76,9 @@ pub fn probe_nvrtc() -> Result<(i32, i32), CudaError> {
 pub fn nvrtc_version() -> Result<(i32, i32), CudaError> {
     let (mut major, mut minor) = (0, 0);
     // SAFETY: two valid out-pointers.
-    let status = catch("nvrtc", || unsafe { sys::nvrtcVersion(&mut major, &mut minor) })?;
+    let status = catch("nvrtc", || unsafe {
+        sys::nvrtcVersion(&mut major, &mut minor)
+    })?;
     if status != sys::nvrtcResult::NVRTC_SUCCESS {
         return Err(CudaError::LibraryMissing {
             library: "nvrtc",
@@ -155,7 +160,11 @@ fn nvrtc_options(arch: &str, includes: &[PathBuf]) -> Vec<String> {
         "-lineinfo".to_string(),
         "--fmad=true".to_string(),
     ];
-    opts.extend(includes.iter().map(|d| format!("--include-path={}", d.display())));
+    opts.extend(
+        includes
+            .iter()
+            .map(|d| format!("--include-path={}", d.display())),
+    );
     opts
 }
 
@@ -173,7 +182,11 @@ fn cache_key(src: &str, opts: &[String], arch: &str, ver: (i32, i32)) -> String 
 }
 
 fn c_text(bytes: Vec<std::os::raw::c_char>) -> String {
-    let bytes: Vec<u8> = bytes.into_iter().map(|c| c as u8).take_while(|&c| c != 0).collect();
+    let bytes: Vec<u8> = bytes
+        .into_iter()
+        .map(|c| c as u8)
+        .take_while(|&c| c != 0)
+        .collect();
     String::from_utf8_lossy(&bytes).into_owned()
 }
 
@@ -186,25 +199,36 @@ fn nvrtc_compile(file: &str, src: &str, opts: &[String]) -> Result<String, CudaE
             return Err(invalid("an option"));
         }
     }
-    let prog = catch("nvrtc", || result::create_program(&c_src, Some(c_name.as_c_str())))?
-        .map_err(|e| CudaError::Compile {
-            file: file.into(),
-            options: opts.to_vec(),
-            status: format!("{e:?}"),
-            log: String::new(),
-        })?;
+    let prog = catch("nvrtc", || {
+        result::create_program(&c_src, Some(c_name.as_c_str()))
+    })?
+    .map_err(|e| CudaError::Compile {
+        file: file.into(),
+        options: opts.to_vec(),
+        status: format!("{e:?}"),
+        log: String::new(),
+    })?;
     // SAFETY: prog was just created and is destroyed once below.
     let compiled = unsafe { result::compile_program(prog, opts) };
     let out = match compiled {
-        Ok(()) => unsafe { result::get_ptx(prog) }.map(c_text).map_err(|e| CudaError::Compile {
-            file: file.into(),
-            options: opts.to_vec(),
-            status: format!("{e:?}"),
-            log: "reading the PTX failed".into(),
-        }),
+        Ok(()) => unsafe { result::get_ptx(prog) }
+            .map(c_text)
+            .map_err(|e| CudaError::Compile {
+                file: file.into(),
+                options: opts.to_vec(),
+                status: format!("{e:?}"),
+                log: "reading the PTX failed".into(),
+            }),
         Err(e) => {
-            let log = unsafe { result::get_program_log(prog) }.map(c_text).unwrap_or_default();
-            Err(CudaError::Compile { file: file.into(), options: opts.to_vec(), status: format!("{e:?}"), log })
+            let log = unsafe { result::get_program_log(prog) }
+                .map(c_text)
+                .unwrap_or_default();
+            Err(CudaError::Compile {
+                file: file.into(),
+                options: opts.to_vec(),
+                status: format!("{e:?}"),
+                log,
+            })
         }
     };
     // SAFETY: created above, not destroyed before.
@@ -216,7 +240,9 @@ fn entry_points(ptx: &str) -> Vec<String> {
     ptx.lines()
         .filter_map(|l| {
             let l = l.trim_start();
-            let rest = l.strip_prefix(".visible .entry ").or_else(|| l.strip_prefix(".entry "))?;
+            let rest = l
+                .strip_prefix(".visible .entry ")
+                .or_else(|| l.strip_prefix(".entry "))?;
             Some(rest.split('(').next().unwrap_or(rest).trim().to_string())
         })
         .collect()
@@ -224,14 +250,20 @@ fn entry_points(ptx: &str) -> Vec<String> {
 
 /// Compiles one embedded kernel file for `arch` (such as `sm_90`), using the disk cache.
 pub fn compile_kernel(file: &str, src: &str, arch: &str) -> Result<KernelReport, CudaError> {
-    if !arch.starts_with("sm_") || arch.len() < 5 || !arch[3..].chars().all(|c| c.is_ascii_alphanumeric()) {
-        return Err(CudaError::Invalid(format!("unsupported architecture name {arch:?} (expected sm_XX)")));
+    if !arch.starts_with("sm_")
+        || arch.len() < 5
+        || !arch[3..].chars().all(|c| c.is_ascii_alphanumeric())
+    {
+        return Err(CudaError::Invalid(format!(
+            "unsupported architecture name {arch:?} (expected sm_XX)"
+        )));
     }
     let ver = probe_nvrtc()?;
     let includes = cuda_include_dirs()?;
     let opts = nvrtc_options(arch, &includes);
     let stem = file.trim_end_matches(".cu");
-    let cache_file = cache_dir().map(|d| d.join(format!("{stem}-{}.ptx", cache_key(src, &opts, arch, ver))));
+    let cache_file =
+        cache_dir().map(|d| d.join(format!("{stem}-{}.ptx", cache_key(src, &opts, arch, ver))));
     let t0 = Instant::now();
     if let Some(path) = &cache_file {
         if let Ok(ptx) = std::fs::read_to_string(path) {
@@ -248,7 +280,10 @@ pub fn compile_kernel(file: &str, src: &str, arch: &str) -> Result<KernelReport,
 }
 
 fn store(path: &Path, ptx: &str) -> Result<(), CudaError> {
-    let err = |source| CudaError::Cache { path: path.display().to_string(), source };
+    let err = |source| CudaError::Cache {
+        path: path.display().to_string(),
+        source,
+    };
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(err)?;
     }
@@ -282,7 +317,10 @@ fn report(
 
 /// Compiles every kernel file for `arch` with NVRTC alone (no GPU needed).
 pub fn compile_all_kernels(arch: &str) -> Result<Vec<KernelReport>, CudaError> {
-    KERNELS.iter().map(|(file, src)| compile_kernel(file, src, arch)).collect()
+    KERNELS
+        .iter()
+        .map(|(file, src)| compile_kernel(file, src, arch))
+        .collect()
 }
 
 /// Runs `ptxas -v` on a kernel's PTX and returns its resource report (registers, shared memory,
@@ -294,7 +332,10 @@ pub fn ptxas_resources(report: &KernelReport) -> Result<String, CudaError> {
         .filter(|p| p.is_file())
         .unwrap_or_else(|| PathBuf::from("ptxas"));
     let dir = std::env::temp_dir().join(format!("ets-ptxas-{}", std::process::id()));
-    let io = |source| CudaError::Cache { path: dir.display().to_string(), source };
+    let io = |source| CudaError::Cache {
+        path: dir.display().to_string(),
+        source,
+    };
     std::fs::create_dir_all(&dir).map_err(io)?;
     let ptx_path = dir.join(format!("{}.ptx", report.file.trim_end_matches(".cu")));
     std::fs::write(&ptx_path, &report.ptx).map_err(io)?;
@@ -309,7 +350,10 @@ pub fn ptxas_resources(report: &KernelReport) -> Result<String, CudaError> {
     let _ = std::fs::remove_dir_all(&dir);
     let text = String::from_utf8_lossy(&out.stderr).into_owned();
     if !out.status.success() {
-        return Err(CudaError::Invalid(format!("ptxas failed on {}:\n{text}", report.file)));
+        return Err(CudaError::Invalid(format!(
+            "ptxas failed on {}:\n{text}",
+            report.file
+        )));
     }
     Ok(summarize_ptxas(&text))
 }
@@ -351,7 +395,10 @@ mod tests {
     #[test]
     fn entry_points_are_parsed() {
         let ptx = ".version 8.0\n.visible .entry foo(\n.param .u64 a\n)\n.entry bar()\n";
-        assert_eq!(entry_points(ptx), vec!["foo".to_string(), "bar".to_string()]);
+        assert_eq!(
+            entry_points(ptx),
+            vec!["foo".to_string(), "bar".to_string()]
+        );
     }
 
     #[test]

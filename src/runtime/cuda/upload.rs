@@ -81,8 +81,8 @@ pub struct UploadStats {
     pub bytes: usize,
     /// Wall milliseconds of the model upload (registration and copy).
     pub millis: f64,
-    /// Whether the mapping was registered (else staged through pinned buffers).
-    pub registered: bool,
+    /// How the bytes were copied.
+    pub method: UploadMethod,
 }
 
 impl UploadStats {
@@ -108,39 +108,106 @@ fn elem_of(d: Dtype) -> Option<ElemType> {
     }
 }
 
-const STAGE: usize = 64 << 20;
+/// How the file's bytes reach the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UploadMethod {
+    /// Copy through four pinned 16 MiB staging buffers, host copies overlapping the transfers.
+    #[default]
+    Staged,
+    /// Register the mapped file range as pinned memory, then one asynchronous copy.
+    Register,
+    /// One synchronous copy straight from the (pageable) mapping; the driver stages internally.
+    Pageable,
+}
 
-/// Copies `src` into `dst` (device): registration of the host range when allowed, else staged.
-pub fn copy_host_range(rt: &CudaRuntime, dst: u64, src: &[u8], allow_register: bool) -> Result<bool, CudaError> {
-    rt.bind()?;
-    if allow_register && !src.is_empty() {
-        // SAFETY: src stays borrowed (mapped) until the copy below has finished and it is unregistered.
-        if unsafe { rt.register_host(src.as_ptr(), src.len()) }.is_ok() {
-            let copied = unsafe { rt.copy_h2d_async(dst, src.as_ptr(), src.len()) }.and_then(|_| rt.synchronize());
-            let unreg = unsafe { rt.unregister_host(src.as_ptr()) };
-            copied?;
-            unreg?;
-            return Ok(true);
-        }
+const STAGE: usize = 16 << 20;
+const NSTAGE: usize = 4;
+
+fn staged_copy(rt: &CudaRuntime, dst: u64, src: &[u8]) -> Result<(), CudaError> {
+    use cudarc::driver::{result as dr, sys as ds};
+    let mut bufs = Vec::with_capacity(NSTAGE);
+    let mut events = Vec::with_capacity(NSTAGE);
+    for _ in 0..NSTAGE.min(src.len().div_ceil(STAGE)).max(1) {
+        bufs.push(rt.alloc_pinned(STAGE)?);
+        events.push(
+            dr::event::create(ds::CUevent_flags::CU_EVENT_DISABLE_TIMING)
+                .map_err(CudaError::driver("event"))?,
+        );
     }
-    let mut stages = [rt.alloc_pinned(STAGE)?, rt.alloc_pinned(STAGE)?];
+    let stream = rt.stream().cu_stream();
+    let mut res = Ok(());
     for (i, chunk) in src.chunks(STAGE).enumerate() {
-        if i >= 2 {
-            rt.synchronize()?; // the copy that used this staging buffer must be done
+        let b = i % bufs.len();
+        if i >= bufs.len() {
+            // SAFETY: the event was recorded after the copy that last used this buffer.
+            if let Err(e) = unsafe { dr::event::synchronize(events[b]) } {
+                res = Err(CudaError::driver("event synchronize")(e));
+                break;
+            }
         }
-        let st = &mut stages[i % 2];
-        st.as_mut_slice()[..chunk.len()].copy_from_slice(chunk);
-        // SAFETY: the staging buffer is pinned and not reused until the stream synchronizes.
-        unsafe { rt.copy_h2d_async(dst + (i * STAGE) as u64, st.as_ptr(), chunk.len()) }?;
+        bufs[b].as_mut_slice()[..chunk.len()].copy_from_slice(chunk);
+        // SAFETY: the buffer is pinned and not rewritten before its event completes.
+        let r =
+            unsafe { rt.copy_h2d_async(dst + (i * STAGE) as u64, bufs[b].as_ptr(), chunk.len()) }
+                .and_then(|_| {
+                    unsafe { dr::event::record(events[b], stream) }
+                        .map_err(CudaError::driver("event record"))
+                });
+        if let Err(e) = r {
+            res = Err(e);
+            break;
+        }
     }
-    rt.synchronize()?;
-    Ok(false)
+    let synced = rt.synchronize();
+    for ev in events {
+        // SAFETY: created above, destroyed once, after the stream finished.
+        let _ = unsafe { dr::event::destroy(ev) };
+    }
+    res.and(synced)
+}
+
+/// Copies host bytes `src` to device address `dst` with `method` (falls back to staging when
+/// registration is refused). Returns the method actually used.
+pub fn copy_host_range(
+    rt: &CudaRuntime,
+    dst: u64,
+    src: &[u8],
+    method: UploadMethod,
+) -> Result<UploadMethod, CudaError> {
+    rt.bind()?;
+    if src.is_empty() {
+        return Ok(method);
+    }
+    match method {
+        UploadMethod::Register => {
+            // SAFETY: src stays borrowed (mapped) until the copy has finished and it is unregistered.
+            if unsafe { rt.register_host(src.as_ptr(), src.len()) }.is_ok() {
+                let copied = unsafe { rt.copy_h2d_async(dst, src.as_ptr(), src.len()) }
+                    .and_then(|_| rt.synchronize());
+                let unreg = unsafe { rt.unregister_host(src.as_ptr()) };
+                copied?;
+                unreg?;
+                return Ok(UploadMethod::Register);
+            }
+            staged_copy(rt, dst, src).map(|_| UploadMethod::Staged)
+        }
+        UploadMethod::Pageable => {
+            // SAFETY: dst holds src.len() bytes.
+            unsafe { cudarc::driver::result::memcpy_htod_sync(dst, src) }
+                .map_err(CudaError::driver("host-to-device copy"))
+                .map(|_| UploadMethod::Pageable)
+        }
+        UploadMethod::Staged => staged_copy(rt, dst, src).map(|_| UploadMethod::Staged),
+    }
 }
 
 /// Milliseconds of one plain asynchronous copy of `bytes` from a pinned buffer (the reference rate).
 pub fn pinned_copy_ms(rt: &CudaRuntime, bytes: usize) -> Result<f64, CudaError> {
     let mut host = rt.alloc_pinned(bytes)?;
-    host.as_mut_slice().iter_mut().enumerate().for_each(|(i, b)| *b = i as u8);
+    host.as_mut_slice()
+        .iter_mut()
+        .enumerate()
+        .for_each(|(i, b)| *b = i as u8);
     let dev = rt.alloc(bytes)?;
     let t = Instant::now();
     // SAFETY: both buffers hold `bytes`; synchronized before they drop.
@@ -150,20 +217,38 @@ pub fn pinned_copy_ms(rt: &CudaRuntime, bytes: usize) -> Result<f64, CudaError> 
 }
 
 impl DeviceModel {
-    /// Uploads every tensor of `file` to the device in one allocation.
+    /// Uploads every tensor of `file` to the device in one allocation (staged copy).
     pub fn upload(rt: &CudaRuntime, file: &EtsFile) -> Result<Self, CudaError> {
+        Self::upload_with(rt, file, UploadMethod::default())
+    }
+
+    /// [`DeviceModel::upload`] with a chosen copy method.
+    pub fn upload_with(
+        rt: &CudaRuntime,
+        file: &EtsFile,
+        method: UploadMethod,
+    ) -> Result<Self, CudaError> {
         let all = file.bytes();
         let views: Vec<TensorView<'_>> = file.tensors().collect();
         let start = views.iter().map(|v| v.offset).min().unwrap_or(0) as usize;
         let end = views.iter().map(|v| v.offset + v.length).max().unwrap_or(0) as usize;
-        let region = all
-            .get(start..end.max(start))
-            .ok_or_else(|| CudaError::Invalid(format!("tensor extent {start}..{end} outside the file")))?;
+        let region = all.get(start..end.max(start)).ok_or_else(|| {
+            CudaError::Invalid(format!("tensor extent {start}..{end} outside the file"))
+        })?;
         let data = rt.alloc(region.len())?;
         let t = Instant::now();
-        let registered = copy_host_range(rt, data.ptr(), region, true)?;
-        let stats = UploadStats { bytes: region.len(), millis: t.elapsed().as_secs_f64() * 1e3, registered };
-        let mut model = DeviceModel { data, extra: Vec::new(), tensors: HashMap::new(), stats };
+        let method = copy_host_range(rt, data.ptr(), region, method)?;
+        let stats = UploadStats {
+            bytes: region.len(),
+            millis: t.elapsed().as_secs_f64() * 1e3,
+            method,
+        };
+        let mut model = DeviceModel {
+            data,
+            extra: Vec::new(),
+            tensors: HashMap::new(),
+            stats,
+        };
         let base = all.as_ptr() as usize;
         for v in &views {
             let dt = model.describe(rt, v, base, start)?;
@@ -182,14 +267,22 @@ impl DeviceModel {
         p
     }
 
-    fn describe(&mut self, rt: &CudaRuntime, v: &TensorView<'_>, base: usize, start: usize) -> Result<DeviceTensor, CudaError> {
+    fn describe(
+        &mut self,
+        rt: &CudaRuntime,
+        v: &TensorView<'_>,
+        base: usize,
+        start: usize,
+    ) -> Result<DeviceTensor, CudaError> {
         let ptr = self.data.ptr() + (v.offset as usize - start) as u64;
         let (rows, cols) = v.matrix_dims();
         let mut f32_values = None;
         let mut linear = None;
         if v.shape.len() == 1 {
             f32_values = Some(match (v.dtype, v.data) {
-                (Dtype::F32, TensorData::Dense { values }) => self.dev_addr(values.as_ptr() as usize, base, start),
+                (Dtype::F32, TensorData::Dense { values }) => {
+                    self.dev_addr(values.as_ptr() as usize, base, start)
+                }
                 _ => {
                     let buf = rt.upload(&v.to_dense_f32())?;
                     self.keep(buf)
@@ -224,7 +317,9 @@ impl DeviceModel {
         let aligned = |p: usize| (p - base) % 16 == 0;
         let elem = elem_of(v.dtype);
         match (elem, v.data) {
-            (Some(elem), TensorData::Tile(t)) if t.element_bitmaps.is_none() && aligned(t.values.as_ptr() as usize) => {
+            (Some(elem), TensorData::Tile(t))
+                if t.element_bitmaps.is_none() && aligned(t.values.as_ptr() as usize) =>
+            {
                 Ok(LinearWeight::Tile(TileDeviceView {
                     bitmap: addr(t.bitmap.as_ptr() as usize),
                     row_offsets: addr(t.row_offsets.as_ptr() as usize),
@@ -245,18 +340,52 @@ impl DeviceModel {
                 let keep: Vec<bool> = (0..t.grid_rows * t.grid_cols)
                     .map(|i| t.bitmap.get(i / 64).is_some_and(|w| w >> (i % 64) & 1 == 1))
                     .collect();
-                let h = HostTiles::from_dense(&t.to_dense_f32(), n, k, t.tile_rows, t.tile_cols, &keep, ElemType::F16)
-                    .map_err(|d| CudaError::Tensor { name: v.name.into(), detail: d })?;
-                let bitmap = { let b = rt.upload(&h.bitmap)?; self.keep(b) };
-                let row_offsets = { let b = rt.upload(&h.row_offsets)?; self.keep(b) };
-                let values = { let b = rt.upload(&h.values)?; self.keep(b) };
+                let h = HostTiles::from_dense(
+                    &t.to_dense_f32(),
+                    n,
+                    k,
+                    t.tile_rows,
+                    t.tile_cols,
+                    &keep,
+                    ElemType::F16,
+                )
+                .map_err(|d| CudaError::Tensor {
+                    name: v.name.into(),
+                    detail: d,
+                })?;
+                let bitmap = {
+                    let b = rt.upload(&h.bitmap)?;
+                    self.keep(b)
+                };
+                let row_offsets = {
+                    let b = rt.upload(&h.row_offsets)?;
+                    self.keep(b)
+                };
+                let values = {
+                    let b = rt.upload(&h.values)?;
+                    self.keep(b)
+                };
                 Ok(LinearWeight::Tile(TileDeviceView {
-                    bitmap, row_offsets, values, rows: n, cols: k, th: h.th, tw: h.tw,
-                    grid_rows: h.grid_rows, grid_cols: h.grid_cols, kept: h.kept(), elem: ElemType::F16,
+                    bitmap,
+                    row_offsets,
+                    values,
+                    rows: n,
+                    cols: k,
+                    th: h.th,
+                    tw: h.tw,
+                    grid_rows: h.grid_rows,
+                    grid_cols: h.grid_cols,
+                    kept: h.kept(),
+                    elem: ElemType::F16,
                     has_element_bitmaps: false,
                 }))
             }
-            (Some(elem), TensorData::Dense { values }) => Ok(LinearWeight::Dense { w: addr(values.as_ptr() as usize), n, k, elem }),
+            (Some(elem), TensorData::Dense { values }) => Ok(LinearWeight::Dense {
+                w: addr(values.as_ptr() as usize),
+                n,
+                k,
+                elem,
+            }),
             (Some(elem), TensorData::Rows { indices, values }) => {
                 let mut inv = vec![-1i32; n];
                 for (i, &r) in indices.iter().enumerate() {
@@ -264,8 +393,18 @@ impl DeviceModel {
                         *slot = i as i32;
                     }
                 }
-                let inv = { let b = rt.upload(&inv)?; self.keep(b) };
-                Ok(LinearWeight::Rows { w: addr(values.as_ptr() as usize), inv, n, nr: indices.len(), k, elem })
+                let inv = {
+                    let b = rt.upload(&inv)?;
+                    self.keep(b)
+                };
+                Ok(LinearWeight::Rows {
+                    w: addr(values.as_ptr() as usize),
+                    inv,
+                    n,
+                    nr: indices.len(),
+                    k,
+                    elem,
+                })
             }
             (Some(elem), TensorData::Cols { indices, values }) => Ok(LinearWeight::Cols {
                 w: addr(values.as_ptr() as usize),
@@ -277,16 +416,31 @@ impl DeviceModel {
             }),
             _ => {
                 // Anything else (f32 values, element bitmaps, misaligned parts): dense f16 copy.
-                let dense: Vec<u16> = v.to_dense_f32().iter().map(|&x| to_bits(ElemType::F16, x)).collect();
-                let w = { let b = rt.upload(&dense)?; self.keep(b) };
-                Ok(LinearWeight::Dense { w, n, k, elem: ElemType::F16 })
+                let dense: Vec<u16> = v
+                    .to_dense_f32()
+                    .iter()
+                    .map(|&x| to_bits(ElemType::F16, x))
+                    .collect();
+                let w = {
+                    let b = rt.upload(&dense)?;
+                    self.keep(b)
+                };
+                Ok(LinearWeight::Dense {
+                    w,
+                    n,
+                    k,
+                    elem: ElemType::F16,
+                })
             }
         }
     }
 
     /// A tensor by canonical name.
     pub fn tensor(&self, name: &str) -> Result<&DeviceTensor, CudaError> {
-        self.tensors.get(name).ok_or_else(|| CudaError::Tensor { name: name.into(), detail: "not in the uploaded model".into() })
+        self.tensors.get(name).ok_or_else(|| CudaError::Tensor {
+            name: name.into(),
+            detail: "not in the uploaded model".into(),
+        })
     }
 
     /// All tensors.
@@ -296,12 +450,20 @@ impl DeviceModel {
 
     /// A 2-D tensor as a linear weight.
     pub fn linear(&self, name: &str) -> Result<LinearWeight, CudaError> {
-        self.tensor(name)?.linear.ok_or_else(|| CudaError::Tensor { name: name.into(), detail: "not a 2-D tensor".into() })
+        self.tensor(name)?.linear.ok_or_else(|| CudaError::Tensor {
+            name: name.into(),
+            detail: "not a 2-D tensor".into(),
+        })
     }
 
     /// A 1-D tensor's values as f32 on the device (biases, layer norms).
     pub fn f32_values(&self, name: &str) -> Result<u64, CudaError> {
-        self.tensor(name)?.f32_values.ok_or_else(|| CudaError::Tensor { name: name.into(), detail: "not a 1-D tensor".into() })
+        self.tensor(name)?
+            .f32_values
+            .ok_or_else(|| CudaError::Tensor {
+                name: name.into(),
+                detail: "not a 1-D tensor".into(),
+            })
     }
 
     /// How the upload went.

@@ -1,0 +1,140 @@
+//! `--calibrate`: run the dense source and the pruned result on real sentences and measure, per
+//! layer and at the output, how far apart they are, so the cost of a sparsity choice is seen
+//! before the file is deployed.
+
+use std::path::Path;
+
+use serde::Serialize;
+
+use super::ConvertError;
+use crate::format::EtsFile;
+use crate::runtime::cpu::{CpuEncoder, TextTokenizer};
+use crate::runtime::{pool_packed, Encoder, ForwardOptions, Pooling, TokenBatch};
+
+/// Distance between dense and pruned hidden states after one layer (0 = embeddings).
+#[derive(Debug, Clone, Serialize)]
+pub struct LayerFidelity {
+    /// 0 for the embedding output, `i + 1` for the output of layer `i`.
+    pub layer: usize,
+    /// Mean cosine similarity over all tokens.
+    pub cosine: f64,
+    /// Largest absolute difference over all tokens and features.
+    pub max_abs_diff: f64,
+}
+
+/// The calibration result, stored in the file's recipe.
+#[derive(Debug, Clone, Serialize)]
+pub struct Calibration {
+    /// Name of the sentence file.
+    pub source: String,
+    /// Sentences used.
+    pub sentences: usize,
+    /// Per-layer distances.
+    pub layers: Vec<LayerFidelity>,
+    /// Mean cosine of the mean-pooled sentence embeddings (what `--min-cosine` checks).
+    pub output_cosine: f64,
+    /// Lowest per-sentence cosine of the mean-pooled embeddings.
+    pub output_min_cosine: f64,
+}
+
+/// Reads sentences: one per line, or the text column of a `text<TAB>label` file with a header.
+pub fn read_sentences(path: &Path, limit: usize) -> Result<Vec<String>, ConvertError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConvertError::Calibration(format!("{}: {e}", path.display())))?;
+    let mut lines = text.lines().peekable();
+    let tsv = lines.peek().is_some_and(|h| h.starts_with("text\t") || h.starts_with("sentence\t"));
+    if tsv {
+        lines.next();
+    }
+    let sentences: Vec<String> = lines
+        .map(|l| if tsv { l.split('\t').next().unwrap_or("") } else { l })
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .take(limit)
+        .map(String::from)
+        .collect();
+    if sentences.is_empty() {
+        return Err(ConvertError::Calibration(format!(
+            "{} has no sentences",
+            path.display()
+        )));
+    }
+    Ok(sentences)
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let (mut ab, mut aa, mut bb) = (0f64, 0f64, 0f64);
+    for (&x, &y) in a.iter().zip(b) {
+        ab += f64::from(x) * f64::from(y);
+        aa += f64::from(x) * f64::from(x);
+        bb += f64::from(y) * f64::from(y);
+    }
+    if aa == 0.0 && bb == 0.0 {
+        return 1.0;
+    }
+    ab / (aa.sqrt() * bb.sqrt()).max(f64::MIN_POSITIVE)
+}
+
+/// Compares the dense reference file and the pruned file on `sentences`.
+pub fn compare(
+    dense: &Path,
+    pruned: &Path,
+    source: &str,
+    sentences: &[String],
+) -> Result<Calibration, ConvertError> {
+    let err = |e: &dyn std::fmt::Display| ConvertError::Calibration(e.to_string());
+    let dense_file = EtsFile::open(dense)?;
+    let pruned_file = EtsFile::open(pruned)?;
+    let tokenizer = TextTokenizer::from_file(&pruned_file).map_err(|e| {
+        ConvertError::Calibration(format!(
+            "{e}; calibration needs a tokenizer (put tokenizer.json or vocab.txt beside the model or pass --tokenizer)"
+        ))
+    })?;
+    let dense_enc = CpuEncoder::new(&dense_file).map_err(|e| err(&e))?;
+    let pruned_enc = CpuEncoder::new(&pruned_file).map_err(|e| err(&e))?;
+    let hidden = dense_enc.config().hidden_size as usize;
+    let options = ForwardOptions {
+        output_hidden_states: true,
+    };
+    let layers = dense_enc.config().num_layers as usize + 1;
+    let (mut cos_sum, mut max_diff, mut tokens) = (vec![0f64; layers], vec![0f64; layers], 0usize);
+    let (mut out_sum, mut out_min) = (0f64, f64::INFINITY);
+    for chunk in sentences.chunks(16) {
+        let texts: Vec<&str> = chunk.iter().map(String::as_str).collect();
+        let batch: TokenBatch = tokenizer.encode(&texts).map_err(|e| err(&e))?.batch;
+        let a = dense_enc.forward_with(&batch, &options).map_err(|e| err(&e))?;
+        let b = pruned_enc.forward_with(&batch, &options).map_err(|e| err(&e))?;
+        let (Some(ha), Some(hb)) = (&a.hidden_states, &b.hidden_states) else {
+            return Err(ConvertError::Calibration("runtime returned no hidden states".into()));
+        };
+        for (l, (xa, xb)) in ha.iter().zip(hb).enumerate().take(layers) {
+            for (ra, rb) in xa.chunks_exact(hidden).zip(xb.chunks_exact(hidden)) {
+                cos_sum[l] += cosine(ra, rb);
+                let d = ra.iter().zip(rb).map(|(x, y)| f64::from((x - y).abs())).fold(0.0, f64::max);
+                max_diff[l] = max_diff[l].max(d);
+            }
+        }
+        tokens += batch.total_tokens();
+        let pa = pool_packed(&a.last_hidden, &a.lengths, hidden, Pooling::Mean);
+        let pb = pool_packed(&b.last_hidden, &b.lengths, hidden, Pooling::Mean);
+        for (ea, eb) in pa.chunks_exact(hidden).zip(pb.chunks_exact(hidden)) {
+            let c = cosine(ea, eb);
+            out_sum += c;
+            out_min = out_min.min(c);
+        }
+    }
+    let layers = (0..layers)
+        .map(|l| LayerFidelity {
+            layer: l,
+            cosine: cos_sum[l] / tokens.max(1) as f64,
+            max_abs_diff: max_diff[l],
+        })
+        .collect();
+    Ok(Calibration {
+        source: source.to_string(),
+        sentences: sentences.len(),
+        layers,
+        output_cosine: out_sum / sentences.len().max(1) as f64,
+        output_min_cosine: out_min,
+    })
+}

@@ -1,0 +1,149 @@
+//! The converter on real models from `scripts/fetch_models.sh` (skipped with a notice when
+//! absent, unless `ETS_REQUIRE_MODELS=1`, where a missing model fails). References are the
+//! source readers (`ingest::open_source(..).load`), compared bit for bit.
+
+use std::path::{Path, PathBuf};
+
+use ets::convert::{convert, ConvertOptions};
+use ets::format::{Dtype, EtsFile, TensorData, TensorView};
+use ets::ingest::{open_source, IngestOptions, ModelSource, SourceTensor};
+use ets::prune::{Method, Recipe, Role};
+
+fn model(rel: &str) -> Option<PathBuf> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("models").join(rel);
+    if p.is_file() {
+        return Some(p);
+    }
+    if std::env::var("ETS_REQUIRE_MODELS").as_deref() == Ok("1") {
+        panic!("{} is missing and ETS_REQUIRE_MODELS=1 (run scripts/fetch_models.sh)", p.display());
+    }
+    eprintln!("skipping: {} not present (run scripts/fetch_models.sh)", p.display());
+    None
+}
+
+fn options(method: Method, sparsity: f64, dtype: Dtype) -> ConvertOptions {
+    ConvertOptions {
+        recipe: Recipe {
+            method,
+            sparsity,
+            ..Recipe::default()
+        },
+        dtype,
+        overwrite: false,
+        ingest: IngestOptions::default(),
+        progress: false,
+        calibrate: None,
+        calibrate_limit: 0,
+        min_cosine: None,
+    }
+}
+
+fn load(src: &dyn ModelSource, name: &str) -> SourceTensor {
+    src.load(name).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+fn convert_and_open(input: &Path, out: &Path, opts: &ConvertOptions) -> EtsFile {
+    convert(input, out, opts).unwrap_or_else(|e| panic!("{}: {e}", input.display()));
+    let f = EtsFile::open(out).unwrap_or_else(|e| panic!("{}: {e}", out.display()));
+    f.verify_checksums().unwrap_or_else(|e| panic!("{}: {e}", out.display()));
+    f
+}
+
+/// `--method none --dtype f32` stores every source tensor bit for bit.
+fn check_dense_exact(input: &Path, src: &dyn ModelSource, dir: &Path) {
+    let f = convert_and_open(input, &dir.join("dense.ets"), &options(Method::None, 0.0, Dtype::F32));
+    let names = src.tensor_names();
+    let stored: Vec<&str> = f.tensors().map(|t| t.name).collect();
+    assert_eq!(stored, names, "{}: tensor set", input.display());
+    assert_eq!(f.model(), src.config());
+    for name in &names {
+        let want = load(src, name);
+        let t = f.tensor(name).expect("tensor");
+        let shape: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
+        assert_eq!(shape, want.shape, "{name}");
+        assert_eq!(t.dtype, Dtype::F32, "{name}");
+        let got = t.to_dense_f32();
+        let same = got.len() == want.data.len()
+            && got.iter().zip(&want.data).all(|(a, b)| a.to_bits() == b.to_bits());
+        assert!(same, "{}: {name} differs from the source", input.display());
+    }
+}
+
+fn sq(v: f32) -> f64 {
+    f64::from(v) * f64::from(v)
+}
+
+/// One tile-pruned weight: density within one tile of the target, kept tiles are the
+/// highest-norm ones, and (when `values`) kept tiles hold the f16-rounded source values.
+fn check_tile_weight(t: &TensorView<'_>, src: &SourceTensor, sparsity: f64, values: bool) {
+    let name = t.name;
+    let TensorData::Tile(tv) = t.data else {
+        panic!("{name}: expected tiles, got {:?}", t.encoding)
+    };
+    let (cols, th, tw, gc) = (src.shape[1], tv.tile_rows, tv.tile_cols, tv.grid_cols);
+    let n = tv.grid_rows * gc;
+    let keep: Vec<bool> = (0..n).map(|i| tv.bitmap[i / 64] >> (i % 64) & 1 == 1).collect();
+    let kept = keep.iter().filter(|&&k| k).count();
+    let target = n as f64 * (1.0 - sparsity);
+    assert!(kept >= 1 && (kept as f64 - target).abs() <= 1.0, "{name}: {kept} of {n} tiles, target {target}");
+    let mut norms = vec![0f64; n];
+    for (i, &v) in src.data.iter().enumerate() {
+        norms[(i / cols / th) * gc + (i % cols) / tw] += sq(v);
+    }
+    let lo = (0..n).filter(|&i| keep[i]).map(|i| norms[i]).fold(f64::INFINITY, f64::min);
+    let hi = (0..n).filter(|&i| !keep[i]).map(|i| norms[i]).fold(0.0, f64::max);
+    assert!(lo >= hi * (1.0 - 1e-12), "{name}: kept tile norm {lo} < dropped {hi}");
+    if values {
+        for (i, (&g, &w)) in t.to_dense_f32().iter().zip(&src.data).enumerate() {
+            let want = if keep[(i / cols / th) * gc + (i % cols) / tw] {
+                half::f16::from_f32(w).to_f32()
+            } else {
+                0.0
+            };
+            assert_eq!(g.to_bits(), want.to_bits(), "{name}[{i}]");
+        }
+    }
+}
+
+/// `--sparsity 0.8` (tile 16x16, f16): every linear weight obeys the density and ranking rules;
+/// the values of layer 0's weights are compared element by element.
+fn check_pruned(input: &Path, src: &dyn ModelSource, dir: &Path) {
+    let f = convert_and_open(input, &dir.join("pruned.ets"), &options(Method::Tile, 0.8, Dtype::F16));
+    let mut linear = 0;
+    for name in src.tensor_names() {
+        let t = f.tensor(&name).expect("tensor");
+        match Role::of_name(&name) {
+            Some((layer, _)) => {
+                check_tile_weight(&t, &load(src, &name), 0.8, layer == 0);
+                linear += 1;
+            }
+            None => assert!(matches!(t.data, TensorData::Dense { .. }), "{name} not dense"),
+        }
+    }
+    assert_eq!(linear, 6 * src.config().num_layers as usize);
+    let dense_len = std::fs::metadata(input).map(|m| m.len()).unwrap_or(0);
+    assert!(f.bytes().len() as u64 <= dense_len, "pruned f16 file larger than the source");
+}
+
+fn check_model(rel: &str) {
+    let Some(input) = model(rel) else { return };
+    let src = open_source(&input, &IngestOptions::default()).unwrap_or_else(|e| panic!("{rel}: {e}"));
+    let dir = tempfile::tempdir().expect("dir");
+    check_dense_exact(&input, &*src, dir.path());
+    check_pruned(&input, &*src, dir.path());
+}
+
+#[test]
+fn minilm_l6_safetensors() {
+    check_model("all-minilm-l6-v2/model.safetensors");
+}
+
+#[test]
+fn paraphrase_minilm_l3_onnx() {
+    check_model("paraphrase-minilm-l3-v2/model.onnx");
+}
+
+#[test]
+fn minilm_int8_onnx() {
+    check_model("minilm-int8/model.onnx");
+}
