@@ -46,10 +46,11 @@ pub(crate) fn validate(bytes: &[u8]) -> Result<Checked, FormatError> {
     let (header_len, minor) = check_preamble(bytes)?;
     let header_bytes = &bytes[PREAMBLE_LEN as usize..(PREAMBLE_LEN + header_len) as usize];
     check_depth(header_bytes)?;
-    let header: Header =
-        serde_json::from_slice(header_bytes).map_err(|e| FormatError::InvalidHeader {
-            detail: e.to_string(),
-        })?;
+    let invalid = |detail: String| FormatError::InvalidHeader { detail };
+    let value: serde_json::Value =
+        serde_json::from_slice(header_bytes).map_err(|e| invalid(e.to_string()))?;
+    require_objects(&value)?;
+    let header: Header = serde_json::from_value(value).map_err(|e| invalid(e.to_string()))?;
     let a = header.alignment;
     if !a.is_power_of_two() || !(MIN_ALIGNMENT..=MAX_ALIGNMENT).contains(&a) {
         return Err(FormatError::BadAlignment { value: a });
@@ -195,6 +196,47 @@ fn check_depth(json: &[u8]) -> Result<(), FormatError> {
     Ok(())
 }
 
+/// R9: the header, `model`, `provenance`, every section and every part are JSON objects (the
+/// deserializer alone would also take arrays of field values).
+fn require_objects(v: &serde_json::Value) -> Result<(), FormatError> {
+    let not_object = |what: &str| FormatError::InvalidHeader {
+        detail: format!("{what} must be a JSON object"),
+    };
+    let top = v.as_object().ok_or_else(|| not_object("the header"))?;
+    for key in ["model", "provenance"] {
+        if top.get(key).is_some_and(|x| !x.is_object()) {
+            return Err(not_object(key));
+        }
+    }
+    let sections = top.get("sections").and_then(|s| s.as_array());
+    for s in sections.into_iter().flatten() {
+        let s = s.as_object().ok_or_else(|| not_object("each section"))?;
+        let parts = s.get("parts").and_then(|p| p.as_array());
+        if parts.into_iter().flatten().any(|p| !p.is_object()) {
+            return Err(not_object("each part"));
+        }
+    }
+    Ok(())
+}
+
+/// R18: an encoding object has exactly the keys of its kind.
+fn check_encoding_keys(name: &str, v: &serde_json::Value) -> Result<(), FormatError> {
+    let allowed: &[&str] = match v.get("kind").and_then(|k| k.as_str()) {
+        Some("tile") => &["kind", "tile_rows", "tile_cols", "layout", "element_bitmaps"],
+        _ => &["kind"],
+    };
+    let ok = v
+        .as_object()
+        .is_some_and(|o| o.keys().all(|k| allowed.contains(&k.as_str())));
+    if !ok {
+        return Err(FormatError::UnknownEncoding {
+            name: name.to_string(),
+            detail: v.to_string(),
+        });
+    }
+    Ok(())
+}
+
 /// R12: the model configuration is self-consistent.
 fn check_model(header: &Header) -> Result<(), FormatError> {
     let m = &header.model;
@@ -216,6 +258,15 @@ fn check_model(header: &Header) -> Result<(), FormatError> {
         if v == 0 || u64::from(v) > MAX_DIM {
             return bad(format!("{name} is {v}"));
         }
+    }
+    if u64::from(m.num_heads) * u64::from(m.head_dim) != u64::from(m.hidden_size) {
+        return bad(format!(
+            "num_heads {} x head_dim {} differs from hidden_size {}",
+            m.num_heads, m.head_dim, m.hidden_size
+        ));
+    }
+    if m.num_labels == Some(0) {
+        return bad("num_labels is 0".into());
     }
     if m.heads_per_layer.len() != m.num_layers as usize {
         return bad(format!(
@@ -347,6 +398,7 @@ fn check_tensor(
     })?;
     let shape = s.shape.clone().ok_or_else(|| missing("shape"))?;
     let enc_value = s.encoding.as_ref().ok_or_else(|| missing("encoding"))?;
+    check_encoding_keys(name, enc_value)?;
     let encoding: Encoding =
         serde_json::from_value(enc_value.clone()).map_err(|_| FormatError::UnknownEncoding {
             name: name.to_string(),
