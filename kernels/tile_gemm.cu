@@ -82,6 +82,13 @@ struct Conv<__nv_bfloat16> {
     static __device__ __forceinline__ __nv_bfloat16 from_f(float v) { return __float2bfloat16_rn(v); }
 };
 
+template <typename T>
+union Pair {
+    T v[2];
+    u32 u;
+    __device__ Pair() {}
+};
+
 // Not inlined: the epilogue is unrolled 64 times per thread and erff is long.
 __device__ __noinline__ float gelu_erf(float x) { return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f)); }
 
@@ -149,38 +156,119 @@ __device__ void build_union(Meta<TH, TW>& md, const u64* bitmap, const u32* row_
     __syncthreads();
 }
 
+// Per-thread constants of the stage loads. Thread t copies 16-byte chunk (t & 7) of rows
+// t/8 + 32i (i = 0..3) of both the X and the W stage, so the slot, the column inside the tile
+// and the shared-memory offsets are fixed for the whole kernel.
 template <typename T, int TH, int TW>
-__device__ __forceinline__ void load_stage(const Meta<TH, TW>& md, unsigned char* xs, unsigned char* ws,
-                                           const T* __restrict__ X, int M, int K, int ldx, int m0,
-                                           const T* __restrict__ values, int g) {
-    constexpr int S = ETS_KC / TW;      // union columns per stage
-    constexpr int CPT = TW / 8;         // 16-byte chunks per tile row
-    const int tid = threadIdx.x;
-    const int U = md.U;
+struct LoadPlan {
+    static constexpr int CPT = TW / 8;  // 16-byte chunks per tile row
+    int s, colin, row0;
+    u32 dst0;
+    const T* xsrc[4];
+    bool xrow_ok[4];
+
+    __device__ __forceinline__ void init(const T* X, int M, int ldx, int m0) {
+        const int tid = threadIdx.x, ch = tid & 7;
+        s = ch / CPT;
+        colin = (ch % CPT) * 8;
+        row0 = tid >> 3;
+        dst0 = swz(row0, ch);  // rows row0 + 32i share (row & 7), so the offset only moves by 32i rows
 #pragma unroll
-    for (int i = 0; i < (ETS_BM * 8) / ETS_THREADS; ++i) {
-        int idx = tid + i * ETS_THREADS;
-        int row = idx >> 3, ch = idx & 7;
-        int s = ch / CPT, colin = (ch % CPT) * 8;
-        int j = g * S + s;
-        int m = m0 + row;
-        bool valid = j < U && m < M;
-        int k = valid ? static_cast<int>(md.ucol[j]) * TW + colin : 0;
-        valid = valid && k < K;
-        const T* src = valid ? X + static_cast<size_t>(m) * ldx + k : X;
-        cp_async16(smem_addr(xs + swz(row, ch)), src, valid);
+        for (int i = 0; i < 4; ++i) {
+            const int m = m0 + row0 + 32 * i;
+            xrow_ok[i] = m < M;
+            xsrc[i] = X + static_cast<size_t>(xrow_ok[i] ? m : 0) * ldx;  // + column k at each stage
+        }
     }
+
+    __device__ __forceinline__ void load(const Meta<TH, TW>& md, u32 xs, u32 ws, const T* X, const T* values, int K,
+                                         int g) const {
+        constexpr int S = ETS_KC / TW;
+        const int j = g * S + s;
+        const bool jok = j < md.U;
+        const int jj = jok ? j : 0;
+        const int k = static_cast<int>(md.ucol[jj]) * TW + colin;
+        const bool kok = jok && k < K;
+        const u32 um = jok ? md.umask[jj] : 0u;
 #pragma unroll
-    for (int i = 0; i < (ETS_BN * 8) / ETS_THREADS; ++i) {
-        int idx = tid + i * ETS_THREADS;
-        int n = idx >> 3, ch = idx & 7;
-        int s = ch / CPT, colin = (ch % CPT) * 8;
-        int j = g * S + s;
-        int r = n / TH, ir = n % TH;
-        if (j < U && ((md.umask[j] >> r) & 1u)) {
-            size_t tile = static_cast<size_t>(md.rowoff[r]) + md.kidx[r][j];
+        for (int i = 0; i < 4; ++i) {
+            const bool ok = kok && xrow_ok[i];
+            cp_async16(xs + dst0 + i * 32 * (ETS_KC * 2), ok ? xsrc[i] + k : X, ok);
+        }
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const int n = row0 + 32 * i;
+            const int r = n / TH, ir = n % TH;
+            const bool p = (um >> r) & 1u;
+            const size_t tile = static_cast<size_t>(md.rowoff[r]) + md.kidx[r][jj];
             const T* src = values + tile * (TH * TW) + ir * TW + colin;
-            cp_async16(smem_addr(ws + swz(n, ch)), src, true);
+            cp_async16(ws + dst0 + i * 32 * (ETS_KC * 2), p ? src : values, p);
+        }
+    }
+};
+
+__device__ __forceinline__ void load_a(u32 xa, int warp_m, int lane, int kk, u32 (&af)[4][4]) {
+#pragma unroll
+    for (int mi = 0; mi < 4; ++mi) {
+        int row = warp_m * 64 + mi * 16 + (lane & 15);
+        int ch = kk * 2 + (lane >> 4);
+        ldmatrix_x4(xa + swz(row, ch), af[mi][0], af[mi][1], af[mi][2], af[mi][3]);
+    }
+}
+
+__device__ __forceinline__ void load_b(u32 wa, int warp_n, int lane, int kk, int h, u32 (&bf)[4]) {
+    int mat = lane >> 3;
+    int n = warp_n * 32 + h * 16 + (lane & 7) + (mat >> 1) * 8;
+    int ch = kk * 2 + (mat & 1);
+    ldmatrix_x4(wa + swz(n, ch), bf[0], bf[1], bf[2], bf[3]);
+}
+
+// Every tile of the stage is present for this warp: no branches, and the fragments of the next
+// k16 step are loaded before the products of the current one are issued.
+template <bool BF16>
+__device__ __forceinline__ void dense_stage(float (&acc)[4][4][4], u32 xa, u32 wa, int warp_m, int warp_n, int lane) {
+    u32 af[2][4][4], bf[2][2][4];
+    load_a(xa, warp_m, lane, 0, af[0]);
+    load_b(wa, warp_n, lane, 0, 0, bf[0][0]);
+    load_b(wa, warp_n, lane, 0, 1, bf[0][1]);
+#pragma unroll
+    for (int kk = 0; kk < ETS_KC / 16; ++kk) {
+        const int cur = kk & 1, nxt = cur ^ 1;
+        if (kk + 1 < ETS_KC / 16) {
+            load_a(xa, warp_m, lane, kk + 1, af[nxt]);
+            load_b(wa, warp_n, lane, kk + 1, 0, bf[nxt][0]);
+            load_b(wa, warp_n, lane, kk + 1, 1, bf[nxt][1]);
+        }
+#pragma unroll
+        for (int mi = 0; mi < 4; ++mi)
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                mma16816<BF16>(acc[mi][h * 2 + 0], af[cur][mi], &bf[cur][h][0]);
+                mma16816<BF16>(acc[mi][h * 2 + 1], af[cur][mi], &bf[cur][h][2]);
+            }
+    }
+}
+
+// Some tiles are absent: skip the fragments and products of absent (k16 step, n16 half) pairs.
+template <bool BF16>
+__device__ __forceinline__ void sparse_stage(float (&acc)[4][4][4], u32 xa, u32 wa, int warp_m, int warp_n, int lane,
+                                             u32 pres) {
+#pragma unroll
+    for (int kk = 0; kk < ETS_KC / 16; ++kk) {
+        const u32 p = (pres >> (2 * kk)) & 3u;
+        if (!p) continue;
+        u32 af[4][4];
+        load_a(xa, warp_m, lane, kk, af);
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            if (!((p >> h) & 1u)) continue;
+            u32 bf[4];
+            load_b(wa, warp_n, lane, kk, h, bf);
+#pragma unroll
+            for (int mi = 0; mi < 4; ++mi) {
+                mma16816<BF16>(acc[mi][h * 2 + 0], af[mi], &bf[0]);
+                mma16816<BF16>(acc[mi][h * 2 + 1], af[mi], &bf[2]);
+            }
         }
     }
 }
@@ -212,6 +300,10 @@ __device__ void tile_gemm_body(const T* __restrict__ X, int M, int K, int ldx,
     const int gend = static_cast<int>((static_cast<long long>(G) * (blockIdx.z + 1)) / gridDim.z);
     const int GL = gend - gbeg;
 
+    LoadPlan<T, TH, TW> plan;
+    plan.init(X, M, ldx, m0);
+    const u32 xs_base = smem_addr(xs), ws_base = smem_addr(wsm);
+
     float acc[4][4][4];
 #pragma unroll
     for (int a = 0; a < 4; ++a)
@@ -222,7 +314,7 @@ __device__ void tile_gemm_body(const T* __restrict__ X, int M, int K, int ldx,
 
 #pragma unroll
     for (int s = 0; s < ETS_STAGES - 1; ++s) {
-        if (s < GL) load_stage<T, TH, TW>(md, xs + s * STAGE_BYTES, wsm + s * STAGE_BYTES, X, M, K, ldx, m0, values, gbeg + s);
+        if (s < GL) plan.load(md, xs_base + s * STAGE_BYTES, ws_base + s * STAGE_BYTES, X, values, K, gbeg + s);
         cp_async_commit();
     }
     // Block rows of the warp's two n16 halves (feature offsets warp_n*32 + h*16).
@@ -235,7 +327,7 @@ __device__ void tile_gemm_body(const T* __restrict__ X, int M, int K, int ldx,
             int gn = gi + ETS_STAGES - 1;
             if (gn < GL) {
                 int b = gn % ETS_STAGES;
-                load_stage<T, TH, TW>(md, xs + b * STAGE_BYTES, wsm + b * STAGE_BYTES, X, M, K, ldx, m0, values, gbeg + gn);
+                plan.load(md, xs_base + b * STAGE_BYTES, ws_base + b * STAGE_BYTES, X, values, K, gbeg + gn);
             }
             cp_async_commit();
         }
@@ -243,33 +335,18 @@ __device__ void tile_gemm_body(const T* __restrict__ X, int M, int K, int ldx,
         const int buf = gi % ETS_STAGES;
         const u32 xa = smem_addr(xs + buf * STAGE_BYTES);
         const u32 wa = smem_addr(wsm + buf * STAGE_BYTES);
+        // Warp-uniform presence bits of this stage: bit 2*kk+h for k16 step kk and n16 half h.
+        u32 pres = 0;
 #pragma unroll
         for (int kk = 0; kk < ETS_KC / 16; ++kk) {
             const int j = g * S + (kk * 16) / TW;
             const u32 um = j < U ? md.umask[j] : 0u;
-            const bool p0 = (um >> r0) & 1u, p1 = (um >> r1) & 1u;
-            if (!(p0 || p1)) continue;
-            u32 af[4][4];
-#pragma unroll
-            for (int mi = 0; mi < 4; ++mi) {
-                int row = warp_m * 64 + mi * 16 + (lane & 15);
-                int ch = kk * 2 + (lane >> 4);
-                ldmatrix_x4(xa + swz(row, ch), af[mi][0], af[mi][1], af[mi][2], af[mi][3]);
-            }
-#pragma unroll
-            for (int h = 0; h < 2; ++h) {
-                if (!(h == 0 ? p0 : p1)) continue;
-                u32 bf[4];
-                int mat = lane >> 3;
-                int n = warp_n * 32 + h * 16 + (lane & 7) + (mat >> 1) * 8;
-                int ch = kk * 2 + (mat & 1);
-                ldmatrix_x4(wa + swz(n, ch), bf[0], bf[1], bf[2], bf[3]);
-#pragma unroll
-                for (int mi = 0; mi < 4; ++mi) {
-                    mma16816<BF16>(acc[mi][h * 2 + 0], af[mi], &bf[0]);
-                    mma16816<BF16>(acc[mi][h * 2 + 1], af[mi], &bf[2]);
-                }
-            }
+            pres |= (((um >> r0) & 1u) | (((um >> r1) & 1u) << 1)) << (2 * kk);
+        }
+        if (pres == 0xFFu) {
+            dense_stage<BF16>(acc, xa, wa, warp_m, warp_n, lane);
+        } else if (pres) {
+            sparse_stage<BF16>(acc, xa, wa, warp_m, warp_n, lane, pres);
         }
     }
     cp_async_wait<0>();
@@ -290,25 +367,39 @@ __device__ void tile_gemm_body(const T* __restrict__ X, int M, int K, int ldx,
         return;
     }
 
-    // Fused epilogue straight from the accumulators.
+    // Fused epilogue straight from the accumulators; pairs of outputs are stored together.
+    const bool plain = !bias && !residual && !gelu;
+    const bool pairs = (ldy & 1) == 0;
 #pragma unroll
     for (int mi = 0; mi < 4; ++mi) {
 #pragma unroll
         for (int ni = 0; ni < 4; ++ni) {
             const int n = n0 + warp_n * 32 + ni * 8 + (lane & 3) * 2;
+            if (n >= N) continue;
 #pragma unroll
             for (int hh = 0; hh < 2; ++hh) {
                 const int m = m0 + warp_m * 64 + mi * 16 + (lane >> 2) + hh * 8;
                 if (m >= M) continue;
+                float v[2] = {acc[mi][ni][hh * 2], acc[mi][ni][hh * 2 + 1]};
+                const size_t at = static_cast<size_t>(m) * ldy + n;
+                const bool two = n + 1 < N;
+                if (!plain) {
 #pragma unroll
-                for (int e = 0; e < 2; ++e) {
-                    const int nn = n + e;
-                    if (nn >= N) continue;
-                    float v = acc[mi][ni][hh * 2 + e];
-                    if (bias) v += bias[nn];
-                    if (gelu) v = gelu_erf(v);
-                    if (residual) v += Conv<T>::to_f(residual[static_cast<size_t>(m) * ldy + nn]);
-                    Y[static_cast<size_t>(m) * ldy + nn] = Conv<T>::from_f(v);
+                    for (int e = 0; e < 2; ++e) {
+                        if (e == 1 && !two) break;
+                        if (bias) v[e] += bias[n + e];
+                        if (gelu) v[e] = gelu_erf(v[e]);
+                        if (residual) v[e] += Conv<T>::to_f(residual[at + e]);
+                    }
+                }
+                if (two && pairs) {
+                    Pair<T> pr;
+                    pr.v[0] = Conv<T>::from_f(v[0]);
+                    pr.v[1] = Conv<T>::from_f(v[1]);
+                    *reinterpret_cast<u32*>(Y + at) = pr.u;
+                } else {
+                    Y[at] = Conv<T>::from_f(v[0]);
+                    if (two) Y[at + 1] = Conv<T>::from_f(v[1]);
                 }
             }
         }

@@ -10,14 +10,22 @@ use ets::ingest::{open_source, IngestOptions, ModelSource, SourceTensor};
 use ets::prune::{Method, Recipe, Role};
 
 fn model(rel: &str) -> Option<PathBuf> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("models").join(rel);
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("models")
+        .join(rel);
     if p.is_file() {
         return Some(p);
     }
     if std::env::var("ETS_REQUIRE_MODELS").as_deref() == Ok("1") {
-        panic!("{} is missing and ETS_REQUIRE_MODELS=1 (run scripts/fetch_models.sh)", p.display());
+        panic!(
+            "{} is missing and ETS_REQUIRE_MODELS=1 (run scripts/fetch_models.sh)",
+            p.display()
+        );
     }
-    eprintln!("skipping: {} not present (run scripts/fetch_models.sh)", p.display());
+    eprintln!(
+        "skipping: {} not present (run scripts/fetch_models.sh)",
+        p.display()
+    );
     None
 }
 
@@ -45,28 +53,28 @@ fn load(src: &dyn ModelSource, name: &str) -> SourceTensor {
 fn convert_and_open(input: &Path, out: &Path, opts: &ConvertOptions) -> EtsFile {
     convert(input, out, opts).unwrap_or_else(|e| panic!("{}: {e}", input.display()));
     let f = EtsFile::open(out).unwrap_or_else(|e| panic!("{}: {e}", out.display()));
-    f.verify_checksums().unwrap_or_else(|e| panic!("{}: {e}", out.display()));
+    f.verify_checksums()
+        .unwrap_or_else(|e| panic!("{}: {e}", out.display()));
     f
 }
 
-/// `--method none --dtype f32` stores every source tensor bit for bit.
-fn check_dense_exact(input: &Path, src: &dyn ModelSource, dir: &Path) {
-    let f = convert_and_open(input, &dir.join("dense.ets"), &options(Method::None, 0.0, Dtype::F32));
-    let names = src.tensor_names();
-    let stored: Vec<&str> = f.tensors().map(|t| t.name).collect();
-    assert_eq!(stored, names, "{}: tensor set", input.display());
-    assert_eq!(f.model(), src.config());
-    for name in &names {
-        let want = load(src, name);
-        let t = f.tensor(name).expect("tensor");
-        let shape: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
-        assert_eq!(shape, want.shape, "{name}");
-        assert_eq!(t.dtype, Dtype::F32, "{name}");
-        let got = t.to_dense_f32();
-        let same = got.len() == want.data.len()
-            && got.iter().zip(&want.data).all(|(a, b)| a.to_bits() == b.to_bits());
-        assert!(same, "{}: {name} differs from the source", input.display());
-    }
+/// `--method none --dtype f32` stored `want` bit for bit.
+fn check_dense_exact(t: &TensorView<'_>, want: &SourceTensor) {
+    let name = t.name;
+    let shape: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
+    assert_eq!(shape, want.shape, "{name}");
+    assert_eq!(t.dtype, Dtype::F32, "{name}");
+    assert!(
+        matches!(t.data, TensorData::Dense { .. }),
+        "{name} not dense"
+    );
+    let got = t.to_dense_f32();
+    let same = got.len() == want.data.len()
+        && got
+            .iter()
+            .zip(&want.data)
+            .all(|(a, b)| a.to_bits() == b.to_bits());
+    assert!(same, "{name} differs from the source");
 }
 
 fn sq(v: f32) -> f64 {
@@ -82,17 +90,31 @@ fn check_tile_weight(t: &TensorView<'_>, src: &SourceTensor, sparsity: f64, valu
     };
     let (cols, th, tw, gc) = (src.shape[1], tv.tile_rows, tv.tile_cols, tv.grid_cols);
     let n = tv.grid_rows * gc;
-    let keep: Vec<bool> = (0..n).map(|i| tv.bitmap[i / 64] >> (i % 64) & 1 == 1).collect();
+    let keep: Vec<bool> = (0..n)
+        .map(|i| tv.bitmap[i / 64] >> (i % 64) & 1 == 1)
+        .collect();
     let kept = keep.iter().filter(|&&k| k).count();
     let target = n as f64 * (1.0 - sparsity);
-    assert!(kept >= 1 && (kept as f64 - target).abs() <= 1.0, "{name}: {kept} of {n} tiles, target {target}");
+    assert!(
+        kept >= 1 && (kept as f64 - target).abs() <= 1.0,
+        "{name}: {kept} of {n} tiles, target {target}"
+    );
     let mut norms = vec![0f64; n];
     for (i, &v) in src.data.iter().enumerate() {
         norms[(i / cols / th) * gc + (i % cols) / tw] += sq(v);
     }
-    let lo = (0..n).filter(|&i| keep[i]).map(|i| norms[i]).fold(f64::INFINITY, f64::min);
-    let hi = (0..n).filter(|&i| !keep[i]).map(|i| norms[i]).fold(0.0, f64::max);
-    assert!(lo >= hi * (1.0 - 1e-12), "{name}: kept tile norm {lo} < dropped {hi}");
+    let lo = (0..n)
+        .filter(|&i| keep[i])
+        .map(|i| norms[i])
+        .fold(f64::INFINITY, f64::min);
+    let hi = (0..n)
+        .filter(|&i| !keep[i])
+        .map(|i| norms[i])
+        .fold(0.0, f64::max);
+    assert!(
+        lo >= hi * (1.0 - 1e-12),
+        "{name}: kept tile norm {lo} < dropped {hi}"
+    );
     if values {
         for (i, (&g, &w)) in t.to_dense_f32().iter().zip(&src.data).enumerate() {
             let want = if keep[(i / cols / th) * gc + (i % cols) / tw] {
@@ -105,32 +127,46 @@ fn check_tile_weight(t: &TensorView<'_>, src: &SourceTensor, sparsity: f64, valu
     }
 }
 
-/// `--sparsity 0.8` (tile 16x16, f16): every linear weight obeys the density and ranking rules;
-/// the values of layer 0's weights are compared element by element.
-fn check_pruned(input: &Path, src: &dyn ModelSource, dir: &Path) {
-    let f = convert_and_open(input, &dir.join("pruned.ets"), &options(Method::Tile, 0.8, Dtype::F16));
-    let mut linear = 0;
-    for name in src.tensor_names() {
-        let t = f.tensor(&name).expect("tensor");
-        match Role::of_name(&name) {
-            Some((layer, _)) => {
-                check_tile_weight(&t, &load(src, &name), 0.8, layer == 0);
-                linear += 1;
-            }
-            None => assert!(matches!(t.data, TensorData::Dense { .. }), "{name} not dense"),
-        }
-    }
-    assert_eq!(linear, 6 * src.config().num_layers as usize);
-    let dense_len = std::fs::metadata(input).map(|m| m.len()).unwrap_or(0);
-    assert!(f.bytes().len() as u64 <= dense_len, "pruned f16 file larger than the source");
-}
-
+/// Converts twice (`--method none --dtype f32`, and `--sparsity 0.8` with 16x16 tiles in f16),
+/// then walks the source once: the dense file holds every tensor bit for bit; in the pruned file
+/// every linear weight obeys the density and ranking rules (values compared element by element
+/// for layer 0) and everything else stays dense.
 fn check_model(rel: &str) {
     let Some(input) = model(rel) else { return };
-    let src = open_source(&input, &IngestOptions::default()).unwrap_or_else(|e| panic!("{rel}: {e}"));
+    let src =
+        open_source(&input, &IngestOptions::default()).unwrap_or_else(|e| panic!("{rel}: {e}"));
     let dir = tempfile::tempdir().expect("dir");
-    check_dense_exact(&input, &*src, dir.path());
-    check_pruned(&input, &*src, dir.path());
+    let (dense_path, pruned_path) = (dir.path().join("dense.ets"), dir.path().join("pruned.ets"));
+    let dense = convert_and_open(&input, &dense_path, &options(Method::None, 0.0, Dtype::F32));
+    let pruned = convert_and_open(
+        &input,
+        &pruned_path,
+        &options(Method::Tile, 0.8, Dtype::F16),
+    );
+    let names = src.tensor_names();
+    let stored: Vec<&str> = dense.tensors().map(|t| t.name).collect();
+    assert_eq!(stored, names, "{rel}: tensor set");
+    assert_eq!(dense.model(), src.config(), "{rel}");
+    assert_eq!(pruned.model(), src.config(), "{rel}");
+    let mut linear = 0;
+    for name in &names {
+        let want = load(&*src, name);
+        check_dense_exact(&dense.tensor(name).expect("tensor"), &want);
+        let t = pruned.tensor(name).expect("tensor");
+        match Role::of_name(name) {
+            Some((layer, _)) => {
+                check_tile_weight(&t, &want, 0.8, layer == 0);
+                linear += 1;
+            }
+            None => assert!(
+                matches!(t.data, TensorData::Dense { .. }),
+                "{name} not dense"
+            ),
+        }
+    }
+    assert_eq!(linear, 6 * src.config().num_layers as usize, "{rel}");
+    let (d, p) = (dense.bytes().len(), pruned.bytes().len());
+    assert!(p < d / 2, "{rel}: pruned f16 file {p} bytes, dense f32 {d}");
 }
 
 #[test]

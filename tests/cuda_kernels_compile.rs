@@ -30,19 +30,46 @@ fn every_kernel_compiles_for_sm80_and_sm90() {
         let reports = compile_all_kernels(arch).unwrap_or_else(|e| panic!("{arch}: {e}"));
         assert_eq!(reports.len(), nvrtc::KERNELS.len());
         for r in &reports {
-            assert!(!r.from_cache, "{}: first compile came from the cache", r.file);
+            assert!(
+                !r.from_cache,
+                "{}: first compile came from the cache",
+                r.file
+            );
             assert!(!r.entry_points.is_empty(), "{}: no entry points", r.file);
             let target = format!(".target {}", arch);
             assert!(r.ptx.contains(&target), "{}: PTX lacks {target}", r.file);
-            eprintln!("{arch} {}: {} entry points, {} bytes PTX, {:.0} ms", r.file, r.entry_points.len(), r.ptx_bytes, r.millis);
+            eprintln!(
+                "{arch} {}: {} entry points, {} bytes PTX, {:.0} ms",
+                r.file,
+                r.entry_points.len(),
+                r.ptx_bytes,
+                r.millis
+            );
         }
-        let tile = reports.iter().find(|r| r.file == "tile_gemm.cu").expect("tile_gemm.cu compiled");
-        for name in ["tile_gemm_f16_16x16", "tile_gemm_f16_32x32", "tile_gemm_f16_64x64", "tile_gemm_bf16_16x16"] {
-            assert!(tile.entry_points.iter().any(|e| e == name), "missing entry {name}");
+        let tile = reports
+            .iter()
+            .find(|r| r.file == "tile_gemm.cu")
+            .expect("tile_gemm.cu compiled");
+        for name in [
+            "tile_gemm_f16_16x16",
+            "tile_gemm_f16_32x32",
+            "tile_gemm_f16_64x64",
+            "tile_gemm_bf16_16x16",
+        ] {
+            assert!(
+                tile.entry_points.iter().any(|e| e == name),
+                "missing entry {name}"
+            );
         }
-        assert!(tile.ptx.contains("mma.sync.aligned.m16n8k16"), "tile kernel does not use mma.sync");
+        assert!(
+            tile.ptx.contains("mma.sync.aligned.m16n8k16"),
+            "tile kernel does not use mma.sync"
+        );
         let again = compile_all_kernels(arch).unwrap_or_else(|e| panic!("{arch}: {e}"));
-        assert!(again.iter().all(|r| r.from_cache), "second compile missed the cache");
+        assert!(
+            again.iter().all(|r| r.from_cache),
+            "second compile missed the cache"
+        );
     }
 }
 
@@ -51,8 +78,12 @@ fn compile_errors_name_the_file_and_carry_the_log() {
     if !nvrtc_or_skip() {
         return;
     }
-    let err = nvrtc::compile_kernel("broken.cu", "extern \"C\" __global__ void k() { this is not C++; }", "sm_80")
-        .expect_err("broken source must fail");
+    let err = nvrtc::compile_kernel(
+        "broken.cu",
+        "extern \"C\" __global__ void k() { this is not C++; }",
+        "sm_80",
+    )
+    .expect_err("broken source must fail");
     let msg = err.to_string();
     assert!(msg.contains("broken.cu"), "{msg}");
     assert!(msg.contains("--gpu-architecture=compute_80"), "{msg}");

@@ -130,7 +130,13 @@ fn assert_count(kept: usize, total: usize, keep_fraction: f64, what: &str) {
 
 /// Checks a tile tensor read back: kept tiles hold the source values, dropped tiles are zero;
 /// returns the kept mask over the grid.
-fn check_tiles(f: &EtsFile, data: &[f32], rows: usize, cols: usize, t: (usize, usize)) -> Vec<bool> {
+fn check_tiles(
+    f: &EtsFile,
+    data: &[f32],
+    rows: usize,
+    cols: usize,
+    t: (usize, usize),
+) -> Vec<bool> {
     let view = f.tensor("w").expect("tensor");
     let TensorData::Tile(tv) = view.data else {
         panic!("expected a tile encoding, got {:?}", view.encoding)
@@ -143,7 +149,11 @@ fn check_tiles(f: &EtsFile, data: &[f32], rows: usize, cols: usize, t: (usize, u
     let dense = view.to_dense_f32();
     for (i, (&got, &src)) in dense.iter().zip(data).enumerate() {
         let (r, c) = (i / cols, i % cols);
-        let want = if keep[(r / t.0) * gc + c / t.1] { src } else { 0.0 };
+        let want = if keep[(r / t.0) * gc + c / t.1] {
+            src
+        } else {
+            0.0
+        };
         assert_eq!(got.to_bits(), want.to_bits(), "element ({r}, {c})");
     }
     keep
@@ -389,17 +399,31 @@ fn existing_keeps_exactly_the_zeros() {
     let TensorData::Tile(tv) = view.data else {
         panic!("expected tiles, got {:?}", view.encoding)
     };
-    assert!(tv.element_bitmaps.is_some(), "scattered zeros need element bitmaps");
+    assert!(
+        tv.element_bitmaps.is_some(),
+        "scattered zeros need element bitmaps"
+    );
     for &(br, bc) in &zero_tiles {
-        assert!(!bit(tv.bitmap, br * gc + bc), "zero tile ({br}, {bc}) stored");
+        assert!(
+            !bit(tv.bitmap, br * gc + bc),
+            "zero tile ({br}, {bc}) stored"
+        );
     }
     let nonzeros = data.iter().filter(|&&v| v != 0.0).count();
-    assert_eq!(tv.values.len(), nonzeros * 4, "stored values != non-zeros (seed {seed})");
+    assert_eq!(
+        tv.values.len(),
+        nonzeros * 4,
+        "stored values != non-zeros (seed {seed})"
+    );
     let back = view.to_dense_f32();
     for (i, (a, b)) in back.iter().zip(&data).enumerate() {
         assert_eq!(a.to_bits(), b.to_bits(), "element {i} (seed {seed})");
     }
-    assert!(view.length < (rows * cols * 4) as u64, "section {} bytes", view.length);
+    assert!(
+        view.length < (rows * cols * 4) as u64,
+        "section {} bytes",
+        view.length
+    );
     assert!(report.stored_bytes < report.dense_bytes);
 }
 
@@ -419,7 +443,10 @@ fn existing_without_scattered_zeros() {
     };
     let (enc, _) = prune(m, Method::Existing, 0.0, t, None);
     let (_d, f) = round_trip(&enc);
-    assert!(matches!(f.tensor("w").expect("w").data, TensorData::Dense { .. }));
+    assert!(matches!(
+        f.tensor("w").expect("w").data,
+        TensorData::Dense { .. }
+    ));
     let gc = cols.div_ceil(t.1);
     for (i, v) in data.iter_mut().enumerate() {
         let tile = (i / cols / t.0) * gc + (i % cols) / t.1;

@@ -58,7 +58,10 @@ fn precedence_is_tensor_then_layer_then_role_then_global() {
     let plan = |l: usize, role: Role| r.plan(&name(l, role), l, role);
     // Global only.
     let p = plan(0, Role::Key);
-    assert_eq!((p.method, p.sparsity, p.tile), (Method::Tile, 0.1, (16, 32)));
+    assert_eq!(
+        (p.method, p.sparsity, p.tile),
+        (Method::Tile, 0.1, (16, 32))
+    );
     // Role beats global.
     assert_eq!(plan(0, Role::Value).sparsity, 0.2);
     assert_eq!(plan(2, Role::Intermediate).sparsity, 0.25);
@@ -131,13 +134,16 @@ fn recipe_file_parses_every_field() {
     assert_eq!(r.roles.get(&Role::FfnOutput), Some(&0.7));
     assert_eq!(r.layers.get(&1), Some(&0.2));
     let p = r.plan("layers.0.attention.key.weight", 0, Role::Key);
-    assert_eq!((p.method, p.sparsity, p.tile), (Method::Irregular, 0.9, (32, 8)));
+    assert_eq!(
+        (p.method, p.sparsity, p.tile),
+        (Method::Irregular, 0.9, (32, 8))
+    );
     // Defaults: sparsity 0, tile 16x16, no overrides.
     let r = Recipe::from_file(&write(&dir, r#"{"method": "none"}"#)).expect("parse");
     assert_eq!(r, Recipe::default());
     // A recipe survives a JSON round trip (it is what the output file records).
-    let back: Recipe = serde_json::from_value(serde_json::to_value(layered_recipe()).expect("to"))
-        .expect("from");
+    let back: Recipe =
+        serde_json::from_value(serde_json::to_value(layered_recipe()).expect("to")).expect("from");
     assert_eq!(back, layered_recipe());
 }
 
@@ -157,7 +163,10 @@ fn file_error(text: &str) -> String {
 #[test]
 fn recipe_file_errors() {
     let missing = Recipe::from_file(std::path::Path::new("no/such/recipe.json"));
-    assert!(matches!(missing, Err(RecipeError::File { .. })), "{missing:?}");
+    assert!(
+        matches!(missing, Err(RecipeError::File { .. })),
+        "{missing:?}"
+    );
     file_error("{ not json");
     file_error("");
     file_error(r#"{"sparsity": 0.5}"#); // method is required
@@ -187,15 +196,39 @@ fn recipe_validation_errors() {
     };
     base.validate(2).expect("base is valid");
     for s in [1.0, 1.5, -0.1, f64::NAN] {
-        invalid(&Recipe { sparsity: s, ..base.clone() }, 2);
+        invalid(
+            &Recipe {
+                sparsity: s,
+                ..base.clone()
+            },
+            2,
+        );
         let roles = BTreeMap::from([(Role::Key, s)]);
-        invalid(&Recipe { roles, ..base.clone() }, 2);
+        invalid(
+            &Recipe {
+                roles,
+                ..base.clone()
+            },
+            2,
+        );
     }
     let layers = BTreeMap::from([(2, 0.5)]);
-    let msg = invalid(&Recipe { layers, ..base.clone() }, 2);
+    let msg = invalid(
+        &Recipe {
+            layers,
+            ..base.clone()
+        },
+        2,
+    );
     assert!(msg.contains("layer 2"), "{msg}");
     let layers = BTreeMap::from([(0, 1.0)]);
-    invalid(&Recipe { layers, ..base.clone() }, 2);
+    invalid(
+        &Recipe {
+            layers,
+            ..base.clone()
+        },
+        2,
+    );
     for bad in [
         "embeddings.word_embeddings.weight",
         "layers.0.attention.query.bias",
@@ -203,7 +236,13 @@ fn recipe_validation_errors() {
         "layers.x.attention.query.weight",
     ] {
         let tensors = BTreeMap::from([(bad.to_string(), TensorOverride::default())]);
-        let msg = invalid(&Recipe { tensors, ..base.clone() }, 2);
+        let msg = invalid(
+            &Recipe {
+                tensors,
+                ..base.clone()
+            },
+            2,
+        );
         assert!(msg.contains(bad), "{msg}");
     }
     let tensors = BTreeMap::from([(
@@ -213,11 +252,28 @@ fn recipe_validation_errors() {
             sparsity: Some(1.0),
         },
     )]);
-    invalid(&Recipe { tensors, ..base.clone() }, 2);
+    invalid(
+        &Recipe {
+            tensors,
+            ..base.clone()
+        },
+        2,
+    );
     for tile in [[12, 16], [16, 0], [256, 16], [4, 4]] {
-        invalid(&Recipe { tile, ..base.clone() }, 2);
+        invalid(
+            &Recipe {
+                tile,
+                ..base.clone()
+            },
+            2,
+        );
     }
     for tile in [[8, 128], [64, 32]] {
-        Recipe { tile, ..base.clone() }.validate(2).expect("valid tile");
+        Recipe {
+            tile,
+            ..base.clone()
+        }
+        .validate(2)
+        .expect("valid tile");
     }
 }

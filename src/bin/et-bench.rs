@@ -15,7 +15,9 @@ use ets::format::{Dtype, EncodedTensor, EtsFile, EtsWriter, WriteOptions};
 use ets::runtime::cuda::bench::{self, GemmResult, Inputs, MaskMode};
 use ets::runtime::cuda::checks::{self, CheckResult};
 use ets::runtime::cuda::host::{top_norm_mask, Rng};
-use ets::runtime::cuda::{self, format_table, nvrtc, upload, CudaError, CudaRuntime, DeviceModel, Dispatcher};
+use ets::runtime::cuda::{
+    self, format_table, nvrtc, upload, CudaError, CudaRuntime, DeviceModel, Dispatcher,
+};
 
 #[derive(Parser)]
 #[command(about = "Device checks and benchmarks of the ets CUDA runtime")]
@@ -98,7 +100,13 @@ fn main() -> ExitCode {
         }),
         Cmd::Check { ets } => open().and_then(|rt| run_checks(&rt, &ets)),
         Cmd::Bench { quick } => open().and_then(|rt| run_bench(&rt, quick).map(|_| true)),
-        Cmd::One { tokens, k, n, density, tile } => open().and_then(|rt| {
+        Cmd::One {
+            tokens,
+            k,
+            n,
+            density,
+            tile,
+        } => open().and_then(|rt| {
             let mut rng = Rng::fresh();
             let inp = Inputs::new(&rt, &mut rng, tokens, n, k)?;
             let r = bench::bench_one(&rt, &mut rng, &inp, tokens, tile, density, MaskMode::Random)?;
@@ -106,7 +114,12 @@ fn main() -> ExitCode {
             Ok(true)
         }),
         Cmd::Resources { arch } => resources(&arch).map(|_| true),
-        Cmd::PrepareMinilm { safetensors, out, density, tile } => prepare(&safetensors, &out, density, tile).map(|_| true),
+        Cmd::PrepareMinilm {
+            safetensors,
+            out,
+            density,
+            tile,
+        } => prepare(&safetensors, &out, density, tile).map(|_| true),
     };
     match r {
         Ok(true) => ExitCode::SUCCESS,
@@ -120,14 +133,26 @@ fn main() -> ExitCode {
 
 fn open() -> Result<CudaRuntime, CudaError> {
     let rt = CudaRuntime::new(0)?;
-    println!("device: {} ({}, {} SMs), NVRTC {:?}", rt.name(), rt.arch(), rt.sm_count(), nvrtc::nvrtc_version()?);
+    println!(
+        "device: {} ({}, {} SMs), NVRTC {:?}",
+        rt.name(),
+        rt.arch(),
+        rt.sm_count(),
+        nvrtc::nvrtc_version()?
+    );
     Ok(rt)
 }
 
 fn resources(arch: &str) -> Result<(), CudaError> {
     for r in cuda::compile_all_kernels(arch)? {
-        println!("{} for {arch}: {} entries, {} bytes PTX, {:.0} ms{}", r.file, r.entry_points.len(), r.ptx_bytes, r.millis,
-            if r.from_cache { " (cache)" } else { "" });
+        println!(
+            "{} for {arch}: {} entries, {} bytes PTX, {:.0} ms{}",
+            r.file,
+            r.entry_points.len(),
+            r.ptx_bytes,
+            r.millis,
+            if r.from_cache { " (cache)" } else { "" }
+        );
         match nvrtc::ptxas_resources(&r) {
             Ok(s) => print!("{s}"),
             Err(e) => println!("  (no ptxas report: {e})"),
@@ -155,10 +180,14 @@ fn print_checks(results: &[CheckResult]) -> usize {
 
 fn run_checks(rt: &CudaRuntime, extra: &[PathBuf]) -> Result<bool, CudaError> {
     let mut rng = Rng::fresh();
-    println!("== correctness (tolerance max_rel < {:.0e}, NaN never passes)", checks::TOLERANCE);
+    println!(
+        "== correctness (tolerance max_rel < {:.0e}, NaN never passes)",
+        checks::TOLERANCE
+    );
     let mut all = checks::synthetic_suite(rt, &mut rng)?;
     let dir = std::env::temp_dir().join(format!("et-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| CudaError::Invalid(format!("{}: {e}", dir.display())))?;
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| CudaError::Invalid(format!("{}: {e}", dir.display())))?;
     let path = dir.join("check.ets");
     checks::write_check_file(&path, &mut rng)?;
     let file = EtsFile::open(&path).map_err(|e| CudaError::Invalid(e.to_string()))?;
@@ -172,7 +201,10 @@ fn run_checks(rt: &CudaRuntime, extra: &[PathBuf]) -> Result<bool, CudaError> {
     let _ = std::fs::remove_dir_all(&dir);
     let fails = print_checks(&all);
     let worst = all.iter().map(|c| c.err.max_rel).fold(0.0, f64::max);
-    println!("checks: {} run, {fails} failed, worst max_rel {worst:.2e}", all.len());
+    println!(
+        "checks: {} run, {fails} failed, worst max_rel {worst:.2e}",
+        all.len()
+    );
     Ok(fails == 0)
 }
 
@@ -185,18 +217,28 @@ fn upload_bench(rt: &CudaRuntime, rng: &mut Rng) -> Result<String, CudaError> {
     let mut w = EtsWriter::create(&path, WriteOptions { overwrite: true }).map_err(fe)?;
     let base = rng.vec(3072 * 768, 0.05);
     for layer in 0..12 {
-        for (i, (n, k)) in [(2304usize, 768usize), (768, 768), (3072, 768), (768, 3072)].iter().enumerate() {
+        for (i, (n, k)) in [(2304usize, 768usize), (768, 768), (3072, 768), (768, 3072)]
+            .iter()
+            .enumerate()
+        {
             let keep = rng.mask(n.div_ceil(16) * k.div_ceil(16), 0.5);
-            let enc = EncodedTensor::tile(*n, *k, &base[..n * k], 16, 16, &keep, Dtype::F16).map_err(fe)?;
-            w.add_tensor(&format!("up.{layer}.{i}.weight"), &enc).map_err(fe)?;
+            let enc = EncodedTensor::tile(*n, *k, &base[..n * k], 16, 16, &keep, Dtype::F16)
+                .map_err(fe)?;
+            w.add_tensor(&format!("up.{layer}.{i}.weight"), &enc)
+                .map_err(fe)?;
         }
     }
     let cfg = serde_json::json!({});
-    w.finish(checks_config(), cfg, Default::default()).map_err(fe)?;
+    w.finish(checks_config(), cfg, Default::default())
+        .map_err(fe)?;
     let file = EtsFile::open(&path).map_err(fe)?;
     let mut lines = Vec::new();
     let mut bytes = 0usize;
-    for method in [cuda::UploadMethod::Staged, cuda::UploadMethod::Register, cuda::UploadMethod::Pageable] {
+    for method in [
+        cuda::UploadMethod::Staged,
+        cuda::UploadMethod::Register,
+        cuda::UploadMethod::Pageable,
+    ] {
         let _warm = DeviceModel::upload_with(rt, &file, method)?;
         drop(_warm);
         let model = DeviceModel::upload_with(rt, &file, method)?;
@@ -209,7 +251,10 @@ fn upload_bench(rt: &CudaRuntime, rng: &mut Rng) -> Result<String, CudaError> {
     let pin_gbps = bytes as f64 / (pinned * 1e6);
     let mut s = format!("upload of {:.1} MB (one allocation, file in page cache): plain pinned memcpy {pinned:.2} ms = {pin_gbps:.1} GB/s", bytes as f64 / 1e6);
     for (name, ms, gbps) in lines {
-        s.push_str(&format!("; {name} {ms:.2} ms = {gbps:.1} GB/s ({:.2}x pinned)", gbps / pin_gbps));
+        s.push_str(&format!(
+            "; {name} {ms:.2} ms = {gbps:.1} GB/s ({:.2}x pinned)",
+            gbps / pin_gbps
+        ));
     }
     Ok(s)
 }
@@ -238,14 +283,23 @@ fn run_bench(rt: &CudaRuntime, quick: bool) -> Result<(), CudaError> {
     for th in [16usize, 32, 64] {
         let name = format!("tile_gemm_f16_{th}x{th}");
         let occ = rt.occupancy(&name, 256, cuda::gemm::tile_smem_bytes(th) as u32)?;
-        println!("{name}: {occ} CTAs of 256 threads per SM with {} B shared memory", cuda::gemm::tile_smem_bytes(th));
+        println!(
+            "{name}: {occ} CTAs of 256 threads per SM with {} B shared memory",
+            cuda::gemm::tile_smem_bytes(th)
+        );
     }
     let d2d = bench::d2d_gbps(rt, 1 << 30)?;
     let tflops = bench::cublas_tflops(rt, &mut rng, 8192)?;
-    println!("device-to-device copy: {d2d:.0} GB/s (read+write); cuBLAS f16 8192^3: {tflops:.0} TFLOP/s");
+    println!(
+        "device-to-device copy: {d2d:.0} GB/s (read+write); cuBLAS f16 8192^3: {tflops:.0} TFLOP/s"
+    );
     let up = upload_bench(rt, &mut rng)?;
     println!("{up}");
-    let tokens: &[usize] = if quick { &[128, 4096] } else { &[128, 4096, 16384] };
+    let tokens: &[usize] = if quick {
+        &[128, 4096]
+    } else {
+        &[128, 4096, 16384]
+    };
     let shapes = [(2304usize, 768usize), (768, 768), (3072, 768), (768, 3072)];
     let densities = [1.0, 0.5, 0.3, 0.2, 0.1];
     let mut results: Vec<GemmResult> = Vec::new();
@@ -267,7 +321,8 @@ fn run_bench(rt: &CudaRuntime, quick: bool) -> Result<(), CudaError> {
                 if !quick && (n, k) == (3072, 768) {
                     for tile in [32, 64] {
                         for &d in &[1.0, 0.5, 0.2] {
-                            let r = bench::bench_one(rt, &mut rng, &inp, t, tile, d, MaskMode::Random)?;
+                            let r =
+                                bench::bench_one(rt, &mut rng, &inp, t, tile, d, MaskMode::Random)?;
                             print_result(&r, d2d);
                             results.push(r);
                         }
@@ -293,15 +348,41 @@ fn dispatch_demo(rt: &CudaRuntime, rng: &mut Rng) -> Result<(), CudaError> {
     println!("== dispatch table (one layer, tiles 16x16, random masks, 4096 tokens)");
     let d = Dispatcher::new();
     let mut keep_alive = Vec::new();
-    for (name, n, k, dens) in [("q.weight", 768usize, 768usize, 0.5), ("ffn_in.weight", 3072, 768, 0.2), ("ffn_out.weight", 768, 3072, 0.1), ("qkv.weight", 2304, 768, 1.0)] {
+    for (name, n, k, dens) in [
+        ("q.weight", 768usize, 768usize, 0.5),
+        ("ffn_in.weight", 3072, 768, 0.2),
+        ("ffn_out.weight", 768, 3072, 0.1),
+        ("qkv.weight", 2304, 768, 1.0),
+    ] {
         let w = rng.vec(n * k, 0.05);
         let keep = top_norm_mask(&w, n, k, 16, 16, dens);
-        let h = ets::runtime::cuda::host::HostTiles::from_dense(&w, n, k, 16, 16, &keep, cuda::ElemType::F16)
-            .map_err(CudaError::Invalid)?;
-        let (b, r, v) = (rt.upload(&h.bitmap)?, rt.upload(&h.row_offsets)?, rt.upload(&h.values)?);
+        let h = ets::runtime::cuda::host::HostTiles::from_dense(
+            &w,
+            n,
+            k,
+            16,
+            16,
+            &keep,
+            cuda::ElemType::F16,
+        )
+        .map_err(CudaError::Invalid)?;
+        let (b, r, v) = (
+            rt.upload(&h.bitmap)?,
+            rt.upload(&h.row_offsets)?,
+            rt.upload(&h.values)?,
+        );
         let view = cuda::TileDeviceView {
-            bitmap: b.ptr(), row_offsets: r.ptr(), values: v.ptr(), rows: n, cols: k, th: 16, tw: 16,
-            grid_rows: h.grid_rows, grid_cols: h.grid_cols, kept: h.kept(), elem: cuda::ElemType::F16,
+            bitmap: b.ptr(),
+            row_offsets: r.ptr(),
+            values: v.ptr(),
+            rows: n,
+            cols: k,
+            th: 16,
+            tw: 16,
+            grid_rows: h.grid_rows,
+            grid_cols: h.grid_cols,
+            kept: h.kept(),
+            elem: cuda::ElemType::F16,
             has_element_bitmaps: false,
         };
         d.decide(rt, name, &cuda::LinearWeight::Tile(view), 4096)?;
@@ -314,18 +395,30 @@ fn dispatch_demo(rt: &CudaRuntime, rng: &mut Rng) -> Result<(), CudaError> {
 fn summary(results: &[GemmResult], d2d: f64, up: &str) {
     println!("== SUMMARY (speed vs cuBLAS dense f16 = cuBLAS ms / tile ms; random tile masks unless noted)");
     println!("{up}");
-    println!("{:<12} {:>7} {:>8} {:>8} {:>8} {:>6} {:>12}", "shape", "density", "M=128", "M=4096", "M=16384", "goal", "grouped 4096");
+    println!(
+        "{:<12} {:>7} {:>8} {:>8} {:>8} {:>6} {:>12}",
+        "shape", "density", "M=128", "M=4096", "M=16384", "goal", "grouped 4096"
+    );
     let shapes = [(768usize, 2304usize), (768, 768), (768, 3072), (3072, 768)];
     for &(k, n) in &shapes {
         for &d in &[1.0, 0.5, 0.3, 0.2, 0.1] {
             let find = |t: usize, mode: MaskMode| {
                 results
                     .iter()
-                    .find(|r| r.k == k && r.n == n && r.tokens == t && r.tile == 16 && r.mode == mode && (r.density - d).abs() < 0.02)
+                    .find(|r| {
+                        r.k == k
+                            && r.n == n
+                            && r.tokens == t
+                            && r.tile == 16
+                            && r.mode == mode
+                            && (r.density - d).abs() < 0.02
+                    })
                     .map(|r| format!("{:.2}x", r.ratio()))
                     .unwrap_or_else(|| "-".into())
             };
-            let g = bench::goal(d).map(|g| format!("{g:.1}x")).unwrap_or_else(|| "-".into());
+            let g = bench::goal(d)
+                .map(|g| format!("{g:.1}x"))
+                .unwrap_or_else(|| "-".into());
             println!(
                 "{:<12} {:>7.1} {:>8} {:>8} {:>8} {:>6} {:>12}",
                 format!("{k}->{n}"),
@@ -340,26 +433,47 @@ fn summary(results: &[GemmResult], d2d: f64, up: &str) {
     }
     let bw: Vec<String> = results
         .iter()
-        .filter(|r| r.tokens == 128 && r.tile == 16 && r.mode == MaskMode::Random && (r.density - 0.5).abs() < 0.02)
+        .filter(|r| {
+            r.tokens == 128
+                && r.tile == 16
+                && r.mode == MaskMode::Random
+                && (r.density - 0.5).abs() < 0.02
+        })
         .map(|r| format!("{}->{}: {:.0}%", r.k, r.n, 100.0 * r.tile_gbps() / d2d))
         .collect();
-    println!("M=128 tile-kernel bandwidth vs copy ceiling {d2d:.0} GB/s at d0.5: {}", bw.join(", "));
+    println!(
+        "M=128 tile-kernel bandwidth vs copy ceiling {d2d:.0} GB/s at d0.5: {}",
+        bw.join(", ")
+    );
 }
 
 fn prepare(src: &PathBuf, out: &PathBuf, density: f64, tile: usize) -> Result<(), CudaError> {
-    let bytes = std::fs::read(src).map_err(|e| CudaError::Invalid(format!("{}: {e}", src.display())))?;
-    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| CudaError::Invalid(format!("{}: {e}", src.display())))?;
+    let bytes =
+        std::fs::read(src).map_err(|e| CudaError::Invalid(format!("{}: {e}", src.display())))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| CudaError::Invalid(format!("{}: {e}", src.display())))?;
     let fe = |e: ets::format::FormatError| CudaError::Invalid(e.to_string());
     let mut w = EtsWriter::create(out, WriteOptions { overwrite: true }).map_err(fe)?;
-    let mut names: Vec<String> = st.names().into_iter().filter(|n| n.contains("layer.0.") || n.contains("layer.1.")).cloned().collect();
+    let mut names: Vec<String> = st
+        .names()
+        .into_iter()
+        .filter(|n| n.contains("layer.0.") || n.contains("layer.1."))
+        .cloned()
+        .collect();
     names.sort();
     let mut count = 0;
     for name in names {
-        let t = st.tensor(&name).map_err(|e| CudaError::Invalid(format!("{name}: {e}")))?;
+        let t = st
+            .tensor(&name)
+            .map_err(|e| CudaError::Invalid(format!("{name}: {e}")))?;
         if t.dtype() != safetensors::Dtype::F32 {
             continue;
         }
-        let data: Vec<f32> = t.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        let data: Vec<f32> = t
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
         let shape = t.shape().to_vec();
         let enc = match shape.as_slice() {
             [n, k] if name.ends_with(".weight") => {
@@ -367,14 +481,20 @@ fn prepare(src: &PathBuf, out: &PathBuf, density: f64, tile: usize) -> Result<()
                 count += 1;
                 EncodedTensor::tile(*n, *k, &data, tile, tile, &keep, Dtype::F16)
             }
-            [n] if name.ends_with(".bias") => EncodedTensor::dense(vec![*n as u64], Dtype::F32, &data),
+            [n] if name.ends_with(".bias") => {
+                EncodedTensor::dense(vec![*n as u64], Dtype::F32, &data)
+            }
             _ => continue,
         }
         .map_err(fe)?;
         w.add_tensor(&name, &enc).map_err(fe)?;
     }
-    w.finish(checks_config(), serde_json::json!({"prune": "top-norm tiles", "density": density}), Default::default())
-        .map_err(fe)?;
+    w.finish(
+        checks_config(),
+        serde_json::json!({"prune": "top-norm tiles", "density": density}),
+        Default::default(),
+    )
+    .map_err(fe)?;
     println!("wrote {} ({count} tile-pruned weights)", out.display());
     Ok(())
 }

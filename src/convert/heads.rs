@@ -28,7 +28,7 @@ impl HeadPlan {
         layer: usize,
         sparsity: f64,
     ) -> Result<&[usize], ConvertError> {
-        if !self.kept.contains_key(&layer) {
+        if let std::collections::btree_map::Entry::Vacant(slot) = self.kept.entry(layer) {
             let load = |t: LayerTensor| source.load(&t.name(layer));
             let q = load(LayerTensor::QueryWeight)?;
             let k = load(LayerTensor::KeyWeight)?;
@@ -43,7 +43,7 @@ impl HeadPlan {
                 config.head_dim as usize,
                 1.0 - sparsity,
             );
-            self.kept.insert(layer, kept);
+            slot.insert(kept);
         }
         Ok(self.kept.get(&layer).map(Vec::as_slice).unwrap_or(&[]))
     }

@@ -195,46 +195,37 @@ fn write_model(
     let mut config = source.config().clone();
     let names = source.tensor_names();
     let progress = progress_bar(show_progress, names.len() as u64);
-    let mut writer = EtsWriter::create(output, WriteOptions { overwrite })?;
+    let writer = EtsWriter::create(output, WriteOptions { overwrite })?;
     let mut heads = heads::HeadPlan::default();
     let mut reports = Vec::new();
-    for name in &names {
-        progress.set_message(name.clone());
-        let tensor = source.load(name)?;
-        let encoded = match Role::of_name(name) {
-            Some((layer, role)) => {
-                let plan = recipe.plan(name, layer, role);
-                let query_plan = recipe.plan(&names::LayerTensor::QueryWeight.name(layer), layer, Role::Query);
-                let (tensor, plan) = if query_plan.method == Method::Heads {
-                    let kept = heads.kept(source, &config, layer, query_plan.sparsity)?;
-                    (heads::slice_weight(&config, role, &tensor, kept), query_plan)
-                } else {
-                    (tensor, plan)
-                };
-                let m = as_matrix(name, &tensor)?;
-                let value_heads = (role == Role::Value)
-                    .then(|| (config.num_heads as usize, config.head_dim as usize));
-                let (encoded, report) = prune_matrix(name, m, &plan, dtype, value_heads)?;
-                reports.push(report);
-                encoded
+    // Pruning and encoding run here while a second thread hashes and writes the previous
+    // tensor; the bounded channel keeps at most one encoded tensor waiting.
+    let (tx, rx) = std::sync::mpsc::sync_channel::<(String, EncodedTensor)>(1);
+    let (written, produced) = std::thread::scope(|s| {
+        let handle = s.spawn(move || -> Result<EtsWriter, FormatError> {
+            let mut writer = writer;
+            for (name, encoded) in rx {
+                writer.add_tensor(&name, &encoded)?;
             }
-            None => {
-                let tensor = match heads::bias_role(name) {
-                    Some((layer, role)) if heads.is_pruned(layer) => {
-                        let kept = heads.kept(source, &config, layer, 0.0)?;
-                        heads::slice_weight(&config, role, &tensor, kept)
-                    }
-                    _ => tensor,
-                };
-                // Vectors are tiny and feed LayerNorm and bias adds directly: keep them exact.
-                let dtype = if tensor.shape.len() == 1 { Dtype::F32 } else { dtype };
-                let shape = tensor.shape.iter().map(|&d| d as u64).collect();
-                EncodedTensor::dense(shape, dtype, &tensor.data)?
+            Ok(writer)
+        });
+        let produced = (|| -> Result<(), ConvertError> {
+            for name in &names {
+                progress.set_message(name.clone());
+                let encoded = encode_tensor(source, &config, recipe, dtype, &mut heads, &mut reports, name)?;
+                if tx.send((name.clone(), encoded)).is_err() {
+                    break; // the writer failed; its error is reported below
+                }
+                progress.inc(1);
             }
-        };
-        writer.add_tensor(name, &encoded)?;
-        progress.inc(1);
-    }
+            Ok(())
+        })();
+        drop(tx);
+        let written = handle.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+        (written, produced)
+    });
+    let mut writer = written?;
+    produced?;
     progress.finish_and_clear();
     heads.apply(&mut config);
     let tokenizer = source.tokenizer();
@@ -250,6 +241,50 @@ fn write_model(
         config,
         reports,
         tokenizer: tokenizer.is_some(),
+    })
+}
+
+/// Loads one tensor and prunes (linear weights) or encodes it (everything else).
+fn encode_tensor(
+    source: &dyn ModelSource,
+    config: &ModelConfig,
+    recipe: &Recipe,
+    dtype: Dtype,
+    heads: &mut heads::HeadPlan,
+    reports: &mut Vec<PruneReport>,
+    name: &str,
+) -> Result<EncodedTensor, ConvertError> {
+    let tensor = source.load(name)?;
+    Ok(match Role::of_name(name) {
+        Some((layer, role)) => {
+            let plan = recipe.plan(name, layer, role);
+            let query_plan = recipe.plan(&names::LayerTensor::QueryWeight.name(layer), layer, Role::Query);
+            let (tensor, plan) = if query_plan.method == Method::Heads {
+                let kept = heads.kept(source, config, layer, query_plan.sparsity)?;
+                (heads::slice_weight(config, role, &tensor, kept), query_plan)
+            } else {
+                (tensor, plan)
+            };
+            let m = as_matrix(name, &tensor)?;
+            let value_heads = (role == Role::Value)
+                .then_some((config.num_heads as usize, config.head_dim as usize));
+            let (encoded, report) = prune_matrix(name, m, &plan, dtype, value_heads)?;
+            reports.push(report);
+            encoded
+        }
+        None => {
+            let tensor = match heads::bias_role(name) {
+                Some((layer, role)) if heads.is_pruned(layer) => {
+                    let kept = heads.kept(source, config, layer, 0.0)?;
+                    heads::slice_weight(config, role, &tensor, kept)
+                }
+                _ => tensor,
+            };
+            // Vectors are tiny and feed LayerNorm and bias adds directly: keep them exact.
+            let dtype = if tensor.shape.len() == 1 { Dtype::F32 } else { dtype };
+            let shape = tensor.shape.iter().map(|&d| d as u64).collect();
+            EncodedTensor::dense(shape, dtype, &tensor.data)?
+        }
     })
 }
 

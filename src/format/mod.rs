@@ -9,6 +9,7 @@ mod error;
 mod header;
 pub mod names;
 mod reader;
+mod strict_json;
 mod validate;
 mod validate_data;
 pub mod tiles;

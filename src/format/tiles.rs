@@ -23,6 +23,25 @@ pub struct EncodedTensor {
 
 /// Converts f32 values to the little-endian bytes of `dtype` (round to nearest even).
 pub fn encode_f32(dtype: Dtype, values: &[f32]) -> Vec<u8> {
+    // Bulk paths on little-endian hosts: a plain copy for f32, and half's slice conversion
+    // (F16C instructions when the CPU has them) for f16; both far faster than per-value bytes.
+    #[cfg(target_endian = "little")]
+    match dtype {
+        Dtype::F32 => return bytemuck::cast_slice(values).to_vec(),
+        Dtype::F16 => {
+            use half::slice::HalfFloatSliceExt;
+            // Through a small buffer, so a large tensor is not held twice.
+            let mut out = Vec::with_capacity(values.len() * 2);
+            let mut buf = [f16::ZERO; 4096];
+            for chunk in values.chunks(buf.len()) {
+                let halves = &mut buf[..chunk.len()];
+                halves.convert_from_f32_slice(chunk);
+                out.extend_from_slice(bytemuck::cast_slice(halves));
+            }
+            return out;
+        }
+        Dtype::Bf16 => {}
+    }
     match dtype {
         Dtype::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
         Dtype::F16 => values

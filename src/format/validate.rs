@@ -47,8 +47,9 @@ pub(crate) fn validate(bytes: &[u8]) -> Result<Checked, FormatError> {
     let header_bytes = &bytes[PREAMBLE_LEN as usize..(PREAMBLE_LEN + header_len) as usize];
     check_depth(header_bytes)?;
     let invalid = |detail: String| FormatError::InvalidHeader { detail };
-    let value: serde_json::Value =
-        serde_json::from_slice(header_bytes).map_err(|e| invalid(e.to_string()))?;
+    let value = serde_json::from_slice::<super::strict_json::Strict>(header_bytes)
+        .map_err(|e| invalid(e.to_string()))?
+        .0;
     require_objects(&value)?;
     let header: Header = serde_json::from_value(value).map_err(|e| invalid(e.to_string()))?;
     let a = header.alignment;

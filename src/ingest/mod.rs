@@ -120,17 +120,70 @@ pub(crate) fn map_file(path: &Path) -> Result<memmap2::Mmap, IngestError> {
     unsafe { memmap2::Mmap::map(&file) }.map_err(|e| IngestError::io(path, e))
 }
 
-/// Provenance for a source file: its name, the SHA-256 of its bytes, and this converter.
-pub(crate) fn provenance_of(path: &Path, bytes: &[u8]) -> Provenance {
-    let digest = Sha256::digest(bytes);
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    Provenance {
-        source_name: path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-        source_sha256: hex,
-        converter: format!("ets {}", env!("CARGO_PKG_VERSION")),
+/// Provenance of a source file. The SHA-256 of the whole file is computed on a background thread
+/// with plain reads (not through the mapping, so hashing does not add the file to the resident set)
+/// while the conversion runs; [`SourceProvenance::get`] waits for it.
+pub(crate) struct SourceProvenance {
+    source_name: String,
+    digest: std::sync::Mutex<DigestState>,
+}
+
+enum DigestState {
+    Running(std::thread::JoinHandle<std::io::Result<String>>),
+    Done(String),
+}
+
+impl SourceProvenance {
+    /// Starts hashing `path`.
+    pub(crate) fn start(path: &Path) -> SourceProvenance {
+        let owned = path.to_path_buf();
+        let handle = std::thread::spawn(move || {
+            use std::io::Read;
+            let mut file = File::open(&owned)?;
+            let mut hasher = Sha256::new();
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                let n = file.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                hasher.update(&buf[..n]);
+            }
+            Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+        });
+        SourceProvenance {
+            source_name: path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            digest: std::sync::Mutex::new(DigestState::Running(handle)),
+        }
+    }
+
+    /// The provenance, waiting for the digest if it is still running. A file that could not be
+    /// re-read leaves the digest empty (it was readable when opened; the conversion itself does
+    /// not depend on it).
+    pub(crate) fn get(&self) -> Provenance {
+        let mut state = match self.digest.lock() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let DigestState::Running(_) = &*state {
+            let placeholder = DigestState::Done(String::new());
+            if let DigestState::Running(h) = std::mem::replace(&mut *state, placeholder) {
+                let hex = h.join().ok().and_then(Result::ok).unwrap_or_default();
+                *state = DigestState::Done(hex);
+            }
+        }
+        let hex = match &*state {
+            DigestState::Done(h) => h.clone(),
+            DigestState::Running(_) => String::new(),
+        };
+        Provenance {
+            source_name: self.source_name.clone(),
+            source_sha256: hex,
+            converter: format!("ets {}", env!("CARGO_PKG_VERSION")),
+        }
     }
 }
 

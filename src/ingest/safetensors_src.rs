@@ -8,7 +8,7 @@ use safetensors::SafeTensors;
 
 use super::config::read_hf_config;
 use super::{
-    canonical_names, check_shapes, find_tokenizer, map_file, provenance_of, IngestError,
+    canonical_names, check_shapes, find_tokenizer, map_file, SourceProvenance, IngestError,
     IngestOptions, ModelSource, SourceTensor, TokenizerBlob,
 };
 use crate::format::names::{self, LayerTensor};
@@ -23,7 +23,7 @@ pub struct SafetensorsSource {
     /// Canonical name -> source name, for the tensors present.
     sources: Vec<(String, String)>,
     config: ModelConfig,
-    provenance: Provenance,
+    provenance: SourceProvenance,
     tokenizer: Option<TokenizerBlob>,
 }
 
@@ -190,7 +190,7 @@ impl SafetensorsSource {
                 problems,
             });
         }
-        let provenance = provenance_of(path, &map);
+        let provenance = SourceProvenance::start(path);
         let tokenizer = find_tokenizer(path, opts)?;
         Ok(SafetensorsSource {
             path: path.to_path_buf(),
@@ -241,6 +241,7 @@ impl ModelSource for SafetensorsSource {
         let count: usize = info.shape.iter().product();
         let data = decode(info.dtype, bytes)
             .ok_or_else(|| bad(format!("{:?} data of {} bytes", info.dtype, bytes.len())))?;
+        release_pages(&self.map, self.data_start + a, bytes.len());
         if data.len() != count {
             return Err(bad(format!(
                 "{} values for shape {:?}",
@@ -255,7 +256,7 @@ impl ModelSource for SafetensorsSource {
     }
 
     fn provenance(&self) -> Provenance {
-        self.provenance.clone()
+        self.provenance.get()
     }
 
     fn tokenizer(&self) -> Option<TokenizerBlob> {
@@ -264,6 +265,22 @@ impl ModelSource for SafetensorsSource {
 }
 
 /// Little-endian f32/f16/bf16 bytes to f32 (no alignment needed).
+/// Drops the pages of a tensor already decoded from the process's resident set, so converting a
+/// model keeps about one tensor of the mapped source resident instead of the whole file.
+fn release_pages(map: &memmap2::Mmap, offset: usize, len: usize) {
+    #[cfg(unix)]
+    {
+        // SAFETY: the mapping is a read-only mapping of a file: after MADV_DONTNEED a later read
+        // of the range faults the same bytes back in from the file, so no live slice can observe a
+        // change. The range lies inside the map (checked by the caller's `get`).
+        let _ = unsafe {
+            map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, offset, len)
+        };
+    }
+    #[cfg(not(unix))]
+    let _ = (map, offset, len);
+}
+
 fn decode(dtype: StDtype, bytes: &[u8]) -> Option<Vec<f32>> {
     match dtype {
         StDtype::F32 if bytes.len() % 4 == 0 => Some(

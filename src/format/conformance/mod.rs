@@ -65,7 +65,13 @@ impl Entry {
         }
     }
 
-    pub(crate) fn invalid(file: String, rule: &'static Rule, stage: Stage, what: &str, note: Option<&str>) -> Entry {
+    pub(crate) fn invalid(
+        file: String,
+        rule: &'static Rule,
+        stage: Stage,
+        what: &str,
+        note: Option<&str>,
+    ) -> Entry {
         Entry {
             file,
             rule: Some(rule),
@@ -149,8 +155,10 @@ fn valid_models(dir: &Path) -> Result<Vec<Entry>, FormatError> {
     let mut entries = Vec::new();
     let rel = |name: &str| format!("valid/{name}");
     model::write_tiny_example(&dir.join("tiny-example.ets"))?;
-    entries.push(Entry::valid(rel("tiny-example.ets"),
-        "a 32x32 f16 matrix in 16x16 tiles keeping the two diagonal tiles, and a dense f16 vector"));
+    entries.push(Entry::valid(
+        rel("tiny-example.ets"),
+        "a 32x32 f16 matrix in 16x16 tiles keeping the two diagonal tiles, and a dense f16 vector",
+    ));
     model::write_encodings_small(&dir.join("encodings-small.ets"))?;
     entries.push(Entry::valid(rel("encodings-small.ets"),
         "one small tensor per encoding (dense, tile, tile with element bitmaps, rows, cols), shapes not multiples of the tile, and a vocab.txt tokenizer"));
@@ -168,8 +176,15 @@ fn valid_models(dir: &Path) -> Result<Vec<Entry>, FormatError> {
     }
     let path = dir.join("header-only.ets");
     let w = EtsWriter::create(&path, WriteOptions { overwrite: true })?;
-    w.finish(model::tiny_example_config(), json!({}), model::fixture_provenance("header-only"))?;
-    entries.push(Entry::valid(rel("header-only.ets"), "a header with no sections (the file ends with the header)"));
+    w.finish(
+        model::tiny_example_config(),
+        json!({}),
+        model::fixture_provenance("header-only"),
+    )?;
+    entries.push(Entry::valid(
+        rel("header-only.ets"),
+        "a header with no sections (the file ends with the header)",
+    ));
     Ok(entries)
 }
 
@@ -178,7 +193,13 @@ fn valid_variants(tiny: &[u8]) -> Result<Vec<(Entry, Vec<u8>)>, FormatError> {
     let mut out = Vec::new();
     let mut r = raw::Raw::parse(tiny)?;
     r.minor = 7;
-    invalid::append_section(&mut r, "notes", "x-notes", false, b"sections of unknown kinds are skipped when optional")?;
+    invalid::append_section(
+        &mut r,
+        "notes",
+        "x-notes",
+        false,
+        b"sections of unknown kinds are skipped when optional",
+    )?;
     let h = r.json()?;
     h["x_future_field"] = json!({"added_in": "1.7"});
     if let Some(s) = h["sections"].get_mut(0) {
@@ -194,7 +215,10 @@ fn valid_variants(tiny: &[u8]) -> Result<Vec<(Entry, Vec<u8>)>, FormatError> {
     r.relayout(4096)?;
     r.fix_checksums()?;
     out.push((
-        Entry::valid("valid/alignment-4096.ets".into(), "the tiny example laid out with alignment 4096"),
+        Entry::valid(
+            "valid/alignment-4096.ets".into(),
+            "the tiny example laid out with alignment 4096",
+        ),
         r.assemble()?,
     ));
     let mut r = raw::Raw::parse(tiny)?;

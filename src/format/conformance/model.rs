@@ -7,8 +7,7 @@ use sha2::{Digest, Sha256};
 
 use super::super::names::{self, LayerTensor};
 use super::super::{
-    Activation, Dtype, EncodedTensor, EtsWriter, FormatError, ModelConfig, Provenance,
-    WriteOptions,
+    Activation, Dtype, EncodedTensor, EtsWriter, FormatError, ModelConfig, Provenance, WriteOptions,
 };
 use crate::format::reader::hex;
 
@@ -123,7 +122,9 @@ pub fn tiny_vocab() -> String {
 }
 
 fn vector(rng: &mut SplitMix, n: usize, center: f32, spread: f32) -> Vec<f32> {
-    (0..n).map(|_| center + rng.uniform(-spread, spread)).collect()
+    (0..n)
+        .map(|_| center + rng.uniform(-spread, spread))
+        .collect()
 }
 
 /// All tensors of the tiny BERT (with pooler and classifier), canonical names, writer order.
@@ -149,11 +150,26 @@ pub fn tiny_bert_tensors(cfg: &ModelConfig, seed: u64) -> Vec<DenseTensor> {
             linear,
         });
     };
-    push(names::WORD_EMBEDDINGS.into(), vec![cfg.vocab_size.into(), h], false, &mut rng);
+    push(
+        names::WORD_EMBEDDINGS.into(),
+        vec![cfg.vocab_size.into(), h],
+        false,
+        &mut rng,
+    );
     let pos = cfg.max_position_embeddings.into();
-    push(names::POSITION_EMBEDDINGS.into(), vec![pos, h], false, &mut rng);
+    push(
+        names::POSITION_EMBEDDINGS.into(),
+        vec![pos, h],
+        false,
+        &mut rng,
+    );
     let types = cfg.type_vocab_size.into();
-    push(names::TOKEN_TYPE_EMBEDDINGS.into(), vec![types, h], false, &mut rng);
+    push(
+        names::TOKEN_TYPE_EMBEDDINGS.into(),
+        vec![types, h],
+        false,
+        &mut rng,
+    );
     push(names::EMBEDDINGS_LN_WEIGHT.into(), vec![h], false, &mut rng);
     push(names::EMBEDDINGS_LN_BIAS.into(), vec![h], false, &mut rng);
     for layer in 0..cfg.num_layers as usize {
@@ -170,7 +186,12 @@ pub fn tiny_bert_tensors(cfg: &ModelConfig, seed: u64) -> Vec<DenseTensor> {
     }
     push(names::POOLER_WEIGHT.into(), vec![h, h], false, &mut rng);
     push(names::POOLER_BIAS.into(), vec![h], false, &mut rng);
-    push(names::CLASSIFIER_WEIGHT.into(), vec![labels, h], false, &mut rng);
+    push(
+        names::CLASSIFIER_WEIGHT.into(),
+        vec![labels, h],
+        false,
+        &mut rng,
+    );
     push(names::CLASSIFIER_BIAS.into(), vec![labels], false, &mut rng);
     out
 }
@@ -200,7 +221,11 @@ pub fn encode(
             EncodedTensor::tile_elements(rows, cols, data, th, tw, &keep, dtype)
         }
         FixtureEncoding::Rows | FixtureEncoding::Cols => {
-            let bound = if enc == FixtureEncoding::Rows { rows } else { cols };
+            let bound = if enc == FixtureEncoding::Rows {
+                rows
+            } else {
+                cols
+            };
             let first = (rng.next_u64() as usize % bound) as u32;
             let kept: Vec<u32> = (0..bound as u32)
                 .filter(|&i| i == first || rng.chance(0.75))
@@ -232,12 +257,24 @@ pub fn write_tiny_bert(path: &Path, enc: FixtureEncoding, dtype: Dtype) -> Resul
     let cfg = tiny_bert_config();
     let tensors = tiny_bert_tensors(&cfg, TINY_BERT_SEED);
     // Masks depend on the encoding only, so the f32, f16 and bf16 files keep the same elements.
-    let mut rng = SplitMix(TINY_BERT_SEED ^ enc.label().bytes().fold(0u64, |a, b| a.wrapping_mul(31).wrapping_add(u64::from(b))));
+    let mut rng = SplitMix(
+        TINY_BERT_SEED
+            ^ enc
+                .label()
+                .bytes()
+                .fold(0u64, |a, b| a.wrapping_mul(31).wrapping_add(u64::from(b))),
+    );
     let mut w = EtsWriter::create(path, WriteOptions { overwrite: true })?;
     for t in &tensors {
         w.add_tensor(&t.name, &encode(t, enc, dtype, &mut rng)?)?;
     }
-    w.add_blob(names::TOKENIZER_SECTION, "tokenizer", "vocab.txt", tiny_vocab().as_bytes(), true)?;
+    w.add_blob(
+        names::TOKENIZER_SECTION,
+        "tokenizer",
+        "vocab.txt",
+        tiny_vocab().as_bytes(),
+        true,
+    )?;
     let recipe = serde_json::json!({
         "method": "synthetic",
         "encoding": enc.label(),
@@ -277,23 +314,30 @@ pub fn write_tiny_example(path: &Path) -> Result<(), FormatError> {
     let bias: Vec<f32> = (0..32).map(|i| i as f32 / 4.0).collect();
     let mut w = EtsWriter::create(path, WriteOptions { overwrite: true })?;
     w.add_tensor(TINY_TILE, &tile)?;
-    w.add_tensor(TINY_DENSE, &EncodedTensor::dense(vec![32], Dtype::F16, &bias)?)?;
+    w.add_tensor(
+        TINY_DENSE,
+        &EncodedTensor::dense(vec![32], Dtype::F16, &bias)?,
+    )?;
     let recipe = serde_json::json!({"method": "example", "kept_tiles": 2});
-    w.finish(tiny_example_config(), recipe, fixture_provenance("tiny-example"))
+    w.finish(
+        tiny_example_config(),
+        recipe,
+        fixture_provenance("tiny-example"),
+    )
 }
 
 /// Writes one small tensor per encoding, shapes not multiples of the tile, plus a tokenizer.
 pub fn write_encodings_small(path: &Path) -> Result<(), FormatError> {
     let mut rng = SplitMix(0x0e75_0002);
-    let mut matrix = |r: usize, c: usize| -> Vec<f32> {
-        (0..r * c).map(|_| rng.uniform(-1.0, 1.0)).collect()
-    };
+    let mut matrix =
+        |r: usize, c: usize| -> Vec<f32> { (0..r * c).map(|_| rng.uniform(-1.0, 1.0)).collect() };
     let dense = EncodedTensor::dense(vec![3, 5], Dtype::F32, &matrix(3, 5))?;
     let keep = [true, false, true, true];
     let tile = EncodedTensor::tile(20, 24, &matrix(20, 24), 16, 16, &keep, Dtype::F32)?;
     // Keep every third element: edge tiles keep elements in their last rows and columns.
     let ekeep: Vec<bool> = (0..400).map(|i| i % 3 == 0).collect();
-    let elements = EncodedTensor::tile_elements(20, 20, &matrix(20, 20), 16, 16, &ekeep, Dtype::F16)?;
+    let elements =
+        EncodedTensor::tile_elements(20, 20, &matrix(20, 20), 16, 16, &ekeep, Dtype::F16)?;
     let rows = EncodedTensor::rows(6, 4, &matrix(6, 4), &[1, 4], Dtype::Bf16)?;
     let cols = EncodedTensor::cols(4, 6, &matrix(4, 6), &[0, 2, 5], Dtype::F32)?;
     let mut w = EtsWriter::create(path, WriteOptions { overwrite: true })?;
@@ -302,7 +346,17 @@ pub fn write_encodings_small(path: &Path) -> Result<(), FormatError> {
     w.add_tensor("elements", &elements)?;
     w.add_tensor("rows", &rows)?;
     w.add_tensor("cols", &cols)?;
-    w.add_blob(names::TOKENIZER_SECTION, "tokenizer", "vocab.txt", b"[PAD]\n[UNK]\n", true)?;
+    w.add_blob(
+        names::TOKENIZER_SECTION,
+        "tokenizer",
+        "vocab.txt",
+        b"[PAD]\n[UNK]\n",
+        true,
+    )?;
     let recipe = serde_json::json!({"method": "encodings"});
-    w.finish(tiny_example_config(), recipe, fixture_provenance("encodings-small"))
+    w.finish(
+        tiny_example_config(),
+        recipe,
+        fixture_provenance("encodings-small"),
+    )
 }

@@ -94,7 +94,9 @@ impl Raw {
         let data = bytes.get(start as usize..).unwrap_or(&[]).to_vec();
         Ok(Raw {
             major: VERSION_MAJOR,
-            minor: bytes.get(10..12).map_or(0, |m| u16::from_le_bytes([m[0], m[1]])),
+            minor: bytes
+                .get(10..12)
+                .map_or(0, |m| u16::from_le_bytes([m[0], m[1]])),
             header: HeaderForm::Json(header),
             data,
         })
@@ -113,7 +115,10 @@ impl Raw {
         self.json()?
             .get_mut("sections")
             .and_then(Value::as_array_mut)
-            .and_then(|s| s.iter_mut().find(|e| e.get("name") == Some(&Value::from(name))))
+            .and_then(|s| {
+                s.iter_mut()
+                    .find(|e| e.get("name") == Some(&Value::from(name)))
+            })
             .and_then(Value::as_object_mut)
             .ok_or_else(|| bad(format!("no section {name}")))
     }
@@ -123,14 +128,22 @@ impl Raw {
         self.section(name)?
             .get_mut("parts")
             .and_then(Value::as_array_mut)
-            .and_then(|p| p.iter_mut().find(|e| e.get("role") == Some(&Value::from(role))))
+            .and_then(|p| {
+                p.iter_mut()
+                    .find(|e| e.get("role") == Some(&Value::from(role)))
+            })
             .and_then(Value::as_object_mut)
             .ok_or_else(|| bad(format!("no part {name}/{role}")))
     }
 
     /// `(offset, length)` of a section or part entry (relative offset).
     pub fn extent(entry: &Map<String, Value>) -> Result<(usize, usize), FormatError> {
-        let get = |k: &str| entry.get(k).and_then(Value::as_u64).ok_or_else(|| bad(k.to_string()));
+        let get = |k: &str| {
+            entry
+                .get(k)
+                .and_then(Value::as_u64)
+                .ok_or_else(|| bad(k.to_string()))
+        };
         Ok((get("offset")? as usize, get("length")? as usize))
     }
 
@@ -210,13 +223,21 @@ impl Raw {
         let old = std::mem::take(&mut self.data);
         let mut data: Vec<u8> = Vec::new();
         let copy = |data: &mut Vec<u8>, e: &mut Value, first: bool| -> Result<(), FormatError> {
-            let obj = e.as_object_mut().ok_or_else(|| bad("entry is not an object"))?;
+            let obj = e
+                .as_object_mut()
+                .ok_or_else(|| bad("entry is not an object"))?;
             let (off, len) = Self::extent(obj)?;
             if !first {
-                data.resize(data.len().div_ceil(alignment as usize) * alignment as usize, 0);
+                data.resize(
+                    data.len().div_ceil(alignment as usize) * alignment as usize,
+                    0,
+                );
             }
             obj.insert("offset".into(), Value::from(data.len()));
-            data.extend_from_slice(old.get(off..off + len).ok_or_else(|| bad("region out of range"))?);
+            data.extend_from_slice(
+                old.get(off..off + len)
+                    .ok_or_else(|| bad("region out of range"))?,
+            );
             Ok(())
         };
         let h = self.json()?;
@@ -226,7 +247,10 @@ impl Raw {
             .and_then(Value::as_array_mut)
             .ok_or_else(|| bad("no sections"))?;
         for s in sections {
-            data.resize(data.len().div_ceil(alignment as usize) * alignment as usize, 0);
+            data.resize(
+                data.len().div_ceil(alignment as usize) * alignment as usize,
+                0,
+            );
             let start = data.len();
             match s.get_mut("parts").and_then(Value::as_array_mut) {
                 Some(parts) => {
@@ -246,10 +270,18 @@ impl Raw {
     /// Recomputes every section's `sha256` from the data (sections out of range are left alone).
     pub fn fix_checksums(&mut self) -> Result<(), FormatError> {
         let data = std::mem::take(&mut self.data);
-        if let Some(sections) = self.json()?.get_mut("sections").and_then(Value::as_array_mut) {
+        if let Some(sections) = self
+            .json()?
+            .get_mut("sections")
+            .and_then(Value::as_array_mut)
+        {
             for s in sections.iter_mut() {
-                let Some(obj) = s.as_object_mut() else { continue };
-                let Ok((off, len)) = Self::extent(obj) else { continue };
+                let Some(obj) = s.as_object_mut() else {
+                    continue;
+                };
+                let Ok((off, len)) = Self::extent(obj) else {
+                    continue;
+                };
                 if let Some(bytes) = data.get(off..off + len) {
                     obj.insert("sha256".into(), Value::from(hex(&Sha256::digest(bytes))));
                 }

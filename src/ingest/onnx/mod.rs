@@ -17,7 +17,7 @@ use self::proto::{GraphProto, ModelProto};
 use self::structure::{Entry, Post};
 use self::tensor::{check_external, Ctx};
 use super::{
-    check_shapes, find_tokenizer, map_file, provenance_of, IngestError, IngestOptions, ModelSource,
+    check_shapes, find_tokenizer, map_file, SourceProvenance, IngestError, IngestOptions, ModelSource,
     SourceTensor, TokenizerBlob,
 };
 use crate::format::{ModelConfig, Provenance};
@@ -33,7 +33,7 @@ pub struct OnnxSource {
     graph: GraphProto,
     config: ModelConfig,
     entries: Vec<(String, Entry)>,
-    provenance: Provenance,
+    provenance: SourceProvenance,
     tokenizer: Option<TokenizerBlob>,
 }
 
@@ -66,7 +66,7 @@ impl OnnxSource {
     /// Maps and decodes `path`, checks opset and operators, and finds the BERT structure.
     pub fn open(path: &Path, opts: &IngestOptions) -> Result<Self, IngestError> {
         let map = map_file(path)?;
-        let provenance = provenance_of(path, &map);
+        let provenance = SourceProvenance::start(path);
         let dir = match path.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
@@ -201,7 +201,7 @@ impl ModelSource for OnnxSource {
     }
 
     fn provenance(&self) -> Provenance {
-        self.provenance.clone()
+        self.provenance.get()
     }
 
     fn tokenizer(&self) -> Option<TokenizerBlob> {

@@ -33,8 +33,8 @@ pub(crate) trait PanelSource: Sync {
     );
 }
 
-/// `Y[m, n] = X[m, k] W^T` for the weight behind `src`, multithreaded over block rows and token
-/// rows.
+/// `Y[m, n] = X[m, k] W^T` for the weight behind `src`, multithreaded over groups of block rows
+/// and token rows.
 pub(crate) fn gemm(src: &dyn PanelSource, x: &[f32], m: usize) -> Vec<f32> {
     let (n, k, th) = (src.n(), src.k(), src.block_height());
     let mut y = vec![0f32; m * n];
@@ -42,32 +42,65 @@ pub(crate) fn gemm(src: &dyn PanelSource, x: &[f32], m: usize) -> Vec<f32> {
         return y;
     }
     let block_rows = n.div_ceil(th);
+    // About 128 output features per task, but enough tasks to keep every thread busy.
     let row_tasks = m.div_ceil(ROWS_PER_TASK);
-    let parts: Vec<(usize, usize, Vec<f32>)> = (0..block_rows * row_tasks)
+    let want_tasks = 4 * rayon::current_num_threads();
+    let mut group = (128 / th).max(1);
+    while group > 1 && block_rows.div_ceil(group) * row_tasks < want_tasks {
+        group /= 2;
+    }
+    let groups = block_rows.div_ceil(group);
+    let parts: Vec<(usize, usize, usize, Vec<f32>)> = (0..groups * row_tasks)
         .into_par_iter()
         .map(|task| {
-            let (br, rt) = (task / row_tasks, task % row_tasks);
+            let (g, rt) = (task / row_tasks, task % row_tasks);
             let r0 = rt * ROWS_PER_TASK;
             let rows = ROWS_PER_TASK.min(m - r0);
-            let mut out = vec![0f32; rows * th];
+            let xp = pack_rows(&x[r0 * k..(r0 + rows) * k], rows, k);
+            let padded = rows.div_ceil(MR) * MR;
+            let brs = g * group..((g + 1) * group).min(block_rows);
+            let mut out = vec![0f32; brs.len() * padded * th];
             let mut scratch = Vec::new();
             let mut panel = Vec::with_capacity(th * src.max_block_width());
-            let xs = &x[r0 * k..(r0 + rows) * k];
-            src.for_each_block(br, &mut scratch, &mut panel, &mut |c0, w, p| {
-                kernel(xs, k, rows, c0, w, p, th, &mut out);
-            });
-            (br, r0, out)
+            for (bi, br) in brs.clone().enumerate() {
+                let o = &mut out[bi * padded * th..(bi + 1) * padded * th];
+                src.for_each_block(br, &mut scratch, &mut panel, &mut |c0, w, p| {
+                    kernel(&xp, k, padded / MR, c0, w, p, th, o);
+                });
+            }
+            (brs.start, r0, rows, out)
         })
         .collect();
-    for (br, r0, out) in parts {
-        let c0 = br * th;
-        let width = th.min(n - c0);
-        for (i, row) in out.chunks_exact(th).enumerate() {
-            let dst = (r0 + i) * n + c0;
-            y[dst..dst + width].copy_from_slice(&row[..width]);
+    for (br0, r0, rows, out) in parts {
+        let padded = rows.div_ceil(MR) * MR;
+        for (bi, block) in out.chunks_exact(padded * th).enumerate() {
+            let c0 = (br0 + bi) * th;
+            let width = th.min(n - c0);
+            for (i, row) in block.chunks_exact(th).take(rows).enumerate() {
+                let dst = (r0 + i) * n + c0;
+                y[dst..dst + width].copy_from_slice(&row[..width]);
+            }
         }
     }
     y
+}
+
+/// Token rows per register block.
+const MR: usize = 4;
+
+/// Interleaves `rows` rows of `x` (`[rows, k]`) by groups of [`MR`]: `[group][k][MR]`, zero rows
+/// padding the last group, so the kernel reads each group's inputs as one contiguous stream.
+fn pack_rows(x: &[f32], rows: usize, k: usize) -> Vec<f32> {
+    let groups = rows.div_ceil(MR);
+    let mut xp = vec![0f32; groups * k * MR];
+    for (r, row) in x.chunks_exact(k).enumerate().take(rows) {
+        let (g, lane) = (r / MR, r % MR);
+        let dst = &mut xp[g * k * MR..(g + 1) * k * MR];
+        for (j, &v) in row.iter().enumerate() {
+            dst[j * MR + lane] = v;
+        }
+    }
+    xp
 }
 
 /// Multiply-add, either fused (with hardware FMA) or plain.
@@ -91,12 +124,12 @@ impl Madd for Plain {
     }
 }
 
-/// `out[rows][th] += X[rows, c0..c0+w] * panel[w][th]`, dispatched on CPU features.
+/// `out[groups*MR][th] += Xp[.., c0..c0+w] * panel[w][th]`, dispatched on CPU features.
 #[allow(clippy::too_many_arguments)]
 fn kernel(
-    x: &[f32],
+    xp: &[f32],
     k: usize,
-    rows: usize,
+    groups: usize,
     c0: usize,
     w: usize,
     panel: &[f32],
@@ -109,35 +142,35 @@ fn kernel(
         {
             // SAFETY: the CPU supports AVX2 and FMA (checked just above), which is all that
             // `kernel_avx2` is compiled to assume; its body is safe Rust.
-            unsafe { kernel_avx2(x, k, rows, c0, w, panel, th, out) };
+            unsafe { kernel_avx2(xp, k, groups, c0, w, panel, th, out) };
             return;
         }
     }
-    kernel_body::<Plain>(x, k, rows, c0, w, panel, th, out);
+    kernel_body::<Plain>(xp, k, groups, c0, w, panel, th, out);
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
 fn kernel_avx2(
-    x: &[f32],
+    xp: &[f32],
     k: usize,
-    rows: usize,
+    groups: usize,
     c0: usize,
     w: usize,
     panel: &[f32],
     th: usize,
     out: &mut [f32],
 ) {
-    kernel_body::<Fused>(x, k, rows, c0, w, panel, th, out);
+    kernel_body::<Fused>(xp, k, groups, c0, w, panel, th, out);
 }
 
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn kernel_body<F: Madd>(
-    x: &[f32],
+    xp: &[f32],
     k: usize,
-    rows: usize,
+    groups: usize,
     c0: usize,
     w: usize,
     panel: &[f32],
@@ -145,59 +178,40 @@ fn kernel_body<F: Madd>(
     out: &mut [f32],
 ) {
     let panel = &panel[..w * th];
-    let mut r = 0;
-    while r + 4 <= rows {
-        let xr: [&[f32]; 4] = std::array::from_fn(|i| &x[(r + i) * k + c0..(r + i) * k + c0 + w]);
-        let o = &mut out[r * th..(r + 4) * th];
-        column_chunks::<F, 4>(xr, panel, th, o);
-        r += 4;
-    }
-    while r < rows {
-        let xr = [&x[r * k + c0..r * k + c0 + w]];
-        let o = &mut out[r * th..(r + 1) * th];
-        column_chunks::<F, 1>(xr, panel, th, o);
-        r += 1;
-    }
-}
-
-#[inline(always)]
-fn column_chunks<F: Madd, const MR: usize>(
-    xr: [&[f32]; MR],
-    panel: &[f32],
-    th: usize,
-    out: &mut [f32],
-) {
-    let mut ic = 0;
-    while ic + 16 <= th {
-        micro::<F, MR, 16>(xr, panel, th, ic, out);
-        ic += 16;
-    }
-    while ic + 8 <= th {
-        micro::<F, MR, 8>(xr, panel, th, ic, out);
-        ic += 8;
-    }
-    while ic < th {
-        micro::<F, MR, 1>(xr, panel, th, ic, out);
-        ic += 1;
+    for g in 0..groups {
+        let xs = &xp[(g * k + c0) * MR..(g * k + c0 + w) * MR];
+        let o = &mut out[g * MR * th..(g + 1) * MR * th];
+        let mut ic = 0;
+        while ic + 16 <= th {
+            micro::<F, 16>(xs, panel, th, ic, o);
+            ic += 16;
+        }
+        while ic + 8 <= th {
+            micro::<F, 8>(xs, panel, th, ic, o);
+            ic += 8;
+        }
+        while ic < th {
+            micro::<F, 1>(xs, panel, th, ic, o);
+            ic += 1;
+        }
     }
 }
 
 /// The register block: `MR` token rows by `NR` output features, accumulated over the panel.
 #[inline(always)]
-fn micro<F: Madd, const MR: usize, const NR: usize>(
-    xr: [&[f32]; MR],
+fn micro<F: Madd, const NR: usize>(
+    xs: &[f32],
     panel: &[f32],
     th: usize,
     ic: usize,
     out: &mut [f32],
 ) {
     let mut acc = [[0f32; NR]; MR];
-    for (j, prow) in panel.chunks_exact(th).enumerate() {
+    for (xv, prow) in xs.chunks_exact(MR).zip(panel.chunks_exact(th)) {
         let p = &prow[ic..ic + NR];
         for r in 0..MR {
-            let xv = xr[r][j];
             for l in 0..NR {
-                acc[r][l] = F::madd(xv, p[l], acc[r][l]);
+                acc[r][l] = F::madd(xv[r], p[l], acc[r][l]);
             }
         }
     }

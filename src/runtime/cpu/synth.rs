@@ -41,7 +41,8 @@ impl Rng {
     }
 }
 
-/// A BERT configuration with the given sizes (GELU, eps 1e-12, 2 token types).
+/// A BERT configuration with the given sizes (GELU, eps 1e-12, 2 token types); `num_heads` is
+/// `hidden / head_dim` (the unpruned count) and `heads_per_layer` the kept heads.
 pub fn config(
     layers: u32,
     hidden: u32,
@@ -55,7 +56,7 @@ pub fn config(
         architecture: "bert".to_string(),
         num_layers: layers,
         hidden_size: hidden,
-        num_heads: heads_per_layer.iter().copied().max().unwrap_or(0),
+        num_heads: hidden / head_dim.max(1),
         head_dim,
         heads_per_layer,
         intermediate_size: intermediate,

@@ -111,6 +111,7 @@ pub struct CudaRuntime {
     blas: OnceLock<Result<CudaBlas, String>>,
     smem_set: Mutex<HashMap<String, u32>>,
     workspace: Mutex<Option<DevBuf>>,
+    staging: Mutex<Vec<PinnedBuf>>,
     reports: Mutex<Vec<KernelReport>>,
 }
 
@@ -156,6 +157,7 @@ impl CudaRuntime {
             blas: OnceLock::new(),
             smem_set: Mutex::new(HashMap::new()),
             workspace: Mutex::new(None),
+            staging: Mutex::new(Vec::new()),
             reports: Mutex::new(Vec::new()),
         })
     }
@@ -316,7 +318,7 @@ impl CudaRuntime {
             .workspace
             .lock()
             .map_err(|_| CudaError::Invalid("workspace lock poisoned".into()))?;
-        if ws.as_ref().is_none_or(|b| b.len() < bytes) {
+        if !ws.as_ref().is_some_and(|b| b.len() >= bytes) {
             self.synchronize()?; // the old buffer may still be in use by queued work
             *ws = None;
             *ws = Some(self.alloc(bytes.next_power_of_two())?);
@@ -373,7 +375,7 @@ impl CudaRuntime {
             && self
                 .smem_set
                 .lock()
-                .map(|m| m.get(name).is_none_or(|&v| v < smem))
+                .map(|m| !m.get(name).is_some_and(|&v| v >= smem))
                 .unwrap_or(true);
         if needs_raise {
             f.set_attribute(
@@ -505,6 +507,26 @@ impl CudaRuntime {
             .map_err(CudaError::driver("asynchronous host-to-device copy"))
     }
 
+    /// Runs `f` with `count` pinned staging buffers of `bytes` each, kept for later uploads.
+    pub fn with_staging<R>(
+        &self,
+        count: usize,
+        bytes: usize,
+        f: impl FnOnce(&mut [PinnedBuf]) -> Result<R, CudaError>,
+    ) -> Result<R, CudaError> {
+        let mut st = self
+            .staging
+            .lock()
+            .map_err(|_| CudaError::Invalid("staging lock poisoned".into()))?;
+        if st.len() < count || st.iter().any(|b| b.bytes < bytes) {
+            st.clear();
+            for _ in 0..count {
+                st.push(self.alloc_pinned(bytes)?);
+            }
+        }
+        f(&mut st[..count])
+    }
+
     /// Allocates pinned host memory.
     pub fn alloc_pinned(&self, bytes: usize) -> Result<PinnedBuf, CudaError> {
         self.bind()?;
@@ -525,6 +547,9 @@ pub struct PinnedBuf {
     bytes: usize,
     ctx: Arc<CudaContext>,
 }
+
+// SAFETY: the buffer is plain host memory owned by this value; the context handle is shareable.
+unsafe impl Send for PinnedBuf {}
 
 impl PinnedBuf {
     /// The memory as a mutable slice.

@@ -52,11 +52,13 @@ impl DispatchEntry {
 }
 
 type Key = (usize, usize, usize, usize, usize, usize);
+/// (choice, tile ms, cuBLAS ms, reason)
+type Decision = (Choice, Option<f64>, Option<f64>, String);
 
 /// Measures once, caches, and runs linear layers with the chosen implementation.
 #[derive(Default)]
 pub struct Dispatcher {
-    cache: Mutex<HashMap<Key, (Choice, Option<f64>, Option<f64>, String)>>,
+    cache: Mutex<HashMap<Key, Decision>>,
     entries: Mutex<Vec<DispatchEntry>>,
     dense: Mutex<HashMap<String, DevBuf>>,
 }

@@ -36,3 +36,26 @@ pub fn cuda_available() -> Result<(), String> {
     nvrtc::probe_nvrtc().map_err(|e| e.to_string())?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn runtime_is_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<super::CudaRuntime>();
+        check::<super::DeviceModel>();
+        check::<super::Dispatcher>();
+    }
+
+    #[test]
+    fn missing_gpu_is_an_error_not_a_panic() {
+        // On a machine without a driver this returns Err; with one it may succeed. Never panics.
+        let r = std::panic::catch_unwind(|| {
+            super::CudaRuntime::new(usize::MAX)
+                .err()
+                .map(|e| e.to_string())
+        });
+        let msg = r.expect("CudaRuntime::new must not panic");
+        assert!(msg.is_some(), "ordinal usize::MAX cannot exist");
+    }
+}

@@ -125,45 +125,52 @@ const NSTAGE: usize = 4;
 
 fn staged_copy(rt: &CudaRuntime, dst: u64, src: &[u8]) -> Result<(), CudaError> {
     use cudarc::driver::{result as dr, sys as ds};
-    let mut bufs = Vec::with_capacity(NSTAGE);
-    let mut events = Vec::with_capacity(NSTAGE);
-    for _ in 0..NSTAGE.min(src.len().div_ceil(STAGE)).max(1) {
-        bufs.push(rt.alloc_pinned(STAGE)?);
-        events.push(
-            dr::event::create(ds::CUevent_flags::CU_EVENT_DISABLE_TIMING)
-                .map_err(CudaError::driver("event"))?,
-        );
-    }
-    let stream = rt.stream().cu_stream();
-    let mut res = Ok(());
-    for (i, chunk) in src.chunks(STAGE).enumerate() {
-        let b = i % bufs.len();
-        if i >= bufs.len() {
-            // SAFETY: the event was recorded after the copy that last used this buffer.
-            if let Err(e) = unsafe { dr::event::synchronize(events[b]) } {
-                res = Err(CudaError::driver("event synchronize")(e));
+    use rayon::prelude::*;
+    let n = NSTAGE.min(src.len().div_ceil(STAGE)).max(1);
+    rt.with_staging(n, STAGE, |bufs| {
+        let mut events = Vec::with_capacity(n);
+        for _ in 0..n {
+            events.push(
+                dr::event::create(ds::CUevent_flags::CU_EVENT_DISABLE_TIMING)
+                    .map_err(CudaError::driver("event"))?,
+            );
+        }
+        let stream = rt.stream().cu_stream();
+        let mut res = Ok(());
+        for (i, chunk) in src.chunks(STAGE).enumerate() {
+            let b = i % n;
+            if i >= n {
+                // SAFETY: the event was recorded after the copy that last used this buffer.
+                if let Err(e) = unsafe { dr::event::synchronize(events[b]) } {
+                    res = Err(CudaError::driver("event synchronize")(e));
+                    break;
+                }
+            }
+            // Several threads fill the staging buffer (one thread's memcpy is far below the link).
+            bufs[b].as_mut_slice()[..chunk.len()]
+                .par_chunks_mut(1 << 20)
+                .zip(chunk.par_chunks(1 << 20))
+                .for_each(|(d, s)| d.copy_from_slice(s));
+            // SAFETY: the buffer is pinned and not rewritten before its event completes.
+            let r = unsafe {
+                rt.copy_h2d_async(dst + (i * STAGE) as u64, bufs[b].as_ptr(), chunk.len())
+            }
+            .and_then(|_| {
+                unsafe { dr::event::record(events[b], stream) }
+                    .map_err(CudaError::driver("event record"))
+            });
+            if let Err(e) = r {
+                res = Err(e);
                 break;
             }
         }
-        bufs[b].as_mut_slice()[..chunk.len()].copy_from_slice(chunk);
-        // SAFETY: the buffer is pinned and not rewritten before its event completes.
-        let r =
-            unsafe { rt.copy_h2d_async(dst + (i * STAGE) as u64, bufs[b].as_ptr(), chunk.len()) }
-                .and_then(|_| {
-                    unsafe { dr::event::record(events[b], stream) }
-                        .map_err(CudaError::driver("event record"))
-                });
-        if let Err(e) = r {
-            res = Err(e);
-            break;
+        let synced = rt.synchronize();
+        for ev in events {
+            // SAFETY: created above, destroyed once, after the stream finished.
+            let _ = unsafe { dr::event::destroy(ev) };
         }
-    }
-    let synced = rt.synchronize();
-    for ev in events {
-        // SAFETY: created above, destroyed once, after the stream finished.
-        let _ = unsafe { dr::event::destroy(ev) };
-    }
-    res.and(synced)
+        res.and(synced)
+    })
 }
 
 /// Copies host bytes `src` to device address `dst` with `method` (falls back to staging when

@@ -1,0 +1,263 @@
+//! `et-convert` as a user runs it: exit 1 and no output (nor temp files) for bad models, exit 2
+//! for usage errors, `--force` semantics, and `--json`.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use ets::format::EtsFile;
+use ets::ingest::synth;
+
+fn et_convert(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_et-convert"));
+    for a in args {
+        cmd.arg(a);
+    }
+    cmd.output().expect("run et-convert")
+}
+
+fn listing(dir: &Path) -> BTreeSet<String> {
+    std::fs::read_dir(dir)
+        .expect("read dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// Runs et-convert on `input` into `dir/out.ets` and expects exit 1, a message on stderr, no
+/// output file, and nothing new in `dir`.
+fn expect_failure(dir: &Path, input: &Path, extra: &[&str], what: &str) -> String {
+    let before = listing(dir);
+    let out = dir.join("out.ets");
+    let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&input, &out];
+    for a in extra {
+        args.push(a);
+    }
+    let o = et_convert(&args);
+    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{what}: status {:?}, stderr {stderr}",
+        o.status
+    );
+    assert!(
+        stderr.starts_with("et-convert: "),
+        "{what}: stderr {stderr:?}"
+    );
+    assert!(!out.exists(), "{what}: output written");
+    assert_eq!(listing(dir), before, "{what}: files left behind");
+    stderr
+}
+
+fn copy_dir(from: &Path, to: &Path, skip: &[&str]) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for e in std::fs::read_dir(from).expect("read dir") {
+        let e = e.expect("entry");
+        let name = e.file_name();
+        if !skip.iter().any(|s| name == std::ffi::OsStr::new(s)) {
+            std::fs::copy(e.path(), to.join(&name)).expect("copy");
+        }
+    }
+}
+
+fn fixture(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/sources")
+        .join(rel)
+}
+
+#[test]
+fn truncated_safetensors_fails_cleanly() {
+    let dir = tempfile::tempdir().expect("dir");
+    copy_dir(&fixture("tiny-safetensors"), dir.path(), &[]);
+    let p = dir.path().join("model.safetensors");
+    let bytes = std::fs::read(&p).expect("read");
+    for keep in [bytes.len() - 100, bytes.len() / 2, 4] {
+        std::fs::write(&p, &bytes[..keep]).expect("write");
+        let msg = expect_failure(
+            dir.path(),
+            &p,
+            &["--sparsity", "0.5"],
+            "truncated safetensors",
+        );
+        assert!(msg.contains("model.safetensors"), "{msg}");
+    }
+}
+
+#[test]
+fn wrong_config_fails_cleanly() {
+    let dir = tempfile::tempdir().expect("dir");
+    copy_dir(&fixture("tiny-safetensors"), dir.path(), &[]);
+    let cfg_path = dir.path().join("other-config.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("config.json")).expect("read"))
+            .expect("json");
+    cfg["hidden_size"] = serde_json::json!(48);
+    std::fs::write(&cfg_path, cfg.to_string()).expect("write");
+    let input = dir.path().join("model.safetensors");
+    let c = cfg_path.to_string_lossy().into_owned();
+    expect_failure(dir.path(), &input, &["--config", &c], "wrong hidden size");
+    // The same model with its own config converts.
+    let out = dir.path().join("ok.ets");
+    let o = et_convert(&[&input, &out, &"--quiet"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn non_bert_onnx_fails_cleanly() {
+    let dir = tempfile::tempdir().expect("dir");
+    let p = dir.path().join("toy.onnx");
+    synth::write_toy_onnx(&p, &["Relu", "Softmax"], 17).expect("toy");
+    expect_failure(dir.path(), &p, &[], "non-BERT graph");
+    expect_failure(
+        dir.path(),
+        &p,
+        &["--sparsity", "0.5"],
+        "non-BERT graph, pruned",
+    );
+}
+
+#[test]
+fn missing_external_data_fails_cleanly() {
+    let dir = tempfile::tempdir().expect("dir");
+    copy_dir(&fixture("tiny-onnx-external"), dir.path(), &["model.data"]);
+    let p = dir.path().join("model.onnx");
+    let msg = expect_failure(dir.path(), &p, &[], "missing external data");
+    assert!(msg.contains("model.data"), "{msg}");
+    // Present but cut short: the tensors at its end cannot be read.
+    let data = std::fs::read(fixture("tiny-onnx-external/model.data")).expect("data");
+    std::fs::write(dir.path().join("model.data"), &data[..data.len() - 64]).expect("write");
+    let msg = expect_failure(
+        dir.path(),
+        &p,
+        &["--sparsity", "0.5"],
+        "short external data",
+    );
+    assert!(msg.contains("model.data"), "{msg}");
+}
+
+/// An external-data location of `../el.data` must be refused even though the file exists there.
+#[test]
+fn external_data_escaping_the_model_folder_fails_cleanly() {
+    let dir = tempfile::tempdir().expect("dir");
+    let sub = dir.path().join("model");
+    copy_dir(&fixture("tiny-onnx-external"), &sub, &[]);
+    std::fs::copy(sub.join("model.data"), dir.path().join("el.data")).expect("copy");
+    let p = sub.join("model.onnx");
+    let mut bytes = std::fs::read(&p).expect("read");
+    // Same length as "model.data", so the protobuf stays valid.
+    let (from, to) = (b"model.data", b"../el.data");
+    let mut hits = 0;
+    for i in 0..bytes.len() - from.len() {
+        if &bytes[i..i + from.len()] == from {
+            bytes[i..i + from.len()].copy_from_slice(to);
+            hits += 1;
+        }
+    }
+    assert!(hits > 0);
+    std::fs::write(&p, bytes).expect("write");
+    let before = listing(dir.path());
+    expect_failure(&sub, &p, &[], "escaping external data");
+    assert_eq!(listing(dir.path()), before);
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let dir = tempfile::tempdir().expect("dir");
+    let input = fixture("tiny-safetensors/model.safetensors");
+    let out = dir.path().join("out.ets");
+    let cases: Vec<Vec<&dyn AsRef<std::ffi::OsStr>>> = vec![
+        vec![&input, &out, &"--sparsity", &"1.5"],
+        vec![&input, &out, &"--sparsity", &"-0.1"],
+        vec![&input, &out, &"--sparsity", &"lots"],
+        vec![&input, &out, &"--method", &"magic"],
+        vec![&input, &out, &"--method", &"tile"], // a method that prunes needs a sparsity
+        vec![&input, &out, &"--tile", &"12x16"],
+        vec![&input, &out, &"--dtype", &"f64"],
+        vec![&input, &out, &"--role-sparsity", &"values=0.5"],
+        vec![&input, &out, &"--no-such-flag"],
+        vec![&input],
+    ];
+    for args in cases {
+        let o = et_convert(&args);
+        let shown: Vec<String> = args
+            .iter()
+            .map(|a| a.as_ref().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            o.status.code(),
+            Some(2),
+            "{shown:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(!o.stderr.is_empty(), "{shown:?}: no message");
+        assert!(!out.exists(), "{shown:?}: output written");
+    }
+    assert!(listing(dir.path()).is_empty());
+}
+
+#[test]
+fn existing_output_needs_force() {
+    let dir = tempfile::tempdir().expect("dir");
+    let input = fixture("tiny-safetensors/model.safetensors");
+    let out = dir.path().join("out.ets");
+    std::fs::write(&out, b"not an ets file, keep me").expect("write");
+    let o = et_convert(&[&input, &out, &"--sparsity", &"0.5"]);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(
+        std::fs::read(&out).expect("read"),
+        b"not an ets file, keep me"
+    );
+    assert_eq!(listing(dir.path()).len(), 1, "temp files left");
+    let o = et_convert(&[&input, &out, &"--sparsity", &"0.5", &"--force", &"--quiet"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.stdout.is_empty(),
+        "--quiet printed {:?}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let f = EtsFile::open(&out).expect("replaced by a valid file");
+    f.verify_checksums().expect("checksums");
+    assert_eq!(listing(dir.path()).len(), 1, "temp files left");
+}
+
+#[test]
+fn json_report_parses() {
+    let dir = tempfile::tempdir().expect("dir");
+    let input = fixture("tiny-onnx-inline/model.onnx");
+    let out = dir.path().join("out.ets");
+    let o = et_convert(&[
+        &input,
+        &out,
+        &"--sparsity",
+        &"0.75",
+        &"--tile",
+        &"8x8",
+        &"--json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("stdout is JSON");
+    let tensors = v["tensors"].as_array().expect("tensors array");
+    assert_eq!(tensors.len(), 12);
+    for t in tensors {
+        assert_eq!(t["method"], "tile");
+        assert_eq!(t["encoding"], "tile");
+        assert_eq!(t["target_sparsity"], 0.75);
+        let d = t["density"].as_f64().expect("density");
+        assert!(d > 0.0 && d < 0.5, "{t}");
+    }
+    let len = std::fs::metadata(&out).expect("meta").len();
+    assert_eq!(v["output_bytes"].as_u64(), Some(len));
+    assert_eq!(v["model"]["num_layers"], 2);
+    // Without --json the table is human text, not JSON.
+    let out2 = dir.path().join("out2.ets");
+    let o = et_convert(&[&input, &out2, &"--sparsity", &"0.75"]);
+    assert!(o.status.success());
+    assert!(serde_json::from_slice::<serde_json::Value>(&o.stdout).is_err());
+    assert!(String::from_utf8_lossy(&o.stdout).contains("layer"));
+}
