@@ -41,14 +41,16 @@ __device__ void epilogue_body(T* Y, int M, int N, const T* Yc, int ldc, const in
     }
 }
 
-// Y = act(ws + bias) + residual from the f32 split-K workspace.
+// Y = act(sum of the split slices + bias) + residual from the f32 split-K workspace [splits][M][N].
 template <typename T>
-__device__ void splitk_finish_body(const float* ws, int M, int N, const float* bias, const T* residual, int gelu, T* Y) {
+__device__ void splitk_finish_body(const float* ws, int splits, int M, int N, const float* bias, const T* residual,
+                                   int gelu, T* Y) {
     size_t total = static_cast<size_t>(M) * N;
     for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < total;
          i += static_cast<size_t>(gridDim.x) * blockDim.x) {
         int n = static_cast<int>(i % N);
-        float v = ws[i];
+        float v = 0.f;
+        for (int z = 0; z < splits; ++z) v += ws[static_cast<size_t>(z) * total + i];
         if (bias) v += bias[n];
         if (gelu) v = gelu_erf(v);
         if (residual) v += to_f(residual[i]);
@@ -115,9 +117,9 @@ __device__ void densify_body(const u64* bitmap, const u32* row_offsets, const T*
                                               const float* bias, const T* residual, int gelu) {       \
         ets::epilogue_body<T>(Y, M, N, Yc, ldc, inv, bias, residual, gelu);                           \
     }                                                                                                 \
-    extern "C" __global__ void splitk_finish_##SUF(const float* ws, int M, int N, const float* bias,        \
+    extern "C" __global__ void splitk_finish_##SUF(const float* ws, int splits, int M, int N, const float* bias, \
                                                   const T* residual, int gelu, T* Y) {                 \
-        ets::splitk_finish_body<T>(ws, M, N, bias, residual, gelu, Y);                                \
+        ets::splitk_finish_body<T>(ws, splits, M, N, bias, residual, gelu, Y);                        \
     }                                                                                                 \
     extern "C" __global__ void gather_cols_##SUF(const T* X, int M, int K, const u32* idx, int kc, T* Xc) { \
         ets::gather_cols_body<T>(X, M, K, idx, kc, Xc);                                               \

@@ -352,18 +352,26 @@ __device__ void tile_gemm_body(const T* __restrict__ X, int M, int K, int ldx,
     cp_async_wait<0>();
 
     if (ws) {
+        // Split-K: plain stores of this split's partial sums into its own slice [z][M][N]
+        // (atomics on shared addresses were the bottleneck); the finishing kernel adds the slices.
+        float* wz = ws + static_cast<size_t>(blockIdx.z) * M * ldy;
 #pragma unroll
         for (int mi = 0; mi < 4; ++mi)
 #pragma unroll
             for (int ni = 0; ni < 4; ++ni)
 #pragma unroll
-                for (int hh = 0; hh < 2; ++hh)
-#pragma unroll
-                    for (int e = 0; e < 2; ++e) {
-                        const int m = m0 + warp_m * 64 + mi * 16 + (lane >> 2) + hh * 8;
-                        const int nn = n0 + warp_n * 32 + ni * 8 + (lane & 3) * 2 + e;
-                        if (m < M && nn < N) atomicAdd(ws + static_cast<size_t>(m) * ldy + nn, acc[mi][ni][hh * 2 + e]);
+                for (int hh = 0; hh < 2; ++hh) {
+                    const int m = m0 + warp_m * 64 + mi * 16 + (lane >> 2) + hh * 8;
+                    const int nn = n0 + warp_n * 32 + ni * 8 + (lane & 3) * 2;
+                    if (m >= M || nn >= N) continue;
+                    float* dst = wz + static_cast<size_t>(m) * ldy + nn;
+                    if (nn + 1 < N && (ldy & 1) == 0) {
+                        *reinterpret_cast<float2*>(dst) = make_float2(acc[mi][ni][hh * 2], acc[mi][ni][hh * 2 + 1]);
+                    } else {
+                        dst[0] = acc[mi][ni][hh * 2];
+                        if (nn + 1 < N) dst[1] = acc[mi][ni][hh * 2 + 1];
                     }
+                }
         return;
     }
 

@@ -327,6 +327,30 @@ impl Catalog {
             b,
         )?;
         let b = edit(&tiny, |r| {
+            let h = r.json()?;
+            let s = h["sections"][1].as_object().cloned().unwrap_or_default();
+            h["sections"][1] = Value::Array(s.into_iter().map(|(_, v)| v).collect());
+            Ok(())
+        })?;
+        self.open(
+            "r09-section-as-array",
+            "invalid_header",
+            "a section entry written as an array of its field values",
+            b,
+        )?;
+        let b = edit(&tiny, |r| {
+            let h = r.json()?;
+            let m = h["model"].as_object().cloned().unwrap_or_default();
+            h["model"] = Value::Array(m.into_iter().map(|(_, v)| v).collect());
+            Ok(())
+        })?;
+        self.open(
+            "r09-model-as-array",
+            "invalid_header",
+            "the model configuration written as an array of its field values",
+            b,
+        )?;
+        let b = edit(&tiny, |r| {
             r.section(T)?.remove("dtype");
             Ok(())
         })?;
@@ -377,7 +401,7 @@ impl Catalog {
     /// R12-R16.
     fn model_and_names(&mut self) -> Res<()> {
         let tiny = self.tiny.clone();
-        let cases: [(&str, &[&str], Value, &str); 5] = [
+        let cases: [(&str, &[&str], Value, &str); 7] = [
             (
                 "r12-architecture-gpt2",
                 &["model", "architecture"],
@@ -407,6 +431,18 @@ impl Catalog {
                 &["model", "layer_norm_eps"],
                 json!(-1e-12),
                 "negative layer_norm_eps",
+            ),
+            (
+                "r12-heads-times-head-dim",
+                &["model", "head_dim"],
+                json!(8),
+                "2 heads of 8 for hidden size 32",
+            ),
+            (
+                "r12-num-labels-zero",
+                &["model", "num_labels"],
+                json!(0),
+                "num_labels 0",
             ),
         ];
         for (name, path, v, what) in cases {
@@ -530,6 +566,21 @@ impl Catalog {
             let b = edit(&tiny, |r| set(r, T, None, "encoding", v))?;
             self.open(name, "unknown_encoding", what, b)?;
         }
+        let b = edit(&tiny, |r| {
+            set(
+                r,
+                B,
+                None,
+                "encoding",
+                json!({"kind": "dense", "order": "C"}),
+            )
+        })?;
+        self.open(
+            "r18-dense-extra-field",
+            "unknown_encoding",
+            "a dense encoding with an unknown field",
+            b,
+        )?;
         let dim_max = super::super::MAX_DIM;
         for (name, sec, v, what) in [
             ("r19-rank-0", B, json!([]), "an empty shape"),

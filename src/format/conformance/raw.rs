@@ -339,14 +339,23 @@ impl Raw {
 
 /// Rewrites preamble field bytes `at..at+8` with `value` and refreshes the digest.
 pub fn set_u64(bytes: &mut [u8], at: usize, value: u64) {
-    bytes[at..at + 8].copy_from_slice(&value.to_le_bytes());
+    if let Some(field) = bytes.get_mut(at..at.saturating_add(8)) {
+        field.copy_from_slice(&value.to_le_bytes());
+    }
     refresh_digest(bytes);
+}
+
+fn header_len(bytes: &[u8]) -> u64 {
+    bytes
+        .get(16..24)
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, u64::from_le_bytes)
 }
 
 /// Recomputes the preamble digest from the current preamble and header (when the header lies
 /// inside the file).
 pub fn refresh_digest(bytes: &mut [u8]) {
-    let len = u64::from_le_bytes(bytes[16..24].try_into().unwrap_or([0; 8])) as usize;
+    let len = header_len(bytes) as usize;
     let Some(header) = bytes.get(64..64usize.saturating_add(len)) else {
         return;
     };
@@ -356,6 +365,5 @@ pub fn refresh_digest(bytes: &mut [u8]) {
 
 /// The offset where the data starts in an assembled file.
 pub fn data_start(bytes: &[u8]) -> u64 {
-    let len = u64::from_le_bytes(bytes[16..24].try_into().unwrap_or([0; 8]));
-    align_up(PREAMBLE_LEN + len, LAYOUT_ALIGN).unwrap_or(0)
+    align_up(PREAMBLE_LEN.saturating_add(header_len(bytes)), LAYOUT_ALIGN).unwrap_or(0)
 }

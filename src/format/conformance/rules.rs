@@ -57,7 +57,7 @@ pub const RULES: [Rule; 36] = [
     r(
         "R9",
         "invalid_header",
-        "the header is UTF-8 JSON with every required field of the right type",
+        "the header is UTF-8 JSON with objects where objects are defined, no repeated keys, and every required field of the right type",
     ),
     r(
         "R10",

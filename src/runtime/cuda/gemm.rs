@@ -201,10 +201,10 @@ pub fn tile_gemm_split(
         m.div_ceil(TILE_BM) as u32,
         splits as u32,
     );
+    // Each split writes its own f32 slice of the workspace (no zeroing needed: every element of a
+    // slice is written by exactly one CTA).
     let ws = if splits > 1 {
-        let ws = rt.workspace(m * w.rows * 4)?;
-        rt.fill_u32(ws, 0, m * w.rows)?;
-        ws
+        rt.workspace(splits * m * w.rows * 4)?
     } else {
         0
     };
@@ -237,6 +237,7 @@ pub fn tile_gemm_split(
     if splits > 1 {
         let args = [
             KArg::Ptr(ws),
+            i(splits),
             i(m),
             i(w.rows),
             KArg::Ptr(ep.bias),
