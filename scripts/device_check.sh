@@ -37,11 +37,11 @@ done
 "$bin" all "${extra[@]}" ${ETS_BENCH_ARGS:-} 2>&1 | tee "$out/et-bench.log"
 rc=${PIPESTATUS[0]}
 if [ "${ETS_NCU:-0}" = 1 ] && command -v ncu >/dev/null; then
-    echo "== ncu on one tile-kernel launch (16384 tokens, 768->3072, density 1.0)"
-    ncu --clock-control none -k regex:tile_gemm -s 5 -c 1 --section SpeedOfLight --section Occupancy \
+    echo "== ncu on one tile-kernel launch (16384 tokens, 768->3072, density 1.0, automatic kernel)"
+    ncu --clock-control none -k regex:tile_ -s 5 -c 1 --section SpeedOfLight --section Occupancy \
         --section WarpStateStats --section LaunchStats --section MemoryWorkloadAnalysis \
         "$bin" one --tokens 16384 --k 768 --n 3072 --density 1.0 > "$out/ncu.txt" 2>&1
-    grep -E "Duration|Throughput|Occupancy|Stall|Warp Cycles|Registers|Shared Memory|Block Limit|Bank|Issued" "$out/ncu.txt" | head -60
+    grep -E "tile_|Duration|Throughput|Occupancy|Stall|Warp Cycles|Registers|Shared Memory|Block Limit|Bank|Issued" "$out/ncu.txt" | head -60
 fi
 echo "et-bench exit code $rc"
 exit "$rc"

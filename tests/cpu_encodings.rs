@@ -9,8 +9,6 @@ use ets::runtime::cpu::synth::{self, Rng};
 use ets::runtime::cpu::{CpuEncoder, TextTokenizer};
 use ets::runtime::{Encoder, Pooling, RuntimeError, TokenBatch, TokenSequence};
 
-type Weights = Vec<(String, Vec<usize>, Vec<f32>)>;
-
 fn seed() -> u64 {
     let s = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -63,9 +63,15 @@ enum Cmd {
         /// Tile density.
         #[arg(long, default_value_t = 1.0)]
         density: f64,
-        /// Tile edge.
+        /// Tile height.
         #[arg(long, default_value_t = 16)]
         tile: usize,
+        /// Tile width (default: the height).
+        #[arg(long)]
+        tw: Option<usize>,
+        /// Grouped masks (each 128-feature group keeps the same tile columns).
+        #[arg(long)]
+        grouped: bool,
     },
     /// NVRTC compile and ptxas resource report.
     Resources {
@@ -106,10 +112,18 @@ fn main() -> ExitCode {
             n,
             density,
             tile,
+            tw,
+            grouped,
         } => open().and_then(|rt| {
             let mut rng = Rng::fresh();
             let inp = Inputs::new(&rt, &mut rng, tokens, n, k)?;
-            let r = bench::bench_one(&rt, &mut rng, &inp, tokens, tile, density, MaskMode::Random)?;
+            let mode = if grouped {
+                MaskMode::Grouped
+            } else {
+                MaskMode::Random
+            };
+            let shape = (tile, tw.unwrap_or(tile));
+            let r = bench::bench_one(&rt, &mut rng, &inp, tokens, shape, density, mode, true)?;
             print_result(&r, 4000.0);
             Ok(true)
         }),
@@ -287,6 +301,14 @@ fn run_bench(rt: &CudaRuntime, quick: bool) -> Result<(), CudaError> {
             "{name}: {occ} CTAs of 256 threads per SM with {} B shared memory",
             cuda::gemm::tile_smem_bytes(th)
         );
+        if rt.arch() == "sm_90" {
+            for bn in [64usize, 128] {
+                let name = format!("tile_wg_f16_{th}x{th}_bn{bn}");
+                let smem = cuda::gemm::wg_smem_bytes(bn, th);
+                let occ = rt.occupancy(&name, 256, smem as u32)?;
+                println!("{name}: {occ} CTAs of 256 threads per SM with {smem} B shared memory");
+            }
+        }
     }
     let d2d = bench::d2d_gbps(rt, 1 << 30)?;
     let tflops = bench::cublas_tflops(rt, &mut rng, 8192)?;
@@ -301,32 +323,19 @@ fn run_bench(rt: &CudaRuntime, quick: bool) -> Result<(), CudaError> {
         &[128, 4096, 16384]
     };
     let shapes = [(2304usize, 768usize), (768, 768), (3072, 768), (768, 3072)];
-    let densities = [1.0, 0.5, 0.3, 0.2, 0.1];
     let mut results: Vec<GemmResult> = Vec::new();
-    println!("== gemm sweep (f16, tile ms vs cuBLAS dense ms, ratio = cuBLAS/tile)");
+    println!("== gemm sweep (f16, tile ms vs cuBLAS dense ms, ratio = cuBLAS/tile; auto kernel first, then the others)");
     for &(n, k) in &shapes {
         let inp = Inputs::new(rt, &mut rng, *tokens.last().unwrap_or(&4096), n, k)?;
         for &t in tokens {
-            for &d in &densities {
-                let r = bench::bench_one(rt, &mut rng, &inp, t, 16, d, MaskMode::Random)?;
-                print_result(&r, d2d);
-                results.push(r);
-            }
-            if t >= 4096 {
-                for &d in &[0.5, 0.2, 0.1] {
-                    let r = bench::bench_one(rt, &mut rng, &inp, t, 16, d, MaskMode::Grouped)?;
+            for set in SETS {
+                if t < 4096 && !set.small_m {
+                    continue;
+                }
+                for &d in set.densities {
+                    let r = bench::bench_one(rt, &mut rng, &inp, t, set.shape, d, set.mode, true)?;
                     print_result(&r, d2d);
                     results.push(r);
-                }
-                if !quick && (n, k) == (3072, 768) {
-                    for tile in [32, 64] {
-                        for &d in &[1.0, 0.5, 0.2] {
-                            let r =
-                                bench::bench_one(rt, &mut rng, &inp, t, tile, d, MaskMode::Random)?;
-                            print_result(&r, d2d);
-                            results.push(r);
-                        }
-                    }
                 }
             }
         }
@@ -336,11 +345,70 @@ fn run_bench(rt: &CudaRuntime, quick: bool) -> Result<(), CudaError> {
     Ok(())
 }
 
+/// One family of benchmark masks.
+struct Set {
+    label: &'static str,
+    shape: (usize, usize),
+    mode: MaskMode,
+    densities: &'static [f64],
+    small_m: bool,
+}
+
+const SETS: &[Set] = &[
+    Set {
+        label: "16x16 random",
+        shape: (16, 16),
+        mode: MaskMode::Random,
+        densities: &[1.0, 0.5, 0.3, 0.2, 0.1],
+        small_m: true,
+    },
+    Set {
+        label: "16x16 grouped",
+        shape: (16, 16),
+        mode: MaskMode::Grouped,
+        densities: &[0.5, 0.2, 0.1],
+        small_m: false,
+    },
+    Set {
+        label: "64x64 random",
+        shape: (64, 64),
+        mode: MaskMode::Random,
+        densities: &[1.0, 0.5, 0.2, 0.1],
+        small_m: true,
+    },
+    Set {
+        label: "32x32 random",
+        shape: (32, 32),
+        mode: MaskMode::Random,
+        densities: &[0.5, 0.2, 0.1],
+        small_m: false,
+    },
+    Set {
+        label: "128x16 random",
+        shape: (128, 16),
+        mode: MaskMode::Random,
+        densities: &[0.5, 0.2, 0.1],
+        small_m: false,
+    },
+    Set {
+        label: "64x16 random",
+        shape: (64, 16),
+        mode: MaskMode::Random,
+        densities: &[0.5, 0.2, 0.1],
+        small_m: false,
+    },
+];
+
 fn print_result(r: &GemmResult, d2d: f64) {
+    let others: Vec<String> = r
+        .per_kernel
+        .iter()
+        .map(|(k, ms)| format!("{k:?} {ms:.4}"))
+        .collect();
     println!(
-        "M{:>6} {:>4}->{:<4} tile{:<2} {:?} d{:.2}: tile {:.4} ms, cublas {:.4} ms, ratio {:.2}x, tile {:.0} GB/s ({:.0}% of copy)",
-        r.tokens, r.k, r.n, r.tile, r.mode, r.density, r.tile_ms, r.cublas_ms, r.ratio(), r.tile_gbps(),
-        100.0 * r.tile_gbps() / d2d
+        "M{:>6} {:>4}->{:<4} tile{}x{} {:?} d{:.2}: tile {:.4} ms ({:?}), cublas {:.4} ms, ratio {:.2}x, tile {:.0} GB/s ({:.0}% of copy) [{}]",
+        r.tokens, r.k, r.n, r.tile, r.tw, r.mode, r.density, r.tile_ms, r.kernel, r.cublas_ms, r.ratio(), r.tile_gbps(),
+        100.0 * r.tile_gbps() / d2d, others.join(", ")
     );
 }
 
@@ -384,6 +452,12 @@ fn dispatch_demo(rt: &CudaRuntime, rng: &mut Rng) -> Result<(), CudaError> {
             kept: h.kept(),
             elem: cuda::ElemType::F16,
             has_element_bitmaps: false,
+            unions: Some(ets::runtime::cuda::host::union_fractions(
+                &h.bitmap,
+                h.grid_rows,
+                h.grid_cols,
+                16,
+            )),
         };
         d.decide(rt, name, &cuda::LinearWeight::Tile(view), 4096)?;
         keep_alive.push((b, r, v));
@@ -393,42 +467,59 @@ fn dispatch_demo(rt: &CudaRuntime, rng: &mut Rng) -> Result<(), CudaError> {
 }
 
 fn summary(results: &[GemmResult], d2d: f64, up: &str) {
-    println!("== SUMMARY (speed vs cuBLAS dense f16 = cuBLAS ms / tile ms; random tile masks unless noted)");
+    println!("== SUMMARY (speed vs cuBLAS dense f16 = cuBLAS ms / tile ms; automatic kernel choice; 'best' = fastest tile kernel, 'old' = mma.sync kernel, both at the largest M)");
     println!("{up}");
     println!(
-        "{:<12} {:>7} {:>8} {:>8} {:>8} {:>6} {:>12}",
-        "shape", "density", "M=128", "M=4096", "M=16384", "goal", "grouped 4096"
+        "{:<10} {:<14} {:>5} {:>7} {:>7} {:>7} {:>6} {:>6} {:>5}",
+        "shape", "mask", "dens", "M=128", "M=4096", "M=16384", "best", "old", "goal"
     );
     let shapes = [(768usize, 2304usize), (768, 768), (768, 3072), (3072, 768)];
+    let big = results.iter().map(|r| r.tokens).max().unwrap_or(0);
     for &(k, n) in &shapes {
-        for &d in &[1.0, 0.5, 0.3, 0.2, 0.1] {
-            let find = |t: usize, mode: MaskMode| {
-                results
-                    .iter()
-                    .find(|r| {
+        for set in SETS {
+            for &d in set.densities {
+                let find = |t: usize| {
+                    results.iter().find(|r| {
                         r.k == k
                             && r.n == n
                             && r.tokens == t
-                            && r.tile == 16
-                            && r.mode == mode
-                            && (r.density - d).abs() < 0.02
+                            && (r.tile, r.tw) == set.shape
+                            && r.mode == set.mode
+                            && (r.density - d).abs() < 0.03
                     })
-                    .map(|r| format!("{:.2}x", r.ratio()))
-                    .unwrap_or_else(|| "-".into())
-            };
-            let g = bench::goal(d)
-                .map(|g| format!("{g:.1}x"))
-                .unwrap_or_else(|| "-".into());
-            println!(
-                "{:<12} {:>7.1} {:>8} {:>8} {:>8} {:>6} {:>12}",
-                format!("{k}->{n}"),
-                d,
-                find(128, MaskMode::Random),
-                find(4096, MaskMode::Random),
-                find(16384, MaskMode::Random),
-                g,
-                find(4096, MaskMode::Grouped)
-            );
+                };
+                let fmt =
+                    |v: Option<f64>| v.map(|x| format!("{x:.2}x")).unwrap_or_else(|| "-".into());
+                let big_r = find(big);
+                let best = big_r.and_then(|r| {
+                    r.per_kernel
+                        .iter()
+                        .map(|p| p.1)
+                        .fold(None, |a: Option<f64>, b| Some(a.map_or(b, |a| a.min(b))))
+                        .map(|ms| r.cublas_ms / ms)
+                });
+                let old = big_r.and_then(|r| {
+                    r.per_kernel
+                        .iter()
+                        .find(|p| p.0 == cuda::gemm::TileKernel::Mma)
+                        .map(|p| r.cublas_ms / p.1)
+                });
+                let g = bench::goal(d)
+                    .map(|g| format!("{g:.1}x"))
+                    .unwrap_or_else(|| "-".into());
+                println!(
+                    "{:<10} {:<14} {:>5.2} {:>7} {:>7} {:>7} {:>6} {:>6} {:>5}",
+                    format!("{k}->{n}"),
+                    set.label,
+                    d,
+                    fmt(find(128).map(|r| r.ratio())),
+                    fmt(find(4096).map(|r| r.ratio())),
+                    fmt(big_r.map(|r| r.ratio())),
+                    fmt(best),
+                    fmt(old),
+                    g
+                );
+            }
         }
     }
     let bw: Vec<String> = results

@@ -68,7 +68,10 @@ pub fn canonical(hf: &str) -> Option<String> {
 }
 
 /// all-MiniLM-L6-v2 weights as canonical f32 tensors plus its configuration.
-pub fn minilm_weights(dir: &Path) -> (ModelConfig, Vec<(String, Vec<usize>, Vec<f32>)>) {
+/// `(canonical name, shape, values)` of every tensor.
+pub type Weights = Vec<(String, Vec<usize>, Vec<f32>)>;
+
+pub fn minilm_weights(dir: &Path) -> (ModelConfig, Weights) {
     let cfg: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap();
     let g = |k: &str| cfg[k].as_u64().unwrap() as u32;

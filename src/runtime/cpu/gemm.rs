@@ -9,7 +9,7 @@
 use rayon::prelude::*;
 
 /// Token rows per parallel task (each task re-packs its panels, so not too small).
-const ROWS_PER_TASK: usize = 64;
+const ROWS_PER_TASK: usize = 128;
 
 /// A weight matrix `[n, k]` visited block by block.
 pub(crate) trait PanelSource: Sync {
@@ -50,23 +50,33 @@ pub(crate) fn gemm(src: &dyn PanelSource, x: &[f32], m: usize) -> Vec<f32> {
         group /= 2;
     }
     let groups = block_rows.div_ceil(group);
+    // X is interleaved once and shared by every task (task row starts are multiples of MR).
+    let xp_all = pack_rows(x, m, k);
     let parts: Vec<(usize, usize, usize, Vec<f32>)> = (0..groups * row_tasks)
         .into_par_iter()
         .map(|task| {
             let (g, rt) = (task / row_tasks, task % row_tasks);
             let r0 = rt * ROWS_PER_TASK;
             let rows = ROWS_PER_TASK.min(m - r0);
-            let xp = pack_rows(&x[r0 * k..(r0 + rows) * k], rows, k);
             let padded = rows.div_ceil(MR) * MR;
+            let xp = &xp_all[r0 * k..(r0 + padded) * k];
             let brs = g * group..((g + 1) * group).min(block_rows);
             let mut out = vec![0f32; brs.len() * padded * th];
             let mut scratch = Vec::new();
             let mut panel = Vec::with_capacity(th * src.max_block_width());
+            // All kept blocks of a block row packed back to back, so the kernel keeps its
+            // accumulators in registers across the whole row instead of flushing per block.
+            let mut packed: Vec<f32> = Vec::new();
+            let mut segs: Vec<(usize, usize, usize)> = Vec::new();
             for (bi, br) in brs.clone().enumerate() {
-                let o = &mut out[bi * padded * th..(bi + 1) * padded * th];
+                packed.clear();
+                segs.clear();
                 src.for_each_block(br, &mut scratch, &mut panel, &mut |c0, w, p| {
-                    kernel(&xp, k, padded / MR, c0, w, p, th, o);
+                    segs.push((c0, w, packed.len()));
+                    packed.extend_from_slice(&p[..w * th]);
                 });
+                let o = &mut out[bi * padded * th..(bi + 1) * padded * th];
+                kernel(xp, k, padded / MR, &segs, &packed, th, o);
             }
             (brs.start, r0, rows, out)
         })
@@ -93,13 +103,21 @@ const MR: usize = 4;
 fn pack_rows(x: &[f32], rows: usize, k: usize) -> Vec<f32> {
     let groups = rows.div_ceil(MR);
     let mut xp = vec![0f32; groups * k * MR];
-    for (r, row) in x.chunks_exact(k).enumerate().take(rows) {
-        let (g, lane) = (r / MR, r % MR);
-        let dst = &mut xp[g * k * MR..(g + 1) * k * MR];
-        for (j, &v) in row.iter().enumerate() {
-            dst[j * MR + lane] = v;
+    xp.par_chunks_mut(k * MR).enumerate().for_each(|(g, dst)| {
+        let src: [&[f32]; MR] = std::array::from_fn(|lane| {
+            let r = g * MR + lane;
+            if r < rows {
+                &x[r * k..(r + 1) * k]
+            } else {
+                &[]
+            }
+        });
+        for (lane, row) in src.iter().enumerate() {
+            for (j, &v) in row.iter().enumerate() {
+                dst[j * MR + lane] = v;
+            }
         }
-    }
+    });
     xp
 }
 
@@ -130,9 +148,8 @@ fn kernel(
     xp: &[f32],
     k: usize,
     groups: usize,
-    c0: usize,
-    w: usize,
-    panel: &[f32],
+    segs: &[(usize, usize, usize)],
+    packed: &[f32],
     th: usize,
     out: &mut [f32],
 ) {
@@ -142,11 +159,11 @@ fn kernel(
         {
             // SAFETY: the CPU supports AVX2 and FMA (checked just above), which is all that
             // `kernel_avx2` is compiled to assume; its body is safe Rust.
-            unsafe { kernel_avx2(xp, k, groups, c0, w, panel, th, out) };
+            unsafe { kernel_avx2(xp, k, groups, segs, packed, th, out) };
             return;
         }
     }
-    kernel_body::<Plain>(xp, k, groups, c0, w, panel, th, out);
+    kernel_body::<Plain>(xp, k, groups, segs, packed, th, out);
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -156,13 +173,12 @@ fn kernel_avx2(
     xp: &[f32],
     k: usize,
     groups: usize,
-    c0: usize,
-    w: usize,
-    panel: &[f32],
+    segs: &[(usize, usize, usize)],
+    packed: &[f32],
     th: usize,
     out: &mut [f32],
 ) {
-    kernel_body::<Fused>(xp, k, groups, c0, w, panel, th, out);
+    kernel_body::<Fused>(xp, k, groups, segs, packed, th, out);
 }
 
 #[inline(always)]
@@ -171,27 +187,25 @@ fn kernel_body<F: Madd>(
     xp: &[f32],
     k: usize,
     groups: usize,
-    c0: usize,
-    w: usize,
-    panel: &[f32],
+    segs: &[(usize, usize, usize)],
+    packed: &[f32],
     th: usize,
     out: &mut [f32],
 ) {
-    let panel = &panel[..w * th];
     for g in 0..groups {
-        let xs = &xp[(g * k + c0) * MR..(g * k + c0 + w) * MR];
+        let xg = &xp[g * k * MR..(g + 1) * k * MR];
         let o = &mut out[g * MR * th..(g + 1) * MR * th];
         let mut ic = 0;
         while ic + 16 <= th {
-            micro::<F, 16>(xs, panel, th, ic, o);
+            micro::<F, 16>(xg, segs, packed, th, ic, o);
             ic += 16;
         }
         while ic + 8 <= th {
-            micro::<F, 8>(xs, panel, th, ic, o);
+            micro::<F, 8>(xg, segs, packed, th, ic, o);
             ic += 8;
         }
         while ic < th {
-            micro::<F, 1>(xs, panel, th, ic, o);
+            micro::<F, 1>(xg, segs, packed, th, ic, o);
             ic += 1;
         }
     }
@@ -200,18 +214,23 @@ fn kernel_body<F: Madd>(
 /// The register block: `MR` token rows by `NR` output features, accumulated over the panel.
 #[inline(always)]
 fn micro<F: Madd, const NR: usize>(
-    xs: &[f32],
-    panel: &[f32],
+    xg: &[f32],
+    segs: &[(usize, usize, usize)],
+    packed: &[f32],
     th: usize,
     ic: usize,
     out: &mut [f32],
 ) {
     let mut acc = [[0f32; NR]; MR];
-    for (xv, prow) in xs.chunks_exact(MR).zip(panel.chunks_exact(th)) {
-        let p = &prow[ic..ic + NR];
-        for r in 0..MR {
-            for l in 0..NR {
-                acc[r][l] = F::madd(xv[r], p[l], acc[r][l]);
+    for &(c0, w, off) in segs {
+        let xs = &xg[c0 * MR..(c0 + w) * MR];
+        let panel = &packed[off..off + w * th];
+        for (xv, prow) in xs.chunks_exact(MR).zip(panel.chunks_exact(th)) {
+            let p = &prow[ic..ic + NR];
+            for r in 0..MR {
+                for l in 0..NR {
+                    acc[r][l] = F::madd(xv[r], p[l], acc[r][l]);
+                }
             }
         }
     }

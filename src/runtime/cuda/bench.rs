@@ -4,8 +4,8 @@
 use super::device::{CudaRuntime, DevBuf, ElemType};
 use super::dispatch::median_ms;
 use super::error::CudaError;
-use super::gemm::{self, Epilogue};
-use super::host::{to_bits, HostTiles, Rng};
+use super::gemm::{self, Epilogue, TileKernel};
+use super::host::{to_bits, union_fractions, HostTiles, Rng};
 use super::upload::TileDeviceView;
 
 /// How kept tiles are placed.
@@ -26,8 +26,14 @@ pub struct GemmResult {
     pub k: usize,
     /// Out features (N).
     pub n: usize,
-    /// Tile edge.
+    /// Tile edge (height).
     pub tile: usize,
+    /// Tile width.
+    pub tw: usize,
+    /// Kernel the automatic choice ran.
+    pub kernel: TileKernel,
+    /// Per-kernel ms: (kernel, median ms) for every tile kernel measured.
+    pub per_kernel: Vec<(TileKernel, f64)>,
     /// Tile density.
     pub density: f64,
     /// Mask placement.
@@ -156,20 +162,22 @@ impl Inputs {
     }
 }
 
-/// Measures the tile kernel and cuBLAS for one configuration.
+/// Measures the tile kernels and cuBLAS for one configuration (tile `th x tw`).
+#[allow(clippy::too_many_arguments)]
 pub fn bench_one(
     rt: &CudaRuntime,
     rng: &mut Rng,
     inp: &Inputs,
     tokens: usize,
-    tile: usize,
+    (th, tw): (usize, usize),
     density: f64,
     mode: MaskMode,
+    all_kernels: bool,
 ) -> Result<GemmResult, CudaError> {
     let (n, k) = (inp.n, inp.k);
-    let (gr, gc) = (n.div_ceil(tile), k.div_ceil(tile));
-    let keep = mask(rng, gr, gc, tile, density, mode);
-    let h = HostTiles::from_dense(&inp.w_dense, n, k, tile, tile, &keep, ElemType::F16)
+    let (gr, gc) = (n.div_ceil(th), k.div_ceil(tw));
+    let keep = mask(rng, gr, gc, th, density, mode);
+    let h = HostTiles::from_dense(&inp.w_dense, n, k, th, tw, &keep, ElemType::F16)
         .map_err(CudaError::Invalid)?;
     let (b, r, v) = (
         rt.upload(&h.bitmap)?,
@@ -182,18 +190,44 @@ pub fn bench_one(
         values: v.ptr(),
         rows: n,
         cols: k,
-        th: tile,
-        tw: tile,
+        th,
+        tw,
         grid_rows: gr,
         grid_cols: gc,
         kept: h.kept(),
         elem: ElemType::F16,
         has_element_bitmaps: false,
+        unions: Some(union_fractions(&h.bitmap, gr, gc, th)),
     };
     let ep = Epilogue::default();
-    let tile_ms = time_call(rt, || {
-        gemm::tile_gemm(rt, inp.x.ptr(), tokens, &view, &ep, inp.y.ptr())
-    })?;
+    let auto = gemm::auto_kernel(rt, &view, tokens);
+    let mut kernels = vec![auto];
+    if all_kernels {
+        let extra: &[TileKernel] = if rt.arch() == "sm_90" {
+            &[TileKernel::Mma, TileKernel::Wg64, TileKernel::Wg128]
+        } else {
+            &[]
+        };
+        kernels.extend(extra.iter().filter(|&&kk| kk != auto && th <= kk.bn()));
+    }
+    let mut per_kernel = Vec::new();
+    for kern in kernels {
+        let splits = gemm::tile_splits_bn(rt.sm_count() as usize, tokens, &view, kern.bn());
+        let ms = time_call(rt, || {
+            gemm::tile_gemm_with(
+                rt,
+                inp.x.ptr(),
+                tokens,
+                &view,
+                &ep,
+                inp.y.ptr(),
+                splits,
+                kern,
+            )
+        })?;
+        per_kernel.push((kern, ms));
+    }
+    let tile_ms = per_kernel.first().map(|p| p.1).unwrap_or(f64::NAN);
     let cublas_ms = time_call(rt, || {
         gemm::dense_gemm(
             rt,
@@ -212,7 +246,10 @@ pub fn bench_one(
         tokens,
         k,
         n,
-        tile,
+        tile: th,
+        tw,
+        kernel: auto,
+        per_kernel,
         density: h.density(),
         mode,
         tile_ms,

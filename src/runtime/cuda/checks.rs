@@ -12,9 +12,10 @@ use crate::format::{
 use super::device::{CudaRuntime, ElemType};
 use super::dispatch::Dispatcher;
 use super::error::CudaError;
-use super::gemm::{self, Epilogue, LinearWeight, Scratch};
+use super::gemm::{self, Epilogue, LinearWeight, Scratch, TileKernel};
 use super::host::{
-    compare, from_bits, reference_linear, round_trip, to_bits, ErrorStats, HostTiles, Rng,
+    compare, from_bits, reference_linear, round_trip, to_bits, union_fractions, ErrorStats,
+    HostTiles, Rng,
 };
 use super::upload::{DeviceModel, TileDeviceView};
 
@@ -44,6 +45,8 @@ pub enum CheckPath {
     Tile,
     /// Tile kernel forced to one CTA per output tile (fused epilogue, no split).
     TileNoSplit,
+    /// A specific tile kernel (K splits chosen automatically for its group size).
+    Forced(TileKernel),
     /// Tile weight densified on the device, then cuBLAS + epilogue.
     TileViaCublas,
     /// `rows` encoding.
@@ -75,7 +78,7 @@ fn run_and_compare(
     gelu: bool,
     with_residual: bool,
     fallback: Option<u64>,
-    no_split: bool,
+    path: CheckPath,
 ) -> Result<ErrorStats, CudaError> {
     let (n, k) = w.dims();
     let x = round_trip(elem, &rng.vec(m * k, 1.0));
@@ -92,9 +95,13 @@ fn run_and_compare(
         residual: if with_residual { rd.ptr() } else { 0 },
     };
     let mut scratch = Scratch::default();
-    match (w, no_split) {
-        (LinearWeight::Tile(v), true) => {
+    match (w, path) {
+        (LinearWeight::Tile(v), CheckPath::TileNoSplit) => {
             gemm::tile_gemm_split(rt, xd.ptr(), m, v, &ep, y.ptr(), 1)?
+        }
+        (LinearWeight::Tile(v), CheckPath::Forced(kern)) => {
+            let splits = gemm::tile_splits_bn(rt.sm_count() as usize, m, v, kern.bn());
+            gemm::tile_gemm_with(rt, xd.ptr(), m, v, &ep, y.ptr(), splits, kern)?
         }
         _ => gemm::linear(rt, xd.ptr(), m, w, fallback, &ep, y.ptr(), &mut scratch)?,
     }
@@ -135,7 +142,10 @@ pub fn check_case(
         residual as u8
     );
     let err = match path {
-        CheckPath::Tile | CheckPath::TileNoSplit | CheckPath::TileViaCublas => {
+        CheckPath::Tile
+        | CheckPath::TileNoSplit
+        | CheckPath::TileViaCublas
+        | CheckPath::Forced(_) => {
             let keep = rng.mask(n.div_ceil(th) * k.div_ceil(tw), density);
             let h =
                 HostTiles::from_dense(&w, n, k, th, tw, &keep, elem).map_err(CudaError::Invalid)?;
@@ -158,6 +168,7 @@ pub fn check_case(
                 kept: h.kept(),
                 elem,
                 has_element_bitmaps: false,
+                unions: Some(union_fractions(&h.bitmap, h.grid_rows, h.grid_cols, th)),
             };
             let fb = if path == CheckPath::TileViaCublas {
                 Some(gemm::densify(rt, &view)?)
@@ -166,18 +177,7 @@ pub fn check_case(
             };
             let lw = LinearWeight::Tile(view);
             let fb = fb.as_ref().map(|d| d.ptr());
-            run_and_compare(
-                rt,
-                rng,
-                elem,
-                m,
-                &lw,
-                &dense,
-                gelu,
-                residual,
-                fb,
-                path == CheckPath::TileNoSplit,
-            )?
+            run_and_compare(rt, rng, elem, m, &lw, &dense, gelu, residual, fb, path)?
         }
         CheckPath::Rows => {
             let keep = rng.mask(n, density);
@@ -199,7 +199,7 @@ pub fn check_case(
                 k,
                 elem,
             };
-            run_and_compare(rt, rng, elem, m, &lw, &dense, gelu, residual, None, false)?
+            run_and_compare(rt, rng, elem, m, &lw, &dense, gelu, residual, None, path)?
         }
         CheckPath::Cols => {
             let keep = rng.mask(k, density);
@@ -221,7 +221,7 @@ pub fn check_case(
                 k,
                 elem,
             };
-            run_and_compare(rt, rng, elem, m, &lw, &dense, gelu, residual, None, false)?
+            run_and_compare(rt, rng, elem, m, &lw, &dense, gelu, residual, None, path)?
         }
     };
     Ok(CheckResult { name, err })
@@ -236,12 +236,34 @@ pub fn synthetic_suite(rt: &CudaRuntime, rng: &mut Rng) -> Result<Vec<CheckResul
         (130, 2304, 768),
         (200, 768, 3072),
     ];
+    let forced = forced_kernels(rt);
+    let mut ci = 0usize;
     for elem in [ElemType::F16, ElemType::Bf16] {
-        for (th, tw) in [(16, 16), (32, 32), (64, 64)] {
+        let tiles = [(16, 16), (32, 32), (64, 64), (64, 16), (128, 16)];
+        for (ti, &(th, tw)) in tiles.iter().enumerate() {
             for (si, &shape) in shapes.iter().enumerate() {
+                // The rectangular shapes run on two shapes and two densities only.
+                if ti >= 3 && si % 2 == 1 {
+                    continue;
+                }
                 for (di, &d) in [1.0, 0.3, 0.05].iter().enumerate() {
+                    if ti >= 3 && di == 1 {
+                        continue;
+                    }
                     let (gelu, res) = ((si + di) % 2 == 0, (si + di) % 3 == 0);
-                    for path in [CheckPath::Tile, CheckPath::TileNoSplit] {
+                    // The automatic choice, unsplit, and one forced kernel (cycling through all).
+                    let usable: Vec<TileKernel> =
+                        forced.iter().copied().filter(|k| th <= k.bn()).collect();
+                    ci += 1;
+                    let pick = usable
+                        .get(ci % usable.len().max(1))
+                        .copied()
+                        .unwrap_or(TileKernel::Mma);
+                    for path in [
+                        CheckPath::Tile,
+                        CheckPath::TileNoSplit,
+                        CheckPath::Forced(pick),
+                    ] {
                         out.push(check_case(
                             rt,
                             rng,
@@ -274,6 +296,15 @@ pub fn synthetic_suite(rt: &CudaRuntime, rng: &mut Rng) -> Result<Vec<CheckResul
         }
     }
     Ok(out)
+}
+
+/// Tile kernels this device runs (the wgmma ones need sm_90).
+fn forced_kernels(rt: &CudaRuntime) -> Vec<TileKernel> {
+    if rt.arch() == "sm_90" {
+        vec![TileKernel::Mma, TileKernel::Wg64, TileKernel::Wg128]
+    } else {
+        vec![TileKernel::Mma]
+    }
 }
 
 fn small_config(hidden: u32) -> ModelConfig {

@@ -206,7 +206,8 @@ impl CudaRuntime {
                         .find(|(f, _)| *f == file)
                         .map(|(_, s)| *s)
                         .unwrap_or("");
-                    let report = nvrtc::compile_kernel(file, src, &self.arch)?;
+                    let report =
+                        nvrtc::compile_kernel(file, src, &nvrtc::arch_for(file, &self.arch))?;
                     let ptx = cudarc::nvrtc::Ptx::from_src(report.ptx.clone());
                     let m = self
                         .ctx
@@ -608,6 +609,8 @@ impl Drop for GpuTimer {
 fn kernel_file_for(name: &str) -> Result<&'static str, CudaError> {
     if name.starts_with("tile_gemm_") {
         Ok("tile_gemm.cu")
+    } else if name.starts_with("tile_wg_") {
+        Ok("tile_wgmma.cu")
     } else if [
         "epilogue_",
         "gather_cols_",

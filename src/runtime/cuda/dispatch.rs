@@ -9,7 +9,7 @@ use std::sync::Mutex;
 
 use super::device::{CudaRuntime, DevBuf};
 use super::error::CudaError;
-use super::gemm::{self, Epilogue, LinearWeight, Scratch};
+use super::gemm::{self, Epilogue, LinearWeight, Scratch, TileKernel};
 use super::upload::TileDeviceView;
 
 /// Which implementation runs a weight.
@@ -42,6 +42,8 @@ pub struct DispatchEntry {
     pub tile_ms: Option<f64>,
     /// cuBLAS milliseconds (when measured).
     pub dense_ms: Option<f64>,
+    /// The fastest tile kernel measured (what runs when the choice is [`Choice::Tile`]).
+    pub kernel: Option<TileKernel>,
 }
 
 impl DispatchEntry {
@@ -52,8 +54,8 @@ impl DispatchEntry {
 }
 
 type Key = (usize, usize, usize, usize, usize, usize);
-/// (choice, tile ms, cuBLAS ms, reason)
-type Decision = (Choice, Option<f64>, Option<f64>, String);
+/// (choice, fastest tile kernel ms, cuBLAS ms, reason, that tile kernel)
+type Decision = (Choice, Option<f64>, Option<f64>, String, Option<TileKernel>);
 
 /// Measures once, caches, and runs linear layers with the chosen implementation.
 #[derive(Default)]
@@ -97,21 +99,39 @@ impl Dispatcher {
         Self::default()
     }
 
+    /// Times every tile kernel this device runs for `v` and cuBLAS on a dense copy; returns the
+    /// fastest tile kernel with its time, and the cuBLAS time.
     fn measure(
         &self,
         rt: &CudaRuntime,
         v: &TileDeviceView,
         tokens: usize,
-    ) -> Result<(f64, f64), CudaError> {
+    ) -> Result<(TileKernel, f64, f64), CudaError> {
         let dense = gemm::densify(rt, v)?;
         // Random activations: timing on constant or zero data can run faster than real inputs.
         let mut rng = super::host::Rng::fresh();
         let x = super::bench::random_dev(rt, &mut rng, tokens * v.cols)?;
         let y = rt.alloc(tokens * v.rows * 2)?;
         let ep = Epilogue::default();
-        let tile = median_ms(rt, 5, 10, || {
-            gemm::tile_gemm(rt, x.ptr(), tokens, v, &ep, y.ptr())
-        })?;
+        let mut kernels = vec![gemm::auto_kernel(rt, v, tokens)];
+        if rt.arch() == "sm_90" {
+            for k in [TileKernel::Wg128, TileKernel::Wg64, TileKernel::Mma] {
+                if !kernels.contains(&k) && v.th <= k.bn() {
+                    kernels.push(k);
+                }
+            }
+        }
+        let mut best: Option<(TileKernel, f64)> = None;
+        for kern in kernels {
+            let splits = gemm::tile_splits_bn(rt.sm_count() as usize, tokens, v, kern.bn());
+            let ms = median_ms(rt, 5, 10, || {
+                gemm::tile_gemm_with(rt, x.ptr(), tokens, v, &ep, y.ptr(), splits, kern)
+            })?;
+            if best.map_or(true, |(_, b)| ms < b) {
+                best = Some((kern, ms));
+            }
+        }
+        let (kern, tile) = best.unwrap_or((TileKernel::Mma, f64::INFINITY));
         let cublas = median_ms(rt, 5, 10, || {
             gemm::dense_gemm(
                 rt,
@@ -125,7 +145,7 @@ impl Dispatcher {
                 y.ptr(),
             )
         })?;
-        Ok((tile, cublas))
+        Ok((kern, tile, cublas))
     }
 
     /// Decides (measuring on first sight) how weight `name` runs at `tokens` tokens.
@@ -152,11 +172,12 @@ impl Dispatcher {
                     Some(d) => d,
                     None => {
                         let d = match gemm::tile_kernel_unsupported(v) {
-                            Some(why) => (Choice::Cublas, None, None, why),
+                            Some(why) => (Choice::Cublas, None, None, why, None),
                             None => {
-                                let (t, c) = self.measure(rt, v, tokens_b)?;
+                                let (kern, t, c) = self.measure(rt, v, tokens_b)?;
                                 let choice = if t <= c { Choice::Tile } else { Choice::Cublas };
-                                (choice, Some(t), Some(c), "measured".to_string())
+                                let why = format!("measured (tile kernel {kern:?})");
+                                (choice, Some(t), Some(c), why, Some(kern))
                             }
                         };
                         self.cache
@@ -168,9 +189,10 @@ impl Dispatcher {
                 };
                 (v.density(), d)
             }
-            LinearWeight::Dense { .. } => {
-                (1.0, (Choice::Cublas, None, None, "dense encoding".into()))
-            }
+            LinearWeight::Dense { .. } => (
+                1.0,
+                (Choice::Cublas, None, None, "dense encoding".into(), None),
+            ),
             LinearWeight::Rows { nr, n, .. } => (
                 *nr as f64 / (*n).max(1) as f64,
                 (
@@ -178,6 +200,7 @@ impl Dispatcher {
                     None,
                     None,
                     "rows encoding: compacted GEMM + scatter".into(),
+                    None,
                 ),
             ),
             LinearWeight::Cols { kc, k, .. } => (
@@ -187,6 +210,7 @@ impl Dispatcher {
                     None,
                     None,
                     "cols encoding: gather + compacted GEMM".into(),
+                    None,
                 ),
             ),
         };
@@ -200,6 +224,7 @@ impl Dispatcher {
             reason: decision.3,
             tile_ms: decision.1,
             dense_ms: decision.2,
+            kernel: decision.4,
         };
         let mut entries = self.entries.lock().map_err(|_| poisoned())?;
         if !entries
@@ -225,6 +250,11 @@ impl Dispatcher {
         scratch: &mut Scratch,
     ) -> Result<Choice, CudaError> {
         let d = self.decide(rt, name, w, m)?;
+        if let (Choice::Tile, LinearWeight::Tile(v), Some(kern)) = (d.choice, w, d.kernel) {
+            let splits = gemm::tile_splits_bn(rt.sm_count() as usize, m, v, kern.bn());
+            gemm::tile_gemm_with(rt, x, m, v, ep, y, splits, kern)?;
+            return Ok(d.choice);
+        }
         let fallback = match (d.choice, w) {
             (Choice::Cublas, LinearWeight::Tile(v)) => {
                 let mut dense = self

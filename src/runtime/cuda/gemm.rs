@@ -116,11 +116,50 @@ impl Scratch {
     }
 }
 
+/// Which tile kernel runs a tile weight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TileKernel {
+    /// `mma.sync` kernel (any architecture with tensor cores), 128-feature groups.
+    Mma,
+    /// Warpgroup-MMA kernel (sm_90), 64-feature groups.
+    Wg64,
+    /// Warpgroup-MMA kernel (sm_90), 128-feature groups.
+    Wg128,
+}
+
+impl TileKernel {
+    /// Output features per CTA (the group whose tile columns are walked together).
+    pub fn bn(self) -> usize {
+        match self {
+            TileKernel::Wg64 => 64,
+            TileKernel::Mma | TileKernel::Wg128 => 128,
+        }
+    }
+    fn name(self, v: &TileDeviceView) -> String {
+        let e = v.elem.suffix();
+        match self {
+            TileKernel::Mma => format!("tile_gemm_{e}_{}x{}", v.th, v.tw),
+            TileKernel::Wg64 | TileKernel::Wg128 => {
+                format!("tile_wg_{e}_{}x{}_bn{}", v.th, v.tw, self.bn())
+            }
+        }
+    }
+    fn smem(self, th: usize) -> usize {
+        match self {
+            TileKernel::Mma => tile_smem_bytes(th),
+            _ => wg_smem_bytes(self.bn(), th),
+        }
+    }
+}
+
 /// Why the tile kernel cannot run this weight, or None when it can.
 pub fn tile_kernel_unsupported(v: &TileDeviceView) -> Option<String> {
-    if !matches!((v.th, v.tw), (16, 16) | (32, 32) | (64, 64)) {
+    if !matches!(
+        (v.th, v.tw),
+        (16, 16) | (32, 32) | (64, 64) | (64, 16) | (128, 16)
+    ) {
         return Some(format!(
-            "tile shape {}x{} has no kernel (16x16, 32x32, 64x64)",
+            "tile shape {}x{} has no kernel (16x16, 32x32, 64x64, 64x16, 128x16)",
             v.th, v.tw
         ));
     }
@@ -146,14 +185,57 @@ pub fn tile_smem_bytes(th: usize) -> usize {
     2 * 3 * TILE_STAGE_BYTES + meta.div_ceil(16) * 16
 }
 
+/// Dynamic shared memory of the wgmma kernel: the stage ring (96 KiB for both group sizes), 1 KiB
+/// for aligning it to the swizzle period, and the union list.
+pub fn wg_smem_bytes(bn: usize, th: usize) -> usize {
+    let r = (bn / th).max(1);
+    let meta = TILE_MAX_GRID_COLS * (1 + 2 + 2 + 1 + 2 * r) + 4 * r + 4;
+    let stages = if bn == 128 { 3 } else { 4 };
+    stages * (TILE_BM + bn) * 128 + 1024 + meta.div_ceil(16) * 16
+}
+
+/// The kernel [`tile_gemm`] uses on this device for `m` tokens: the wgmma kernel on sm_90, else
+/// the `mma.sync` kernel. The group size follows the share of (group, tile column) pairs holding a
+/// kept tile (from the bitmap when known, else the expectation for uniformly random masks):
+/// 64-feature groups re-read X twice as often and ran ~0.6-0.7x as fast per product (measured on
+/// an H200), so they pay only when their union is well under the 128-feature one, or when the
+/// 128-feature grid would leave multiprocessors idle.
+pub fn auto_kernel(rt: &CudaRuntime, v: &TileDeviceView, m: usize) -> TileKernel {
+    if rt.arch() != "sm_90" {
+        return TileKernel::Mma;
+    }
+    if v.th > 64 {
+        return TileKernel::Wg128;
+    }
+    let [u64_, u128_] = v
+        .unions
+        .map(|u| [f64::from(u[0]), f64::from(u[1])])
+        .unwrap_or_else(|| {
+            let d = v.density().clamp(0.0, 1.0);
+            let union = |rows: usize| 1.0 - (1.0 - d).powi(rows.max(1) as i32);
+            [union(64 / v.th), union(128 / v.th)]
+        });
+    let ctas128 = v.rows.div_ceil(128) * m.div_ceil(TILE_BM);
+    if ctas128 < rt.sm_count().max(1) as usize || u64_ < 0.6 * u128_ {
+        TileKernel::Wg64
+    } else {
+        TileKernel::Wg128
+    }
+}
+
 /// K splits for the tile kernel: when the output tiles fill less than half a wave of the device
 /// (two CTAs per multiprocessor), the tile columns are shared among up to 16 CTAs per output tile.
 pub fn tile_splits(sm_count: usize, m: usize, w: &TileDeviceView) -> usize {
-    let ctas = w.rows.div_ceil(TILE_BN) * m.div_ceil(TILE_BM);
+    tile_splits_bn(sm_count, m, w, TILE_BN)
+}
+
+/// [`tile_splits`] for a group size of `bn` features.
+pub fn tile_splits_bn(sm_count: usize, m: usize, w: &TileDeviceView, bn: usize) -> usize {
+    let ctas = w.rows.div_ceil(bn) * m.div_ceil(TILE_BM);
     let wave = 2 * sm_count.max(1);
-    // Only split when the grid fills less than half a wave: the zeroed workspace, the atomics and
-    // the finishing kernel cost more than a partly idle device otherwise (measured: 192 CTAs split
-    // in two ran slower than unsplit at 4096 tokens, 768->768).
+    // Only split when the grid fills less than half a wave: the workspace and the finishing
+    // kernel cost more than a partly idle device otherwise (measured: 192 CTAs split in two ran
+    // slower than unsplit at 4096 tokens, 768->768).
     if 2 * ctas > wave {
         return 1;
     }
@@ -170,15 +252,9 @@ pub fn tile_gemm(
     ep: &Epilogue,
     y: u64,
 ) -> Result<(), CudaError> {
-    tile_gemm_split(
-        rt,
-        x,
-        m,
-        w,
-        ep,
-        y,
-        tile_splits(rt.sm_count() as usize, m, w),
-    )
+    let kern = auto_kernel(rt, w, m);
+    let splits = tile_splits_bn(rt.sm_count() as usize, m, w, kern.bn());
+    tile_gemm_with(rt, x, m, w, ep, y, splits, kern)
 }
 
 /// [`tile_gemm`] with an explicit number of K splits (1: no split, fused epilogue).
@@ -191,13 +267,37 @@ pub fn tile_gemm_split(
     y: u64,
     splits: usize,
 ) -> Result<(), CudaError> {
+    tile_gemm_with(rt, x, m, w, ep, y, splits, auto_kernel(rt, w, m))
+}
+
+/// The tile kernel `kern` with `splits` K splits (1: no split, fused epilogue).
+#[allow(clippy::too_many_arguments)]
+pub fn tile_gemm_with(
+    rt: &CudaRuntime,
+    x: u64,
+    m: usize,
+    w: &TileDeviceView,
+    ep: &Epilogue,
+    y: u64,
+    splits: usize,
+    kern: TileKernel,
+) -> Result<(), CudaError> {
     if let Some(why) = tile_kernel_unsupported(w) {
         return Err(CudaError::Invalid(format!("tile kernel: {why}")));
     }
+    if kern != TileKernel::Mma && (rt.arch() != "sm_90" || w.th > kern.bn()) {
+        return Err(CudaError::Invalid(format!(
+            "tile kernel {kern:?} needs sm_90 and tiles no taller than {} (device {}, tile {}x{})",
+            kern.bn(),
+            rt.arch(),
+            w.th,
+            w.tw
+        )));
+    }
     let splits = splits.clamp(1, 64);
-    let name = format!("tile_gemm_{}_{}x{}", w.elem.suffix(), w.th, w.tw);
+    let name = kern.name(w);
     let grid = (
-        w.rows.div_ceil(TILE_BN) as u32,
+        w.rows.div_ceil(kern.bn()) as u32,
         m.div_ceil(TILE_BM) as u32,
         splits as u32,
     );
@@ -231,7 +331,7 @@ pub fn tile_gemm_split(
         &name,
         grid,
         (TILE_THREADS, 1, 1),
-        tile_smem_bytes(w.th) as u32,
+        kern.smem(w.th) as u32,
         &args,
     )?;
     if splits > 1 {
@@ -455,9 +555,15 @@ mod tests {
 
     #[test]
     fn shared_memory_fits_two_ctas_per_sm() {
-        for th in [16, 32, 64] {
+        for th in [16, 32, 64, 128] {
             let b = tile_smem_bytes(th);
             assert!(b <= 113 * 1024, "th={th}: {b} bytes");
+            for bn in [64, 128] {
+                if th <= bn {
+                    let b = wg_smem_bytes(bn, th);
+                    assert!(b <= 113 * 1024, "wg bn={bn} th={th}: {b} bytes");
+                }
+            }
         }
     }
 }

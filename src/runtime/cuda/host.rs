@@ -31,6 +31,28 @@ pub struct HostTiles {
     pub elem: ElemType,
 }
 
+/// Fraction of (feature group, tile column) pairs with at least one kept tile, for groups of 64
+/// and of 128 output features (`64 / th` and `128 / th` block rows, at least one): the share of the
+/// dense work the tile kernel does with each group size.
+pub fn union_fractions(bitmap: &[u64], grid_rows: usize, grid_cols: usize, th: usize) -> [f32; 2] {
+    let bit = |t: usize| bitmap.get(t / 64).is_some_and(|w| (w >> (t % 64)) & 1 == 1);
+    let mut out = [0f32; 2];
+    for (slot, bn) in [64usize, 128].into_iter().enumerate() {
+        let rows = (bn / th.max(1)).max(1);
+        let groups = grid_rows.div_ceil(rows);
+        let mut hit = 0usize;
+        for g in 0..groups {
+            for bc in 0..grid_cols {
+                let lo = g * rows;
+                let hi = (lo + rows).min(grid_rows);
+                hit += usize::from((lo..hi).any(|br| bit(br * grid_cols + bc)));
+            }
+        }
+        out[slot] = hit as f32 / (groups * grid_cols).max(1) as f32;
+    }
+    out
+}
+
 /// Rounds an f32 to the 16-bit type and returns its bits.
 pub fn to_bits(elem: ElemType, v: f32) -> u16 {
     match elem {
@@ -453,6 +475,36 @@ mod tests {
         assert!(!compare(&[1.0, f32::NAN, 3.0], &r).passes(1.0));
         let s = compare(&[1.0, 2.0, 3.3], &r);
         assert!((s.max_rel - 0.1).abs() < 1e-6);
+    }
+
+    #[test]
+    fn union_fractions_match_grouped_and_single_rows() {
+        let mut rng = Rng::new(7);
+        let (gr, gc) = (24usize, 40usize);
+        // Every 8 block rows (128 features of 16-row tiles) share one column pattern: the union
+        // over both group sizes is exactly that pattern's density.
+        let mut keep = vec![false; gr * gc];
+        for g in 0..gr / 8 {
+            let cols = rng.mask(gc, 0.25);
+            for br in g * 8..g * 8 + 8 {
+                keep[br * gc..(br + 1) * gc].copy_from_slice(&cols);
+            }
+        }
+        let w = rng.vec(gr * 16 * gc * 16, 1.0);
+        let h = HostTiles::from_dense(&w, gr * 16, gc * 16, 16, 16, &keep, ElemType::F16).unwrap();
+        let u = union_fractions(&h.bitmap, gr, gc, 16);
+        let d = h.density() as f32;
+        assert!(
+            (u[0] - d).abs() < 1e-6 && (u[1] - d).abs() < 1e-6,
+            "{u:?} vs {d}"
+        );
+        // 64-row tiles with 64-feature groups: the union is the tile density itself.
+        let keep = rng.mask(6 * 12, 0.3);
+        let w = rng.vec(6 * 64 * 12 * 64, 1.0);
+        let h = HostTiles::from_dense(&w, 6 * 64, 12 * 64, 64, 64, &keep, ElemType::F16).unwrap();
+        let u = union_fractions(&h.bitmap, 6, 12, 64);
+        assert!((u[0] - h.density() as f32).abs() < 1e-6);
+        assert!(u[1] >= u[0] && u[1] <= (2.0 * u[0]).min(1.0) + 1e-6);
     }
 
     #[test]

@@ -20,7 +20,23 @@ pub const KERNELS: &[(&str, &str)] = &[
         include_str!("../../../kernels/tile_gemm.cu"),
     ),
     ("gemm_aux.cu", include_str!("../../../kernels/gemm_aux.cu")),
+    (
+        "tile_wgmma.cu",
+        include_str!("../../../kernels/tile_wgmma.cu"),
+    ),
 ];
+
+/// The architecture a kernel file is compiled for on a device of `arch`: the warpgroup-MMA file
+/// needs the architecture-specific target (`sm_90a`) on Hopper; everything else uses `arch`.
+pub fn arch_for(file: &str, arch: &str) -> String {
+    if file == "tile_wgmma.cu" && arch == "sm_90" {
+        "sm_90a".to_string()
+    } else {
+        arch.to_string()
+    }
+}
+
+
 
 /// What compiling one kernel file produced.
 #[derive(Debug, Clone)]
@@ -319,7 +335,7 @@ fn report(
 pub fn compile_all_kernels(arch: &str) -> Result<Vec<KernelReport>, CudaError> {
     KERNELS
         .iter()
-        .map(|(file, src)| compile_kernel(file, src, arch))
+        .map(|(file, src)| compile_kernel(file, src, &arch_for(file, arch)))
         .collect()
 }
 

@@ -1,0 +1,414 @@
+// Tile-sparse GEMM with Hopper warpgroup MMA (wgmma, sm_90a): Y[M,N] = act(X[M,K] W^T + bias) + residual.
+//
+// Same input layout and CTA decomposition as tile_gemm.cu (a CTA owns BM=128 tokens x BN output
+// features, walks the union of non-empty tile columns of its BN/TH block rows, cp.async loads into
+// a multi-stage ring), but the products are issued by two warpgroups (64 tokens each) as
+// m64nBNk16 wgmma reading both operands from shared memory. Each stage row is 64 halves = 128 bytes,
+// 16-byte chunks XOR-swizzled by (row & 7): exactly the hardware's 128-byte swizzle, so the
+// descriptors need no repacking. Absent tiles are zero-filled (no global traffic) and multiplied;
+// the group size BN (64 or 128) is chosen per weight on the host so the union stays small.
+// Requirements (checked on the host): K % 8 == 0, 16-byte aligned X and values, grid_cols <= 512.
+#include <cuda_fp16.h>
+#include <cuda_bf16.h>
+
+#define ETS_BM 128
+#define ETS_KC 64
+#define ETS_THREADS 256
+#define ETS_MAX_GRID_COLS 512
+
+typedef unsigned int u32;
+typedef unsigned long long u64;
+
+// wgmma and the async-proxy fence exist only on the architecture-specific sm_90a target. Built for
+// anything else (the compile test builds every file for every architecture), the kernels trap; the
+// host never launches them there.
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define ETW_WGMMA 1
+#else
+#define ETW_WGMMA 0
+#endif
+
+namespace etw {
+
+__device__ __forceinline__ u32 smem_addr(const void* p) {
+    return static_cast<u32>(__cvta_generic_to_shared(p));
+}
+
+__device__ __forceinline__ void cp_async16(u32 dst, const void* src, bool valid) {
+    int n = valid ? 16 : 0;  // src-size 0 zero-fills the 16 bytes
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(n));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+// cp.async writes are generic-proxy writes; wgmma reads through the async proxy.
+__device__ __forceinline__ void fence_async_smem() {
+#if ETW_WGMMA
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void wgmma_fence() {
+#if ETW_WGMMA
+    asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void wgmma_commit() {
+#if ETW_WGMMA
+    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void wgmma_wait0() {
+#if ETW_WGMMA
+    asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+#endif
+}
+
+// Shared-memory matrix descriptor: K-major, 128-byte swizzle, 8-row groups 1024 bytes apart.
+__device__ __forceinline__ u64 desc_sw128(u32 addr) {
+    u64 d = static_cast<u64>((addr & 0x3FFFF) >> 4);
+    d |= static_cast<u64>(1) << 16;            // leading byte offset (unused for swizzled K-major)
+    d |= static_cast<u64>(1024 >> 4) << 32;    // stride byte offset
+    d |= static_cast<u64>(1) << 62;            // 128-byte swizzle
+    return d;
+}
+
+__device__ __forceinline__ u32 swz(int row, int chunk) {
+    return static_cast<u32>(row * (ETS_KC * 2) + ((chunk ^ (row & 7)) << 4));
+}
+
+// Generated wrappers (64 x N x 16 per warpgroup, fp32 accumulate, A and B K-major in shared memory).
+__device__ __forceinline__ void wgmma_n64_f16(float* d, u64 da, u64 db) {
+#if ETW_WGMMA
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p, 1, 1, 0, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+        : "l"(da), "l"(db), "r"(1));
+#endif
+}
+__device__ __forceinline__ void wgmma_n64_bf16(float* d, u64 da, u64 db) {
+#if ETW_WGMMA
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p, 1, 1, 0, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+        : "l"(da), "l"(db), "r"(1));
+#endif
+}
+__device__ __forceinline__ void wgmma_n128_f16(float* d, u64 da, u64 db) {
+#if ETW_WGMMA
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1, 0, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+        : "l"(da), "l"(db), "r"(1));
+#endif
+}
+__device__ __forceinline__ void wgmma_n128_bf16(float* d, u64 da, u64 db) {
+#if ETW_WGMMA
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1, 0, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+        : "l"(da), "l"(db), "r"(1));
+#endif
+}
+
+template <bool BF16, int BN>
+__device__ __forceinline__ void wgmma_k16(float* d, u64 da, u64 db) {
+    if (BN == 128) {
+        if (BF16) wgmma_n128_bf16(d, da, db); else wgmma_n128_f16(d, da, db);
+    } else {
+        if (BF16) wgmma_n64_bf16(d, da, db); else wgmma_n64_f16(d, da, db);
+    }
+}
+
+template <typename T>
+struct Conv;
+template <>
+struct Conv<__half> {
+    static __device__ __forceinline__ float to_f(__half v) { return __half2float(v); }
+    static __device__ __forceinline__ __half from_f(float v) { return __float2half_rn(v); }
+};
+template <>
+struct Conv<__nv_bfloat16> {
+    static __device__ __forceinline__ float to_f(__nv_bfloat16 v) { return __bfloat162float(v); }
+    static __device__ __forceinline__ __nv_bfloat16 from_f(float v) { return __float2bfloat16_rn(v); }
+};
+
+template <typename T>
+union Pair {
+    T v[2];
+    u32 u;
+    __device__ Pair() {}
+};
+
+__device__ __noinline__ float gelu_erf(float x) { return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f)); }
+
+template <int BN, int TH>
+struct Meta {
+    static constexpr int R = BN / TH;  // block rows per CTA group
+    unsigned char fullmask[ETS_MAX_GRID_COLS];
+    unsigned short jpos[ETS_MAX_GRID_COLS];
+    unsigned short ucol[ETS_MAX_GRID_COLS];
+    unsigned char umask[ETS_MAX_GRID_COLS];
+    unsigned short kidx[R][ETS_MAX_GRID_COLS];
+    u32 rowoff[R];
+    int U;
+};
+
+// Union list of non-empty tile columns of the group, and per (row, union column) the kept-tile
+// index relative to the row's start.
+template <int BN, int TH>
+__device__ void build_union(Meta<BN, TH>& md, const u64* bitmap, const u32* row_offsets, int grid_rows,
+                            int grid_cols, int br0) {
+    constexpr int R = Meta<BN, TH>::R;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    for (int bc = tid; bc < grid_cols; bc += ETS_THREADS) {
+        u32 m = 0;
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+            int br = br0 + r;
+            if (br < grid_rows) {
+                u64 t = static_cast<u64>(br) * grid_cols + bc;
+                if ((bitmap[t >> 6] >> (t & 63)) & 1ull) m |= 1u << r;
+            }
+        }
+        md.fullmask[bc] = static_cast<unsigned char>(m);
+    }
+    if (tid < R) md.rowoff[tid] = (br0 + tid < grid_rows) ? row_offsets[br0 + tid] : 0u;
+    __syncthreads();
+    const u32 lt = (1u << lane) - 1u;
+    if (warp == 0) {
+        int base = 0;
+        for (int c0 = 0; c0 < grid_cols; c0 += 32) {
+            int bc = c0 + lane;
+            u32 m = bc < grid_cols ? md.fullmask[bc] : 0u;
+            u32 bal = __ballot_sync(0xffffffffu, m != 0);
+            int pos = base + __popc(bal & lt);
+            if (m) {
+                md.ucol[pos] = static_cast<unsigned short>(bc);
+                md.umask[pos] = static_cast<unsigned char>(m);
+                md.jpos[bc] = static_cast<unsigned short>(pos);
+            }
+            base += __popc(bal);
+        }
+        if (lane == 0) md.U = base;
+    }
+    __syncthreads();
+    for (int r = warp; r < R; r += ETS_THREADS / 32) {
+        int base = 0;
+        for (int c0 = 0; c0 < grid_cols; c0 += 32) {
+            int bc = c0 + lane;
+            bool bit = bc < grid_cols && ((md.fullmask[bc] >> r) & 1u);
+            u32 bal = __ballot_sync(0xffffffffu, bit);
+            if (bit) md.kidx[r][md.jpos[bc]] = static_cast<unsigned short>(base + __popc(bal & lt));
+            base += __popc(bal);
+        }
+    }
+    __syncthreads();
+}
+
+// Per-thread constants of the stage loads: thread t copies 16-byte chunk (t & 7) of X rows
+// t/8 + 32i (i < 4) and of W rows t/8 + 32i (i < BN/32).
+template <typename T, int BN, int TH, int TW>
+struct LoadPlan {
+    static constexpr int CPT = TW / 8;  // 16-byte chunks per tile row
+    static constexpr int NW = BN / 32;
+    int s, colin, row0;
+    u32 dst0;
+    const T* xsrc[4];
+    bool xrow_ok[4];
+
+    __device__ __forceinline__ void init(const T* X, int M, int ldx, int m0) {
+        const int tid = threadIdx.x, ch = tid & 7;
+        s = ch / CPT;
+        colin = (ch % CPT) * 8;
+        row0 = tid >> 3;
+        dst0 = swz(row0, ch);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const int m = m0 + row0 + 32 * i;
+            xrow_ok[i] = m < M;
+            xsrc[i] = X + static_cast<size_t>(xrow_ok[i] ? m : 0) * ldx;
+        }
+    }
+
+    __device__ __forceinline__ void load(const Meta<BN, TH>& md, u32 xs, u32 ws, const T* X, const T* values, int K,
+                                         int g) const {
+        constexpr int S = ETS_KC / TW;
+        const int j = g * S + s;
+        const bool jok = j < md.U;
+        const int jj = jok ? j : 0;
+        const int k = static_cast<int>(md.ucol[jj]) * TW + colin;
+        const bool kok = jok && k < K;
+        const u32 um = jok ? md.umask[jj] : 0u;
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const bool ok = kok && xrow_ok[i];
+            cp_async16(xs + dst0 + i * 32 * (ETS_KC * 2), ok ? xsrc[i] + k : X, ok);
+        }
+#pragma unroll
+        for (int i = 0; i < NW; ++i) {
+            const int n = row0 + 32 * i;
+            const int r = n / TH, ir = n % TH;
+            const bool p = (um >> r) & 1u;
+            const size_t tile = static_cast<size_t>(md.rowoff[r]) + md.kidx[r][jj];
+            const T* src = values + tile * (TH * TW) + ir * TW + colin;
+            cp_async16(ws + dst0 + i * 32 * (ETS_KC * 2), p ? src : values, p);
+        }
+    }
+};
+
+template <typename T, bool BF16, int BN, int TH, int TW>
+__device__ void body(const T* __restrict__ X, int M, int K, int ldx, const u64* __restrict__ bitmap,
+                     const u32* __restrict__ row_offsets, const T* __restrict__ values, int N, int grid_rows,
+                     int grid_cols, const float* __restrict__ bias, const T* __restrict__ residual, int gelu,
+                     T* __restrict__ Y, int ldy, float* __restrict__ ws) {
+    constexpr int S = ETS_KC / TW;
+    constexpr int STAGES = BN == 128 ? 3 : 4;
+    constexpr int XB = ETS_BM * ETS_KC * 2, WB = BN * ETS_KC * 2;
+    constexpr int NACC = BN / 2;
+#if !ETW_WGMMA
+    __trap();
+#endif
+    extern __shared__ __align__(1024) unsigned char smem_raw[];
+    // The 128-byte swizzle is applied to absolute shared addresses: align the ring to 1024 bytes.
+    const u32 raw = smem_addr(smem_raw);
+    const u32 pad = ((raw + 1023u) & ~1023u) - raw;
+    unsigned char* smem = smem_raw + pad;
+    const u32 xs_base = raw + pad, ws_base = xs_base + STAGES * XB;
+    Meta<BN, TH>& md = *reinterpret_cast<Meta<BN, TH>*>(smem + STAGES * (XB + WB));
+
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wg = warp >> 2;
+    const int n0 = blockIdx.x * BN, m0 = blockIdx.y * ETS_BM;
+    build_union<BN, TH>(md, bitmap, row_offsets, grid_rows, grid_cols, blockIdx.x * Meta<BN, TH>::R);
+    const int U = md.U;
+    const int G = (U + S - 1) / S;
+    const int gbeg = static_cast<int>((static_cast<long long>(G) * blockIdx.z) / gridDim.z);
+    const int gend = static_cast<int>((static_cast<long long>(G) * (blockIdx.z + 1)) / gridDim.z);
+    const int GL = gend - gbeg;
+
+    LoadPlan<T, BN, TH, TW> plan;
+    plan.init(X, M, ldx, m0);
+
+    float acc[NACC];
+#pragma unroll
+    for (int a = 0; a < NACC; ++a) acc[a] = 0.f;
+
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; ++s) {
+        if (s < GL) plan.load(md, xs_base + s * XB, ws_base + s * WB, X, values, K, gbeg + s);
+        cp_async_commit();
+    }
+    for (int gi = 0; gi < GL; ++gi) {
+        cp_async_wait<STAGES - 2>();
+        fence_async_smem();
+        // After this barrier every thread's copies of stage gi are visible, and every warpgroup has
+        // finished the products of stage gi-1 (wait_group 0 below), so its buffer can be refilled.
+        __syncthreads();
+        {
+            const int gn = gi + STAGES - 1;
+            if (gn < GL) {
+                const int b = gn % STAGES;
+                plan.load(md, xs_base + b * XB, ws_base + b * WB, X, values, K, gbeg + gn);
+            }
+            cp_async_commit();
+        }
+        const int buf = gi % STAGES;
+        const u32 xa = xs_base + buf * XB + wg * 64 * (ETS_KC * 2);
+        const u32 wa = ws_base + buf * WB;
+        const u64 da = desc_sw128(xa), db = desc_sw128(wa);
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < ETS_KC / 16; ++kk) {
+            // +32 bytes per k16 step = +2 in the descriptor's address field.
+            wgmma_k16<BF16, BN>(acc, da + 2 * kk, db + 2 * kk);
+        }
+        wgmma_commit();
+        wgmma_wait0();
+    }
+    cp_async_wait<0>();
+
+    // Accumulator layout of m64nBNk16: warp (w % 4) of the warpgroup holds rows 16*(w%4) + lane/4
+    // (+8), n8 block j in acc[4j .. 4j+3] at columns 8j + 2*(lane%4) (+1).
+    const int mrow = m0 + wg * 64 + (warp & 3) * 16 + (lane >> 2);
+    if (ws) {
+        float* wz = ws + static_cast<size_t>(blockIdx.z) * M * ldy;
+#pragma unroll
+        for (int j = 0; j < BN / 8; ++j)
+#pragma unroll
+            for (int hh = 0; hh < 2; ++hh) {
+                const int m = mrow + hh * 8;
+                const int nn = n0 + j * 8 + (lane & 3) * 2;
+                if (m >= M || nn >= N) continue;
+                float* dst = wz + static_cast<size_t>(m) * ldy + nn;
+                if (nn + 1 < N && (ldy & 1) == 0) {
+                    *reinterpret_cast<float2*>(dst) = make_float2(acc[4 * j + hh * 2], acc[4 * j + hh * 2 + 1]);
+                } else {
+                    dst[0] = acc[4 * j + hh * 2];
+                    if (nn + 1 < N) dst[1] = acc[4 * j + hh * 2 + 1];
+                }
+            }
+        return;
+    }
+    const bool plain = !bias && !residual && !gelu;
+    const bool pairs = (ldy & 1) == 0;
+#pragma unroll
+    for (int j = 0; j < BN / 8; ++j) {
+        const int n = n0 + j * 8 + (lane & 3) * 2;
+        if (n >= N) continue;
+#pragma unroll
+        for (int hh = 0; hh < 2; ++hh) {
+            const int m = mrow + hh * 8;
+            if (m >= M) continue;
+            float v[2] = {acc[4 * j + hh * 2], acc[4 * j + hh * 2 + 1]};
+            const size_t at = static_cast<size_t>(m) * ldy + n;
+            const bool two = n + 1 < N;
+            if (!plain) {
+#pragma unroll
+                for (int e = 0; e < 2; ++e) {
+                    if (e == 1 && !two) break;
+                    if (bias) v[e] += bias[n + e];
+                    if (gelu) v[e] = gelu_erf(v[e]);
+                    if (residual) v[e] += Conv<T>::to_f(residual[at + e]);
+                }
+            }
+            if (two && pairs) {
+                Pair<T> pr;
+                pr.v[0] = Conv<T>::from_f(v[0]);
+                pr.v[1] = Conv<T>::from_f(v[1]);
+                *reinterpret_cast<u32*>(Y + at) = pr.u;
+            } else {
+                Y[at] = Conv<T>::from_f(v[0]);
+                if (two) Y[at + 1] = Conv<T>::from_f(v[1]);
+            }
+        }
+    }
+}
+
+}  // namespace etw
+
+#define ETS_TILE_WG(NAME, T, BF, BN, TH, TW)                                                      \
+    extern "C" __global__ void __launch_bounds__(ETS_THREADS, 2)                                   \
+        NAME(const T* X, int M, int K, int ldx, const u64* bitmap, const u32* row_offsets,         \
+             const T* values, int N, int grid_rows, int grid_cols, const float* bias,             \
+             const T* residual, int gelu, T* Y, int ldy, float* ws) {                              \
+        etw::body<T, BF, BN, TH, TW>(X, M, K, ldx, bitmap, row_offsets, values, N, grid_rows,      \
+                                     grid_cols, bias, residual, gelu, Y, ldy, ws);                \
+    }
+
+#define ETS_TILE_WG_BOTH(TH, TW)                                                                  \
+    ETS_TILE_WG(tile_wg_f16_##TH##x##TW##_bn64, __half, false, 64, TH, TW)                        \
+    ETS_TILE_WG(tile_wg_f16_##TH##x##TW##_bn128, __half, false, 128, TH, TW)                      \
+    ETS_TILE_WG(tile_wg_bf16_##TH##x##TW##_bn64, __nv_bfloat16, true, 64, TH, TW)                 \
+    ETS_TILE_WG(tile_wg_bf16_##TH##x##TW##_bn128, __nv_bfloat16, true, 128, TH, TW)
+
+ETS_TILE_WG_BOTH(16, 16)
+ETS_TILE_WG_BOTH(32, 32)
+ETS_TILE_WG_BOTH(64, 64)
+ETS_TILE_WG_BOTH(64, 16)
+ETS_TILE_WG(tile_wg_f16_128x16_bn128, __half, false, 128, 128, 16)
+ETS_TILE_WG(tile_wg_bf16_128x16_bn128, __nv_bfloat16, true, 128, 128, 16)
