@@ -97,12 +97,16 @@ fn parse_role_override(s: &str) -> Result<(Role, f64), String> {
 
 fn parse_layer_override(s: &str) -> Result<(usize, f64), String> {
     let (layer, value) = s.split_once('=').ok_or("expected LAYER=SPARSITY")?;
-    let layer = layer.parse().map_err(|_| format!("{layer:?} is not a layer index"))?;
+    let layer = layer
+        .parse()
+        .map_err(|_| format!("{layer:?} is not a layer index"))?;
     Ok((layer, parse_fraction(value)?))
 }
 
 fn parse_tile(s: &str) -> Result<[usize; 2], String> {
-    let (r, c) = s.split_once(['x', 'X']).ok_or("expected ROWSxCOLS, e.g. 16x16")?;
+    let (r, c) = s
+        .split_once(['x', 'X'])
+        .ok_or("expected ROWSxCOLS, e.g. 16x16")?;
     let edge = |e: &str| -> Result<usize, String> {
         let v: usize = e.parse().map_err(|_| format!("{e:?} is not a number"))?;
         if [8, 16, 32, 64, 128].contains(&v) {
@@ -137,8 +141,12 @@ fn build_recipe(args: &Args) -> Result<Recipe, String> {
     }
     recipe.roles.extend(args.role_sparsity.iter().copied());
     recipe.layers.extend(args.layer_sparsity.iter().copied());
-    if recipe.method != Method::None && recipe.method != Method::Existing && recipe.sparsity == 0.0
-        && recipe.roles.is_empty() && recipe.layers.is_empty() && recipe.tensors.is_empty()
+    if recipe.method != Method::None
+        && recipe.method != Method::Existing
+        && recipe.sparsity == 0.0
+        && recipe.roles.is_empty()
+        && recipe.layers.is_empty()
+        && recipe.tensors.is_empty()
     {
         return Err(format!(
             "method {} needs a sparsity (--sparsity, --role-sparsity, --layer-sparsity or a recipe)",
@@ -195,7 +203,10 @@ fn print_table(r: &ConvertReport, recipe: &Recipe) {
             c.sentences, c.source
         );
         for l in &c.layers {
-            println!("{:>5}  cosine {:.6}  max|diff| {:.4}", l.layer, l.cosine, l.max_abs_diff);
+            println!(
+                "{:>5}  cosine {:.6}  max|diff| {:.4}",
+                l.layer, l.cosine, l.max_abs_diff
+            );
         }
         println!(
             "output (mean-pooled) cosine {:.6}, lowest sentence {:.6}",

@@ -18,7 +18,11 @@ fn style_name(style: OnnxStyle) -> &'static str {
 }
 
 fn main() -> ExitCode {
-    let dir = PathBuf::from(std::env::args().nth(1).unwrap_or_else(|| "fixtures/sources".into()));
+    let dir = PathBuf::from(
+        std::env::args()
+            .nth(1)
+            .unwrap_or_else(|| "fixtures/sources".into()),
+    );
     let run = || -> std::io::Result<()> {
         let st = dir.join("tiny-safetensors");
         std::fs::create_dir_all(&st)?;

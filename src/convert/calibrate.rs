@@ -42,12 +42,20 @@ pub fn read_sentences(path: &Path, limit: usize) -> Result<Vec<String>, ConvertE
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConvertError::Calibration(format!("{}: {e}", path.display())))?;
     let mut lines = text.lines().peekable();
-    let tsv = lines.peek().is_some_and(|h| h.starts_with("text\t") || h.starts_with("sentence\t"));
+    let tsv = lines
+        .peek()
+        .is_some_and(|h| h.starts_with("text\t") || h.starts_with("sentence\t"));
     if tsv {
         lines.next();
     }
     let sentences: Vec<String> = lines
-        .map(|l| if tsv { l.split('\t').next().unwrap_or("") } else { l })
+        .map(|l| {
+            if tsv {
+                l.split('\t').next().unwrap_or("")
+            } else {
+                l
+            }
+        })
         .map(str::trim)
         .filter(|l| !l.is_empty())
         .take(limit)
@@ -102,15 +110,25 @@ pub fn compare(
     for chunk in sentences.chunks(16) {
         let texts: Vec<&str> = chunk.iter().map(String::as_str).collect();
         let batch: TokenBatch = tokenizer.encode(&texts).map_err(|e| err(&e))?.batch;
-        let a = dense_enc.forward_with(&batch, &options).map_err(|e| err(&e))?;
-        let b = pruned_enc.forward_with(&batch, &options).map_err(|e| err(&e))?;
+        let a = dense_enc
+            .forward_with(&batch, &options)
+            .map_err(|e| err(&e))?;
+        let b = pruned_enc
+            .forward_with(&batch, &options)
+            .map_err(|e| err(&e))?;
         let (Some(ha), Some(hb)) = (&a.hidden_states, &b.hidden_states) else {
-            return Err(ConvertError::Calibration("runtime returned no hidden states".into()));
+            return Err(ConvertError::Calibration(
+                "runtime returned no hidden states".into(),
+            ));
         };
         for (l, (xa, xb)) in ha.iter().zip(hb).enumerate().take(layers) {
             for (ra, rb) in xa.chunks_exact(hidden).zip(xb.chunks_exact(hidden)) {
                 cos_sum[l] += cosine(ra, rb);
-                let d = ra.iter().zip(rb).map(|(x, y)| f64::from((x - y).abs())).fold(0.0, f64::max);
+                let d = ra
+                    .iter()
+                    .zip(rb)
+                    .map(|(x, y)| f64::from((x - y).abs()))
+                    .fold(0.0, f64::max);
                 max_diff[l] = max_diff[l].max(d);
             }
         }

@@ -37,7 +37,11 @@ impl HeadPlan {
             let qn = LayerTensor::QueryWeight.name(layer);
             let on = LayerTensor::OutputWeight.name(layer);
             let kept = select::top_heads(
-                [as_matrix(&qn, &q)?, as_matrix(&qn, &k)?, as_matrix(&qn, &v)?],
+                [
+                    as_matrix(&qn, &q)?,
+                    as_matrix(&qn, &k)?,
+                    as_matrix(&qn, &v)?,
+                ],
                 as_matrix(&on, &o)?,
                 config.num_heads as usize,
                 config.head_dim as usize,

@@ -11,7 +11,9 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::format::{names, Dtype, EncodedTensor, EtsWriter, FormatError, ModelConfig, WriteOptions};
+use crate::format::{
+    names, Dtype, EncodedTensor, EtsWriter, FormatError, ModelConfig, WriteOptions,
+};
 use crate::ingest::{open_source, IngestError, IngestOptions, ModelSource, SourceTensor};
 use crate::prune::{prune_matrix, Matrix, Method, PruneReport, Recipe, RecipeError, Role};
 
@@ -99,7 +101,11 @@ fn as_matrix<'a>(name: &str, t: &'a SourceTensor) -> Result<Matrix<'a>, ConvertE
 }
 
 /// Converts `input` into a `.ets` file at `output` (written atomically).
-pub fn convert(input: &Path, output: &Path, opts: &ConvertOptions) -> Result<ConvertReport, ConvertError> {
+pub fn convert(
+    input: &Path,
+    output: &Path,
+    opts: &ConvertOptions,
+) -> Result<ConvertReport, ConvertError> {
     let start = Instant::now();
     if !opts.overwrite && output.exists() {
         return Err(FormatError::OutputExists {
@@ -116,7 +122,15 @@ pub fn convert(input: &Path, output: &Path, opts: &ConvertOptions) -> Result<Con
     let extra = calibration
         .as_ref()
         .and_then(|c| serde_json::to_value(c).ok());
-    let written = write_model(&*source, output, &opts.recipe, opts.dtype, opts.overwrite, opts.progress, extra)?;
+    let written = write_model(
+        &*source,
+        output,
+        &opts.recipe,
+        opts.dtype,
+        opts.overwrite,
+        opts.progress,
+        extra,
+    )?;
     let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
     Ok(ConvertReport {
         input: input.to_path_buf(),
@@ -155,11 +169,28 @@ fn run_calibration(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "out.ets".into());
-    let tmp = |suffix: &str| output.with_file_name(format!(".{name}.{}.{suffix}", std::process::id()));
+    let tmp =
+        |suffix: &str| output.with_file_name(format!(".{name}.{}.{suffix}", std::process::id()));
     let temps = TempFiles(vec![tmp("dense"), tmp("pruned")]);
     let (dense, pruned) = (&temps.0[0], &temps.0[1]);
-    write_model(source, dense, &Recipe::default(), Dtype::F32, true, false, None)?;
-    write_model(source, pruned, &opts.recipe, opts.dtype, true, opts.progress, None)?;
+    write_model(
+        source,
+        dense,
+        &Recipe::default(),
+        Dtype::F32,
+        true,
+        false,
+        None,
+    )?;
+    write_model(
+        source,
+        pruned,
+        &opts.recipe,
+        opts.dtype,
+        true,
+        opts.progress,
+        None,
+    )?;
     let label = sentences
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -212,7 +243,15 @@ fn write_model(
         let produced = (|| -> Result<(), ConvertError> {
             for name in &names {
                 progress.set_message(name.clone());
-                let encoded = encode_tensor(source, &config, recipe, dtype, &mut heads, &mut reports, name)?;
+                let encoded = encode_tensor(
+                    source,
+                    &config,
+                    recipe,
+                    dtype,
+                    &mut heads,
+                    &mut reports,
+                    name,
+                )?;
                 if tx.send((name.clone(), encoded)).is_err() {
                     break; // the writer failed; its error is reported below
                 }
@@ -221,7 +260,9 @@ fn write_model(
             Ok(())
         })();
         drop(tx);
-        let written = handle.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+        let written = handle
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p));
         (written, produced)
     });
     let mut writer = written?;
@@ -230,7 +271,13 @@ fn write_model(
     heads.apply(&mut config);
     let tokenizer = source.tokenizer();
     if let Some(t) = &tokenizer {
-        writer.add_blob(names::TOKENIZER_SECTION, "tokenizer", &t.format, &t.bytes, false)?;
+        writer.add_blob(
+            names::TOKENIZER_SECTION,
+            "tokenizer",
+            &t.format,
+            &t.bytes,
+            false,
+        )?;
     }
     let mut record = recipe_record(recipe, dtype, &reports);
     if let (Some(obj), Some(c)) = (record.as_object_mut(), calibration) {
@@ -258,7 +305,11 @@ fn encode_tensor(
     Ok(match Role::of_name(name) {
         Some((layer, role)) => {
             let plan = recipe.plan(name, layer, role);
-            let query_plan = recipe.plan(&names::LayerTensor::QueryWeight.name(layer), layer, Role::Query);
+            let query_plan = recipe.plan(
+                &names::LayerTensor::QueryWeight.name(layer),
+                layer,
+                Role::Query,
+            );
             let (tensor, plan) = if query_plan.method == Method::Heads {
                 let kept = heads.kept(source, config, layer, query_plan.sparsity)?;
                 (heads::slice_weight(config, role, &tensor, kept), query_plan)
@@ -281,7 +332,11 @@ fn encode_tensor(
                 _ => tensor,
             };
             // Vectors are tiny and feed LayerNorm and bias adds directly: keep them exact.
-            let dtype = if tensor.shape.len() == 1 { Dtype::F32 } else { dtype };
+            let dtype = if tensor.shape.len() == 1 {
+                Dtype::F32
+            } else {
+                dtype
+            };
             let shape = tensor.shape.iter().map(|&d| d as u64).collect();
             EncodedTensor::dense(shape, dtype, &tensor.data)?
         }
@@ -307,7 +362,10 @@ pub fn recipe_record(recipe: &Recipe, dtype: Dtype, reports: &[PruneReport]) -> 
     let mut value = serde_json::to_value(recipe).unwrap_or(serde_json::Value::Null);
     if let Some(obj) = value.as_object_mut() {
         obj.insert("dtype".into(), dtype.name().into());
-        obj.insert("results".into(), serde_json::to_value(results).unwrap_or_default());
+        obj.insert(
+            "results".into(),
+            serde_json::to_value(results).unwrap_or_default(),
+        );
     }
     value
 }

@@ -160,7 +160,9 @@ pub enum FormatError {
         what: String,
     },
     /// R21: tile edges outside the allowed set.
-    #[error("tensor {name:?}: tile {rows}x{cols} not allowed (edges must be 8, 16, 32, 64 or 128)")]
+    #[error(
+        "tensor {name:?}: tile {rows}x{cols} not allowed (edges must be 8, 16, 32, 64 or 128)"
+    )]
     BadTileShape {
         /// Tensor name.
         name: String,
@@ -180,7 +182,9 @@ pub enum FormatError {
         alignment: u64,
     },
     /// R23: a section or part starts before the previous one ends.
-    #[error("{name:?}: offset {offset} overlaps the previous region, which ends at {previous_end}")]
+    #[error(
+        "{name:?}: offset {offset} overlaps the previous region, which ends at {previous_end}"
+    )]
     Overlap {
         /// Section (and part) name.
         name: String,
@@ -260,7 +264,9 @@ pub enum FormatError {
         what: String,
     },
     /// R31: the bitmap popcount differs from the kept-tile count implied by the values.
-    #[error("tensor {name:?}: bitmap keeps {bitmap} tiles, row offsets and values hold {declared}")]
+    #[error(
+        "tensor {name:?}: bitmap keeps {bitmap} tiles, row offsets and values hold {declared}"
+    )]
     PopcountMismatch {
         /// Tensor name.
         name: String,

@@ -223,7 +223,13 @@ fn require_objects(v: &serde_json::Value) -> Result<(), FormatError> {
 /// R18: an encoding object has exactly the keys of its kind.
 fn check_encoding_keys(name: &str, v: &serde_json::Value) -> Result<(), FormatError> {
     let allowed: &[&str] = match v.get("kind").and_then(|k| k.as_str()) {
-        Some("tile") => &["kind", "tile_rows", "tile_cols", "layout", "element_bitmaps"],
+        Some("tile") => &[
+            "kind",
+            "tile_rows",
+            "tile_cols",
+            "layout",
+            "element_bitmaps",
+        ],
         _ => &["kind"],
     };
     let ok = v
@@ -243,7 +249,10 @@ fn check_model(header: &Header) -> Result<(), FormatError> {
     let m = &header.model;
     let bad = |detail: String| Err(FormatError::InvalidModelConfig { detail });
     if m.architecture != "bert" {
-        return bad(format!("architecture {:?} (v1 knows \"bert\")", m.architecture));
+        return bad(format!(
+            "architecture {:?} (v1 knows \"bert\")",
+            m.architecture
+        ));
     }
     let dims = [
         ("num_layers", m.num_layers),
@@ -290,8 +299,7 @@ fn check_names(sections: &[SectionEntry]) -> Result<(), FormatError> {
     let mut seen = std::collections::HashSet::new();
     for s in sections {
         let n = &s.name;
-        if n.is_empty() || n.len() > MAX_NAME_LEN || !n.bytes().all(|b| (0x21..0x7f).contains(&b))
-        {
+        if n.is_empty() || n.len() > MAX_NAME_LEN || !n.bytes().all(|b| (0x21..0x7f).contains(&b)) {
             return Err(FormatError::BadName { name: n.clone() });
         }
         if !seen.insert(n.as_str()) {
@@ -303,8 +311,7 @@ fn check_names(sections: &[SectionEntry]) -> Result<(), FormatError> {
 
 fn check_sha_string(s: &SectionEntry) -> Result<(), FormatError> {
     let ok = s.sha256.len() == 64
-        && s
-            .sha256
+        && s.sha256
             .bytes()
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
     if !ok {
@@ -324,7 +331,13 @@ struct Cursor {
 }
 
 impl Cursor {
-    fn place(&mut self, bytes: &[u8], name: &str, offset: u64, length: u64) -> Result<(), FormatError> {
+    fn place(
+        &mut self,
+        bytes: &[u8],
+        name: &str,
+        offset: u64,
+        length: u64,
+    ) -> Result<(), FormatError> {
         let file_len = bytes.len() as u64;
         if offset > MAX_FILE_LEN || length > MAX_FILE_LEN {
             return Err(FormatError::SizeOverflow {
@@ -457,7 +470,12 @@ fn check_tensor(
     };
     let section_bytes = &bytes[..(s.offset + s.length) as usize];
     for p in &parts {
-        cursor.place(section_bytes, &format!("{name}/{}", p.role.name()), p.offset, p.length)?;
+        cursor.place(
+            section_bytes,
+            &format!("{name}/{}", p.role.name()),
+            p.offset,
+            p.length,
+        )?;
     }
     if cursor.previous_end != s.offset + s.length {
         return Err(FormatError::SectionExtent {
@@ -478,10 +496,17 @@ fn check_tensor(
 }
 
 /// The bytes of one part of a validated layout.
-pub(crate) fn part_bytes<'a>(bytes: &'a [u8], layout: &TensorLayout, role: PartRole) -> (&'a [u8], u64) {
+pub(crate) fn part_bytes<'a>(
+    bytes: &'a [u8],
+    layout: &TensorLayout,
+    role: PartRole,
+) -> (&'a [u8], u64) {
     let p = layout.parts.iter().find(|p| p.role == role);
     match p {
-        Some(p) => (&bytes[p.offset as usize..(p.offset + p.length) as usize], p.length),
+        Some(p) => (
+            &bytes[p.offset as usize..(p.offset + p.length) as usize],
+            p.length,
+        ),
         None => (&[], 0),
     }
 }
@@ -493,4 +518,3 @@ pub(crate) fn bytes_for(name: &str, what: &str, count: u64, size: u64) -> Result
         .filter(|&n| n <= MAX_FILE_LEN)
         .ok_or_else(|| overflow(name, what))
 }
-

@@ -85,9 +85,9 @@ impl EtsWriter {
 
     fn out(&mut self) -> Result<&mut BufWriter<File>, FormatError> {
         let path = self.data_path.clone();
-        self.data.as_mut().ok_or_else(|| {
-            FormatError::io(path, std::io::Error::other("writer already finished"))
-        })
+        self.data
+            .as_mut()
+            .ok_or_else(|| FormatError::io(path, std::io::Error::other("writer already finished")))
     }
 
     /// Pads the data file with zeros up to the next aligned offset.
@@ -218,8 +218,15 @@ impl EtsWriter {
     ) -> Result<(), FormatError> {
         let data = self.data.take();
         let data_file = match data {
-            Some(w) => w.into_inner().map_err(|e| FormatError::io(&self.data_path, e.into_error()))?,
-            None => return Err(FormatError::io(&self.data_path, std::io::Error::other("finished twice"))),
+            Some(w) => w
+                .into_inner()
+                .map_err(|e| FormatError::io(&self.data_path, e.into_error()))?,
+            None => {
+                return Err(FormatError::io(
+                    &self.data_path,
+                    std::io::Error::other("finished twice"),
+                ))
+            }
         };
         drop(data_file);
         let header = Header {
@@ -246,9 +253,17 @@ impl EtsWriter {
                 max: MAX_HEADER_LEN,
             });
         }
-        let data_len = if header.sections.is_empty() { 0 } else { self.written };
+        let data_len = if header.sections.is_empty() {
+            0
+        } else {
+            self.written
+        };
         let file_len = data_start + data_len;
-        let file_len = if data_len == 0 { PREAMBLE_LEN + bytes.len() as u64 } else { file_len };
+        let file_len = if data_len == 0 {
+            PREAMBLE_LEN + bytes.len() as u64
+        } else {
+            file_len
+        };
         self.assemble(&bytes, data_start, file_len)?;
         // Never leave an invalid file under the target name: check it as a reader would.
         super::EtsFile::open(&self.final_tmp)?;

@@ -149,7 +149,11 @@ impl SourceProvenance {
                 }
                 hasher.update(&buf[..n]);
             }
-            Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+            Ok(hasher
+                .finalize()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect())
         });
         SourceProvenance {
             source_name: path

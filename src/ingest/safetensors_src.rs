@@ -8,8 +8,8 @@ use safetensors::SafeTensors;
 
 use super::config::read_hf_config;
 use super::{
-    canonical_names, check_shapes, find_tokenizer, map_file, SourceProvenance, IngestError,
-    IngestOptions, ModelSource, SourceTensor, TokenizerBlob,
+    canonical_names, check_shapes, find_tokenizer, map_file, IngestError, IngestOptions,
+    ModelSource, SourceProvenance, SourceTensor, TokenizerBlob,
 };
 use crate::format::names::{self, LayerTensor};
 use crate::format::{ModelConfig, Provenance};
@@ -273,9 +273,8 @@ fn release_pages(map: &memmap2::Mmap, offset: usize, len: usize) {
         // SAFETY: the mapping is a read-only mapping of a file: after MADV_DONTNEED a later read
         // of the range faults the same bytes back in from the file, so no live slice can observe a
         // change. The range lies inside the map (checked by the caller's `get`).
-        let _ = unsafe {
-            map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, offset, len)
-        };
+        let _ =
+            unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, offset, len) };
     }
     #[cfg(not(unix))]
     let _ = (map, offset, len);

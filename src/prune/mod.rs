@@ -129,8 +129,14 @@ pub fn report_for(name: &str, m: Matrix<'_>, plan: &TensorPlan, t: &EncodedTenso
             };
             (Some([tile_rows as usize, tile_cols as usize]), density)
         }
-        Encoding::Rows => (None, (part(PartRole::Indices).len() / 4) as f64 / m.rows.max(1) as f64),
-        Encoding::Cols => (None, (part(PartRole::Indices).len() / 4) as f64 / m.cols.max(1) as f64),
+        Encoding::Rows => (
+            None,
+            (part(PartRole::Indices).len() / 4) as f64 / m.rows.max(1) as f64,
+        ),
+        Encoding::Cols => (
+            None,
+            (part(PartRole::Indices).len() / 4) as f64 / m.cols.max(1) as f64,
+        ),
         Encoding::Dense => (None, 1.0),
     };
     PruneReport {

@@ -126,7 +126,9 @@ impl Role {
         let rest = name.strip_prefix("layers.")?;
         let (layer, suffix) = rest.split_once('.')?;
         let layer = layer.parse().ok()?;
-        let t = LayerTensor::ALL.into_iter().find(|t| t.suffix() == suffix)?;
+        let t = LayerTensor::ALL
+            .into_iter()
+            .find(|t| t.suffix() == suffix)?;
         Some((layer, Role::of(t)?))
     }
 }
@@ -260,7 +262,11 @@ impl Recipe {
             }
         }
         let edges = crate::format::TILE_EDGES;
-        if !self.tile.iter().all(|e| edges.iter().any(|&t| t as usize == *e)) {
+        if !self
+            .tile
+            .iter()
+            .all(|e| edges.iter().any(|&t| t as usize == *e))
+        {
             return Err(RecipeError::Invalid(format!(
                 "tile {}x{}: edges must be 8, 16, 32, 64 or 128",
                 self.tile[0], self.tile[1]

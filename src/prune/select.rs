@@ -31,7 +31,10 @@ pub fn tile_norms(m: Matrix<'_>, th: usize, tw: usize) -> Vec<f64> {
             for r in br * th..((br + 1) * th).min(m.rows) {
                 let row = &m.data[r * m.cols..(r + 1) * m.cols];
                 for (bc, chunk) in row.chunks(tw).enumerate() {
-                    row_norms[bc] += chunk.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>();
+                    row_norms[bc] += chunk
+                        .iter()
+                        .map(|&v| f64::from(v) * f64::from(v))
+                        .sum::<f64>();
                 }
             }
         });
@@ -100,7 +103,11 @@ pub fn rows_per_head(m: Matrix<'_>, heads: usize, head_dim: usize, keep_fraction
     for h in 0..heads {
         let range = h * head_dim..((h + 1) * head_dim).min(norms.len());
         let start = range.start;
-        kept.extend(top_k(&norms[range], per_head).into_iter().map(|i| start + i));
+        kept.extend(
+            top_k(&norms[range], per_head)
+                .into_iter()
+                .map(|i| start + i),
+        );
     }
     sorted_u32(kept)
 }

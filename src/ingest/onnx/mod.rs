@@ -17,8 +17,8 @@ use self::proto::{GraphProto, ModelProto};
 use self::structure::{Entry, Post};
 use self::tensor::{check_external, Ctx};
 use super::{
-    check_shapes, find_tokenizer, map_file, SourceProvenance, IngestError, IngestOptions, ModelSource,
-    SourceTensor, TokenizerBlob,
+    check_shapes, find_tokenizer, map_file, IngestError, IngestOptions, ModelSource,
+    SourceProvenance, SourceTensor, TokenizerBlob,
 };
 use crate::format::{ModelConfig, Provenance};
 

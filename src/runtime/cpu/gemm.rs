@@ -21,21 +21,23 @@ pub(crate) trait PanelSource: Sync {
     fn block_height(&self) -> usize;
     /// Largest block width, for sizing the panel buffer.
     fn max_block_width(&self) -> usize;
-    /// Packs every kept block of block row `br` in turn and calls `f(first_input_col, width,
-    /// panel)`, where `panel` is `[width][block_height]` (row `j` holds input feature
+    /// Packs every kept block of block row `br`, in input-column order, back to back onto
+    /// `packed` (cleared first) and records `(first_input_col, width, offset)` for each in
+    /// `segs`: the block at `offset` is `[width][block_height]` (row `j` holds input feature
     /// `first_input_col + j` for every output feature of the block row; rows past `n` are zero).
-    fn for_each_block(
+    fn pack_block_row(
         &self,
         br: usize,
         scratch: &mut Vec<f32>,
-        panel: &mut Vec<f32>,
-        f: &mut dyn FnMut(usize, usize, &[f32]),
+        packed: &mut Vec<f32>,
+        segs: &mut Vec<(usize, usize, usize)>,
     );
 }
 
 /// `Y[m, n] = X[m, k] W^T` for the weight behind `src`, multithreaded over groups of block rows
 /// and token rows.
-pub(crate) fn gemm(src: &dyn PanelSource, x: &[f32], m: usize) -> Vec<f32> {
+/// With `bias` (length `n`), it is added as the blocks are copied out (no extra pass over `Y`).
+pub(crate) fn gemm(src: &dyn PanelSource, x: &[f32], m: usize, bias: Option<&[f32]>) -> Vec<f32> {
     let (n, k, th) = (src.n(), src.k(), src.block_height());
     let mut y = vec![0f32; m * n];
     if m == 0 || n == 0 || th == 0 || x.len() < m * k {
@@ -63,18 +65,12 @@ pub(crate) fn gemm(src: &dyn PanelSource, x: &[f32], m: usize) -> Vec<f32> {
             let brs = g * group..((g + 1) * group).min(block_rows);
             let mut out = vec![0f32; brs.len() * padded * th];
             let mut scratch = Vec::new();
-            let mut panel = Vec::with_capacity(th * src.max_block_width());
             // All kept blocks of a block row packed back to back, so the kernel keeps its
             // accumulators in registers across the whole row instead of flushing per block.
             let mut packed: Vec<f32> = Vec::new();
             let mut segs: Vec<(usize, usize, usize)> = Vec::new();
             for (bi, br) in brs.clone().enumerate() {
-                packed.clear();
-                segs.clear();
-                src.for_each_block(br, &mut scratch, &mut panel, &mut |c0, w, p| {
-                    segs.push((c0, w, packed.len()));
-                    packed.extend_from_slice(&p[..w * th]);
-                });
+                src.pack_block_row(br, &mut scratch, &mut packed, &mut segs);
                 let o = &mut out[bi * padded * th..(bi + 1) * padded * th];
                 kernel(xp, k, padded / MR, &segs, &packed, th, o);
             }
@@ -88,7 +84,15 @@ pub(crate) fn gemm(src: &dyn PanelSource, x: &[f32], m: usize) -> Vec<f32> {
             let width = th.min(n - c0);
             for (i, row) in block.chunks_exact(th).take(rows).enumerate() {
                 let dst = (r0 + i) * n + c0;
-                y[dst..dst + width].copy_from_slice(&row[..width]);
+                let d = &mut y[dst..dst + width];
+                match bias.and_then(|b| b.get(c0..c0 + width)) {
+                    Some(b) => {
+                        for ((o, &v), &bb) in d.iter_mut().zip(&row[..width]).zip(b) {
+                            *o = v + bb;
+                        }
+                    }
+                    None => d.copy_from_slice(&row[..width]),
+                }
             }
         }
     }
@@ -181,6 +185,10 @@ fn kernel_avx2(
     kernel_body::<Fused>(xp, k, groups, segs, packed, th, out);
 }
 
+/// Input features per cache block: the kept `X` columns of a task's rows within one block
+/// (`ROWS_PER_TASK x KC` floats at most) stay in L2 while every row group streams past them.
+const KC: usize = 512;
+
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn kernel_body<F: Madd>(
@@ -192,21 +200,29 @@ fn kernel_body<F: Madd>(
     th: usize,
     out: &mut [f32],
 ) {
-    for g in 0..groups {
-        let xg = &xp[g * k * MR..(g + 1) * k * MR];
-        let o = &mut out[g * MR * th..(g + 1) * MR * th];
-        let mut ic = 0;
-        while ic + 16 <= th {
-            micro::<F, 16>(xg, segs, packed, th, ic, o);
-            ic += 16;
-        }
-        while ic + 8 <= th {
-            micro::<F, 8>(xg, segs, packed, th, ic, o);
-            ic += 8;
-        }
-        while ic < th {
-            micro::<F, 1>(xg, segs, packed, th, ic, o);
-            ic += 1;
+    // Segments are in input-column order; cut them into runs of one cache block each.
+    let mut rest = segs;
+    while let Some(&(first, _, _)) = rest.first() {
+        let block = first / KC;
+        let run = rest.iter().take_while(|s| s.0 / KC == block).count();
+        let (segs, tail) = rest.split_at(run);
+        rest = tail;
+        for g in 0..groups {
+            let xg = &xp[g * k * MR..(g + 1) * k * MR];
+            let o = &mut out[g * MR * th..(g + 1) * MR * th];
+            let mut ic = 0;
+            while ic + 16 <= th {
+                micro::<F, 16>(xg, segs, packed, th, ic, o);
+                ic += 16;
+            }
+            while ic + 8 <= th {
+                micro::<F, 8>(xg, segs, packed, th, ic, o);
+                ic += 8;
+            }
+            while ic < th {
+                micro::<F, 1>(xg, segs, packed, th, ic, o);
+                ic += 1;
+            }
         }
     }
 }
@@ -268,27 +284,29 @@ mod tests {
         fn max_block_width(&self) -> usize {
             self.tw
         }
-        fn for_each_block(
+        fn pack_block_row(
             &self,
             br: usize,
             _scratch: &mut Vec<f32>,
-            panel: &mut Vec<f32>,
-            f: &mut dyn FnMut(usize, usize, &[f32]),
+            packed: &mut Vec<f32>,
+            segs: &mut Vec<(usize, usize, usize)>,
         ) {
+            packed.clear();
+            segs.clear();
             let mut c0 = 0;
             while c0 < self.k {
                 let w = self.tw.min(self.k - c0);
-                panel.clear();
-                panel.resize(w * self.th, 0.0);
+                let off = packed.len();
+                packed.resize(off + w * self.th, 0.0);
                 for i in 0..self.th {
                     let r = br * self.th + i;
                     if r < self.n {
                         for j in 0..w {
-                            panel[j * self.th + i] = self.w[r * self.k + c0 + j];
+                            packed[off + j * self.th + i] = self.w[r * self.k + c0 + j];
                         }
                     }
                 }
-                f(c0, w, panel);
+                segs.push((c0, w, off));
                 c0 += w;
             }
         }
@@ -327,7 +345,7 @@ mod tests {
                 th,
                 tw,
             };
-            let y = gemm(&src, &x, m);
+            let y = gemm(&src, &x, m, None);
             for r in 0..m {
                 for c in 0..n {
                     let want: f64 = (0..k)

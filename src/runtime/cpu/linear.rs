@@ -39,21 +39,23 @@ impl PanelSource for DenseMatrix<'_> {
     fn max_block_width(&self) -> usize {
         DENSE_TW
     }
-    fn for_each_block(
+    fn pack_block_row(
         &self,
         br: usize,
         scratch: &mut Vec<f32>,
-        panel: &mut Vec<f32>,
-        f: &mut dyn FnMut(usize, usize, &[f32]),
+        packed: &mut Vec<f32>,
+        segs: &mut Vec<(usize, usize, usize)>,
     ) {
         let size = self.dtype.size() as usize;
         let th = DENSE_TH;
+        packed.clear();
+        segs.clear();
         let mut c0 = 0;
         while c0 < self.k {
             let w = DENSE_TW.min(self.k - c0);
-            panel.clear();
-            panel.resize(w * th, 0.0);
-            scratch.resize(w, 0.0);
+            let off = packed.len();
+            packed.resize(off + w * th, 0.0);
+            let panel = &mut packed[off..];
             for i in 0..th {
                 let r = br * th + i;
                 if r >= self.n {
@@ -61,13 +63,13 @@ impl PanelSource for DenseMatrix<'_> {
                 }
                 let start = (r * self.k + c0) * size;
                 if let Some(bytes) = self.values.get(start..start + w * size) {
-                    decode_into(self.dtype, bytes, scratch);
-                    for (j, &v) in scratch.iter().enumerate() {
+                    let row = as_f32(self.dtype, bytes, scratch);
+                    for (j, &v) in row.iter().enumerate() {
                         panel[j * th + i] = v;
                     }
                 }
             }
-            f(c0, w, panel);
+            segs.push((c0, w, off));
             c0 += w;
         }
     }
@@ -89,31 +91,66 @@ impl PanelSource for TileMatrix<'_> {
     fn max_block_width(&self) -> usize {
         self.0.tile_cols
     }
-    fn for_each_block(
+    fn pack_block_row(
         &self,
         br: usize,
         scratch: &mut Vec<f32>,
-        panel: &mut Vec<f32>,
-        f: &mut dyn FnMut(usize, usize, &[f32]),
+        packed: &mut Vec<f32>,
+        segs: &mut Vec<(usize, usize, usize)>,
     ) {
         let t = &self.0;
         let (th, tw) = (t.tile_rows, t.tile_cols);
-        scratch.resize(th * tw, 0.0);
+        let area = th * tw;
+        let size = t.dtype.size() as usize;
+        packed.clear();
+        segs.clear();
         for (k, bc) in t.row_tiles(br) {
             let c0 = bc * tw;
             let w = tw.min(t.cols.saturating_sub(c0));
             // Validation (EtsFile::open) proved the tile's values and bitmaps are in range.
-            t.tile_f32(k, scratch);
-            panel.clear();
-            panel.resize(w * th, 0.0);
-            for (i, row) in scratch.chunks_exact(tw).enumerate() {
+            let tile: &[f32] = match (t.element_bitmaps, t.values.get(k * area * size..(k + 1) * area * size)) {
+                (None, Some(bytes)) => as_f32(t.dtype, bytes, scratch),
+                _ => {
+                    scratch.resize(area, 0.0);
+                    t.tile_f32(k, scratch);
+                    scratch
+                }
+            };
+            let off = packed.len();
+            packed.resize(off + w * th, 0.0);
+            let panel = &mut packed[off..];
+            for (i, row) in tile.chunks_exact(tw).enumerate() {
                 for (j, &v) in row.iter().take(w).enumerate() {
                     panel[j * th + i] = v;
                 }
             }
-            f(c0, w, panel);
+            segs.push((c0, w, off));
         }
     }
+}
+
+/// Stored values as f32: borrowed in place when they are aligned f32, else converted in bulk
+/// into `scratch`.
+fn as_f32<'s>(dtype: Dtype, bytes: &'s [u8], scratch: &'s mut Vec<f32>) -> &'s [f32] {
+    match dtype {
+        Dtype::F32 => match bytemuck::try_cast_slice::<u8, f32>(bytes) {
+            Ok(v) if cfg!(target_endian = "little") => return v,
+            _ => {}
+        },
+        Dtype::F16 => {
+            if let Ok(h) = bytemuck::try_cast_slice::<u8, half::f16>(bytes) {
+                use half::slice::HalfFloatSliceExt;
+                scratch.resize(h.len(), 0.0);
+                h.convert_to_f32_slice(scratch);
+                return scratch;
+            }
+        }
+        Dtype::Bf16 => {}
+    }
+    let n = bytes.len() / dtype.size() as usize;
+    scratch.resize(n, 0.0);
+    decode_into(dtype, bytes, scratch);
+    scratch
 }
 
 enum Kind<'a> {
@@ -207,16 +244,24 @@ impl<'a> Linear<'a> {
     /// `x` is `[m, k]` row-major; returns `[m, n]`.
     pub(crate) fn forward(&self, x: &[f32], m: usize) -> Vec<f32> {
         let (n, k) = (self.n, self.k);
-        let mut y = match &self.kind {
-            Kind::Dense(d) => gemm(d, x, m),
-            Kind::Tile(t) => gemm(t, x, m),
+        let bias = self.bias.as_deref();
+        match &self.kind {
+            Kind::Dense(d) => gemm(d, x, m, bias),
+            Kind::Tile(t) => gemm(t, x, m, bias),
             Kind::Rows(indices, d) => {
-                let compact = gemm(d, x, m);
+                let compact = gemm(d, x, m, None);
                 let kept = indices.len();
                 let mut y = vec![0f32; m * n];
                 for (dst, src) in y.chunks_exact_mut(n).zip(compact.chunks_exact(kept.max(1))) {
                     for (&c, &v) in indices.iter().zip(src) {
                         dst[c as usize] = v;
+                    }
+                }
+                if let Some(b) = bias {
+                    for row in y.chunks_exact_mut(n) {
+                        for (v, &bb) in row.iter_mut().zip(b) {
+                            *v += bb;
+                        }
                     }
                 }
                 y
@@ -229,17 +274,9 @@ impl<'a> Linear<'a> {
                         *d = src[c as usize];
                     }
                 }
-                gemm(d, &xc, m)
-            }
-        };
-        if let Some(b) = &self.bias {
-            for row in y.chunks_exact_mut(n) {
-                for (v, &bb) in row.iter_mut().zip(b) {
-                    *v += bb;
-                }
+                gemm(d, &xc, m, bias)
             }
         }
-        y
     }
 }
 

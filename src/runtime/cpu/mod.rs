@@ -11,6 +11,7 @@ mod gemm;
 mod linear;
 pub mod npy;
 mod ops;
+mod simd;
 pub mod synth;
 pub mod tokenize;
 

@@ -4,6 +4,8 @@ use rayon::prelude::*;
 
 use crate::format::Activation;
 
+use super::simd::{avx2_fma, Fused, Madd, Plain};
+
 /// Rows per parallel chunk for the cheap row-wise operations.
 const ROW_CHUNK: usize = 16;
 
@@ -45,20 +47,55 @@ pub(crate) fn add_into(x: &mut [f32], y: &[f32]) {
 
 /// Applies the FFN activation in place.
 pub(crate) fn activate(x: &mut [f32], act: Activation) {
-    x.par_chunks_mut(4096).for_each(|c| match act {
-        Activation::Gelu => c.iter_mut().for_each(|v| *v = gelu_erf(*v)),
-        Activation::GeluTanh => c.iter_mut().for_each(|v| *v = gelu_tanh(*v)),
-        Activation::Relu => c.iter_mut().for_each(|v| *v = v.max(0.0)),
+    let fast = avx2_fma();
+    x.par_chunks_mut(4096).for_each(|c| {
+        #[cfg(target_arch = "x86_64")]
+        if fast {
+            // SAFETY: `avx2_fma()` confirmed the CPU features `activate_avx2` is compiled for;
+            // its body is safe Rust.
+            unsafe { activate_avx2(c, act) };
+            return;
+        }
+        let _ = fast;
+        activate_body(c, act);
     });
+}
+
+/// The activation loop compiled for AVX2 (8 lanes); same arithmetic as the scalar body.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn activate_avx2(c: &mut [f32], act: Activation) {
+    activate_body(c, act);
+}
+
+#[inline(always)]
+fn activate_body(c: &mut [f32], act: Activation) {
+    match act {
+        Activation::Gelu => c.iter_mut().for_each(|v| *v = gelu_erf(*v)),
+        Activation::GeluTanh => c.iter_mut().for_each(|v| *v = gelu_tanh_fast(*v)),
+        Activation::Relu => c.iter_mut().for_each(|v| *v = v.max(0.0)),
+    }
+}
+
+/// [`gelu_tanh`] with `tanh(u) = 1 - 2 / (e^(2u) + 1)` through the branch-free [`exp`], so the
+/// loop vectorizes (relative error about 1e-7).
+#[inline(always)]
+fn gelu_tanh_fast(x: f32) -> f32 {
+    const C: f32 = 0.797_884_6; // sqrt(2 / pi)
+    let u = C * (x + 0.044_715 * x * x * x);
+    // 0.5 x (1 + tanh u) = x - x / (e^(2u) + 1)
+    x - x / (exp(2.0 * u) + 1.0)
 }
 
 /// `0.5 x (1 + erf(x / sqrt 2))`, written with erfc so large negative inputs keep their
 /// relative precision.
+#[inline(always)]
 pub(crate) fn gelu_erf(x: f32) -> f32 {
     0.5 * x * erfc(-x * std::f32::consts::FRAC_1_SQRT_2)
 }
 
-/// `0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`.
+/// `0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))` with the library tanh (test reference).
+#[cfg(test)]
 pub(crate) fn gelu_tanh(x: f32) -> f32 {
     const C: f32 = 0.797_884_6; // sqrt(2 / pi)
     0.5 * x * (1.0 + (C * (x + 0.044_715 * x * x * x)).tanh())
@@ -66,6 +103,7 @@ pub(crate) fn gelu_tanh(x: f32) -> f32 {
 
 /// Complementary error function, Chebyshev fit with fractional error below 1.2e-7 everywhere
 /// (Numerical Recipes, `erfcc`).
+#[inline(always)]
 pub(crate) fn erfc(x: f32) -> f32 {
     let z = x.abs();
     let t = 1.0 / (1.0 + 0.5 * z);
@@ -107,34 +145,15 @@ pub(crate) fn exp(x: f32) -> f32 {
     p * f32::from_bits(n_int.wrapping_add(127) << 23)
 }
 
-/// Dot product with eight partial sums (so it vectorizes).
-#[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for l in 0..8 {
-            acc[l] += x[l] * y[l];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
-}
-
 /// Scaled dot-product attention over packed sequences.
 ///
 /// `q`, `k`, `v` are `[total_tokens, heads * head_dim]`; each sequence attends only to its own
 /// tokens (the padding mask of a padded batch, by construction). Returns the context in the same
 /// layout.
-pub(crate) fn attention<'a>(
-    q: &'a [f32],
-    k: &'a [f32],
-    v: &'a [f32],
+pub(crate) fn attention(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
     lengths: &[usize],
     heads: usize,
     head_dim: usize,
@@ -151,42 +170,33 @@ pub(crate) fn attention<'a>(
         starts.push(s);
         s += l;
     }
-    let scale = 1.0 / (head_dim as f32).sqrt();
+    let fast = avx2_fma();
     let jobs: Vec<(usize, usize)> = (0..lengths.len())
         .flat_map(|seq| (0..heads).map(move |h| (seq, h)))
         .collect();
     let parts: Vec<(usize, usize, Vec<f32>)> = jobs
         .into_par_iter()
-        .map(|(seq, h)| {
-            let (start, len) = (starts[seq], lengths[seq]);
-            let col = h * head_dim;
-            let row = |m: &'a [f32], t: usize| -> &'a [f32] {
-                &m[(start + t) * width + col..(start + t) * width + col + head_dim]
+        .map_init(Vec::new, |scratch, (seq, h)| {
+            let job = Head {
+                q,
+                k,
+                v,
+                start: starts[seq],
+                len: lengths[seq],
+                col: h * head_dim,
+                width,
+                head_dim,
             };
-            let keys: Vec<&[f32]> = (0..len).map(|t| row(k, t)).collect();
-            let vals: Vec<&[f32]> = (0..len).map(|t| row(v, t)).collect();
-            let mut out = vec![0f32; len * head_dim];
-            let mut scores = vec![0f32; len];
-            for i in 0..len {
-                let qi = &q[(start + i) * width + col..(start + i) * width + col + head_dim];
-                for (s, kj) in scores.iter_mut().zip(&keys) {
-                    *s = dot(qi, kj) * scale;
-                }
-                let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = 0f32;
-                for s in scores.iter_mut() {
-                    *s = (*s - max).exp();
-                    sum += *s;
-                }
-                let inv = 1.0 / sum;
-                let o = &mut out[i * head_dim..(i + 1) * head_dim];
-                for (p, vj) in scores.iter().zip(vals.iter()) {
-                    let w = p * inv;
-                    for (a, b) in o.iter_mut().zip(vj.iter()) {
-                        *a += w * b;
-                    }
-                }
+            let mut out = vec![0f32; job.len * head_dim];
+            #[cfg(target_arch = "x86_64")]
+            if fast {
+                // SAFETY: `avx2_fma()` confirmed the CPU features `head_avx2` is compiled for;
+                // its body is safe Rust.
+                unsafe { head_avx2(&job, scratch, &mut out) };
+                return (seq, h, out);
             }
+            let _ = fast;
+            head_body::<Plain>(&job, scratch, &mut out);
             (seq, h, out)
         })
         .collect();
@@ -197,6 +207,75 @@ pub(crate) fn attention<'a>(
         }
     }
     ctx
+}
+
+/// One (sequence, head) attention job over the packed projections.
+struct Head<'a> {
+    q: &'a [f32],
+    k: &'a [f32],
+    v: &'a [f32],
+    start: usize,
+    len: usize,
+    col: usize,
+    width: usize,
+    head_dim: usize,
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn head_avx2(job: &Head<'_>, scratch: &mut Vec<f32>, out: &mut [f32]) {
+    head_body::<Fused>(job, scratch, out);
+}
+
+/// Context rows `out[len][head_dim]` of one head. Keys are transposed once to `[head_dim][len]`
+/// so the scores of a query are an axpy over contiguous rows (vectorized over keys, no
+/// horizontal sums); the softmax uses the branch-free [`exp`].
+#[inline(always)]
+fn head_body<F: Madd>(job: &Head<'_>, scratch: &mut Vec<f32>, out: &mut [f32]) {
+    let (len, d) = (job.len, job.head_dim);
+    let row = |m: &'_ [f32], t: usize| {
+        let o = (job.start + t) * job.width + job.col;
+        (o, o + d, m.len())
+    };
+    scratch.clear();
+    scratch.resize(d * len + len, 0.0);
+    let (kt, scores) = scratch.split_at_mut(d * len);
+    for t in 0..len {
+        let (a, b, _) = row(job.k, t);
+        for (j, &x) in job.k[a..b].iter().enumerate() {
+            kt[j * len + t] = x;
+        }
+    }
+    let scale = 1.0 / (d as f32).sqrt();
+    for i in 0..len {
+        let (a, b, _) = row(job.q, i);
+        let qi = &job.q[a..b];
+        scores.fill(0.0);
+        for (&qv, krow) in qi.iter().zip(kt.chunks_exact(len)) {
+            for (s, &kv) in scores.iter_mut().zip(krow) {
+                *s = F::madd(qv, kv, *s);
+            }
+        }
+        let mut max = f32::NEG_INFINITY;
+        for s in scores.iter_mut() {
+            *s *= scale;
+            max = max.max(*s);
+        }
+        let mut sum = 0f32;
+        for s in scores.iter_mut() {
+            *s = exp(*s - max);
+            sum += *s;
+        }
+        let inv = 1.0 / sum;
+        let o = &mut out[i * d..(i + 1) * d];
+        for (t, &p) in scores.iter().enumerate() {
+            let (a, b, _) = row(job.v, t);
+            let w = p * inv;
+            for (acc, &x) in o.iter_mut().zip(&job.v[a..b]) {
+                *acc = F::madd(w, x, *acc);
+            }
+        }
+    }
 }
 
 #[cfg(test)]

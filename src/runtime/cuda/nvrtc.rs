@@ -36,8 +36,6 @@ pub fn arch_for(file: &str, arch: &str) -> String {
     }
 }
 
-
-
 /// What compiling one kernel file produced.
 #[derive(Debug, Clone)]
 pub struct KernelReport {

@@ -1,0 +1,74 @@
+//! The converter plus the CPU runtime against PyTorch: `et-convert --method none` of
+//! all-MiniLM-L6-v2 (f32 and f16) must reproduce the sentence embeddings that transformers'
+//! BertModel computed (fixtures/golden/all-minilm-l6-v2-torch, written by scripts/golden_torch.py).
+
+mod cpu_common;
+
+use cpu_common::{golden, min_row_cosine, model_or_skip};
+use ets::convert::{convert, ConvertOptions};
+use ets::format::{Dtype, EtsFile};
+use ets::ingest::IngestOptions;
+use ets::prune::Recipe;
+use ets::runtime::cpu::{CpuEncoder, TextTokenizer};
+use ets::runtime::{Encoder, Pooling};
+
+fn check(dtype: Dtype, threshold: f64) {
+    let Some(model) = model_or_skip("all-minilm-l6-v2/model.safetensors", "cpu_torch_golden")
+    else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("minilm.ets");
+    let opts = ConvertOptions {
+        recipe: Recipe::default(),
+        dtype,
+        overwrite: false,
+        ingest: IngestOptions::default(),
+        progress: false,
+        calibrate: None,
+        calibrate_limit: 1,
+        min_cosine: None,
+    };
+    convert(&model, &out, &opts).unwrap();
+    let g = golden("all-minilm-l6-v2-torch");
+    assert!(g.sentences.len() >= 50, "need at least 50 sentences");
+    let file = EtsFile::open(&out).unwrap();
+    let tok = TextTokenizer::from_file(&file).unwrap();
+    let texts: Vec<&str> = g.sentences.iter().map(String::as_str).collect();
+    let batch = tok.encode(&texts).unwrap().batch;
+    for (i, s) in batch.sequences.iter().enumerate() {
+        assert_eq!(s.ids, g.ids[i], "token ids of sentence {i}");
+    }
+    let lengths: Vec<usize> = batch.sequences.iter().map(|s| s.len()).collect();
+    assert!(
+        lengths.iter().max() > lengths.iter().min(),
+        "sentences of varied length"
+    );
+    let enc = CpuEncoder::new(&file).unwrap();
+    let mean = enc.embed(&batch, Pooling::Mean).unwrap();
+    assert!(
+        mean.iter().all(|v| v.is_finite()),
+        "NaN or inf in the embeddings"
+    );
+    let c = min_row_cosine(&mean, &g.mean, g.hidden);
+    eprintln!(
+        "{}: min cosine vs PyTorch {c:.9} over {} sentences",
+        dtype.name(),
+        g.sentences.len()
+    );
+    assert!(
+        c >= threshold,
+        "{} cosine {c} below {threshold}",
+        dtype.name()
+    );
+}
+
+#[test]
+fn converted_f32_matches_pytorch() {
+    check(Dtype::F32, 0.99999);
+}
+
+#[test]
+fn converted_f16_matches_pytorch() {
+    check(Dtype::F16, 0.9999);
+}
