@@ -205,7 +205,7 @@ fn check_tile_weight(
     let groups: Vec<std::ops::Range<usize>> = if balanced {
         (0..tv.grid_rows).map(|br| br * gc..(br + 1) * gc).collect()
     } else {
-        vec![0..n]
+        std::iter::once(0..n).collect()
     };
     for g in groups {
         let lo = g

@@ -118,10 +118,11 @@ fn reject_codes_from_source() -> BTreeSet<(String, String)> {
         let Some((num, _)) = rest.split_once(':') else {
             continue;
         };
-        // The variant name is the first line after the doc comment that is not a comment.
+        // The variant name is the first line after the doc comment that starts with a capital
+        // (attributes may span several lines).
         let variant = lines[i + 1..]
             .iter()
-            .find(|l| !l.starts_with("///") && !l.starts_with("#["))
+            .find(|l| l.starts_with(|c: char| c.is_ascii_uppercase()))
             .unwrap();
         let name = variant
             .split(|c: char| !c.is_alphanumeric())

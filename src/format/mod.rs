@@ -10,9 +10,9 @@ mod header;
 pub mod names;
 mod reader;
 mod strict_json;
+pub mod tiles;
 mod validate;
 mod validate_data;
-pub mod tiles;
 mod writer;
 
 pub use error::FormatError;

@@ -1,71 +1,136 @@
-//! Parses JSON into a [`serde_json::Value`] but rejects an object that repeats a key. A plain
-//! `Value` keeps the last occurrence, while other languages' parsers may keep the first; two
-//! readers must never see different headers in the same bytes (spec: duplicate keys are R9).
+//! A checking pass over the header JSON that builds nothing: it rejects an object that repeats a
+//! key, and a header whose `model`, `provenance`, sections or parts are not objects (R9). A plain
+//! parser keeps the last of two equal keys while other languages' parsers may keep the first, and
+//! serde's derived structs also take arrays of field values; two readers must never see different
+//! headers in the same bytes. The header is then deserialized once, straight into its types.
 
-use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
-use serde_json::{Map, Number, Value};
+use std::fmt;
 
-/// A JSON value whose objects have unique keys.
-pub(crate) struct Strict(pub Value);
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 
-impl<'de> Deserialize<'de> for Strict {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(StrictVisitor).map(Strict)
+/// What the value at a position of the header must be.
+#[derive(Clone, Copy)]
+enum Expect {
+    /// Anything (objects still need unique keys).
+    Any,
+    /// The header object itself.
+    Header,
+    /// An object with no further shape rules (`model`, `provenance`, each part).
+    Object,
+    /// The `sections` array: objects.
+    Sections,
+    /// One section object: its `parts` is an array of objects.
+    Section,
+    /// A `parts` array: objects.
+    Parts,
+}
+
+impl Expect {
+    /// What a member named `key` of an object of this kind must be.
+    fn member(self, key: &str) -> Expect {
+        match (self, key) {
+            (Expect::Header, "model" | "provenance") => Expect::Object,
+            (Expect::Header, "sections") => Expect::Sections,
+            (Expect::Section, "parts") => Expect::Parts,
+            _ => Expect::Any,
+        }
+    }
+    /// What an element of an array of this kind must be.
+    fn element(self) -> Expect {
+        match self {
+            Expect::Sections => Expect::Section,
+            Expect::Parts => Expect::Object,
+            _ => Expect::Any,
+        }
+    }
+    fn wants_object(self) -> bool {
+        matches!(self, Expect::Header | Expect::Object | Expect::Section)
+    }
+    fn wants_array(self) -> bool {
+        matches!(self, Expect::Sections | Expect::Parts)
+    }
+    fn name(self) -> &'static str {
+        match self {
+            Expect::Any => "a JSON value",
+            Expect::Header => "the header object",
+            Expect::Object => "a JSON object",
+            Expect::Sections => "an array of section objects",
+            Expect::Section => "a section object",
+            Expect::Parts => "an array of part objects",
+        }
     }
 }
 
-struct StrictVisitor;
+struct Check(Expect);
 
-impl<'de> Visitor<'de> for StrictVisitor {
-    type Value = Value;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("a JSON value")
-    }
-    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
-        Ok(Value::Bool(v))
-    }
-    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
-        Ok(Value::Number(v.into()))
-    }
-    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
-        Ok(Value::Number(v.into()))
-    }
-    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
-        // JSON text cannot spell NaN or infinity, so this is always a number.
-        Ok(Number::from_f64(v).map_or(Value::Null, Value::Number))
-    }
-    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
-        Ok(Value::String(v.to_owned()))
-    }
-    fn visit_string<E>(self, v: String) -> Result<Value, E> {
-        Ok(Value::String(v))
-    }
-    fn visit_unit<E>(self) -> Result<Value, E> {
-        Ok(Value::Null)
-    }
-    fn visit_none<E>(self) -> Result<Value, E> {
-        Ok(Value::Null)
-    }
-    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
-        Strict::deserialize(d).map(|s| s.0)
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
-        let mut out = Vec::new();
-        while let Some(Strict(v)) = seq.next_element()? {
-            out.push(v);
+impl Check {
+    fn scalar<E: de::Error>(&self) -> Result<(), E> {
+        if self.0.wants_object() || self.0.wants_array() {
+            return Err(E::custom(format!("expected {}", self.0.name())));
         }
-        Ok(Value::Array(out))
+        Ok(())
     }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
-        let mut out = Map::new();
+}
+
+impl<'de> DeserializeSeed<'de> for Check {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Check {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(self.0.name())
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
+        self.scalar()
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
+        self.scalar()
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
+        self.scalar()
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
+        self.scalar()
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
+        self.scalar()
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        self.scalar()
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        if self.0.wants_object() {
+            return Err(de::Error::custom(format!("expected {}", self.0.name())));
+        }
+        let element = self.0.element();
+        while seq.next_element_seed(Check(element))?.is_some() {}
+        Ok(())
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        if self.0.wants_array() {
+            return Err(de::Error::custom(format!("expected {}", self.0.name())));
+        }
+        // Objects of the header are small (at most a dozen keys): a linear scan beats hashing.
+        let mut keys: Vec<String> = Vec::new();
         while let Some(key) = map.next_key::<String>()? {
-            if out.contains_key(&key) {
+            if keys.contains(&key) {
                 return Err(de::Error::custom(format!("duplicate key {key:?}")));
             }
-            let Strict(v) = map.next_value()?;
-            out.insert(key, v);
+            map.next_value_seed(Check(self.0.member(&key)))?;
+            keys.push(key);
         }
-        Ok(Value::Object(out))
+        Ok(())
     }
+}
+
+/// Checks `json` (already bounded in depth) against the rules above.
+pub(crate) fn check(json: &[u8]) -> Result<(), serde_json::Error> {
+    let mut de = serde_json::Deserializer::from_slice(json);
+    Check(Expect::Header).deserialize(&mut de)?;
+    de.end()
 }

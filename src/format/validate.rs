@@ -47,11 +47,9 @@ pub(crate) fn validate(bytes: &[u8]) -> Result<Checked, FormatError> {
     let header_bytes = &bytes[PREAMBLE_LEN as usize..(PREAMBLE_LEN + header_len) as usize];
     check_depth(header_bytes)?;
     let invalid = |detail: String| FormatError::InvalidHeader { detail };
-    let value = serde_json::from_slice::<super::strict_json::Strict>(header_bytes)
-        .map_err(|e| invalid(e.to_string()))?
-        .0;
-    require_objects(&value)?;
-    let header: Header = serde_json::from_value(value).map_err(|e| invalid(e.to_string()))?;
+    super::strict_json::check(header_bytes).map_err(|e| invalid(e.to_string()))?;
+    let header: Header =
+        serde_json::from_slice(header_bytes).map_err(|e| invalid(e.to_string()))?;
     let a = header.alignment;
     if !a.is_power_of_two() || !(MIN_ALIGNMENT..=MAX_ALIGNMENT).contains(&a) {
         return Err(FormatError::BadAlignment { value: a });
@@ -192,29 +190,6 @@ fn check_depth(json: &[u8]) -> Result<(), FormatError> {
             }
             b']' | b'}' => depth = depth.saturating_sub(1),
             _ => {}
-        }
-    }
-    Ok(())
-}
-
-/// R9: the header, `model`, `provenance`, every section and every part are JSON objects (the
-/// deserializer alone would also take arrays of field values).
-fn require_objects(v: &serde_json::Value) -> Result<(), FormatError> {
-    let not_object = |what: &str| FormatError::InvalidHeader {
-        detail: format!("{what} must be a JSON object"),
-    };
-    let top = v.as_object().ok_or_else(|| not_object("the header"))?;
-    for key in ["model", "provenance"] {
-        if top.get(key).is_some_and(|x| !x.is_object()) {
-            return Err(not_object(key));
-        }
-    }
-    let sections = top.get("sections").and_then(|s| s.as_array());
-    for s in sections.into_iter().flatten() {
-        let s = s.as_object().ok_or_else(|| not_object("each section"))?;
-        let parts = s.get("parts").and_then(|p| p.as_array());
-        if parts.into_iter().flatten().any(|p| !p.is_object()) {
-            return Err(not_object("each part"));
         }
     }
     Ok(())

@@ -280,15 +280,12 @@ impl<'f> CpuEncoder<'f> {
     fn run_layer(&self, layer: &Layer<'_>, x: &mut [f32], lengths: &[usize]) {
         let m: usize = lengths.iter().sum();
         let h = self.hidden;
-        let mut tt = std::time::Instant::now();
-        let mut lap = |what: &str| { if std::env::var_os("ETS_PROF").is_some() { eprintln!("{what} {:.1}", tt.elapsed().as_secs_f64()*1e3); } tt = std::time::Instant::now(); };
         let mut attn = match (&layer.qkv, &layer.out) {
             (Some([q, k, v]), Some(o)) => {
                 let (qo, (ko, vo)) = rayon::join(
                     || q.forward(x, m),
                     || rayon::join(|| k.forward(x, m), || v.forward(x, m)),
                 );
-                lap("qkv");
                 let ctx = attention(
                     &qo,
                     &ko,
@@ -297,26 +294,18 @@ impl<'f> CpuEncoder<'f> {
                     layer.heads,
                     self.config.head_dim as usize,
                 );
-                lap("attn");
-                let r = o.forward(&ctx, m);
-                lap("o");
-                r
+                o.forward(&ctx, m)
             }
             // Every head pruned: the attention block contributes only its output bias.
             _ => layer.out_bias.repeat(m),
         };
         add_into(&mut attn, x);
         layer.ln1.apply(&mut attn);
-        lap("ln1");
         let mut inter = layer.intermediate.forward(&attn, m);
-        lap("ffn1");
         activate(&mut inter, self.config.activation);
-        lap("gelu");
         let mut out = layer.ffn_out.forward(&inter, m);
-        lap("ffn2");
         add_into(&mut out, &attn);
         layer.ln2.apply(&mut out);
-        lap("ln2");
         debug_assert_eq!(out.len(), m * h);
         x.copy_from_slice(&out);
     }

@@ -19,8 +19,6 @@ pub(crate) trait PanelSource: Sync {
     fn k(&self) -> usize;
     /// Block height (output features per block row).
     fn block_height(&self) -> usize;
-    /// Largest block width, for sizing the panel buffer.
-    fn max_block_width(&self) -> usize;
     /// Packs every kept block of block row `br`, in input-column order, back to back onto
     /// `packed` (cleared first) and records `(first_input_col, width, offset)` for each in
     /// `segs`: the block at `offset` is `[width][block_height]` (row `j` holds input feature
@@ -280,9 +278,6 @@ mod tests {
         }
         fn block_height(&self) -> usize {
             self.th
-        }
-        fn max_block_width(&self) -> usize {
-            self.tw
         }
         fn pack_block_row(
             &self,

@@ -36,9 +36,6 @@ impl PanelSource for DenseMatrix<'_> {
     fn block_height(&self) -> usize {
         DENSE_TH
     }
-    fn max_block_width(&self) -> usize {
-        DENSE_TW
-    }
     fn pack_block_row(
         &self,
         br: usize,
@@ -88,9 +85,6 @@ impl PanelSource for TileMatrix<'_> {
     fn block_height(&self) -> usize {
         self.0.tile_rows
     }
-    fn max_block_width(&self) -> usize {
-        self.0.tile_cols
-    }
     fn pack_block_row(
         &self,
         br: usize,
@@ -108,7 +102,10 @@ impl PanelSource for TileMatrix<'_> {
             let c0 = bc * tw;
             let w = tw.min(t.cols.saturating_sub(c0));
             // Validation (EtsFile::open) proved the tile's values and bitmaps are in range.
-            let tile: &[f32] = match (t.element_bitmaps, t.values.get(k * area * size..(k + 1) * area * size)) {
+            let tile: &[f32] = match (
+                t.element_bitmaps,
+                t.values.get(k * area * size..(k + 1) * area * size),
+            ) {
                 (None, Some(bytes)) => as_f32(t.dtype, bytes, scratch),
                 _ => {
                     scratch.resize(area, 0.0);
