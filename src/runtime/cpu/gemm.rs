@@ -75,25 +75,31 @@ pub(crate) fn gemm(src: &dyn PanelSource, x: &[f32], m: usize, bias: Option<&[f3
             (brs.start, r0, rows, out)
         })
         .collect();
-    for (br0, r0, rows, out) in parts {
-        let padded = rows.div_ceil(MR) * MR;
-        for (bi, block) in out.chunks_exact(padded * th).enumerate() {
-            let c0 = (br0 + bi) * th;
-            let width = th.min(n - c0);
-            for (i, row) in block.chunks_exact(th).take(rows).enumerate() {
-                let dst = (r0 + i) * n + c0;
-                let d = &mut y[dst..dst + width];
-                match bias.and_then(|b| b.get(c0..c0 + width)) {
-                    Some(b) => {
-                        for ((o, &v), &bb) in d.iter_mut().zip(&row[..width]).zip(b) {
-                            *o = v + bb;
+    // Copy out (adding the bias) in parallel over token-row chunks: `parts` is in task order,
+    // so the parts of row chunk `rt` are `parts[g * row_tasks + rt]`.
+    y.par_chunks_mut(ROWS_PER_TASK * n)
+        .enumerate()
+        .for_each(|(rt, ychunk)| {
+            for (br0, _, rows, out) in parts.iter().skip(rt).step_by(row_tasks) {
+                let padded = rows.div_ceil(MR) * MR;
+                for (bi, block) in out.chunks_exact(padded * th).enumerate() {
+                    let c0 = (br0 + bi) * th;
+                    let width = th.min(n - c0);
+                    let b = bias.and_then(|b| b.get(c0..c0 + width));
+                    for (row, yrow) in block.chunks_exact(th).zip(ychunk.chunks_exact_mut(n)) {
+                        let d = &mut yrow[c0..c0 + width];
+                        match b {
+                            Some(b) => {
+                                for ((o, &v), &bb) in d.iter_mut().zip(&row[..width]).zip(b) {
+                                    *o = v + bb;
+                                }
+                            }
+                            None => d.copy_from_slice(&row[..width]),
                         }
                     }
-                    None => d.copy_from_slice(&row[..width]),
                 }
             }
-        }
-    }
+        });
     y
 }
 
@@ -114,6 +120,15 @@ fn pack_rows(x: &[f32], rows: usize, k: usize) -> Vec<f32> {
                 &[]
             }
         });
+        if src.iter().all(|r| r.len() == k) {
+            // Full group: one contiguous write stream fed by the MR row streams.
+            for (j, d) in dst.chunks_exact_mut(MR).enumerate() {
+                for (lane, o) in d.iter_mut().enumerate() {
+                    *o = src[lane][j];
+                }
+            }
+            return;
+        }
         for (lane, row) in src.iter().enumerate() {
             for (j, &v) in row.iter().enumerate() {
                 dst[j * MR + lane] = v;

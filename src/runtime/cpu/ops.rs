@@ -232,50 +232,88 @@ fn head_avx2(job: &Head<'_>, scratch: &mut Vec<f32>, out: &mut [f32]) {
 /// horizontal sums); the softmax uses the branch-free [`exp`].
 #[inline(always)]
 fn head_body<F: Madd>(job: &Head<'_>, scratch: &mut Vec<f32>, out: &mut [f32]) {
-    let (len, d) = (job.len, job.head_dim);
-    let row = |m: &'_ [f32], t: usize| {
-        let o = (job.start + t) * job.width + job.col;
-        (o, o + d, m.len())
+    let (len, d, width) = (job.len, job.head_dim, job.width);
+    let first = job.start * width + job.col;
+    // Row `t` of this head in Q, K or V starts at `t * width` of these slices.
+    let span = (len.max(1) - 1) * width + d;
+    let (Some(q), Some(k), Some(v)) = (
+        job.q.get(first..first + span),
+        job.k.get(first..first + span),
+        job.v.get(first..first + span),
+    ) else {
+        return;
     };
     scratch.clear();
     scratch.resize(d * len + len, 0.0);
     let (kt, scores) = scratch.split_at_mut(d * len);
     for t in 0..len {
-        let (a, b, _) = row(job.k, t);
-        for (j, &x) in job.k[a..b].iter().enumerate() {
+        for (j, &x) in k[t * width..t * width + d].iter().enumerate() {
             kt[j * len + t] = x;
         }
     }
     let scale = 1.0 / (d as f32).sqrt();
     for i in 0..len {
-        let (a, b, _) = row(job.q, i);
-        let qi = &job.q[a..b];
-        scores.fill(0.0);
-        for (&qv, krow) in qi.iter().zip(kt.chunks_exact(len)) {
-            for (s, &kv) in scores.iter_mut().zip(krow) {
-                *s = F::madd(qv, kv, *s);
+        let qi = &q[i * width..i * width + d];
+        // scores[t] = sum_j qi[j] * kt[j][t]
+        combine::<F>(qi, kt, len, scores);
+        // Separate passes with eight partial max/sum lanes, so each one vectorizes.
+        let mut lanes = [f32::NEG_INFINITY; 8];
+        for c in scores.chunks_mut(8) {
+            for (s, m) in c.iter_mut().zip(lanes.iter_mut()) {
+                *s *= scale;
+                *m = m.max(*s);
             }
         }
-        let mut max = f32::NEG_INFINITY;
-        for s in scores.iter_mut() {
-            *s *= scale;
-            max = max.max(*s);
-        }
-        let mut sum = 0f32;
-        for s in scores.iter_mut() {
-            *s = exp(*s - max);
-            sum += *s;
-        }
-        let inv = 1.0 / sum;
-        let o = &mut out[i * d..(i + 1) * d];
-        for (t, &p) in scores.iter().enumerate() {
-            let (a, b, _) = row(job.v, t);
-            let w = p * inv;
-            for (acc, &x) in o.iter_mut().zip(&job.v[a..b]) {
-                *acc = F::madd(w, x, *acc);
+        let max = lanes.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        scores.iter_mut().for_each(|s| *s = exp(*s - max));
+        let mut sums = [0f32; 8];
+        for c in scores.chunks(8) {
+            for (s, a) in c.iter().zip(sums.iter_mut()) {
+                *a += *s;
             }
+        }
+        let inv = 1.0 / sums.iter().sum::<f32>();
+        scores.iter_mut().for_each(|p| *p *= inv);
+        // out[i][j] = sum_t p[t] * v[t][j]
+        combine::<F>(scores, v, width, &mut out[i * d..(i + 1) * d]);
+    }
+}
+
+/// `out[l] = sum_t coef[t] * rows[t * stride + l]` for `l < out.len()`, in register-sized column
+/// chunks so the partial sums stay in registers across the whole sum.
+#[inline(always)]
+fn combine<F: Madd>(coef: &[f32], rows: &[f32], stride: usize, out: &mut [f32]) {
+    let mut c0 = 0;
+    while c0 + 32 <= out.len() {
+        combine_chunk::<F, 32>(coef, rows, stride, c0, &mut out[c0..c0 + 32]);
+        c0 += 32;
+    }
+    while c0 + 8 <= out.len() {
+        combine_chunk::<F, 8>(coef, rows, stride, c0, &mut out[c0..c0 + 8]);
+        c0 += 8;
+    }
+    while c0 < out.len() {
+        combine_chunk::<F, 1>(coef, rows, stride, c0, &mut out[c0..c0 + 1]);
+        c0 += 1;
+    }
+}
+
+#[inline(always)]
+fn combine_chunk<F: Madd, const W: usize>(
+    coef: &[f32],
+    rows: &[f32],
+    stride: usize,
+    c0: usize,
+    out: &mut [f32],
+) {
+    let mut acc = [0f32; W];
+    for (t, &c) in coef.iter().enumerate() {
+        let r = &rows[t * stride + c0..t * stride + c0 + W];
+        for l in 0..W {
+            acc[l] = F::madd(c, r[l], acc[l]);
         }
     }
+    out.copy_from_slice(&acc);
 }
 
 #[cfg(test)]
