@@ -7,7 +7,7 @@ use crate::format::{EtsFile, FormatError, ModelConfig, TensorView};
 use crate::runtime::{Encoder, EncoderOutput, ForwardOptions, RuntimeError, TokenBatch};
 
 use super::linear::{tensor_row, Linear};
-use super::ops::{activate, add_into, attention, LayerNorm};
+use super::ops::{add_into, attention, LayerNorm};
 
 /// One encoder layer's weights.
 struct Layer<'f> {
@@ -301,8 +301,9 @@ impl<'f> CpuEncoder<'f> {
         };
         add_into(&mut attn, x);
         layer.ln1.apply(&mut attn);
-        let mut inter = layer.intermediate.forward(&attn, m);
-        activate(&mut inter, self.config.activation);
+        let inter = layer
+            .intermediate
+            .forward_act(&attn, m, Some(self.config.activation));
         let mut out = layer.ffn_out.forward(&inter, m);
         add_into(&mut out, &attn);
         layer.ln2.apply(&mut out);

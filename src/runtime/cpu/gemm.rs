@@ -8,6 +8,11 @@
 
 use rayon::prelude::*;
 
+use crate::format::Activation;
+
+use super::ops::activate_serial;
+use super::simd::{avx2_fma, Fused, Madd, Plain};
+
 /// Token rows per parallel task (each task re-packs its panels, so not too small).
 const ROWS_PER_TASK: usize = 128;
 
@@ -35,7 +40,14 @@ pub(crate) trait PanelSource: Sync {
 /// `Y[m, n] = X[m, k] W^T` for the weight behind `src`, multithreaded over groups of block rows
 /// and token rows.
 /// With `bias` (length `n`), it is added as the blocks are copied out (no extra pass over `Y`).
-pub(crate) fn gemm(src: &dyn PanelSource, x: &[f32], m: usize, bias: Option<&[f32]>) -> Vec<f32> {
+/// With `act`, the activation is applied to each finished output row while it is in cache.
+pub(crate) fn gemm(
+    src: &dyn PanelSource,
+    x: &[f32],
+    m: usize,
+    bias: Option<&[f32]>,
+    act: Option<Activation>,
+) -> Vec<f32> {
     let (n, k, th) = (src.n(), src.k(), src.block_height());
     let mut y = vec![0f32; m * n];
     if m == 0 || n == 0 || th == 0 || x.len() < m * k {
@@ -80,23 +92,26 @@ pub(crate) fn gemm(src: &dyn PanelSource, x: &[f32], m: usize, bias: Option<&[f3
     y.par_chunks_mut(ROWS_PER_TASK * n)
         .enumerate()
         .for_each(|(rt, ychunk)| {
-            for (br0, _, rows, out) in parts.iter().skip(rt).step_by(row_tasks) {
-                let padded = rows.div_ceil(MR) * MR;
-                for (bi, block) in out.chunks_exact(padded * th).enumerate() {
-                    let c0 = (br0 + bi) * th;
-                    let width = th.min(n - c0);
-                    let b = bias.and_then(|b| b.get(c0..c0 + width));
-                    for (row, yrow) in block.chunks_exact(th).zip(ychunk.chunks_exact_mut(n)) {
+            for (i, yrow) in ychunk.chunks_exact_mut(n).enumerate() {
+                for (br0, _, rows, out) in parts.iter().skip(rt).step_by(row_tasks) {
+                    let padded = rows.div_ceil(MR) * MR;
+                    for (bi, block) in out.chunks_exact(padded * th).enumerate() {
+                        let c0 = (br0 + bi) * th;
+                        let width = th.min(n - c0);
+                        let row = &block[i * th..i * th + width];
                         let d = &mut yrow[c0..c0 + width];
-                        match b {
+                        match bias.and_then(|b| b.get(c0..c0 + width)) {
                             Some(b) => {
-                                for ((o, &v), &bb) in d.iter_mut().zip(&row[..width]).zip(b) {
+                                for ((o, &v), &bb) in d.iter_mut().zip(row).zip(b) {
                                     *o = v + bb;
                                 }
                             }
-                            None => d.copy_from_slice(&row[..width]),
+                            None => d.copy_from_slice(row),
                         }
                     }
+                }
+                if let Some(act) = act {
+                    activate_serial(yrow, act);
                 }
             }
         });
@@ -138,27 +153,6 @@ fn pack_rows(x: &[f32], rows: usize, k: usize) -> Vec<f32> {
     xp
 }
 
-/// Multiply-add, either fused (with hardware FMA) or plain.
-trait Madd {
-    fn madd(a: f32, b: f32, c: f32) -> f32;
-}
-
-struct Fused;
-impl Madd for Fused {
-    #[inline(always)]
-    fn madd(a: f32, b: f32, c: f32) -> f32 {
-        a.mul_add(b, c)
-    }
-}
-
-struct Plain;
-impl Madd for Plain {
-    #[inline(always)]
-    fn madd(a: f32, b: f32, c: f32) -> f32 {
-        a * b + c
-    }
-}
-
 /// `out[groups*MR][th] += Xp[.., c0..c0+w] * panel[w][th]`, dispatched on CPU features.
 #[allow(clippy::too_many_arguments)]
 fn kernel(
@@ -172,8 +166,7 @@ fn kernel(
 ) {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
+        if avx2_fma() {
             // SAFETY: the CPU supports AVX2 and FMA (checked just above), which is all that
             // `kernel_avx2` is compiled to assume; its body is safe Rust.
             unsafe { kernel_avx2(xp, k, groups, segs, packed, th, out) };
@@ -355,7 +348,7 @@ mod tests {
                 th,
                 tw,
             };
-            let y = gemm(&src, &x, m, None);
+            let y = gemm(&src, &x, m, None, None);
             for r in 0..m {
                 for c in 0..n {
                     let want: f64 = (0..k)

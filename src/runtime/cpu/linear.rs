@@ -8,10 +8,11 @@
 //! Values of any stored dtype are converted to f32 as they are packed into a panel.
 
 use crate::format::tiles::decode_into;
-use crate::format::{Dtype, TensorData, TensorView, TileView};
+use crate::format::{Activation, Dtype, TensorData, TensorView, TileView};
 use crate::runtime::RuntimeError;
 
 use super::gemm::{gemm, PanelSource};
+use super::ops::activate;
 
 /// Output features per virtual block of a dense weight.
 const DENSE_TH: usize = 32;
@@ -240,13 +241,19 @@ impl<'a> Linear<'a> {
 
     /// `x` is `[m, k]` row-major; returns `[m, n]`.
     pub(crate) fn forward(&self, x: &[f32], m: usize) -> Vec<f32> {
+        self.forward_act(x, m, None)
+    }
+
+    /// [`Linear::forward`] followed by the activation `act`, fused into the output pass where
+    /// the encoding allows.
+    pub(crate) fn forward_act(&self, x: &[f32], m: usize, act: Option<Activation>) -> Vec<f32> {
         let (n, k) = (self.n, self.k);
         let bias = self.bias.as_deref();
         match &self.kind {
-            Kind::Dense(d) => gemm(d, x, m, bias),
-            Kind::Tile(t) => gemm(t, x, m, bias),
+            Kind::Dense(d) => gemm(d, x, m, bias, act),
+            Kind::Tile(t) => gemm(t, x, m, bias, act),
             Kind::Rows(indices, d) => {
-                let compact = gemm(d, x, m, None);
+                let compact = gemm(d, x, m, None, None);
                 let kept = indices.len();
                 let mut y = vec![0f32; m * n];
                 for (dst, src) in y.chunks_exact_mut(n).zip(compact.chunks_exact(kept.max(1))) {
@@ -261,6 +268,9 @@ impl<'a> Linear<'a> {
                         }
                     }
                 }
+                if let Some(act) = act {
+                    activate(&mut y, act);
+                }
                 y
             }
             Kind::Cols(indices, d) => {
@@ -271,7 +281,7 @@ impl<'a> Linear<'a> {
                         *d = src[c as usize];
                     }
                 }
-                gemm(d, &xc, m, bias)
+                gemm(d, &xc, m, bias, act)
             }
         }
     }

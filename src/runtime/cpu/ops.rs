@@ -61,6 +61,18 @@ pub(crate) fn activate(x: &mut [f32], act: Activation) {
     });
 }
 
+/// Applies the activation to one slice on the calling thread (the GEMM output epilogue).
+pub(crate) fn activate_serial(c: &mut [f32], act: Activation) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2_fma() {
+        // SAFETY: `avx2_fma()` confirmed the CPU features `activate_avx2` is compiled for;
+        // its body is safe Rust.
+        unsafe { activate_avx2(c, act) };
+        return;
+    }
+    activate_body(c, act);
+}
+
 /// The activation loop compiled for AVX2 (8 lanes); same arithmetic as the scalar body.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
