@@ -11,6 +11,10 @@
 #
 # usage: bench/convert_bench.sh [--write] [--keep DIR]
 set -euo pipefail
+# Arithmetic through bc, or python3 where bc is not installed.
+if ! command -v bc >/dev/null 2>&1; then
+    bc() { python3 -c 'import sys; print(eval(sys.stdin.read()))'; }
+fi
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 write=0
@@ -35,8 +39,10 @@ have_time=0
 [ -x /usr/bin/time ] && have_time=1
 [ "$have_time" = 1 ] || echo "warning: /usr/bin/time not found (apt-get install time): peak RSS not measured" >&2
 
-cargo build --release --quiet --bin et-convert --bin et-gen-bert-base
-bin=target/release
+if [ -z "${ETS_BENCH_PREBUILT:-}" ]; then
+    cargo build --release --quiet --bin et-convert --bin et-gen-bert-base
+fi
+bin="${ETS_BENCH_BIN_DIR:-target/release}"
 
 if [ -n "$keep" ]; then
     work="$keep"

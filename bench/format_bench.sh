@@ -3,6 +3,10 @@
 # size), and full verification throughput against sha256sum of the same file (warm page cache).
 # Usage: bench/format_bench.sh [WORK_DIR]   (default: a temporary folder, removed afterwards)
 set -euo pipefail
+# Arithmetic through bc, or python3 where bc is not installed.
+if ! command -v bc >/dev/null 2>&1; then
+    bc() { python3 -c 'import sys; print(eval(sys.stdin.read()))'; }
+fi
 cd "$(dirname "$0")/.."
 work="${1:-}"
 if [ -z "$work" ]; then
