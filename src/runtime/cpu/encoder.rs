@@ -6,6 +6,7 @@ use crate::format::names::{self, LayerTensor};
 use crate::format::{EtsFile, FormatError, ModelConfig, TensorView};
 use crate::runtime::{Encoder, EncoderOutput, ForwardOptions, RuntimeError, TokenBatch};
 
+use super::gemm::PackedX;
 use super::linear::{tensor_row, Linear};
 use super::ops::{add_into, attention, LayerNorm};
 
@@ -282,10 +283,11 @@ impl<'f> CpuEncoder<'f> {
         let h = self.hidden;
         let mut attn = match (&layer.qkv, &layer.out) {
             (Some([q, k, v]), Some(o)) => {
-                let (qo, (ko, vo)) = rayon::join(
-                    || q.forward(x, m),
-                    || rayon::join(|| k.forward(x, m), || v.forward(x, m)),
-                );
+                // One packing of the layer input serves Q, K and V.
+                let xp = PackedX::new(x, m, h);
+                let proj = |l: &Linear<'_>| l.forward_with(x, Some(&xp), m, None, None);
+                let (qo, (ko, vo)) =
+                    rayon::join(|| proj(q), || rayon::join(|| proj(k), || proj(v)));
                 let ctx = attention(
                     &qo,
                     &ko,
@@ -294,18 +296,23 @@ impl<'f> CpuEncoder<'f> {
                     layer.heads,
                     self.config.head_dim as usize,
                 );
-                o.forward(&ctx, m)
+                // The residual add is folded into the output copy.
+                o.forward_with(&ctx, None, m, None, Some(x))
             }
             // Every head pruned: the attention block contributes only its output bias.
-            _ => layer.out_bias.repeat(m),
+            _ => {
+                let mut a = layer.out_bias.repeat(m);
+                add_into(&mut a, x);
+                a
+            }
         };
-        add_into(&mut attn, x);
         layer.ln1.apply(&mut attn);
         let inter = layer
             .intermediate
             .forward_act(&attn, m, Some(self.config.activation));
-        let mut out = layer.ffn_out.forward(&inter, m);
-        add_into(&mut out, &attn);
+        let mut out = layer
+            .ffn_out
+            .forward_with(&inter, None, m, None, Some(&attn));
         layer.ln2.apply(&mut out);
         debug_assert_eq!(out.len(), m * h);
         x.copy_from_slice(&out);

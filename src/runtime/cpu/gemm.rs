@@ -14,7 +14,7 @@ use super::ops::activate_serial;
 use super::simd::{avx2_fma, Fused, Madd, Plain};
 
 /// Token rows per parallel task (each task re-packs its panels, so not too small).
-const ROWS_PER_TASK: usize = 128;
+const ROWS_PER_TASK: usize = 256;
 
 /// A weight matrix `[n, k]` visited block by block.
 pub(crate) trait PanelSource: Sync {
@@ -37,6 +37,48 @@ pub(crate) trait PanelSource: Sync {
     );
 }
 
+/// What the copy-out pass does to each output element besides placing it.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Epilogue<'a> {
+    /// Added per output feature (length `n`).
+    pub(crate) bias: Option<&'a [f32]>,
+    /// Applied to each finished output row while it is in cache.
+    pub(crate) act: Option<Activation>,
+    /// `[m, n]`, added last (after the bias and the activation): the residual connection.
+    pub(crate) residual: Option<&'a [f32]>,
+}
+
+/// `X` (`[m, k]`) interleaved once by groups of [`MR`] rows, so several GEMMs over the same
+/// input (Q, K and V) share one packing pass.
+pub(crate) struct PackedX {
+    data: Vec<f32>,
+    m: usize,
+    k: usize,
+}
+
+impl PackedX {
+    /// Interleaves `x` (`[m, k]` row-major; shorter inputs are treated as empty).
+    pub(crate) fn new(x: &[f32], m: usize, k: usize) -> PackedX {
+        if x.len() < m * k {
+            return PackedX {
+                data: Vec::new(),
+                m: 0,
+                k,
+            };
+        }
+        PackedX {
+            data: pack_rows(x, m, k),
+            m,
+            k,
+        }
+    }
+
+    /// Token rows.
+    pub(crate) fn rows(&self) -> usize {
+        self.m
+    }
+}
+
 /// `Y[m, n] = X[m, k] W^T` for the weight behind `src`, multithreaded over groups of block rows
 /// and token rows.
 /// With `bias` (length `n`), it is added as the blocks are copied out (no extra pass over `Y`).
@@ -48,9 +90,23 @@ pub(crate) fn gemm(
     bias: Option<&[f32]>,
     act: Option<Activation>,
 ) -> Vec<f32> {
-    let (n, k, th) = (src.n(), src.k(), src.block_height());
+    let k = src.k();
+    if x.len() < m * k {
+        return vec![0f32; m * src.n()];
+    }
+    let epi = Epilogue {
+        bias,
+        act,
+        residual: None,
+    };
+    gemm_packed(src, &PackedX::new(x, m, k), epi)
+}
+
+/// [`gemm`] on an input packed beforehand; `xp.k` must equal `src.k()` (else `Y` is zero).
+pub(crate) fn gemm_packed(src: &dyn PanelSource, xp: &PackedX, epi: Epilogue<'_>) -> Vec<f32> {
+    let (n, k, th, m) = (src.n(), src.k(), src.block_height(), xp.m);
     let mut y = vec![0f32; m * n];
-    if m == 0 || n == 0 || th == 0 || x.len() < m * k {
+    if m == 0 || n == 0 || th == 0 || xp.k != k {
         return y;
     }
     let block_rows = n.div_ceil(th);
@@ -62,8 +118,8 @@ pub(crate) fn gemm(
         group /= 2;
     }
     let groups = block_rows.div_ceil(group);
-    // X is interleaved once and shared by every task (task row starts are multiples of MR).
-    let xp_all = pack_rows(x, m, k);
+    // Task row starts are multiples of MR, so each task reads its own slice of the shared `X`.
+    let xp_all = &xp.data;
     let parts: Vec<(usize, usize, usize, Vec<f32>)> = (0..groups * row_tasks)
         .into_par_iter()
         .map(|task| {
@@ -87,12 +143,17 @@ pub(crate) fn gemm(
             (brs.start, r0, rows, out)
         })
         .collect();
-    // Copy out (adding the bias) in parallel over token-row chunks: `parts` is in task order,
-    // so the parts of row chunk `rt` are `parts[g * row_tasks + rt]`.
+    let residual = epi.residual.filter(|r| r.len() == m * n);
+    // Copy out (bias, activation, residual) in parallel over token-row chunks: `parts` is in
+    // task order, so the parts of row chunk `rt` are `parts[g * row_tasks + rt]`.
     y.par_chunks_mut(ROWS_PER_TASK * n)
         .enumerate()
         .for_each(|(rt, ychunk)| {
             for (i, yrow) in ychunk.chunks_exact_mut(n).enumerate() {
+                let r = (rt * ROWS_PER_TASK + i) * n;
+                // Fold the residual into the copy when nothing has to come between them.
+                let res_row = residual.map(|res| &res[r..r + n]);
+                let fused_res = if epi.act.is_none() { res_row } else { None };
                 for (br0, _, rows, out) in parts.iter().skip(rt).step_by(row_tasks) {
                     let padded = rows.div_ceil(MR) * MR;
                     for (bi, block) in out.chunks_exact(padded * th).enumerate() {
@@ -100,22 +161,45 @@ pub(crate) fn gemm(
                         let width = th.min(n - c0);
                         let row = &block[i * th..i * th + width];
                         let d = &mut yrow[c0..c0 + width];
-                        match bias.and_then(|b| b.get(c0..c0 + width)) {
-                            Some(b) => {
-                                for ((o, &v), &bb) in d.iter_mut().zip(row).zip(b) {
-                                    *o = v + bb;
-                                }
-                            }
-                            None => d.copy_from_slice(row),
-                        }
+                        let b = epi.bias.and_then(|b| b.get(c0..c0 + width));
+                        let res = fused_res.map(|res| &res[c0..c0 + width]);
+                        copy_block(d, row, b, res);
                     }
                 }
-                if let Some(act) = act {
+                if let Some(act) = epi.act {
                     activate_serial(yrow, act);
+                    if let Some(res) = res_row {
+                        for (o, &v) in yrow.iter_mut().zip(res) {
+                            *o += v;
+                        }
+                    }
                 }
             }
         });
     y
+}
+
+/// `d = row (+ b) (+ res)`, summed in that order.
+#[inline]
+fn copy_block(d: &mut [f32], row: &[f32], b: Option<&[f32]>, res: Option<&[f32]>) {
+    match (b, res) {
+        (Some(b), Some(res)) => {
+            for (((o, &v), &bb), &rr) in d.iter_mut().zip(row).zip(b).zip(res) {
+                *o = v + bb + rr;
+            }
+        }
+        (Some(b), None) => {
+            for ((o, &v), &bb) in d.iter_mut().zip(row).zip(b) {
+                *o = v + bb;
+            }
+        }
+        (None, Some(res)) => {
+            for ((o, &v), &rr) in d.iter_mut().zip(row).zip(res) {
+                *o = v + rr;
+            }
+        }
+        (None, None) => d.copy_from_slice(row),
+    }
 }
 
 /// Token rows per register block.
@@ -193,7 +277,7 @@ fn kernel_avx2(
 
 /// Input features per cache block: the kept `X` columns of a task's rows within one block
 /// (`ROWS_PER_TASK x KC` floats at most) stay in L2 while every row group streams past them.
-const KC: usize = 512;
+const KC: usize = 256;
 
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]

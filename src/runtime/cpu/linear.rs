@@ -11,8 +11,8 @@ use crate::format::tiles::decode_into;
 use crate::format::{Activation, Dtype, TensorData, TensorView, TileView};
 use crate::runtime::RuntimeError;
 
-use super::gemm::{gemm, PanelSource};
-use super::ops::activate;
+use super::gemm::{gemm, gemm_packed, Epilogue, PackedX, PanelSource};
+use super::ops::{activate, add_into};
 
 /// Output features per virtual block of a dense weight.
 const DENSE_TH: usize = 32;
@@ -247,11 +247,40 @@ impl<'a> Linear<'a> {
     /// [`Linear::forward`] followed by the activation `act`, fused into the output pass where
     /// the encoding allows.
     pub(crate) fn forward_act(&self, x: &[f32], m: usize, act: Option<Activation>) -> Vec<f32> {
+        self.forward_with(x, None, m, act, None)
+    }
+
+    /// `act(x W^T + b) + residual`, with `xp` (when given) the same `x` packed beforehand so
+    /// that several layers reading one input pack it once; `residual` is `[m, n]`.
+    pub(crate) fn forward_with(
+        &self,
+        x: &[f32],
+        xp: Option<&PackedX>,
+        m: usize,
+        act: Option<Activation>,
+        residual: Option<&[f32]>,
+    ) -> Vec<f32> {
         let (n, k) = (self.n, self.k);
         let bias = self.bias.as_deref();
-        match &self.kind {
-            Kind::Dense(d) => gemm(d, x, m, bias, act),
-            Kind::Tile(t) => gemm(t, x, m, bias, act),
+        let residual = residual.filter(|r| r.len() == m * n);
+        let epi = Epilogue {
+            bias,
+            act,
+            residual,
+        };
+        let dense_like: Option<&dyn PanelSource> = match &self.kind {
+            Kind::Dense(d) => Some(d),
+            Kind::Tile(t) => Some(t),
+            _ => None,
+        };
+        if let Some(src) = dense_like {
+            return match xp.filter(|p| p.rows() == m) {
+                Some(p) => gemm_packed(src, p, epi),
+                None if x.len() >= m * k => gemm_packed(src, &PackedX::new(x, m, k), epi),
+                None => vec![0f32; m * n],
+            };
+        }
+        let mut y = match &self.kind {
             Kind::Rows(indices, d) => {
                 let compact = gemm(d, x, m, None, None);
                 let kept = indices.len();
@@ -283,7 +312,12 @@ impl<'a> Linear<'a> {
                 }
                 gemm(d, &xc, m, bias, act)
             }
+            Kind::Dense(_) | Kind::Tile(_) => vec![0f32; m * n],
+        };
+        if let Some(r) = residual {
+            add_into(&mut y, r);
         }
+        y
     }
 }
 
