@@ -13,7 +13,7 @@
 set -euo pipefail
 # Arithmetic through bc, or python3 where bc is not installed.
 if ! command -v bc >/dev/null 2>&1; then
-    bc() { python3 -c 'import sys; print(eval(sys.stdin.read()))'; }
+    bc() { python3 -c 'import sys; v = eval(sys.stdin.read()); print(int(v) if isinstance(v, bool) else v)'; }
 fi
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
