@@ -20,7 +20,7 @@ pub use header::{
     Activation, Dtype, Encoding, Header, ModelConfig, PartEntry, PartRole, Provenance,
     SectionEntry, TileLayout,
 };
-pub use reader::{EtsFile, SectionView, TensorData, TensorView};
+pub use reader::{hex, EtsFile, SectionView, TensorData, TensorView};
 pub use tiles::{EncodedTensor, TileView};
 pub use writer::{EtsWriter, WriteOptions};
 

@@ -343,7 +343,7 @@ impl EtsFile {
     }
 }
 
-/// Lowercase hex of a digest.
-pub(crate) fn hex(bytes: &[u8]) -> String {
+/// Lowercase hex of a digest, as the header stores SHA-256 values.
+pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

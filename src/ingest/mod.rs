@@ -149,11 +149,7 @@ impl SourceProvenance {
                 }
                 hasher.update(&buf[..n]);
             }
-            Ok(hasher
-                .finalize()
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect())
+            Ok(crate::format::hex(&hasher.finalize()))
         });
         SourceProvenance {
             source_name: path

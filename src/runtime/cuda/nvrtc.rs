@@ -191,7 +191,7 @@ fn cache_key(src: &str, opts: &[String], arch: &str, ver: (i32, i32)) -> String 
         h.update([0u8]);
     }
     let d = h.finalize();
-    let hex: String = d.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    let hex = crate::format::hex(&d[..8]);
     format!("{arch}-nvrtc{}.{}-{hex}", ver.0, ver.1)
 }
 
