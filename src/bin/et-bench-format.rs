@@ -79,7 +79,7 @@ fn bert_base() -> ModelConfig {
 }
 
 fn tensor_list(cfg: &ModelConfig) -> Vec<(String, Vec<u64>, bool)> {
-    let (h, f) = (u64::from(cfg.hidden_size), u64::from(cfg.intermediate_size));
+    let h = u64::from(cfg.hidden_size);
     let mut out = vec![
         (
             names::WORD_EMBEDDINGS.to_string(),
@@ -101,13 +101,7 @@ fn tensor_list(cfg: &ModelConfig) -> Vec<(String, Vec<u64>, bool)> {
     ];
     for layer in 0..cfg.num_layers as usize {
         for t in LayerTensor::ALL {
-            let shape = match t {
-                LayerTensor::IntermediateWeight => vec![f, h],
-                LayerTensor::FfnOutputWeight => vec![h, f],
-                LayerTensor::IntermediateBias => vec![f],
-                _ if t.is_linear_weight() => vec![h, h],
-                _ => vec![h],
-            };
+            let shape = t.shape(cfg, layer);
             out.push((t.name(layer), shape, t.is_linear_weight()));
         }
     }

@@ -34,8 +34,6 @@ fn bert_base(layers: u32) -> ModelConfig {
 /// Canonical names and shapes, in file order.
 fn tensors(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
     let h = cfg.hidden_size as usize;
-    let a = (cfg.num_heads * cfg.head_dim) as usize;
-    let f = cfg.intermediate_size as usize;
     let mut out = vec![
         (
             names::WORD_EMBEDDINGS.to_string(),
@@ -54,17 +52,11 @@ fn tensors(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
     ];
     for layer in 0..cfg.num_layers as usize {
         for t in LayerTensor::ALL {
-            let shape = match t {
-                LayerTensor::QueryWeight | LayerTensor::KeyWeight | LayerTensor::ValueWeight => {
-                    vec![a, h]
-                }
-                LayerTensor::QueryBias | LayerTensor::KeyBias | LayerTensor::ValueBias => vec![a],
-                LayerTensor::OutputWeight => vec![h, a],
-                LayerTensor::IntermediateWeight => vec![f, h],
-                LayerTensor::IntermediateBias => vec![f],
-                LayerTensor::FfnOutputWeight => vec![h, f],
-                _ => vec![h],
-            };
+            let shape: Vec<usize> = t
+                .shape(cfg, layer)
+                .into_iter()
+                .map(|d| d as usize)
+                .collect();
             out.push((t.name(layer), shape));
         }
     }

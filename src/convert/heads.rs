@@ -64,13 +64,11 @@ impl HeadPlan {
 
 /// Layer and role of a Q, K or V bias (they follow their weight under head pruning).
 pub(super) fn bias_role(name: &str) -> Option<(usize, Role)> {
-    let rest = name.strip_prefix("layers.")?;
-    let (layer, suffix) = rest.split_once('.')?;
-    let layer = layer.parse().ok()?;
-    let role = match suffix {
-        s if s == LayerTensor::QueryBias.suffix() => Role::Query,
-        s if s == LayerTensor::KeyBias.suffix() => Role::Key,
-        s if s == LayerTensor::ValueBias.suffix() => Role::Value,
+    let (layer, t) = LayerTensor::parse(name)?;
+    let role = match t {
+        LayerTensor::QueryBias => Role::Query,
+        LayerTensor::KeyBias => Role::Key,
+        LayerTensor::ValueBias => Role::Value,
         _ => return None,
     };
     Some((layer, role))

@@ -3,6 +3,8 @@
 //! Linear weights are stored `[out_features, in_features]` (so `y = x W^T + b`), LayerNorm and bias
 //! vectors as 1-D tensors, embedding tables as `[rows, hidden]`.
 
+use super::header::ModelConfig;
+
 /// Word embedding table `[vocab_size, hidden]`.
 pub const WORD_EMBEDDINGS: &str = "embeddings.word_embeddings.weight";
 /// Position embedding table `[max_position_embeddings, hidden]`.
@@ -120,5 +122,66 @@ impl LayerTensor {
     /// The full canonical name for layer `layer`.
     pub fn name(self, layer: usize) -> String {
         format!("layers.{layer}.{}", self.suffix())
+    }
+}
+
+impl LayerTensor {
+    /// The shape this tensor has in layer `layer` of a model with configuration `cfg`: Q, K and V
+    /// keep `heads_per_layer[layer] * head_dim` rows and O as many columns (head pruning).
+    pub fn shape(self, cfg: &ModelConfig, layer: usize) -> Vec<u64> {
+        let h = u64::from(cfg.hidden_size);
+        let ffn = u64::from(cfg.intermediate_size);
+        let heads = cfg
+            .heads_per_layer
+            .get(layer)
+            .copied()
+            .unwrap_or(cfg.num_heads);
+        let attn = u64::from(heads) * u64::from(cfg.head_dim);
+        match self {
+            LayerTensor::QueryWeight | LayerTensor::KeyWeight | LayerTensor::ValueWeight => {
+                vec![attn, h]
+            }
+            LayerTensor::QueryBias | LayerTensor::KeyBias | LayerTensor::ValueBias => vec![attn],
+            LayerTensor::OutputWeight => vec![h, attn],
+            LayerTensor::IntermediateWeight => vec![ffn, h],
+            LayerTensor::IntermediateBias => vec![ffn],
+            LayerTensor::FfnOutputWeight => vec![h, ffn],
+            LayerTensor::OutputBias
+            | LayerTensor::AttentionLnWeight
+            | LayerTensor::AttentionLnBias
+            | LayerTensor::FfnOutputBias
+            | LayerTensor::FfnLnWeight
+            | LayerTensor::FfnLnBias => vec![h],
+        }
+    }
+
+    /// Parses a canonical name `layers.{i}.{suffix}` into layer index and tensor.
+    pub fn parse(name: &str) -> Option<(usize, LayerTensor)> {
+        let rest = name.strip_prefix("layers.")?;
+        let (idx, suffix) = rest.split_once('.')?;
+        let layer = idx.parse().ok()?;
+        let t = LayerTensor::ALL
+            .into_iter()
+            .find(|t| t.suffix() == suffix)?;
+        Some((layer, t))
+    }
+}
+
+/// The shape the canonical tensor `name` has under `cfg`, or `None` for a name that is not a
+/// tensor of this model (unknown name, layer out of range, classifier without `num_labels`).
+pub fn canonical_shape(cfg: &ModelConfig, name: &str) -> Option<Vec<u64>> {
+    let h = u64::from(cfg.hidden_size);
+    match name {
+        WORD_EMBEDDINGS => Some(vec![cfg.vocab_size.into(), h]),
+        POSITION_EMBEDDINGS => Some(vec![cfg.max_position_embeddings.into(), h]),
+        TOKEN_TYPE_EMBEDDINGS => Some(vec![cfg.type_vocab_size.into(), h]),
+        EMBEDDINGS_LN_WEIGHT | EMBEDDINGS_LN_BIAS | POOLER_BIAS => Some(vec![h]),
+        POOLER_WEIGHT => Some(vec![h, h]),
+        CLASSIFIER_WEIGHT => cfg.num_labels.map(|n| vec![n.into(), h]),
+        CLASSIFIER_BIAS => cfg.num_labels.map(|n| vec![n.into()]),
+        _ => {
+            let (layer, t) = LayerTensor::parse(name)?;
+            (layer < cfg.num_layers as usize).then(|| t.shape(cfg, layer))
+        }
     }
 }

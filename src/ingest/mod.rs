@@ -246,46 +246,7 @@ pub(crate) fn canonical_names(layers: usize, pooler: bool, classifier: bool) -> 
 
 /// The shape a canonical tensor must have under `cfg`, or `None` for an unknown name.
 pub(crate) fn expected_shape(cfg: &ModelConfig, name: &str) -> Option<Vec<usize>> {
-    let h = cfg.hidden_size as usize;
-    let attn = (cfg.num_heads * cfg.head_dim) as usize;
-    let ffn = cfg.intermediate_size as usize;
-    let fixed = match name {
-        names::WORD_EMBEDDINGS => Some(vec![cfg.vocab_size as usize, h]),
-        names::POSITION_EMBEDDINGS => Some(vec![cfg.max_position_embeddings as usize, h]),
-        names::TOKEN_TYPE_EMBEDDINGS => Some(vec![cfg.type_vocab_size as usize, h]),
-        names::EMBEDDINGS_LN_WEIGHT | names::EMBEDDINGS_LN_BIAS => Some(vec![h]),
-        names::POOLER_WEIGHT => Some(vec![h, h]),
-        names::POOLER_BIAS => Some(vec![h]),
-        names::CLASSIFIER_WEIGHT => cfg.num_labels.map(|n| vec![n as usize, h]),
-        names::CLASSIFIER_BIAS => cfg.num_labels.map(|n| vec![n as usize]),
-        _ => None,
-    };
-    if fixed.is_some() {
-        return fixed;
-    }
-    let rest = name.strip_prefix("layers.")?;
-    let (idx, suffix) = rest.split_once('.')?;
-    let layer: usize = idx.parse().ok()?;
-    if layer >= cfg.num_layers as usize {
-        return None;
-    }
-    let t = LayerTensor::ALL.iter().find(|t| t.suffix() == suffix)?;
-    Some(match t {
-        LayerTensor::QueryWeight | LayerTensor::KeyWeight | LayerTensor::ValueWeight => {
-            vec![attn, h]
-        }
-        LayerTensor::QueryBias | LayerTensor::KeyBias | LayerTensor::ValueBias => vec![attn],
-        LayerTensor::OutputWeight => vec![h, attn],
-        LayerTensor::IntermediateWeight => vec![ffn, h],
-        LayerTensor::IntermediateBias => vec![ffn],
-        LayerTensor::FfnOutputWeight => vec![h, ffn],
-        LayerTensor::OutputBias
-        | LayerTensor::AttentionLnWeight
-        | LayerTensor::AttentionLnBias
-        | LayerTensor::FfnOutputBias
-        | LayerTensor::FfnLnWeight
-        | LayerTensor::FfnLnBias => vec![h],
-    })
+    names::canonical_shape(cfg, name).map(|s| s.into_iter().map(|d| d as usize).collect())
 }
 
 /// Checks that every name in `wanted` is present with the shape `cfg` implies; lists all problems.

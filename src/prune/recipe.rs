@@ -123,12 +123,7 @@ impl Role {
     }
     /// Parses a canonical weight name `layers.{i}.{suffix}` into layer and role.
     pub fn of_name(name: &str) -> Option<(usize, Role)> {
-        let rest = name.strip_prefix("layers.")?;
-        let (layer, suffix) = rest.split_once('.')?;
-        let layer = layer.parse().ok()?;
-        let t = LayerTensor::ALL
-            .into_iter()
-            .find(|t| t.suffix() == suffix)?;
+        let (layer, t) = LayerTensor::parse(name)?;
         Some((layer, Role::of(t)?))
     }
 }

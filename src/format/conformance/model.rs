@@ -131,7 +131,6 @@ fn vector(rng: &mut SplitMix, n: usize, center: f32, spread: f32) -> Vec<f32> {
 pub fn tiny_bert_tensors(cfg: &ModelConfig, seed: u64) -> Vec<DenseTensor> {
     let mut rng = SplitMix(seed);
     let h = cfg.hidden_size as u64;
-    let ffn = cfg.intermediate_size as u64;
     let labels = u64::from(cfg.num_labels.unwrap_or(2));
     let mut out = Vec::new();
     let mut push = |name: String, shape: Vec<u64>, linear: bool, rng: &mut SplitMix| {
@@ -174,13 +173,7 @@ pub fn tiny_bert_tensors(cfg: &ModelConfig, seed: u64) -> Vec<DenseTensor> {
     push(names::EMBEDDINGS_LN_BIAS.into(), vec![h], false, &mut rng);
     for layer in 0..cfg.num_layers as usize {
         for t in LayerTensor::ALL {
-            let shape = match t {
-                LayerTensor::IntermediateWeight => vec![ffn, h],
-                LayerTensor::FfnOutputWeight => vec![h, ffn],
-                LayerTensor::IntermediateBias => vec![ffn],
-                _ if t.is_linear_weight() => vec![h, h],
-                _ => vec![h],
-            };
+            let shape = t.shape(cfg, layer);
             push(t.name(layer), shape, t.is_linear_weight(), &mut rng);
         }
     }
