@@ -5,6 +5,8 @@
 # short summary table. Logs go to $OUT/ when OUT is set.
 #
 # Env: CUDA_HOME (default /usr/local/cuda), ETS_BENCH_BIN, ETS_BENCH_ARGS (e.g. --quick),
+#      ETS_BENCH_CMD (all | check), ETS_TIMEOUT (seconds, default 480), ETS_SKIP_RESOURCES=1,
+#      ETS_NCU=1 (Nsight Compute on one launch; ETS_NCU_ARGS: et-bench `one` arguments),
 #      ETS_CHECK_ETS (extra .ets files to check, space separated; default .cuda/minilm.ets if present).
 set -uo pipefail
 
@@ -27,20 +29,24 @@ export ETS_PTXAS="${ETS_PTXAS:-$CUDA_HOME/bin/ptxas}"
 
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu,power.draw --format=csv 2>&1 | tee "$out/nvidia-smi.txt"
 
-echo "== kernel resources (NVRTC + ptxas -v)"
-"$bin" resources --arch sm_90 2>&1 | tee "$out/resources.txt"
+if [ "${ETS_SKIP_RESOURCES:-0}" != 1 ]; then
+    echo "== kernel resources (NVRTC + ptxas -v)"
+    "$bin" resources --arch sm_90 2>&1 | tee "$out/resources.txt"
+fi
 
 extra=()
 for f in ${ETS_CHECK_ETS:-.cuda/minilm.ets}; do
     [ -f "$f" ] && extra+=(--ets "$f")
 done
-"$bin" all "${extra[@]}" ${ETS_BENCH_ARGS:-} 2>&1 | tee "$out/et-bench.log"
+# A hung kernel must not eat the whole session: the run is bounded (ETS_TIMEOUT seconds).
+timeout "${ETS_TIMEOUT:-480}" "$bin" "${ETS_BENCH_CMD:-all}" "${extra[@]}" ${ETS_BENCH_ARGS:-} 2>&1 | tee "$out/et-bench.log"
 rc=${PIPESTATUS[0]}
 if [ "${ETS_NCU:-0}" = 1 ] && command -v ncu >/dev/null; then
-    echo "== ncu on one tile-kernel launch (16384 tokens, 768->3072, density 1.0, automatic kernel)"
+    ncu_args="${ETS_NCU_ARGS:---tokens 16384 --k 768 --n 3072 --density 0.5}"
+    echo "== ncu on one tile-kernel launch ($ncu_args, automatic kernel)"
     ncu --clock-control none -k regex:tile_ -s 5 -c 1 --section SpeedOfLight --section Occupancy \
         --section WarpStateStats --section LaunchStats --section MemoryWorkloadAnalysis \
-        "$bin" one --tokens 16384 --k 768 --n 3072 --density 1.0 > "$out/ncu.txt" 2>&1
+        "$bin" one $ncu_args > "$out/ncu.txt" 2>&1
     grep -E "tile_|Duration|Throughput|Occupancy|Stall|Warp Cycles|Registers|Shared Memory|Block Limit|Bank|Issued" "$out/ncu.txt" | head -60
 fi
 echo "et-bench exit code $rc"

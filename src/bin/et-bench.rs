@@ -15,9 +15,7 @@ use ets::format::{Dtype, EncodedTensor, EtsFile, EtsWriter, WriteOptions};
 use ets::runtime::cuda::bench::{self, GemmResult, Inputs, MaskMode};
 use ets::runtime::cuda::checks::{self, CheckResult};
 use ets::runtime::cuda::host::{top_norm_mask, Rng};
-use ets::runtime::cuda::{
-    self, format_table, nvrtc, upload, CudaError, CudaRuntime, DeviceModel, Dispatcher,
-};
+use ets::runtime::cuda::{self, format_table, nvrtc, upload, CudaError, CudaRuntime, Dispatcher};
 
 #[derive(Parser)]
 #[command(about = "Device checks and benchmarks of the ets CUDA runtime")]
@@ -222,13 +220,21 @@ fn run_checks(rt: &CudaRuntime, extra: &[PathBuf]) -> Result<bool, CudaError> {
     Ok(fails == 0)
 }
 
-/// A BERT-base-sized synthetic model (tile 16x16, density 0.5) for the upload measurement.
+/// Upload sweep on a BERT-base-sized synthetic model (tile 16x16, density 0.5, about 85 MB):
+/// every method and staging config, warm mapping, fresh mapping and fresh runtime, each upload
+/// checked byte for byte against the file. Prints one line per variant; returns a summary line.
 fn upload_bench(rt: &CudaRuntime, rng: &mut Rng) -> Result<String, CudaError> {
     let dir = std::env::temp_dir().join(format!("et-bench-up-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| CudaError::Invalid(e.to_string()))?;
     let path = dir.join("upload.ets");
+    let r = write_upload_model(&path, rng).and_then(|_| upload::sweep::run(rt, rng, &path));
+    let _ = std::fs::remove_dir_all(&dir);
+    r
+}
+
+fn write_upload_model(path: &std::path::Path, rng: &mut Rng) -> Result<(), CudaError> {
     let fe = |e: ets::format::FormatError| CudaError::Invalid(e.to_string());
-    let mut w = EtsWriter::create(&path, WriteOptions { overwrite: true }).map_err(fe)?;
+    let mut w = EtsWriter::create(path, WriteOptions { overwrite: true }).map_err(fe)?;
     let base = rng.vec(3072 * 768, 0.05);
     for layer in 0..12 {
         for (i, (n, k)) in [(2304usize, 768usize), (768, 768), (3072, 768), (768, 3072)]
@@ -242,35 +248,8 @@ fn upload_bench(rt: &CudaRuntime, rng: &mut Rng) -> Result<String, CudaError> {
                 .map_err(fe)?;
         }
     }
-    let cfg = serde_json::json!({});
-    w.finish(checks_config(), cfg, Default::default())
-        .map_err(fe)?;
-    let file = EtsFile::open(&path).map_err(fe)?;
-    let mut lines = Vec::new();
-    let mut bytes = 0usize;
-    for method in [
-        cuda::UploadMethod::Staged,
-        cuda::UploadMethod::Register,
-        cuda::UploadMethod::Pageable,
-    ] {
-        let _warm = DeviceModel::upload_with(rt, &file, method)?;
-        drop(_warm);
-        let model = DeviceModel::upload_with(rt, &file, method)?;
-        let st = model.stats();
-        bytes = st.bytes;
-        lines.push((format!("{method:?}->{:?}", st.method), st.millis, st.gbps()));
-    }
-    let pinned = upload::pinned_copy_ms(rt, bytes)?;
-    let _ = std::fs::remove_dir_all(&dir);
-    let pin_gbps = bytes as f64 / (pinned * 1e6);
-    let mut s = format!("upload of {:.1} MB (one allocation, file in page cache): plain pinned memcpy {pinned:.2} ms = {pin_gbps:.1} GB/s", bytes as f64 / 1e6);
-    for (name, ms, gbps) in lines {
-        s.push_str(&format!(
-            "; {name} {ms:.2} ms = {gbps:.1} GB/s ({:.2}x pinned)",
-            gbps / pin_gbps
-        ));
-    }
-    Ok(s)
+    w.finish(checks_config(), serde_json::json!({}), Default::default())
+        .map_err(fe)
 }
 
 fn checks_config() -> ets::format::ModelConfig {
@@ -361,6 +340,13 @@ const SETS: &[Set] = &[
         mode: MaskMode::Random,
         densities: &[1.0, 0.5, 0.3, 0.2, 0.1],
         small_m: true,
+    },
+    Set {
+        label: "16x16 balanced",
+        shape: (16, 16),
+        mode: MaskMode::Balanced,
+        densities: &[0.5, 0.2, 0.1],
+        small_m: false,
     },
     Set {
         label: "16x16 grouped",
@@ -467,11 +453,21 @@ fn dispatch_demo(rt: &CudaRuntime, rng: &mut Rng) -> Result<(), CudaError> {
 }
 
 fn summary(results: &[GemmResult], d2d: f64, up: &str) {
-    println!("== SUMMARY (speed vs cuBLAS dense f16 = cuBLAS ms / tile ms; automatic kernel choice; 'best' = fastest tile kernel, 'old' = mma.sync kernel, both at the largest M)");
+    println!("== SUMMARY (speed vs cuBLAS dense f16 = cuBLAS ms / tile ms of the fastest tile kernel, which the dispatcher runs when above 1x; 'walk' / 'wgmma' / 'mma' = each kernel family at the largest M; 'auto' = the kernel auto_kernel picks without measuring, at the largest M)");
     println!("{up}");
     println!(
-        "{:<10} {:<14} {:>5} {:>7} {:>7} {:>7} {:>6} {:>6} {:>5}",
-        "shape", "mask", "dens", "M=128", "M=4096", "M=16384", "best", "old", "goal"
+        "{:<10} {:<15} {:>5} {:>7} {:>7} {:>7} {:>6} {:>6} {:>6} {:>6} {:>5}",
+        "shape",
+        "mask",
+        "dens",
+        "M=128",
+        "M=4096",
+        "M=16384",
+        "walk",
+        "wgmma",
+        "mma",
+        "auto",
+        "goal"
     );
     let shapes = [(768usize, 2304usize), (768, 768), (768, 3072), (3072, 768)];
     let big = results.iter().map(|r| r.tokens).max().unwrap_or(0);
@@ -491,32 +487,39 @@ fn summary(results: &[GemmResult], d2d: f64, up: &str) {
                 let fmt =
                     |v: Option<f64>| v.map(|x| format!("{x:.2}x")).unwrap_or_else(|| "-".into());
                 let big_r = find(big);
-                let best = big_r.and_then(|r| {
+                let best = |r: &GemmResult| {
                     r.per_kernel
                         .iter()
                         .map(|p| p.1)
                         .fold(None, |a: Option<f64>, b| Some(a.map_or(b, |a| a.min(b))))
                         .map(|ms| r.cublas_ms / ms)
-                });
-                let old = big_r.and_then(|r| {
-                    r.per_kernel
-                        .iter()
-                        .find(|p| p.0 == cuda::gemm::TileKernel::Mma)
-                        .map(|p| r.cublas_ms / p.1)
-                });
+                };
+                let family = |pick: &dyn Fn(cuda::gemm::TileKernel) -> bool| {
+                    big_r.and_then(|r| {
+                        r.per_kernel
+                            .iter()
+                            .filter(|p| pick(p.0))
+                            .map(|p| p.1)
+                            .fold(None, |a: Option<f64>, b| Some(a.map_or(b, |a| a.min(b))))
+                            .map(|ms| r.cublas_ms / ms)
+                    })
+                };
+                use cuda::gemm::TileKernel as K;
                 let g = bench::goal(d)
                     .map(|g| format!("{g:.1}x"))
                     .unwrap_or_else(|| "-".into());
                 println!(
-                    "{:<10} {:<14} {:>5.2} {:>7} {:>7} {:>7} {:>6} {:>6} {:>5}",
+                    "{:<10} {:<15} {:>5.2} {:>7} {:>7} {:>7} {:>6} {:>6} {:>6} {:>6} {:>5}",
                     format!("{k}->{n}"),
                     set.label,
                     d,
-                    fmt(find(128).map(|r| r.ratio())),
-                    fmt(find(4096).map(|r| r.ratio())),
+                    fmt(find(128).and_then(best)),
+                    fmt(find(4096).and_then(best)),
+                    fmt(big_r.and_then(best)),
+                    fmt(family(&|k| k == K::Walk)),
+                    fmt(family(&|k| matches!(k, K::Wg64 | K::Wg128))),
+                    fmt(family(&|k| k == K::Mma)),
                     fmt(big_r.map(|r| r.ratio())),
-                    fmt(best),
-                    fmt(old),
                     g
                 );
             }

@@ -15,6 +15,9 @@ pub enum MaskMode {
     Random,
     /// Every group of block rows a CTA owns (128 features) keeps the same tile columns.
     Grouped,
+    /// Every block row keeps the same number of tiles, at random columns (what
+    /// `et-convert --method tile-balanced` produces).
+    Balanced,
 }
 
 /// One measured configuration.
@@ -126,6 +129,7 @@ fn mask(
             }
             keep
         }
+        MaskMode::Balanced => (0..gr).flat_map(|_| rng.mask(gc, density)).collect(),
     }
 }
 
@@ -203,12 +207,11 @@ pub fn bench_one(
     let auto = gemm::auto_kernel(rt, &view, tokens);
     let mut kernels = vec![auto];
     if all_kernels {
-        let extra: &[TileKernel] = if rt.arch() == "sm_90" {
-            &[TileKernel::Mma, TileKernel::Wg64, TileKernel::Wg128]
-        } else {
-            &[]
-        };
-        kernels.extend(extra.iter().filter(|&&kk| kk != auto && th <= kk.bn()));
+        kernels.extend(
+            gemm::usable_kernels(rt, &view, tokens)
+                .into_iter()
+                .filter(|&kk| kk != auto),
+        );
     }
     let mut per_kernel = Vec::new();
     for kern in kernels {

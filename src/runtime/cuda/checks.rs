@@ -55,6 +55,13 @@ pub enum CheckPath {
     Cols,
 }
 
+/// With `ETS_CHECK_TRACE` set, names each check on stderr before it runs (to find a hang).
+fn trace(what: &str) {
+    if std::env::var_os("ETS_CHECK_TRACE").is_some() {
+        eprintln!("check: {what}");
+    }
+}
+
 fn nan_bits(elem: ElemType) -> u16 {
     match elem {
         ElemType::F16 => 0x7E00,
@@ -141,6 +148,7 @@ pub fn check_case(
         gelu as u8,
         residual as u8
     );
+    trace(&name);
     let err = match path {
         CheckPath::Tile
         | CheckPath::TileNoSplit
@@ -259,11 +267,16 @@ pub fn synthetic_suite(rt: &CudaRuntime, rng: &mut Rng) -> Result<Vec<CheckResul
                         .get(ci % usable.len().max(1))
                         .copied()
                         .unwrap_or(TileKernel::Mma);
-                    for path in [
+                    // The row-walk kernel runs every case (it is the default at low density).
+                    let mut paths = vec![
                         CheckPath::Tile,
                         CheckPath::TileNoSplit,
                         CheckPath::Forced(pick),
-                    ] {
+                    ];
+                    if pick != TileKernel::Walk {
+                        paths.push(CheckPath::Forced(TileKernel::Walk));
+                    }
+                    for path in paths {
                         out.push(check_case(
                             rt,
                             rng,
@@ -301,9 +314,14 @@ pub fn synthetic_suite(rt: &CudaRuntime, rng: &mut Rng) -> Result<Vec<CheckResul
 /// Tile kernels this device runs (the wgmma ones need sm_90).
 fn forced_kernels(rt: &CudaRuntime) -> Vec<TileKernel> {
     if rt.arch() == "sm_90" {
-        vec![TileKernel::Mma, TileKernel::Wg64, TileKernel::Wg128]
+        vec![
+            TileKernel::Mma,
+            TileKernel::Wg64,
+            TileKernel::Wg128,
+            TileKernel::Walk,
+        ]
     } else {
-        vec![TileKernel::Mma]
+        vec![TileKernel::Mma, TileKernel::Walk]
     }
 }
 
@@ -379,6 +397,7 @@ pub fn file_suite(
     file: &EtsFile,
     m: usize,
 ) -> Result<Vec<CheckResult>, CudaError> {
+    trace("uploading a model file");
     let model = DeviceModel::upload(rt, file)?;
     let dispatcher = Dispatcher::new();
     let mut out = Vec::new();

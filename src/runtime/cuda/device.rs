@@ -106,6 +106,7 @@ pub struct CudaRuntime {
     arch: String,
     name: String,
     sm_count: i32,
+    max_smem_optin: i32,
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
     functions: Mutex<HashMap<String, CudaFunction>>,
     blas: OnceLock<Result<CudaBlas, String>>,
@@ -146,12 +147,18 @@ impl CudaRuntime {
         let sm_count = ctx
             .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .map_err(CudaError::driver("multiprocessor count"))?;
+        let max_smem_optin = ctx
+            .attribute(
+                sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
+            )
+            .map_err(CudaError::driver("shared memory per block"))?;
         Ok(Self {
             ctx,
             stream,
             arch: format!("sm_{major}{minor}"),
             name,
             sm_count,
+            max_smem_optin,
             modules: Mutex::new(HashMap::new()),
             functions: Mutex::new(HashMap::new()),
             blas: OnceLock::new(),
@@ -173,6 +180,10 @@ impl CudaRuntime {
     /// Number of multiprocessors.
     pub fn sm_count(&self) -> i32 {
         self.sm_count
+    }
+    /// Most dynamic shared memory one block may opt into (bytes).
+    pub fn max_smem_per_block(&self) -> usize {
+        self.max_smem_optin.max(0) as usize
     }
     /// The stream all work goes to.
     pub fn stream(&self) -> &Arc<CudaStream> {
@@ -611,6 +622,8 @@ fn kernel_file_for(name: &str) -> Result<&'static str, CudaError> {
         Ok("tile_gemm.cu")
     } else if name.starts_with("tile_wg_") {
         Ok("tile_wgmma.cu")
+    } else if name.starts_with("tile_walk_") {
+        Ok("tile_walk.cu")
     } else if [
         "epilogue_",
         "gather_cols_",

@@ -114,11 +114,9 @@ impl Dispatcher {
         let y = rt.alloc(tokens * v.rows * 2)?;
         let ep = Epilogue::default();
         let mut kernels = vec![gemm::auto_kernel(rt, v, tokens)];
-        if rt.arch() == "sm_90" {
-            for k in [TileKernel::Wg128, TileKernel::Wg64, TileKernel::Mma] {
-                if !kernels.contains(&k) && v.th <= k.bn() {
-                    kernels.push(k);
-                }
+        for k in gemm::usable_kernels(rt, v, tokens) {
+            if !kernels.contains(&k) {
+                kernels.push(k);
             }
         }
         let mut best: Option<(TileKernel, f64)> = None;

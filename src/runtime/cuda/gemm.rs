@@ -125,6 +125,9 @@ pub enum TileKernel {
     Wg64,
     /// Warpgroup-MMA kernel (sm_90), 128-feature groups.
     Wg128,
+    /// Row-walk kernel (`mma.sync`, any architecture with tensor cores): X resident in shared
+    /// memory, each warp walks one block row's kept tiles; no work on absent tiles.
+    Walk,
 }
 
 impl TileKernel {
@@ -132,13 +135,14 @@ impl TileKernel {
     pub fn bn(self) -> usize {
         match self {
             TileKernel::Wg64 => 64,
-            TileKernel::Mma | TileKernel::Wg128 => 128,
+            TileKernel::Mma | TileKernel::Wg128 | TileKernel::Walk => 128,
         }
     }
     fn name(self, v: &TileDeviceView) -> String {
         let e = v.elem.suffix();
         match self {
             TileKernel::Mma => format!("tile_gemm_{e}_{}x{}", v.th, v.tw),
+            TileKernel::Walk => format!("tile_walk_{e}_{}x{}", v.th, v.tw),
             TileKernel::Wg64 | TileKernel::Wg128 => {
                 format!("tile_wg_{e}_{}x{}_bn{}", v.th, v.tw, self.bn())
             }
@@ -146,7 +150,7 @@ impl TileKernel {
     }
     fn smem(self, th: usize) -> usize {
         match self {
-            TileKernel::Mma => tile_smem_bytes(th),
+            TileKernel::Mma | TileKernel::Walk => tile_smem_bytes(th),
             _ => wg_smem_bytes(self.bn(), th),
         }
     }
@@ -194,15 +198,130 @@ pub fn wg_smem_bytes(bn: usize, th: usize) -> usize {
     stages * (TILE_BM + bn) * 128 + 1024 + meta.div_ceil(16) * 16
 }
 
-/// The kernel [`tile_gemm`] uses on this device for `m` tokens: the wgmma kernel on sm_90, else
-/// the `mma.sync` kernel. The group size follows the share of (group, tile column) pairs holding a
+/// Threads per CTA of the row-walk kernel.
+const WALK_THREADS: u32 = 512;
+
+/// How the row-walk kernel runs one weight: tokens per CTA, feature parts, shared memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WalkPlan {
+    /// Tokens per CTA (128, 64 or 32): all of their K columns stay in shared memory.
+    pub bm: usize,
+    /// CTAs per token block, each taking a contiguous share of the block rows.
+    pub parts: usize,
+    /// Dynamic shared memory per CTA in bytes.
+    pub smem: usize,
+}
+
+/// Shared memory of the row-walk kernel: `bm` token rows of the padded K, one 8-byte barrier per
+/// 64-column load phase, the unit counter.
+pub fn walk_smem_bytes(bm: usize, v: &TileDeviceView) -> usize {
+    let kt = v.grid_cols * v.tw;
+    bm * 2 * kt + 8 * kt.div_ceil(64) + 16
+}
+
+/// The row-walk plan for `m` tokens, or None when not even 32 tokens of X fit in shared memory.
+/// The CTA count is kept to one wave (one CTA per multiprocessor: 16 warps of up to 128
+/// registers): token blocks first, then the block rows are split into parts to fill the device.
+pub fn walk_plan(
+    max_smem: usize,
+    sm_count: usize,
+    m: usize,
+    v: &TileDeviceView,
+) -> Option<WalkPlan> {
+    let want = m.max(1).next_power_of_two().clamp(32, 128);
+    let bm = [128usize, 64, 32]
+        .into_iter()
+        .find(|&bm| bm <= want && walk_smem_bytes(bm, v) <= max_smem)?;
+    let blocks = m.div_ceil(bm).max(1);
+    let parts = (sm_count.max(1) / blocks).clamp(1, v.grid_rows.max(1));
+    Some(WalkPlan {
+        bm,
+        parts,
+        smem: walk_smem_bytes(bm, v),
+    })
+}
+
+/// Runs the row-walk kernel (no K split: every output is written once, epilogue fused).
+pub fn tile_walk(
+    rt: &CudaRuntime,
+    x: u64,
+    m: usize,
+    w: &TileDeviceView,
+    ep: &Epilogue,
+    y: u64,
+) -> Result<(), CudaError> {
+    if let Some(why) = tile_kernel_unsupported(w) {
+        return Err(CudaError::Invalid(format!("tile kernel: {why}")));
+    }
+    let plan = walk_plan(rt.max_smem_per_block(), rt.sm_count() as usize, m, w).ok_or_else(|| {
+        CudaError::Invalid(format!(
+            "row-walk kernel: K = {} needs {} bytes of shared memory for 32 tokens, the device allows {}",
+            w.cols,
+            walk_smem_bytes(32, w),
+            rt.max_smem_per_block()
+        ))
+    })?;
+    let i = |v: usize| KArg::I32(v as i32);
+    let args = [
+        KArg::Ptr(x),
+        i(m),
+        i(w.cols),
+        i(w.cols),
+        KArg::Ptr(w.bitmap),
+        KArg::Ptr(w.row_offsets),
+        KArg::Ptr(w.values),
+        i(w.rows),
+        i(w.grid_rows),
+        i(w.grid_cols),
+        KArg::Ptr(ep.bias),
+        KArg::Ptr(ep.residual),
+        KArg::I32(ep.gelu as i32),
+        KArg::Ptr(y),
+        i(w.rows),
+    ];
+    let name = format!("{}_bm{}", TileKernel::Walk.name(w), plan.bm);
+    let grid = (plan.parts as u32, m.div_ceil(plan.bm) as u32, 1);
+    rt.launch(&name, grid, (WALK_THREADS, 1, 1), plan.smem as u32, &args)
+}
+
+/// Every tile kernel this device can run for `v` at `m` tokens.
+pub fn usable_kernels(rt: &CudaRuntime, v: &TileDeviceView, m: usize) -> Vec<TileKernel> {
+    let mut out = vec![TileKernel::Mma];
+    if rt.arch() == "sm_90" {
+        out.extend(
+            [TileKernel::Wg64, TileKernel::Wg128]
+                .into_iter()
+                .filter(|k| v.th <= k.bn()),
+        );
+    }
+    if walk_plan(rt.max_smem_per_block(), rt.sm_count() as usize, m, v).is_some() {
+        out.push(TileKernel::Walk);
+    }
+    out
+}
+
+/// Densities up to which the row-walk kernel is the default on sm_90 (above it the wgmma union
+/// kernels multiply few absent tiles and issue faster).
+pub const WALK_MAX_DENSITY: f64 = 0.6;
+
+/// The kernel [`tile_gemm`] uses on this device for `m` tokens: the row-walk kernel when X fits
+/// in shared memory and (on sm_90) the density is at most [`WALK_MAX_DENSITY`]; otherwise the
+/// wgmma union kernel on sm_90, else the `mma.sync` union kernel. The wgmma group size follows the share of (group, tile column) pairs holding a
 /// kept tile (from the bitmap when known, else the expectation for uniformly random masks):
 /// 64-feature groups re-read X twice as often and ran ~0.6-0.7x as fast per product (measured on
 /// an H200), so they pay only when their union is well under the 128-feature one, or when the
 /// 128-feature grid would leave multiprocessors idle.
 pub fn auto_kernel(rt: &CudaRuntime, v: &TileDeviceView, m: usize) -> TileKernel {
+    let walk = walk_plan(rt.max_smem_per_block(), rt.sm_count() as usize, m, v).is_some();
     if rt.arch() != "sm_90" {
-        return TileKernel::Mma;
+        return if walk {
+            TileKernel::Walk
+        } else {
+            TileKernel::Mma
+        };
+    }
+    if walk && v.density() <= WALK_MAX_DENSITY {
+        return TileKernel::Walk;
     }
     if v.th > 64 {
         return TileKernel::Wg128;
@@ -293,6 +412,9 @@ pub fn tile_gemm_with(
             w.th,
             w.tw
         )));
+    }
+    if kern == TileKernel::Walk {
+        return tile_walk(rt, x, m, w, ep, y);
     }
     let splits = splits.clamp(1, 64);
     let name = kern.name(w);
@@ -552,6 +674,54 @@ pub fn linear(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn view(n: usize, k: usize, th: usize, tw: usize) -> TileDeviceView {
+        TileDeviceView {
+            bitmap: 0,
+            row_offsets: 0,
+            values: 0,
+            rows: n,
+            cols: k,
+            th,
+            tw,
+            grid_rows: n.div_ceil(th),
+            grid_cols: k.div_ceil(tw),
+            kept: 0,
+            elem: ElemType::F16,
+            has_element_bitmaps: false,
+            unions: None,
+        }
+    }
+
+    /// Shared memory of an H200 / H100 block (227 KiB) and of an A100 block (163 KiB).
+    const HOPPER_SMEM: usize = 232_448;
+    const AMPERE_SMEM: usize = 166_912;
+
+    #[test]
+    fn walk_plan_keeps_x_resident_and_fills_one_wave() {
+        let sms = 132;
+        // K = 768: 128 tokens of X fit; one CTA per token block at 16384 tokens.
+        let p = walk_plan(HOPPER_SMEM, sms, 16384, &view(3072, 768, 16, 16)).unwrap();
+        assert_eq!((p.bm, p.parts), (128, 1));
+        assert_eq!(p.smem, 128 * 768 * 2 + 8 * 12 + 16);
+        // 4096 tokens: 32 token blocks, the block rows split four ways (128 CTAs <= 132).
+        let p = walk_plan(HOPPER_SMEM, sms, 4096, &view(3072, 768, 16, 16)).unwrap();
+        assert_eq!((p.bm, p.parts), (128, 4));
+        // K = 3072: only 32 tokens fit.
+        let p = walk_plan(HOPPER_SMEM, sms, 16384, &view(768, 3072, 16, 16)).unwrap();
+        assert_eq!(p.bm, 32);
+        assert!(p.smem <= HOPPER_SMEM);
+        // Few tokens: the block is no taller than needed, parts never exceed the block rows.
+        let p = walk_plan(HOPPER_SMEM, sms, 20, &view(300, 200, 16, 16)).unwrap();
+        assert_eq!((p.bm, p.parts), (32, 19));
+        // A smaller device limit picks a smaller block; an impossible K gives None.
+        let p = walk_plan(AMPERE_SMEM, 108, 16384, &view(3072, 768, 16, 16)).unwrap();
+        assert_eq!(p.bm, 64);
+        assert!(walk_plan(AMPERE_SMEM, 108, 128, &view(768, 4096, 16, 16)).is_none());
+        // Padded K: tiles that overhang K still have resident (zero-filled) columns.
+        let v = view(300, 200, 32, 32);
+        assert_eq!(walk_smem_bytes(32, &v), 32 * 224 * 2 + 8 * 4 + 16);
+    }
 
     #[test]
     fn shared_memory_fits_two_ctas_per_sm() {

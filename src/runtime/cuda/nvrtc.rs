@@ -24,6 +24,10 @@ pub const KERNELS: &[(&str, &str)] = &[
         "tile_wgmma.cu",
         include_str!("../../../kernels/tile_wgmma.cu"),
     ),
+    (
+        "tile_walk.cu",
+        include_str!("../../../kernels/tile_walk.cu"),
+    ),
 ];
 
 /// The architecture a kernel file is compiled for on a device of `arch`: the warpgroup-MMA file

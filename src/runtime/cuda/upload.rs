@@ -1,16 +1,29 @@
 //! Uploading an `.ets` file's tensor data to the device as ONE allocation.
 //!
 //! The byte extent covering every tensor is copied as is (no per-tensor repacking): the mapped file
-//! is streamed through pinned staging buffers filled by all cores (default), or registered as
-//! pinned memory (`cuMemHostRegister`) and copied with one asynchronous copy. Device views of each
+//! is streamed through a ring of pinned staging buffers filled by all cores (default), the file is
+//! read with positioned reads into that ring (`Pread`), or the mapping is registered as pinned
+//! memory (`cuMemHostRegister`) and copied with one asynchronous copy. Device views of each
 //! tensor are offsets into that allocation; the tile kernel reads bitmap, row offsets and values in
 //! place. Only weights the kernels cannot read as stored (f32 values, element bitmaps) and f16/bf16
 //! biases (the kernels take f32 bias) get small converted side buffers.
 
 use std::collections::HashMap;
+use std::fs::File;
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
 use std::time::Instant;
 
+use rayon::prelude::*;
+
 use crate::format::{Dtype, EtsFile, TensorData, TensorView};
+
+mod pipeline;
+pub mod sweep;
+
+use pipeline::{DeviceSink, NullSink, Plan, Sink, Source};
+pub use pipeline::{Schedule, StagingConfig};
 
 use super::device::{CudaRuntime, DevBuf, ElemType};
 use super::error::CudaError;
@@ -86,6 +99,8 @@ pub struct UploadStats {
     pub millis: f64,
     /// How the bytes were copied.
     pub method: UploadMethod,
+    /// The staging config asked for (used by `Staged` and `Pread`).
+    pub staging: StagingConfig,
 }
 
 impl UploadStats {
@@ -112,121 +127,272 @@ fn elem_of(d: Dtype) -> Option<ElemType> {
 }
 
 /// How the file's bytes reach the device.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum UploadMethod {
-    /// Copy through four pinned 16 MiB staging buffers, host copies overlapping the transfers.
+    /// Copy from the mapping through a ring of pinned staging buffers, host copies overlapping
+    /// the transfers ([`StagingConfig`] sets the chunking).
     #[default]
     Staged,
     /// Register the mapped file range as pinned memory, then one asynchronous copy.
     Register,
     /// One synchronous copy straight from the (pageable) mapping; the driver stages internally.
     Pageable,
+    /// Positioned reads of the file straight into the pinned staging ring (no page faults on the
+    /// mapping; the kernel copies from the page cache), pipelined like [`UploadMethod::Staged`].
+    /// Needs the open file ([`DeviceModel::upload_file`]); without it, falls back to `Staged`.
+    Pread,
 }
 
-const STAGE: usize = 16 << 20;
-const NSTAGE: usize = 4;
+/// Byte range of `file` holding every tensor (empty when there are none).
+pub fn tensor_extent(file: &EtsFile) -> Result<Range<usize>, CudaError> {
+    let (mut start, mut end) = (u64::MAX, 0u64);
+    for v in file.tensors() {
+        start = start.min(v.offset);
+        end = end.max(v.offset.saturating_add(v.length));
+    }
+    if end == 0 {
+        return Ok(0..0);
+    }
+    let len = file.bytes().len() as u64;
+    if start > end || end > len {
+        return Err(CudaError::Invalid(format!(
+            "tensor extent {start}..{end} outside the {len}-byte file"
+        )));
+    }
+    Ok(start as usize..end as usize)
+}
 
-// Measured (85 MB file, H200): one thread per chunk with several workers and streams (8 workers,
-// 4 MiB chunks) reached 0.38x of a pinned copy, below this version's 0.44-0.58x: the host-side
-// copy, not the link, is the limit, and it needs all cores on each chunk.
-fn staged_copy(rt: &CudaRuntime, dst: u64, src: &[u8]) -> Result<(), CudaError> {
-    use cudarc::driver::{result as dr, sys as ds};
-    use rayon::prelude::*;
-    let n = NSTAGE.min(src.len().div_ceil(STAGE)).max(1);
-    rt.with_staging(n, STAGE, |bufs| {
-        let mut events = Vec::with_capacity(n);
-        for _ in 0..n {
-            events.push(
-                dr::event::create(ds::CUevent_flags::CU_EVENT_DISABLE_TIMING)
-                    .map_err(CudaError::driver("event"))?,
-            );
-        }
-        let stream = rt.stream().cu_stream();
-        let mut res = Ok(());
-        for (i, chunk) in src.chunks(STAGE).enumerate() {
-            let b = i % n;
-            if i >= n {
-                // SAFETY: the event was recorded after the copy that last used this buffer.
-                if let Err(e) = unsafe { dr::event::synchronize(events[b]) } {
-                    res = Err(CudaError::driver("event synchronize")(e));
-                    break;
-                }
-            }
-            // Several threads fill the staging buffer (one thread's memcpy is far below the link).
-            bufs[b].as_mut_slice()[..chunk.len()]
-                .par_chunks_mut(1 << 20)
-                .zip(chunk.par_chunks(1 << 20))
-                .for_each(|(d, s)| d.copy_from_slice(s));
-            // SAFETY: the buffer is pinned and not rewritten before its event completes.
-            let r = unsafe {
-                rt.copy_h2d_async(dst + (i * STAGE) as u64, bufs[b].as_ptr(), chunk.len())
-            }
-            .and_then(|_| {
-                unsafe { dr::event::record(events[b], stream) }
-                    .map_err(CudaError::driver("event record"))
-            });
-            if let Err(e) = r {
-                res = Err(e);
-                break;
-            }
-        }
+// Measured with the default config (85 MB file, H200): one thread per chunk with several workers
+// and streams (8 workers, 4 MiB chunks) reached 0.38x of a pinned copy, below this pipeline's
+// 0.44-0.58x: the host-side copy, not the link, is the limit, and it needs all cores.
+fn staged(
+    rt: &CudaRuntime,
+    dst: u64,
+    source: Source<'_>,
+    config: &StagingConfig,
+) -> Result<(), CudaError> {
+    let plan = Plan::new(source.len(), config, rayon::current_num_threads())?;
+    rt.with_staging(plan.buffers, plan.chunk, |bufs| {
+        let mut slices: Vec<&mut [u8]> = bufs.iter_mut().map(|b| b.as_mut_slice()).collect();
+        let sink = DeviceSink::new(rt, dst, plan.buffers)?;
+        let r = pipeline::run(&plan, source, &mut slices, &sink, config.schedule);
+        // Wait even after an error: queued copies still read the staging buffers.
         let synced = rt.synchronize();
-        for ev in events {
-            // SAFETY: created above, destroyed once, after the stream finished.
-            let _ = unsafe { dr::event::destroy(ev) };
-        }
-        res.and(synced)
+        drop(sink);
+        r.and(synced)
     })
 }
 
-/// Copies host bytes `src` to device address `dst` with `method` (falls back to staging when
-/// registration is refused). Returns the method actually used.
+/// The region's bytes in an open file, for [`UploadMethod::Pread`].
+#[derive(Debug, Clone, Copy)]
+pub struct FileRegion<'a> {
+    /// The open file.
+    pub file: &'a File,
+    /// Offset of the region's first byte in the file.
+    pub offset: u64,
+}
+
+/// Copies the host region `src` to device address `dst` (which holds `src.len()` bytes) with
+/// `method` and `config`. `file` is where [`UploadMethod::Pread`] reads the same bytes; without
+/// it, or when registration is refused, the staged copy from `src` is used. Returns the method
+/// actually used.
+pub fn copy_region(
+    rt: &CudaRuntime,
+    dst: u64,
+    src: &[u8],
+    file: Option<FileRegion<'_>>,
+    method: UploadMethod,
+    config: &StagingConfig,
+) -> Result<UploadMethod, CudaError> {
+    rt.bind()?;
+    if src.is_empty() {
+        return Ok(method);
+    }
+    match (method, file) {
+        (UploadMethod::Register, _) => {
+            // SAFETY: src stays borrowed (mapped) until the copy has finished and it is unregistered.
+            if unsafe { rt.register_host(src.as_ptr(), src.len()) }.is_ok() {
+                // SAFETY: registered above; synchronized before unregistering.
+                let copied = unsafe { rt.copy_h2d_async(dst, src.as_ptr(), src.len()) }
+                    .and_then(|_| rt.synchronize());
+                // SAFETY: registered above.
+                let unreg = unsafe { rt.unregister_host(src.as_ptr()) };
+                copied?;
+                unreg?;
+                return Ok(UploadMethod::Register);
+            }
+            staged(rt, dst, Source::Map(src), config).map(|_| UploadMethod::Staged)
+        }
+        (UploadMethod::Pageable, _) => {
+            // SAFETY: dst holds src.len() bytes.
+            unsafe { cudarc::driver::result::memcpy_htod_sync(dst, src) }
+                .map_err(CudaError::driver("host-to-device copy"))
+                .map(|_| UploadMethod::Pageable)
+        }
+        (UploadMethod::Pread, Some(f)) => {
+            let source = Source::File {
+                file: f.file,
+                offset: f.offset,
+                len: src.len(),
+            };
+            staged(rt, dst, source, config).map(|_| UploadMethod::Pread)
+        }
+        (UploadMethod::Staged | UploadMethod::Pread, _) => {
+            staged(rt, dst, Source::Map(src), config).map(|_| UploadMethod::Staged)
+        }
+    }
+}
+
+/// Copies host bytes `src` to device address `dst` with `method` and the default staging config
+/// (falls back to staging when registration is refused). Returns the method actually used.
 pub fn copy_host_range(
     rt: &CudaRuntime,
     dst: u64,
     src: &[u8],
     method: UploadMethod,
 ) -> Result<UploadMethod, CudaError> {
-    rt.bind()?;
-    if src.is_empty() {
-        return Ok(method);
-    }
-    match method {
-        UploadMethod::Register => {
-            // SAFETY: src stays borrowed (mapped) until the copy has finished and it is unregistered.
-            if unsafe { rt.register_host(src.as_ptr(), src.len()) }.is_ok() {
-                let copied = unsafe { rt.copy_h2d_async(dst, src.as_ptr(), src.len()) }
-                    .and_then(|_| rt.synchronize());
-                let unreg = unsafe { rt.unregister_host(src.as_ptr()) };
-                copied?;
-                unreg?;
-                return Ok(UploadMethod::Register);
-            }
-            staged_copy(rt, dst, src).map(|_| UploadMethod::Staged)
-        }
-        UploadMethod::Pageable => {
-            // SAFETY: dst holds src.len() bytes.
-            unsafe { cudarc::driver::result::memcpy_htod_sync(dst, src) }
-                .map_err(CudaError::driver("host-to-device copy"))
-                .map(|_| UploadMethod::Pageable)
-        }
-        UploadMethod::Staged => staged_copy(rt, dst, src).map(|_| UploadMethod::Staged),
+    copy_region(rt, dst, src, None, method, &StagingConfig::default())
+}
+
+/// Milliseconds of the host side of a staged upload alone: `config`'s pipeline filling the
+/// runtime's staging ring from the mapping (`file` None) or by positioned reads, no device copy.
+pub fn host_fill_ms(
+    rt: &CudaRuntime,
+    src: &[u8],
+    file: Option<FileRegion<'_>>,
+    config: &StagingConfig,
+) -> Result<f64, CudaError> {
+    let source = source_of(src, file);
+    let plan = Plan::new(source.len(), config, rayon::current_num_threads())?;
+    rt.with_staging(plan.buffers, plan.chunk, |bufs| {
+        let mut slices: Vec<&mut [u8]> = bufs.iter_mut().map(|b| b.as_mut_slice()).collect();
+        let t = Instant::now();
+        pipeline::run(&plan, source, &mut slices, &NullSink, config.schedule)?;
+        Ok(t.elapsed().as_secs_f64() * 1e3)
+    })
+}
+
+/// Milliseconds of filling one pinned buffer of the region's size (no ring, no device copy),
+/// `piece` bytes per thread task: the best the host side can do. Allocates the buffer first.
+pub fn host_fill_whole_ms(
+    rt: &CudaRuntime,
+    src: &[u8],
+    file: Option<FileRegion<'_>>,
+    piece: usize,
+) -> Result<f64, CudaError> {
+    let source = source_of(src, file);
+    let len = source.len();
+    let mut host = rt.alloc_pinned(len)?;
+    let config = StagingConfig::new(len.max(1), 1, piece, Schedule::PerChunk);
+    let plan = Plan::new(len, &config, rayon::current_num_threads())?;
+    let mut slices = [host.as_mut_slice()];
+    let t = Instant::now();
+    pipeline::run(&plan, source, &mut slices, &NullSink, Schedule::PerChunk)?;
+    Ok(t.elapsed().as_secs_f64() * 1e3)
+}
+
+fn source_of<'a>(src: &'a [u8], file: Option<FileRegion<'a>>) -> Source<'a> {
+    match file {
+        Some(f) => Source::File {
+            file: f.file,
+            offset: f.offset,
+            len: src.len(),
+        },
+        None => Source::Map(src),
     }
 }
 
 /// Milliseconds of one plain asynchronous copy of `bytes` from a pinned buffer (the reference rate).
 pub fn pinned_copy_ms(rt: &CudaRuntime, bytes: usize) -> Result<f64, CudaError> {
+    pinned_copy_chunked_ms(rt, bytes, bytes.max(1))
+}
+
+/// Milliseconds of copying `bytes` from one pinned buffer in `chunk`-byte asynchronous copies,
+/// each followed by an event record like the staged pipeline (the device side of its cost).
+pub fn pinned_copy_chunked_ms(
+    rt: &CudaRuntime,
+    bytes: usize,
+    chunk: usize,
+) -> Result<f64, CudaError> {
     let mut host = rt.alloc_pinned(bytes)?;
     host.as_mut_slice()
         .iter_mut()
         .enumerate()
         .for_each(|(i, b)| *b = i as u8);
     let dev = rt.alloc(bytes)?;
+    let sink = DeviceSink::new(rt, dev.ptr(), 1)?;
     let t = Instant::now();
-    // SAFETY: both buffers hold `bytes`; synchronized before they drop.
-    unsafe { rt.copy_h2d_async(dev.ptr(), host.as_ptr(), bytes) }?;
+    let mut at = 0;
+    while at < bytes {
+        let len = chunk.max(1).min(bytes - at);
+        // SAFETY: at + len <= bytes, held by both buffers; the host buffer is not written and
+        // both outlive the synchronize below.
+        unsafe { sink.submit(0, host.as_ptr().add(at), at, len) }?;
+        at += len;
+    }
     rt.synchronize()?;
     Ok(t.elapsed().as_secs_f64() * 1e3)
+}
+
+/// First index where `a` and `b` differ (a length difference counts at the shorter length).
+pub fn first_difference(a: &[u8], b: &[u8]) -> Option<usize> {
+    const BLOCK: usize = 1 << 20;
+    let n = a.len().min(b.len());
+    let (a0, b0) = (&a[..n], &b[..n]);
+    a0.par_chunks(BLOCK)
+        .zip(b0.par_chunks(BLOCK))
+        .enumerate()
+        .find_first(|(_, (x, y))| x != y)
+        .and_then(|(k, (x, y))| {
+            x.iter()
+                .zip(y)
+                .position(|(p, q)| p != q)
+                .map(|i| k * BLOCK + i)
+        })
+        .or((a.len() != b.len()).then_some(n))
+}
+
+/// Downloads `expected.len()` bytes at device address `src` and fails, naming `what` and the
+/// first differing byte, unless they equal `expected`.
+pub fn verify_device_bytes(
+    rt: &CudaRuntime,
+    src: u64,
+    expected: &[u8],
+    what: &str,
+) -> Result<(), CudaError> {
+    let mut got = vec![0u8; expected.len()];
+    if !got.is_empty() {
+        rt.download_bytes(src, &mut got)?;
+    }
+    match first_difference(&got, expected) {
+        None => Ok(()),
+        Some(i) => Err(CudaError::Invalid(format!(
+            "{what}: device bytes differ from the file's at region byte {i} of {} (device {:#04x}, file {:#04x})",
+            expected.len(),
+            got.get(i).copied().unwrap_or(0),
+            expected.get(i).copied().unwrap_or(0)
+        ))),
+    }
+}
+
+/// Checks that `source` is the file `file` was opened from (same length, same first page).
+fn check_same_file(source: &File, file: &EtsFile, path: &Path) -> Result<(), CudaError> {
+    let io = |e: std::io::Error| CudaError::Invalid(format!("{}: {e}", path.display()));
+    let len = source.metadata().map_err(io)?.len();
+    let bytes = file.bytes();
+    let head = bytes.get(..bytes.len().min(4096)).unwrap_or(&[]);
+    let mut buf = vec![0u8; head.len()];
+    if len == bytes.len() as u64 {
+        source.read_exact_at(&mut buf, 0).map_err(io)?;
+    }
+    if len != bytes.len() as u64 || buf != head {
+        return Err(CudaError::Invalid(format!(
+            "{} is not the file that was opened ({len} bytes on disk, {} mapped, or other contents)",
+            path.display(),
+            bytes.len()
+        )));
+    }
+    Ok(())
 }
 
 impl DeviceModel {
@@ -241,20 +407,59 @@ impl DeviceModel {
         file: &EtsFile,
         method: UploadMethod,
     ) -> Result<Self, CudaError> {
+        Self::upload_inner(rt, file, None, method, &StagingConfig::default())
+    }
+
+    /// [`DeviceModel::upload`] with a chosen copy method and staging config.
+    pub fn upload_with_config(
+        rt: &CudaRuntime,
+        file: &EtsFile,
+        method: UploadMethod,
+        config: &StagingConfig,
+    ) -> Result<Self, CudaError> {
+        Self::upload_inner(rt, file, None, method, config)
+    }
+
+    /// [`DeviceModel::upload_with_config`] that may read the tensor bytes from `path`, the file
+    /// `file` was opened from ([`UploadMethod::Pread`]); fails when `path` is another file.
+    pub fn upload_file(
+        rt: &CudaRuntime,
+        file: &EtsFile,
+        path: &Path,
+        method: UploadMethod,
+        config: &StagingConfig,
+    ) -> Result<Self, CudaError> {
+        let source =
+            File::open(path).map_err(|e| CudaError::Invalid(format!("{}: {e}", path.display())))?;
+        check_same_file(&source, file, path)?;
+        Self::upload_inner(rt, file, Some(&source), method, config)
+    }
+
+    fn upload_inner(
+        rt: &CudaRuntime,
+        file: &EtsFile,
+        source: Option<&File>,
+        method: UploadMethod,
+        config: &StagingConfig,
+    ) -> Result<Self, CudaError> {
         let all = file.bytes();
-        let views: Vec<TensorView<'_>> = file.tensors().collect();
-        let start = views.iter().map(|v| v.offset).min().unwrap_or(0) as usize;
-        let end = views.iter().map(|v| v.offset + v.length).max().unwrap_or(0) as usize;
-        let region = all.get(start..end.max(start)).ok_or_else(|| {
-            CudaError::Invalid(format!("tensor extent {start}..{end} outside the file"))
+        let extent = tensor_extent(file)?;
+        let start = extent.start;
+        let region = all.get(extent.clone()).ok_or_else(|| {
+            CudaError::Invalid(format!("tensor extent {extent:?} outside the file"))
         })?;
         let data = rt.alloc(region.len())?;
+        let file_region = source.map(|f| FileRegion {
+            file: f,
+            offset: start as u64,
+        });
         let t = Instant::now();
-        let method = copy_host_range(rt, data.ptr(), region, method)?;
+        let method = copy_region(rt, data.ptr(), region, file_region, method, config)?;
         let stats = UploadStats {
             bytes: region.len(),
             millis: t.elapsed().as_secs_f64() * 1e3,
             method,
+            staging: *config,
         };
         let mut model = DeviceModel {
             data,
@@ -263,11 +468,27 @@ impl DeviceModel {
             stats,
         };
         let base = all.as_ptr() as usize;
-        for v in &views {
-            let dt = model.describe(rt, v, base, start)?;
+        for v in file.tensors() {
+            let dt = model.describe(rt, &v, base, start)?;
             model.tensors.insert(dt.name.clone(), dt);
         }
         Ok(model)
+    }
+
+    /// Downloads the one data allocation and checks it equals the tensor bytes of `file`.
+    pub fn verify_data(&self, rt: &CudaRuntime, file: &EtsFile) -> Result<(), CudaError> {
+        let extent = tensor_extent(file)?;
+        let expected = file.bytes().get(extent.clone()).ok_or_else(|| {
+            CudaError::Invalid(format!("tensor extent {extent:?} outside the file"))
+        })?;
+        if expected.len() != self.data.len() {
+            return Err(CudaError::Invalid(format!(
+                "device allocation of {} bytes for a {}-byte tensor extent",
+                self.data.len(),
+                expected.len()
+            )));
+        }
+        verify_device_bytes(rt, self.data.ptr(), expected, "uploaded model")
     }
 
     fn dev_addr(&self, host_ptr: usize, base: usize, start: usize) -> u64 {
@@ -494,5 +715,58 @@ impl DeviceModel {
     /// Bytes held on the device (the one data allocation plus converted side buffers).
     pub fn device_bytes(&self) -> usize {
         self.data.len() + self.extra.iter().map(|b| b.len()).sum::<usize>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::cuda::host::Rng;
+
+    #[test]
+    fn first_difference_finds_the_first_changed_byte() {
+        let mut rng = Rng::fresh();
+        let n = (3 << 20) + (rng.next_u64() % 5000) as usize;
+        let a: Vec<u8> = (0..n).map(|_| rng.next_u64() as u8).collect();
+        assert_eq!(first_difference(&a, &a.clone()), None);
+        let mut b = a.clone();
+        let i = (rng.next_u64() % n as u64) as usize;
+        let j = i + (n - i) / 2;
+        b[j] ^= 0x10;
+        b[i] ^= 0x01;
+        assert_eq!(first_difference(&a, &b), Some(i));
+        assert_eq!(first_difference(&a, &a[..n - 1]), Some(n - 1));
+        assert_eq!(first_difference(&[], &[]), None);
+    }
+
+    #[test]
+    fn extent_covers_every_tensor_and_the_file_check_refuses_other_files() {
+        let mut rng = Rng::fresh();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("m.ets");
+        crate::runtime::cuda::checks::write_check_file(&path, &mut rng).expect("write");
+        let file = EtsFile::open(&path).expect("open");
+        let ext = tensor_extent(&file).expect("extent");
+        let tensors: Vec<(u64, u64)> = file.tensors().map(|v| (v.offset, v.length)).collect();
+        assert!(!tensors.is_empty());
+        for &(o, l) in &tensors {
+            assert!(ext.start as u64 <= o && o + l <= ext.end as u64);
+        }
+        assert!(tensors.iter().any(|&(o, _)| o == ext.start as u64));
+        assert!(tensors.iter().any(|&(o, l)| o + l == ext.end as u64));
+
+        let same = File::open(&path).expect("reopen");
+        assert!(check_same_file(&same, &file, &path).is_ok());
+        let mut bytes = std::fs::read(&path).expect("read");
+        let other = dir.path().join("other.ets");
+        bytes[100] ^= 0xFF;
+        std::fs::write(&other, &bytes).expect("write other");
+        let f = File::open(&other).expect("open other");
+        assert!(check_same_file(&f, &file, &other).is_err());
+        bytes[100] ^= 0xFF;
+        bytes.pop();
+        std::fs::write(&other, &bytes).expect("write other");
+        let f = File::open(&other).expect("open other");
+        assert!(check_same_file(&f, &file, &other).is_err());
     }
 }
