@@ -9,9 +9,6 @@
 // issues tensor-core mma (m16n8k16, fp32 accumulate) only for tiles that are present.
 // Requirements (checked on the host): K % 8 == 0, ldx % 8 == 0, 16-byte aligned X and values,
 // grid_cols <= ETS_MAX_GRID_COLS.
-#include <cuda_fp16.h>
-#include <cuda_bf16.h>
-
 #define ETS_BM 128
 #define ETS_BN 128
 #define ETS_KC 64
@@ -19,78 +16,15 @@
 #define ETS_THREADS 256
 #define ETS_MAX_GRID_COLS 512
 
-typedef unsigned int u32;
-typedef unsigned long long u64;
-
 namespace ets {
 
-__device__ __forceinline__ u32 smem_addr(const void* p) {
-    return static_cast<u32>(__cvta_generic_to_shared(p));
-}
-
-__device__ __forceinline__ void cp_async16(u32 dst, const void* src, bool valid) {
-    int n = valid ? 16 : 0;  // src-size 0 zero-fills the 16 bytes
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(n));
-}
-
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
-
-__device__ __forceinline__ void ldmatrix_x4(u32 addr, u32& r0, u32& r1, u32& r2, u32& r3) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
-                 : "r"(addr));
-}
-
-template <bool BF16>
-__device__ __forceinline__ void mma16816(float* c, const u32* a, const u32* b) {
-    if (BF16) {
-        asm volatile(
-            "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-            "{%8,%9}, {%0,%1,%2,%3};\n"
-            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-    } else {
-        asm volatile(
-            "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-            "{%8,%9}, {%0,%1,%2,%3};\n"
-            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-    }
-}
+using namespace ek;
 
 // A stage holds rows of KC=64 halves (8 chunks of 16 bytes); chunks are XOR-swizzled by row so
 // that ldmatrix over 8 consecutive rows hits 8 different bank groups.
 __device__ __forceinline__ u32 swz(int row, int chunk) {
     return static_cast<u32>(row * (ETS_KC * 2) + ((chunk ^ (row & 7)) << 4));
 }
-
-template <typename T>
-struct Conv;
-template <>
-struct Conv<__half> {
-    static __device__ __forceinline__ float to_f(__half v) { return __half2float(v); }
-    static __device__ __forceinline__ __half from_f(float v) { return __float2half_rn(v); }
-};
-template <>
-struct Conv<__nv_bfloat16> {
-    static __device__ __forceinline__ float to_f(__nv_bfloat16 v) { return __bfloat162float(v); }
-    static __device__ __forceinline__ __nv_bfloat16 from_f(float v) { return __float2bfloat16_rn(v); }
-};
-
-template <typename T>
-union Pair {
-    T v[2];
-    u32 u;
-    __device__ Pair() {}
-};
-
-// Not inlined: the epilogue is unrolled 64 times per thread and erff is long.
-__device__ __noinline__ float gelu_erf(float x) { return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f)); }
 
 template <int TH, int TW>
 struct Meta {

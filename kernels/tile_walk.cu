@@ -16,89 +16,12 @@
 // block plus X once per feature part: it falls with the density.
 // Requirements (checked on the host): K % 8 == 0, ldx % 8 == 0, 16-byte aligned X, 4-byte aligned
 // tile values, BM * (2 * grid_cols * TW + 16) bytes of shared memory.
-#include <cuda_fp16.h>
-#include <cuda_bf16.h>
-
 #define ETK_THREADS 512
 #define ETK_PHASE_COLS 64
 
-typedef unsigned int u32;
-typedef unsigned long long u64;
-
 namespace etk {
 
-__device__ __forceinline__ u32 smem_addr(const void* p) {
-    return static_cast<u32>(__cvta_generic_to_shared(p));
-}
-
-__device__ __forceinline__ void cp_async16(u32 dst, const void* src, bool valid) {
-    int n = valid ? 16 : 0;  // src-size 0 zero-fills the 16 bytes
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(n));
-}
-
-__device__ __forceinline__ void mbar_init(u32 bar, u32 count) {
-    asm volatile("mbarrier.init.shared.b64 [%0], %1;\n" ::"r"(bar), "r"(count));
-}
-
-// The barrier's pending count drops by one when all of this thread's earlier cp.async are done.
-__device__ __forceinline__ void cp_async_arrive(u32 bar) {
-    asm volatile("cp.async.mbarrier.arrive.noinc.shared.b64 [%0];\n" ::"r"(bar) : "memory");
-}
-
-__device__ __forceinline__ bool mbar_done(u32 bar) {
-    u32 ok;
-    asm volatile(
-        "{\n.reg .pred p;\nmbarrier.test_wait.parity.shared.b64 p, [%1], 0;\nselp.u32 %0, 1, 0, p;\n}\n"
-        : "=r"(ok)
-        : "r"(bar)
-        : "memory");
-    return ok != 0;
-}
-
-__device__ __forceinline__ void ldmatrix_x4(u32 addr, u32 (&r)[4]) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(addr));
-}
-
-template <bool BF16>
-__device__ __forceinline__ void mma16816(float* c, const u32* a, u32 b0, u32 b1) {
-    if (BF16) {
-        asm volatile(
-            "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-            "{%8,%9}, {%0,%1,%2,%3};\n"
-            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-    } else {
-        asm volatile(
-            "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-            "{%8,%9}, {%0,%1,%2,%3};\n"
-            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-    }
-}
-
-template <typename T>
-struct Conv;
-template <>
-struct Conv<__half> {
-    static __device__ __forceinline__ float to_f(__half v) { return __half2float(v); }
-    static __device__ __forceinline__ __half from_f(float v) { return __float2half_rn(v); }
-};
-template <>
-struct Conv<__nv_bfloat16> {
-    static __device__ __forceinline__ float to_f(__nv_bfloat16 v) { return __bfloat162float(v); }
-    static __device__ __forceinline__ __nv_bfloat16 from_f(float v) { return __float2bfloat16_rn(v); }
-};
-
-template <typename T>
-union Pair {
-    T v[2];
-    u32 u;
-    __device__ Pair() {}
-};
-
-__device__ __noinline__ float gelu_erf(float x) { return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f)); }
+using namespace ek;
 
 // Steps through the kept tiles of one block row in bitmap order, TW/16 k16 steps per tile, and
 // yields for each step its 16-column block of X and the address of its W rows. 32-bit tile
@@ -164,37 +87,6 @@ __device__ __forceinline__ void load_w(u32 (&b)[4], const unsigned short* p) {
     b[3] = __ldg(reinterpret_cast<const u32*>(p + 8 * TW + 8));
 }
 
-// Applies the epilogue to outputs (m, n) and (m, n + 1) and stores them (as one 32-bit store
-// when both exist and the row pitch keeps them aligned).
-template <typename T>
-__device__ __forceinline__ void store_pair(float v0, float v1, int m, int n, int M, int N, const float* bias,
-                                           const T* residual, int gelu, T* Y, int ldy) {
-    if (m >= M || n >= N) return;
-    const bool two = n + 1 < N;
-    const size_t at = static_cast<size_t>(m) * ldy + n;
-    if (bias) {
-        v0 += bias[n];
-        if (two) v1 += bias[n + 1];
-    }
-    if (gelu) {
-        v0 = gelu_erf(v0);
-        if (two) v1 = gelu_erf(v1);
-    }
-    if (residual) {
-        v0 += Conv<T>::to_f(residual[at]);
-        if (two) v1 += Conv<T>::to_f(residual[at + 1]);
-    }
-    if (two && (ldy & 1) == 0) {
-        Pair<T> pr;
-        pr.v[0] = Conv<T>::from_f(v0);
-        pr.v[1] = Conv<T>::from_f(v1);
-        *reinterpret_cast<u32*>(Y + at) = pr.u;
-    } else {
-        Y[at] = Conv<T>::from_f(v0);
-        if (two) Y[at + 1] = Conv<T>::from_f(v1);
-    }
-}
-
 // The epilogue of token tile MI and the following ones, unrolled by recursion so that every
 // accumulator index is a compile-time constant (a loop here left the array in local memory).
 template <int MI, int MT>
@@ -232,10 +124,7 @@ __device__ __forceinline__ void walk_step(float (&acc)[MT][2][4], u32 a_lane, u3
                                           const u32 (&b)[4]) {
     const int p = kb >> 2;
     while (ready <= p) {
-        // A phase that never lands is a bug: trap (the launch fails) rather than hang the device.
-        for (u32 spins = 0; !mbar_done(bars + ready * 8); ++spins) {
-            if (spins > (1u << 28)) __trap();
-        }
+        mbar_wait0(bars + ready * 8);
         ++ready;
     }
     const u32 base = a_lane + static_cast<u32>(kb) * (BM * 32);

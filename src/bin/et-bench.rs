@@ -453,10 +453,10 @@ fn dispatch_demo(rt: &CudaRuntime, rng: &mut Rng) -> Result<(), CudaError> {
 }
 
 fn summary(results: &[GemmResult], d2d: f64, up: &str) {
-    println!("== SUMMARY (speed vs cuBLAS dense f16 = cuBLAS ms / tile ms of the fastest tile kernel, which the dispatcher runs when above 1x; 'walk' / 'wgmma' / 'mma' = each kernel family at the largest M; 'auto' = the kernel auto_kernel picks without measuring, at the largest M)");
+    println!("== SUMMARY (speed vs cuBLAS dense f16 = cuBLAS ms / tile ms of the fastest tile kernel, which the dispatcher runs when above 1x; 'walk' / 'walkwg' / 'wgmma' / 'mma' = each kernel family at the largest M; 'auto' = the kernel auto_kernel picks without measuring, at the largest M)");
     println!("{up}");
     println!(
-        "{:<10} {:<15} {:>5} {:>7} {:>7} {:>7} {:>6} {:>6} {:>6} {:>6} {:>5}",
+        "{:<10} {:<15} {:>5} {:>7} {:>7} {:>7} {:>6} {:>6} {:>6} {:>6} {:>6} {:>5}",
         "shape",
         "mask",
         "dens",
@@ -464,6 +464,7 @@ fn summary(results: &[GemmResult], d2d: f64, up: &str) {
         "M=4096",
         "M=16384",
         "walk",
+        "walkwg",
         "wgmma",
         "mma",
         "auto",
@@ -509,7 +510,7 @@ fn summary(results: &[GemmResult], d2d: f64, up: &str) {
                     .map(|g| format!("{g:.1}x"))
                     .unwrap_or_else(|| "-".into());
                 println!(
-                    "{:<10} {:<15} {:>5.2} {:>7} {:>7} {:>7} {:>6} {:>6} {:>6} {:>6} {:>5}",
+                    "{:<10} {:<15} {:>5.2} {:>7} {:>7} {:>7} {:>6} {:>6} {:>6} {:>6} {:>6} {:>5}",
                     format!("{k}->{n}"),
                     set.label,
                     d,
@@ -517,6 +518,7 @@ fn summary(results: &[GemmResult], d2d: f64, up: &str) {
                     fmt(find(4096).and_then(best)),
                     fmt(big_r.and_then(best)),
                     fmt(family(&|k| k == K::Walk)),
+                    fmt(family(&|k| k == K::WalkWg)),
                     fmt(family(&|k| matches!(k, K::Wg64 | K::Wg128))),
                     fmt(family(&|k| k == K::Mma)),
                     fmt(big_r.map(|r| r.ratio())),

@@ -276,6 +276,12 @@ pub fn synthetic_suite(rt: &CudaRuntime, rng: &mut Rng) -> Result<Vec<CheckResul
                     if pick != TileKernel::Walk {
                         paths.push(CheckPath::Forced(TileKernel::Walk));
                     }
+                    if (th, tw) == (64, 64)
+                        && rt.arch() == "sm_90"
+                        && gemm::walkwg_smem_for(shape.2) <= rt.max_smem_per_block()
+                    {
+                        paths.push(CheckPath::Forced(TileKernel::WalkWg));
+                    }
                     for path in paths {
                         out.push(check_case(
                             rt,

@@ -622,6 +622,8 @@ fn kernel_file_for(name: &str) -> Result<&'static str, CudaError> {
         Ok("tile_gemm.cu")
     } else if name.starts_with("tile_wg_") {
         Ok("tile_wgmma.cu")
+    } else if name.starts_with("tile_walkwg_") {
+        Ok("tile_walk_wg.cu")
     } else if name.starts_with("tile_walk_") {
         Ok("tile_walk.cu")
     } else if [

@@ -128,13 +128,16 @@ pub enum TileKernel {
     /// Row-walk kernel (`mma.sync`, any architecture with tensor cores): X resident in shared
     /// memory, each warp walks one block row's kept tiles; no work on absent tiles.
     Walk,
+    /// Row-walk kernel with warpgroup MMA (sm_90, 64x64 tiles): X resident in shared memory,
+    /// the CTA streams its block rows' kept tiles through a ring of tile buffers.
+    WalkWg,
 }
 
 impl TileKernel {
     /// Output features per CTA (the group whose tile columns are walked together).
     pub fn bn(self) -> usize {
         match self {
-            TileKernel::Wg64 => 64,
+            TileKernel::Wg64 | TileKernel::WalkWg => 64,
             TileKernel::Mma | TileKernel::Wg128 | TileKernel::Walk => 128,
         }
     }
@@ -143,6 +146,7 @@ impl TileKernel {
         match self {
             TileKernel::Mma => format!("tile_gemm_{e}_{}x{}", v.th, v.tw),
             TileKernel::Walk => format!("tile_walk_{e}_{}x{}", v.th, v.tw),
+            TileKernel::WalkWg => format!("tile_walkwg_{e}_{}x{}", v.th, v.tw),
             TileKernel::Wg64 | TileKernel::Wg128 => {
                 format!("tile_wg_{e}_{}x{}_bn{}", v.th, v.tw, self.bn())
             }
@@ -150,7 +154,7 @@ impl TileKernel {
     }
     fn smem(self, th: usize) -> usize {
         match self {
-            TileKernel::Mma | TileKernel::Walk => tile_smem_bytes(th),
+            TileKernel::Mma | TileKernel::Walk | TileKernel::WalkWg => tile_smem_bytes(th),
             _ => wg_smem_bytes(self.bn(), th),
         }
     }
@@ -241,6 +245,33 @@ pub fn walk_plan(
     })
 }
 
+/// Shared memory of the wgmma row-walk kernel: 1 KiB of alignment slack, 128 token rows of X in
+/// 64-column blocks, four 64x64 tile buffers, one barrier per block and per buffer, padding.
+pub fn walkwg_smem_bytes(v: &TileDeviceView) -> usize {
+    walkwg_smem_for(v.cols)
+}
+
+/// [`walkwg_smem_bytes`] for `k` input features.
+pub fn walkwg_smem_for(k: usize) -> usize {
+    1024 + k.div_ceil(64) * (128 * 128 + 8) + 4 * (64 * 128 + 8) + 16
+}
+
+/// The wgmma row-walk plan (128 tokens per CTA), or None when the device or the weight does not
+/// suit it (sm_90 and 64x64 tiles only; X of 128 tokens must fit in shared memory).
+pub fn walkwg_plan(rt: &CudaRuntime, m: usize, v: &TileDeviceView) -> Option<WalkPlan> {
+    let smem = walkwg_smem_bytes(v);
+    if rt.arch() != "sm_90" || (v.th, v.tw) != (64, 64) || smem > rt.max_smem_per_block() {
+        return None;
+    }
+    let blocks = m.div_ceil(128).max(1);
+    let parts = (rt.sm_count().max(1) as usize / blocks).clamp(1, v.grid_rows.max(1));
+    Some(WalkPlan {
+        bm: 128,
+        parts,
+        smem,
+    })
+}
+
 /// Runs the row-walk kernel (no K split: every output is written once, epilogue fused).
 pub fn tile_walk(
     rt: &CudaRuntime,
@@ -284,6 +315,56 @@ pub fn tile_walk(
     rt.launch(&name, grid, (WALK_THREADS, 1, 1), plan.smem as u32, &args)
 }
 
+/// Runs the wgmma row-walk kernel (sm_90, 64x64 tiles; epilogue fused, no K split).
+pub fn tile_walk_wg(
+    rt: &CudaRuntime,
+    x: u64,
+    m: usize,
+    w: &TileDeviceView,
+    ep: &Epilogue,
+    y: u64,
+) -> Result<(), CudaError> {
+    if let Some(why) = tile_kernel_unsupported(w) {
+        return Err(CudaError::Invalid(format!("tile kernel: {why}")));
+    }
+    let plan = walkwg_plan(rt, m, w).ok_or_else(|| {
+        CudaError::Invalid(format!(
+            "wgmma row-walk kernel: needs sm_90 (device {}), 64x64 tiles (weight {}x{}) and {} bytes of shared memory (device {})",
+            rt.arch(),
+            w.th,
+            w.tw,
+            walkwg_smem_bytes(w),
+            rt.max_smem_per_block()
+        ))
+    })?;
+    let i = |v: usize| KArg::I32(v as i32);
+    let args = [
+        KArg::Ptr(x),
+        i(m),
+        i(w.cols),
+        i(w.cols),
+        KArg::Ptr(w.bitmap),
+        KArg::Ptr(w.row_offsets),
+        KArg::Ptr(w.values),
+        i(w.rows),
+        i(w.grid_rows),
+        i(w.grid_cols),
+        KArg::Ptr(ep.bias),
+        KArg::Ptr(ep.residual),
+        KArg::I32(ep.gelu as i32),
+        KArg::Ptr(y),
+        i(w.rows),
+    ];
+    let grid = (plan.parts as u32, m.div_ceil(plan.bm) as u32, 1);
+    rt.launch(
+        &TileKernel::WalkWg.name(w),
+        grid,
+        (256, 1, 1),
+        plan.smem as u32,
+        &args,
+    )
+}
+
 /// Every tile kernel this device can run for `v` at `m` tokens.
 pub fn usable_kernels(rt: &CudaRuntime, v: &TileDeviceView, m: usize) -> Vec<TileKernel> {
     let mut out = vec![TileKernel::Mma];
@@ -297,30 +378,48 @@ pub fn usable_kernels(rt: &CudaRuntime, v: &TileDeviceView, m: usize) -> Vec<Til
     if walk_plan(rt.max_smem_per_block(), rt.sm_count() as usize, m, v).is_some() {
         out.push(TileKernel::Walk);
     }
+    if walkwg_plan(rt, m, v).is_some() {
+        out.push(TileKernel::WalkWg);
+    }
     out
 }
 
-/// Densities up to which the row-walk kernel is the default on sm_90 (above it the wgmma union
-/// kernels multiply few absent tiles and issue faster).
+/// Densities up to which the row-walk kernel is the default on sm_90 for tiles under 64 rows
+/// (above it the wgmma union kernels multiply few absent tiles and issue faster).
 pub const WALK_MAX_DENSITY: f64 = 0.6;
+/// The same bound for tiles of 64 rows and more, whose union kernels waste less.
+pub const WALK_MAX_DENSITY_TALL: f64 = 0.2;
 
-/// The kernel [`tile_gemm`] uses on this device for `m` tokens: the row-walk kernel when X fits
-/// in shared memory and (on sm_90) the density is at most [`WALK_MAX_DENSITY`]; otherwise the
-/// wgmma union kernel on sm_90, else the `mma.sync` union kernel. The wgmma group size follows the share of (group, tile column) pairs holding a
-/// kept tile (from the bitmap when known, else the expectation for uniformly random masks):
-/// 64-feature groups re-read X twice as often and ran ~0.6-0.7x as fast per product (measured on
-/// an H200), so they pay only when their union is well under the 128-feature one, or when the
-/// 128-feature grid would leave multiprocessors idle.
+/// The kernel [`tile_gemm`] uses on this device for `m` tokens without measuring (the dispatcher
+/// measures every kernel instead). The rule follows the H200 sweep in bench/RESULTS.md:
+/// - the row-walk kernel when 128 tokens of X fit in shared memory (K up to ~900) and the density
+///   is at most [`WALK_MAX_DENSITY`] ([`WALK_MAX_DENSITY_TALL`] for 64-row tiles); with fewer
+///   tokens per CTA it re-reads the weights too often;
+/// - otherwise the wgmma union kernel on sm_90 (the `mma.sync` union kernel elsewhere), whose
+///   group size follows the share of (group, tile column) pairs holding a kept tile (from the
+///   bitmap when known, else the expectation for uniformly random masks): 64-feature groups
+///   re-read X twice as often and ran ~0.6-0.7x as fast per product, so they pay only when their
+///   union is well under the 128-feature one, or when the 128-feature grid would leave
+///   multiprocessors idle.
+///
+/// The wgmma row-walk kernel ([`TileKernel::WalkWg`]) is never the unmeasured choice: it has not
+/// beaten the others yet.
 pub fn auto_kernel(rt: &CudaRuntime, v: &TileDeviceView, m: usize) -> TileKernel {
-    let walk = walk_plan(rt.max_smem_per_block(), rt.sm_count() as usize, m, v).is_some();
+    let walk = walk_plan(rt.max_smem_per_block(), rt.sm_count() as usize, m, v);
+    let bound = if v.th >= 64 {
+        WALK_MAX_DENSITY_TALL
+    } else {
+        WALK_MAX_DENSITY
+    };
+    let walk_pays = walk.is_some_and(|p| p.bm == 128 || m < 128) && v.density() <= bound;
     if rt.arch() != "sm_90" {
-        return if walk {
+        return if walk_pays {
             TileKernel::Walk
         } else {
             TileKernel::Mma
         };
     }
-    if walk && v.density() <= WALK_MAX_DENSITY {
+    if walk_pays {
         return TileKernel::Walk;
     }
     if v.th > 64 {
@@ -405,6 +504,7 @@ pub fn tile_gemm_with(
         return Err(CudaError::Invalid(format!("tile kernel: {why}")));
     }
     if kern != TileKernel::Mma && (rt.arch() != "sm_90" || w.th > kern.bn()) {
+        // (the row-walk kernels returned above)
         return Err(CudaError::Invalid(format!(
             "tile kernel {kern:?} needs sm_90 and tiles no taller than {} (device {}, tile {}x{})",
             kern.bn(),
@@ -413,8 +513,10 @@ pub fn tile_gemm_with(
             w.tw
         )));
     }
-    if kern == TileKernel::Walk {
-        return tile_walk(rt, x, m, w, ep, y);
+    match kern {
+        TileKernel::Walk => return tile_walk(rt, x, m, w, ep, y),
+        TileKernel::WalkWg => return tile_walk_wg(rt, x, m, w, ep, y),
+        _ => {}
     }
     let splits = splits.clamp(1, 64);
     let name = kern.name(w);

@@ -13,27 +13,47 @@ use sha2::{Digest, Sha256};
 
 use super::error::CudaError;
 
-/// The kernel sources built into the library: (file name, source).
+/// The kernel sources built into the library: (file name, source). The tile kernels share
+/// `kernels/common.cuh` (and the warpgroup-MMA ones `kernels/wgmma.cuh`), prepended here because
+/// embedded sources have no include path at run time.
 pub const KERNELS: &[(&str, &str)] = &[
     (
         "tile_gemm.cu",
-        include_str!("../../../kernels/tile_gemm.cu"),
+        concat!(
+            include_str!("../../../kernels/common.cuh"),
+            include_str!("../../../kernels/tile_gemm.cu")
+        ),
     ),
     ("gemm_aux.cu", include_str!("../../../kernels/gemm_aux.cu")),
     (
         "tile_wgmma.cu",
-        include_str!("../../../kernels/tile_wgmma.cu"),
+        concat!(
+            include_str!("../../../kernels/common.cuh"),
+            include_str!("../../../kernels/wgmma.cuh"),
+            include_str!("../../../kernels/tile_wgmma.cu")
+        ),
     ),
     (
         "tile_walk.cu",
-        include_str!("../../../kernels/tile_walk.cu"),
+        concat!(
+            include_str!("../../../kernels/common.cuh"),
+            include_str!("../../../kernels/tile_walk.cu")
+        ),
+    ),
+    (
+        "tile_walk_wg.cu",
+        concat!(
+            include_str!("../../../kernels/common.cuh"),
+            include_str!("../../../kernels/wgmma.cuh"),
+            include_str!("../../../kernels/tile_walk_wg.cu")
+        ),
     ),
 ];
 
 /// The architecture a kernel file is compiled for on a device of `arch`: the warpgroup-MMA file
 /// needs the architecture-specific target (`sm_90a`) on Hopper; everything else uses `arch`.
 pub fn arch_for(file: &str, arch: &str) -> String {
-    if file == "tile_wgmma.cu" && arch == "sm_90" {
+    if (file == "tile_wgmma.cu" || file == "tile_walk_wg.cu") && arch == "sm_90" {
         "sm_90a".to_string()
     } else {
         arch.to_string()

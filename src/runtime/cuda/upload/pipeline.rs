@@ -28,14 +28,19 @@ pub enum Schedule {
 /// [`super::UploadMethod::Pread`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct StagingConfig {
-    /// Bytes per device copy (one staging buffer's worth).
+    /// Bytes per device copy (one staging buffer's worth; the largest chunk with a ramp).
     pub chunk: usize,
     /// Pinned staging buffers in the ring (capped at the number of chunks).
     pub buffers: usize,
-    /// Bytes one host thread fills at a time; 0 picks `chunk / threads` (64 KiB at least).
+    /// Bytes one host thread fills at a time; 0 picks `chunk / threads` (64 KiB at least) for
+    /// each chunk's own size.
     pub piece: usize,
     /// How threads and copies are scheduled.
     pub schedule: Schedule,
+    /// Size of the first chunk of a ramp: chunks start at this size and double up to `chunk`
+    /// (`1M` to `16M`: 1, 2, 4, 8, 16, 16, ... MiB), so the first device copy starts early while
+    /// later copies are large. 0, or a size of at least `chunk`, means no ramp.
+    pub first_chunk: usize,
 }
 
 impl Default for StagingConfig {
@@ -48,17 +53,26 @@ impl Default for StagingConfig {
 }
 
 impl StagingConfig {
-    /// A configuration.
+    /// A configuration without a ramp.
     pub const fn new(chunk: usize, buffers: usize, piece: usize, schedule: Schedule) -> Self {
         Self {
             chunk,
             buffers,
             piece,
             schedule,
+            first_chunk: 0,
         }
     }
 
-    /// Short label such as `4M x8 p=auto stream`.
+    /// This configuration with chunks ramping up from `first_chunk` bytes (0: no ramp).
+    pub const fn with_ramp(self, first_chunk: usize) -> Self {
+        Self {
+            first_chunk,
+            ..self
+        }
+    }
+
+    /// Short label such as `4M x8 p=auto stream` or `16M x6 ramp 1M p=auto stream`.
     pub fn label(&self) -> String {
         let piece = if self.piece == 0 {
             "auto".to_string()
@@ -69,8 +83,13 @@ impl StagingConfig {
             Schedule::PerChunk => "per-chunk",
             Schedule::Stream => "stream",
         };
+        let ramp = if self.first_chunk > 0 && self.first_chunk < self.chunk {
+            format!(" ramp {}", size_label(self.first_chunk))
+        } else {
+            String::new()
+        };
         format!(
-            "{} x{} p={piece} {sched}",
+            "{} x{}{ramp} p={piece} {sched}",
             size_label(self.chunk),
             self.buffers
         )
@@ -107,20 +126,47 @@ pub(crate) struct Piece {
 }
 
 /// The cut of a region into chunks (one device copy each) and pieces (one fill each).
+///
+/// Without a ramp every chunk is `chunk` bytes. With one, chunk `j < ramp` is `first << j` bytes
+/// (starting at `(first << j) - first`) and the later chunks are `chunk` bytes; the last chunk is
+/// cut at the region's end. Piece slots are numbered in file order: the ramp chunks' slots first,
+/// then `per_chunk` slots per full-size chunk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Plan {
     /// Region bytes.
     pub len: usize,
-    /// Chunk bytes.
+    /// Bytes of a full-size chunk (the largest; every staging buffer holds one).
     pub chunk: usize,
     /// Buffers used (at most the number of chunks, at least one).
     pub buffers: usize,
-    /// Piece bytes.
+    /// Piece bytes of a full-size chunk (the largest piece).
     pub piece: usize,
-    /// Piece slots per chunk (the last chunk may use fewer).
+    /// Piece slots per full-size chunk (the last chunk may use fewer).
     pub per_chunk: usize,
     /// Chunks.
     pub chunks: usize,
+    /// First ramp chunk's bytes (0: no ramp).
+    pub first: usize,
+    /// Ramp chunks before the full-size ones (sizes `first << j`, all below `chunk`).
+    pub ramp: usize,
+    /// Piece bytes asked for (0: automatic).
+    asked_piece: usize,
+    /// Threads that size automatic pieces.
+    threads: usize,
+}
+
+/// Piece bytes for a chunk of `chunk` bytes: `asked`, or (0) an even split among `threads`.
+fn piece_size(chunk: usize, asked: usize, threads: usize) -> usize {
+    if asked == 0 {
+        chunk
+            .div_ceil(threads.max(1))
+            .next_multiple_of(4096)
+            .max(MIN_AUTO_PIECE)
+            .min(chunk)
+    } else {
+        asked.min(chunk)
+    }
+    .max(1)
 }
 
 impl Plan {
@@ -138,16 +184,30 @@ impl Plan {
                 cfg.buffers
             )));
         }
-        let piece = if cfg.piece == 0 {
-            cfg.chunk
-                .div_ceil(threads.max(1))
-                .next_multiple_of(4096)
-                .max(MIN_AUTO_PIECE)
-                .min(cfg.chunk)
+        let first = if cfg.first_chunk < cfg.chunk {
+            cfg.first_chunk
         } else {
-            cfg.piece.min(cfg.chunk)
+            0
         };
-        let chunks = len.div_ceil(cfg.chunk);
+        // Ramp chunks: sizes first << j below chunk (at most log2(MAX_CHUNK) of them).
+        let mut ramp = 0;
+        while first > 0 && (first << ramp) < cfg.chunk {
+            ramp += 1;
+        }
+        let ramp_bytes = if first > 0 {
+            (first << ramp) - first
+        } else {
+            0
+        };
+        let chunks = if len <= ramp_bytes {
+            // Fewest ramp chunks whose total (first << k) - first reaches len.
+            (0..=ramp)
+                .find(|&k| (first << k) - first >= len)
+                .unwrap_or(ramp)
+        } else {
+            ramp + (len - ramp_bytes).div_ceil(cfg.chunk)
+        };
+        let piece = piece_size(cfg.chunk, cfg.piece, threads);
         Ok(Plan {
             len,
             chunk: cfg.chunk,
@@ -155,39 +215,86 @@ impl Plan {
             piece,
             per_chunk: cfg.chunk.div_ceil(piece),
             chunks,
+            first,
+            ramp,
+            asked_piece: cfg.piece,
+            threads,
         })
+    }
+
+    /// Start and size of chunk `i` before the cut at the region's end.
+    fn nominal(&self, i: usize) -> (usize, usize) {
+        if i < self.ramp {
+            ((self.first << i) - self.first, self.first << i)
+        } else {
+            let ramp_bytes = (self.first << self.ramp) - self.first;
+            let start = (i - self.ramp)
+                .saturating_mul(self.chunk)
+                .saturating_add(ramp_bytes);
+            (start, self.chunk)
+        }
     }
 
     /// Byte range of chunk `i` in the region.
     pub fn chunk_range(&self, i: usize) -> Range<usize> {
-        let s = (i * self.chunk).min(self.len);
-        s..(s + self.chunk).min(self.len)
+        let (s, n) = self.nominal(i);
+        let s = s.min(self.len);
+        s..s.saturating_add(n).min(self.len)
+    }
+
+    /// Piece bytes of chunk `i` (automatic pieces split each chunk among the threads).
+    pub fn piece_of(&self, i: usize) -> usize {
+        if i < self.ramp {
+            piece_size(self.first << i, self.asked_piece, self.threads)
+        } else {
+            self.piece
+        }
+    }
+
+    /// Piece slots of chunk `i` (its full size's worth; a cut last chunk leaves some empty).
+    fn slots_of(&self, i: usize) -> usize {
+        if i < self.ramp {
+            (self.first << i).div_ceil(self.piece_of(i))
+        } else {
+            self.per_chunk
+        }
     }
 
     /// Pieces of chunk `i`.
     pub fn pieces_in(&self, i: usize) -> usize {
-        self.chunk_range(i).len().div_ceil(self.piece)
+        self.chunk_range(i).len().div_ceil(self.piece_of(i))
     }
 
     /// Piece slots (some slots of the last chunk are empty).
     pub fn slots(&self) -> usize {
-        self.chunks * self.per_chunk
+        let ramp = self.chunks.min(self.ramp);
+        let ramp_slots: usize = (0..ramp).map(|j| self.slots_of(j)).sum();
+        ramp_slots + (self.chunks - ramp) * self.per_chunk
     }
 
     /// The piece in slot `slot`, or `None` for an empty slot.
     pub fn piece(&self, slot: usize) -> Option<Piece> {
-        let (chunk, k) = (slot / self.per_chunk, slot % self.per_chunk);
+        let (mut chunk, mut k) = (0, slot);
+        while chunk < self.ramp && k >= self.slots_of(chunk) {
+            k -= self.slots_of(chunk);
+            chunk += 1;
+        }
+        if chunk >= self.ramp {
+            chunk += k / self.per_chunk;
+            k %= self.per_chunk;
+        }
         if chunk >= self.chunks {
             return None;
         }
         let r = self.chunk_range(chunk);
-        let at = r.start + k * self.piece;
+        let p = self.piece_of(chunk);
+        let at = r.start + k * p;
         (at < r.end).then(|| Piece {
             chunk,
             buffer: chunk % self.buffers,
             at,
-            in_buffer: k * self.piece,
-            len: (at + self.piece).min(r.end) - at,
+            in_buffer: k * p,
+            len: (at + p).min(r.end) - at,
         })
     }
 }
@@ -322,9 +429,10 @@ fn per_chunk<S: Sink>(
             .and_then(|x| x.get_mut(..r.len()))
             .ok_or_else(|| CudaError::Invalid("staging buffer too small".into()))?;
         // Several threads fill the buffer (one thread's copy is far below the link).
-        buf.par_chunks_mut(plan.piece)
+        let piece = plan.piece_of(i);
+        buf.par_chunks_mut(piece)
             .enumerate()
-            .try_for_each(|(k, d)| source.fill(d, r.start + k * plan.piece))?;
+            .try_for_each(|(k, d)| source.fill(d, r.start + k * piece))?;
         // SAFETY: buffer b is written again only after the wait(b) above in a later iteration.
         unsafe { sink.submit(b, buf.as_ptr(), r.start, r.len()) }?;
     }

@@ -15,6 +15,29 @@ fn below(rng: &mut Rng, n: usize) -> usize {
     (rng.next_u64() % n.max(1) as u64) as usize
 }
 
+/// Chunk sizes by the ramp's definition, independent of `Plan`: start at `first` (or `chunk`
+/// without a ramp), double up to `chunk`, cut the last one at the region's end.
+fn reference_chunks(len: usize, chunk: usize, first: usize) -> Vec<usize> {
+    let mut size = if first == 0 { chunk } else { first.min(chunk) };
+    let (mut left, mut out) = (len, Vec::new());
+    while left > 0 {
+        let n = size.min(left);
+        out.push(n);
+        left -= n;
+        size = (size * 2).min(chunk);
+    }
+    out
+}
+
+fn random_ramp(rng: &mut Rng, chunk: usize) -> usize {
+    match below(rng, 4) {
+        0 => 0,
+        1 => 1 + below(rng, chunk),
+        2 => (chunk >> (1 + below(rng, 6))).max(1),
+        _ => chunk + below(rng, 3),
+    }
+}
+
 #[test]
 fn plan_covers_the_region_once_in_order() {
     let mut rng = Rng::fresh();
@@ -30,10 +53,21 @@ fn plan_covers_the_region_once_in_order() {
             buffers: 1 + below(&mut rng, 9),
             piece: [0, 1, 3, 4096, 1 << 16, 1 << 22][below(&mut rng, 6)],
             schedule: Schedule::Stream,
+            first_chunk: random_ramp(&mut rng, chunk),
         };
         let threads = 1 + below(&mut rng, 32);
         let plan = Plan::new(len, &cfg, threads).expect("valid config");
-        assert_eq!(plan.chunks, len.div_ceil(chunk));
+        let sizes = reference_chunks(len, chunk, cfg.first_chunk);
+        assert_eq!(plan.chunks, sizes.len(), "{cfg:?}, len {len}");
+        let mut start = 0;
+        for (i, &n) in sizes.iter().enumerate() {
+            assert_eq!(
+                plan.chunk_range(i),
+                start..start + n,
+                "chunk {i} of {cfg:?}"
+            );
+            start += n;
+        }
         assert!(plan.buffers >= 1 && plan.buffers <= cfg.buffers);
         assert!(plan.piece >= 1 && plan.piece <= chunk);
         let mut pos = 0;
@@ -56,6 +90,7 @@ fn plan_covers_the_region_once_in_order() {
         assert_eq!(pos, len, "pieces cover the region ({cfg:?})");
         for (i, &n) in per_chunk.iter().enumerate() {
             assert_eq!(n, plan.pieces_in(i));
+            assert!(n >= 1, "chunk {i} has no piece ({cfg:?})");
         }
         assert!(plan.piece(plan.slots()).is_none());
     }
@@ -95,6 +130,52 @@ fn plan_rejects_bad_configs_and_sizes_auto_pieces() {
         StagingConfig::new(1536 << 10, 8, 0, Schedule::Stream).label(),
         "1536K x8 p=auto stream"
     );
+}
+
+#[test]
+fn a_ramp_doubles_up_to_the_chunk_and_splits_each_chunk_among_the_threads() {
+    const M: usize = 1 << 20;
+    let cfg = StagingConfig::new(16 * M, 6, 0, Schedule::Stream).with_ramp(M);
+    assert_eq!(cfg.label(), "16M x6 ramp 1M p=auto stream");
+    let len = 85 * M + 12345;
+    let plan = Plan::new(len, &cfg, 16).expect("plan");
+    let sizes: Vec<usize> = (0..plan.chunks)
+        .map(|i| plan.chunk_range(i).len())
+        .collect();
+    let mut want = vec![M, 2 * M, 4 * M, 8 * M];
+    want.extend([16 * M; 4]);
+    want.push(len - 79 * M);
+    assert_eq!(sizes, want);
+    // Automatic pieces: each chunk split among 16 threads (64 KiB at least).
+    let pieces: Vec<usize> = (0..plan.chunks).map(|i| plan.piece_of(i)).collect();
+    assert_eq!(pieces[..5], [64 << 10, 128 << 10, 256 << 10, 512 << 10, M]);
+    assert_eq!(plan.pieces_in(0), 16);
+    // An explicit piece is used as is, capped at each chunk.
+    let fixed = StagingConfig {
+        piece: M,
+        first_chunk: M / 2,
+        ..cfg
+    };
+    let fixed = Plan::new(len, &fixed, 16).expect("plan");
+    assert_eq!(fixed.piece_of(0), M / 2);
+    assert_eq!(fixed.piece_of(1), M);
+    assert_eq!(fixed.pieces_in(5), 16);
+    // Chunk i lands in buffer i % buffers.
+    for slot in 0..plan.slots() {
+        if let Some(p) = plan.piece(slot) {
+            assert_eq!(p.buffer, p.chunk % 6);
+        }
+    }
+    // A region inside the ramp, one at a ramp boundary, and no ramp when first >= chunk.
+    let small = Plan::new(3 * M + 1, &cfg, 16).expect("plan");
+    assert_eq!((small.chunks, small.buffers), (3, 3));
+    assert_eq!(small.chunk_range(2), 3 * M..3 * M + 1);
+    let edge = Plan::new(15 * M, &cfg, 16).expect("plan");
+    assert_eq!(edge.chunks, 4);
+    let flat = cfg.with_ramp(16 * M);
+    assert_eq!(flat.label(), "16M x6 p=auto stream");
+    assert_eq!(Plan::new(len, &flat, 16).map(|p| p.chunks).ok(), Some(6));
+    assert_eq!(Plan::new(0, &cfg, 16).map(|p| p.slots()).ok(), Some(0));
 }
 
 /// When the mock device reads a queued copy's source.
@@ -228,6 +309,14 @@ fn both_schedules_copy_every_byte_with_early_and_late_devices() {
             } else {
                 Schedule::PerChunk
             },
+            first_chunk: 0,
+        };
+        // Half the rounds of each schedule ramp up to the chunk.
+        let cfg = if round % 8 < 4 {
+            let chunk = cfg.chunk;
+            cfg.with_ramp(random_ramp(&mut rng, chunk).max(1))
+        } else {
+            cfg
         };
         let threads = [1usize, 2, 3, 8][below(&mut rng, 4)];
         let when = if round % 4 < 2 {
@@ -279,8 +368,13 @@ fn a_file_shorter_than_the_region_is_an_error() {
 fn the_host_only_sink_runs_to_the_end() {
     let mut rng = Rng::fresh();
     let data = random_bytes(&mut rng, 300_000);
-    for schedule in [Schedule::PerChunk, Schedule::Stream] {
-        let cfg = StagingConfig::new(65536, 3, 0, schedule);
+    for (schedule, first) in [
+        (Schedule::PerChunk, 0),
+        (Schedule::Stream, 0),
+        (Schedule::PerChunk, 4096),
+        (Schedule::Stream, 1000),
+    ] {
+        let cfg = StagingConfig::new(65536, 3, 0, schedule).with_ramp(first);
         let plan = Plan::new(data.len(), &cfg, 4).expect("plan");
         let mut storage = vec![vec![0u8; plan.chunk]; plan.buffers];
         let mut bufs: Vec<&mut [u8]> = storage.iter_mut().map(|b| b.as_mut_slice()).collect();

@@ -1,0 +1,145 @@
+// Shared by the tile kernels. Not compiled on its own: the runtime's loader prepends this file to
+// tile_gemm.cu, tile_wgmma.cu, tile_walk.cu and tile_walk_wg.cu before NVRTC compiles them (the
+// sources are embedded in the binary, so there is no include path to resolve at run time).
+#include <cuda_fp16.h>
+#include <cuda_bf16.h>
+
+typedef unsigned int u32;
+typedef unsigned long long u64;
+
+namespace ek {
+
+__device__ __forceinline__ u32 smem_addr(const void* p) {
+    return static_cast<u32>(__cvta_generic_to_shared(p));
+}
+
+__device__ __forceinline__ void cp_async16(u32 dst, const void* src, bool valid) {
+    int n = valid ? 16 : 0;  // src-size 0 zero-fills the 16 bytes
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(n));
+}
+
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+__device__ __forceinline__ void ldmatrix_x4(u32 addr, u32& r0, u32& r1, u32& r2, u32& r3) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
+                 : "r"(addr));
+}
+
+__device__ __forceinline__ void ldmatrix_x4(u32 addr, u32 (&r)[4]) { ldmatrix_x4(addr, r[0], r[1], r[2], r[3]); }
+
+// D += A * B on tensor cores, m16n8k16, fp32 accumulation; B given as its two registers.
+template <bool BF16>
+__device__ __forceinline__ void mma16816(float* c, const u32* a, u32 b0, u32 b1) {
+    if (BF16) {
+        asm volatile(
+            "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+            "{%8,%9}, {%0,%1,%2,%3};\n"
+            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    } else {
+        asm volatile(
+            "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+            "{%8,%9}, {%0,%1,%2,%3};\n"
+            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    }
+}
+
+template <bool BF16>
+__device__ __forceinline__ void mma16816(float* c, const u32* a, const u32* b) {
+    mma16816<BF16>(c, a, b[0], b[1]);
+}
+
+template <typename T>
+struct Conv;
+template <>
+struct Conv<__half> {
+    static __device__ __forceinline__ float to_f(__half v) { return __half2float(v); }
+    static __device__ __forceinline__ __half from_f(float v) { return __float2half_rn(v); }
+};
+template <>
+struct Conv<__nv_bfloat16> {
+    static __device__ __forceinline__ float to_f(__nv_bfloat16 v) { return __bfloat162float(v); }
+    static __device__ __forceinline__ __nv_bfloat16 from_f(float v) { return __float2bfloat16_rn(v); }
+};
+
+template <typename T>
+union Pair {
+    T v[2];
+    u32 u;
+    __device__ Pair() {}
+};
+
+// Not inlined: epilogues are unrolled many times per thread and erff is long.
+__device__ __noinline__ float gelu_erf(float x) { return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f)); }
+
+// Applies the epilogue (bias, GELU, residual) to outputs (m, n) and (m, n + 1) and stores them,
+// as one 32-bit store when both exist and the row pitch keeps them aligned.
+template <typename T>
+__device__ __forceinline__ void store_pair(float v0, float v1, int m, int n, int M, int N, const float* bias,
+                                           const T* residual, int gelu, T* Y, int ldy) {
+    if (m >= M || n >= N) return;
+    const bool two = n + 1 < N;
+    const size_t at = static_cast<size_t>(m) * ldy + n;
+    if (bias) {
+        v0 += bias[n];
+        if (two) v1 += bias[n + 1];
+    }
+    if (gelu) {
+        v0 = gelu_erf(v0);
+        if (two) v1 = gelu_erf(v1);
+    }
+    if (residual) {
+        v0 += Conv<T>::to_f(residual[at]);
+        if (two) v1 += Conv<T>::to_f(residual[at + 1]);
+    }
+    if (two && (ldy & 1) == 0) {
+        Pair<T> pr;
+        pr.v[0] = Conv<T>::from_f(v0);
+        pr.v[1] = Conv<T>::from_f(v1);
+        *reinterpret_cast<u32*>(Y + at) = pr.u;
+    } else {
+        Y[at] = Conv<T>::from_f(v0);
+        if (two) Y[at + 1] = Conv<T>::from_f(v1);
+    }
+}
+
+// mbarrier phases signalled by cp.async completion (sm_80 and later).
+__device__ __forceinline__ void mbar_init(u32 bar, u32 count) {
+    asm volatile("mbarrier.init.shared.b64 [%0], %1;\n" ::"r"(bar), "r"(count));
+}
+
+// The barrier's pending count drops by one when all of this thread's earlier cp.async are done.
+__device__ __forceinline__ void cp_async_arrive(u32 bar) {
+    asm volatile("cp.async.mbarrier.arrive.noinc.shared.b64 [%0];\n" ::"r"(bar) : "memory");
+}
+
+// True once the phase of parity `parity` of the barrier at `bar` has completed.
+__device__ __forceinline__ bool mbar_done(u32 bar, u32 parity) {
+    u32 ok;
+    asm volatile(
+        "{\n.reg .pred p;\nmbarrier.test_wait.parity.shared.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+        : "=r"(ok)
+        : "r"(bar), "r"(parity)
+        : "memory");
+    return ok != 0;
+}
+
+// Waits for the phase of parity `parity`. A phase that never completes is a bug: trap (the launch
+// fails with an error) rather than hang the device.
+__device__ __forceinline__ void mbar_wait(u32 bar, u32 parity) {
+    for (u32 spins = 0; !mbar_done(bar, parity); ++spins) {
+        if (spins > (1u << 28)) __trap();
+    }
+}
+
+__device__ __forceinline__ void mbar_wait0(u32 bar) { mbar_wait(bar, 0); }
+
+}  // namespace ek
+
