@@ -3,6 +3,8 @@
 //! - `et-bench all [--ets FILE]...`: correctness checks, then benchmarks, then a short table last.
 //! - `et-bench check [--ets FILE]...`: correctness only (exit code 1 on any failure).
 //! - `et-bench bench [--quick]`: benchmarks only.
+//! - `et-bench upload`: the model upload sweep only (every method and staging config, a few
+//!   seconds).
 //! - `et-bench resources [--arch sm_90]`: NVRTC compile + `ptxas -v` report (no GPU needed).
 //! - `et-bench prepare-minilm --safetensors F --out F`: tile-prune a model's layer-0/1 weights with a
 //!   top-norm mask into a small `.ets` for the checks (no GPU needed).
@@ -47,6 +49,8 @@ enum Cmd {
         #[arg(long)]
         quick: bool,
     },
+    /// The model upload sweep only (methods and staging configs, each upload verified).
+    Upload,
     /// One benchmark configuration (for profilers).
     One {
         /// Tokens.
@@ -104,6 +108,11 @@ fn main() -> ExitCode {
         }),
         Cmd::Check { ets } => open().and_then(|rt| run_checks(&rt, &ets)),
         Cmd::Bench { quick } => open().and_then(|rt| run_bench(&rt, quick).map(|_| true)),
+        Cmd::Upload => open().and_then(|rt| {
+            let summary = upload_bench(&rt, &mut Rng::fresh())?;
+            println!("{summary}");
+            Ok(true)
+        }),
         Cmd::One {
             tokens,
             k,

@@ -16,7 +16,8 @@ use super::{
     pinned_copy_ms, tensor_extent, FileRegion, Schedule, StagingConfig,
 };
 
-/// The sweep: the three original methods, then staged (from the mapping) and pread variants.
+/// The sweep: the three original methods, then staged (from the mapping) and pread variants,
+/// then chunk ramps (small first chunks so the first copy starts early, large ones later).
 pub fn variants() -> Vec<(UploadMethod, StagingConfig)> {
     use StagingConfig as C;
     use UploadMethod as M;
@@ -28,7 +29,7 @@ pub fn variants() -> Vec<(UploadMethod, StagingConfig)> {
         (M::Pread, C::default()),
     ];
     for m in [M::Staged, M::Pread] {
-        for (chunk, buffers) in [(4 * MB, 4), (8 * MB, 4), (16 * MB, 4), (4 * MB, 8)] {
+        for (chunk, buffers) in [(16 * MB, 4), (4 * MB, 8)] {
             v.push((m, C::new(chunk, buffers, 0, Schedule::PerChunk)));
         }
         for (chunk, buffers, piece) in [
@@ -45,6 +46,24 @@ pub fn variants() -> Vec<(UploadMethod, StagingConfig)> {
             v.push((m, C::new(chunk, buffers, piece, Schedule::Stream)));
         }
     }
+    for m in [M::Staged, M::Pread] {
+        for (chunk, buffers, first) in [
+            (16 * MB, 6, MB),
+            (16 * MB, 4, 2 * MB),
+            (8 * MB, 8, MB),
+            (4 * MB, 8, MB),
+        ] {
+            v.push((
+                m,
+                C::new(chunk, buffers, 0, Schedule::Stream).with_ramp(first),
+            ));
+        }
+    }
+    // The per-chunk schedule with a ramp (each chunk's fork-join waits for the previous fill).
+    v.push((
+        M::Staged,
+        C::new(16 * MB, 4, 0, Schedule::PerChunk).with_ramp(MB),
+    ));
     v
 }
 
@@ -67,6 +86,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 /// written it); prints one line per variant and returns a summary line. Fails on any upload whose
 /// device bytes differ from the file.
 pub fn run(rt: &CudaRuntime, rng: &mut Rng, path: &Path) -> Result<String, CudaError> {
+    let started = Instant::now();
     let fe = |e: FormatError| CudaError::Invalid(e.to_string());
     let io = |e: std::io::Error| CudaError::Invalid(format!("{}: {e}", path.display()));
     let file = EtsFile::open(path).map_err(fe)?;
@@ -181,11 +201,12 @@ pub fn run(rt: &CudaRuntime, rng: &mut Rng, path: &Path) -> Result<String, CudaE
         })
         .unwrap_or_default();
     Ok(format!(
-        "upload of {mb:.1} MB: plain pinned memcpy {pin:.2} ms = {:.1} GB/s (5 runs {lo:.2}..{hi:.2} ms); default Staged {default}; best warm: {}; best fresh mapping: {}; best fresh runtime: {}; {checked} uploads verified byte-identical",
+        "upload of {mb:.1} MB: plain pinned memcpy {pin:.2} ms = {:.1} GB/s (5 runs {lo:.2}..{hi:.2} ms); default Staged {default}; best warm: {}; best fresh mapping: {}; best fresh runtime: {}; {checked} uploads verified byte-identical; sweep {:.1} s",
         rate(pin),
         best(|r| r.warm),
         best(|r| r.cold),
         best(|r| r.first),
+        started.elapsed().as_secs_f64(),
     ))
 }
 
