@@ -65,6 +65,37 @@ fn every_kernel_compiles_for_sm80_and_sm90() {
             tile.ptx.contains("mma.sync.aligned.m16n8k16"),
             "tile kernel does not use mma.sync"
         );
+        // The row-walk kernels: every tile shape and token block of the mma.sync one, and the
+        // wgmma one (real wgmma on sm_90a; built for another target it compiles to a trap).
+        let walk = reports
+            .iter()
+            .find(|r| r.file == "tile_walk.cu")
+            .expect("tile_walk.cu compiled");
+        for e in ["f16", "bf16"] {
+            for shape in ["16x16", "32x32", "64x64", "64x16", "128x16"] {
+                for bm in [128, 64, 32] {
+                    let name = format!("tile_walk_{e}_{shape}_bm{bm}");
+                    assert!(walk.entry_points.contains(&name), "missing entry {name}");
+                }
+            }
+        }
+        assert!(walk.ptx.contains("ldmatrix") && walk.ptx.contains("mbarrier"));
+        let walk_wg = reports
+            .iter()
+            .find(|r| r.file == "tile_walk_wg.cu")
+            .expect("tile_walk_wg.cu compiled");
+        for name in ["tile_walkwg_f16_64x64", "tile_walkwg_bf16_64x64"] {
+            assert!(
+                walk_wg.entry_points.iter().any(|e| e == name),
+                "missing entry {name}"
+            );
+        }
+        if walk_wg.arch == "sm_90a" {
+            assert!(
+                walk_wg.ptx.contains("wgmma.mma_async"),
+                "the sm_90a row-walk kernel does not issue wgmma"
+            );
+        }
         let again = compile_all_kernels(arch).unwrap_or_else(|e| panic!("{arch}: {e}"));
         assert!(
             again.iter().all(|r| r.from_cache),

@@ -202,6 +202,29 @@ pub fn wg_smem_bytes(bn: usize, th: usize) -> usize {
     stages * (TILE_BM + bn) * 128 + 1024 + meta.div_ceil(16) * 16
 }
 
+/// The arguments every tile kernel starts with: X, M, K, ldx, the weight's bitmap, row offsets and
+/// values, N, the tile grid, the epilogue, Y and ldy (X and Y packed, so ldx = K and ldy = N).
+fn tile_args(x: u64, m: usize, w: &TileDeviceView, ep: &Epilogue, y: u64) -> [KArg; 15] {
+    let i = |v: usize| KArg::I32(v as i32);
+    [
+        KArg::Ptr(x),
+        i(m),
+        i(w.cols),
+        i(w.cols),
+        KArg::Ptr(w.bitmap),
+        KArg::Ptr(w.row_offsets),
+        KArg::Ptr(w.values),
+        i(w.rows),
+        i(w.grid_rows),
+        i(w.grid_cols),
+        KArg::Ptr(ep.bias),
+        KArg::Ptr(ep.residual),
+        KArg::I32(ep.gelu as i32),
+        KArg::Ptr(y),
+        i(w.rows),
+    ]
+}
+
 /// Threads per CTA of the row-walk kernel.
 const WALK_THREADS: u32 = 512;
 
@@ -292,24 +315,7 @@ pub fn tile_walk(
             rt.max_smem_per_block()
         ))
     })?;
-    let i = |v: usize| KArg::I32(v as i32);
-    let args = [
-        KArg::Ptr(x),
-        i(m),
-        i(w.cols),
-        i(w.cols),
-        KArg::Ptr(w.bitmap),
-        KArg::Ptr(w.row_offsets),
-        KArg::Ptr(w.values),
-        i(w.rows),
-        i(w.grid_rows),
-        i(w.grid_cols),
-        KArg::Ptr(ep.bias),
-        KArg::Ptr(ep.residual),
-        KArg::I32(ep.gelu as i32),
-        KArg::Ptr(y),
-        i(w.rows),
-    ];
+    let args = tile_args(x, m, w, ep, y);
     let name = format!("{}_bm{}", TileKernel::Walk.name(w), plan.bm);
     let grid = (plan.parts as u32, m.div_ceil(plan.bm) as u32, 1);
     rt.launch(&name, grid, (WALK_THREADS, 1, 1), plan.smem as u32, &args)
@@ -337,24 +343,7 @@ pub fn tile_walk_wg(
             rt.max_smem_per_block()
         ))
     })?;
-    let i = |v: usize| KArg::I32(v as i32);
-    let args = [
-        KArg::Ptr(x),
-        i(m),
-        i(w.cols),
-        i(w.cols),
-        KArg::Ptr(w.bitmap),
-        KArg::Ptr(w.row_offsets),
-        KArg::Ptr(w.values),
-        i(w.rows),
-        i(w.grid_rows),
-        i(w.grid_cols),
-        KArg::Ptr(ep.bias),
-        KArg::Ptr(ep.residual),
-        KArg::I32(ep.gelu as i32),
-        KArg::Ptr(y),
-        i(w.rows),
-    ];
+    let args = tile_args(x, m, w, ep, y);
     let grid = (plan.parts as u32, m.div_ceil(plan.bm) as u32, 1);
     rt.launch(
         &TileKernel::WalkWg.name(w),
@@ -533,24 +522,10 @@ pub fn tile_gemm_with(
         0
     };
     let i = |v: usize| KArg::I32(v as i32);
-    let args = [
-        KArg::Ptr(x),
-        i(m),
-        i(w.cols),
-        i(w.cols),
-        KArg::Ptr(w.bitmap),
-        KArg::Ptr(w.row_offsets),
-        KArg::Ptr(w.values),
-        i(w.rows),
-        i(w.grid_rows),
-        i(w.grid_cols),
-        KArg::Ptr(ep.bias),
-        KArg::Ptr(ep.residual),
-        KArg::I32(ep.gelu as i32),
-        KArg::Ptr(y),
-        i(w.rows),
-        KArg::Ptr(ws),
-    ];
+    // The union kernels take the split-K workspace after the common arguments.
+    let mut args = [KArg::Ptr(0); 16];
+    args[..15].copy_from_slice(&tile_args(x, m, w, ep, y));
+    args[15] = KArg::Ptr(ws);
     rt.launch(
         &name,
         grid,
