@@ -11,7 +11,6 @@
 #define ETS_BM 128
 #define ETS_KC 64
 #define ETS_THREADS 256
-#define ETS_MAX_GRID_COLS 512
 
 namespace etw {
 
@@ -22,68 +21,7 @@ __device__ __forceinline__ u32 swz(int row, int chunk) {
 }
 
 template <int BN, int TH>
-struct Meta {
-    static constexpr int R = BN / TH;  // block rows per CTA group
-    unsigned char fullmask[ETS_MAX_GRID_COLS];
-    unsigned short jpos[ETS_MAX_GRID_COLS];
-    unsigned short ucol[ETS_MAX_GRID_COLS];
-    unsigned char umask[ETS_MAX_GRID_COLS];
-    unsigned short kidx[R][ETS_MAX_GRID_COLS];
-    u32 rowoff[R];
-    int U;
-};
-
-// Union list of non-empty tile columns of the group, and per (row, union column) the kept-tile
-// index relative to the row's start.
-template <int BN, int TH>
-__device__ void build_union(Meta<BN, TH>& md, const u64* bitmap, const u32* row_offsets, int grid_rows,
-                            int grid_cols, int br0) {
-    constexpr int R = Meta<BN, TH>::R;
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    for (int bc = tid; bc < grid_cols; bc += ETS_THREADS) {
-        u32 m = 0;
-#pragma unroll
-        for (int r = 0; r < R; ++r) {
-            int br = br0 + r;
-            if (br < grid_rows) {
-                u64 t = static_cast<u64>(br) * grid_cols + bc;
-                if ((bitmap[t >> 6] >> (t & 63)) & 1ull) m |= 1u << r;
-            }
-        }
-        md.fullmask[bc] = static_cast<unsigned char>(m);
-    }
-    if (tid < R) md.rowoff[tid] = (br0 + tid < grid_rows) ? row_offsets[br0 + tid] : 0u;
-    __syncthreads();
-    const u32 lt = (1u << lane) - 1u;
-    if (warp == 0) {
-        int base = 0;
-        for (int c0 = 0; c0 < grid_cols; c0 += 32) {
-            int bc = c0 + lane;
-            u32 m = bc < grid_cols ? md.fullmask[bc] : 0u;
-            u32 bal = __ballot_sync(0xffffffffu, m != 0);
-            int pos = base + __popc(bal & lt);
-            if (m) {
-                md.ucol[pos] = static_cast<unsigned short>(bc);
-                md.umask[pos] = static_cast<unsigned char>(m);
-                md.jpos[bc] = static_cast<unsigned short>(pos);
-            }
-            base += __popc(bal);
-        }
-        if (lane == 0) md.U = base;
-    }
-    __syncthreads();
-    for (int r = warp; r < R; r += ETS_THREADS / 32) {
-        int base = 0;
-        for (int c0 = 0; c0 < grid_cols; c0 += 32) {
-            int bc = c0 + lane;
-            bool bit = bc < grid_cols && ((md.fullmask[bc] >> r) & 1u);
-            u32 bal = __ballot_sync(0xffffffffu, bit);
-            if (bit) md.kidx[r][md.jpos[bc]] = static_cast<unsigned short>(base + __popc(bal & lt));
-            base += __popc(bal);
-        }
-    }
-    __syncthreads();
-}
+using Meta = UnionMeta<BN / TH>;
 
 // Per-thread constants of the stage loads: thread t copies 16-byte chunk (t & 7) of X rows
 // t/8 + 32i (i < 4) and of W rows t/8 + 32i (i < BN/32).
@@ -158,7 +96,8 @@ __device__ void body(const T* __restrict__ X, int M, int K, int ldx, const u64* 
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wg = warp >> 2;
     const int n0 = blockIdx.x * BN, m0 = blockIdx.y * ETS_BM;
-    build_union<BN, TH>(md, bitmap, row_offsets, grid_rows, grid_cols, blockIdx.x * Meta<BN, TH>::R);
+    build_union<Meta<BN, TH>::R, ETS_THREADS>(md, bitmap, row_offsets, grid_rows, grid_cols,
+                                              blockIdx.x * Meta<BN, TH>::R);
     const int U = md.U;
     const int G = (U + S - 1) / S;
     const int gbeg = static_cast<int>((static_cast<long long>(G) * blockIdx.z) / gridDim.z);

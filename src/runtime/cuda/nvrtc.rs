@@ -14,13 +14,14 @@ use sha2::{Digest, Sha256};
 use super::error::CudaError;
 
 /// The kernel sources built into the library: (file name, source). The tile kernels share
-/// `kernels/common.cuh` (and the warpgroup-MMA ones `kernels/wgmma.cuh`), prepended here because
-/// embedded sources have no include path at run time.
+/// `kernels/common.cuh`, the union kernels `kernels/union.cuh` and the warpgroup-MMA ones
+/// `kernels/wgmma.cuh`, prepended here because embedded sources have no include path at run time.
 pub const KERNELS: &[(&str, &str)] = &[
     (
         "tile_gemm.cu",
         concat!(
             include_str!("../../../kernels/common.cuh"),
+            include_str!("../../../kernels/union.cuh"),
             include_str!("../../../kernels/tile_gemm.cu")
         ),
     ),
@@ -29,6 +30,7 @@ pub const KERNELS: &[(&str, &str)] = &[
         "tile_wgmma.cu",
         concat!(
             include_str!("../../../kernels/common.cuh"),
+            include_str!("../../../kernels/union.cuh"),
             include_str!("../../../kernels/wgmma.cuh"),
             include_str!("../../../kernels/tile_wgmma.cu")
         ),
