@@ -141,5 +141,40 @@ __device__ __forceinline__ void mbar_wait(u32 bar, u32 parity) {
 
 __device__ __forceinline__ void mbar_wait0(u32 bar) { mbar_wait(bar, 0); }
 
+// Tile columns of one block row's kept tiles, in bitmap order (32-bit tile indices: a grid never
+// holds 2^32 tiles).
+struct RowBits {
+    const u64* bitmap;
+    u32 word, last_word, t0, t_end;
+    u64 bits;
+
+    __device__ __forceinline__ void load_word() {
+        u64 w = bitmap[word];
+        const u32 lo = word * 64u;
+        if (t0 > lo) w &= ~0ull << (t0 - lo);
+        if (t_end - lo < 64u) w &= (1ull << (t_end - lo)) - 1ull;
+        bits = w;
+    }
+    __device__ __forceinline__ void init(const u64* bm, int br, int grid_cols) {
+        bitmap = bm;
+        t0 = static_cast<u32>(br) * static_cast<u32>(grid_cols);
+        t_end = t0 + static_cast<u32>(grid_cols);
+        word = t0 >> 6;
+        last_word = (t_end - 1u) >> 6;
+        load_word();
+    }
+    // The next kept tile's column, or -1.
+    __device__ __forceinline__ int next() {
+        while (bits == 0) {
+            if (word == last_word) return -1;
+            ++word;
+            load_word();
+        }
+        const u32 b = static_cast<u32>(__ffsll(static_cast<long long>(bits))) - 1u;
+        bits &= bits - 1;
+        return static_cast<int>(word * 64u + b - t0);
+    }
+};
+
 }  // namespace ek
 

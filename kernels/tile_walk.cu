@@ -28,29 +28,13 @@ using namespace ek;
 // indices (a grid never holds 2^32 tiles) keep the per-step work to a few instructions.
 template <int TH, int TW>
 struct Walker {
-    const u64* bitmap;
-    u32 word, last_word;  // bitmap word being consumed, last word of the row
-    u32 t0, t_end;        // tile index range of the row
-    u64 bits;             // unconsumed set bits of the current word (masked to the row)
-    int q;                // k16 step inside the current tile
-    int kb;               // 16-column block of X of the current step
+    RowBits row;
+    int q;                     // k16 step inside the current tile
+    int kb;                    // 16-column block of X of the current step
     const unsigned short* wp;  // W values of the current step (tile start + 16 q)
 
-    __device__ __forceinline__ void load_word() {
-        u64 w = bitmap[word];
-        const u32 lo = word * 64u;
-        if (t0 > lo) w &= ~0ull << (t0 - lo);
-        if (t_end - lo < 64u) w &= (1ull << (t_end - lo)) - 1ull;
-        bits = w;
-    }
-
     __device__ __forceinline__ void init(const u64* bm, int br, int grid_cols, const unsigned short* wrow) {
-        bitmap = bm;
-        t0 = static_cast<u32>(br) * static_cast<u32>(grid_cols);
-        t_end = t0 + static_cast<u32>(grid_cols);
-        word = t0 >> 6;
-        last_word = (t_end - 1u) >> 6;
-        load_word();
+        row.init(bm, br, grid_cols);
         q = TW / 16 - 1;
         wp = wrow - TH * TW + 16 * (TW / 16 - 1);  // as if at the last step of tile -1
     }
@@ -63,14 +47,15 @@ struct Walker {
             wp += 16;
             return true;
         }
-        while (bits == 0) {
-            if (word == last_word) return false;
-            ++word;
-            load_word();
+        // RowBits::next inlined by hand: a -1 sentinel here made the compiler keep more registers.
+        while (row.bits == 0) {
+            if (row.word == row.last_word) return false;
+            ++row.word;
+            row.load_word();
         }
-        const u32 b = static_cast<u32>(__ffsll(static_cast<long long>(bits))) - 1u;
-        bits &= bits - 1;
-        kb = static_cast<int>(word * 64u + b - t0) * (TW / 16);
+        const u32 b = static_cast<u32>(__ffsll(static_cast<long long>(row.bits))) - 1u;
+        row.bits &= row.bits - 1;
+        kb = static_cast<int>(row.word * 64u + b - row.t0) * (TW / 16);
         wp += TH * TW - 16 * q;
         q = 0;
         return true;
