@@ -1,6 +1,6 @@
 //! The `et-run` command line: outputs, exit codes and messages, on a tiny random model.
 
-mod cpu_common;
+mod common;
 
 use std::process::Command;
 
@@ -98,7 +98,7 @@ fn json_lines_npy_and_hidden() {
         .iter()
         .map(|v| v.as_f64().unwrap() as f32)
         .collect();
-    assert!(cpu_common::max_rel_diff(&first, &data[..32]) < 1e-6);
+    assert!(common::max_rel_diff(&first, &data[..32]) < 1e-6);
 
     // Token-level hidden states: [CLS] good movie [SEP] = 4 rows.
     let (code, out, _) = et_run(&[m, "--text", "good movie", "--hidden"]);

@@ -1,9 +1,9 @@
 //! Every stored encoding gives the dense result when it stores the same weights, and the dense
 //! result matches an independent f64 reference forward pass. Random tiny models, fresh seeds.
 
-mod cpu_common;
+mod common;
 
-use cpu_common::*;
+use common::*;
 use ets::format::{Activation, Dtype, EncodedTensor, EtsFile, ModelConfig};
 use ets::runtime::cpu::synth::{self, Rng};
 use ets::runtime::cpu::{CpuEncoder, TextTokenizer};

@@ -3,9 +3,9 @@
 //! `tokenizers` Python package's ids. Skips with a notice when models/ lacks the model, unless
 //! ETS_REQUIRE_MODELS=1.
 
-mod cpu_common;
+mod common;
 
-use cpu_common::*;
+use common::*;
 use ets::format::{Dtype, EtsFile};
 use ets::runtime::cpu::{CpuEncoder, TextTokenizer};
 use ets::runtime::{Encoder, ForwardOptions, Pooling, TokenBatch, TokenSequence};

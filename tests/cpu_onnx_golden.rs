@@ -2,11 +2,11 @@
 //! against onnxruntime goldens in fixtures/golden/. Skips with a notice when a model is absent,
 //! unless ETS_REQUIRE_MODELS=1 (the synthetic fixtures are checked whenever they exist).
 
-mod cpu_common;
+mod common;
 
 use std::path::Path;
 
-use cpu_common::*;
+use common::*;
 use ets::format::{Dtype, EncodedTensor, EtsFile};
 use ets::ingest::{open_source, IngestOptions};
 use ets::runtime::cpu::{synth, CpuEncoder};

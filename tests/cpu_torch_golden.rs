@@ -2,9 +2,9 @@
 //! all-MiniLM-L6-v2 (f32 and f16) must reproduce the sentence embeddings that transformers'
 //! BertModel computed (fixtures/golden/all-minilm-l6-v2-torch, written by scripts/golden_torch.py).
 
-mod cpu_common;
+mod common;
 
-use cpu_common::{golden, min_row_cosine, model_or_skip};
+use common::{golden, min_row_cosine, model_or_skip};
 use ets::convert::{convert, ConvertOptions};
 use ets::format::{Dtype, EtsFile};
 use ets::ingest::IngestOptions;

@@ -8,24 +8,10 @@ use ets::format::Activation;
 use ets::ingest::synth::hf_name;
 use ets::ingest::{open_source, IngestOptions, ModelSource, SourceTensor};
 
+mod common;
+
 fn model(rel: &str) -> Option<PathBuf> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("models")
-        .join(rel);
-    if p.is_file() {
-        return Some(p);
-    }
-    if std::env::var("ETS_REQUIRE_MODELS").as_deref() == Ok("1") {
-        panic!(
-            "{} is missing and ETS_REQUIRE_MODELS=1 (run scripts/fetch_models.sh)",
-            p.display()
-        );
-    }
-    eprintln!(
-        "skipping: {} not present (run scripts/fetch_models.sh)",
-        p.display()
-    );
-    None
+    common::model_or_skip(rel, "ingest_real")
 }
 
 fn open(p: &Path) -> Box<dyn ModelSource + Send + Sync> {

@@ -1,4 +1,4 @@
-//! Shared helpers of the CPU runtime tests: model paths and skipping, building `.ets` files from
+//! Shared helpers of the integration tests: model paths and skipping, building `.ets` files from
 //! the all-MiniLM-L6-v2 safetensors with the format writer, goldens, and an independent f64
 //! reference forward pass written from the BERT formulas.
 #![allow(dead_code)]
