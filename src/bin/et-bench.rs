@@ -429,33 +429,9 @@ fn dispatch_demo(rt: &CudaRuntime, rng: &mut Rng) -> Result<(), CudaError> {
             cuda::ElemType::F16,
         )
         .map_err(CudaError::Invalid)?;
-        let (b, r, v) = (
-            rt.upload(&h.bitmap)?,
-            rt.upload(&h.row_offsets)?,
-            rt.upload(&h.values)?,
-        );
-        let view = cuda::TileDeviceView {
-            bitmap: b.ptr(),
-            row_offsets: r.ptr(),
-            values: v.ptr(),
-            rows: n,
-            cols: k,
-            th: 16,
-            tw: 16,
-            grid_rows: h.grid_rows,
-            grid_cols: h.grid_cols,
-            kept: h.kept(),
-            elem: cuda::ElemType::F16,
-            has_element_bitmaps: false,
-            unions: Some(ets::runtime::cuda::host::union_fractions(
-                &h.bitmap,
-                h.grid_rows,
-                h.grid_cols,
-                16,
-            )),
-        };
-        d.decide(rt, name, &cuda::LinearWeight::Tile(view), 4096)?;
-        keep_alive.push((b, r, v));
+        let tiles = upload::DeviceTiles::upload(rt, &h)?;
+        d.decide(rt, name, &cuda::LinearWeight::Tile(tiles.view), 4096)?;
+        keep_alive.push(tiles);
     }
     print!("{}", format_table(&d.table()));
     Ok(())

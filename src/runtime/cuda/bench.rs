@@ -5,8 +5,8 @@ use super::device::{CudaRuntime, DevBuf, ElemType};
 use super::dispatch::median_ms;
 use super::error::CudaError;
 use super::gemm::{self, Epilogue, TileKernel};
-use super::host::{to_bits, union_fractions, HostTiles, Rng};
-use super::upload::TileDeviceView;
+use super::host::{to_bits, HostTiles, Rng};
+use super::upload::DeviceTiles;
 
 /// How kept tiles are placed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -183,26 +183,8 @@ pub fn bench_one(
     let keep = mask(rng, gr, gc, th, density, mode);
     let h = HostTiles::from_dense(&inp.w_dense, n, k, th, tw, &keep, ElemType::F16)
         .map_err(CudaError::Invalid)?;
-    let (b, r, v) = (
-        rt.upload(&h.bitmap)?,
-        rt.upload(&h.row_offsets)?,
-        rt.upload(&h.values)?,
-    );
-    let view = TileDeviceView {
-        bitmap: b.ptr(),
-        row_offsets: r.ptr(),
-        values: v.ptr(),
-        rows: n,
-        cols: k,
-        th,
-        tw,
-        grid_rows: gr,
-        grid_cols: gc,
-        kept: h.kept(),
-        elem: ElemType::F16,
-        has_element_bitmaps: false,
-        unions: Some(union_fractions(&h.bitmap, gr, gc, th)),
-    };
+    let tiles = DeviceTiles::upload(rt, &h)?;
+    let view = tiles.view;
     let ep = Epilogue::default();
     let auto = gemm::auto_kernel(rt, &view, tokens);
     let mut kernels = vec![auto];

@@ -14,10 +14,9 @@ use super::dispatch::Dispatcher;
 use super::error::CudaError;
 use super::gemm::{self, Epilogue, LinearWeight, Scratch, TileKernel};
 use super::host::{
-    compare, from_bits, reference_linear, round_trip, to_bits, union_fractions, ErrorStats,
-    HostTiles, Rng,
+    compare, from_bits, reference_linear, round_trip, to_bits, ErrorStats, HostTiles, Rng,
 };
-use super::upload::{DeviceModel, TileDeviceView};
+use super::upload::{DeviceModel, DeviceTiles};
 
 /// Largest accepted `max |out - ref| / max |ref|`.
 pub const TOLERANCE: f64 = 1e-2;
@@ -158,26 +157,8 @@ pub fn check_case(
             let h =
                 HostTiles::from_dense(&w, n, k, th, tw, &keep, elem).map_err(CudaError::Invalid)?;
             let dense = h.to_dense_f32();
-            let (b, r, v) = (
-                rt.upload(&h.bitmap)?,
-                rt.upload(&h.row_offsets)?,
-                rt.upload(&h.values)?,
-            );
-            let view = TileDeviceView {
-                bitmap: b.ptr(),
-                row_offsets: r.ptr(),
-                values: v.ptr(),
-                rows: n,
-                cols: k,
-                th,
-                tw,
-                grid_rows: h.grid_rows,
-                grid_cols: h.grid_cols,
-                kept: h.kept(),
-                elem,
-                has_element_bitmaps: false,
-                unions: Some(union_fractions(&h.bitmap, h.grid_rows, h.grid_cols, th)),
-            };
+            let tiles = DeviceTiles::upload(rt, &h)?;
+            let view = tiles.view;
             let fb = if path == CheckPath::TileViaCublas {
                 Some(gemm::densify(rt, &view)?)
             } else {

@@ -19,8 +19,11 @@ use rayon::prelude::*;
 
 use crate::format::{Dtype, EtsFile, TensorData, TensorView};
 
+mod host_tiles;
 mod pipeline;
 pub mod sweep;
+
+pub use host_tiles::DeviceTiles;
 
 use pipeline::{DeviceSink, NullSink, Plan, Sink, Source};
 pub use pipeline::{Schedule, StagingConfig};
