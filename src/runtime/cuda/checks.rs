@@ -259,7 +259,7 @@ pub fn synthetic_suite(rt: &CudaRuntime, rng: &mut Rng) -> Result<Vec<CheckResul
                     }
                     if (th, tw) == (64, 64)
                         && rt.arch() == "sm_90"
-                        && gemm::walkwg_smem_for(shape.2) <= rt.max_smem_per_block()
+                        && super::walk::walkwg_smem_for(shape.2) <= rt.max_smem_per_block()
                     {
                         paths.push(CheckPath::Forced(TileKernel::WalkWg));
                     }

@@ -10,6 +10,7 @@ use cudarc::cublas::{result as blas, sys as blas_sys};
 use super::device::{CudaRuntime, DevBuf, ElemType, KArg};
 use super::error::CudaError;
 use super::upload::TileDeviceView;
+use super::walk::{tile_walk, tile_walk_wg, walk_plan, walkwg_plan};
 
 /// Largest tile grid width the tile kernel handles (its shared-memory union list).
 pub const TILE_MAX_GRID_COLS: usize = 512;
@@ -141,7 +142,7 @@ impl TileKernel {
             TileKernel::Mma | TileKernel::Wg128 | TileKernel::Walk => 128,
         }
     }
-    fn name(self, v: &TileDeviceView) -> String {
+    pub(crate) fn name(self, v: &TileDeviceView) -> String {
         let e = v.elem.suffix();
         match self {
             TileKernel::Mma => format!("tile_gemm_{e}_{}x{}", v.th, v.tw),
@@ -204,7 +205,7 @@ pub fn wg_smem_bytes(bn: usize, th: usize) -> usize {
 
 /// The arguments every tile kernel starts with: X, M, K, ldx, the weight's bitmap, row offsets and
 /// values, N, the tile grid, the epilogue, Y and ldy (X and Y packed, so ldx = K and ldy = N).
-fn tile_args(x: u64, m: usize, w: &TileDeviceView, ep: &Epilogue, y: u64) -> [KArg; 15] {
+pub(crate) fn tile_args(x: u64, m: usize, w: &TileDeviceView, ep: &Epilogue, y: u64) -> [KArg; 15] {
     let i = |v: usize| KArg::I32(v as i32);
     [
         KArg::Ptr(x),
@@ -223,135 +224,6 @@ fn tile_args(x: u64, m: usize, w: &TileDeviceView, ep: &Epilogue, y: u64) -> [KA
         KArg::Ptr(y),
         i(w.rows),
     ]
-}
-
-/// Threads per CTA of the row-walk kernel.
-const WALK_THREADS: u32 = 512;
-
-/// How the row-walk kernel runs one weight: tokens per CTA, feature parts, shared memory.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct WalkPlan {
-    /// Tokens per CTA (128, 64 or 32): all of their K columns stay in shared memory.
-    pub bm: usize,
-    /// CTAs per token block, each taking a contiguous share of the block rows.
-    pub parts: usize,
-    /// Dynamic shared memory per CTA in bytes.
-    pub smem: usize,
-}
-
-/// Shared memory of the row-walk kernel: `bm` token rows of the padded K, one 8-byte barrier per
-/// 64-column load phase, the unit counter.
-pub fn walk_smem_bytes(bm: usize, v: &TileDeviceView) -> usize {
-    let kt = v.grid_cols * v.tw;
-    bm * 2 * kt + 8 * kt.div_ceil(64) + 16
-}
-
-/// The row-walk plan for `m` tokens, or None when not even 32 tokens of X fit in shared memory.
-/// The CTA count is kept to one wave (one CTA per multiprocessor: 16 warps of up to 128
-/// registers): token blocks first, then the block rows are split into parts to fill the device.
-pub fn walk_plan(
-    max_smem: usize,
-    sm_count: usize,
-    m: usize,
-    v: &TileDeviceView,
-) -> Option<WalkPlan> {
-    let want = m.max(1).next_power_of_two().clamp(32, 128);
-    let bm = [128usize, 64, 32]
-        .into_iter()
-        .find(|&bm| bm <= want && walk_smem_bytes(bm, v) <= max_smem)?;
-    let blocks = m.div_ceil(bm).max(1);
-    let parts = (sm_count.max(1) / blocks).clamp(1, v.grid_rows.max(1));
-    Some(WalkPlan {
-        bm,
-        parts,
-        smem: walk_smem_bytes(bm, v),
-    })
-}
-
-/// Shared memory of the wgmma row-walk kernel: 1 KiB of alignment slack, 128 token rows of X in
-/// 64-column blocks, four 64x64 tile buffers, one barrier per block and per buffer, padding.
-pub fn walkwg_smem_bytes(v: &TileDeviceView) -> usize {
-    walkwg_smem_for(v.cols)
-}
-
-/// [`walkwg_smem_bytes`] for `k` input features.
-pub fn walkwg_smem_for(k: usize) -> usize {
-    1024 + k.div_ceil(64) * (128 * 128 + 8) + 4 * (64 * 128 + 8) + 16
-}
-
-/// The wgmma row-walk plan (128 tokens per CTA), or None when the device or the weight does not
-/// suit it (sm_90 and 64x64 tiles only; X of 128 tokens must fit in shared memory).
-pub fn walkwg_plan(rt: &CudaRuntime, m: usize, v: &TileDeviceView) -> Option<WalkPlan> {
-    let smem = walkwg_smem_bytes(v);
-    if rt.arch() != "sm_90" || (v.th, v.tw) != (64, 64) || smem > rt.max_smem_per_block() {
-        return None;
-    }
-    let blocks = m.div_ceil(128).max(1);
-    let parts = (rt.sm_count().max(1) as usize / blocks).clamp(1, v.grid_rows.max(1));
-    Some(WalkPlan {
-        bm: 128,
-        parts,
-        smem,
-    })
-}
-
-/// Runs the row-walk kernel (no K split: every output is written once, epilogue fused).
-pub fn tile_walk(
-    rt: &CudaRuntime,
-    x: u64,
-    m: usize,
-    w: &TileDeviceView,
-    ep: &Epilogue,
-    y: u64,
-) -> Result<(), CudaError> {
-    if let Some(why) = tile_kernel_unsupported(w) {
-        return Err(CudaError::Invalid(format!("tile kernel: {why}")));
-    }
-    let plan = walk_plan(rt.max_smem_per_block(), rt.sm_count() as usize, m, w).ok_or_else(|| {
-        CudaError::Invalid(format!(
-            "row-walk kernel: K = {} needs {} bytes of shared memory for 32 tokens, the device allows {}",
-            w.cols,
-            walk_smem_bytes(32, w),
-            rt.max_smem_per_block()
-        ))
-    })?;
-    let args = tile_args(x, m, w, ep, y);
-    let name = format!("{}_bm{}", TileKernel::Walk.name(w), plan.bm);
-    let grid = (plan.parts as u32, m.div_ceil(plan.bm) as u32, 1);
-    rt.launch(&name, grid, (WALK_THREADS, 1, 1), plan.smem as u32, &args)
-}
-
-/// Runs the wgmma row-walk kernel (sm_90, 64x64 tiles; epilogue fused, no K split).
-pub fn tile_walk_wg(
-    rt: &CudaRuntime,
-    x: u64,
-    m: usize,
-    w: &TileDeviceView,
-    ep: &Epilogue,
-    y: u64,
-) -> Result<(), CudaError> {
-    if let Some(why) = tile_kernel_unsupported(w) {
-        return Err(CudaError::Invalid(format!("tile kernel: {why}")));
-    }
-    let plan = walkwg_plan(rt, m, w).ok_or_else(|| {
-        CudaError::Invalid(format!(
-            "wgmma row-walk kernel: needs sm_90 (device {}), 64x64 tiles (weight {}x{}) and {} bytes of shared memory (device {})",
-            rt.arch(),
-            w.th,
-            w.tw,
-            walkwg_smem_bytes(w),
-            rt.max_smem_per_block()
-        ))
-    })?;
-    let args = tile_args(x, m, w, ep, y);
-    let grid = (plan.parts as u32, m.div_ceil(plan.bm) as u32, 1);
-    rt.launch(
-        &TileKernel::WalkWg.name(w),
-        grid,
-        (256, 1, 1),
-        plan.smem as u32,
-        &args,
-    )
 }
 
 /// Every tile kernel this device can run for `v` at `m` tokens.
@@ -751,54 +623,6 @@ pub fn linear(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn view(n: usize, k: usize, th: usize, tw: usize) -> TileDeviceView {
-        TileDeviceView {
-            bitmap: 0,
-            row_offsets: 0,
-            values: 0,
-            rows: n,
-            cols: k,
-            th,
-            tw,
-            grid_rows: n.div_ceil(th),
-            grid_cols: k.div_ceil(tw),
-            kept: 0,
-            elem: ElemType::F16,
-            has_element_bitmaps: false,
-            unions: None,
-        }
-    }
-
-    /// Shared memory of an H200 / H100 block (227 KiB) and of an A100 block (163 KiB).
-    const HOPPER_SMEM: usize = 232_448;
-    const AMPERE_SMEM: usize = 166_912;
-
-    #[test]
-    fn walk_plan_keeps_x_resident_and_fills_one_wave() {
-        let sms = 132;
-        // K = 768: 128 tokens of X fit; one CTA per token block at 16384 tokens.
-        let p = walk_plan(HOPPER_SMEM, sms, 16384, &view(3072, 768, 16, 16)).unwrap();
-        assert_eq!((p.bm, p.parts), (128, 1));
-        assert_eq!(p.smem, 128 * 768 * 2 + 8 * 12 + 16);
-        // 4096 tokens: 32 token blocks, the block rows split four ways (128 CTAs <= 132).
-        let p = walk_plan(HOPPER_SMEM, sms, 4096, &view(3072, 768, 16, 16)).unwrap();
-        assert_eq!((p.bm, p.parts), (128, 4));
-        // K = 3072: only 32 tokens fit.
-        let p = walk_plan(HOPPER_SMEM, sms, 16384, &view(768, 3072, 16, 16)).unwrap();
-        assert_eq!(p.bm, 32);
-        assert!(p.smem <= HOPPER_SMEM);
-        // Few tokens: the block is no taller than needed, parts never exceed the block rows.
-        let p = walk_plan(HOPPER_SMEM, sms, 20, &view(300, 200, 16, 16)).unwrap();
-        assert_eq!((p.bm, p.parts), (32, 19));
-        // A smaller device limit picks a smaller block; an impossible K gives None.
-        let p = walk_plan(AMPERE_SMEM, 108, 16384, &view(3072, 768, 16, 16)).unwrap();
-        assert_eq!(p.bm, 64);
-        assert!(walk_plan(AMPERE_SMEM, 108, 128, &view(768, 4096, 16, 16)).is_none());
-        // Padded K: tiles that overhang K still have resident (zero-filled) columns.
-        let v = view(300, 200, 32, 32);
-        assert_eq!(walk_smem_bytes(32, &v), 32 * 224 * 2 + 8 * 4 + 16);
-    }
 
     #[test]
     fn shared_memory_fits_two_ctas_per_sm() {

@@ -8,7 +8,8 @@
 //! - [`nvrtc`]: compiling `kernels/*.cu` for an architecture, with an on-disk cache.
 //! - [`CudaRuntime`]: a device context, stream, loaded kernels and a cuBLAS handle.
 //! - [`DeviceModel`]: an `.ets` file's data uploaded as one allocation, with per-tensor views.
-//! - [`gemm`]: the linear layer on the device (tile kernel, cuBLAS dense, rows/cols encodings).
+//! - [`gemm`]: the linear layer on the device (tile kernels, cuBLAS dense, rows/cols encodings).
+//! - [`walk`]: planning and launching the row-walk tile kernels.
 //! - [`dispatch`]: per-weight choice between the tile kernel and cuBLAS, measured once.
 
 pub mod bench;
@@ -20,6 +21,7 @@ pub mod gemm;
 pub mod host;
 pub mod nvrtc;
 pub mod upload;
+pub mod walk;
 
 pub use device::{CudaRuntime, DevBuf, ElemType, GpuTimer, KArg, PinnedBuf};
 pub use dispatch::{format_table, median_ms, Choice, DispatchEntry, Dispatcher};
