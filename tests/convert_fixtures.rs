@@ -318,7 +318,7 @@ fn every_method_writes_a_valid_file_with_the_expected_encodings() {
             };
             let want = match (method, role) {
                 (Method::None | Method::Heads | Method::Existing, _) => "dense",
-                (Method::Tile | Method::TileBalanced, _) => "tile",
+                (Method::Tile | Method::TileBalanced | Method::TileGrouped, _) => "tile",
                 (Method::AttentionAware, Role::Value) => "rows",
                 (Method::AttentionAware, _) => "tile",
                 (Method::Rows, _) => "rows",

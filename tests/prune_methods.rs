@@ -214,6 +214,38 @@ proptest! {
     }
 
     #[test]
+    fn tile_grouped_shares_columns_within_each_feature_group(
+        rows in 1usize..300, cols in 1usize..90, th in tile_edge(), tw in tile_edge(),
+        sparsity in 0.0f64..0.97, seed in any::<u64>(),
+    ) {
+        let data = random_matrix(rows, cols, seed);
+        let m = Matrix { rows, cols, data: &data };
+        let (enc, report) = prune(m, Method::TileGrouped, sparsity, (th, tw), None);
+        let (_d, f) = round_trip(&enc);
+        let keep = check_tiles(&f, &data, rows, cols, (th, tw));
+        let gc = cols.div_ceil(tw);
+        let per_group = (select::GROUP_FEATURES / th).max(1);
+        for (g, group) in keep.chunks(gc * per_group).enumerate() {
+            // Every block row of the group keeps the same columns, as many as the target says.
+            let first = &group[..gc];
+            for (i, row) in group.chunks(gc).enumerate() {
+                prop_assert_eq!(row, first, "group {} block row {}", g, i);
+            }
+            assert_count(first.iter().filter(|&&k| k).count(), gc, 1.0 - sparsity, "columns per group");
+            // The kept columns are the highest by the group's summed tile norms.
+            let (mut k, mut d) = (Vec::new(), Vec::new());
+            for (bc, &kp) in first.iter().enumerate() {
+                let score: f64 = (0..group.len() / gc)
+                    .map(|i| tile_norm(&data, cols, rows, (th, tw), (g * per_group + i, bc)))
+                    .sum();
+                if kp { k.push(score) } else { d.push(score) }
+            }
+            assert_ranked(&k, &d, &format!("group {g}"));
+        }
+        prop_assert_eq!(report.encoding.as_str(), "tile");
+    }
+
+    #[test]
     fn rows_and_cols_keep_the_highest_norm_lines(
         rows in 1usize..90, cols in 1usize..90, sparsity in 0.0f64..0.97, seed in any::<u64>(),
     ) {

@@ -21,8 +21,8 @@ struct Args {
     input: PathBuf,
     /// Output .ets file.
     output: PathBuf,
-    /// Pruning method: tile, tile-balanced, rows, cols, irregular, attention-aware, heads,
-    /// existing, none. Default: tile when a sparsity is given, otherwise none.
+    /// Pruning method: tile, tile-balanced, tile-grouped, rows, cols, irregular, attention-aware,
+    /// heads, existing, none. Default: tile when a sparsity is given, otherwise none.
     #[arg(long, value_parser = parse_method)]
     method: Option<Method>,
     /// Global sparsity target: the fraction of each weight removed (0 to below 1).

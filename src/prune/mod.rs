@@ -68,6 +68,10 @@ pub fn prune_matrix(
             let keep = select::balanced_tiles(m, th, tw, keep_fraction);
             EncodedTensor::tile(m.rows, m.cols, m.data, th, tw, &keep, dtype)?
         }
+        Method::TileGrouped => {
+            let keep = select::grouped_tiles(m, th, tw, keep_fraction);
+            EncodedTensor::tile(m.rows, m.cols, m.data, th, tw, &keep, dtype)?
+        }
         Method::AttentionAware => match value_heads {
             // E.T.'s scheme for V: whole rows, the same number in every head, so each head's
             // attention output keeps a uniform width. Q, K, O and the FFN get tiles.

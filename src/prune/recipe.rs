@@ -15,6 +15,10 @@ pub enum Method {
     Tile,
     /// Keep the same number of highest-norm tiles in every block row.
     TileBalanced,
+    /// Every group of block rows covering 128 output features keeps the same tile columns, the
+    /// ones with the highest summed norm over the group: a GEMM that works on such a group reads
+    /// its activations only where products happen.
+    TileGrouped,
     /// Keep the highest-norm whole rows.
     Rows,
     /// Keep the highest-norm whole columns.
@@ -33,9 +37,10 @@ pub enum Method {
 
 impl Method {
     /// Every method, for help texts and tests.
-    pub const ALL: [Method; 9] = [
+    pub const ALL: [Method; 10] = [
         Method::Tile,
         Method::TileBalanced,
+        Method::TileGrouped,
         Method::Rows,
         Method::Cols,
         Method::Irregular,
@@ -50,6 +55,7 @@ impl Method {
         match self {
             Method::Tile => "tile",
             Method::TileBalanced => "tile-balanced",
+            Method::TileGrouped => "tile-grouped",
             Method::Rows => "rows",
             Method::Cols => "cols",
             Method::Irregular => "irregular",

@@ -66,6 +66,36 @@ pub fn balanced_tiles(m: Matrix<'_>, th: usize, tw: usize, keep_fraction: f64) -
     keep
 }
 
+/// Output features per group of [`grouped_tiles`]: the feature group of the GPU union kernels.
+pub const GROUP_FEATURES: usize = 128;
+
+/// Keep mask over the grid: every group of block rows spanning [`GROUP_FEATURES`] output
+/// features (one block row when tiles are taller) keeps the same tile columns, the highest by
+/// the group's summed tile norms, equally many in every group.
+pub fn grouped_tiles(m: Matrix<'_>, th: usize, tw: usize, keep_fraction: f64) -> Vec<bool> {
+    let gc = m.cols.div_ceil(tw);
+    let norms = tile_norms(m, th, tw);
+    let rows_per_group = (GROUP_FEATURES / th).max(1);
+    let per_group = keep_count(gc, keep_fraction);
+    let mut keep = vec![false; norms.len()];
+    for (g, group) in norms.chunks(gc * rows_per_group).enumerate() {
+        let mut scores = vec![0f64; gc];
+        for row in group.chunks(gc) {
+            for (s, &n) in scores.iter_mut().zip(row) {
+                *s += n;
+            }
+        }
+        let br0 = g * rows_per_group;
+        let rows = group.len() / gc;
+        for bc in top_k(&scores, per_group) {
+            for br in br0..br0 + rows {
+                keep[br * gc + bc] = true;
+            }
+        }
+    }
+    keep
+}
+
 fn row_norms(m: Matrix<'_>) -> Vec<f64> {
     m.data
         .par_chunks(m.cols)
