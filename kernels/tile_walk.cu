@@ -8,14 +8,15 @@
 //   starts as soon as its first columns arrive).
 // - Each warp takes work units (one block row's 16-feature slice) from a shared counter and walks
 //   that block row's kept tiles in bitmap order: the W fragments come straight from the file's
-//   tile values in global memory (16-byte rows, prefetched one step ahead), the X fragments from
-//   shared memory (ldmatrix), products with mma.sync m16n8k16 and fp32 accumulation.
+//   tile values in global memory (32-bit loads, one step ahead), the X fragments from shared
+//   memory (ldmatrix), products with mma.sync m16n8k16 and fp32 accumulation.
 // - The epilogue (bias, GELU, residual) is applied when a unit is done, so every output is written
 //   exactly once and no workspace is needed.
 // Because X is never re-read per group of features, L2 traffic is the kept tiles once per token
 // block plus X once per feature part: it falls with the density.
 // Requirements (checked on the host): K % 8 == 0, ldx % 8 == 0, 16-byte aligned X, 4-byte aligned
-// tile values, BM * (2 * grid_cols * TW + 16) bytes of shared memory.
+// tile values, BM * 2 * grid_cols * TW + 8 * (phases) + 16 bytes of shared memory
+// (runtime::cuda::walk::walk_smem_bytes).
 #define ETK_THREADS 512
 #define ETK_PHASE_COLS 64
 
