@@ -526,6 +526,26 @@ fn summary(results: &[GemmResult], d2d: f64, up: &str) {
         "M=128 tile-kernel bandwidth vs copy ceiling {d2d:.0} GB/s at d0.5: {}",
         bw.join(", ")
     );
+    // Reading X and writing Y once, at the copy rate of this run, bounds any f16 GEMM of the
+    // shape whatever its density: the best ratio to cuBLAS a tile kernel could reach.
+    let floors: Vec<String> = shapes
+        .iter()
+        .filter_map(|&(k, n)| {
+            let r = results
+                .iter()
+                .find(|r| r.k == k && r.n == n && r.tokens == big)?;
+            let floor_ms = ((big * k + big * n) * 2) as f64 / (d2d * 1e6);
+            Some(format!(
+                "{k}->{n}: {:.1} us, at most {:.1}x",
+                floor_ms * 1e3,
+                r.cublas_ms / floor_ms
+            ))
+        })
+        .collect();
+    println!(
+        "memory floor at M={big} (X read + Y written at {d2d:.0} GB/s), best possible speed vs cuBLAS: {}",
+        floors.join(", ")
+    );
 }
 
 fn prepare(src: &PathBuf, out: &PathBuf, density: f64, tile: usize) -> Result<(), CudaError> {
