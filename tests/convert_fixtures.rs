@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use ets::convert::{convert, ConvertOptions, ConvertReport};
 use ets::format::{names, Dtype, EtsFile, TensorData};
 use ets::ingest::synth::{tiny_config, tiny_weight};
-use ets::ingest::{IngestOptions, SourceTensor};
+use ets::ingest::SourceTensor;
 use ets::prune::{Method, Recipe, Role};
 use sha2::{Digest, Sha256};
 
@@ -26,21 +26,13 @@ fn source(rel: &str) -> PathBuf {
 }
 
 fn options(method: Method, sparsity: f64, tile: [usize; 2], dtype: Dtype) -> ConvertOptions {
-    ConvertOptions {
-        recipe: Recipe {
-            method,
-            sparsity,
-            tile,
-            ..Recipe::default()
-        },
-        dtype,
-        overwrite: false,
-        ingest: IngestOptions::default(),
-        progress: false,
-        calibrate: None,
-        calibrate_limit: 0,
-        min_cosine: None,
-    }
+    let recipe = Recipe {
+        method,
+        sparsity,
+        tile,
+        ..Recipe::default()
+    };
+    ConvertOptions::new(recipe, dtype)
 }
 
 fn run(rel: &str, out: &Path, opts: &ConvertOptions) -> (ConvertReport, EtsFile) {

@@ -16,20 +16,12 @@ fn model(rel: &str) -> Option<PathBuf> {
 }
 
 fn options(method: Method, sparsity: f64, dtype: Dtype) -> ConvertOptions {
-    ConvertOptions {
-        recipe: Recipe {
-            method,
-            sparsity,
-            ..Recipe::default()
-        },
-        dtype,
-        overwrite: false,
-        ingest: IngestOptions::default(),
-        progress: false,
-        calibrate: None,
-        calibrate_limit: 0,
-        min_cosine: None,
-    }
+    let recipe = Recipe {
+        method,
+        sparsity,
+        ..Recipe::default()
+    };
+    ConvertOptions::new(recipe, dtype)
 }
 
 fn load(src: &dyn ModelSource, name: &str) -> SourceTensor {

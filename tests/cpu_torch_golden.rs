@@ -7,7 +7,6 @@ mod common;
 use common::{golden, min_row_cosine, model_or_skip};
 use ets::convert::{convert, ConvertOptions};
 use ets::format::{Dtype, EtsFile};
-use ets::ingest::IngestOptions;
 use ets::prune::Recipe;
 use ets::runtime::cpu::{CpuEncoder, TextTokenizer};
 use ets::runtime::{Encoder, Pooling};
@@ -19,16 +18,7 @@ fn check(dtype: Dtype, threshold: f64) {
     };
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("minilm.ets");
-    let opts = ConvertOptions {
-        recipe: Recipe::default(),
-        dtype,
-        overwrite: false,
-        ingest: IngestOptions::default(),
-        progress: false,
-        calibrate: None,
-        calibrate_limit: 1,
-        min_cosine: None,
-    };
+    let opts = ConvertOptions::new(Recipe::default(), dtype);
     convert(&model, &out, &opts).unwrap();
     let g = golden("all-minilm-l6-v2-torch");
     assert!(g.sentences.len() >= 50, "need at least 50 sentences");

@@ -63,6 +63,23 @@ pub struct ConvertOptions {
     pub min_cosine: Option<f64>,
 }
 
+impl ConvertOptions {
+    /// `recipe` stored as `dtype`, with everything else off: keep an existing output, no progress
+    /// bar, no calibration, config and tokenizer found beside the source.
+    pub fn new(recipe: Recipe, dtype: Dtype) -> Self {
+        ConvertOptions {
+            recipe,
+            dtype,
+            overwrite: false,
+            ingest: IngestOptions::default(),
+            progress: false,
+            calibrate: None,
+            calibrate_limit: 0,
+            min_cosine: None,
+        }
+    }
+}
+
 /// What a conversion did.
 #[derive(Debug, Clone, Serialize)]
 pub struct ConvertReport {

@@ -16,7 +16,7 @@ use super::gemm::{self, Epilogue, LinearWeight, Scratch, TileKernel};
 use super::host::{
     compare, from_bits, reference_linear, round_trip, to_bits, ErrorStats, HostTiles, Rng,
 };
-use super::upload::{DeviceModel, DeviceTiles};
+use super::upload::{DeviceModel, DeviceTiles, TileDeviceView};
 
 /// Largest accepted `max |out - ref| / max |ref|`.
 pub const TOLERANCE: f64 = 1e-2;
@@ -225,7 +225,6 @@ pub fn synthetic_suite(rt: &CudaRuntime, rng: &mut Rng) -> Result<Vec<CheckResul
         (130, 2304, 768),
         (200, 768, 3072),
     ];
-    let forced = forced_kernels(rt);
     let mut ci = 0usize;
     for elem in [ElemType::F16, ElemType::Bf16] {
         let tiles = [(16, 16), (32, 32), (64, 64), (64, 16), (128, 16)];
@@ -240,28 +239,27 @@ pub fn synthetic_suite(rt: &CudaRuntime, rng: &mut Rng) -> Result<Vec<CheckResul
                         continue;
                     }
                     let (gelu, res) = ((si + di) % 2 == 0, (si + di) % 3 == 0);
-                    // The automatic choice, unsplit, and one forced kernel (cycling through all).
-                    let usable: Vec<TileKernel> =
-                        forced.iter().copied().filter(|k| th <= k.bn()).collect();
+                    // The automatic choice, unsplit, one forced kernel (cycling through every
+                    // kernel this device can run for the case), and the row-walk kernels always.
+                    let usable = gemm::usable_kernels(
+                        rt,
+                        &TileDeviceView::for_planning(shape.1, shape.2, th, tw, elem),
+                        shape.0,
+                    );
                     ci += 1;
                     let pick = usable
                         .get(ci % usable.len().max(1))
                         .copied()
                         .unwrap_or(TileKernel::Mma);
-                    // The row-walk kernel runs every case (it is the default at low density).
                     let mut paths = vec![
                         CheckPath::Tile,
                         CheckPath::TileNoSplit,
                         CheckPath::Forced(pick),
                     ];
-                    if pick != TileKernel::Walk {
-                        paths.push(CheckPath::Forced(TileKernel::Walk));
-                    }
-                    if (th, tw) == (64, 64)
-                        && rt.arch() == "sm_90"
-                        && super::walk::walkwg_smem_for(shape.2) <= rt.max_smem_per_block()
-                    {
-                        paths.push(CheckPath::Forced(TileKernel::WalkWg));
+                    for walk in [TileKernel::Walk, TileKernel::WalkWg] {
+                        if walk != pick && usable.contains(&walk) {
+                            paths.push(CheckPath::Forced(walk));
+                        }
                     }
                     for path in paths {
                         out.push(check_case(
@@ -296,20 +294,6 @@ pub fn synthetic_suite(rt: &CudaRuntime, rng: &mut Rng) -> Result<Vec<CheckResul
         }
     }
     Ok(out)
-}
-
-/// Tile kernels this device runs (the wgmma ones need sm_90).
-fn forced_kernels(rt: &CudaRuntime) -> Vec<TileKernel> {
-    if rt.arch() == "sm_90" {
-        vec![
-            TileKernel::Mma,
-            TileKernel::Wg64,
-            TileKernel::Wg128,
-            TileKernel::Walk,
-        ]
-    } else {
-        vec![TileKernel::Mma, TileKernel::Walk]
-    }
 }
 
 fn small_config(hidden: u32) -> ModelConfig {

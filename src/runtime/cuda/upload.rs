@@ -66,6 +66,27 @@ pub struct TileDeviceView {
 }
 
 impl TileDeviceView {
+    /// A view with the dimensions of an `rows x cols` weight in `th x tw` tiles and no device
+    /// data: what kernel planning reads (which kernels fit, how a launch is split), before or
+    /// without an upload. Never pass it to a launch.
+    pub fn for_planning(rows: usize, cols: usize, th: usize, tw: usize, elem: ElemType) -> Self {
+        TileDeviceView {
+            bitmap: 0,
+            row_offsets: 0,
+            values: 0,
+            rows,
+            cols,
+            th,
+            tw,
+            grid_rows: rows.div_ceil(th.max(1)),
+            grid_cols: cols.div_ceil(tw.max(1)),
+            kept: 0,
+            elem,
+            has_element_bitmaps: false,
+            unions: None,
+        }
+    }
+
     /// Fraction of tiles kept.
     pub fn density(&self) -> f64 {
         self.kept as f64 / (self.grid_rows * self.grid_cols).max(1) as f64

@@ -142,21 +142,7 @@ mod tests {
     use crate::runtime::cuda::device::ElemType;
 
     fn view(n: usize, k: usize, th: usize, tw: usize) -> TileDeviceView {
-        TileDeviceView {
-            bitmap: 0,
-            row_offsets: 0,
-            values: 0,
-            rows: n,
-            cols: k,
-            th,
-            tw,
-            grid_rows: n.div_ceil(th),
-            grid_cols: k.div_ceil(tw),
-            kept: 0,
-            elem: ElemType::F16,
-            has_element_bitmaps: false,
-            unions: None,
-        }
+        TileDeviceView::for_planning(n, k, th, tw, ElemType::F16)
     }
 
     /// Shared memory of an H200 / H100 block (227 KiB) and of an A100 block (163 KiB).
