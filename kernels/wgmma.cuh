@@ -1,5 +1,5 @@
-// Hopper warpgroup-MMA helpers shared by tile_wgmma.cu and tile_walk_wg.cu; the loader prepends
-// this file (after common.cuh) to both.
+// Hopper warpgroup-MMA helpers shared by tile_wgmma.cu, tile_walk_wg.cu and tile_tma.cu; the loader
+// prepends this file (after common.cuh) to them.
 // wgmma and the async-proxy fence exist only on the architecture-specific sm_90a target. Built for
 // anything else (the compile test builds every file for every architecture), the kernels trap; the
 // host never launches them there.

@@ -6,7 +6,8 @@
 #
 # Env: CUDA_HOME (default /usr/local/cuda), ETS_BENCH_BIN, ETS_BENCH_ARGS (e.g. --quick),
 #      ETS_BENCH_CMD (all | check), ETS_TIMEOUT (seconds, default 480), ETS_SKIP_RESOURCES=1,
-#      ETS_NCU=1 (Nsight Compute on one launch; ETS_NCU_ARGS: et-bench `one` arguments),
+#      ETS_NCU=1 (Nsight Compute on one launch; ETS_NCU_ARGS: et-bench `one` arguments;
+#      ETS_NCU_KERNEL: a regular expression for the kernel name, default tile_),
 #      ETS_CHECK_ETS (extra .ets files to check, space separated; default .cuda/minilm.ets if present).
 set -uo pipefail
 
@@ -43,8 +44,9 @@ timeout "${ETS_TIMEOUT:-480}" "$bin" "${ETS_BENCH_CMD:-all}" "${extra[@]}" ${ETS
 rc=${PIPESTATUS[0]}
 if [ "${ETS_NCU:-0}" = 1 ] && command -v ncu >/dev/null; then
     ncu_args="${ETS_NCU_ARGS:---tokens 16384 --k 768 --n 3072 --density 0.5}"
-    echo "== ncu on one tile-kernel launch ($ncu_args, automatic kernel)"
-    ncu --clock-control none -k regex:tile_ -s 5 -c 1 --section SpeedOfLight --section Occupancy \
+    ncu_kernel="${ETS_NCU_KERNEL:-tile_}"
+    echo "== ncu on one launch of $ncu_kernel ($ncu_args)"
+    ncu --clock-control none -k "regex:$ncu_kernel" -s 5 -c 1 --section SpeedOfLight --section Occupancy \
         --section WarpStateStats --section LaunchStats --section MemoryWorkloadAnalysis \
         "$bin" one $ncu_args > "$out/ncu.txt" 2>&1
     grep -E "tile_|Duration|Throughput|Occupancy|Stall|Warp Cycles|Registers|Shared Memory|Block Limit|Bank|Issued" "$out/ncu.txt" | head -60

@@ -96,6 +96,26 @@ fn every_kernel_compiles_for_sm80_and_sm90() {
                 "the sm_90a row-walk kernel does not issue wgmma"
             );
         }
+        // The TMA-fed union kernel: every tile shape; on sm_90a it copies with TMA and multiplies
+        // with wgmma.
+        let tma = reports
+            .iter()
+            .find(|r| r.file == "tile_tma.cu")
+            .expect("tile_tma.cu compiled");
+        for e in ["f16", "bf16"] {
+            for shape in ["16x16", "32x32", "64x64", "64x16", "128x16"] {
+                for bm in [128, 256] {
+                    let name = format!("tile_tma_{e}_{shape}_bm{bm}");
+                    assert!(tma.entry_points.contains(&name), "missing entry {name}");
+                }
+            }
+        }
+        if tma.arch == "sm_90a" {
+            assert!(
+                tma.ptx.contains("cp.async.bulk.tensor.3d") && tma.ptx.contains("wgmma.mma_async"),
+                "the sm_90a TMA kernel does not copy with TMA or multiply with wgmma"
+            );
+        }
         let again = compile_all_kernels(arch).unwrap_or_else(|e| panic!("{arch}: {e}"));
         assert!(
             again.iter().all(|r| r.from_cache),

@@ -438,16 +438,17 @@ fn dispatch_demo(rt: &CudaRuntime, rng: &mut Rng) -> Result<(), CudaError> {
 }
 
 fn summary(results: &[GemmResult], d2d: f64, up: &str) {
-    println!("== SUMMARY (speed vs cuBLAS dense f16 = cuBLAS ms / tile ms of the fastest tile kernel, which the dispatcher runs when above 1x; 'walk' / 'walkwg' / 'wgmma' / 'mma' = each kernel family at the largest M; 'auto' = the kernel auto_kernel picks without measuring, at the largest M)");
+    println!("== SUMMARY (speed vs cuBLAS dense f16 = cuBLAS ms / tile ms of the fastest tile kernel, which the dispatcher runs when above 1x; 'tma' / 'walk' / 'walkwg' / 'wgmma' / 'mma' = each kernel family at the largest M; 'auto' = the kernel auto_kernel picks without measuring, at the largest M)");
     println!("{up}");
     println!(
-        "{:<10} {:<15} {:>5} {:>7} {:>7} {:>7} {:>6} {:>6} {:>6} {:>6} {:>6} {:>5}",
+        "{:<10} {:<15} {:>5} {:>7} {:>7} {:>7} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6} {:>5}",
         "shape",
         "mask",
         "dens",
         "M=128",
         "M=4096",
         "M=16384",
+        "tma",
         "walk",
         "walkwg",
         "wgmma",
@@ -495,13 +496,14 @@ fn summary(results: &[GemmResult], d2d: f64, up: &str) {
                     .map(|g| format!("{g:.1}x"))
                     .unwrap_or_else(|| "-".into());
                 println!(
-                    "{:<10} {:<15} {:>5.2} {:>7} {:>7} {:>7} {:>6} {:>6} {:>6} {:>6} {:>6} {:>5}",
+                    "{:<10} {:<15} {:>5.2} {:>7} {:>7} {:>7} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6} {:>5}",
                     format!("{k}->{n}"),
                     set.label,
                     d,
                     fmt(find(128).and_then(best)),
                     fmt(find(4096).and_then(best)),
                     fmt(big_r.and_then(best)),
+                    fmt(family(&|k| matches!(k, K::Tma128 | K::Tma256))),
                     fmt(family(&|k| k == K::Walk)),
                     fmt(family(&|k| k == K::WalkWg)),
                     fmt(family(&|k| matches!(k, K::Wg64 | K::Wg128))),

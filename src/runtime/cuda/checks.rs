@@ -240,7 +240,7 @@ pub fn synthetic_suite(rt: &CudaRuntime, rng: &mut Rng) -> Result<Vec<CheckResul
                     }
                     let (gelu, res) = ((si + di) % 2 == 0, (si + di) % 3 == 0);
                     // The automatic choice, unsplit, one forced kernel (cycling through every
-                    // kernel this device can run for the case), and the row-walk kernels always.
+                    // kernel this device can run for the case), and the row-walk and TMA kernels always.
                     let usable = gemm::usable_kernels(
                         rt,
                         &TileDeviceView::for_planning(shape.1, shape.2, th, tw, elem),
@@ -256,7 +256,12 @@ pub fn synthetic_suite(rt: &CudaRuntime, rng: &mut Rng) -> Result<Vec<CheckResul
                         CheckPath::TileNoSplit,
                         CheckPath::Forced(pick),
                     ];
-                    for walk in [TileKernel::Walk, TileKernel::WalkWg] {
+                    for walk in [
+                        TileKernel::Walk,
+                        TileKernel::WalkWg,
+                        TileKernel::Tma128,
+                        TileKernel::Tma256,
+                    ] {
                         if walk != pick && usable.contains(&walk) {
                             paths.push(CheckPath::Forced(walk));
                         }

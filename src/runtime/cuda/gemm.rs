@@ -9,6 +9,7 @@ use cudarc::cublas::{result as blas, sys as blas_sys};
 
 use super::device::{CudaRuntime, DevBuf, ElemType, KArg};
 use super::error::CudaError;
+use super::tma::{tile_tma, tma_smem_bytes, tma_unsupported};
 use super::upload::TileDeviceView;
 use super::walk::{tile_walk, tile_walk_wg, walk_plan, walkwg_plan};
 
@@ -132,6 +133,12 @@ pub enum TileKernel {
     /// Row-walk kernel with warpgroup MMA (sm_90, 64x64 tiles): X resident in shared memory,
     /// the CTA streams its block rows' kept tiles through a ring of tile buffers.
     WalkWg,
+    /// Union kernel fed by TMA (sm_90), 128 tokens x 128 features per CTA: a producer warp
+    /// copies X and the kept tiles, two warpgroups multiply with warpgroup MMA.
+    Tma128,
+    /// The TMA union kernel with 256 tokens per CTA (each weight stage read once for twice the
+    /// tokens; one CTA per multiprocessor).
+    Tma256,
 }
 
 impl TileKernel {
@@ -139,7 +146,18 @@ impl TileKernel {
     pub fn bn(self) -> usize {
         match self {
             TileKernel::Wg64 | TileKernel::WalkWg => 64,
-            TileKernel::Mma | TileKernel::Wg128 | TileKernel::Walk => 128,
+            TileKernel::Mma
+            | TileKernel::Wg128
+            | TileKernel::Walk
+            | TileKernel::Tma128
+            | TileKernel::Tma256 => 128,
+        }
+    }
+    /// Tokens per CTA of the union kernels.
+    pub fn bm(self) -> usize {
+        match self {
+            TileKernel::Tma256 => 256,
+            _ => TILE_BM,
         }
     }
     pub(crate) fn name(self, v: &TileDeviceView) -> String {
@@ -148,6 +166,9 @@ impl TileKernel {
             TileKernel::Mma => format!("tile_gemm_{e}_{}x{}", v.th, v.tw),
             TileKernel::Walk => format!("tile_walk_{e}_{}x{}", v.th, v.tw),
             TileKernel::WalkWg => format!("tile_walkwg_{e}_{}x{}", v.th, v.tw),
+            TileKernel::Tma128 | TileKernel::Tma256 => {
+                format!("tile_tma_{e}_{}x{}_bm{}", v.th, v.tw, self.bm())
+            }
             TileKernel::Wg64 | TileKernel::Wg128 => {
                 format!("tile_wg_{e}_{}x{}_bn{}", v.th, v.tw, self.bn())
             }
@@ -156,6 +177,7 @@ impl TileKernel {
     fn smem(self, th: usize) -> usize {
         match self {
             TileKernel::Mma | TileKernel::Walk | TileKernel::WalkWg => tile_smem_bytes(th),
+            TileKernel::Tma128 | TileKernel::Tma256 => tma_smem_bytes(self.bm(), th),
             _ => wg_smem_bytes(self.bn(), th),
         }
     }
@@ -242,6 +264,11 @@ pub fn usable_kernels(rt: &CudaRuntime, v: &TileDeviceView, m: usize) -> Vec<Til
     if walkwg_plan(rt, m, v).is_some() {
         out.push(TileKernel::WalkWg);
     }
+    for k in [TileKernel::Tma128, TileKernel::Tma256] {
+        if tma_unsupported(rt, v, k.bm()).is_none() {
+            out.push(k);
+        }
+    }
     out
 }
 
@@ -251,8 +278,15 @@ pub const WALK_MAX_DENSITY: f64 = 0.6;
 /// The same bound for tiles of 64 rows and more, whose union kernels waste less.
 pub const WALK_MAX_DENSITY_TALL: f64 = 0.2;
 
+/// Tokens from which 64-column tiles go to the TMA kernel by default (measured faster than the
+/// union and row-walk kernels at 4096 and 16384 tokens at every density, level at 128).
+pub const TMA_MIN_TOKENS: usize = 2048;
+
 /// The kernel [`tile_gemm`] uses on this device for `m` tokens without measuring (the dispatcher
 /// measures every kernel instead). The rule follows the H200 sweep in bench/RESULTS.md:
+/// - 64-column tiles from [`TMA_MIN_TOKENS`] tokens on sm_90: the TMA kernel with 128-token CTAs
+///   (whole 128-byte rows per copy; 0.59-0.86x of cuBLAS at density 1, against 0.49-0.57x for
+///   the next best, and ahead of the row walk at every density);
 /// - the row-walk kernel when 128 tokens of X fit in shared memory (K up to ~900) and the density
 ///   is at most [`WALK_MAX_DENSITY`] ([`WALK_MAX_DENSITY_TALL`] for 64-row tiles); with fewer
 ///   tokens per CTA it re-reads the weights too often;
@@ -279,6 +313,9 @@ pub fn auto_kernel(rt: &CudaRuntime, v: &TileDeviceView, m: usize) -> TileKernel
         } else {
             TileKernel::Mma
         };
+    }
+    if v.tw == 64 && m >= TMA_MIN_TOKENS && tma_unsupported(rt, v, 128).is_none() {
+        return TileKernel::Tma128;
     }
     if walk_pays {
         return TileKernel::Walk;
@@ -377,6 +414,9 @@ pub fn tile_gemm_with(
     match kern {
         TileKernel::Walk => return tile_walk(rt, x, m, w, ep, y),
         TileKernel::WalkWg => return tile_walk_wg(rt, x, m, w, ep, y),
+        TileKernel::Tma128 | TileKernel::Tma256 => {
+            return tile_tma(rt, x, m, w, ep, y, splits, kern)
+        }
         _ => {}
     }
     let splits = splits.clamp(1, 64);
@@ -393,7 +433,6 @@ pub fn tile_gemm_with(
     } else {
         0
     };
-    let i = |v: usize| KArg::I32(v as i32);
     // The union kernels take the split-K workspace after the common arguments.
     let mut args = [KArg::Ptr(0); 16];
     args[..15].copy_from_slice(&tile_args(x, m, w, ep, y));
@@ -406,25 +445,39 @@ pub fn tile_gemm_with(
         &args,
     )?;
     if splits > 1 {
-        let args = [
-            KArg::Ptr(ws),
-            i(splits),
-            i(m),
-            i(w.rows),
-            KArg::Ptr(ep.bias),
-            KArg::Ptr(ep.residual),
-            KArg::I32(ep.gelu as i32),
-            KArg::Ptr(y),
-        ];
-        rt.launch(
-            &format!("splitk_finish_{}", w.elem.suffix()),
-            grid_1d(m * w.rows),
-            (256, 1, 1),
-            0,
-            &args,
-        )?;
+        splitk_finish(rt, ws, splits, m, w, ep, y)?;
     }
     Ok(())
+}
+
+/// Sums the `splits` f32 partial products in `ws` into Y, applying the epilogue.
+pub(crate) fn splitk_finish(
+    rt: &CudaRuntime,
+    ws: u64,
+    splits: usize,
+    m: usize,
+    w: &TileDeviceView,
+    ep: &Epilogue,
+    y: u64,
+) -> Result<(), CudaError> {
+    let i = |v: usize| KArg::I32(v as i32);
+    let args = [
+        KArg::Ptr(ws),
+        i(splits),
+        i(m),
+        i(w.rows),
+        KArg::Ptr(ep.bias),
+        KArg::Ptr(ep.residual),
+        KArg::I32(ep.gelu as i32),
+        KArg::Ptr(y),
+    ];
+    rt.launch(
+        &format!("splitk_finish_{}", w.elem.suffix()),
+        grid_1d(m * w.rows),
+        (256, 1, 1),
+        0,
+        &args,
+    )
 }
 
 fn data_type(elem: ElemType) -> blas_sys::cudaDataType {

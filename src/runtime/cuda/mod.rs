@@ -10,6 +10,7 @@
 //! - [`DeviceModel`]: an `.ets` file's data uploaded as one allocation, with per-tensor views.
 //! - [`gemm`]: the linear layer on the device (tile kernels, cuBLAS dense, rows/cols encodings).
 //! - [`walk`]: planning and launching the row-walk tile kernels.
+//! - [`tma`]: tensor maps and launch of the TMA-fed tile kernel (sm_90).
 //! - [`dispatch`]: per-weight choice between the tile kernel and cuBLAS, measured once.
 
 pub mod bench;
@@ -20,6 +21,7 @@ mod error;
 pub mod gemm;
 pub mod host;
 pub mod nvrtc;
+pub mod tma;
 pub mod upload;
 pub mod walk;
 

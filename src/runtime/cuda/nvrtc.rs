@@ -50,12 +50,22 @@ pub const KERNELS: &[(&str, &str)] = &[
             include_str!("../../../kernels/tile_walk_wg.cu")
         ),
     ),
+    (
+        "tile_tma.cu",
+        concat!(
+            include_str!("../../../kernels/common.cuh"),
+            include_str!("../../../kernels/union.cuh"),
+            include_str!("../../../kernels/wgmma.cuh"),
+            include_str!("../../../kernels/tile_tma.cu")
+        ),
+    ),
 ];
 
-/// The architecture a kernel file is compiled for on a device of `arch`: the warpgroup-MMA file
-/// needs the architecture-specific target (`sm_90a`) on Hopper; everything else uses `arch`.
+/// The architecture a kernel file is compiled for on a device of `arch`: the warpgroup-MMA files
+/// need the architecture-specific target (`sm_90a`) on Hopper; everything else uses `arch`.
 pub fn arch_for(file: &str, arch: &str) -> String {
-    if (file == "tile_wgmma.cu" || file == "tile_walk_wg.cu") && arch == "sm_90" {
+    let wgmma = matches!(file, "tile_wgmma.cu" | "tile_walk_wg.cu" | "tile_tma.cu");
+    if wgmma && arch == "sm_90" {
         "sm_90a".to_string()
     } else {
         arch.to_string()

@@ -1,0 +1,229 @@
+//! The TMA-fed tile kernel (`kernels/tile_tma.cu`, sm_90): tensor maps and launch.
+//!
+//! The kernel copies 16-column slices of X and of the kept tiles with the Tensor Memory
+//! Accelerator, so it needs two tensor maps per launch: X as a 2-D (K, M) array and the weight's
+//! kept tiles as a 3-D (TW, TH, kept) array, both with the 32-byte swizzle the warpgroup MMA reads.
+//! Encoding a map is a host-only driver call (no device work), done at each launch.
+
+use cudarc::driver::sys;
+
+use super::device::{CudaRuntime, ElemType, KArg};
+use super::error::CudaError;
+use super::gemm::{tile_args, tile_kernel_unsupported, Epilogue, TileKernel, TILE_MAX_GRID_COLS};
+use super::upload::TileDeviceView;
+
+/// Output features per CTA.
+pub const TMA_BN: usize = 128;
+const TMA_THREADS: u32 = 288;
+/// Columns per TMA copy (one 32-byte swizzle row of 16-bit values).
+const SLICE: u32 = 16;
+
+/// Stages of the kernel's ring for `bm` tokens per CTA (3 at 128: two CTAs per multiprocessor;
+/// 4 at 256: one).
+fn tma_stages(bm: usize) -> usize {
+    if bm == 128 {
+        3
+    } else {
+        4
+    }
+}
+
+/// Dynamic shared memory of the TMA kernel for `bm` tokens per CTA and tile height `th`: the stage
+/// ring (64 columns of `bm` tokens and 128 features per stage), 1 KiB to align it, the ring's
+/// barriers and the union list of `128 / th` block rows.
+pub fn tma_smem_bytes(bm: usize, th: usize) -> usize {
+    let r = (TMA_BN / th).max(1);
+    let meta = TILE_MAX_GRID_COLS * (1 + 2 + 2 + 1 + 2 * r) + 4 * r + 4;
+    let stages = tma_stages(bm);
+    stages * (bm + TMA_BN) * 64 * 2 + 1024 + 16 * stages + meta.div_ceil(16) * 16
+}
+
+/// Why the TMA kernel with `bm` tokens per CTA cannot run `w` on this device, or None when it can.
+pub fn tma_unsupported(rt: &CudaRuntime, w: &TileDeviceView, bm: usize) -> Option<String> {
+    if let Some(why) = tile_kernel_unsupported(w) {
+        return Some(why);
+    }
+    if rt.arch() != "sm_90" {
+        return Some(format!("needs sm_90 (device {})", rt.arch()));
+    }
+    if w.th > TMA_BN || w.tw > 64 {
+        return Some(format!("tile {}x{} is larger than 128x64", w.th, w.tw));
+    }
+    if w.kept >= i32::MAX as usize {
+        return Some(format!("{} kept tiles (at most 2^31 - 2)", w.kept));
+    }
+    if w.values % 16 != 0 && w.values != 0 {
+        return Some("tile values are not 16-byte aligned".into());
+    }
+    if tma_smem_bytes(bm, w.th) > rt.max_smem_per_block() {
+        return Some(format!(
+            "needs {} bytes of shared memory (device {})",
+            tma_smem_bytes(bm, w.th),
+            rt.max_smem_per_block()
+        ));
+    }
+    None
+}
+
+fn map_type(elem: ElemType) -> sys::CUtensorMapDataType {
+    match elem {
+        ElemType::F16 => sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
+        ElemType::Bf16 => sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
+    }
+}
+
+/// Encodes a tiled tensor map over 16-bit values at `addr`: `dims[0]` is the contiguous dimension,
+/// `strides` the byte strides of dimensions 1.. . Elements outside `dims` read as zero.
+fn encode(
+    addr: u64,
+    elem: ElemType,
+    dims: &[u64],
+    strides: &[u64],
+    boxes: &[u32],
+    swizzle: sys::CUtensorMapSwizzle,
+) -> Result<[u64; 16], CudaError> {
+    debug_assert!(dims.len() == boxes.len() && strides.len() + 1 == dims.len());
+    let mut map = sys::CUtensorMap { opaque: [0; 16] };
+    let ones = [1u32; 5];
+    // SAFETY: the arrays hold `dims.len()` (resp. one fewer) entries as the call requires, and the
+    // map is written in place; the call only encodes, it does not touch device memory.
+    unsafe {
+        sys::cuTensorMapEncodeTiled(
+            &mut map,
+            map_type(elem),
+            dims.len() as u32,
+            addr as *mut std::ffi::c_void,
+            dims.as_ptr(),
+            strides.as_ptr(),
+            boxes.as_ptr(),
+            ones.as_ptr(),
+            sys::CUtensorMapInterleave::CU_TENSOR_MAP_INTERLEAVE_NONE,
+            swizzle,
+            sys::CUtensorMapL2promotion::CU_TENSOR_MAP_L2_PROMOTION_L2_128B,
+            sys::CUtensorMapFloatOOBfill::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
+        )
+    }
+    .result()
+    .map_err(CudaError::driver(format!(
+        "encoding a tensor map (dims {dims:?}, box {boxes:?})"
+    )))?;
+    Ok(map.opaque)
+}
+
+/// Runs the TMA tile kernel `kern` ([`TileKernel::Tma128`] or [`TileKernel::Tma256`]) with
+/// `splits` K splits (1: no split, fused epilogue).
+#[allow(clippy::too_many_arguments)]
+pub fn tile_tma(
+    rt: &CudaRuntime,
+    x: u64,
+    m: usize,
+    w: &TileDeviceView,
+    ep: &Epilogue,
+    y: u64,
+    splits: usize,
+    kern: TileKernel,
+) -> Result<(), CudaError> {
+    let bm = kern.bm();
+    if let Some(why) = tma_unsupported(rt, w, bm) {
+        return Err(CudaError::Invalid(format!("TMA tile kernel: {why}")));
+    }
+    if x % 16 != 0 || y % 16 != 0 || m == 0 {
+        return Err(CudaError::Invalid(format!(
+            "TMA tile kernel: X and Y must be 16-byte aligned and M > 0 (X {x:#x}, Y {y:#x}, M {m})"
+        )));
+    }
+    let (th, tw) = (w.th as u64, w.tw as u64);
+    let sw32 = sys::CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_32B;
+    let sw128 = sys::CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_128B;
+    // X twice: 16-column slices (32-byte swizzle) for stages whose union columns are scattered,
+    // 64 contiguous columns (128-byte swizzle) for the others.
+    let x_dims = [w.cols as u64, m as u64];
+    let x_pitch = [w.cols as u64 * 2];
+    let map_x = encode(x, w.elem, &x_dims, &x_pitch, &[SLICE, bm as u32], sw32)?;
+    let map_x_wide = encode(x, w.elem, &x_dims, &x_pitch, &[64, bm as u32], sw128)?;
+    // 64-column tiles are copied in whole 128-byte rows with the 128-byte swizzle; narrower tiles
+    // in 16-column slices with the 32-byte swizzle (the kernel's WIDE switch).
+    let (slice, swizzle) = if w.tw == 64 {
+        (64, sw128)
+    } else {
+        (SLICE, sw32)
+    };
+    // With no kept tile every copy falls outside the map (tile index `kept`); the map then needs
+    // one (never read) tile of extent, at any aligned address.
+    let (values, kept) = if w.kept == 0 {
+        (x, 1)
+    } else {
+        (w.values, w.kept)
+    };
+    let map_w = encode(
+        values,
+        w.elem,
+        &[tw, th, kept as u64],
+        &[tw * 2, th * tw * 2],
+        &[slice, th as u32, 1],
+        swizzle,
+    )?;
+    let splits = splits.clamp(1, 64);
+    let grid = (
+        w.rows.div_ceil(TMA_BN) as u32,
+        m.div_ceil(bm) as u32,
+        splits as u32,
+    );
+    let ws = if splits > 1 {
+        rt.workspace(splits * m * w.rows * 4)?
+    } else {
+        0
+    };
+    // The common tile arguments, with X replaced by its maps and the values by the weight's map
+    // and kept count: (maps of X, map of W, M, K, bitmap, row offsets, kept, N, grid, epilogue,
+    // Y, ldy, workspace).
+    let c = tile_args(x, m, w, ep, y);
+    let args = [
+        KArg::TensorMap(map_x),
+        KArg::TensorMap(map_x_wide),
+        KArg::TensorMap(map_w),
+        c[1],
+        c[2],
+        c[4],
+        c[5],
+        KArg::I32(kept as i32),
+        c[7],
+        c[8],
+        c[9],
+        c[10],
+        c[11],
+        c[12],
+        c[13],
+        c[14],
+        KArg::Ptr(ws),
+    ];
+    rt.launch(
+        &kern.name(w),
+        grid,
+        (TMA_THREADS, 1, 1),
+        tma_smem_bytes(bm, w.th) as u32,
+        &args,
+    )?;
+    if splits > 1 {
+        super::gemm::splitk_finish(rt, ws, splits, m, w, ep, y)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ctas_fit_on_a_hopper_multiprocessor() {
+        // 228 KiB per multiprocessor, 1 KiB reserved per CTA; 227 KiB at most per CTA.
+        for th in [16, 32, 64, 128] {
+            let per_cta = tma_smem_bytes(128, th) + 1024;
+            assert!(
+                2 * per_cta <= 228 * 1024,
+                "th {th}: {per_cta} bytes per CTA"
+            );
+            assert!(tma_smem_bytes(256, th) <= 227 * 1024, "th {th}, 256 tokens");
+        }
+    }
+}
