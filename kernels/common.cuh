@@ -1,5 +1,5 @@
 // Shared by the tile kernels. Not compiled on its own: the runtime's loader prepends this file to
-// tile_gemm.cu, tile_wgmma.cu, tile_tma.cu, tile_walk.cu and tile_walk_wg.cu before NVRTC compiles them (the
+// tile_gemm.cu, tile_wgmma.cu, tile_tma.cu, tile_rs.cu, tile_walk.cu and tile_walk_wg.cu before NVRTC compiles them (the
 // sources are embedded in the binary, so there is no include path to resolve at run time).
 #include <cuda_fp16.h>
 #include <cuda_bf16.h>

@@ -25,90 +25,6 @@ namespace ett {
 
 using namespace ek;
 
-// The driver's CUtensorMap: 128 opaque bytes, 64-byte aligned, passed by value as __grid_constant__.
-struct __align__(64) TensorMap {
-    u64 opaque[16];
-};
-
-__device__ __forceinline__ void mbar_arrive_expect_tx(u32 bar, u32 bytes) {
-#if ETW_WGMMA
-    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
-#endif
-}
-
-__device__ __forceinline__ void mbar_arrive(u32 bar) {
-#if ETW_WGMMA
-    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
-#endif
-}
-
-// Makes the barriers' initialisation visible to the async proxy (TMA) before first use.
-__device__ __forceinline__ void fence_barrier_init() {
-#if ETW_WGMMA
-    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-#endif
-}
-
-__device__ __forceinline__ void tma_load_2d(u32 dst, const TensorMap* map, int c0, int c1, u32 bar) {
-#if ETW_WGMMA
-    asm volatile(
-        "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], "
-        "[%4];\n" ::"r"(dst),
-        "l"(reinterpret_cast<u64>(map)), "r"(c0), "r"(c1), "r"(bar)
-        : "memory");
-#endif
-}
-
-__device__ __forceinline__ void tma_load_3d(u32 dst, const TensorMap* map, int c0, int c1, int c2, u32 bar) {
-#if ETW_WGMMA
-    asm volatile(
-        "cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, "
-        "%4}], [%5];\n" ::"r"(dst),
-        "l"(reinterpret_cast<u64>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(bar)
-        : "memory");
-#endif
-}
-
-__device__ __forceinline__ u64 global_ns() {
-    u64 t;
-    asm volatile("mov.u64 %0, %globaltimer;" : "=l"(t));
-    return t;
-}
-
-// Waits for the phase of parity `parity`: try_wait lets the hardware suspend the thread for a while
-// instead of spinning on issue slots the producer needs. A phase still open after two seconds is
-// a bug: trap (the launch fails with an error) rather than hang the device.
-__device__ __forceinline__ void mbar_wait_suspend(u32 bar, u32 parity) {
-#if ETW_WGMMA
-    u64 start = 0;
-    for (u32 spins = 0;; ++spins) {
-        u32 ok;
-        asm volatile(
-            "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
-            : "=r"(ok)
-            : "r"(bar), "r"(parity)
-            : "memory");
-        if (ok) return;
-        if ((spins & 255u) == 0) {
-            const u64 now = global_ns();
-            if (start == 0) start = now;
-            else if (now - start > 2000000000ull) __trap();
-        }
-    }
-#endif
-}
-
-// Shared-memory matrix descriptor: K-major, 32-byte swizzle (rows of 16 halves), 8-row groups
-// 256 bytes apart.
-__device__ __forceinline__ u64 desc_sw32(u32 addr) {
-    u64 d = static_cast<u64>((addr & 0x3FFFF) >> 4);
-    d |= static_cast<u64>(1) << 16;         // leading byte offset (unused for swizzled K-major)
-    d |= static_cast<u64>(256 >> 4) << 32;  // stride byte offset
-    d |= static_cast<u64>(3) << 62;         // 32-byte swizzle
-    return d;
-}
-
-constexpr int SLOTS = 4;                 // 16-column slices per 64-column stage
 constexpr u32 SLOT_W = ETT_BN * 32;      // bytes of one W slice (128 features x 32 bytes)
 constexpr u32 STAGE_W = SLOTS * SLOT_W;  // = 128 features x 128 bytes
 
@@ -120,15 +36,6 @@ struct Ring {
     static constexpr u32 STAGE_X = SLOTS * SLOT_X;  // = BM rows x 128 bytes
     static constexpr int HALVES = BM / 128;         // m64 blocks per consumer warpgroup
 };
-
-// Whether stage g's union columns are 64 contiguous columns of X: then X comes in one 64-column
-// box with the 128-byte swizzle (128-byte rows: a quarter of the copies of four 16-column slices).
-template <int TW>
-__device__ __forceinline__ bool stage_contiguous(const unsigned short* ucol, int U, int j0) {
-    constexpr int UPS = 64 / TW;
-    if (UPS == 1) return j0 < U;
-    return j0 + UPS - 1 < U && ucol[j0 + UPS - 1] == ucol[j0] + UPS - 1;
-}
 
 // 64-column tiles (64x64) are copied whole-row: each tile's 64 x TH in one box with the 128-byte
 // swizzle (WIDE); narrower tiles in 16-column slices with the 32-byte swizzle.

@@ -1,5 +1,6 @@
 // The union of non-empty tile columns of a group of R block rows, shared by the union kernels
-// (tile_gemm.cu, tile_wgmma.cu, tile_tma.cu); the loader prepends this file (after common.cuh) to them.
+// (tile_gemm.cu, tile_wgmma.cu, tile_tma.cu, tile_rs.cu); the loader prepends this file (after
+// common.cuh) to them.
 #define ETS_MAX_GRID_COLS 512
 
 namespace ek {

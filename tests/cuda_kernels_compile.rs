@@ -116,6 +116,23 @@ fn every_kernel_compiles_for_sm80_and_sm90() {
                 "the sm_90a TMA kernel does not copy with TMA or multiply with wgmma"
             );
         }
+        // The register-operand kernel (16-column tiles): bulk copies, stmatrix and wgmma on sm_90a.
+        let rs = reports
+            .iter()
+            .find(|r| r.file == "tile_rs.cu")
+            .expect("tile_rs.cu compiled");
+        for e in ["f16", "bf16"] {
+            for shape in ["16x16", "64x16", "128x16"] {
+                let name = format!("tile_rs_{e}_{shape}_bm256");
+                assert!(rs.entry_points.contains(&name), "missing entry {name}");
+            }
+        }
+        if rs.arch == "sm_90a" {
+            assert!(
+                rs.ptx.contains("cp.async.bulk.shared") && rs.ptx.contains("stmatrix"),
+                "the sm_90a register-operand kernel lacks bulk copies or stmatrix"
+            );
+        }
         let again = compile_all_kernels(arch).unwrap_or_else(|e| panic!("{arch}: {e}"));
         assert!(
             again.iter().all(|r| r.from_cache),

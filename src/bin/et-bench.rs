@@ -438,10 +438,10 @@ fn dispatch_demo(rt: &CudaRuntime, rng: &mut Rng) -> Result<(), CudaError> {
 }
 
 fn summary(results: &[GemmResult], d2d: f64, up: &str) {
-    println!("== SUMMARY (speed vs cuBLAS dense f16 = cuBLAS ms / tile ms of the fastest tile kernel, which the dispatcher runs when above 1x; 'tma' / 'walk' / 'walkwg' / 'wgmma' / 'mma' = each kernel family at the largest M; 'auto' = the kernel auto_kernel picks without measuring, at the largest M)");
+    println!("== SUMMARY (speed vs cuBLAS dense f16 = cuBLAS ms / tile ms of the fastest tile kernel, which the dispatcher runs when above 1x; 'tma' / 'rs' / 'walk' / 'walkwg' / 'wgmma' / 'mma' = each kernel family at the largest M; 'auto' = the kernel auto_kernel picks without measuring, at the largest M)");
     println!("{up}");
     println!(
-        "{:<10} {:<15} {:>5} {:>7} {:>7} {:>7} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6} {:>5}",
+        "{:<10} {:<15} {:>5} {:>7} {:>7} {:>7} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6} {:>5}",
         "shape",
         "mask",
         "dens",
@@ -449,6 +449,7 @@ fn summary(results: &[GemmResult], d2d: f64, up: &str) {
         "M=4096",
         "M=16384",
         "tma",
+        "rs",
         "walk",
         "walkwg",
         "wgmma",
@@ -496,7 +497,7 @@ fn summary(results: &[GemmResult], d2d: f64, up: &str) {
                     .map(|g| format!("{g:.1}x"))
                     .unwrap_or_else(|| "-".into());
                 println!(
-                    "{:<10} {:<15} {:>5.2} {:>7} {:>7} {:>7} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6} {:>5}",
+                    "{:<10} {:<15} {:>5.2} {:>7} {:>7} {:>7} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6} {:>5}",
                     format!("{k}->{n}"),
                     set.label,
                     d,
@@ -504,6 +505,7 @@ fn summary(results: &[GemmResult], d2d: f64, up: &str) {
                     fmt(find(4096).and_then(best)),
                     fmt(big_r.and_then(best)),
                     fmt(family(&|k| matches!(k, K::Tma128 | K::Tma256))),
+                    fmt(family(&|k| k == K::Rs256)),
                     fmt(family(&|k| k == K::Walk)),
                     fmt(family(&|k| k == K::WalkWg)),
                     fmt(family(&|k| matches!(k, K::Wg64 | K::Wg128))),

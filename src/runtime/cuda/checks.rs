@@ -261,6 +261,7 @@ pub fn synthetic_suite(rt: &CudaRuntime, rng: &mut Rng) -> Result<Vec<CheckResul
                         TileKernel::WalkWg,
                         TileKernel::Tma128,
                         TileKernel::Tma256,
+                        TileKernel::Rs256,
                     ] {
                         if walk != pick && usable.contains(&walk) {
                             paths.push(CheckPath::Forced(walk));

@@ -644,6 +644,8 @@ fn kernel_file_for(name: &str) -> Result<&'static str, CudaError> {
         Ok("tile_walk.cu")
     } else if name.starts_with("tile_tma_") {
         Ok("tile_tma.cu")
+    } else if name.starts_with("tile_rs_") {
+        Ok("tile_rs.cu")
     } else if [
         "epilogue_",
         "gather_cols_",
@@ -675,6 +677,7 @@ mod tests {
             TileKernel::WalkWg,
             TileKernel::Tma128,
             TileKernel::Tma256,
+            TileKernel::Rs256,
         ];
         for k in kernels {
             for elem in [ElemType::F16, ElemType::Bf16] {

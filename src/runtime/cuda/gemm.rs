@@ -9,7 +9,9 @@ use cudarc::cublas::{result as blas, sys as blas_sys};
 
 use super::device::{CudaRuntime, DevBuf, ElemType, KArg};
 use super::error::CudaError;
-use super::tma::{tile_tma, tma_smem_bytes, tma_unsupported};
+use super::tma::{
+    rs_smem_bytes, rs_unsupported, tile_rs, tile_tma, tma_smem_bytes, tma_unsupported,
+};
 use super::upload::TileDeviceView;
 use super::walk::{tile_walk, tile_walk_wg, walk_plan, walkwg_plan};
 
@@ -139,6 +141,10 @@ pub enum TileKernel {
     /// The TMA union kernel with 256 tokens per CTA (each weight stage read once for twice the
     /// tokens; one CTA per multiprocessor).
     Tma256,
+    /// Union kernel for 16-column tiles with the weights as register operands of the warpgroup MMA
+    /// (sm_90), 128 features x 256 tokens per CTA: tiles loaded as they lie in the file, X copied
+    /// by TMA, the output transposed through shared memory.
+    Rs256,
 }
 
 impl TileKernel {
@@ -150,13 +156,14 @@ impl TileKernel {
             | TileKernel::Wg128
             | TileKernel::Walk
             | TileKernel::Tma128
-            | TileKernel::Tma256 => 128,
+            | TileKernel::Tma256
+            | TileKernel::Rs256 => 128,
         }
     }
     /// Tokens per CTA of the union kernels.
     pub fn bm(self) -> usize {
         match self {
-            TileKernel::Tma256 => 256,
+            TileKernel::Tma256 | TileKernel::Rs256 => 256,
             _ => TILE_BM,
         }
     }
@@ -169,6 +176,9 @@ impl TileKernel {
             TileKernel::Tma128 | TileKernel::Tma256 => {
                 format!("tile_tma_{e}_{}x{}_bm{}", v.th, v.tw, self.bm())
             }
+            TileKernel::Rs256 => {
+                format!("tile_rs_{e}_{}x{}_bm{}", v.th, v.tw, self.bm())
+            }
             TileKernel::Wg64 | TileKernel::Wg128 => {
                 format!("tile_wg_{e}_{}x{}_bn{}", v.th, v.tw, self.bn())
             }
@@ -178,6 +188,7 @@ impl TileKernel {
         match self {
             TileKernel::Mma | TileKernel::Walk | TileKernel::WalkWg => tile_smem_bytes(th),
             TileKernel::Tma128 | TileKernel::Tma256 => tma_smem_bytes(self.bm(), th),
+            TileKernel::Rs256 => rs_smem_bytes(th),
             _ => wg_smem_bytes(self.bn(), th),
         }
     }
@@ -269,6 +280,9 @@ pub fn usable_kernels(rt: &CudaRuntime, v: &TileDeviceView, m: usize) -> Vec<Til
             out.push(k);
         }
     }
+    if rs_unsupported(rt, v).is_none() {
+        out.push(TileKernel::Rs256);
+    }
     out
 }
 
@@ -278,15 +292,25 @@ pub const WALK_MAX_DENSITY: f64 = 0.6;
 /// The same bound for tiles of 64 rows and more, whose union kernels waste less.
 pub const WALK_MAX_DENSITY_TALL: f64 = 0.2;
 
-/// Tokens from which 64-column tiles go to the TMA kernel by default (measured faster than the
-/// union and row-walk kernels at 4096 and 16384 tokens at every density, level at 128).
+/// Tokens from which 64-column tiles go to the TMA kernel and 16-column tiles to the
+/// register-operand kernel by default (measured faster than the other union kernels at 4096 and
+/// 16384 tokens, level or slower at 128; 2048 lies between the measured points).
 pub const TMA_MIN_TOKENS: usize = 2048;
+
+/// The register-operand kernel multiplies every block row of a 128-feature group over the union
+/// of their tile columns; where the row walk would also run, it is the default only while that
+/// union is at most this multiple of the density (grouped masks, 128x16 tiles, 64x16 up to
+/// density ~0.5), since scattered 16x16 masks make the union nearly dense.
+pub const RS_MAX_UNION_WASTE: f64 = 1.5;
 
 /// The kernel [`tile_gemm`] uses on this device for `m` tokens without measuring (the dispatcher
 /// measures every kernel instead). The rule follows the H200 sweep in bench/RESULTS.md:
 /// - 64-column tiles from [`TMA_MIN_TOKENS`] tokens on sm_90: the TMA kernel with 128-token CTAs
 ///   (whole 128-byte rows per copy; 0.59-0.86x of cuBLAS at density 1, against 0.49-0.57x for
 ///   the next best, and ahead of the row walk at every density);
+/// - 16-column tiles from [`TMA_MIN_TOKENS`] tokens on sm_90: the register-operand kernel
+///   (0.53-0.64x at density 1 against 0.43-0.49x; 0.73-0.95x on grouped masks at density 0.5),
+///   unless the row walk runs and the group union exceeds [`RS_MAX_UNION_WASTE`] x the density;
 /// - the row-walk kernel when 128 tokens of X fit in shared memory (K up to ~900) and the density
 ///   is at most [`WALK_MAX_DENSITY`] ([`WALK_MAX_DENSITY_TALL`] for 64-row tiles); with fewer
 ///   tokens per CTA it re-reads the weights too often;
@@ -317,12 +341,6 @@ pub fn auto_kernel(rt: &CudaRuntime, v: &TileDeviceView, m: usize) -> TileKernel
     if v.tw == 64 && m >= TMA_MIN_TOKENS && tma_unsupported(rt, v, 128).is_none() {
         return TileKernel::Tma128;
     }
-    if walk_pays {
-        return TileKernel::Walk;
-    }
-    if v.th > 64 {
-        return TileKernel::Wg128;
-    }
     let [u64_, u128_] = v
         .unions
         .map(|u| [f64::from(u[0]), f64::from(u[1])])
@@ -331,6 +349,18 @@ pub fn auto_kernel(rt: &CudaRuntime, v: &TileDeviceView, m: usize) -> TileKernel
             let union = |rows: usize| 1.0 - (1.0 - d).powi(rows.max(1) as i32);
             [union(64 / v.th), union(128 / v.th)]
         });
+    if m >= TMA_MIN_TOKENS
+        && rs_unsupported(rt, v).is_none()
+        && (!walk_pays || u128_ <= RS_MAX_UNION_WASTE * v.density())
+    {
+        return TileKernel::Rs256;
+    }
+    if walk_pays {
+        return TileKernel::Walk;
+    }
+    if v.th > 64 {
+        return TileKernel::Wg128;
+    }
     let ctas128 = v.rows.div_ceil(128) * m.div_ceil(TILE_BM);
     if ctas128 < rt.sm_count().max(1) as usize || u64_ < 0.6 * u128_ {
         TileKernel::Wg64
@@ -417,6 +447,7 @@ pub fn tile_gemm_with(
         TileKernel::Tma128 | TileKernel::Tma256 => {
             return tile_tma(rt, x, m, w, ep, y, splits, kern)
         }
+        TileKernel::Rs256 => return tile_rs(rt, x, m, w, ep, y, splits),
         _ => {}
     }
     let splits = splits.clamp(1, 64);

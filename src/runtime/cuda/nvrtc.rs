@@ -14,8 +14,9 @@ use sha2::{Digest, Sha256};
 use super::error::CudaError;
 
 /// The kernel sources built into the library: (file name, source). The tile kernels share
-/// `kernels/common.cuh`, the union kernels `kernels/union.cuh` and the warpgroup-MMA ones
-/// `kernels/wgmma.cuh`, prepended here because embedded sources have no include path at run time.
+/// `kernels/common.cuh`, the union kernels `kernels/union.cuh`, the warpgroup-MMA ones
+/// `kernels/wgmma.cuh` and the TMA-fed ones `kernels/tma.cuh`, prepended here because embedded
+/// sources have no include path at run time.
 pub const KERNELS: &[(&str, &str)] = &[
     (
         "tile_gemm.cu",
@@ -56,7 +57,18 @@ pub const KERNELS: &[(&str, &str)] = &[
             include_str!("../../../kernels/common.cuh"),
             include_str!("../../../kernels/union.cuh"),
             include_str!("../../../kernels/wgmma.cuh"),
+            include_str!("../../../kernels/tma.cuh"),
             include_str!("../../../kernels/tile_tma.cu")
+        ),
+    ),
+    (
+        "tile_rs.cu",
+        concat!(
+            include_str!("../../../kernels/common.cuh"),
+            include_str!("../../../kernels/union.cuh"),
+            include_str!("../../../kernels/wgmma.cuh"),
+            include_str!("../../../kernels/tma.cuh"),
+            include_str!("../../../kernels/tile_rs.cu")
         ),
     ),
 ];
@@ -64,7 +76,10 @@ pub const KERNELS: &[(&str, &str)] = &[
 /// The architecture a kernel file is compiled for on a device of `arch`: the warpgroup-MMA files
 /// need the architecture-specific target (`sm_90a`) on Hopper; everything else uses `arch`.
 pub fn arch_for(file: &str, arch: &str) -> String {
-    let wgmma = matches!(file, "tile_wgmma.cu" | "tile_walk_wg.cu" | "tile_tma.cu");
+    let wgmma = matches!(
+        file,
+        "tile_wgmma.cu" | "tile_walk_wg.cu" | "tile_tma.cu" | "tile_rs.cu"
+    );
     if wgmma && arch == "sm_90" {
         "sm_90a".to_string()
     } else {

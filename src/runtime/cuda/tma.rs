@@ -210,6 +210,109 @@ pub fn tile_tma(
     Ok(())
 }
 
+/// Tokens per CTA of the register-operand kernel.
+pub const RS_BM: usize = 256;
+
+/// Dynamic shared memory of the register-operand kernel for tile height `th`: four stages (X: 64
+/// columns of 256 tokens; W: four 16-column tiles per feature), 1 KiB to align them, the ring's
+/// barriers and the union list of `128 / th` block rows.
+pub fn rs_smem_bytes(th: usize) -> usize {
+    let r = (TMA_BN / th).max(1);
+    let meta = TILE_MAX_GRID_COLS * (1 + 2 + 2 + 1 + 2 * r) + 4 * r + 4;
+    let stages = 4;
+    stages * (RS_BM + TMA_BN) * 64 * 2 + 1024 + 16 * stages + meta.div_ceil(16) * 16
+}
+
+/// Why the register-operand kernel cannot run `w` on this device, or None when it can.
+pub fn rs_unsupported(rt: &CudaRuntime, w: &TileDeviceView) -> Option<String> {
+    if let Some(why) = tile_kernel_unsupported(w) {
+        return Some(why);
+    }
+    if rt.arch() != "sm_90" {
+        return Some(format!("needs sm_90 (device {})", rt.arch()));
+    }
+    if w.tw != 16 || !matches!(w.th, 16 | 64 | 128) {
+        return Some(format!(
+            "tile {}x{} (needs 16x16, 64x16 or 128x16)",
+            w.th, w.tw
+        ));
+    }
+    if w.values % 16 != 0 {
+        return Some("tile values are not 16-byte aligned".into());
+    }
+    if rs_smem_bytes(w.th) > rt.max_smem_per_block() {
+        return Some(format!(
+            "needs {} bytes of shared memory (device {})",
+            rs_smem_bytes(w.th),
+            rt.max_smem_per_block()
+        ));
+    }
+    None
+}
+
+/// Runs the register-operand tile kernel ([`TileKernel::Rs256`]) with `splits` K splits (1: no
+/// split, fused epilogue).
+pub fn tile_rs(
+    rt: &CudaRuntime,
+    x: u64,
+    m: usize,
+    w: &TileDeviceView,
+    ep: &Epilogue,
+    y: u64,
+    splits: usize,
+) -> Result<(), CudaError> {
+    let bm = RS_BM;
+    if let Some(why) = rs_unsupported(rt, w) {
+        return Err(CudaError::Invalid(format!(
+            "register-operand tile kernel: {why}"
+        )));
+    }
+    // The output is written in 16-byte chunks and the residual read the same way.
+    if x % 16 != 0 || y % 16 != 0 || ep.residual % 16 != 0 || m == 0 {
+        return Err(CudaError::Invalid(format!(
+            "register-operand tile kernel: X, Y and the residual must be 16-byte aligned and M > 0 \
+             (X {x:#x}, Y {y:#x}, residual {:#x}, M {m})",
+            ep.residual
+        )));
+    }
+    let sw32 = sys::CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_32B;
+    let sw128 = sys::CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_128B;
+    let x_dims = [w.cols as u64, m as u64];
+    let x_pitch = [w.cols as u64 * 2];
+    let map_x = encode(x, w.elem, &x_dims, &x_pitch, &[SLICE, bm as u32], sw32)?;
+    let map_x_wide = encode(x, w.elem, &x_dims, &x_pitch, &[64, bm as u32], sw128)?;
+    let splits = splits.clamp(1, 64);
+    let grid = (
+        w.rows.div_ceil(TMA_BN) as u32,
+        m.div_ceil(bm) as u32,
+        splits as u32,
+    );
+    let ws = if splits > 1 {
+        rt.workspace(splits * m * w.rows * 4)?
+    } else {
+        0
+    };
+    // The common tile arguments with X replaced by its two maps (the weights are read through
+    // plain pointers): (maps of X, M, K, bitmap, row offsets, values, N, grid, epilogue, Y, ldy,
+    // workspace).
+    let c = tile_args(x, m, w, ep, y);
+    let mut args = vec![KArg::TensorMap(map_x), KArg::TensorMap(map_x_wide)];
+    args.extend_from_slice(&c[1..3]);
+    args.extend_from_slice(&c[4..]);
+    args.push(KArg::Ptr(ws));
+    rt.launch(
+        &TileKernel::Rs256.name(w),
+        grid,
+        (TMA_THREADS, 1, 1),
+        rs_smem_bytes(w.th) as u32,
+        &args,
+    )?;
+    if splits > 1 {
+        super::gemm::splitk_finish(rt, ws, splits, m, w, ep, y)?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -224,6 +327,10 @@ mod tests {
                 "th {th}: {per_cta} bytes per CTA"
             );
             assert!(tma_smem_bytes(256, th) <= 227 * 1024, "th {th}, 256 tokens");
+            assert!(
+                rs_smem_bytes(th) <= 227 * 1024,
+                "th {th}, register-operand kernel"
+            );
         }
     }
 }
