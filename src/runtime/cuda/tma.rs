@@ -15,6 +15,8 @@ use super::upload::TileDeviceView;
 /// Output features per CTA.
 pub const TMA_BN: usize = 128;
 const TMA_THREADS: u32 = 288;
+const SW32: sys::CUtensorMapSwizzle = sys::CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_32B;
+const SW128: sys::CUtensorMapSwizzle = sys::CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_128B;
 /// Columns per TMA copy (one 32-byte swizzle row of 16-bit values).
 const SLICE: u32 = 16;
 
@@ -110,6 +112,51 @@ fn encode(
     Ok(map.opaque)
 }
 
+/// The two maps of X every TMA-fed kernel takes: 16-column boxes with the 32-byte swizzle (for
+/// stages whose union columns are scattered) and 64-column boxes with the 128-byte swizzle (for
+/// stages whose union columns are contiguous), `bm` rows each.
+fn x_maps(x: u64, m: usize, w: &TileDeviceView, bm: usize) -> Result<[KArg; 2], CudaError> {
+    let dims = [w.cols as u64, m as u64];
+    let pitch = [w.cols as u64 * 2];
+    let narrow = encode(x, w.elem, &dims, &pitch, &[SLICE, bm as u32], SW32)?;
+    let wide = encode(x, w.elem, &dims, &pitch, &[64, bm as u32], SW128)?;
+    Ok([KArg::TensorMap(narrow), KArg::TensorMap(wide)])
+}
+
+/// Launches `kern` over 128-feature groups x `bm`-token blocks x `splits` K splits with `args`,
+/// appending the split-K workspace (0 without splits), then sums the splits into Y.
+#[allow(clippy::too_many_arguments)]
+fn launch_split(
+    rt: &CudaRuntime,
+    kern: TileKernel,
+    w: &TileDeviceView,
+    m: usize,
+    ep: &Epilogue,
+    y: u64,
+    splits: usize,
+    smem: usize,
+    mut args: Vec<KArg>,
+) -> Result<(), CudaError> {
+    let splits = splits.clamp(1, 64);
+    let grid = (
+        w.rows.div_ceil(TMA_BN) as u32,
+        m.div_ceil(kern.bm()) as u32,
+        splits as u32,
+    );
+    // Each split writes its own f32 slice of the workspace (every element by exactly one CTA).
+    let ws = if splits > 1 {
+        rt.workspace(splits * m * w.rows * 4)?
+    } else {
+        0
+    };
+    args.push(KArg::Ptr(ws));
+    rt.launch(&kern.name(w), grid, (TMA_THREADS, 1, 1), smem as u32, &args)?;
+    if splits > 1 {
+        super::gemm::splitk_finish(rt, ws, splits, m, w, ep, y)?;
+    }
+    Ok(())
+}
+
 /// Runs the TMA tile kernel `kern` ([`TileKernel::Tma128`] or [`TileKernel::Tma256`]) with
 /// `splits` K splits (1: no split, fused epilogue).
 #[allow(clippy::too_many_arguments)]
@@ -133,20 +180,13 @@ pub fn tile_tma(
         )));
     }
     let (th, tw) = (w.th as u64, w.tw as u64);
-    let sw32 = sys::CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_32B;
-    let sw128 = sys::CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_128B;
-    // X twice: 16-column slices (32-byte swizzle) for stages whose union columns are scattered,
-    // 64 contiguous columns (128-byte swizzle) for the others.
-    let x_dims = [w.cols as u64, m as u64];
-    let x_pitch = [w.cols as u64 * 2];
-    let map_x = encode(x, w.elem, &x_dims, &x_pitch, &[SLICE, bm as u32], sw32)?;
-    let map_x_wide = encode(x, w.elem, &x_dims, &x_pitch, &[64, bm as u32], sw128)?;
+    let [map_x, map_x_wide] = x_maps(x, m, w, bm)?;
     // 64-column tiles are copied in whole 128-byte rows with the 128-byte swizzle; narrower tiles
     // in 16-column slices with the 32-byte swizzle (the kernel's WIDE switch).
     let (slice, swizzle) = if w.tw == 64 {
-        (64, sw128)
+        (64, SW128)
     } else {
-        (SLICE, sw32)
+        (SLICE, SW32)
     };
     // With no kept tile every copy falls outside the map (tile index `kept`); the map then needs
     // one (never read) tile of extent, at any aligned address.
@@ -163,24 +203,13 @@ pub fn tile_tma(
         &[slice, th as u32, 1],
         swizzle,
     )?;
-    let splits = splits.clamp(1, 64);
-    let grid = (
-        w.rows.div_ceil(TMA_BN) as u32,
-        m.div_ceil(bm) as u32,
-        splits as u32,
-    );
-    let ws = if splits > 1 {
-        rt.workspace(splits * m * w.rows * 4)?
-    } else {
-        0
-    };
     // The common tile arguments, with X replaced by its maps and the values by the weight's map
     // and kept count: (maps of X, map of W, M, K, bitmap, row offsets, kept, N, grid, epilogue,
-    // Y, ldy, workspace).
+    // Y, ldy; the workspace follows).
     let c = tile_args(x, m, w, ep, y);
-    let args = [
-        KArg::TensorMap(map_x),
-        KArg::TensorMap(map_x_wide),
+    let args = vec![
+        map_x,
+        map_x_wide,
         KArg::TensorMap(map_w),
         c[1],
         c[2],
@@ -195,19 +224,18 @@ pub fn tile_tma(
         c[12],
         c[13],
         c[14],
-        KArg::Ptr(ws),
     ];
-    rt.launch(
-        &kern.name(w),
-        grid,
-        (TMA_THREADS, 1, 1),
-        tma_smem_bytes(bm, w.th) as u32,
-        &args,
-    )?;
-    if splits > 1 {
-        super::gemm::splitk_finish(rt, ws, splits, m, w, ep, y)?;
-    }
-    Ok(())
+    launch_split(
+        rt,
+        kern,
+        w,
+        m,
+        ep,
+        y,
+        splits,
+        tma_smem_bytes(bm, w.th),
+        args,
+    )
 }
 
 /// Tokens per CTA of the register-operand kernel.
@@ -275,42 +303,24 @@ pub fn tile_rs(
             ep.residual
         )));
     }
-    let sw32 = sys::CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_32B;
-    let sw128 = sys::CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_128B;
-    let x_dims = [w.cols as u64, m as u64];
-    let x_pitch = [w.cols as u64 * 2];
-    let map_x = encode(x, w.elem, &x_dims, &x_pitch, &[SLICE, bm as u32], sw32)?;
-    let map_x_wide = encode(x, w.elem, &x_dims, &x_pitch, &[64, bm as u32], sw128)?;
-    let splits = splits.clamp(1, 64);
-    let grid = (
-        w.rows.div_ceil(TMA_BN) as u32,
-        m.div_ceil(bm) as u32,
-        splits as u32,
-    );
-    let ws = if splits > 1 {
-        rt.workspace(splits * m * w.rows * 4)?
-    } else {
-        0
-    };
     // The common tile arguments with X replaced by its two maps (the weights are read through
-    // plain pointers): (maps of X, M, K, bitmap, row offsets, values, N, grid, epilogue, Y, ldy,
-    // workspace).
+    // plain pointers): (maps of X, M, K, bitmap, row offsets, values, N, grid, epilogue, Y, ldy;
+    // the workspace follows).
     let c = tile_args(x, m, w, ep, y);
-    let mut args = vec![KArg::TensorMap(map_x), KArg::TensorMap(map_x_wide)];
+    let mut args = x_maps(x, m, w, bm)?.to_vec();
     args.extend_from_slice(&c[1..3]);
     args.extend_from_slice(&c[4..]);
-    args.push(KArg::Ptr(ws));
-    rt.launch(
-        &TileKernel::Rs256.name(w),
-        grid,
-        (TMA_THREADS, 1, 1),
-        rs_smem_bytes(w.th) as u32,
-        &args,
-    )?;
-    if splits > 1 {
-        super::gemm::splitk_finish(rt, ws, splits, m, w, ep, y)?;
-    }
-    Ok(())
+    launch_split(
+        rt,
+        TileKernel::Rs256,
+        w,
+        m,
+        ep,
+        y,
+        splits,
+        rs_smem_bytes(w.th),
+        args,
+    )
 }
 
 #[cfg(test)]
