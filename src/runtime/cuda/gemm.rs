@@ -431,8 +431,17 @@ pub fn tile_gemm_with(
     if let Some(why) = tile_kernel_unsupported(w) {
         return Err(CudaError::Invalid(format!("tile kernel: {why}")));
     }
+    match kern {
+        TileKernel::Walk => return tile_walk(rt, x, m, w, ep, y),
+        TileKernel::WalkWg => return tile_walk_wg(rt, x, m, w, ep, y),
+        TileKernel::Tma128 | TileKernel::Tma256 => {
+            return tile_tma(rt, x, m, w, ep, y, splits, kern)
+        }
+        TileKernel::Rs256 => return tile_rs(rt, x, m, w, ep, y, splits),
+        TileKernel::Mma | TileKernel::Wg64 | TileKernel::Wg128 => {}
+    }
+    // The wgmma union kernels (the other kernels check their own needs above).
     if kern != TileKernel::Mma && (rt.arch() != "sm_90" || w.th > kern.bn()) {
-        // (the row-walk kernels returned above)
         return Err(CudaError::Invalid(format!(
             "tile kernel {kern:?} needs sm_90 and tiles no taller than {} (device {}, tile {}x{})",
             kern.bn(),
@@ -441,20 +450,42 @@ pub fn tile_gemm_with(
             w.tw
         )));
     }
-    match kern {
-        TileKernel::Walk => return tile_walk(rt, x, m, w, ep, y),
-        TileKernel::WalkWg => return tile_walk_wg(rt, x, m, w, ep, y),
-        TileKernel::Tma128 | TileKernel::Tma256 => {
-            return tile_tma(rt, x, m, w, ep, y, splits, kern)
-        }
-        TileKernel::Rs256 => return tile_rs(rt, x, m, w, ep, y, splits),
-        _ => {}
-    }
+    // The union kernels take the split-K workspace after the common arguments.
+    let args = tile_args(x, m, w, ep, y).to_vec();
+    launch_union(
+        rt,
+        kern,
+        TILE_THREADS,
+        kern.smem(w.th),
+        w,
+        m,
+        ep,
+        y,
+        splits,
+        args,
+    )
+}
+
+/// Launches the union kernel `kern` over `kern.bn()`-feature groups x `kern.bm()`-token blocks x
+/// `splits` K splits with `args`, appending the split-K workspace (0 without splits), then sums
+/// the splits into Y.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn launch_union(
+    rt: &CudaRuntime,
+    kern: TileKernel,
+    threads: u32,
+    smem: usize,
+    w: &TileDeviceView,
+    m: usize,
+    ep: &Epilogue,
+    y: u64,
+    splits: usize,
+    mut args: Vec<KArg>,
+) -> Result<(), CudaError> {
     let splits = splits.clamp(1, 64);
-    let name = kern.name(w);
     let grid = (
         w.rows.div_ceil(kern.bn()) as u32,
-        m.div_ceil(TILE_BM) as u32,
+        m.div_ceil(kern.bm()) as u32,
         splits as u32,
     );
     // Each split writes its own f32 slice of the workspace (no zeroing needed: every element of a
@@ -464,17 +495,8 @@ pub fn tile_gemm_with(
     } else {
         0
     };
-    // The union kernels take the split-K workspace after the common arguments.
-    let mut args = [KArg::Ptr(0); 16];
-    args[..15].copy_from_slice(&tile_args(x, m, w, ep, y));
-    args[15] = KArg::Ptr(ws);
-    rt.launch(
-        &name,
-        grid,
-        (TILE_THREADS, 1, 1),
-        kern.smem(w.th) as u32,
-        &args,
-    )?;
+    args.push(KArg::Ptr(ws));
+    rt.launch(&kern.name(w), grid, (threads, 1, 1), smem as u32, &args)?;
     if splits > 1 {
         splitk_finish(rt, ws, splits, m, w, ep, y)?;
     }
@@ -482,7 +504,7 @@ pub fn tile_gemm_with(
 }
 
 /// Sums the `splits` f32 partial products in `ws` into Y, applying the epilogue.
-pub(crate) fn splitk_finish(
+fn splitk_finish(
     rt: &CudaRuntime,
     ws: u64,
     splits: usize,

@@ -9,7 +9,9 @@ use cudarc::driver::sys;
 
 use super::device::{CudaRuntime, ElemType, KArg};
 use super::error::CudaError;
-use super::gemm::{tile_args, tile_kernel_unsupported, Epilogue, TileKernel, TILE_MAX_GRID_COLS};
+use super::gemm::{
+    launch_union, tile_args, tile_kernel_unsupported, Epilogue, TileKernel, TILE_MAX_GRID_COLS,
+};
 use super::upload::TileDeviceView;
 
 /// Output features per CTA.
@@ -123,40 +125,6 @@ fn x_maps(x: u64, m: usize, w: &TileDeviceView, bm: usize) -> Result<[KArg; 2], 
     Ok([KArg::TensorMap(narrow), KArg::TensorMap(wide)])
 }
 
-/// Launches `kern` over 128-feature groups x `bm`-token blocks x `splits` K splits with `args`,
-/// appending the split-K workspace (0 without splits), then sums the splits into Y.
-#[allow(clippy::too_many_arguments)]
-fn launch_split(
-    rt: &CudaRuntime,
-    kern: TileKernel,
-    w: &TileDeviceView,
-    m: usize,
-    ep: &Epilogue,
-    y: u64,
-    splits: usize,
-    smem: usize,
-    mut args: Vec<KArg>,
-) -> Result<(), CudaError> {
-    let splits = splits.clamp(1, 64);
-    let grid = (
-        w.rows.div_ceil(TMA_BN) as u32,
-        m.div_ceil(kern.bm()) as u32,
-        splits as u32,
-    );
-    // Each split writes its own f32 slice of the workspace (every element by exactly one CTA).
-    let ws = if splits > 1 {
-        rt.workspace(splits * m * w.rows * 4)?
-    } else {
-        0
-    };
-    args.push(KArg::Ptr(ws));
-    rt.launch(&kern.name(w), grid, (TMA_THREADS, 1, 1), smem as u32, &args)?;
-    if splits > 1 {
-        super::gemm::splitk_finish(rt, ws, splits, m, w, ep, y)?;
-    }
-    Ok(())
-}
-
 /// Runs the TMA tile kernel `kern` ([`TileKernel::Tma128`] or [`TileKernel::Tma256`]) with
 /// `splits` K splits (1: no split, fused epilogue).
 #[allow(clippy::too_many_arguments)]
@@ -225,17 +193,8 @@ pub fn tile_tma(
         c[13],
         c[14],
     ];
-    launch_split(
-        rt,
-        kern,
-        w,
-        m,
-        ep,
-        y,
-        splits,
-        tma_smem_bytes(bm, w.th),
-        args,
-    )
+    let smem = tma_smem_bytes(bm, w.th);
+    launch_union(rt, kern, TMA_THREADS, smem, w, m, ep, y, splits, args)
 }
 
 /// Tokens per CTA of the register-operand kernel.
@@ -310,15 +269,17 @@ pub fn tile_rs(
     let mut args = x_maps(x, m, w, bm)?.to_vec();
     args.extend_from_slice(&c[1..3]);
     args.extend_from_slice(&c[4..]);
-    launch_split(
+    let smem = rs_smem_bytes(w.th);
+    launch_union(
         rt,
         TileKernel::Rs256,
+        TMA_THREADS,
+        smem,
         w,
         m,
         ep,
         y,
         splits,
-        rs_smem_bytes(w.th),
         args,
     )
 }
