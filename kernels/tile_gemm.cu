@@ -163,7 +163,7 @@ __device__ void tile_gemm_body(const T* __restrict__ X, int M, int K, int ldx,
     const int n0 = blockIdx.x * ETS_BN, m0 = blockIdx.y * ETS_BM;
     const int br0 = blockIdx.x * Meta<TH, TW>::R;
 
-    build_union<Meta<TH, TW>::R, ETS_THREADS>(md, bitmap, row_offsets, grid_rows, grid_cols, br0);
+    build_union<Meta<TH, TW>::R, ETS_THREADS>(md, bitmap, row_offsets, grid_rows, grid_cols, br0, threadIdx.x);
     const int U = md.U;
     const int G = (U + S - 1) / S;
     // Split-K (small token counts): blockIdx.z takes a contiguous share of the stages and adds

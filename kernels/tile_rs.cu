@@ -1,26 +1,36 @@
 // Tile-sparse GEMM with the weights as register operands of the warpgroup MMA (sm_90a), for tiles
 // 16 columns wide (16x16, 64x16, 128x16): Y[M,N] = act(X[M,K] W^T + bias) + residual.
 //
-// The roles of tile_tma.cu are swapped: the CTA computes Y^T for 128 output features x BT = 256 tokens,
+// The roles of tile_tma.cu are swapped: the CTA computes Y^T for 128 output features x BT = 192 tokens,
 // the features on the MMA's M side and the tokens on its N side. So the weights never need a
 // shared-memory layout the MMA reads: each warp loads its 16 features' tile of a 16-column slice
 // from the tile as it lies in the file (16 rows of 32 bytes) with ldmatrix into an A fragment, and
 // X, the B operand, is copied by TMA in 128-byte rows (128-byte swizzle) whenever a stage's union
 // columns are contiguous (16-column boxes with the 32-byte swizzle otherwise).
+// - Persistent: each CTA takes a contiguous run of output tiles (Schedule), so the producer fills
+//   the ring for the next tile while the consumers store the current one.
 // - Producer (warp 8): per stage, one bulk copy (cp.async.bulk, no tensor map) per block row when it
 //   keeps all four of the stage's tiles (they are consecutive in the file), else one per kept tile;
-//   absent tiles are not copied at all. The stage's byte count is summed over the warp first.
+//   absent tiles are not copied at all. The stage's byte count is summed over the warp first. It
+//   alone reads the union list (rebuilt when the feature group changes) and tells the consumers
+//   what they need per stage (StageInfo).
 // - Consumers (warps 0-7): warpgroup c owns features 64c .. 64c+63 of the group, warp w of it 16 of
 //   them; an absent tile is a zero fragment. wgmma m64nBTk16 with A from registers, B from shared
-//   memory; the stage is released once its products are done (the A registers are read
-//   asynchronously, so the next stage's fragments wait for that anyway).
-// - Epilogue: bias and GELU in f32 registers, rounded to the output type, transposed through shared
-//   memory with stmatrix (.trans), then each row of 64 features of a token written with 16-byte
-//   stores; the residual is added there (to the rounded value: one extra rounding, within a half
-//   unit of the last place of the output type).
-// Requirements (checked on the host): K % 8 == 0; X 16-byte aligned; tile width 16.
+//   memory, one stage of products in flight: two sets of A fragments alternate, and a stage's
+//   buffers are released once the next stage's products are issued and its own are done.
+// - Epilogue: bias, GELU and the residual (fetched by TMA into the staging buffer during the
+//   tile's products, read back with ldmatrix .trans in the accumulators' layout) in f32, rounded
+//   once, transposed into the staging buffer with stmatrix (.trans) and stored by TMA, which
+//   proceeds while the next tile's products run.
+// Requirements (checked on the host): K % 8 == 0, N % 8 == 0; X, Y and the residual 16-byte
+// aligned; tile width 16.
 #define ETR_BN 128
 #define ETR_THREADS 288  // two consumer warpgroups and one producer warp
+// Timing experiments only (results are wrong): 1 = the producer copies nothing (the consumers
+// multiply stale buffers: the consumer side's bound); 2 = the consumers issue no MMA (the copies' bound).
+#ifndef ETR_EXPERIMENT
+#define ETR_EXPERIMENT 0
+#endif
 
 namespace etr {
 
@@ -56,39 +66,249 @@ __device__ __forceinline__ void named_barrier() {
     asm volatile("bar.sync %0, %1;\n" ::"n"(ID), "n"(COUNT) : "memory");
 }
 
-// out = round(a + r) for the two values packed in each 32-bit word of a and r.
-template <typename T>
-__device__ __forceinline__ u32 add_pair(u32 a, u32 r) {
-    Pair<T> pa, pr;
-    pa.u = a;
-    pr.u = r;
-    return pack2<T>(Conv<T>::to_f(pa.v[0]) + Conv<T>::to_f(pr.v[0]), Conv<T>::to_f(pa.v[1]) + Conv<T>::to_f(pr.v[1]));
-}
-
 // Shared memory of the transposed output: BT token rows of 64 features (128 bytes), the eight
 // 16-byte chunks of a row XOR-swizzled by (row & 7) so that stmatrix's eight rows hit distinct banks.
 __device__ __forceinline__ u32 out_chunk(u32 base, int row, int chunk) {
     return base + static_cast<u32>(row * 128 + ((chunk ^ (row & 7)) << 4));
 }
 
+__device__ __forceinline__ void ldmatrix_x4_trans(u32 addr, u32 (&r)[4]) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+}
+
+// TMA store of a shared-memory box to global memory, and the waits on this thread's stores.
+__device__ __forceinline__ void tma_store_2d(const TensorMap* map, int c0, int c1, u32 src) {
+#if ETW_WGMMA
+    asm volatile("cp.async.bulk.tensor.2d.global.shared::cta.bulk_group [%0, {%1, %2}], [%3];\n" ::"l"(
+                     reinterpret_cast<u64>(map)),
+                 "r"(c0), "r"(c1), "r"(src)
+                 : "memory");
+    asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
+#endif
+}
+// The shared memory of this thread's earlier stores has been read (it may be written again).
+__device__ __forceinline__ void tma_store_wait_read() {
+#if ETW_WGMMA
+    asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
+#endif
+}
+// This thread's earlier stores are complete.
+__device__ __forceinline__ void tma_store_wait_all() {
+#if ETW_WGMMA
+    asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
+#endif
+}
+
 template <int BT>
 struct Ring {
+    // Four stages of 40 KiB and the output staging buffer, which must outlive the ring's reuse
+    // (the next output tile's stages arrive while this one is stored).
     static constexpr int STAGES = 4;
     static constexpr u32 SLOT_X = BT * 32;           // one 16-column X slice
     static constexpr u32 STAGE_X = SLOTS * SLOT_X;  // = BT rows x 128 bytes
     static constexpr u32 STAGE_W = ETR_BN * 64 * 2;  // four 16-column tiles per 16 features
+    static constexpr u32 OUT = ETR_BN * BT * 2;      // the output tile, two 64-feature halves
 };
 
+// What the producer tells the consumers about a stage (they never read the union list, which the
+// producer rebuilds when its next output tile belongs to another feature group).
+struct StageInfo {
+    u32 kept;   // bit 4r + s: block row r keeps the tile of slot s
+    u32 flags;  // STAGE_*
+};
+constexpr u32 STAGE_CONTIG = 1;  // X came as one 64-column box (128-byte swizzle)
+constexpr u32 STAGE_LAST = 2;    // the output tile's last stage
+constexpr u32 STAGE_EMPTY = 4;   // no product (the group keeps no tile in this K range)
+
+// The output tiles of CTA `c` out of `P`: a contiguous run of the T = groups x token blocks tiles,
+// numbered feature group first, so a CTA rebuilds its union list rarely.
+struct Schedule {
+    long long beg, end;
+    int MB;  // token blocks
+    __device__ Schedule(int M, int N, int BT) {
+        MB = (M + BT - 1) / BT;
+        const long long T = static_cast<long long>((N + ETR_BN - 1) / ETR_BN) * MB;
+        beg = T * blockIdx.x / gridDim.x;
+        end = T * (blockIdx.x + 1) / gridDim.x;
+    }
+    __device__ int group(long long t) const { return static_cast<int>(t / MB); }
+    __device__ int m0(long long t, int BT) const { return static_cast<int>(t % MB) * BT; }
+};
+
+// One stage of products for a warp: its A fragments from the stage's tiles (zero where absent),
+// then four m64nBTk16 MMAs over the stage's 64 columns, committed as one group.
+template <bool BF16, int BT>
+__device__ __forceinline__ void mma_stage(float* acc, u32 (&a)[SLOTS][4], u32 wrow, u32 kept4, bool contig, u32 xb,
+                                          u32 tile_bytes) {
+#pragma unroll
+    for (int s = 0; s < SLOTS; ++s) {
+        if ((kept4 >> s) & 1u) {
+            ldmatrix_x4(wrow + s * tile_bytes, a[s]);
+        } else {
+            a[s][0] = a[s][1] = a[s][2] = a[s][3] = 0u;
+        }
+    }
+    wgmma_fence();
+#pragma unroll
+    for (int s = 0; s < SLOTS; ++s) {
+        const u64 db = contig ? desc_sw128(xb) + 2 * s : desc_sw32(xb + s * Ring<BT>::SLOT_X);
+        wgmma_rs<BF16, BT>(acc, a[s], db);
+    }
+    wgmma_commit();
+}
+
+// The two consumer warpgroups (warps 0-7): products, epilogue and stores of the CTA's output tiles.
 template <typename T, bool BF16, int TH, int BT>
-__device__ void body(const TensorMap* tmx, const TensorMap* tmx_wide, int M, int K, const u64* __restrict__ bitmap,
-                     const u32* __restrict__ row_offsets, const T* __restrict__ values, int N, int grid_rows,
-                     int grid_cols, const float* __restrict__ bias, const T* __restrict__ residual, int gelu,
-                     T* __restrict__ Y, int ldy, float* __restrict__ ws) {
+__device__ __forceinline__ void consumers(const Schedule& sched, const TensorMap* tmres,
+                                          const TensorMap* tmy, int M, int N, const float* __restrict__ bias,
+                                          const T* __restrict__ residual, int gelu, float* __restrict__ ws,
+                                          u32 xs_base, u32 ws_base, u32 out_base,
+                                          u32 full_bar, u32 empty_bar, u32 res_bar, const StageInfo* info) {
+    using RG = Ring<BT>;
+    constexpr int STAGES = RG::STAGES;
+    constexpr u32 TILE = TH * 32;
+    constexpr int NACC = BT / 2;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    // Warp w of warpgroup c multiplies features f = 64c + 16w .. + 15 of the group.
+    const int wg = warp >> 2;
+    const bool leader = (tid & 127) == 0;
+    const int frow = wg * 64 + (warp & 3) * 16;  // first feature of the warp within the group
+    const int r = frow / TH, ir = frow % TH;      // its block row in the group, row in the tile
+    // ldmatrix.x4 row addresses: lanes 0-15 rows 0-15 of columns 0-7, lanes 16-31 of columns 8-15.
+    const u32 lane_off = static_cast<u32>((ir + (lane & 15)) * 32 + (lane >> 4) * 16);
+    const u32 out = out_base + wg * (BT * 128);  // this warpgroup's BT tokens x 64 features
+    const u32 my_res_bar = res_bar + 8 * wg;
+    const bool use_res = residual != nullptr && ws == nullptr;
+    // Two sets of A fragments: a stage's are loaded while the previous stage's products still
+    // read the other set (the MMA reads A registers asynchronously).
+    u32 afrag0[SLOTS][4], afrag1[SLOTS][4];
+    float acc[NACC];
+    int q = 0, pend = -1;
+    u32 res_phase = 0;
+    for (long long t = sched.beg; t < sched.end; ++t) {
+        const int group = sched.group(t), m0 = sched.m0(t, BT);
+        const int n0 = group * ETR_BN;
+        const bool wg_live = n0 + wg * 64 < N;  // some of this warpgroup's features exist
+#pragma unroll
+        for (int a = 0; a < NACC; ++a) acc[a] = 0.f;
+        bool res_issued = false;
+        for (int g = 0;; ++g, ++q) {
+            const int b = q % STAGES;
+            mbar_wait_suspend(full_bar + 8 * b, (q / STAGES) & 1);
+            const StageInfo inf = info[b];
+            const bool last = (inf.flags & STAGE_LAST) != 0;
+            // The residual tile is fetched once this tile's products are under way (the staging
+            // buffer is free once the previous tile's store has read it).
+            if (use_res && wg_live && leader && !res_issued && (g == 1 || last)) {
+                tma_store_wait_read();
+                mbar_arrive_expect_tx(my_res_bar, BT * 128);
+                tma_load_2d(out, tmres, n0 + wg * 64, m0, my_res_bar);
+                res_issued = true;
+            }
+            if (!(inf.flags & STAGE_EMPTY) && ETR_EXPERIMENT != 2) {
+                const u32 kept4 = (inf.kept >> (4 * r)) & 0xFu;
+                const bool contig = (inf.flags & STAGE_CONTIG) != 0;
+                const u32 wrow = ws_base + b * RG::STAGE_W + r * SLOTS * TILE + lane_off;
+                const u32 xb = xs_base + b * RG::STAGE_X;
+                if (q & 1) mma_stage<BF16, BT>(acc, afrag1, wrow, kept4, contig, xb, TILE);
+                else mma_stage<BF16, BT>(acc, afrag0, wrow, kept4, contig, xb, TILE);
+            }
+            // The previous stage's products are done: release its buffers.
+            wgmma_wait<1>();
+            if (pend >= 0 && leader) mbar_arrive(empty_bar + 8 * pend);
+            pend = b;
+            if (last) {
+                ++q;
+                break;
+            }
+        }
+        wgmma_wait<0>();
+        if (leader) mbar_arrive(empty_bar + 8 * pend);
+        pend = -1;
+
+        // Accumulators of m64nBTk16: this thread holds features fa = frow + lane/4 and fa + 8, tokens
+        // 8j + 2*(lane%4) (+1) in acc[4j .. 4j+3] = (fa, t), (fa, t+1), (fa+8, t), (fa+8, t+1).
+        const int fa = n0 + frow + (lane >> 2);
+        if (ws) {
+            float* wz = ws + static_cast<size_t>(blockIdx.z) * M * N;
+#pragma unroll
+            for (int j = 0; j < BT / 8; ++j)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const int f = fa + (e >> 1) * 8, m = m0 + j * 8 + (lane & 3) * 2 + (e & 1);
+                    if (f < N && m < M) wz[static_cast<size_t>(m) * N + f] = acc[4 * j + e];
+                }
+            continue;
+        }
+        if (ws || !wg_live) continue;
+        float b0 = 0.f, b1 = 0.f;
+        if (bias) {
+            if (fa < N) b0 = bias[fa];
+            if (fa + 8 < N) b1 = bias[fa + 8];
+        }
+        // The staging buffer is free: the previous store has read it (the leader waited, then
+        // the warpgroup's barrier), or the residual tile has landed in it.
+        if (leader) tma_store_wait_read();
+        if (wg == 0) named_barrier<2, 128>();
+        else named_barrier<3, 128>();
+        if (use_res) {
+            mbar_wait_suspend(my_res_bar, res_phase);
+            res_phase ^= 1u;
+        }
+        const int mat = lane >> 3, mrow = lane & 7;  // stmatrix: lane gives row mrow of matrix mat
+#pragma unroll
+        for (int j = 0; j < BT / 8; j += 2) {
+            // Matrix mat = (n8 block j + mat/2, features + 8*(mat%2)); transposed, its row mrow is
+            // token 8(j + mat/2) + mrow, 8 features from 16*(warp%4) + 8*(mat%2).
+            const int token = 8 * (j + (mat >> 1)) + mrow;
+            const int chunk = (warp & 3) * 2 + (mat & 1);
+            const u32 at = out_chunk(out, token, chunk);
+            u32 rr[4] = {0u, 0u, 0u, 0u};
+            if (use_res) ldmatrix_x4_trans(at, rr);  // the residual in the same fragment layout
+            u32 p[4];
+#pragma unroll
+            for (int qq = 0; qq < 2; ++qq) {
+                float v[4];
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    v[e] = acc[4 * (j + qq) + e] + ((e >> 1) ? b1 : b0);
+                    if (gelu) v[e] = gelu_erf(v[e]);
+                }
+                if (use_res) {
+                    Pair<T> lo, hi;
+                    lo.u = rr[2 * qq];
+                    hi.u = rr[2 * qq + 1];
+                    v[0] += Conv<T>::to_f(lo.v[0]);
+                    v[1] += Conv<T>::to_f(lo.v[1]);
+                    v[2] += Conv<T>::to_f(hi.v[0]);
+                    v[3] += Conv<T>::to_f(hi.v[1]);
+                }
+                p[2 * qq] = pack2<T>(v[0], v[1]);      // features fa: tokens t, t+1
+                p[2 * qq + 1] = pack2<T>(v[2], v[3]);  // features fa+8
+            }
+            stmatrix_x4_trans(at, p[0], p[1], p[2], p[3]);
+        }
+        // The generic-proxy writes are made visible to the TMA store, which one thread issues once
+        // the warpgroup's writes are done; it clips rows past M and features past N.
+        fence_async_smem();
+        if (wg == 0) named_barrier<2, 128>();
+        else named_barrier<3, 128>();
+        if (leader) tma_store_2d(tmy, n0 + wg * 64, m0, out);
+    }
+    if (leader) tma_store_wait_all();
+}
+
+template <typename T, bool BF16, int TH, int BT>
+__device__ void body(const TensorMap* tmx, const TensorMap* tmx_wide, const TensorMap* tmy, const TensorMap* tmres,
+                     int M, int K, const u64* __restrict__ bitmap, const u32* __restrict__ row_offsets,
+                     const T* __restrict__ values, int N, int grid_rows, int grid_cols, const float* __restrict__ bias,
+                     const T* __restrict__ residual, int gelu, float* __restrict__ ws) {
     using RG = Ring<BT>;
     constexpr int STAGES = RG::STAGES;
     constexpr int R = ETR_BN / TH;   // block rows per group
     constexpr u32 TILE = TH * 32;    // bytes of one TH x 16 tile
-    constexpr int NACC = BT / 2;     // m64 x BT accumulators per thread
 #if !ETW_WGMMA
     __trap();
 #endif
@@ -97,206 +317,129 @@ __device__ void body(const TensorMap* tmx, const TensorMap* tmx_wide, int M, int
     const u32 pad = ((raw + 1023u) & ~1023u) - raw;
     unsigned char* smem = smem_raw + pad;
     const u32 xs_base = raw + pad, ws_base = xs_base + STAGES * RG::STAGE_X;
-    const u32 full_bar = ws_base + STAGES * RG::STAGE_W, empty_bar = full_bar + 8 * STAGES;
-    UnionMeta<R>& md = *reinterpret_cast<UnionMeta<R>*>(smem + STAGES * (RG::STAGE_X + RG::STAGE_W) + 16 * STAGES);
+    const u32 out_base = ws_base + STAGES * RG::STAGE_W;
+    const u32 full_bar = out_base + RG::OUT, empty_bar = full_bar + 8 * STAGES, res_bar = empty_bar + 8 * STAGES;
+    const u32 meta_off = STAGES * (RG::STAGE_X + RG::STAGE_W) + RG::OUT + 8 * (2 * STAGES + 2);
+    StageInfo* info = reinterpret_cast<StageInfo*>(smem + meta_off);
+    UnionMeta<R>& md = *reinterpret_cast<UnionMeta<R>*>(smem + meta_off + sizeof(StageInfo) * STAGES);
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const int n0 = blockIdx.x * ETR_BN, m0 = blockIdx.y * BT;
     if (tid == 0) {
         for (int s = 0; s < STAGES; ++s) {
             mbar_init(full_bar + 8 * s, 1);
-            mbar_init(empty_bar + 8 * s, 2);
+            mbar_init(empty_bar + 8 * s, 2);  // one arrival per consumer warpgroup
         }
+        mbar_init(res_bar, 1);
+        mbar_init(res_bar + 8, 1);
         fence_barrier_init();
     }
-    build_union<R, ETR_THREADS>(md, bitmap, row_offsets, grid_rows, grid_cols, blockIdx.x * R);
-    const int U = md.U;
-    const int G = (U + SLOTS - 1) / SLOTS;
-    const int gbeg = static_cast<int>((static_cast<long long>(G) * blockIdx.z) / gridDim.z);
-    const int gend = static_cast<int>((static_cast<long long>(G) * (blockIdx.z + 1)) / gridDim.z);
-    const int GL = gend - gbeg;
+    __syncthreads();
+    const Schedule sched(M, N, BT);
 
     if (warp == 8) {
         // Producer. Lane r < R: block row r's tiles of the stage; lanes R .. R + 3: X.
-        for (int g = 0; g < GL; ++g) {
-            const int b = g % STAGES;
-            if (g >= STAGES) mbar_wait_suspend(empty_bar + 8 * b, ((g / STAGES) - 1) & 1);
-            const int j0 = (gbeg + g) * SLOTS;
-            const bool contig = stage_contiguous<16>(md.ucol, U, j0);
-            const u32 bar = full_bar + 8 * b;
-            u32 kept_bits = 0;  // slots s whose tile block row `lane` keeps
-            if (lane < R) {
-#pragma unroll
-                for (int s = 0; s < SLOTS; ++s)
-                    if (j0 + s < U && ((md.umask[j0 + s] >> lane) & 1u)) kept_bits |= 1u << s;
+        int q = 0, cur_group = -1, U = 0, gbeg = 0, GL = 0;
+        for (long long t = sched.beg; t < sched.end; ++t) {
+            const int group = sched.group(t), m0 = sched.m0(t, BT);
+            if (group != cur_group) {
+                build_union<R, 32>(md, bitmap, row_offsets, grid_rows, grid_cols, group * R, lane);
+                cur_group = group;
+                U = md.U;
+                const int G = (U + SLOTS - 1) / SLOTS;
+                gbeg = static_cast<int>((static_cast<long long>(G) * blockIdx.z) / gridDim.z);
+                GL = static_cast<int>((static_cast<long long>(G) * (blockIdx.z + 1)) / gridDim.z) - gbeg;
             }
-            u32 bytes = static_cast<u32>(__popc(kept_bits)) * TILE;
-            if (lane == 0) bytes += RG::STAGE_X;
-            bytes = __reduce_add_sync(0xffffffffu, bytes);
-            if (lane == 0) mbar_arrive_expect_tx(bar, bytes);
-            __syncwarp();
-            if (lane < R && kept_bits) {
-                const int r = lane;
-                const u32 dst = ws_base + b * RG::STAGE_W + r * SLOTS * TILE;
-                // The row's kept tiles among the stage's columns are consecutive in the file.
-                const int s0 = __ffs(kept_bits) - 1;
-                const T* src = values + (static_cast<size_t>(md.rowoff[r]) + md.kidx[r][j0 + s0]) * (TH * 16);
-                if (kept_bits == 0xFu) {
-                    bulk_copy(dst, src, SLOTS * TILE, bar);
-                } else {
-                    int t = 0;
+            for (int g = 0; g < (GL > 0 ? GL : 1); ++g, ++q) {
+                const int b = q % STAGES;
+                if (q >= STAGES) mbar_wait_suspend(empty_bar + 8 * b, ((q / STAGES) - 1) & 1);
+                const u32 bar = full_bar + 8 * b;
+                if (GL == 0) {
+                    if (lane == 0) {
+                        info[b] = StageInfo{0u, STAGE_LAST | STAGE_EMPTY};
+                        mbar_arrive(bar);
+                    }
+                    continue;
+                }
+                const int j0 = (gbeg + g) * SLOTS;
+                const bool contig = stage_contiguous<16>(md.ucol, U, j0);
+                u32 kept_bits = 0;  // slots s whose tile block row `lane` keeps
+                if (lane < R) {
 #pragma unroll
                     for (int s = 0; s < SLOTS; ++s)
-                        if ((kept_bits >> s) & 1u) bulk_copy(dst + s * TILE, src + (t++) * (TH * 16), TILE, bar);
+                        if (j0 + s < U && ((md.umask[j0 + s] >> lane) & 1u)) kept_bits |= 1u << s;
                 }
-            } else if (lane >= R && lane < R + SLOTS) {
-                const int s = lane - R;
-                if (contig) {
-                    if (s == 0) tma_load_2d(xs_base + b * RG::STAGE_X, tmx_wide, static_cast<int>(md.ucol[j0]) * 16, m0, bar);
-                } else {
-                    const int j = j0 + s;
-                    const int k = j < U ? static_cast<int>(md.ucol[j]) * 16 : K;  // K: zeros
-                    tma_load_2d(xs_base + b * RG::STAGE_X + s * RG::SLOT_X, tmx, k, m0, bar);
+                u32 bytes = static_cast<u32>(__popc(kept_bits)) * TILE;
+                if (lane == 0) bytes += RG::STAGE_X;
+                bytes = __reduce_add_sync(0xffffffffu, bytes);
+                const u32 kept_all = __reduce_or_sync(0xffffffffu, lane < R ? kept_bits << (4 * lane) : 0u);
+                if (ETR_EXPERIMENT == 1) {
+                    if (lane == 0) {
+                        info[b] = StageInfo{kept_all, (contig ? STAGE_CONTIG : 0u) | (g == GL - 1 ? STAGE_LAST : 0u)};
+                        mbar_arrive(bar);
+                    }
+                    __syncwarp();
+                    continue;
                 }
+                if (lane == 0) {
+                    info[b] = StageInfo{kept_all, (contig ? STAGE_CONTIG : 0u) | (g == GL - 1 ? STAGE_LAST : 0u)};
+                    mbar_arrive_expect_tx(bar, bytes);
+                }
+                __syncwarp();
+                if (lane < R && kept_bits) {
+                    const int r = lane;
+                    const u32 dst = ws_base + b * RG::STAGE_W + r * SLOTS * TILE;
+                    // The row's kept tiles among the stage's columns are consecutive in the file.
+                    const int s0 = __ffs(kept_bits) - 1;
+                    const T* src = values + (static_cast<size_t>(md.rowoff[r]) + md.kidx[r][j0 + s0]) * (TH * 16);
+                    if (kept_bits == 0xFu) {
+                        bulk_copy(dst, src, SLOTS * TILE, bar);
+                    } else {
+                        int k = 0;
+#pragma unroll
+                        for (int s = 0; s < SLOTS; ++s)
+                            if ((kept_bits >> s) & 1u) bulk_copy(dst + s * TILE, src + (k++) * (TH * 16), TILE, bar);
+                    }
+                } else if (lane >= R && lane < R + SLOTS) {
+                    const int s = lane - R;
+                    if (contig) {
+                        if (s == 0) tma_load_2d(xs_base + b * RG::STAGE_X, tmx_wide, static_cast<int>(md.ucol[j0]) * 16, m0, bar);
+                    } else {
+                        const int j = j0 + s;
+                        const int k = j < U ? static_cast<int>(md.ucol[j]) * 16 : K;  // K: zeros
+                        tma_load_2d(xs_base + b * RG::STAGE_X + s * RG::SLOT_X, tmx, k, m0, bar);
+                    }
+                }
+                __syncwarp();  // the union list is rebuilt only after every lane has read it
             }
         }
-        return;
-    }
-
-    // Consumers: warp w of warpgroup c multiplies features f = 64c + 16w .. + 15 of the group.
-    const int wg = warp >> 2;
-    const int frow = wg * 64 + (warp & 3) * 16;  // first feature of the warp within the group
-    const int r = frow / TH, ir = frow % TH;      // its block row in the group, row in the tile
-    // ldmatrix.x4 row addresses: lanes 0-15 rows 0-15 of columns 0-7, lanes 16-31 of columns 8-15.
-    const u32 lane_off = static_cast<u32>((ir + (lane & 15)) * 32 + (lane >> 4) * 16);
-    float acc[NACC];
-#pragma unroll
-    for (int a = 0; a < NACC; ++a) acc[a] = 0.f;
-    for (int g = 0; g < GL; ++g) {
-        const int b = g % STAGES;
-        const int j0 = (gbeg + g) * SLOTS;
-        const bool contig = stage_contiguous<16>(md.ucol, U, j0);
-        mbar_wait_suspend(full_bar + 8 * b, (g / STAGES) & 1);
-        u32 afrag[SLOTS][4];
-        const u32 wrow = ws_base + b * RG::STAGE_W + r * SLOTS * TILE + lane_off;
-#pragma unroll
-        for (int s = 0; s < SLOTS; ++s) {
-            const bool kept = j0 + s < U && ((md.umask[j0 + s] >> r) & 1u);
-            if (kept) {
-                ldmatrix_x4(wrow + s * TILE, afrag[s]);
-            } else {
-                afrag[s][0] = afrag[s][1] = afrag[s][2] = afrag[s][3] = 0u;
-            }
-        }
-        const u32 xb = xs_base + b * RG::STAGE_X;
-        wgmma_fence();
-#pragma unroll
-        for (int s = 0; s < SLOTS; ++s) {
-            const u64 db = contig ? desc_sw128(xb) + 2 * s : desc_sw32(xb + s * RG::SLOT_X);
-            wgmma_rs_n256<BF16>(acc, afrag[s], db);
-        }
-        wgmma_commit();
-        wgmma_wait<0>();
-        if ((tid & 127) == 0) mbar_arrive(empty_bar + 8 * b);
-    }
-
-    // Accumulators of m64nBTk16: this thread holds features fa = frow + lane/4 and fa + 8, tokens
-    // 8j + 2*(lane%4) (+1) in acc[4j .. 4j+3] = (fa, t), (fa, t+1), (fa+8, t), (fa+8, t+1).
-    const int fa = n0 + frow + (lane >> 2);
-    if (ws) {
-        float* wz = ws + static_cast<size_t>(blockIdx.z) * M * ldy;
-#pragma unroll
-        for (int j = 0; j < BT / 8; ++j)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int f = fa + (e >> 1) * 8, m = m0 + j * 8 + (lane & 3) * 2 + (e & 1);
-                if (f < N && m < M) wz[static_cast<size_t>(m) * ldy + f] = acc[4 * j + e];
-            }
-        return;
-    }
-    float b0 = 0.f, b1 = 0.f;
-    if (bias) {
-        if (fa < N) b0 = bias[fa];
-        if (fa + 8 < N) b1 = bias[fa + 8];
-    }
-    // Every consumer is past its last stage before the ring is reused for the transposed output.
-    named_barrier<1, 256>();
-    const u32 out = xs_base + wg * (BT * 128);  // this warpgroup's BT x 64 features
-    const int mat = lane >> 3, mrow = lane & 7;  // stmatrix: lane gives row mrow of matrix mat
-#pragma unroll
-    for (int j = 0; j < BT / 8; j += 2) {
-        u32 p[4];
-#pragma unroll
-        for (int q = 0; q < 2; ++q) {
-            float v[4];
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                v[e] = acc[4 * (j + q) + e] + ((e >> 1) ? b1 : b0);
-                if (gelu) v[e] = gelu_erf(v[e]);
-            }
-            p[2 * q] = pack2<T>(v[0], v[1]);      // features fa: tokens t, t+1
-            p[2 * q + 1] = pack2<T>(v[2], v[3]);  // features fa+8
-        }
-        // Matrix mat = (n8 block j + mat/2, features + 8*(mat%2)); transposed, its row mrow is
-        // token 8(j + mat/2) + mrow, 8 features from 16*(warp%4) + 8*(mat%2).
-        const int token = 8 * (j + (mat >> 1)) + mrow;
-        const int chunk = (warp & 3) * 2 + (mat & 1);
-        stmatrix_x4_trans(out_chunk(out, token, chunk), p[0], p[1], p[2], p[3]);
-    }
-    if (wg == 0) named_barrier<2, 128>();
-    else named_barrier<3, 128>();
-    // Write-out: 8 threads per token row (one 16-byte chunk of 8 features each).
-    const int wtid = tid & 127;
-    const int fbase = n0 + wg * 64;
-    const bool vec = (ldy & 7) == 0;
-#pragma unroll 4
-    for (int i = wtid; i < BT * 8; i += 128) {
-        const int row = i >> 3, chunk = i & 7;
-        const int m = m0 + row, f = fbase + chunk * 8;
-        if (m >= M || f >= N) continue;
-        uint4 v = *reinterpret_cast<const uint4*>(smem + (out_chunk(out, row, chunk) - raw - pad));
-        const size_t at = static_cast<size_t>(m) * ldy + f;
-        if (vec && f + 8 <= N) {
-            if (residual) {
-                const uint4 rr = *reinterpret_cast<const uint4*>(residual + at);
-                v.x = add_pair<T>(v.x, rr.x);
-                v.y = add_pair<T>(v.y, rr.y);
-                v.z = add_pair<T>(v.z, rr.z);
-                v.w = add_pair<T>(v.w, rr.w);
-            }
-            *reinterpret_cast<uint4*>(Y + at) = v;
-        } else {
-            const u32 words[4] = {v.x, v.y, v.z, v.w};
-#pragma unroll
-            for (int e = 0; e < 8; ++e) {
-                if (f + e >= N) break;
-                Pair<T> p;
-                p.u = words[e >> 1];
-                float o = Conv<T>::to_f(p.v[e & 1]);
-                if (residual) o += Conv<T>::to_f(residual[at + e]);
-                Y[at + e] = Conv<T>::from_f(o);
-            }
-        }
+    } else {
+        consumers<T, BF16, TH, BT>(sched, tmres, tmy, M, N, bias, residual, gelu, ws, xs_base, ws_base,
+                                   out_base, full_bar, empty_bar, res_bar, info);
     }
 }
 
+
 }  // namespace etr
 
-// 256 tokens per CTA, one CTA per multiprocessor (4 stages). With 128 tokens and two CTAs per
-// multiprocessor the register budget (~96 per thread) is too small for the accumulators plus four
-// slots of A fragments: ptxas serialised the wgmma and spilled.
-#define ETS_TILE_RS(NAME, T, BF, TH, BT)                                                                 \
-    extern "C" __global__ void __launch_bounds__(ETR_THREADS, 256 / BT)                                   \
-        NAME(const __grid_constant__ ek::TensorMap tmx, const __grid_constant__ ek::TensorMap tmx_wide, int M, \
-             int K, const u64* bitmap, const u32* row_offsets, const T* values, int N, int grid_rows,         \
-             int grid_cols, const float* bias, const T* residual, int gelu, T* Y, int ldy, float* ws) {       \
-        etr::body<T, BF, TH, BT>(&tmx, &tmx_wide, M, K, bitmap, row_offsets, values, N, grid_rows,          \
-                                 grid_cols, bias, residual, gelu, Y, ldy, ws);                               \
+// 192 tokens per CTA, one CTA per multiprocessor, persistent: the grid's CTAs share the output
+// tiles (see Schedule). The register budget decides BT: with the producer warp, a thread may hold 168
+// registers (three warps per scheduler), and 256 tokens (128 accumulators) plus two sets of A
+// fragments do not fit: ptxas then serialises the wgmma (C7512). At 192 tokens they do (96).
+// Handing the producer's registers to the consumers (setmaxnreg) does not help: ptxas still
+// compiles the consumers for the launch's 168.
+#define ETS_TILE_RS(NAME, T, BF, TH, BT)                                                                      \
+    extern "C" __global__ void __launch_bounds__(ETR_THREADS, 1)                                              \
+        NAME(const __grid_constant__ ek::TensorMap tmx, const __grid_constant__ ek::TensorMap tmx_wide,        \
+             const __grid_constant__ ek::TensorMap tmy, const __grid_constant__ ek::TensorMap tmres, int M,     \
+             int K, const u64* bitmap, const u32* row_offsets, const T* values, int N, int grid_rows,           \
+             int grid_cols, const float* bias, const T* residual, int gelu, float* ws) {                       \
+        etr::body<T, BF, TH, BT>(&tmx, &tmx_wide, &tmy, &tmres, M, K, bitmap, row_offsets, values, N,          \
+                                 grid_rows, grid_cols, bias, residual, gelu, ws);                              \
     }
 
 #define ETS_TILE_RS_ALL(TH)                                                        \
-    ETS_TILE_RS(tile_rs_f16_##TH##x16_bm256, __half, false, TH, 256)               \
-    ETS_TILE_RS(tile_rs_bf16_##TH##x16_bm256, __nv_bfloat16, true, TH, 256)
+    ETS_TILE_RS(tile_rs_f16_##TH##x16_bm192, __half, false, TH, 192)               \
+    ETS_TILE_RS(tile_rs_bf16_##TH##x16_bm192, __nv_bfloat16, true, TH, 192)
 
 ETS_TILE_RS_ALL(16)
 ETS_TILE_RS_ALL(64)

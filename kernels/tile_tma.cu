@@ -73,7 +73,7 @@ __device__ void body(const TensorMap* tmx, const TensorMap* tmx_wide, const Tens
         fence_barrier_init();
     }
     // (build_union ends with a CTA barrier, which also publishes the barriers' initialisation.)
-    build_union<R, ETT_THREADS>(md, bitmap, row_offsets, grid_rows, grid_cols, blockIdx.x * R);
+    build_union<R, ETT_THREADS>(md, bitmap, row_offsets, grid_rows, grid_cols, blockIdx.x * R, threadIdx.x);
     const int U = md.U;
     const int G = (U + UPS - 1) / UPS;
     const int gbeg = static_cast<int>((static_cast<long long>(G) * blockIdx.z) / gridDim.z);

@@ -97,7 +97,7 @@ __device__ void body(const T* __restrict__ X, int M, int K, int ldx, const u64* 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wg = warp >> 2;
     const int n0 = blockIdx.x * BN, m0 = blockIdx.y * ETS_BM;
     build_union<Meta<BN, TH>::R, ETS_THREADS>(md, bitmap, row_offsets, grid_rows, grid_cols,
-                                              blockIdx.x * Meta<BN, TH>::R);
+                                              blockIdx.x * Meta<BN, TH>::R, threadIdx.x);
     const int U = md.U;
     const int G = (U + S - 1) / S;
     const int gbeg = static_cast<int>((static_cast<long long>(G) * blockIdx.z) / gridDim.z);

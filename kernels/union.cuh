@@ -18,12 +18,20 @@ struct UnionMeta {
     int U;
 };
 
-// Builds the union list of non-empty tile columns for the CTA's group of block rows, and for
-// every (row, union column) the kept-tile index relative to the row's start. THREADS threads.
+// Waits for the THREADS threads that build a union list: the whole CTA, or one warp.
+template <int THREADS>
+__device__ __forceinline__ void union_sync() {
+    if (THREADS == 32) __syncwarp();
+    else __syncthreads();
+}
+
+// Builds the union list of non-empty tile columns for the group of block rows from br0, and for
+// every (row, union column) the kept-tile index relative to the row's start. Run by THREADS
+// threads (the CTA or one warp), tid = 0 .. THREADS - 1.
 template <int R, int THREADS>
 __device__ void build_union(UnionMeta<R>& md, const u64* bitmap, const u32* row_offsets, int grid_rows,
-                            int grid_cols, int br0) {
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+                            int grid_cols, int br0, int tid) {
+    const int lane = tid & 31, warp = tid >> 5;
     for (int bc = tid; bc < grid_cols; bc += THREADS) {
         u32 m = 0;
 #pragma unroll
@@ -37,7 +45,7 @@ __device__ void build_union(UnionMeta<R>& md, const u64* bitmap, const u32* row_
         md.fullmask[bc] = static_cast<unsigned char>(m);
     }
     if (tid < R) md.rowoff[tid] = (br0 + tid < grid_rows) ? row_offsets[br0 + tid] : 0u;
-    __syncthreads();
+    union_sync<THREADS>();
     const u32 lt = (1u << lane) - 1u;
     if (warp == 0) {
         int base = 0;
@@ -55,7 +63,7 @@ __device__ void build_union(UnionMeta<R>& md, const u64* bitmap, const u32* row_
         }
         if (lane == 0) md.U = base;
     }
-    __syncthreads();
+    union_sync<THREADS>();
     for (int r = warp; r < R; r += THREADS / 32) {
         int base = 0;
         for (int c0 = 0; c0 < grid_cols; c0 += 32) {
@@ -66,7 +74,7 @@ __device__ void build_union(UnionMeta<R>& md, const u64* bitmap, const u32* row_
             base += __popc(bal);
         }
     }
-    __syncthreads();
+    union_sync<THREADS>();
 }
 
 }  // namespace ek

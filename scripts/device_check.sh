@@ -8,7 +8,8 @@
 #      ETS_BENCH_CMD (all | check), ETS_TIMEOUT (seconds, default 480), ETS_SKIP_RESOURCES=1,
 #      ETS_NCU=1 (Nsight Compute on one launch; ETS_NCU_ARGS: et-bench `one` arguments;
 #      ETS_NCU_KERNEL: a regular expression for the kernel name, default tile_),
-#      ETS_CHECK_ETS (extra .ets files to check, space separated; default .cuda/minilm.ets if present).
+#      ETS_CHECK_ETS (extra .ets files to check, space separated; unset: .cuda/minilm.ets if present;
+#      set but empty: none).
 set -uo pipefail
 
 bin="${ETS_BENCH_BIN:-target/release/et-bench}"
@@ -36,7 +37,7 @@ if [ "${ETS_SKIP_RESOURCES:-0}" != 1 ]; then
 fi
 
 extra=()
-for f in ${ETS_CHECK_ETS:-.cuda/minilm.ets}; do
+for f in ${ETS_CHECK_ETS-.cuda/minilm.ets}; do
     [ -f "$f" ] && extra+=(--ets "$f")
 done
 # A hung kernel must not eat the whole session: the run is bounded (ETS_TIMEOUT seconds).
@@ -44,12 +45,18 @@ timeout "${ETS_TIMEOUT:-480}" "$bin" "${ETS_BENCH_CMD:-all}" "${extra[@]}" ${ETS
 rc=${PIPESTATUS[0]}
 if [ "${ETS_NCU:-0}" = 1 ] && command -v ncu >/dev/null; then
     ncu_args="${ETS_NCU_ARGS:---tokens 16384 --k 768 --n 3072 --density 0.5}"
-    ncu_kernel="${ETS_NCU_KERNEL:-tile_}"
-    echo "== ncu on one launch of $ncu_kernel ($ncu_args)"
-    ncu --clock-control none -k "regex:$ncu_kernel" -s 5 -c 1 --section SpeedOfLight --section Occupancy \
-        --section WarpStateStats --section LaunchStats --section MemoryWorkloadAnalysis \
-        "$bin" one $ncu_args > "$out/ncu.txt" 2>&1
-    grep -E "tile_|Duration|Throughput|Occupancy|Stall|Warp Cycles|Registers|Shared Memory|Block Limit|Bank|Issued" "$out/ncu.txt" | head -60
+    # One report per regular expression (space separated), e.g. a tile kernel and cuBLAS's.
+    i=0
+    for ncu_kernel in ${ETS_NCU_KERNEL:-tile_}; do
+        i=$((i + 1))
+        echo "== ncu on one launch of $ncu_kernel ($ncu_args)"
+        ncu --clock-control none -k "regex:$ncu_kernel" -s 5 -c 1 --section SpeedOfLight --section Occupancy \
+            --section WarpStateStats --section LaunchStats --section MemoryWorkloadAnalysis \
+            --section ComputeWorkloadAnalysis \
+            --metrics sm__pipe_tensor_op_gmma_cycles_active.avg.pct_of_peak_sustained_active,lts__t_bytes.sum.per_second \
+            "$bin" one $ncu_args > "$out/ncu$i.txt" 2>&1
+        grep -E "tile_|gemm|Duration|Throughput|Occupancy|Stall|Warp Cycles|Registers|Shared Memory|Block Limit|Bank|Issued|gmma|lts__|ERROR" "$out/ncu$i.txt" | head -60
+    done
 fi
 echo "et-bench exit code $rc"
 exit "$rc"

@@ -123,7 +123,7 @@ fn every_kernel_compiles_for_sm80_and_sm90() {
             .expect("tile_rs.cu compiled");
         for e in ["f16", "bf16"] {
             for shape in ["16x16", "64x16", "128x16"] {
-                let name = format!("tile_rs_{e}_{shape}_bm256");
+                let name = format!("tile_rs_{e}_{shape}_bm192");
                 assert!(rs.entry_points.contains(&name), "missing entry {name}");
             }
         }
@@ -132,6 +132,17 @@ fn every_kernel_compiles_for_sm80_and_sm90() {
                 rs.ptx.contains("cp.async.bulk.shared") && rs.ptx.contains("stmatrix"),
                 "the sm_90a register-operand kernel lacks bulk copies or stmatrix"
             );
+            // Its tile size is chosen so the accumulators and two sets of A fragments fit in the
+            // registers: ptxas must neither serialise the wgmma nor spill (checked where ptxas is
+            // installed, as CI does).
+            if std::env::var_os("ETS_PTXAS").is_some() {
+                let res = nvrtc::ptxas_resources(rs).expect("ptxas on tile_rs.cu");
+                eprintln!("{res}");
+                assert!(!res.contains("serialized"), "wgmma serialised:\n{res}");
+                for line in res.lines().filter(|l| l.starts_with("tile_rs_")) {
+                    assert!(line.contains(" 0 bytes spill stores"), "spills: {line}");
+                }
+            }
         }
         let again = compile_all_kernels(arch).unwrap_or_else(|e| panic!("{arch}: {e}"));
         assert!(

@@ -505,7 +505,7 @@ fn summary(results: &[GemmResult], d2d: f64, up: &str) {
                     fmt(find(4096).and_then(best)),
                     fmt(big_r.and_then(best)),
                     fmt(family(&|k| matches!(k, K::Tma128 | K::Tma256))),
-                    fmt(family(&|k| k == K::Rs256)),
+                    fmt(family(&|k| k == K::Rs)),
                     fmt(family(&|k| k == K::Walk)),
                     fmt(family(&|k| k == K::WalkWg)),
                     fmt(family(&|k| matches!(k, K::Wg64 | K::Wg128))),

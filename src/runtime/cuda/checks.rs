@@ -261,7 +261,7 @@ pub fn synthetic_suite(rt: &CudaRuntime, rng: &mut Rng) -> Result<Vec<CheckResul
                         TileKernel::WalkWg,
                         TileKernel::Tma128,
                         TileKernel::Tma256,
-                        TileKernel::Rs256,
+                        TileKernel::Rs,
                     ] {
                         if walk != pick && usable.contains(&walk) {
                             paths.push(CheckPath::Forced(walk));
@@ -295,6 +295,25 @@ pub fn synthetic_suite(rt: &CudaRuntime, rng: &mut Rng) -> Result<Vec<CheckResul
                     0.4,
                     true,
                     true,
+                )?);
+            }
+        }
+        // The persistent register-operand kernel over many output tiles per cluster: several
+        // feature groups per cluster's run, an odd number of token blocks (the last pair's second
+        // tile lies past M) and a partial last block.
+        let rs_view = TileDeviceView::for_planning(2304, 768, 16, 16, elem);
+        if gemm::usable_kernels(rt, &rs_view, 7800).contains(&TileKernel::Rs) {
+            for (d, gelu, res) in [(1.0, true, true), (0.3, false, false)] {
+                out.push(check_case(
+                    rt,
+                    rng,
+                    elem,
+                    CheckPath::Forced(TileKernel::Rs),
+                    (7800, 2304, 768),
+                    (16, 16),
+                    d,
+                    gelu,
+                    res,
                 )?);
             }
         }

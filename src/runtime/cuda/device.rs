@@ -677,7 +677,7 @@ mod tests {
             TileKernel::WalkWg,
             TileKernel::Tma128,
             TileKernel::Tma256,
-            TileKernel::Rs256,
+            TileKernel::Rs,
         ];
         for k in kernels {
             for elem in [ElemType::F16, ElemType::Bf16] {

@@ -10,7 +10,7 @@ use cudarc::cublas::{result as blas, sys as blas_sys};
 use super::device::{CudaRuntime, DevBuf, ElemType, KArg};
 use super::error::CudaError;
 use super::tma::{
-    rs_smem_bytes, rs_unsupported, tile_rs, tile_tma, tma_smem_bytes, tma_unsupported,
+    rs_smem_bytes, rs_unsupported, tile_rs, tile_tma, tma_smem_bytes, tma_unsupported, RS_BM,
 };
 use super::upload::TileDeviceView;
 use super::walk::{tile_walk, tile_walk_wg, walk_plan, walkwg_plan};
@@ -142,9 +142,10 @@ pub enum TileKernel {
     /// tokens; one CTA per multiprocessor).
     Tma256,
     /// Union kernel for 16-column tiles with the weights as register operands of the warpgroup MMA
-    /// (sm_90), 128 features x 256 tokens per CTA: tiles loaded as they lie in the file, X copied
-    /// by TMA, the output transposed through shared memory.
-    Rs256,
+    /// (sm_90), 128 features x 192 tokens per output tile, persistent CTAs: tiles loaded as they
+    /// lie in the file, X copied by TMA, the output transposed through shared memory and stored by
+    /// TMA while the next tile's products run.
+    Rs,
 }
 
 impl TileKernel {
@@ -157,15 +158,21 @@ impl TileKernel {
             | TileKernel::Walk
             | TileKernel::Tma128
             | TileKernel::Tma256
-            | TileKernel::Rs256 => 128,
+            | TileKernel::Rs => 128,
         }
     }
     /// Tokens per CTA of the union kernels.
     pub fn bm(self) -> usize {
         match self {
-            TileKernel::Tma256 | TileKernel::Rs256 => 256,
+            TileKernel::Tma256 => 256,
+            TileKernel::Rs => RS_BM,
             _ => TILE_BM,
         }
+    }
+    /// Whether the kernel is persistent: a grid of at most one CTA per multiprocessor whose CTAs
+    /// each take a run of output tiles, instead of one CTA per output tile.
+    pub fn persistent(self) -> bool {
+        self == TileKernel::Rs
     }
     pub(crate) fn name(self, v: &TileDeviceView) -> String {
         let e = v.elem.suffix();
@@ -176,7 +183,7 @@ impl TileKernel {
             TileKernel::Tma128 | TileKernel::Tma256 => {
                 format!("tile_tma_{e}_{}x{}_bm{}", v.th, v.tw, self.bm())
             }
-            TileKernel::Rs256 => {
+            TileKernel::Rs => {
                 format!("tile_rs_{e}_{}x{}_bm{}", v.th, v.tw, self.bm())
             }
             TileKernel::Wg64 | TileKernel::Wg128 => {
@@ -188,7 +195,7 @@ impl TileKernel {
         match self {
             TileKernel::Mma | TileKernel::Walk | TileKernel::WalkWg => tile_smem_bytes(th),
             TileKernel::Tma128 | TileKernel::Tma256 => tma_smem_bytes(self.bm(), th),
-            TileKernel::Rs256 => rs_smem_bytes(th),
+            TileKernel::Rs => rs_smem_bytes(th),
             _ => wg_smem_bytes(self.bn(), th),
         }
     }
@@ -281,7 +288,7 @@ pub fn usable_kernels(rt: &CudaRuntime, v: &TileDeviceView, m: usize) -> Vec<Til
         }
     }
     if rs_unsupported(rt, v).is_none() {
-        out.push(TileKernel::Rs256);
+        out.push(TileKernel::Rs);
     }
     out
 }
@@ -353,7 +360,7 @@ pub fn auto_kernel(rt: &CudaRuntime, v: &TileDeviceView, m: usize) -> TileKernel
         && rs_unsupported(rt, v).is_none()
         && (!walk_pays || u128_ <= RS_MAX_UNION_WASTE * v.density())
     {
-        return TileKernel::Rs256;
+        return TileKernel::Rs;
     }
     if walk_pays {
         return TileKernel::Walk;
@@ -437,7 +444,7 @@ pub fn tile_gemm_with(
         TileKernel::Tma128 | TileKernel::Tma256 => {
             return tile_tma(rt, x, m, w, ep, y, splits, kern)
         }
-        TileKernel::Rs256 => return tile_rs(rt, x, m, w, ep, y, splits),
+        TileKernel::Rs => return tile_rs(rt, x, m, w, ep, y, splits),
         TileKernel::Mma | TileKernel::Wg64 | TileKernel::Wg128 => {}
     }
     // The wgmma union kernels (the other kernels check their own needs above).
@@ -483,11 +490,20 @@ pub(crate) fn launch_union(
     mut args: Vec<KArg>,
 ) -> Result<(), CudaError> {
     let splits = splits.clamp(1, 64);
-    let grid = (
-        w.rows.div_ceil(kern.bn()) as u32,
-        m.div_ceil(kern.bm()) as u32,
-        splits as u32,
-    );
+    let (groups, token_blocks) = (w.rows.div_ceil(kern.bn()), m.div_ceil(kern.bm()));
+    let grid = if kern.persistent() {
+        // CTAs share the output tiles in contiguous runs (grid x only): one per multiprocessor,
+        // or one per tile when the K range is split (then the splits already fill the device).
+        let tiles = groups * token_blocks;
+        let ctas = if splits == 1 {
+            tiles.min(rt.sm_count().max(1) as usize)
+        } else {
+            tiles
+        };
+        (ctas as u32, 1, splits as u32)
+    } else {
+        (groups as u32, token_blocks as u32, splits as u32)
+    };
     // Each split writes its own f32 slice of the workspace (no zeroing needed: every element of a
     // slice is written by exactly one CTA).
     let ws = if splits > 1 {

@@ -230,6 +230,11 @@ fn nvrtc_options(arch: &str, includes: &[PathBuf]) -> Vec<String> {
             .iter()
             .map(|d| format!("--include-path={}", d.display())),
     );
+    // Kernel experiments: `ETS_KERNEL_DEFINES="NAME=VALUE ..."` adds preprocessor definitions
+    // (part of the cache key, like every option).
+    if let Ok(defs) = std::env::var("ETS_KERNEL_DEFINES") {
+        opts.extend(defs.split_whitespace().map(|d| format!("-D{d}")));
+    }
     opts
 }
 
@@ -423,12 +428,15 @@ pub fn ptxas_resources(report: &KernelReport) -> Result<String, CudaError> {
     Ok(summarize_ptxas(&text))
 }
 
-/// Condenses `ptxas -v` output to one line per function.
+/// Condenses `ptxas -v` output to one line per function, keeping its warnings (such as wgmma
+/// serialised for lack of registers) on lines of their own.
 pub fn summarize_ptxas(text: &str) -> String {
     let mut out = String::new();
     let mut current = String::new();
     for line in text.lines() {
-        if let Some(i) = line.find("Compiling entry function '") {
+        if line.contains("warning") || line.contains("Potential Performance Loss") {
+            out.push_str(&format!("{}\n", line.trim()));
+        } else if let Some(i) = line.find("Compiling entry function '") {
             let rest = &line[i + 26..];
             current = rest.split('\'').next().unwrap_or(rest).to_string();
         } else if line.contains("bytes stack frame") && !current.is_empty() {

@@ -198,16 +198,26 @@ pub fn tile_tma(
 }
 
 /// Tokens per CTA of the register-operand kernel.
-pub const RS_BM: usize = 256;
+pub const RS_BM: usize = 192;
 
-/// Dynamic shared memory of the register-operand kernel for tile height `th`: four stages (X: 64
-/// columns of 256 tokens; W: four 16-column tiles per feature), 1 KiB to align them, the ring's
-/// barriers and the union list of `128 / th` block rows.
+/// Threads of the register-operand kernel: two consumer warpgroups and a producer warp.
+const RS_THREADS: u32 = 288;
+/// Stages of the register-operand kernel's ring.
+const RS_STAGES: usize = 4;
+
+/// Dynamic shared memory of the register-operand kernel for tile height `th`: three stages (X: 64
+/// columns of 256 tokens; W: four 16-column tiles per feature), the output staging buffer (256
+/// tokens x 128 features), 1 KiB to align them, the barriers (ring and residual), the per-stage
+/// information and the union list of `128 / th` block rows.
 pub fn rs_smem_bytes(th: usize) -> usize {
     let r = (TMA_BN / th).max(1);
     let meta = TILE_MAX_GRID_COLS * (1 + 2 + 2 + 1 + 2 * r) + 4 * r + 4;
-    let stages = 4;
-    stages * (RS_BM + TMA_BN) * 64 * 2 + 1024 + 16 * stages + meta.div_ceil(16) * 16
+    RS_STAGES * (RS_BM + TMA_BN) * 64 * 2
+        + RS_BM * TMA_BN * 2
+        + 1024
+        + 8 * (2 * RS_STAGES + 2)
+        + 8 * RS_STAGES
+        + meta.div_ceil(16) * 16
 }
 
 /// Why the register-operand kernel cannot run `w` on this device, or None when it can.
@@ -227,6 +237,12 @@ pub fn rs_unsupported(rt: &CudaRuntime, w: &TileDeviceView) -> Option<String> {
     if w.values % 16 != 0 {
         return Some("tile values are not 16-byte aligned".into());
     }
+    if w.rows % 8 != 0 {
+        return Some(format!(
+            "N = {} is not a multiple of 8 (Y is stored by TMA in 16-byte rows)",
+            w.rows
+        ));
+    }
     if rs_smem_bytes(w.th) > rt.max_smem_per_block() {
         return Some(format!(
             "needs {} bytes of shared memory (device {})",
@@ -237,7 +253,7 @@ pub fn rs_unsupported(rt: &CudaRuntime, w: &TileDeviceView) -> Option<String> {
     None
 }
 
-/// Runs the register-operand tile kernel ([`TileKernel::Rs256`]) with `splits` K splits (1: no
+/// Runs the register-operand tile kernel ([`TileKernel::Rs`]) with `splits` K splits (1: no
 /// split, fused epilogue).
 pub fn tile_rs(
     rt: &CudaRuntime,
@@ -262,18 +278,30 @@ pub fn tile_rs(
             ep.residual
         )));
     }
-    // The common tile arguments with X replaced by its two maps (the weights are read through
-    // plain pointers): (maps of X, M, K, bitmap, row offsets, values, N, grid, epilogue, Y, ldy;
-    // the workspace follows).
+    // Y and the residual as (N, M) maps of 64-feature x 256-token boxes with the 128-byte swizzle
+    // (the staging buffer's layout); without a residual its map is never read and repeats Y's.
+    let dims = [w.rows as u64, m as u64];
+    let pitch = [w.rows as u64 * 2];
+    let out_box = [64, bm as u32];
+    let map_y = encode(y, w.elem, &dims, &pitch, &out_box, SW128)?;
+    let map_res = if ep.residual != 0 {
+        encode(ep.residual, w.elem, &dims, &pitch, &out_box, SW128)?
+    } else {
+        map_y
+    };
+    // The common tile arguments with X replaced by its two maps and Y by the output maps (the
+    // weights are read through plain pointers): (maps of X, Y and residual, M, K, bitmap, row
+    // offsets, values, N, grid, bias, residual, GELU; the workspace follows).
     let c = tile_args(x, m, w, ep, y);
     let mut args = x_maps(x, m, w, bm)?.to_vec();
+    args.extend([KArg::TensorMap(map_y), KArg::TensorMap(map_res)]);
     args.extend_from_slice(&c[1..3]);
-    args.extend_from_slice(&c[4..]);
+    args.extend_from_slice(&c[4..13]);
     let smem = rs_smem_bytes(w.th);
     launch_union(
         rt,
-        TileKernel::Rs256,
-        TMA_THREADS,
+        TileKernel::Rs,
+        RS_THREADS,
         smem,
         w,
         m,
