@@ -28,6 +28,9 @@ done
 export LD_LIBRARY_PATH="$links:$CUDA_HOME/lib64:${LD_LIBRARY_PATH:-}"
 export ETS_KERNEL_CACHE="${ETS_KERNEL_CACHE:-$(mktemp -d)}"
 export ETS_PTXAS="${ETS_PTXAS:-$CUDA_HOME/bin/ptxas}"
+# Name each check case on stderr before it runs (the results print at the end), so that a run cut
+# off by the timeout shows which case it was in.
+export ETS_CHECK_TRACE="${ETS_CHECK_TRACE-1}"
 
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu,power.draw --format=csv 2>&1 | tee "$out/nvidia-smi.txt"
 

@@ -298,9 +298,8 @@ pub fn synthetic_suite(rt: &CudaRuntime, rng: &mut Rng) -> Result<Vec<CheckResul
                 )?);
             }
         }
-        // The persistent register-operand kernel over many output tiles per cluster: several
-        // feature groups per cluster's run, an odd number of token blocks (the last pair's second
-        // tile lies past M) and a partial last block.
+        // The persistent register-operand kernel over many output tiles per CTA: several feature
+        // groups in one CTA's run (the union list rebuilt), a partial last token block.
         let rs_view = TileDeviceView::for_planning(2304, 768, 16, 16, elem);
         if gemm::usable_kernels(rt, &rs_view, 7800).contains(&TileKernel::Rs) {
             for (d, gelu, res) in [(1.0, true, true), (0.3, false, false)] {

@@ -316,7 +316,7 @@ pub const RS_MAX_UNION_WASTE: f64 = 1.5;
 ///   (whole 128-byte rows per copy; 0.59-0.86x of cuBLAS at density 1, against 0.49-0.57x for
 ///   the next best, and ahead of the row walk at every density);
 /// - 16-column tiles from [`TMA_MIN_TOKENS`] tokens on sm_90: the register-operand kernel
-///   (0.53-0.64x at density 1 against 0.43-0.49x; 0.73-0.95x on grouped masks at density 0.5),
+///   (0.56-0.60x at density 1 against 0.43-0.47x; 0.86-0.91x on grouped masks at density 0.5),
 ///   unless the row walk runs and the group union exceeds [`RS_MAX_UNION_WASTE`] x the density;
 /// - the row-walk kernel when 128 tokens of X fit in shared memory (K up to ~900) and the density
 ///   is at most [`WALK_MAX_DENSITY`] ([`WALK_MAX_DENSITY_TALL`] for 64-row tiles); with fewer

@@ -205,8 +205,8 @@ const RS_THREADS: u32 = 288;
 /// Stages of the register-operand kernel's ring.
 const RS_STAGES: usize = 4;
 
-/// Dynamic shared memory of the register-operand kernel for tile height `th`: three stages (X: 64
-/// columns of 256 tokens; W: four 16-column tiles per feature), the output staging buffer (256
+/// Dynamic shared memory of the register-operand kernel for tile height `th`: four stages (X: 64
+/// columns of 192 tokens; W: four 16-column tiles per feature), the output staging buffer (192
 /// tokens x 128 features), 1 KiB to align them, the barriers (ring and residual), the per-stage
 /// information and the union list of `128 / th` block rows.
 pub fn rs_smem_bytes(th: usize) -> usize {
@@ -278,7 +278,7 @@ pub fn tile_rs(
             ep.residual
         )));
     }
-    // Y and the residual as (N, M) maps of 64-feature x 256-token boxes with the 128-byte swizzle
+    // Y and the residual as (N, M) maps of 64-feature x 192-token boxes with the 128-byte swizzle
     // (the staging buffer's layout); without a residual its map is never read and repeats Y's.
     let dims = [w.rows as u64, m as u64];
     let pitch = [w.rows as u64 * 2];
