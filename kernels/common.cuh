@@ -33,6 +33,13 @@ __device__ __forceinline__ void ldmatrix_x4(u32 addr, u32& r0, u32& r1, u32& r2,
 
 __device__ __forceinline__ void ldmatrix_x4(u32 addr, u32 (&r)[4]) { ldmatrix_x4(addr, r[0], r[1], r[2], r[3]); }
 
+// The transposed load: thread t receives the matrix elements stmatrix .trans would take from it.
+__device__ __forceinline__ void ldmatrix_x4_trans(u32 addr, u32 (&r)[4]) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+}
+
 // D += A * B on tensor cores, m16n8k16, fp32 accumulation; B given as its two registers.
 template <bool BF16>
 __device__ __forceinline__ void mma16816(float* c, const u32* a, u32 b0, u32 b1) {

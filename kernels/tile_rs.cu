@@ -36,14 +36,6 @@ namespace etr {
 
 using namespace ek;
 
-__device__ __forceinline__ void bulk_copy(u32 dst, const void* src, u32 bytes, u32 bar) {
-#if ETW_WGMMA
-    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(dst),
-                 "l"(src), "r"(bytes), "r"(bar)
-                 : "memory");
-#endif
-}
-
 __device__ __forceinline__ void stmatrix_x4_trans(u32 addr, u32 r0, u32 r1, u32 r2, u32 r3) {
 #if ETW_WGMMA
     asm volatile("stmatrix.sync.aligned.m8n8.x4.trans.shared.b16 [%0], {%1, %2, %3, %4};\n" ::"r"(addr), "r"(r0),
@@ -70,35 +62,6 @@ __device__ __forceinline__ void named_barrier() {
 // 16-byte chunks of a row XOR-swizzled by (row & 7) so that stmatrix's eight rows hit distinct banks.
 __device__ __forceinline__ u32 out_chunk(u32 base, int row, int chunk) {
     return base + static_cast<u32>(row * 128 + ((chunk ^ (row & 7)) << 4));
-}
-
-__device__ __forceinline__ void ldmatrix_x4_trans(u32 addr, u32 (&r)[4]) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(addr));
-}
-
-// TMA store of a shared-memory box to global memory, and the waits on this thread's stores.
-__device__ __forceinline__ void tma_store_2d(const TensorMap* map, int c0, int c1, u32 src) {
-#if ETW_WGMMA
-    asm volatile("cp.async.bulk.tensor.2d.global.shared::cta.bulk_group [%0, {%1, %2}], [%3];\n" ::"l"(
-                     reinterpret_cast<u64>(map)),
-                 "r"(c0), "r"(c1), "r"(src)
-                 : "memory");
-    asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
-#endif
-}
-// The shared memory of this thread's earlier stores has been read (it may be written again).
-__device__ __forceinline__ void tma_store_wait_read() {
-#if ETW_WGMMA
-    asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
-#endif
-}
-// This thread's earlier stores are complete.
-__device__ __forceinline__ void tma_store_wait_all() {
-#if ETW_WGMMA
-    asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
-#endif
 }
 
 template <int BT>

@@ -1,4 +1,4 @@
-// Tensor Memory Accelerator (TMA) and mbarrier helpers shared by the TMA-fed kernels (tile_tma.cu,
+// Tensor Memory Accelerator (TMA), bulk-copy and mbarrier helpers shared by the TMA-fed kernels (tile_tma.cu,
 // tile_rs.cu); the loader prepends this file (after common.cuh, union.cuh and wgmma.cuh) to them.
 // TMA copies and mbarrier transaction counts exist from sm_90 on; built for another target the
 // helpers compile to nothing (the kernels trap there, see wgmma.cuh).
@@ -46,6 +46,38 @@ __device__ __forceinline__ void tma_load_3d(u32 dst, const TensorMap* map, int c
         "%4}], [%5];\n" ::"r"(dst),
         "l"(reinterpret_cast<u64>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(bar)
         : "memory");
+#endif
+}
+
+// A bulk copy of `bytes` contiguous bytes (no tensor map) into shared memory, counted by `bar`.
+__device__ __forceinline__ void bulk_copy(u32 dst, const void* src, u32 bytes, u32 bar) {
+#if ETW_WGMMA
+    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(dst),
+                 "l"(src), "r"(bytes), "r"(bar)
+                 : "memory");
+#endif
+}
+
+// TMA store of a shared-memory box to global memory, and the waits on this thread's stores.
+__device__ __forceinline__ void tma_store_2d(const TensorMap* map, int c0, int c1, u32 src) {
+#if ETW_WGMMA
+    asm volatile("cp.async.bulk.tensor.2d.global.shared::cta.bulk_group [%0, {%1, %2}], [%3];\n" ::"l"(
+                     reinterpret_cast<u64>(map)),
+                 "r"(c0), "r"(c1), "r"(src)
+                 : "memory");
+    asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
+#endif
+}
+// The shared memory of this thread's earlier stores has been read (it may be written again).
+__device__ __forceinline__ void tma_store_wait_read() {
+#if ETW_WGMMA
+    asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
+#endif
+}
+// This thread's earlier stores are complete.
+__device__ __forceinline__ void tma_store_wait_all() {
+#if ETW_WGMMA
+    asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
 #endif
 }
 
