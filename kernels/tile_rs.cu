@@ -178,9 +178,11 @@ __device__ __forceinline__ void consumers(const Schedule& sched, const TensorMap
                 if (q & 1) mma_stage<BF16, BT>(acc, afrag1, wrow, kept4, contig, xb, TILE);
                 else mma_stage<BF16, BT>(acc, afrag0, wrow, kept4, contig, xb, TILE);
             }
-            // The previous stage's products are done: release its buffers.
+            // The previous stage's products are done: release its buffers. Every warp arrives once
+            // it is done with a stage (a stage without products does not make the warpgroup's
+            // warps wait for each other, and its StageInfo must stay until all have read it).
             wgmma_wait<1>();
-            if (pend >= 0 && leader) mbar_arrive(empty_bar + 8 * pend);
+            if (pend >= 0 && lane == 0) mbar_arrive(empty_bar + 8 * pend);
             pend = b;
             if (last) {
                 ++q;
@@ -188,7 +190,7 @@ __device__ __forceinline__ void consumers(const Schedule& sched, const TensorMap
             }
         }
         wgmma_wait<0>();
-        if (leader) mbar_arrive(empty_bar + 8 * pend);
+        if (lane == 0) mbar_arrive(empty_bar + 8 * pend);
         pend = -1;
 
         // Accumulators of m64nBTk16: this thread holds features fa = frow + lane/4 and fa + 8, tokens
@@ -290,7 +292,7 @@ __device__ void body(const TensorMap* tmx, const TensorMap* tmx_wide, const Tens
     if (tid == 0) {
         for (int s = 0; s < STAGES; ++s) {
             mbar_init(full_bar + 8 * s, 1);
-            mbar_init(empty_bar + 8 * s, 2);  // one arrival per consumer warpgroup
+            mbar_init(empty_bar + 8 * s, 8);  // one arrival per consumer warp
         }
         mbar_init(res_bar, 1);
         mbar_init(res_bar + 8, 1);
