@@ -337,19 +337,13 @@ __device__ void body(const TensorMap* tmx, const TensorMap* tmx_wide, const Tens
                 if (lane == 0) bytes += RG::STAGE_X;
                 bytes = __reduce_add_sync(0xffffffffu, bytes);
                 const u32 kept_all = __reduce_or_sync(0xffffffffu, lane < R ? kept_bits << (4 * lane) : 0u);
-                if (ETR_EXPERIMENT == 1) {
-                    if (lane == 0) {
-                        info[b] = StageInfo{kept_all, (contig ? STAGE_CONTIG : 0u) | (g == GL - 1 ? STAGE_LAST : 0u)};
-                        mbar_arrive(bar);
-                    }
-                    __syncwarp();
-                    continue;
-                }
                 if (lane == 0) {
                     info[b] = StageInfo{kept_all, (contig ? STAGE_CONTIG : 0u) | (g == GL - 1 ? STAGE_LAST : 0u)};
-                    mbar_arrive_expect_tx(bar, bytes);
+                    if (ETR_EXPERIMENT == 1) mbar_arrive(bar);  // no copies follow
+                    else mbar_arrive_expect_tx(bar, bytes);
                 }
                 __syncwarp();
+                if (ETR_EXPERIMENT == 1) continue;
                 if (lane < R && kept_bits) {
                     const int r = lane;
                     const u32 dst = ws_base + b * RG::STAGE_W + r * SLOTS * TILE;

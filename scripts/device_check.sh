@@ -56,9 +56,9 @@ if [ "${ETS_NCU:-0}" = 1 ] && command -v ncu >/dev/null; then
         ncu --clock-control none -k "regex:$ncu_kernel" -s 5 -c 1 --section SpeedOfLight --section Occupancy \
             --section WarpStateStats --section LaunchStats --section MemoryWorkloadAnalysis \
             --section ComputeWorkloadAnalysis \
-            --metrics sm__pipe_tensor_op_gmma_cycles_active.avg.pct_of_peak_sustained_active,lts__t_bytes.sum.per_second \
+            --metrics lts__t_bytes.sum.per_second \
             "$bin" one $ncu_args > "$out/ncu$i.txt" 2>&1
-        grep -E "tile_|gemm|Duration|Throughput|Occupancy|Stall|Warp Cycles|Registers|Shared Memory|Block Limit|Bank|Issued|gmma|lts__|ERROR" "$out/ncu$i.txt" | head -60
+        grep -E "tile_|gemm|Duration|Throughput|Occupancy|Stall|Warp Cycles|Registers|Shared Memory|Block Limit|Bank|Issued|pipeline|lts__|ERROR" "$out/ncu$i.txt" | head -60
     done
 fi
 echo "et-bench exit code $rc"
