@@ -27,7 +27,8 @@
 #define ETR_BN 128
 #define ETR_THREADS 288  // two consumer warpgroups and one producer warp
 // Timing experiments only (results are wrong): 1 = the producer copies nothing (the consumers
-// multiply stale buffers: the consumer side's bound); 2 = the consumers issue no MMA (the copies' bound).
+// multiply stale buffers: the consumer side's bound); 2 = the consumers issue no MMA (the copies' bound);
+// 3 = as 2, and only X is copied; 4 = as 2, and only the weights are copied.
 #ifndef ETR_EXPERIMENT
 #define ETR_EXPERIMENT 0
 #endif
@@ -86,7 +87,8 @@ constexpr u32 STAGE_LAST = 2;    // the output tile's last stage
 constexpr u32 STAGE_EMPTY = 4;   // no product (the group keeps no tile in this K range)
 
 // The output tiles of CTA `c` out of `P`: a contiguous run of the T = groups x token blocks tiles,
-// numbered feature group first, so a CTA rebuilds its union list rarely.
+// numbered feature group first, so a CTA rebuilds its union list rarely. (Round robin over tiles
+// numbered token block first, so that CTAs running at once share X rows, measured slower.)
 struct Schedule {
     long long beg, end;
     int MB;  // token blocks
@@ -170,7 +172,7 @@ __device__ __forceinline__ void consumers(const Schedule& sched, const TensorMap
                 tma_load_2d(out, tmres, n0 + wg * 64, m0, my_res_bar);
                 res_issued = true;
             }
-            if (!(inf.flags & STAGE_EMPTY) && ETR_EXPERIMENT != 2) {
+            if (!(inf.flags & STAGE_EMPTY) && ETR_EXPERIMENT < 2) {
                 const u32 kept4 = (inf.kept >> (4 * r)) & 0xFu;
                 const bool contig = (inf.flags & STAGE_CONTIG) != 0;
                 const u32 wrow = ws_base + b * RG::STAGE_W + r * SLOTS * TILE + lane_off;
@@ -267,7 +269,7 @@ __device__ __forceinline__ void consumers(const Schedule& sched, const TensorMap
 
 template <typename T, bool BF16, int TH, int BT>
 __device__ void body(const TensorMap* tmx, const TensorMap* tmx_wide, const TensorMap* tmy, const TensorMap* tmres,
-                     int M, int K, const u64* __restrict__ bitmap, const u32* __restrict__ row_offsets,
+                     const TensorMap* tmw, int wcnt, int M, int K, const u64* __restrict__ bitmap, const u32* __restrict__ row_offsets,
                      const T* __restrict__ values, int N, int grid_rows, int grid_cols, const float* __restrict__ bias,
                      const T* __restrict__ residual, int gelu, float* __restrict__ ws) {
     using RG = Ring<BT>;
@@ -304,11 +306,17 @@ __device__ void body(const TensorMap* tmx, const TensorMap* tmx_wide, const Tens
     if (warp == 8) {
         // Producer. Lane r < R: block row r's tiles of the stage; lanes R .. R + 3: X.
         int q = 0, cur_group = -1, U = 0, gbeg = 0, GL = 0;
+        bool group_boxed = false;
         for (long long t = sched.beg; t < sched.end; ++t) {
             const int group = sched.group(t), m0 = sched.m0(t, BT);
             if (group != cur_group) {
                 build_union<R, 32>(md, bitmap, row_offsets, grid_rows, grid_cols, group * R, lane);
                 cur_group = group;
+                // Whether the group's block rows lie where the weight map puts them (every row
+                // before them keeps wcnt tiles), so that one box can copy a stage of all of them.
+                const int br = group * R + lane;
+                group_boxed = wcnt > 0 && __all_sync(0xffffffffu, lane >= R || br >= grid_rows ||
+                                                                      md.rowoff[lane] == static_cast<u32>(br) * wcnt);
                 U = md.U;
                 const int G = (U + SLOTS - 1) / SLOTS;
                 gbeg = static_cast<int>((static_cast<long long>(G) * blockIdx.z) / gridDim.z);
@@ -333,8 +341,16 @@ __device__ void body(const TensorMap* tmx, const TensorMap* tmx_wide, const Tens
                     for (int s = 0; s < SLOTS; ++s)
                         if (j0 + s < U && ((md.umask[j0 + s] >> lane) & 1u)) kept_bits |= 1u << s;
                 }
-                u32 bytes = static_cast<u32>(__popc(kept_bits)) * TILE;
-                if (lane == 0) bytes += RG::STAGE_X;
+                // One box for the stage's weights when every row of the group keeps all four tiles at
+                // the same place in its row (density 1, grouped masks): the box's row pitch is wcnt
+                // tiles. Rows past the matrix come as zeros (and have no product).
+                const bool row_live = lane < R && group * R + lane < grid_rows;
+                const u32 k0 = __shfl_sync(0xffffffffu, lane < R ? md.kidx[lane][j0] : 0u, 0);
+                const bool boxed = group_boxed && __all_sync(0xffffffffu, !row_live || (kept_bits == 0xFu &&
+                                                                                         md.kidx[lane][j0] == k0));
+                u32 bytes = ETR_EXPERIMENT == 3 ? 0u : static_cast<u32>(__popc(kept_bits)) * TILE;
+                if (boxed) bytes = (lane == 0 && ETR_EXPERIMENT != 3) ? RG::STAGE_W : 0u;
+                if (lane == 0 && ETR_EXPERIMENT < 4) bytes += RG::STAGE_X;
                 bytes = __reduce_add_sync(0xffffffffu, bytes);
                 const u32 kept_all = __reduce_or_sync(0xffffffffu, lane < R ? kept_bits << (4 * lane) : 0u);
                 if (lane == 0) {
@@ -344,7 +360,11 @@ __device__ void body(const TensorMap* tmx, const TensorMap* tmx_wide, const Tens
                 }
                 __syncwarp();
                 if (ETR_EXPERIMENT == 1) continue;
-                if (lane < R && kept_bits) {
+                if (boxed) {
+                    if (lane == 0 && ETR_EXPERIMENT != 3)
+                        tma_load_3d(ws_base + b * RG::STAGE_W, tmw, 0, static_cast<int>(k0) * (TH / 4), group * R, bar);
+                }
+                if (lane < R && kept_bits && ETR_EXPERIMENT != 3 && !boxed) {
                     const int r = lane;
                     const u32 dst = ws_base + b * RG::STAGE_W + r * SLOTS * TILE;
                     // The row's kept tiles among the stage's columns are consecutive in the file.
@@ -358,7 +378,7 @@ __device__ void body(const TensorMap* tmx, const TensorMap* tmx_wide, const Tens
                         for (int s = 0; s < SLOTS; ++s)
                             if ((kept_bits >> s) & 1u) bulk_copy(dst + s * TILE, src + (k++) * (TH * 16), TILE, bar);
                     }
-                } else if (lane >= R && lane < R + SLOTS) {
+                } else if (lane >= R && lane < R + SLOTS && ETR_EXPERIMENT < 4) {
                     const int s = lane - R;
                     if (contig) {
                         if (s == 0) tma_load_2d(xs_base + b * RG::STAGE_X, tmx_wide, static_cast<int>(md.ucol[j0]) * 16, m0, bar);
@@ -389,10 +409,10 @@ __device__ void body(const TensorMap* tmx, const TensorMap* tmx_wide, const Tens
 #define ETS_TILE_RS(NAME, T, BF, TH, BT)                                                                      \
     extern "C" __global__ void __launch_bounds__(ETR_THREADS, 1)                                              \
         NAME(const __grid_constant__ ek::TensorMap tmx, const __grid_constant__ ek::TensorMap tmx_wide,        \
-             const __grid_constant__ ek::TensorMap tmy, const __grid_constant__ ek::TensorMap tmres, int M,     \
-             int K, const u64* bitmap, const u32* row_offsets, const T* values, int N, int grid_rows,           \
+             const __grid_constant__ ek::TensorMap tmy, const __grid_constant__ ek::TensorMap tmres,            \
+             const __grid_constant__ ek::TensorMap tmw, int wcnt, int M, int K, const u64* bitmap, const u32* row_offsets, const T* values, int N, int grid_rows,           \
              int grid_cols, const float* bias, const T* residual, int gelu, float* ws) {                       \
-        etr::body<T, BF, TH, BT>(&tmx, &tmx_wide, &tmy, &tmres, M, K, bitmap, row_offsets, values, N,          \
+        etr::body<T, BF, TH, BT>(&tmx, &tmx_wide, &tmy, &tmres, &tmw, wcnt, M, K, bitmap, row_offsets, values, N,          \
                                  grid_rows, grid_cols, bias, residual, gelu, ws);                              \
     }
 

@@ -9,7 +9,10 @@
 #      ETS_NCU=1 (Nsight Compute on one launch; ETS_NCU_ARGS: et-bench `one` arguments;
 #      ETS_NCU_KERNEL: a regular expression for the kernel name, default tile_),
 #      ETS_CHECK_ETS (extra .ets files to check, space separated; unset: .cuda/minilm.ets if present;
-#      set but empty: none).
+#      set but empty: none),
+#      ETS_VARIANTS (kernel experiments: ';'-separated sets of preprocessor definitions, each timed
+#      with `et-bench one` on every ';'-separated argument set of ETS_VARIANT_ARGS; ETS_BENCH_CMD=none
+#      skips the main run).
 set -uo pipefail
 
 bin="${ETS_BENCH_BIN:-target/release/et-bench}"
@@ -44,8 +47,21 @@ for f in ${ETS_CHECK_ETS-.cuda/minilm.ets}; do
     [ -f "$f" ] && extra+=(--ets "$f")
 done
 # A hung kernel must not eat the whole session: the run is bounded (ETS_TIMEOUT seconds).
-timeout "${ETS_TIMEOUT:-480}" "$bin" "${ETS_BENCH_CMD:-all}" "${extra[@]}" ${ETS_BENCH_ARGS:-} 2>&1 | tee "$out/et-bench.log"
-rc=${PIPESTATUS[0]}
+rc=0
+if [ "${ETS_BENCH_CMD:-all}" != none ]; then
+    timeout "${ETS_TIMEOUT:-480}" "$bin" "${ETS_BENCH_CMD:-all}" "${extra[@]}" ${ETS_BENCH_ARGS:-} 2>&1 | tee "$out/et-bench.log"
+    rc=${PIPESTATUS[0]}
+fi
+if [ -n "${ETS_VARIANTS:-}" ]; then
+    IFS=';' read -ra variant_sets <<< "$ETS_VARIANTS"
+    IFS=';' read -ra variant_args <<< "${ETS_VARIANT_ARGS:---kernel rs}"
+    for defs in "${variant_sets[@]}"; do
+        for args in "${variant_args[@]}"; do
+            echo "== variant [$defs] $args"
+            ETS_KERNEL_DEFINES="$defs" timeout 120 "$bin" one $args 2>&1 | grep -E "^M |rror" | tee -a "$out/variants.log"
+        done
+    done
+fi
 if [ "${ETS_NCU:-0}" = 1 ] && command -v ncu >/dev/null; then
     ncu_args="${ETS_NCU_ARGS:---tokens 16384 --k 768 --n 3072 --density 0.5}"
     # One report per regular expression (space separated), e.g. a tile kernel and cuBLAS's.
@@ -56,9 +72,9 @@ if [ "${ETS_NCU:-0}" = 1 ] && command -v ncu >/dev/null; then
         ncu --clock-control none -k "regex:$ncu_kernel" -s 5 -c 1 --section SpeedOfLight --section Occupancy \
             --section WarpStateStats --section LaunchStats --section MemoryWorkloadAnalysis \
             --section ComputeWorkloadAnalysis \
-            --metrics lts__t_bytes.sum.per_second \
+            --metrics lts__t_bytes.sum.per_second,dram__bytes_read.sum,dram__bytes_write.sum,lts__t_bytes.sum \
             "$bin" one $ncu_args > "$out/ncu$i.txt" 2>&1
-        grep -E "tile_|gemm|Duration|Throughput|Occupancy|Stall|Warp Cycles|Registers|Shared Memory|Block Limit|Bank|Issued|pipeline|lts__|ERROR" "$out/ncu$i.txt" | head -60
+        grep -E "tile_|gemm|Duration|Throughput|Hit Rate|Occupancy|Stall|Warp Cycles|Registers|Shared Memory|Block Limit|Bank|Issued|pipeline|lts__|dram__|ERROR" "$out/ncu$i.txt" | head -60
     done
 fi
 echo "et-bench exit code $rc"

@@ -74,6 +74,10 @@ enum Cmd {
         /// Grouped masks (each 128-feature group keeps the same tile columns).
         #[arg(long)]
         grouped: bool,
+        /// Time only this tile kernel (e.g. rs, walk; default: the automatic choice and every
+        /// other usable kernel).
+        #[arg(long)]
+        kernel: Option<String>,
     },
     /// NVRTC compile and ptxas resource report.
     Resources {
@@ -121,6 +125,7 @@ fn main() -> ExitCode {
             tile,
             tw,
             grouped,
+            kernel,
         } => open().and_then(|rt| {
             let mut rng = Rng::fresh();
             let inp = Inputs::new(&rt, &mut rng, tokens, n, k)?;
@@ -130,7 +135,16 @@ fn main() -> ExitCode {
                 MaskMode::Random
             };
             let shape = (tile, tw.unwrap_or(tile));
-            let r = bench::bench_one(&rt, &mut rng, &inp, tokens, shape, density, mode, true)?;
+            let r = bench::bench_one(
+                &rt,
+                &mut rng,
+                &inp,
+                tokens,
+                shape,
+                density,
+                mode,
+                kernel.as_deref(),
+            )?;
             print_result(&r, 4000.0);
             Ok(true)
         }),
@@ -321,7 +335,7 @@ fn run_bench(rt: &CudaRuntime, quick: bool) -> Result<(), CudaError> {
                     continue;
                 }
                 for &d in set.densities {
-                    let r = bench::bench_one(rt, &mut rng, &inp, t, set.shape, d, set.mode, true)?;
+                    let r = bench::bench_one(rt, &mut rng, &inp, t, set.shape, d, set.mode, None)?;
                     print_result(&r, d2d);
                     results.push(r);
                 }

@@ -108,7 +108,8 @@ pub fn random_dev(rt: &CudaRuntime, rng: &mut Rng, n: usize) -> Result<DevBuf, C
     Ok(buf)
 }
 
-fn mask(
+/// A tile mask of `gr x gc` tiles of height `tile` at `density`, drawn the way `mode` says.
+pub(crate) fn mask(
     rng: &mut Rng,
     gr: usize,
     gc: usize,
@@ -176,7 +177,7 @@ pub fn bench_one(
     (th, tw): (usize, usize),
     density: f64,
     mode: MaskMode,
-    all_kernels: bool,
+    only: Option<&str>,
 ) -> Result<GemmResult, CudaError> {
     let (n, k) = (inp.n, inp.k);
     let (gr, gc) = (n.div_ceil(th), k.div_ceil(tw));
@@ -187,14 +188,30 @@ pub fn bench_one(
     let view = tiles.view;
     let ep = Epilogue::default();
     let auto = gemm::auto_kernel(rt, &view, tokens);
-    let mut kernels = vec![auto];
-    if all_kernels {
-        kernels.extend(
-            gemm::usable_kernels(rt, &view, tokens)
-                .into_iter()
-                .filter(|&kk| kk != auto),
-        );
-    }
+    // The unmeasured default first, then every other usable kernel; or the one kernel named
+    // (case-insensitive), which then is the result's kernel.
+    let kernels: Vec<TileKernel> = match only {
+        None => std::iter::once(auto)
+            .chain(
+                gemm::usable_kernels(rt, &view, tokens)
+                    .into_iter()
+                    .filter(|&kk| kk != auto),
+            )
+            .collect(),
+        Some(name) => {
+            let usable = gemm::usable_kernels(rt, &view, tokens);
+            let found = usable
+                .iter()
+                .copied()
+                .find(|kk| format!("{kk:?}").eq_ignore_ascii_case(name));
+            vec![found.ok_or_else(|| {
+                CudaError::Invalid(format!(
+                    "kernel {name:?} is not usable for this shape (usable: {usable:?})"
+                ))
+            })?]
+        }
+    };
+    let auto = kernels[0];
     let mut per_kernel = Vec::new();
     for kern in kernels {
         let splits = gemm::tile_splits_bn(rt.sm_count() as usize, tokens, &view, kern.bn());

@@ -9,6 +9,7 @@ use crate::format::{
     WriteOptions,
 };
 
+use super::bench::{self, MaskMode};
 use super::device::{CudaRuntime, ElemType};
 use super::dispatch::Dispatcher;
 use super::error::CudaError;
@@ -133,16 +134,48 @@ pub fn check_case(
     rng: &mut Rng,
     elem: ElemType,
     path: CheckPath,
+    shape: (usize, usize, usize),
+    tile: (usize, usize),
+    density: f64,
+    gelu: bool,
+    residual: bool,
+) -> Result<CheckResult, CudaError> {
+    check_case_masked(
+        rt,
+        rng,
+        elem,
+        path,
+        shape,
+        tile,
+        (density, MaskMode::Random),
+        gelu,
+        residual,
+    )
+}
+
+/// [`check_case`] with tile masks drawn as `mode` says (grouped and balanced masks take other
+/// paths through the kernels than random ones).
+#[allow(clippy::too_many_arguments)]
+pub fn check_case_masked(
+    rt: &CudaRuntime,
+    rng: &mut Rng,
+    elem: ElemType,
+    path: CheckPath,
     (m, n, k): (usize, usize, usize),
     (th, tw): (usize, usize),
-    density: f64,
+    (density, mode): (f64, MaskMode),
     gelu: bool,
     residual: bool,
 ) -> Result<CheckResult, CudaError> {
     let scale = 1.0 / (k as f32).sqrt();
     let w = round_trip(elem, &rng.vec(n * k, scale * 1.7));
+    let masks = match mode {
+        MaskMode::Random => "",
+        MaskMode::Grouped => " grouped",
+        MaskMode::Balanced => " balanced",
+    };
     let name = format!(
-        "{path:?} {} M{m} N{n} K{k} {th}x{tw} d{density} gelu={} res={}",
+        "{path:?} {} M{m} N{n} K{k} {th}x{tw}{masks} d{density} gelu={} res={}",
         elem.suffix(),
         gelu as u8,
         residual as u8
@@ -153,7 +186,7 @@ pub fn check_case(
         | CheckPath::TileNoSplit
         | CheckPath::TileViaCublas
         | CheckPath::Forced(_) => {
-            let keep = rng.mask(n.div_ceil(th) * k.div_ceil(tw), density);
+            let keep = bench::mask(rng, n.div_ceil(th), k.div_ceil(tw), th, density, mode);
             let h =
                 HostTiles::from_dense(&w, n, k, th, tw, &keep, elem).map_err(CudaError::Invalid)?;
             let dense = h.to_dense_f32();
@@ -302,19 +335,29 @@ pub fn synthetic_suite(rt: &CudaRuntime, rng: &mut Rng) -> Result<Vec<CheckResul
         // groups in one CTA's run (the union list rebuilt), a partial last token block; and with
         // 128x16 tiles at density 0.02 about a third of the groups keep no tile at all, so CTAs
         // run through several tiles without products (bias, GELU and residual only).
-        for (tile, d, gelu, res) in [
-            ((16, 16), 1.0, true, true),
-            ((16, 16), 0.3, false, false),
-            ((128, 16), 0.02, true, true),
+        // Weights whose block rows all keep the same number of tiles (density 1, grouped and
+        // balanced masks) come one box per stage where a group's rows keep the same four tiles
+        // (not for balanced masks: row by row), also with a partial last group (N = 2000: five
+        // block rows of 16 past the last full group; 80 rows in the last 128x16 block row).
+        use MaskMode::{Balanced, Grouped, Random};
+        for (shape, tile, d, gelu, res) in [
+            ((7800, 2304, 768), (16, 16), (1.0, Random), true, true),
+            ((7800, 2304, 768), (16, 16), (0.3, Random), false, false),
+            ((7800, 2304, 768), (128, 16), (0.02, Random), true, true),
+            ((7800, 2304, 768), (16, 16), (0.5, Grouped), true, true),
+            ((7800, 2304, 768), (16, 16), (0.5, Balanced), false, true),
+            ((7800, 2000, 768), (16, 16), (1.0, Random), true, false),
+            ((4000, 2000, 3072), (128, 16), (1.0, Random), false, true),
+            ((4000, 2304, 3072), (64, 16), (0.3, Grouped), true, false),
         ] {
-            let rs_view = TileDeviceView::for_planning(2304, 768, tile.0, tile.1, elem);
-            if gemm::usable_kernels(rt, &rs_view, 7800).contains(&TileKernel::Rs) {
-                out.push(check_case(
+            let rs_view = TileDeviceView::for_planning(shape.1, shape.2, tile.0, tile.1, elem);
+            if gemm::usable_kernels(rt, &rs_view, shape.0).contains(&TileKernel::Rs) {
+                out.push(check_case_masked(
                     rt,
                     rng,
                     elem,
                     CheckPath::Forced(TileKernel::Rs),
-                    (7800, 2304, 768),
+                    shape,
                     tile,
                     d,
                     gelu,

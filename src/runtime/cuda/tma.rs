@@ -19,6 +19,7 @@ pub const TMA_BN: usize = 128;
 const TMA_THREADS: u32 = 288;
 const SW32: sys::CUtensorMapSwizzle = sys::CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_32B;
 const SW128: sys::CUtensorMapSwizzle = sys::CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_128B;
+const SW_NONE: sys::CUtensorMapSwizzle = sys::CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_NONE;
 /// Columns per TMA copy (one 32-byte swizzle row of 16-bit values).
 const SLICE: u32 = 16;
 
@@ -292,9 +293,18 @@ pub fn tile_rs(
     // The common tile arguments with X replaced by its two maps and Y by the output maps (the
     // weights are read through plain pointers): (maps of X, Y and residual, M, K, bitmap, row
     // offsets, values, N, grid, bias, residual, GELU; the workspace follows).
+    let (map_w, wcnt) = match uniform_rows_map(w) {
+        Some((map, cnt)) => (map, cnt),
+        None => (map_y, 0),
+    };
     let c = tile_args(x, m, w, ep, y);
     let mut args = x_maps(x, m, w, bm)?.to_vec();
-    args.extend([KArg::TensorMap(map_y), KArg::TensorMap(map_res)]);
+    args.extend([
+        KArg::TensorMap(map_y),
+        KArg::TensorMap(map_res),
+        KArg::TensorMap(map_w),
+        KArg::I32(wcnt as i32),
+    ]);
     args.extend_from_slice(&c[1..3]);
     args.extend_from_slice(&c[4..13]);
     let smem = rs_smem_bytes(w.th);
@@ -310,6 +320,27 @@ pub fn tile_rs(
         splits,
         args,
     )
+}
+
+/// When every block row could keep the same number of tiles `cnt` (kept = grid rows x cnt), a map
+/// of the values as (128-byte lines, lines of a block row, block rows) with boxes of one stage: four
+/// tiles of each of a group's block rows. The kernel checks per group that its rows do lie at
+/// row x cnt (density 1, balanced and grouped masks) before it uses a box, and copies row by row
+/// otherwise; one copy per stage instead of one per block row is what makes 16x16 tiles cheap to
+/// stream. None when the tiles cannot be uniform or the map cannot be encoded.
+fn uniform_rows_map(w: &TileDeviceView) -> Option<([u64; 16], usize)> {
+    if w.kept == 0 || w.kept % w.grid_rows != 0 {
+        return None;
+    }
+    let cnt = w.kept / w.grid_rows;
+    let lines_per_tile = w.th * w.tw * 2 / 128;
+    let row_lines = (cnt * lines_per_tile) as u64;
+    let dims = [64, row_lines, w.grid_rows as u64];
+    let pitch = [128, row_lines * 128];
+    let boxes = [64, (4 * lines_per_tile) as u32, (128 / w.th) as u32];
+    encode(w.values, w.elem, &dims, &pitch, &boxes, SW_NONE)
+        .ok()
+        .map(|map| (map, cnt))
 }
 
 #[cfg(test)]
