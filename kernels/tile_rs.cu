@@ -32,6 +32,10 @@
 #ifndef ETR_EXPERIMENT
 #define ETR_EXPERIMENT 0
 #endif
+// Stages in the ring (timing experiments with fewer).
+#ifndef ETR_STAGES
+#define ETR_STAGES 4
+#endif
 
 namespace etr {
 
@@ -69,7 +73,7 @@ template <int BT>
 struct Ring {
     // Four stages of 40 KiB and the output staging buffer, which must outlive the ring's reuse
     // (the next output tile's stages arrive while this one is stored).
-    static constexpr int STAGES = 4;
+    static constexpr int STAGES = ETR_STAGES;
     static constexpr u32 SLOT_X = BT * 32;           // one 16-column X slice
     static constexpr u32 STAGE_X = SLOTS * SLOT_X;  // = BT rows x 128 bytes
     static constexpr u32 STAGE_W = ETR_BN * 64 * 2;  // four 16-column tiles per 16 features
@@ -267,6 +271,13 @@ __device__ __forceinline__ void consumers(const Schedule& sched, const TensorMap
     if (leader) tma_store_wait_all();
 }
 
+// The producer's wait for a free slot (the q-th stage reuses the slot of stage q - STAGES).
+template <int STAGES>
+__device__ __forceinline__ void producer_wait(u32 empty, int q) {
+    if (q < STAGES) return;
+    mbar_wait_suspend(empty, ((q / STAGES) - 1) & 1);
+}
+
 template <typename T, bool BF16, int TH, int BT>
 __device__ void body(const TensorMap* tmx, const TensorMap* tmx_wide, const TensorMap* tmy, const TensorMap* tmres,
                      const TensorMap* tmw, int wcnt, int M, int K, const u64* __restrict__ bitmap, const u32* __restrict__ row_offsets,
@@ -312,11 +323,7 @@ __device__ void body(const TensorMap* tmx, const TensorMap* tmx_wide, const Tens
             if (group != cur_group) {
                 build_union<R, 32>(md, bitmap, row_offsets, grid_rows, grid_cols, group * R, lane);
                 cur_group = group;
-                // Whether the group's block rows lie where the weight map puts them (every row
-                // before them keeps wcnt tiles), so that one box can copy a stage of all of them.
-                const int br = group * R + lane;
-                group_boxed = wcnt > 0 && __all_sync(0xffffffffu, lane >= R || br >= grid_rows ||
-                                                                      md.rowoff[lane] == static_cast<u32>(br) * wcnt);
+                group_boxed = rows_uniform<R>(md, group * R, grid_rows, wcnt);
                 U = md.U;
                 const int G = (U + SLOTS - 1) / SLOTS;
                 gbeg = static_cast<int>((static_cast<long long>(G) * blockIdx.z) / gridDim.z);
@@ -324,9 +331,9 @@ __device__ void body(const TensorMap* tmx, const TensorMap* tmx_wide, const Tens
             }
             for (int g = 0; g < (GL > 0 ? GL : 1); ++g, ++q) {
                 const int b = q % STAGES;
-                if (q >= STAGES) mbar_wait_suspend(empty_bar + 8 * b, ((q / STAGES) - 1) & 1);
                 const u32 bar = full_bar + 8 * b;
                 if (GL == 0) {
+                    producer_wait<STAGES>(empty_bar + 8 * b, q);
                     if (lane == 0) {
                         info[b] = StageInfo{0u, STAGE_LAST | STAGE_EMPTY};
                         mbar_arrive(bar);
@@ -341,18 +348,15 @@ __device__ void body(const TensorMap* tmx, const TensorMap* tmx_wide, const Tens
                     for (int s = 0; s < SLOTS; ++s)
                         if (j0 + s < U && ((md.umask[j0 + s] >> lane) & 1u)) kept_bits |= 1u << s;
                 }
-                // One box for the stage's weights when every row of the group keeps all four tiles at
-                // the same place in its row (density 1, grouped masks): the box's row pitch is wcnt
-                // tiles. Rows past the matrix come as zeros (and have no product).
-                const bool row_live = lane < R && group * R + lane < grid_rows;
-                const u32 k0 = __shfl_sync(0xffffffffu, lane < R ? md.kidx[lane][j0] : 0u, 0);
-                const bool boxed = group_boxed && __all_sync(0xffffffffu, !row_live || (kept_bits == 0xFu &&
-                                                                                         md.kidx[lane][j0] == k0));
+                // The stage's weights in one box where the group's rows allow it (see stage_boxed).
+                const bool boxed = group_boxed && stage_boxed<R>(md, group * R, grid_rows, U, j0);
                 u32 bytes = ETR_EXPERIMENT == 3 ? 0u : static_cast<u32>(__popc(kept_bits)) * TILE;
                 if (boxed) bytes = (lane == 0 && ETR_EXPERIMENT != 3) ? RG::STAGE_W : 0u;
                 if (lane == 0 && ETR_EXPERIMENT < 4) bytes += RG::STAGE_X;
                 bytes = __reduce_add_sync(0xffffffffu, bytes);
                 const u32 kept_all = __reduce_or_sync(0xffffffffu, lane < R ? kept_bits << (4 * lane) : 0u);
+                // All of the above is known before the slot is free: only the copies wait for it.
+                producer_wait<STAGES>(empty_bar + 8 * b, q);
                 if (lane == 0) {
                     info[b] = StageInfo{kept_all, (contig ? STAGE_CONTIG : 0u) | (g == GL - 1 ? STAGE_LAST : 0u)};
                     if (ETR_EXPERIMENT == 1) mbar_arrive(bar);  // no copies follow
@@ -362,7 +366,7 @@ __device__ void body(const TensorMap* tmx, const TensorMap* tmx_wide, const Tens
                 if (ETR_EXPERIMENT == 1) continue;
                 if (boxed) {
                     if (lane == 0 && ETR_EXPERIMENT != 3)
-                        tma_load_3d(ws_base + b * RG::STAGE_W, tmw, 0, static_cast<int>(k0) * (TH / 4), group * R, bar);
+                        tma_load_3d(ws_base + b * RG::STAGE_W, tmw, 0, md.kidx[0][j0] * (TH / 4), group * R, bar);
                 }
                 if (lane < R && kept_bits && ETR_EXPERIMENT != 3 && !boxed) {
                     const int r = lane;

@@ -40,7 +40,8 @@ struct Ring {
 // 64-column tiles (64x64) are copied whole-row: each tile's 64 x TH in one box with the 128-byte
 // swizzle (WIDE); narrower tiles in 16-column slices with the 32-byte swizzle.
 template <typename T, bool BF16, int TH, int TW, int BM>
-__device__ void body(const TensorMap* tmx, const TensorMap* tmx_wide, const TensorMap* tmw, int M, int K,
+__device__ void body(const TensorMap* tmx, const TensorMap* tmx_wide, const TensorMap* tmw, const TensorMap* tmw_rows,
+                     int wcnt, int M, int K,
                      const u64* __restrict__ bitmap, const u32* __restrict__ row_offsets, int kept, int N,
                      int grid_rows, int grid_cols, const float* __restrict__ bias, const T* __restrict__ residual,
                      int gelu, T* __restrict__ Y, int ldy, float* __restrict__ ws) {
@@ -79,6 +80,9 @@ __device__ void body(const TensorMap* tmx, const TensorMap* tmx_wide, const Tens
     const int gbeg = static_cast<int>((static_cast<long long>(G) * blockIdx.z) / gridDim.z);
     const int gend = static_cast<int>((static_cast<long long>(G) * (blockIdx.z + 1)) / gridDim.z);
     const int GL = gend - gbeg;
+    // 16-column tiles whose block rows keep the same number of tiles: a stage of weights in one box
+    // of tmw_rows (16 columns, TH rows, R block rows, SLOTS tiles) where the group allows it.
+    const bool group_boxed = TW == 16 && rows_uniform<R>(md, blockIdx.x * R, grid_rows, wcnt);
 
     if (warp == 8) {
         // Producer: lane q < NWB copies one W box (slot q / R, block row q % R), the next SLOTS
@@ -90,7 +94,10 @@ __device__ void body(const TensorMap* tmx, const TensorMap* tmx_wide, const Tens
             __syncwarp();
             const int j0 = (gbeg + g) * UPS;
             const bool contig = stage_contiguous<TW>(md.ucol, U, j0);
-            for (int q = lane; q < NWB + SLOTS; q += 32) {
+            const bool boxed = group_boxed && stage_boxed<R>(md, blockIdx.x * R, grid_rows, U, j0);
+            if (boxed && lane == 0)
+                tma_load_4d(ws_base + b * STAGE_W, tmw_rows, 0, 0, blockIdx.x * R, md.kidx[0][j0], full_bar + 8 * b);
+            for (int q = boxed ? lane + NWB : lane; q < NWB + SLOTS; q += 32) {
                 const bool is_w = q < NWB;
                 const int s = is_w ? q / R : q - NWB;
                 const int j = j0 + s / SPU;               // union column
@@ -192,10 +199,11 @@ __device__ void body(const TensorMap* tmx, const TensorMap* tmx_wide, const Tens
 #define ETS_TILE_TMA(NAME, T, BF, TH, TW, BM)                                                        \
     extern "C" __global__ void __launch_bounds__(ETT_THREADS, 256 / BM)                               \
         NAME(const __grid_constant__ ett::TensorMap tmx, const __grid_constant__ ett::TensorMap tmx_wide, \
-             const __grid_constant__ ett::TensorMap tmw, int M, int K, const u64* bitmap,            \
-             const u32* row_offsets, int kept, int N, int grid_rows, int grid_cols, const float* bias,   \
-             const T* residual, int gelu, T* Y, int ldy, float* ws) {                                 \
-        ett::body<T, BF, TH, TW, BM>(&tmx, &tmx_wide, &tmw, M, K, bitmap, row_offsets, kept, N,       \
+             const __grid_constant__ ett::TensorMap tmw, const __grid_constant__ ett::TensorMap tmw_rows, \
+             int wcnt, int M, int K, const u64* bitmap, const u32* row_offsets, int kept, int N,          \
+             int grid_rows, int grid_cols, const float* bias, const T* residual, int gelu, T* Y, int ldy,  \
+             float* ws) {                                                                                 \
+        ett::body<T, BF, TH, TW, BM>(&tmx, &tmx_wide, &tmw, &tmw_rows, wcnt, M, K, bitmap, row_offsets, kept, N, \
                                      grid_rows, grid_cols, bias, residual, gelu, Y, ldy, ws);         \
     }
 

@@ -49,6 +49,16 @@ __device__ __forceinline__ void tma_load_3d(u32 dst, const TensorMap* map, int c
 #endif
 }
 
+__device__ __forceinline__ void tma_load_4d(u32 dst, const TensorMap* map, int c0, int c1, int c2, int c3, u32 bar) {
+#if ETW_WGMMA
+    asm volatile(
+        "cp.async.bulk.tensor.4d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, "
+        "%4, %5}], [%6];\n" ::"r"(dst),
+        "l"(reinterpret_cast<u64>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(bar)
+        : "memory");
+#endif
+}
+
 // A bulk copy of `bytes` contiguous bytes (no tensor map) into shared memory, counted by `bar`.
 __device__ __forceinline__ void bulk_copy(u32 dst, const void* src, u32 bytes, u32 bar) {
 #if ETW_WGMMA
@@ -129,6 +139,40 @@ __device__ __forceinline__ bool stage_contiguous(const unsigned short* ucol, int
     constexpr int UPS = 64 / TW;
     if (UPS == 1) return j0 < U;
     return j0 + UPS - 1 < U && ucol[j0 + UPS - 1] == ucol[j0] + UPS - 1;
+}
+
+// One copy per stage for the weights. When every block row of a weight keeps `wcnt` tiles, block
+// row br starts at tile br * wcnt, and a tensor map with that row pitch copies a stage of all of a
+// group's rows in one box, wherever the rows keep the stage's tiles at the same place: one copy
+// per stage instead of one per block row (or tile), which is what bounds 16-column tiles.
+// Whether the group's rows from br0 start where that map puts them (host: wcnt = 0 when the kept
+// count is not a multiple of the block rows).
+template <int R>
+__device__ __forceinline__ bool rows_uniform(const UnionMeta<R>& md, int br0, int grid_rows, int wcnt) {
+    if (wcnt <= 0) return false;
+    bool ok = true;
+#pragma unroll
+    for (int r = 0; r < R; ++r)
+        if (br0 + r < grid_rows && md.rowoff[r] != static_cast<u32>(br0 + r) * static_cast<u32>(wcnt)) ok = false;
+    return ok;
+}
+
+// Whether every row of the group (that exists) keeps all SLOTS union columns from j0 at the same
+// index in its row (density 1, or masks that keep the same columns in a group): then the stage is
+// the box at (that index, br0). Rows past the matrix come from the box as zeros.
+template <int R>
+__device__ __forceinline__ bool stage_boxed(const UnionMeta<R>& md, int br0, int grid_rows, int U, int j0) {
+    if (j0 + SLOTS > U) return false;
+    const int live_rows = grid_rows - br0 < R ? grid_rows - br0 : R;
+    const u32 live = (1u << live_rows) - 1u;
+    bool ok = true;
+#pragma unroll
+    for (int s = 0; s < SLOTS; ++s)
+        if ((md.umask[j0 + s] & live) != live) ok = false;
+#pragma unroll
+    for (int r = 1; r < R; ++r)
+        if (r < live_rows && md.kidx[r][j0] != md.kidx[0][j0]) ok = false;
+    return ok;
 }
 
 }  // namespace ek

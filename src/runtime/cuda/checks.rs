@@ -365,6 +365,32 @@ pub fn synthetic_suite(rt: &CudaRuntime, rng: &mut Rng) -> Result<Vec<CheckResul
                 )?);
             }
         }
+        // The same one-box weight stages in the TMA union kernels (both token counts per CTA).
+        for (i, (shape, tile, d)) in [
+            ((1000, 2000, 768), (16, 16), (1.0, Random)),
+            ((1000, 2304, 768), (16, 16), (0.5, Grouped)),
+            ((1000, 2304, 3072), (64, 16), (0.3, Grouped)),
+            ((600, 2000, 768), (128, 16), (1.0, Random)),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let kern = [TileKernel::Tma128, TileKernel::Tma256][i % 2];
+            let view = TileDeviceView::for_planning(shape.1, shape.2, tile.0, tile.1, elem);
+            if gemm::usable_kernels(rt, &view, shape.0).contains(&kern) {
+                out.push(check_case_masked(
+                    rt,
+                    rng,
+                    elem,
+                    CheckPath::Forced(kern),
+                    shape,
+                    tile,
+                    d,
+                    i % 2 == 0,
+                    i < 2,
+                )?);
+            }
+        }
     }
     Ok(out)
 }

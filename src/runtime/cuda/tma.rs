@@ -172,14 +172,35 @@ pub fn tile_tma(
         &[slice, th as u32, 1],
         swizzle,
     )?;
-    // The common tile arguments, with X replaced by its maps and the values by the weight's map
-    // and kept count: (maps of X, map of W, M, K, bitmap, row offsets, kept, N, grid, epilogue,
-    // Y, ldy; the workspace follows).
+    // The common tile arguments, with X replaced by its maps and the values by the weight's maps
+    // and kept count: (maps of X, maps of W, tiles per block row or 0, M, K, bitmap, row offsets,
+    // kept, N, grid, epilogue, Y, ldy; the workspace follows).
+    // 16-column tiles whose block rows may all keep the same number of tiles: a stage of a group's
+    // weights as one box (16 columns, the tile's rows, the group's block rows, four tiles), laid
+    // out as the per-tile copies would place them.
+    let (map_rows, wcnt) = if w.tw == 16 && w.kept > 0 && w.kept % w.grid_rows == 0 {
+        let cnt = w.kept / w.grid_rows;
+        let tile_bytes = th * tw * 2;
+        encode(
+            w.values,
+            w.elem,
+            &[tw, th, w.grid_rows as u64, cnt as u64],
+            &[tw * 2, cnt as u64 * tile_bytes, tile_bytes],
+            &[SLICE, th as u32, (TMA_BN / w.th) as u32, 4],
+            SW32,
+        )
+        .map(|map| (map, cnt))
+        .unwrap_or((map_w, 0))
+    } else {
+        (map_w, 0)
+    };
     let c = tile_args(x, m, w, ep, y);
     let args = vec![
         map_x,
         map_x_wide,
         KArg::TensorMap(map_w),
+        KArg::TensorMap(map_rows),
+        KArg::I32(wcnt as i32),
         c[1],
         c[2],
         c[4],
