@@ -117,6 +117,20 @@ __device__ __forceinline__ void store_pair(float v0, float v1, int m, int n, int
     }
 }
 
+// Split K: stores the partial sums of outputs (m, n) and (m, n + 1) into this split's f32 slice
+// (plain stores, no atomics: the finishing kernel adds the slices), as one 8-byte store when both
+// exist and the row pitch keeps them aligned.
+__device__ __forceinline__ void store_partial_pair(float* wz, float v0, float v1, int m, int n, int M, int N, int ldy) {
+    if (m >= M || n >= N) return;
+    float* dst = wz + static_cast<size_t>(m) * ldy + n;
+    if (n + 1 < N && (ldy & 1) == 0) {
+        *reinterpret_cast<float2*>(dst) = make_float2(v0, v1);
+    } else {
+        dst[0] = v0;
+        if (n + 1 < N) dst[1] = v1;
+    }
+}
+
 // mbarrier phases signalled by cp.async completion (sm_80 and later).
 __device__ __forceinline__ void mbar_init(u32 bar, u32 count) {
     asm volatile("mbarrier.init.shared.b64 [%0], %1;\n" ::"r"(bar), "r"(count));

@@ -232,58 +232,23 @@ __device__ void tile_gemm_body(const T* __restrict__ X, int M, int K, int ldx,
 #pragma unroll
             for (int ni = 0; ni < 4; ++ni)
 #pragma unroll
-                for (int hh = 0; hh < 2; ++hh) {
-                    const int m = m0 + warp_m * 64 + mi * 16 + (lane >> 2) + hh * 8;
-                    const int nn = n0 + warp_n * 32 + ni * 8 + (lane & 3) * 2;
-                    if (m >= M || nn >= N) continue;
-                    float* dst = wz + static_cast<size_t>(m) * ldy + nn;
-                    if (nn + 1 < N && (ldy & 1) == 0) {
-                        *reinterpret_cast<float2*>(dst) = make_float2(acc[mi][ni][hh * 2], acc[mi][ni][hh * 2 + 1]);
-                    } else {
-                        dst[0] = acc[mi][ni][hh * 2];
-                        if (nn + 1 < N) dst[1] = acc[mi][ni][hh * 2 + 1];
-                    }
-                }
+                for (int hh = 0; hh < 2; ++hh)
+                    store_partial_pair(wz, acc[mi][ni][hh * 2], acc[mi][ni][hh * 2 + 1],
+                                       m0 + warp_m * 64 + mi * 16 + (lane >> 2) + hh * 8,
+                                       n0 + warp_n * 32 + ni * 8 + (lane & 3) * 2, M, N, ldy);
         return;
     }
 
     // Fused epilogue straight from the accumulators; pairs of outputs are stored together.
-    const bool plain = !bias && !residual && !gelu;
-    const bool pairs = (ldy & 1) == 0;
 #pragma unroll
-    for (int mi = 0; mi < 4; ++mi) {
+    for (int mi = 0; mi < 4; ++mi)
 #pragma unroll
-        for (int ni = 0; ni < 4; ++ni) {
-            const int n = n0 + warp_n * 32 + ni * 8 + (lane & 3) * 2;
-            if (n >= N) continue;
+        for (int ni = 0; ni < 4; ++ni)
 #pragma unroll
-            for (int hh = 0; hh < 2; ++hh) {
-                const int m = m0 + warp_m * 64 + mi * 16 + (lane >> 2) + hh * 8;
-                if (m >= M) continue;
-                float v[2] = {acc[mi][ni][hh * 2], acc[mi][ni][hh * 2 + 1]};
-                const size_t at = static_cast<size_t>(m) * ldy + n;
-                const bool two = n + 1 < N;
-                if (!plain) {
-#pragma unroll
-                    for (int e = 0; e < 2; ++e) {
-                        if (e == 1 && !two) break;
-                        if (bias) v[e] += bias[n + e];
-                        if (gelu) v[e] = gelu_erf(v[e]);
-                        if (residual) v[e] += Conv<T>::to_f(residual[at + e]);
-                    }
-                }
-                if (two && pairs) {
-                    Pair<T> pr;
-                    pr.v[0] = Conv<T>::from_f(v[0]);
-                    pr.v[1] = Conv<T>::from_f(v[1]);
-                    *reinterpret_cast<u32*>(Y + at) = pr.u;
-                } else {
-                    Y[at] = Conv<T>::from_f(v[0]);
-                    if (two) Y[at + 1] = Conv<T>::from_f(v[1]);
-                }
-            }
-        }
-    }
+            for (int hh = 0; hh < 2; ++hh)
+                store_pair<T>(acc[mi][ni][hh * 2], acc[mi][ni][hh * 2 + 1],
+                              m0 + warp_m * 64 + mi * 16 + (lane >> 2) + hh * 8,
+                              n0 + warp_n * 32 + ni * 8 + (lane & 3) * 2, M, N, bias, residual, gelu, Y, ldy);
 }
 
 }  // namespace ets

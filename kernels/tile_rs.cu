@@ -290,11 +290,9 @@ __device__ void body(const TensorMap* tmx, const TensorMap* tmx_wide, const Tens
 #if !ETW_WGMMA
     __trap();
 #endif
-    extern __shared__ __align__(1024) unsigned char smem_raw[];
-    const u32 raw = smem_addr(smem_raw);
-    const u32 pad = ((raw + 1023u) & ~1023u) - raw;
-    unsigned char* smem = smem_raw + pad;
-    const u32 xs_base = raw + pad, ws_base = xs_base + STAGES * RG::STAGE_X;
+    const AlignedSmem aligned = aligned_dynamic_smem();
+    unsigned char* smem = aligned.ptr;
+    const u32 xs_base = aligned.addr, ws_base = xs_base + STAGES * RG::STAGE_X;
     const u32 out_base = ws_base + STAGES * RG::STAGE_W;
     const u32 full_bar = out_base + RG::OUT, empty_bar = full_bar + 8 * STAGES, res_bar = empty_bar + 8 * STAGES;
     const u32 meta_off = STAGES * (RG::STAGE_X + RG::STAGE_W) + RG::OUT + 8 * (2 * STAGES + 2);

@@ -56,11 +56,9 @@ __device__ void body(const TensorMap* tmx, const TensorMap* tmx_wide, const Tens
 #if !ETW_WGMMA
     __trap();
 #endif
-    extern __shared__ __align__(1024) unsigned char smem_raw[];
-    const u32 raw = smem_addr(smem_raw);
-    const u32 pad = ((raw + 1023u) & ~1023u) - raw;
-    unsigned char* smem = smem_raw + pad;
-    const u32 xs_base = raw + pad, ws_base = xs_base + STAGES * RG::STAGE_X;
+    const AlignedSmem aligned = aligned_dynamic_smem();
+    unsigned char* smem = aligned.ptr;
+    const u32 xs_base = aligned.addr, ws_base = xs_base + STAGES * RG::STAGE_X;
     const u32 full_bar = ws_base + STAGES * STAGE_W, empty_bar = full_bar + 8 * STAGES;
     UnionMeta<R>& md = *reinterpret_cast<UnionMeta<R>*>(smem + STAGES * (RG::STAGE_X + STAGE_W) + 16 * STAGES);
 
@@ -166,19 +164,9 @@ __device__ void body(const TensorMap* tmx, const TensorMap* tmx_wide, const Tens
 #pragma unroll
             for (int j = 0; j < ETT_BN / 8; ++j)
 #pragma unroll
-                for (int hh = 0; hh < 2; ++hh) {
-                    const int m = mrow + hh * 8;
-                    const int nn = n0 + j * 8 + (lane & 3) * 2;
-                    if (m >= M || nn >= N) continue;
-                    float* dst = wz + static_cast<size_t>(m) * ldy + nn;
-                    const float v0 = acc[h][4 * j + hh * 2], v1 = acc[h][4 * j + hh * 2 + 1];
-                    if (nn + 1 < N && (ldy & 1) == 0) {
-                        *reinterpret_cast<float2*>(dst) = make_float2(v0, v1);
-                    } else {
-                        dst[0] = v0;
-                        if (nn + 1 < N) dst[1] = v1;
-                    }
-                }
+                for (int hh = 0; hh < 2; ++hh)
+                    store_partial_pair(wz, acc[h][4 * j + hh * 2], acc[h][4 * j + hh * 2 + 1], mrow + hh * 8,
+                                       n0 + j * 8 + (lane & 3) * 2, M, N, ldy);
             continue;
         }
 #pragma unroll

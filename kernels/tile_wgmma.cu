@@ -86,12 +86,9 @@ __device__ void body(const T* __restrict__ X, int M, int K, int ldx, const u64* 
 #if !ETW_WGMMA
     __trap();
 #endif
-    extern __shared__ __align__(1024) unsigned char smem_raw[];
-    // The 128-byte swizzle is applied to absolute shared addresses: align the ring to 1024 bytes.
-    const u32 raw = smem_addr(smem_raw);
-    const u32 pad = ((raw + 1023u) & ~1023u) - raw;
-    unsigned char* smem = smem_raw + pad;
-    const u32 xs_base = raw + pad, ws_base = xs_base + STAGES * XB;
+    const AlignedSmem aligned = aligned_dynamic_smem();
+    unsigned char* smem = aligned.ptr;
+    const u32 xs_base = aligned.addr, ws_base = xs_base + STAGES * XB;
     Meta<BN, TH>& md = *reinterpret_cast<Meta<BN, TH>*>(smem + STAGES * (XB + WB));
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wg = warp >> 2;
@@ -153,53 +150,17 @@ __device__ void body(const T* __restrict__ X, int M, int K, int ldx, const u64* 
 #pragma unroll
         for (int j = 0; j < BN / 8; ++j)
 #pragma unroll
-            for (int hh = 0; hh < 2; ++hh) {
-                const int m = mrow + hh * 8;
-                const int nn = n0 + j * 8 + (lane & 3) * 2;
-                if (m >= M || nn >= N) continue;
-                float* dst = wz + static_cast<size_t>(m) * ldy + nn;
-                if (nn + 1 < N && (ldy & 1) == 0) {
-                    *reinterpret_cast<float2*>(dst) = make_float2(acc[4 * j + hh * 2], acc[4 * j + hh * 2 + 1]);
-                } else {
-                    dst[0] = acc[4 * j + hh * 2];
-                    if (nn + 1 < N) dst[1] = acc[4 * j + hh * 2 + 1];
-                }
-            }
+            for (int hh = 0; hh < 2; ++hh)
+                store_partial_pair(wz, acc[4 * j + hh * 2], acc[4 * j + hh * 2 + 1], mrow + hh * 8,
+                                   n0 + j * 8 + (lane & 3) * 2, M, N, ldy);
         return;
     }
-    const bool plain = !bias && !residual && !gelu;
-    const bool pairs = (ldy & 1) == 0;
 #pragma unroll
-    for (int j = 0; j < BN / 8; ++j) {
-        const int n = n0 + j * 8 + (lane & 3) * 2;
-        if (n >= N) continue;
+    for (int j = 0; j < BN / 8; ++j)
 #pragma unroll
-        for (int hh = 0; hh < 2; ++hh) {
-            const int m = mrow + hh * 8;
-            if (m >= M) continue;
-            float v[2] = {acc[4 * j + hh * 2], acc[4 * j + hh * 2 + 1]};
-            const size_t at = static_cast<size_t>(m) * ldy + n;
-            const bool two = n + 1 < N;
-            if (!plain) {
-#pragma unroll
-                for (int e = 0; e < 2; ++e) {
-                    if (e == 1 && !two) break;
-                    if (bias) v[e] += bias[n + e];
-                    if (gelu) v[e] = gelu_erf(v[e]);
-                    if (residual) v[e] += Conv<T>::to_f(residual[at + e]);
-                }
-            }
-            if (two && pairs) {
-                Pair<T> pr;
-                pr.v[0] = Conv<T>::from_f(v[0]);
-                pr.v[1] = Conv<T>::from_f(v[1]);
-                *reinterpret_cast<u32*>(Y + at) = pr.u;
-            } else {
-                Y[at] = Conv<T>::from_f(v[0]);
-                if (two) Y[at + 1] = Conv<T>::from_f(v[1]);
-            }
-        }
-    }
+        for (int hh = 0; hh < 2; ++hh)
+            store_pair<T>(acc[4 * j + hh * 2], acc[4 * j + hh * 2 + 1], mrow + hh * 8, n0 + j * 8 + (lane & 3) * 2, M, N,
+                          bias, residual, gelu, Y, ldy);
 }
 
 }  // namespace etw

@@ -149,5 +149,18 @@ __device__ __forceinline__ void wgmma_rs(float* d, const u32* a, u64 db) {
     }
 }
 
+// The dynamic shared memory from its first 1024-byte boundary (the 128-byte swizzle is applied
+// to absolute shared addresses): a generic pointer and the shared-space address.
+struct AlignedSmem {
+    unsigned char* ptr;
+    u32 addr;
+};
+__device__ __forceinline__ AlignedSmem aligned_dynamic_smem() {
+    extern __shared__ __align__(1024) unsigned char smem_raw[];
+    const u32 raw = smem_addr(smem_raw);
+    const u32 pad = ((raw + 1023u) & ~1023u) - raw;
+    return AlignedSmem{smem_raw + pad, raw + pad};
+}
+
 }  // namespace ek
 

@@ -305,10 +305,10 @@ pub const WALK_MAX_DENSITY_TALL: f64 = 0.2;
 pub const TMA_MIN_TOKENS: usize = 2048;
 
 /// The register-operand kernel multiplies every block row of a 128-feature group over the union
-/// of their tile columns; for 16x16 tiles where the row walk would also run, it is the default
-/// only while that union is at most this multiple of the density (grouped masks), since scattered
-/// 16x16 masks make the union nearly dense. Tiles of 64 or 128 rows (two or one block rows per
-/// group) always go to it (measured ahead of the row walk at every density, 16:40Z).
+/// of their tile columns; for 16x16 tiles it is the default only while that union is at most this
+/// multiple of the density (density 1, grouped masks), since scattered 16x16 masks make the union
+/// nearly dense. Tiles of 64 or 128 rows (two or one block rows per group) always go to it
+/// (measured ahead of the row walk at every density, 16:40Z).
 pub const RS_MAX_UNION_WASTE: f64 = 1.5;
 
 /// The kernel [`tile_gemm`] uses on this device for `m` tokens without measuring (the dispatcher
@@ -317,9 +317,9 @@ pub const RS_MAX_UNION_WASTE: f64 = 1.5;
 ///   (whole 128-byte rows per copy; 0.59-0.86x of cuBLAS at density 1, against 0.49-0.57x for
 ///   the next best, and ahead of the row walk at every density);
 /// - 16-column tiles from [`TMA_MIN_TOKENS`] tokens on sm_90: the register-operand kernel
-///   (0.56-0.60x at density 1 against 0.43-0.47x; 0.86-0.91x on grouped masks at density 0.5),
-///   unless the tiles are 16x16, the row walk runs and the group union exceeds
-///   [`RS_MAX_UNION_WASTE`] x the density;
+///   (0.56-0.67x at density 1 against 0.43-0.50x; 0.90-1.05x on grouped masks at density 0.5),
+///   unless the tiles are 16x16 and the group union exceeds [`RS_MAX_UNION_WASTE`] x the
+///   density;
 /// - the row-walk kernel when 128 tokens of X fit in shared memory (K up to ~900) and the density
 ///   is at most [`WALK_MAX_DENSITY`] ([`WALK_MAX_DENSITY_TALL`] for 64-row tiles); with fewer
 ///   tokens per CTA it re-reads the weights too often;
@@ -358,9 +358,14 @@ pub fn auto_kernel(rt: &CudaRuntime, v: &TileDeviceView, m: usize) -> TileKernel
             let union = |rows: usize| 1.0 - (1.0 - d).powi(rows.max(1) as i32);
             [union(64 / v.th), union(128 / v.th)]
         });
+    // The register-operand kernel multiplies a 128-feature group over the union of its tile
+    // columns: it leads where that union stays near the density (density 1, grouped masks, tiles of
+    // 64 rows and more). On scattered 16x16 masks below density 1 the row walk (when X fits) or the
+    // wgmma union kernel ran faster in every measured row (e.g. 3072->768 at density 0.5: 0.53x vs
+    // 0.36x of cuBLAS, 2026-11-29 18:05Z).
     if m >= TMA_MIN_TOKENS
         && rs_unsupported(rt, v).is_none()
-        && (!walk_pays || v.th >= 64 || u128_ <= RS_MAX_UNION_WASTE * v.density())
+        && (v.th >= 64 || u128_ <= RS_MAX_UNION_WASTE * v.density())
     {
         return TileKernel::Rs;
     }
