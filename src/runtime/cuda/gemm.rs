@@ -304,6 +304,12 @@ pub const WALK_MAX_DENSITY_TALL: f64 = 0.2;
 /// 16384 tokens, level or slower at 128; 2048 lies between the measured points).
 pub const TMA_MIN_TOKENS: usize = 2048;
 
+/// In features from which the TMA kernel runs 256 tokens per CTA by default: 64x64 tiles (15-28%
+/// faster than 128 tokens at 3072 -> 768, level at K = 768) and 16x16 tiles at density 1 (0.64x vs
+/// 0.60x for the register-operand kernel at 3072 -> 768; 0.50x vs 0.65x at K = 768), 2026-11-29
+/// 18:15Z.
+pub const TMA_256_MIN_K: usize = 2048;
+
 /// The register-operand kernel multiplies every block row of a 128-feature group over the union
 /// of their tile columns; for 16x16 tiles it is the default only while that union is at most this
 /// multiple of the density (density 1, grouped masks), since scattered 16x16 masks make the union
@@ -315,7 +321,8 @@ pub const RS_MAX_UNION_WASTE: f64 = 1.5;
 /// measures every kernel instead). The rule follows the H200 sweep in bench/RESULTS.md:
 /// - 64-column tiles from [`TMA_MIN_TOKENS`] tokens on sm_90: the TMA kernel with 128-token CTAs
 ///   (whole 128-byte rows per copy; 0.59-0.86x of cuBLAS at density 1, against 0.49-0.57x for
-///   the next best, and ahead of the row walk at every density);
+///   the next best, and ahead of the row walk at every density), 256-token CTAs from
+///   [`TMA_256_MIN_K`] in features, where 16x16 tiles at density 1 go to it too;
 /// - 16-column tiles from [`TMA_MIN_TOKENS`] tokens on sm_90: the register-operand kernel
 ///   (0.56-0.67x at density 1 against 0.43-0.50x; 0.90-1.05x on grouped masks at density 0.5),
 ///   unless the tiles are 16x16 and the group union exceeds [`RS_MAX_UNION_WASTE`] x the
@@ -347,8 +354,18 @@ pub fn auto_kernel(rt: &CudaRuntime, v: &TileDeviceView, m: usize) -> TileKernel
             TileKernel::Mma
         };
     }
+    // With long rows (K from TMA_256_MIN_K) the TMA kernel's 256-token CTAs lead: each weight
+    // stage serves twice the tokens, and the stages of a CTA outnumber its fill and epilogue.
+    let tma256 = v.cols >= TMA_256_MIN_K && tma_unsupported(rt, v, 256).is_none();
     if v.tw == 64 && m >= TMA_MIN_TOKENS && tma_unsupported(rt, v, 128).is_none() {
-        return TileKernel::Tma128;
+        return if tma256 {
+            TileKernel::Tma256
+        } else {
+            TileKernel::Tma128
+        };
+    }
+    if v.th == 16 && v.tw == 16 && v.density() >= 1.0 && m >= TMA_MIN_TOKENS && tma256 {
+        return TileKernel::Tma256;
     }
     let [u64_, u128_] = v
         .unions
@@ -362,7 +379,7 @@ pub fn auto_kernel(rt: &CudaRuntime, v: &TileDeviceView, m: usize) -> TileKernel
     // columns: it leads where that union stays near the density (density 1, grouped masks, tiles of
     // 64 rows and more). On scattered 16x16 masks below density 1 the row walk (when X fits) or the
     // wgmma union kernel ran faster in every measured row (e.g. 3072->768 at density 0.5: 0.53x vs
-    // 0.36x of cuBLAS, 2026-11-29 18:05Z).
+    // 0.36x of cuBLAS, 2026-11-29 18:15Z).
     if m >= TMA_MIN_TOKENS
         && rs_unsupported(rt, v).is_none()
         && (v.th >= 64 || u128_ <= RS_MAX_UNION_WASTE * v.density())
