@@ -535,21 +535,27 @@ impl CudaRuntime {
             .map_err(CudaError::driver("asynchronous host-to-device copy"))
     }
 
-    /// Runs `f` with `count` pinned staging buffers of `bytes` each, kept for later uploads.
+    /// Runs `f` with `count` pinned staging buffers of `bytes` each (write-combined when asked),
+    /// kept for later uploads.
     pub fn with_staging<R>(
         &self,
         count: usize,
         bytes: usize,
+        write_combined: bool,
         f: impl FnOnce(&mut [PinnedBuf]) -> Result<R, CudaError>,
     ) -> Result<R, CudaError> {
         let mut st = self
             .staging
             .lock()
             .map_err(|_| CudaError::Invalid("staging lock poisoned".into()))?;
-        if st.len() < count || st.iter().any(|b| b.bytes < bytes) {
+        if st.len() < count
+            || st
+                .iter()
+                .any(|b| b.bytes < bytes || b.write_combined != write_combined)
+        {
             st.clear();
             for _ in 0..count {
-                st.push(self.alloc_pinned(bytes)?);
+                st.push(self.alloc_pinned_with(bytes, write_combined)?);
             }
         }
         f(&mut st[..count])
@@ -557,13 +563,28 @@ impl CudaRuntime {
 
     /// Allocates pinned host memory.
     pub fn alloc_pinned(&self, bytes: usize) -> Result<PinnedBuf, CudaError> {
+        self.alloc_pinned_with(bytes, false)
+    }
+
+    /// Allocates pinned host memory, write-combined when asked (for buffers the host only writes).
+    pub fn alloc_pinned_with(
+        &self,
+        bytes: usize,
+        write_combined: bool,
+    ) -> Result<PinnedBuf, CudaError> {
         self.bind()?;
+        let flags = if write_combined {
+            sys::CU_MEMHOSTALLOC_WRITECOMBINED
+        } else {
+            0
+        };
         // SAFETY: plain allocation.
-        let ptr = unsafe { result::malloc_host(bytes.max(1), 0) }
+        let ptr = unsafe { result::malloc_host(bytes.max(1), flags) }
             .map_err(CudaError::driver("pinned allocation"))?;
         Ok(PinnedBuf {
             ptr: ptr as *mut u8,
             bytes,
+            write_combined,
             ctx: self.ctx.clone(),
         })
     }
@@ -573,6 +594,7 @@ impl CudaRuntime {
 pub struct PinnedBuf {
     ptr: *mut u8,
     bytes: usize,
+    write_combined: bool,
     ctx: Arc<CudaContext>,
 }
 

@@ -196,7 +196,7 @@ fn staged(
     config: &StagingConfig,
 ) -> Result<(), CudaError> {
     let plan = Plan::new(source.len(), config, rayon::current_num_threads())?;
-    rt.with_staging(plan.buffers, plan.chunk, |bufs| {
+    rt.with_staging(plan.buffers, plan.chunk, config.write_combined, |bufs| {
         let mut slices: Vec<&mut [u8]> = bufs.iter_mut().map(|b| b.as_mut_slice()).collect();
         let sink = DeviceSink::new(rt, dst, plan.buffers)?;
         let r = pipeline::run(&plan, source, &mut slices, &sink, config.schedule);
@@ -288,7 +288,7 @@ pub fn host_fill_ms(
 ) -> Result<f64, CudaError> {
     let source = source_of(src, file);
     let plan = Plan::new(source.len(), config, rayon::current_num_threads())?;
-    rt.with_staging(plan.buffers, plan.chunk, |bufs| {
+    rt.with_staging(plan.buffers, plan.chunk, config.write_combined, |bufs| {
         let mut slices: Vec<&mut [u8]> = bufs.iter_mut().map(|b| b.as_mut_slice()).collect();
         let t = Instant::now();
         pipeline::run(&plan, source, &mut slices, &NullSink, config.schedule)?;

@@ -41,6 +41,10 @@ pub struct StagingConfig {
     /// (`1M` to `16M`: 1, 2, 4, 8, 16, 16, ... MiB), so the first device copy starts early while
     /// later copies are large. 0, or a size of at least `chunk`, means no ramp.
     pub first_chunk: usize,
+    /// Staging buffers allocated write-combined: the host never reads them, and stores to them
+    /// bypass the caches (no read of each line before it is written), which leaves the host's
+    /// memory bandwidth to the reads of the source and the device's copies.
+    pub write_combined: bool,
 }
 
 impl Default for StagingConfig {
@@ -61,6 +65,15 @@ impl StagingConfig {
             piece,
             schedule,
             first_chunk: 0,
+            write_combined: false,
+        }
+    }
+
+    /// This configuration with write-combined staging buffers.
+    pub const fn write_combined(self) -> Self {
+        Self {
+            write_combined: true,
+            ..self
         }
     }
 
@@ -88,8 +101,9 @@ impl StagingConfig {
         } else {
             String::new()
         };
+        let wc = if self.write_combined { " wc" } else { "" };
         format!(
-            "{} x{}{ramp} p={piece} {sched}",
+            "{} x{}{ramp} p={piece} {sched}{wc}",
             size_label(self.chunk),
             self.buffers
         )

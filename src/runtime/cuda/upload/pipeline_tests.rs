@@ -54,6 +54,7 @@ fn plan_covers_the_region_once_in_order() {
             piece: [0, 1, 3, 4096, 1 << 16, 1 << 22][below(&mut rng, 6)],
             schedule: Schedule::Stream,
             first_chunk: random_ramp(&mut rng, chunk),
+            write_combined: false,
         };
         let threads = 1 + below(&mut rng, 32);
         let plan = Plan::new(len, &cfg, threads).expect("valid config");
@@ -310,6 +311,7 @@ fn both_schedules_copy_every_byte_with_early_and_late_devices() {
                 Schedule::PerChunk
             },
             first_chunk: 0,
+            write_combined: false,
         };
         // Half the rounds of each schedule ramp up to the chunk.
         let cfg = if round % 8 < 4 {
