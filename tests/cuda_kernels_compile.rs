@@ -115,6 +115,12 @@ fn every_kernel_compiles_for_sm80_and_sm90() {
                 tma.ptx.contains("cp.async.bulk.tensor.3d") && tma.ptx.contains("wgmma.mma_async"),
                 "the sm_90a TMA kernel does not copy with TMA or multiply with wgmma"
             );
+            // A stage of a group's 16-column tiles in one 4-D box (weights with uniform rows).
+            assert!(
+                tma.ptx.contains("cp.async.bulk.tensor.4d"),
+                "the sm_90a TMA kernel lacks the one-box weight stage"
+            );
+            no_serialised_mma_or_spills(tma, "tile_tma_");
         }
         // The register-operand kernel (16-column tiles): bulk copies, stmatrix and wgmma on sm_90a.
         let rs = reports
@@ -129,20 +135,15 @@ fn every_kernel_compiles_for_sm80_and_sm90() {
         }
         if rs.arch == "sm_90a" {
             assert!(
-                rs.ptx.contains("cp.async.bulk.shared") && rs.ptx.contains("stmatrix"),
-                "the sm_90a register-operand kernel lacks bulk copies or stmatrix"
+                rs.ptx.contains("cp.async.bulk.shared")
+                    && rs.ptx.contains("cp.async.bulk.tensor.3d")
+                    && rs.ptx.contains("stmatrix"),
+                "the sm_90a register-operand kernel lacks bulk copies, the one-box weight stage \
+                 or stmatrix"
             );
             // Its tile size is chosen so the accumulators and two sets of A fragments fit in the
-            // registers: ptxas must neither serialise the wgmma nor spill (checked where ptxas is
-            // installed, as CI does).
-            if std::env::var_os("ETS_PTXAS").is_some() {
-                let res = nvrtc::ptxas_resources(rs).expect("ptxas on tile_rs.cu");
-                eprintln!("{res}");
-                assert!(!res.contains("serialized"), "wgmma serialised:\n{res}");
-                for line in res.lines().filter(|l| l.starts_with("tile_rs_")) {
-                    assert!(line.contains(" 0 bytes spill stores"), "spills: {line}");
-                }
-            }
+            // registers.
+            no_serialised_mma_or_spills(rs, "tile_rs_");
         }
         let again = compile_all_kernels(arch).unwrap_or_else(|e| panic!("{arch}: {e}"));
         assert!(
@@ -151,6 +152,25 @@ fn every_kernel_compiles_for_sm80_and_sm90() {
         );
     }
     compile_errors_name_the_file_and_carry_the_log();
+}
+
+/// ptxas must neither serialise a file's wgmma for lack of registers nor spill in the entries
+/// named `prefix*` (checked where ptxas is installed, as CI does).
+fn no_serialised_mma_or_spills(report: &nvrtc::KernelReport, prefix: &str) {
+    if std::env::var_os("ETS_PTXAS").is_none() {
+        return;
+    }
+    let res =
+        nvrtc::ptxas_resources(report).unwrap_or_else(|e| panic!("ptxas on {}: {e}", report.file));
+    eprintln!("{res}");
+    assert!(
+        !res.contains("serialized"),
+        "{}: wgmma serialised:\n{res}",
+        report.file
+    );
+    for line in res.lines().filter(|l| l.starts_with(prefix)) {
+        assert!(line.contains(" 0 bytes spill stores"), "spills: {line}");
+    }
 }
 
 /// Called from the test above: the kernel cache directory is set through the environment, so the
