@@ -9,9 +9,12 @@
 // columns are contiguous (16-column boxes with the 32-byte swizzle otherwise).
 // - Persistent: each CTA takes a contiguous run of output tiles (Schedule), so the producer fills
 //   the ring for the next tile while the consumers store the current one.
-// - Producer (warp 8): per stage, one bulk copy (cp.async.bulk, no tensor map) per block row when it
-//   keeps all four of the stage's tiles (they are consecutive in the file), else one per kept tile;
-//   absent tiles are not copied at all. The stage's byte count is summed over the warp first. It
+// - Producer (warp 8): per stage, the weights of all the group's block rows in one TMA box when
+//   every row keeps the stage's four tiles at the same place in a weight whose rows all keep the
+//   same number of tiles (density 1, grouped masks: see stage_boxed); otherwise one bulk copy
+//   (cp.async.bulk, no tensor map) per block row that keeps all four (they are consecutive in the
+//   file), else one per kept tile; absent tiles are not copied at all. The number of copies, not
+//   their bytes, bounded the weights' side. The stage's byte count is summed over the warp first. It
 //   alone reads the union list (rebuilt when the feature group changes) and tells the consumers
 //   what they need per stage (StageInfo).
 // - Consumers (warps 0-7): warpgroup c owns features 64c .. 64c+63 of the group, warp w of it 16 of

@@ -14,6 +14,10 @@
 //   128-byte swizzle instead.
 // - W: a 3-D tensor map over the kept tiles (TW, TH, kept); box 16 x TH x 1 is one tile's slice,
 //   placed at row (block row in the group) * TH of the slot, so a slot holds 128 features x 16.
+//   For 16-column tiles of a weight whose block rows all keep the same number of tiles, a 4-D map
+//   (16, TH, block rows, tiles of a row) copies a stage whose four union columns every row of the
+//   group keeps at the same place as one box in that same layout (see stage_boxed): one copy per
+//   stage instead of 32 for 16x16 tiles.
 // An absent tile (or a column past the union, or a block row past the grid) is loaded from tile
 // index `kept`, outside the map: TMA fills the box with zeros without reading memory, and the
 // barrier's byte count is the same for every stage.
