@@ -193,7 +193,68 @@ fn resources(arch: &str) -> Result<(), CudaError> {
             Err(e) => println!("  (no ptxas report: {e})"),
         }
     }
+    print_smem_table();
     Ok(())
+}
+
+/// Dynamic shared memory per CTA of each tile kernel, from the host's layout functions (what the
+/// launches request; ptxas reports no dynamic shared memory).
+fn print_smem_table() {
+    use cuda::{gemm, tma, walk, ElemType, TileDeviceView};
+    // Hopper's opt-in limit per CTA (227 KiB); the row walk takes the largest token block that fits.
+    const LIMIT: usize = 232_448;
+    let walk_at = |k: usize, th: usize, tw: usize| {
+        let v = TileDeviceView::for_planning(768, k, th, tw, ElemType::F16);
+        [128, 64, 32]
+            .into_iter()
+            .map(|bm| (bm, walk::walk_smem_bytes(bm, &v)))
+            .find(|&(_, b)| b <= LIMIT)
+            .map_or("-".to_string(), |(bm, b)| format!("{b} (bm{bm})"))
+    };
+    println!("== dynamic shared memory per CTA, bytes (host layout; Hopper limit {LIMIT})");
+    println!(
+        "{:<7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>17} {:>17} {:>7}",
+        "tile",
+        "mma",
+        "wg64",
+        "wg128",
+        "tma128",
+        "tma256",
+        "rs",
+        "walk K=768",
+        "walk K=3072",
+        "walkwg"
+    );
+    for (th, tw) in [(16, 16), (32, 32), (64, 64), (64, 16), (128, 16)] {
+        let wg64 = if th <= 64 {
+            gemm::wg_smem_bytes(64, th).to_string()
+        } else {
+            "-".into()
+        };
+        let rs = if tw == 16 {
+            tma::rs_smem_bytes(th).to_string()
+        } else {
+            "-".into()
+        };
+        let walkwg = if (th, tw) == (64, 64) {
+            walk::walkwg_smem_for(768).to_string()
+        } else {
+            "-".into()
+        };
+        println!(
+            "{:<7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>17} {:>17} {:>7}",
+            format!("{th}x{tw}"),
+            gemm::tile_smem_bytes(th),
+            wg64,
+            gemm::wg_smem_bytes(128, th),
+            tma::tma_smem_bytes(128, th),
+            tma::tma_smem_bytes(256, th),
+            rs,
+            walk_at(768, th, tw),
+            walk_at(3072, th, tw),
+            walkwg
+        );
+    }
 }
 
 fn print_checks(results: &[CheckResult]) -> usize {
