@@ -172,28 +172,10 @@ pub fn tile_tma(
         &[slice, th as u32, 1],
         swizzle,
     )?;
+    let (map_rows, wcnt) = tma_stage_map(w).unwrap_or((map_w, 0));
     // The common tile arguments, with X replaced by its maps and the values by the weight's maps
     // and kept count: (maps of X, maps of W, tiles per block row or 0, M, K, bitmap, row offsets,
     // kept, N, grid, epilogue, Y, ldy; the workspace follows).
-    // 16-column tiles whose block rows may all keep the same number of tiles: a stage of a group's
-    // weights as one box (16 columns, the tile's rows, the group's block rows, four tiles), laid
-    // out as the per-tile copies would place them.
-    let (map_rows, wcnt) = if w.tw == 16 && w.kept > 0 && w.kept % w.grid_rows == 0 {
-        let cnt = w.kept / w.grid_rows;
-        let tile_bytes = th * tw * 2;
-        encode(
-            w.values,
-            w.elem,
-            &[tw, th, w.grid_rows as u64, cnt as u64],
-            &[tw * 2, cnt as u64 * tile_bytes, tile_bytes],
-            &[SLICE, th as u32, (TMA_BN / w.th) as u32, 4],
-            SW32,
-        )
-        .map(|map| (map, cnt))
-        .unwrap_or((map_w, 0))
-    } else {
-        (map_w, 0)
-    };
     let c = tile_args(x, m, w, ep, y);
     let args = vec![
         map_x,
@@ -314,10 +296,7 @@ pub fn tile_rs(
     // The common tile arguments with X replaced by its two maps and Y by the output maps (the
     // weights are read through plain pointers): (maps of X, Y and residual, M, K, bitmap, row
     // offsets, values, N, grid, bias, residual, GELU; the workspace follows).
-    let (map_w, wcnt) = match uniform_rows_map(w) {
-        Some((map, cnt)) => (map, cnt),
-        None => (map_y, 0),
-    };
+    let (map_w, wcnt) = rs_stage_map(w).unwrap_or((map_y, 0));
     let c = tile_args(x, m, w, ep, y);
     let mut args = x_maps(x, m, w, bm)?.to_vec();
     args.extend([
@@ -343,25 +322,59 @@ pub fn tile_rs(
     )
 }
 
-/// When every block row could keep the same number of tiles `cnt` (kept = grid rows x cnt), a map
-/// of the values as (128-byte lines, lines of a block row, block rows) with boxes of one stage: four
-/// tiles of each of a group's block rows. The kernel checks per group that its rows do lie at
-/// row x cnt (density 1, balanced and grouped masks) before it uses a box, and copies row by row
-/// otherwise; one copy per stage instead of one per block row is what makes 16x16 tiles cheap to
-/// stream. None when the tiles cannot be uniform or the map cannot be encoded.
-fn uniform_rows_map(w: &TileDeviceView) -> Option<([u64; 16], usize)> {
-    if w.kept == 0 || w.kept % w.grid_rows != 0 {
-        return None;
-    }
-    let cnt = w.kept / w.grid_rows;
+/// Tiles a stage copies per block row (the kernels' four 16-column slots).
+const STAGE_TILES: usize = 4;
+
+/// One copy per weight stage. When the kept count is a multiple of the block rows, every block row
+/// may keep the same number of tiles `cnt`, block row r then starting at tile r x cnt: a tensor map
+/// with that row pitch copies a stage of a whole group's rows in one box. The kernels check per
+/// group that its rows do start there (density 1, balanced and grouped masks) and per stage that
+/// they keep the same tiles, and copy row by row (or tile by tile) otherwise; one copy per stage
+/// instead of one per block row or tile is what makes 16-column tiles cheap to stream. Returns
+/// `cnt`, or None when the rows cannot be uniform.
+fn tiles_per_block_row(w: &TileDeviceView) -> Option<usize> {
+    (w.kept > 0 && w.kept % w.grid_rows == 0).then(|| w.kept / w.grid_rows)
+}
+
+/// The register-operand kernel's stage map: the values as (128-byte lines, lines of a block row,
+/// block rows), boxes of four tiles of each of a group's block rows, in the file's layout. None
+/// when the rows cannot be uniform or the map cannot be encoded.
+fn rs_stage_map(w: &TileDeviceView) -> Option<([u64; 16], usize)> {
+    let cnt = tiles_per_block_row(w)?;
     let lines_per_tile = w.th * w.tw * 2 / 128;
     let row_lines = (cnt * lines_per_tile) as u64;
     let dims = [64, row_lines, w.grid_rows as u64];
     let pitch = [128, row_lines * 128];
-    let boxes = [64, (4 * lines_per_tile) as u32, (128 / w.th) as u32];
-    encode(w.values, w.elem, &dims, &pitch, &boxes, SW_NONE)
-        .ok()
-        .map(|map| (map, cnt))
+    let boxes = [
+        64,
+        (STAGE_TILES * lines_per_tile) as u32,
+        (TMA_BN / w.th) as u32,
+    ];
+    let map = encode(w.values, w.elem, &dims, &pitch, &boxes, SW_NONE).ok()?;
+    Some((map, cnt))
+}
+
+/// The TMA union kernel's stage map for 16-column tiles: the values as (16 columns, the tile's
+/// rows, block rows, tiles of a row), boxes of the stage's four tiles of a group's block rows laid
+/// out as the per-tile copies place them (slot by slot, 32-byte swizzle). None for other tiles,
+/// when the rows cannot be uniform or the map cannot be encoded.
+fn tma_stage_map(w: &TileDeviceView) -> Option<([u64; 16], usize)> {
+    if w.tw != 16 {
+        return None;
+    }
+    let cnt = tiles_per_block_row(w)?;
+    let (th, tw) = (w.th as u64, w.tw as u64);
+    let tile_bytes = th * tw * 2;
+    let map = encode(
+        w.values,
+        w.elem,
+        &[tw, th, w.grid_rows as u64, cnt as u64],
+        &[tw * 2, cnt as u64 * tile_bytes, tile_bytes],
+        &[SLICE, th as u32, (TMA_BN / w.th) as u32, STAGE_TILES as u32],
+        SW32,
+    )
+    .ok()?;
+    Some((map, cnt))
 }
 
 #[cfg(test)]
