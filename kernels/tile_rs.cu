@@ -11,7 +11,8 @@
 //   the ring for the next tile while the consumers store the current one.
 // - Producer (warp 8): per stage, the weights of all the group's block rows in one TMA box when
 //   every row keeps the stage's four tiles at the same place in a weight whose rows all keep the
-//   same number of tiles (density 1, grouped masks: see stage_boxed); otherwise one bulk copy
+//   same number of tiles (density 1, grouped masks: see stage_boxed), written with the 128-byte
+//   swizzle so that ldmatrix reads it without bank conflicts (sw128); otherwise one bulk copy
 //   (cp.async.bulk, no tensor map) per block row that keeps all four (they are consecutive in the
 //   file), else one per kept tile; absent tiles are not copied at all. The number of copies, not
 //   their bytes, bounded the weights' side. The stage's byte count is summed over the warp first. It
@@ -35,6 +36,11 @@
 #ifndef ETR_EXPERIMENT
 #define ETR_EXPERIMENT 0
 #endif
+// Cycle counts of where the consumers and the producer wait (printed by CTA 0 for its first few
+// launches; timing experiments only).
+#ifndef ETR_PROFILE
+#define ETR_PROFILE 0
+#endif
 // Stages in the ring (timing experiments with fewer).
 #ifndef ETR_STAGES
 #define ETR_STAGES 4
@@ -43,6 +49,16 @@
 namespace etr {
 
 using namespace ek;
+
+#if ETR_PROFILE
+// Counters of CTA 0's last launch: per warp (total, wait full or empty, wait MMA, epilogue, stages).
+// Printed by tile_rs_profile_print (a call in a wgmma kernel would serialise its MMAs).
+__device__ u32 etr_prof[9][5];
+__device__ __forceinline__ u32 prof_clock() { return static_cast<u32>(clock()); }
+#define ETR_PROF(stmt) stmt
+#else
+#define ETR_PROF(stmt)
+#endif
 
 __device__ __forceinline__ void stmatrix_x4_trans(u32 addr, u32 r0, u32 r1, u32 r2, u32 r3) {
 #if ETW_WGMMA
@@ -92,6 +108,62 @@ struct StageInfo {
 constexpr u32 STAGE_CONTIG = 1;  // X came as one 64-column box (128-byte swizzle)
 constexpr u32 STAGE_LAST = 2;    // the output tile's last stage
 constexpr u32 STAGE_EMPTY = 4;   // no product (the group keeps no tile in this K range)
+constexpr u32 STAGE_W_SW128 = 8; // the weights came as one box with the 128-byte swizzle
+// Timing experiment: one-box weight stages read as if unswizzled (results are wrong), to measure
+// what the swizzle saves.
+#ifndef ETR_READ_PLAIN
+#define ETR_READ_PLAIN 0
+#endif
+
+// A weight row's 16-byte chunk in a stage written with the 128-byte swizzle: chunk c of 128-byte
+// line l lies at chunk c ^ (l & 7) (the stage is 1024-byte aligned). Tiles 16 columns wide have
+// 32-byte rows, so unswizzled the eight rows one ldmatrix phase reads fall on four bank groups
+// twice (a 2-way conflict on every A fragment load); swizzled they fall on eight.
+__device__ __forceinline__ u32 sw128(u32 addr) { return addr ^ ((addr >> 3) & 0x70u); }
+
+// The producer's plan of one stage of a group, built once per group (build_plans), so that a stage
+// costs it one shared-memory load: planning each stage from the union list took a dozen dependent
+// loads, longer than the stage's products (measured with ETR_PROFILE: 620 cycles per stage,
+// against about 870 for the products).
+struct __align__(16) StagePlan {
+    u32 kept;             // bit 4r + s: block row r keeps the tile of slot s
+    u32 wbytes;           // bytes of the stage's weights
+    u32 flags;            // STAGE_CONTIG, STAGE_W_SW128
+    unsigned short xcol;  // first X column of a contiguous stage
+    unsigned short wline; // the weights' box coordinate (128-byte lines into the row) of a boxed stage
+};
+// Longest union list, in stages.
+constexpr int MAX_STAGE_PLANS = ETS_MAX_GRID_COLS / SLOTS;
+
+// The plans of the group's G stages (lane = 0 .. 31 of one warp; the caller syncs before reading).
+// `uniform`: the group's rows start where the weights' stage map puts them (rows_uniform).
+template <int R, int TH>
+__device__ __forceinline__ void build_plans(StagePlan* plans, const UnionMeta<R>& md, int br0, int grid_rows, int U,
+                                            int G, bool uniform, int lane) {
+    for (int g = lane; g < G; g += 32) {
+        const int j0 = g * SLOTS;
+        u32 kept = 0;
+#pragma unroll
+        for (int s = 0; s < SLOTS; ++s)
+            if (j0 + s < U) {
+                const u32 m = md.umask[j0 + s];
+#pragma unroll
+                for (int r = 0; r < R; ++r)
+                    if ((m >> r) & 1u) kept |= 1u << (4 * r + s);
+            }
+        const bool contig = stage_contiguous<16>(md.ucol, U, j0);
+        // The stage's weights in one box where the group's rows allow it (see stage_boxed).
+        const bool boxed = uniform && stage_boxed<R>(md, br0, grid_rows, U, j0);
+        StagePlan p;
+        p.kept = kept;
+        p.wbytes = boxed ? ETR_BN * 64 * 2 : static_cast<u32>(__popc(kept)) * TH * 32;
+        p.flags = (contig ? STAGE_CONTIG : 0u) | (boxed ? STAGE_W_SW128 : 0u);
+        p.xcol = contig ? static_cast<unsigned short>(md.ucol[j0] * 16) : 0;
+        p.wline = boxed ? static_cast<unsigned short>(md.kidx[0][j0] * (TH / 4)) : 0;
+        plans[g] = p;
+    }
+    __syncwarp();
+}
 
 // The output tiles of CTA `c` out of `P`: a contiguous run of the T = groups x token blocks tiles,
 // numbered feature group first, so a CTA rebuilds its union list rarely. (Round robin over tiles
@@ -112,12 +184,13 @@ struct Schedule {
 // One stage of products for a warp: its A fragments from the stage's tiles (zero where absent),
 // then four m64nBTk16 MMAs over the stage's 64 columns, committed as one group.
 template <bool BF16, int BT>
-__device__ __forceinline__ void mma_stage(float* acc, u32 (&a)[SLOTS][4], u32 wrow, u32 kept4, bool contig, u32 xb,
-                                          u32 tile_bytes) {
+__device__ __forceinline__ void mma_stage(float* acc, u32 (&a)[SLOTS][4], u32 wrow, u32 kept4, bool contig,
+                                          bool wswz, u32 xb, u32 tile_bytes) {
 #pragma unroll
     for (int s = 0; s < SLOTS; ++s) {
         if ((kept4 >> s) & 1u) {
-            ldmatrix_x4(wrow + s * tile_bytes, a[s]);
+            const u32 at = wrow + s * tile_bytes;
+            ldmatrix_x4(wswz ? sw128(at) : at, a[s]);
         } else {
             a[s][0] = a[s][1] = a[s][2] = a[s][3] = 0u;
         }
@@ -153,12 +226,17 @@ __device__ __forceinline__ void consumers(const Schedule& sched, const TensorMap
     const u32 out = out_base + wg * (BT * 128);  // this warpgroup's BT tokens x 64 features
     const u32 my_res_bar = res_bar + 8 * wg;
     const bool use_res = residual != nullptr && ws == nullptr;
+    if (leader) {
+        tma_prefetch(tmy);
+        if (use_res) tma_prefetch(tmres);
+    }
     // Two sets of A fragments: a stage's are loaded while the previous stage's products still
     // read the other set (the MMA reads A registers asynchronously).
     u32 afrag0[SLOTS][4], afrag1[SLOTS][4];
     float acc[NACC];
     int q = 0, pend = -1;
     u32 res_phase = 0;
+    ETR_PROF(u32 p_full = 0; u32 p_mma = 0; u32 p_epi = 0; const u32 p_start = prof_clock(); u32 p0 = 0;)
     for (long long t = sched.beg; t < sched.end; ++t) {
         const int group = sched.group(t), m0 = sched.m0(t, BT);
         const int n0 = group * ETR_BN;
@@ -168,7 +246,9 @@ __device__ __forceinline__ void consumers(const Schedule& sched, const TensorMap
         bool res_issued = false;
         for (int g = 0;; ++g, ++q) {
             const int b = q % STAGES;
+            ETR_PROF(p0 = prof_clock();)
             mbar_wait_suspend(full_bar + 8 * b, (q / STAGES) & 1);
+            ETR_PROF(p_full += prof_clock() - p0;)
             const StageInfo inf = info[b];
             const bool last = (inf.flags & STAGE_LAST) != 0;
             // The residual tile is fetched once this tile's products are under way (the staging
@@ -182,15 +262,18 @@ __device__ __forceinline__ void consumers(const Schedule& sched, const TensorMap
             if (!(inf.flags & STAGE_EMPTY) && ETR_EXPERIMENT < 2) {
                 const u32 kept4 = (inf.kept >> (4 * r)) & 0xFu;
                 const bool contig = (inf.flags & STAGE_CONTIG) != 0;
+                const bool wswz = (inf.flags & STAGE_W_SW128) != 0 && !ETR_READ_PLAIN;
                 const u32 wrow = ws_base + b * RG::STAGE_W + r * SLOTS * TILE + lane_off;
                 const u32 xb = xs_base + b * RG::STAGE_X;
-                if (q & 1) mma_stage<BF16, BT>(acc, afrag1, wrow, kept4, contig, xb, TILE);
-                else mma_stage<BF16, BT>(acc, afrag0, wrow, kept4, contig, xb, TILE);
+                if (q & 1) mma_stage<BF16, BT>(acc, afrag1, wrow, kept4, contig, wswz, xb, TILE);
+                else mma_stage<BF16, BT>(acc, afrag0, wrow, kept4, contig, wswz, xb, TILE);
             }
             // The previous stage's products are done: release its buffers. Every warp arrives once
             // it is done with a stage (a stage without products does not make the warpgroup's
             // warps wait for each other, and its StageInfo must stay until all have read it).
+            ETR_PROF(p0 = prof_clock();)
             wgmma_wait<1>();
+            ETR_PROF(p_mma += prof_clock() - p0;)
             if (pend >= 0 && lane == 0) mbar_arrive(empty_bar + 8 * pend);
             pend = b;
             if (last) {
@@ -198,6 +281,7 @@ __device__ __forceinline__ void consumers(const Schedule& sched, const TensorMap
                 break;
             }
         }
+        ETR_PROF(p0 = prof_clock();)
         wgmma_wait<0>();
         if (lane == 0) mbar_arrive(empty_bar + 8 * pend);
         pend = -1;
@@ -270,8 +354,15 @@ __device__ __forceinline__ void consumers(const Schedule& sched, const TensorMap
         if (wg == 0) named_barrier<2, 128>();
         else named_barrier<3, 128>();
         if (leader) tma_store_2d(tmy, n0 + wg * 64, m0, out);
+        ETR_PROF(p_epi += prof_clock() - p0;)
     }
     if (leader) tma_store_wait_all();
+#if ETR_PROFILE
+    if (blockIdx.x == 0 && lane == 0) {
+        u32* p = etr_prof[warp];
+        p[0] = prof_clock() - p_start, p[1] = p_full, p[2] = p_mma, p[3] = p_epi, p[4] = q;
+    }
+#endif
 }
 
 // The producer's wait for a free slot (the q-th stage reuses the slot of stage q - STAGES).
@@ -280,6 +371,12 @@ __device__ __forceinline__ void producer_wait(u32 empty, int q) {
     if (q < STAGES) return;
     mbar_wait_suspend(empty, ((q / STAGES) - 1) & 1);
 }
+#if ETR_PROFILE
+#define ETR_PRODUCER_WAIT(empty, q) \
+    do { const u32 w0 = prof_clock(); producer_wait<STAGES>(empty, q); p_empty += prof_clock() - w0; } while (0)
+#else
+#define ETR_PRODUCER_WAIT(empty, q) producer_wait<STAGES>(empty, q)
+#endif
 
 template <typename T, bool BF16, int TH, int BT>
 __device__ void body(const TensorMap* tmx, const TensorMap* tmx_wide, const TensorMap* tmy, const TensorMap* tmres,
@@ -301,6 +398,8 @@ __device__ void body(const TensorMap* tmx, const TensorMap* tmx_wide, const Tens
     const u32 meta_off = STAGES * (RG::STAGE_X + RG::STAGE_W) + RG::OUT + 8 * (2 * STAGES + 2);
     StageInfo* info = reinterpret_cast<StageInfo*>(smem + meta_off);
     UnionMeta<R>& md = *reinterpret_cast<UnionMeta<R>*>(smem + meta_off + sizeof(StageInfo) * STAGES);
+    StagePlan* plans = reinterpret_cast<StagePlan*>(
+        smem + ((meta_off + sizeof(StageInfo) * STAGES + sizeof(UnionMeta<R>) + 15) & ~static_cast<size_t>(15)));
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     if (tid == 0) {
@@ -316,17 +415,25 @@ __device__ void body(const TensorMap* tmx, const TensorMap* tmx_wide, const Tens
     const Schedule sched(M, N, BT);
 
     if (warp == 8) {
-        // Producer. Lane r < R: block row r's tiles of the stage; lanes R .. R + 3: X.
+        // Producer. Lane 0 issues a stage's copies where each is one box; otherwise lane r < R
+        // copies block row r's tiles and lanes R .. R + 3 the X slices.
+        if (lane == 0) {
+            tma_prefetch(tmx);
+            tma_prefetch(tmx_wide);
+            tma_prefetch(tmw);
+        }
         int q = 0, cur_group = -1, U = 0, gbeg = 0, GL = 0;
-        bool group_boxed = false;
+        ETR_PROF(u32 p_empty = 0; u32 p_plan = 0; u32 p_issue = 0; const u32 p_start = prof_clock();)
         for (long long t = sched.beg; t < sched.end; ++t) {
             const int group = sched.group(t), m0 = sched.m0(t, BT);
             if (group != cur_group) {
+                __syncwarp();  // every lane is done with the previous group's list and plans
                 build_union<R, 32>(md, bitmap, row_offsets, grid_rows, grid_cols, group * R, lane);
                 cur_group = group;
-                group_boxed = rows_uniform<R>(md, group * R, grid_rows, wcnt);
                 U = md.U;
                 const int G = (U + SLOTS - 1) / SLOTS;
+                build_plans<R, TH>(plans, md, group * R, grid_rows, U, G,
+                                   rows_uniform<R>(md, group * R, grid_rows, wcnt), lane);
                 gbeg = static_cast<int>((static_cast<long long>(G) * blockIdx.z) / gridDim.z);
                 GL = static_cast<int>((static_cast<long long>(G) * (blockIdx.z + 1)) / gridDim.z) - gbeg;
             }
@@ -334,68 +441,66 @@ __device__ void body(const TensorMap* tmx, const TensorMap* tmx_wide, const Tens
                 const int b = q % STAGES;
                 const u32 bar = full_bar + 8 * b;
                 if (GL == 0) {
-                    producer_wait<STAGES>(empty_bar + 8 * b, q);
+                    ETR_PRODUCER_WAIT(empty_bar + 8 * b, q);
                     if (lane == 0) {
                         info[b] = StageInfo{0u, STAGE_LAST | STAGE_EMPTY};
                         mbar_arrive(bar);
                     }
                     continue;
                 }
-                const int j0 = (gbeg + g) * SLOTS;
-                const bool contig = stage_contiguous<16>(md.ucol, U, j0);
-                u32 kept_bits = 0;  // slots s whose tile block row `lane` keeps
-                if (lane < R) {
-#pragma unroll
-                    for (int s = 0; s < SLOTS; ++s)
-                        if (j0 + s < U && ((md.umask[j0 + s] >> lane) & 1u)) kept_bits |= 1u << s;
-                }
-                // The stage's weights in one box where the group's rows allow it (see stage_boxed).
-                const bool boxed = group_boxed && stage_boxed<R>(md, group * R, grid_rows, U, j0);
-                u32 bytes = ETR_EXPERIMENT == 3 ? 0u : static_cast<u32>(__popc(kept_bits)) * TILE;
-                if (boxed) bytes = (lane == 0 && ETR_EXPERIMENT != 3) ? RG::STAGE_W : 0u;
-                if (lane == 0 && ETR_EXPERIMENT < 4) bytes += RG::STAGE_X;
-                bytes = __reduce_add_sync(0xffffffffu, bytes);
-                const u32 kept_all = __reduce_or_sync(0xffffffffu, lane < R ? kept_bits << (4 * lane) : 0u);
-                // All of the above is known before the slot is free: only the copies wait for it.
-                producer_wait<STAGES>(empty_bar + 8 * b, q);
+                ETR_PROF(const u32 p_it = prof_clock();)
+                const StagePlan pl = plans[gbeg + g];
+                const bool boxed = (pl.flags & STAGE_W_SW128) != 0, contig = (pl.flags & STAGE_CONTIG) != 0;
+                const u32 wbytes = ETR_EXPERIMENT == 3 ? 0u : pl.wbytes;
+                const u32 xbytes = ETR_EXPERIMENT == 4 ? 0u : RG::STAGE_X;
+                ETR_PROF(p_plan += prof_clock() - p_it;)
+                ETR_PRODUCER_WAIT(empty_bar + 8 * b, q);
+                ETR_PROF(const u32 p_is = prof_clock();)
                 if (lane == 0) {
-                    info[b] = StageInfo{kept_all, (contig ? STAGE_CONTIG : 0u) | (g == GL - 1 ? STAGE_LAST : 0u)};
-                    if (ETR_EXPERIMENT == 1) mbar_arrive(bar);  // no copies follow
-                    else mbar_arrive_expect_tx(bar, bytes);
-                }
-                __syncwarp();
-                if (ETR_EXPERIMENT == 1) continue;
-                if (boxed) {
-                    if (lane == 0 && ETR_EXPERIMENT != 3)
-                        tma_load_3d(ws_base + b * RG::STAGE_W, tmw, 0, md.kidx[0][j0] * (TH / 4), group * R, bar);
-                }
-                if (lane < R && kept_bits && ETR_EXPERIMENT != 3 && !boxed) {
-                    const int r = lane;
-                    const u32 dst = ws_base + b * RG::STAGE_W + r * SLOTS * TILE;
-                    // The row's kept tiles among the stage's columns are consecutive in the file.
-                    const int s0 = __ffs(kept_bits) - 1;
-                    const T* src = values + (static_cast<size_t>(md.rowoff[r]) + md.kidx[r][j0 + s0]) * (TH * 16);
-                    if (kept_bits == 0xFu) {
-                        bulk_copy(dst, src, SLOTS * TILE, bar);
+                    info[b] = StageInfo{pl.kept, pl.flags | (g == GL - 1 ? STAGE_LAST : 0u)};
+                    if (ETR_EXPERIMENT == 1) {
+                        mbar_arrive(bar);  // no copies follow
                     } else {
-                        int k = 0;
+                        mbar_arrive_expect_tx(bar, wbytes + xbytes);
+                        if (boxed && ETR_EXPERIMENT != 3)
+                            tma_load_3d(ws_base + b * RG::STAGE_W, tmw, 0, pl.wline, group * R, bar);
+                        if (contig && ETR_EXPERIMENT < 4)
+                            tma_load_2d(xs_base + b * RG::STAGE_X, tmx_wide, pl.xcol, m0, bar);
+                    }
+                }
+                if (ETR_EXPERIMENT != 1 && !(boxed && contig)) {
+                    __syncwarp();  // the other lanes' copies follow the expected byte count
+                    const int j0 = (gbeg + g) * SLOTS;
+                    const u32 kept_bits = lane < R ? (pl.kept >> (4 * lane)) & 0xFu : 0u;
+                    if (!boxed && kept_bits && ETR_EXPERIMENT != 3) {
+                        const int r = lane;
+                        const u32 dst = ws_base + b * RG::STAGE_W + r * SLOTS * TILE;
+                        // The row's kept tiles among the stage's columns are consecutive in the file.
+                        const int s0 = __ffs(kept_bits) - 1;
+                        const T* src = values + (static_cast<size_t>(md.rowoff[r]) + md.kidx[r][j0 + s0]) * (TH * 16);
+                        if (kept_bits == 0xFu) {
+                            bulk_copy(dst, src, SLOTS * TILE, bar);
+                        } else {
+                            int k = 0;
 #pragma unroll
-                        for (int s = 0; s < SLOTS; ++s)
-                            if ((kept_bits >> s) & 1u) bulk_copy(dst + s * TILE, src + (k++) * (TH * 16), TILE, bar);
-                    }
-                } else if (lane >= R && lane < R + SLOTS && ETR_EXPERIMENT < 4) {
-                    const int s = lane - R;
-                    if (contig) {
-                        if (s == 0) tma_load_2d(xs_base + b * RG::STAGE_X, tmx_wide, static_cast<int>(md.ucol[j0]) * 16, m0, bar);
-                    } else {
-                        const int j = j0 + s;
+                            for (int s = 0; s < SLOTS; ++s)
+                                if ((kept_bits >> s) & 1u) bulk_copy(dst + s * TILE, src + (k++) * (TH * 16), TILE, bar);
+                        }
+                    } else if (!contig && lane >= R && lane < R + SLOTS && ETR_EXPERIMENT < 4) {
+                        const int j = j0 + lane - R;
                         const int k = j < U ? static_cast<int>(md.ucol[j]) * 16 : K;  // K: zeros
-                        tma_load_2d(xs_base + b * RG::STAGE_X + s * RG::SLOT_X, tmx, k, m0, bar);
+                        tma_load_2d(xs_base + b * RG::STAGE_X + (lane - R) * RG::SLOT_X, tmx, k, m0, bar);
                     }
                 }
-                __syncwarp();  // the union list is rebuilt only after every lane has read it
+                ETR_PROF(p_issue += prof_clock() - p_is;)
             }
         }
+#if ETR_PROFILE
+        if (blockIdx.x == 0 && lane == 0) {
+            u32* p = etr_prof[8];
+            p[0] = prof_clock() - p_start, p[1] = p_empty, p[2] = p_plan, p[3] = p_issue, p[4] = q;
+        }
+#endif
     } else {
         consumers<T, BF16, TH, BT>(sched, tmres, tmy, M, N, bias, residual, gelu, ws, xs_base, ws_base,
                                    out_base, full_bar, empty_bar, res_bar, info);
@@ -428,3 +533,17 @@ __device__ void body(const TensorMap* tmx, const TensorMap* tmx_wide, const Tens
 ETS_TILE_RS_ALL(16)
 ETS_TILE_RS_ALL(64)
 ETS_TILE_RS_ALL(128)
+
+#if ETR_PROFILE
+extern "C" __global__ void tile_rs_profile_print() {
+    for (int w = 0; w < 9; ++w) {
+        const u32* p = etr::etr_prof[w];
+        if (w == 8)
+            printf("M profile producer: total %u cycles, waiting for empty slots %u, planning %u, issuing %u; %u stages\n",
+                   p[0], p[1], p[2], p[3], p[4]);
+        else
+            printf("M profile warp %d: total %u cycles, waiting for full stages %u, for the MMA %u, last MMA + epilogue %u; %u stages\n",
+                   w, p[0], p[1], p[2], p[3], p[4]);
+    }
+}
+#endif

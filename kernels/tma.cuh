@@ -29,6 +29,13 @@ __device__ __forceinline__ void fence_barrier_init() {
 #endif
 }
 
+// Fetches a tensor map into the descriptor cache ahead of its first copy.
+__device__ __forceinline__ void tma_prefetch(const TensorMap* map) {
+#if ETW_WGMMA
+    asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<u64>(map)) : "memory");
+#endif
+}
+
 __device__ __forceinline__ void tma_load_2d(u32 dst, const TensorMap* map, int c0, int c1, u32 bar) {
 #if ETW_WGMMA
     asm volatile(

@@ -72,9 +72,9 @@ if [ "${ETS_NCU:-0}" = 1 ] && command -v ncu >/dev/null; then
         ncu --clock-control none -k "regex:$ncu_kernel" -s 5 -c 1 --section SpeedOfLight --section Occupancy \
             --section WarpStateStats --section LaunchStats --section MemoryWorkloadAnalysis \
             --section ComputeWorkloadAnalysis \
-            --metrics lts__t_bytes.sum.per_second,dram__bytes_read.sum,dram__bytes_write.sum,lts__t_bytes.sum \
+            --metrics lts__t_bytes.sum.per_second,dram__bytes_read.sum,dram__bytes_write.sum,lts__t_bytes.sum,l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_ld.sum,l1tex__data_pipe_lsu_wavefronts_mem_shared_op_ld.sum \
             "$bin" one $ncu_args > "$out/ncu$i.txt" 2>&1
-        grep -E "tile_|gemm|Duration|Throughput|Hit Rate|Occupancy|Stall|Warp Cycles|Registers|Shared Memory|Block Limit|Bank|Issued|pipeline|lts__|dram__|ERROR" "$out/ncu$i.txt" | head -60
+        grep -E "tile_|gemm|l1tex__|Duration|Throughput|Hit Rate|Occupancy|Stall|Warp Cycles|Registers|Shared Memory|Block Limit|Bank|Issued|pipeline|lts__|dram__|ERROR" "$out/ncu$i.txt" | head -60
     done
 fi
 echo "et-bench exit code $rc"

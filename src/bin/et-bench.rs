@@ -146,6 +146,12 @@ fn main() -> ExitCode {
                 kernel.as_deref(),
             )?;
             print_result(&r, 4000.0);
+            // Timing experiments: a kernel file built with its profiling switch keeps cycle counts
+            // of its last launch, printed by a kernel of its own.
+            if std::env::var("ETS_KERNEL_DEFINES").is_ok_and(|d| d.contains("ETR_PROFILE=1")) {
+                rt.launch("tile_rs_profile_print", (1, 1, 1), (1, 1, 1), 0, &[])?;
+                rt.synchronize()?;
+            }
             Ok(true)
         }),
         Cmd::Resources { arch } => resources(&arch).map(|_| true),

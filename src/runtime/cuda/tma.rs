@@ -19,7 +19,6 @@ pub const TMA_BN: usize = 128;
 const TMA_THREADS: u32 = 288;
 const SW32: sys::CUtensorMapSwizzle = sys::CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_32B;
 const SW128: sys::CUtensorMapSwizzle = sys::CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_128B;
-const SW_NONE: sys::CUtensorMapSwizzle = sys::CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_NONE;
 /// Columns per TMA copy (one 32-byte swizzle row of 16-bit values).
 const SLICE: u32 = 16;
 
@@ -212,16 +211,19 @@ const RS_STAGES: usize = 4;
 /// Dynamic shared memory of the register-operand kernel for tile height `th`: four stages (X: 64
 /// columns of 192 tokens; W: four 16-column tiles per feature), the output staging buffer (192
 /// tokens x 128 features), 1 KiB to align them, the barriers (ring and residual), the per-stage
-/// information and the union list of `128 / th` block rows.
+/// information, the union list of `128 / th` block rows and the producer's stage plans.
 pub fn rs_smem_bytes(th: usize) -> usize {
     let r = (TMA_BN / th).max(1);
     let meta = TILE_MAX_GRID_COLS * (1 + 2 + 2 + 1 + 2 * r) + 4 * r + 4;
+    // The producer's 16-byte plan of every stage of a group (four tile columns each).
+    let plans = TILE_MAX_GRID_COLS / 4 * 16;
     RS_STAGES * (RS_BM + TMA_BN) * 64 * 2
         + RS_BM * TMA_BN * 2
         + 1024
         + 8 * (2 * RS_STAGES + 2)
         + 8 * RS_STAGES
         + meta.div_ceil(16) * 16
+        + plans
 }
 
 /// Why the register-operand kernel cannot run `w` on this device, or None when it can.
@@ -337,8 +339,10 @@ fn tiles_per_block_row(w: &TileDeviceView) -> Option<usize> {
 }
 
 /// The register-operand kernel's stage map: the values as (128-byte lines, lines of a block row,
-/// block rows), boxes of four tiles of each of a group's block rows, in the file's layout. None
-/// when the rows cannot be uniform or the map cannot be encoded.
+/// block rows), boxes of four tiles of each of a group's block rows, in the file's layout with the
+/// 128-byte swizzle (which spreads a tile's 32-byte rows over all banks for ldmatrix; the kernel
+/// reads such stages with the same XOR). None when the rows cannot be uniform or the map cannot be
+/// encoded.
 fn rs_stage_map(w: &TileDeviceView) -> Option<([u64; 16], usize)> {
     let cnt = tiles_per_block_row(w)?;
     let lines_per_tile = w.th * w.tw * 2 / 128;
@@ -350,7 +354,7 @@ fn rs_stage_map(w: &TileDeviceView) -> Option<([u64; 16], usize)> {
         (STAGE_TILES * lines_per_tile) as u32,
         (TMA_BN / w.th) as u32,
     ];
-    let map = encode(w.values, w.elem, &dims, &pitch, &boxes, SW_NONE).ok()?;
+    let map = encode(w.values, w.elem, &dims, &pitch, &boxes, SW128).ok()?;
     Some((map, cnt))
 }
 
