@@ -126,11 +126,11 @@ __device__ __forceinline__ u32 sw128(u32 addr) { return addr ^ ((addr >> 3) & 0x
 // loads, longer than the stage's products (measured with ETR_PROFILE: 620 cycles per stage,
 // against about 870 for the products).
 struct __align__(16) StagePlan {
-    u32 kept;             // bit 4r + s: block row r keeps the tile of slot s
-    u32 wbytes;           // bytes of the stage's weights
-    u32 flags;            // STAGE_CONTIG, STAGE_W_SW128
-    unsigned short xcol;  // first X column of a contiguous stage
-    unsigned short wline; // the weights' box coordinate (128-byte lines into the row) of a boxed stage
+    u32 kept;                 // bit 4r + s: block row r keeps the tile of slot s
+    u32 wbytes;               // bytes of the stage's weights
+    u32 flags;                // STAGE_CONTIG, STAGE_W_SW128
+    unsigned short wline;     // the weights' box coordinate (128-byte lines into the row) of a boxed stage
+    unsigned short xcol[SLOTS];  // X column of each slot (the first only for a contiguous stage; K: zeros)
 };
 // Longest union list, in stages.
 constexpr int MAX_STAGE_PLANS = ETS_MAX_GRID_COLS / SLOTS;
@@ -139,7 +139,7 @@ constexpr int MAX_STAGE_PLANS = ETS_MAX_GRID_COLS / SLOTS;
 // `uniform`: the group's rows start where the weights' stage map puts them (rows_uniform).
 template <int R, int TH>
 __device__ __forceinline__ void build_plans(StagePlan* plans, const UnionMeta<R>& md, int br0, int grid_rows, int U,
-                                            int G, bool uniform, int lane) {
+                                            int G, int K, bool uniform, int lane) {
     for (int g = lane; g < G; g += 32) {
         const int j0 = g * SLOTS;
         u32 kept = 0;
@@ -158,8 +158,9 @@ __device__ __forceinline__ void build_plans(StagePlan* plans, const UnionMeta<R>
         p.kept = kept;
         p.wbytes = boxed ? ETR_BN * 64 * 2 : static_cast<u32>(__popc(kept)) * TH * 32;
         p.flags = (contig ? STAGE_CONTIG : 0u) | (boxed ? STAGE_W_SW128 : 0u);
-        p.xcol = contig ? static_cast<unsigned short>(md.ucol[j0] * 16) : 0;
         p.wline = boxed ? static_cast<unsigned short>(md.kidx[0][j0] * (TH / 4)) : 0;
+#pragma unroll
+        for (int s = 0; s < SLOTS; ++s) p.xcol[s] = static_cast<unsigned short>(j0 + s < U ? md.ucol[j0 + s] * 16 : K);
         plans[g] = p;
     }
     __syncwarp();
@@ -168,6 +169,7 @@ __device__ __forceinline__ void build_plans(StagePlan* plans, const UnionMeta<R>
 // The output tiles of CTA `c` out of `P`: a contiguous run of the T = groups x token blocks tiles,
 // numbered feature group first, so a CTA rebuilds its union list rarely. (Round robin over tiles
 // numbered token block first, so that CTAs running at once share X rows, measured slower.)
+// A cursor walks the run (the divisions are 64-bit calls, done once).
 struct Schedule {
     long long beg, end;
     int MB;  // token blocks
@@ -177,8 +179,13 @@ struct Schedule {
         beg = T * blockIdx.x / gridDim.x;
         end = T * (blockIdx.x + 1) / gridDim.x;
     }
-    __device__ int group(long long t) const { return static_cast<int>(t / MB); }
-    __device__ int m0(long long t, int BT) const { return static_cast<int>(t % MB) * BT; }
+    struct Cursor {
+        int group, block;  // the tile's feature group and token block
+        __device__ void next(int MB) {
+            if (++block == MB) block = 0, ++group;
+        }
+    };
+    __device__ Cursor first() const { return Cursor{static_cast<int>(beg / MB), static_cast<int>(beg % MB)}; }
 };
 
 // One stage of products for a warp: its A fragments from the stage's tiles (zero where absent),
@@ -237,8 +244,9 @@ __device__ __forceinline__ void consumers(const Schedule& sched, const TensorMap
     int q = 0, pend = -1;
     u32 res_phase = 0;
     ETR_PROF(u32 p_full = 0; u32 p_mma = 0; u32 p_epi = 0; const u32 p_start = prof_clock(); u32 p0 = 0;)
-    for (long long t = sched.beg; t < sched.end; ++t) {
-        const int group = sched.group(t), m0 = sched.m0(t, BT);
+    Schedule::Cursor cur = sched.first();
+    for (long long t = sched.beg; t < sched.end; ++t, cur.next(sched.MB)) {
+        const int group = cur.group, m0 = cur.block * BT;
         const int n0 = group * ETR_BN;
         const bool wg_live = n0 + wg * 64 < N;  // some of this warpgroup's features exist
 #pragma unroll
@@ -282,13 +290,19 @@ __device__ __forceinline__ void consumers(const Schedule& sched, const TensorMap
             }
         }
         ETR_PROF(p0 = prof_clock();)
+        // Accumulators of m64nBTk16: this thread holds features fa = frow + lane/4 and fa + 8, tokens
+        // 8j + 2*(lane%4) (+1) in acc[4j .. 4j+3] = (fa, t), (fa, t+1), (fa+8, t), (fa+8, t+1).
+        // The bias is loaded while the last stage's products run (its latency was the epilogue's).
+        const int fa = n0 + frow + (lane >> 2);
+        float b0 = 0.f, b1 = 0.f;
+        if (bias && ws == nullptr) {
+            if (fa < N) b0 = __ldg(bias + fa);
+            if (fa + 8 < N) b1 = __ldg(bias + fa + 8);
+        }
         wgmma_wait<0>();
         if (lane == 0) mbar_arrive(empty_bar + 8 * pend);
         pend = -1;
 
-        // Accumulators of m64nBTk16: this thread holds features fa = frow + lane/4 and fa + 8, tokens
-        // 8j + 2*(lane%4) (+1) in acc[4j .. 4j+3] = (fa, t), (fa, t+1), (fa+8, t), (fa+8, t+1).
-        const int fa = n0 + frow + (lane >> 2);
         if (ws) {
             float* wz = ws + static_cast<size_t>(blockIdx.z) * M * N;
 #pragma unroll
@@ -301,11 +315,6 @@ __device__ __forceinline__ void consumers(const Schedule& sched, const TensorMap
             continue;
         }
         if (ws || !wg_live) continue;
-        float b0 = 0.f, b1 = 0.f;
-        if (bias) {
-            if (fa < N) b0 = bias[fa];
-            if (fa + 8 < N) b1 = bias[fa + 8];
-        }
         // The staging buffer is free: the previous store has read it (the leader waited, then
         // the warpgroup's barrier), or the residual tile has landed in it.
         if (leader) tma_store_wait_read();
@@ -415,8 +424,8 @@ __device__ void body(const TensorMap* tmx, const TensorMap* tmx_wide, const Tens
     const Schedule sched(M, N, BT);
 
     if (warp == 8) {
-        // Producer. Lane 0 issues a stage's copies where each is one box; otherwise lane r < R
-        // copies block row r's tiles and lanes R .. R + 3 the X slices.
+        // Producer. Lane 0 issues X's copies and a boxed stage's weights; otherwise lane r < R copies
+        // block row r's tiles.
         if (lane == 0) {
             tma_prefetch(tmx);
             tma_prefetch(tmx_wide);
@@ -424,15 +433,16 @@ __device__ void body(const TensorMap* tmx, const TensorMap* tmx_wide, const Tens
         }
         int q = 0, cur_group = -1, U = 0, gbeg = 0, GL = 0;
         ETR_PROF(u32 p_empty = 0; u32 p_plan = 0; u32 p_issue = 0; const u32 p_start = prof_clock();)
-        for (long long t = sched.beg; t < sched.end; ++t) {
-            const int group = sched.group(t), m0 = sched.m0(t, BT);
+        Schedule::Cursor cur = sched.first();
+        for (long long t = sched.beg; t < sched.end; ++t, cur.next(sched.MB)) {
+            const int group = cur.group, m0 = cur.block * BT;
             if (group != cur_group) {
                 __syncwarp();  // every lane is done with the previous group's list and plans
                 build_union<R, 32>(md, bitmap, row_offsets, grid_rows, grid_cols, group * R, lane);
                 cur_group = group;
                 U = md.U;
                 const int G = (U + SLOTS - 1) / SLOTS;
-                build_plans<R, TH>(plans, md, group * R, grid_rows, U, G,
+                build_plans<R, TH>(plans, md, group * R, grid_rows, U, G, K,
                                    rows_uniform<R>(md, group * R, grid_rows, wcnt), lane);
                 gbeg = static_cast<int>((static_cast<long long>(G) * blockIdx.z) / gridDim.z);
                 GL = static_cast<int>((static_cast<long long>(G) * (blockIdx.z + 1)) / gridDim.z) - gbeg;
@@ -464,16 +474,22 @@ __device__ void body(const TensorMap* tmx, const TensorMap* tmx_wide, const Tens
                         mbar_arrive_expect_tx(bar, wbytes + xbytes);
                         if (boxed && ETR_EXPERIMENT != 3)
                             tma_load_3d(ws_base + b * RG::STAGE_W, tmw, 0, pl.wline, group * R, bar);
-                        if (contig && ETR_EXPERIMENT < 4)
-                            tma_load_2d(xs_base + b * RG::STAGE_X, tmx_wide, pl.xcol, m0, bar);
+                        if (ETR_EXPERIMENT < 4) {
+                            const u32 xs = xs_base + b * RG::STAGE_X;
+                            if (contig) {
+                                tma_load_2d(xs, tmx_wide, pl.xcol[0], m0, bar);
+                            } else {
+#pragma unroll
+                                for (int s = 0; s < SLOTS; ++s) tma_load_2d(xs + s * RG::SLOT_X, tmx, pl.xcol[s], m0, bar);
+                            }
+                        }
                     }
                 }
-                if (ETR_EXPERIMENT != 1 && !(boxed && contig)) {
-                    __syncwarp();  // the other lanes' copies follow the expected byte count
-                    const int j0 = (gbeg + g) * SLOTS;
+                if (ETR_EXPERIMENT != 1 && ETR_EXPERIMENT != 3 && !boxed) {
+                    __syncwarp();  // the rows' copies follow the expected byte count
                     const u32 kept_bits = lane < R ? (pl.kept >> (4 * lane)) & 0xFu : 0u;
-                    if (!boxed && kept_bits && ETR_EXPERIMENT != 3) {
-                        const int r = lane;
+                    if (kept_bits) {
+                        const int r = lane, j0 = (gbeg + g) * SLOTS;
                         const u32 dst = ws_base + b * RG::STAGE_W + r * SLOTS * TILE;
                         // The row's kept tiles among the stage's columns are consecutive in the file.
                         const int s0 = __ffs(kept_bits) - 1;
@@ -486,10 +502,6 @@ __device__ void body(const TensorMap* tmx, const TensorMap* tmx_wide, const Tens
                             for (int s = 0; s < SLOTS; ++s)
                                 if ((kept_bits >> s) & 1u) bulk_copy(dst + s * TILE, src + (k++) * (TH * 16), TILE, bar);
                         }
-                    } else if (!contig && lane >= R && lane < R + SLOTS && ETR_EXPERIMENT < 4) {
-                        const int j = j0 + lane - R;
-                        const int k = j < U ? static_cast<int>(md.ucol[j]) * 16 : K;  // K: zeros
-                        tma_load_2d(xs_base + b * RG::STAGE_X + (lane - R) * RG::SLOT_X, tmx, k, m0, bar);
                     }
                 }
                 ETR_PROF(p_issue += prof_clock() - p_is;)

@@ -354,8 +354,11 @@ pub fn auto_kernel(rt: &CudaRuntime, v: &TileDeviceView, m: usize) -> TileKernel
             TileKernel::Mma
         };
     }
-    // With long rows (K from TMA_256_MIN_K) the TMA kernel's 256-token CTAs lead: each weight
-    // stage serves twice the tokens, and the stages of a CTA outnumber its fill and epilogue.
+    // 64-column tiles go to the TMA kernel; with long rows (K from TMA_256_MIN_K) its 256-token
+    // CTAs lead: each weight stage serves twice the tokens, and the stages of a CTA outnumber its
+    // fill and epilogue. (16x16 tiles at density 1 went there too until the register-operand
+    // kernel's producer planned its stages once per group: 0.78x against 0.64x of cuBLAS at
+    // 3072->768, 2026-11-29.)
     let tma256 = v.cols >= TMA_256_MIN_K && tma_unsupported(rt, v, 256).is_none();
     if v.tw == 64 && m >= TMA_MIN_TOKENS && tma_unsupported(rt, v, 128).is_none() {
         return if tma256 {
@@ -363,9 +366,6 @@ pub fn auto_kernel(rt: &CudaRuntime, v: &TileDeviceView, m: usize) -> TileKernel
         } else {
             TileKernel::Tma128
         };
-    }
-    if v.th == 16 && v.tw == 16 && v.density() >= 1.0 && m >= TMA_MIN_TOKENS && tma256 {
-        return TileKernel::Tma256;
     }
     let [u64_, u128_] = v
         .unions

@@ -215,8 +215,8 @@ const RS_STAGES: usize = 4;
 pub fn rs_smem_bytes(th: usize) -> usize {
     let r = (TMA_BN / th).max(1);
     let meta = TILE_MAX_GRID_COLS * (1 + 2 + 2 + 1 + 2 * r) + 4 * r + 4;
-    // The producer's 16-byte plan of every stage of a group (four tile columns each).
-    let plans = TILE_MAX_GRID_COLS / 4 * 16;
+    // The producer's 32-byte plan of every stage of a group (four tile columns each).
+    let plans = TILE_MAX_GRID_COLS / 4 * 32;
     RS_STAGES * (RS_BM + TMA_BN) * 64 * 2
         + RS_BM * TMA_BN * 2
         + 1024
@@ -295,8 +295,8 @@ pub fn tile_rs(
     } else {
         map_y
     };
-    // The common tile arguments with X replaced by its two maps and Y by the output maps (the
-    // weights are read through plain pointers): (maps of X, Y and residual, M, K, bitmap, row
+    // The common tile arguments with X replaced by its two maps and Y by the output maps: (maps
+    // of X, Y and residual, the weights' stage map and its tiles per block row, M, K, bitmap, row
     // offsets, values, N, grid, bias, residual, GELU; the workspace follows).
     let (map_w, wcnt) = rs_stage_map(w).unwrap_or((map_y, 0));
     let c = tile_args(x, m, w, ep, y);
