@@ -15,9 +15,10 @@
 //   swizzle so that ldmatrix reads it without bank conflicts (sw128); otherwise one bulk copy
 //   (cp.async.bulk, no tensor map) per block row that keeps all four (they are consecutive in the
 //   file), else one per kept tile; absent tiles are not copied at all. The number of copies, not
-//   their bytes, bounded the weights' side. The stage's byte count is summed over the warp first. It
-//   alone reads the union list (rebuilt when the feature group changes) and tells the consumers
-//   what they need per stage (StageInfo).
+//   their bytes, bounded the weights' side. It alone reads the union list, rebuilt when the feature
+//   group changes together with a plan of every stage of the group (StagePlan: what to copy, from
+//   where, how many bytes), so that a stage costs it one shared-memory load, and it tells the
+//   consumers what they need per stage (StageInfo).
 // - Consumers (warps 0-7): warpgroup c owns features 64c .. 64c+63 of the group, warp w of it 16 of
 //   them; an absent tile is a zero fragment. wgmma m64nBTk16 with A from registers, B from shared
 //   memory, one stage of products in flight: two sets of A fragments alternate, and a stage's
@@ -36,8 +37,9 @@
 #ifndef ETR_EXPERIMENT
 #define ETR_EXPERIMENT 0
 #endif
-// Cycle counts of where the consumers and the producer wait (printed by CTA 0 for its first few
-// launches; timing experiments only).
+// Cycle counts of where CTA 0's consumers and producer spend their time in its last launch, kept in
+// etr_prof and printed by tile_rs_profile_print (`et-bench one` launches it when the define is
+// set; timing experiments only).
 #ifndef ETR_PROFILE
 #define ETR_PROFILE 0
 #endif

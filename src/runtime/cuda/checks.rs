@@ -55,11 +55,41 @@ pub enum CheckPath {
     Cols,
 }
 
-/// With `ETS_CHECK_TRACE` set, names each check on stderr before it runs (to find a hang).
+/// With `ETS_CHECK_TRACE` set, names each check (an empty name: none is running) on stderr before it runs, with the seconds since
+/// the first, and a watchdog thread says when one has run for more than 10 s (a hang and a slow
+/// run look alike in a log cut off by a timeout).
 fn trace(what: &str) {
-    if std::env::var_os("ETS_CHECK_TRACE").is_some() {
-        eprintln!("check: {what}");
+    use std::sync::{Mutex, OnceLock};
+    use std::time::{Duration, Instant};
+    static CURRENT: OnceLock<(Instant, Mutex<(String, Instant)>)> = OnceLock::new();
+    if std::env::var_os("ETS_CHECK_TRACE").is_none() {
+        return;
     }
+    let (start, current) = CURRENT.get_or_init(|| {
+        std::thread::spawn(|| loop {
+            std::thread::sleep(Duration::from_secs(10));
+            if let Some((_, cur)) = CURRENT.get() {
+                if let Ok(c) = cur.lock() {
+                    let ran = c.1.elapsed().as_secs();
+                    if ran >= 10 && !c.0.is_empty() {
+                        eprintln!("check: {} still running after {ran} s", c.0);
+                    }
+                }
+            }
+        });
+        (Instant::now(), Mutex::new((String::new(), Instant::now())))
+    });
+    if let Ok(mut c) = current.lock() {
+        *c = (what.to_string(), Instant::now());
+    }
+    if !what.is_empty() {
+        eprintln!("check: [{:.1} s] {what}", start.elapsed().as_secs_f64());
+    }
+}
+
+/// Ends a traced run of checks (the watchdog goes quiet).
+fn trace_idle() {
+    trace("");
 }
 
 fn nan_bits(elem: ElemType) -> u16 {
@@ -392,6 +422,7 @@ pub fn synthetic_suite(rt: &CudaRuntime, rng: &mut Rng) -> Result<Vec<CheckResul
             }
         }
     }
+    trace_idle();
     Ok(out)
 }
 
@@ -518,5 +549,6 @@ pub fn file_suite(
             });
         }
     }
+    trace_idle();
     Ok(out)
 }
