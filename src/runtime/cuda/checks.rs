@@ -57,7 +57,8 @@ pub enum CheckPath {
 
 /// With `ETS_CHECK_TRACE` set, names each check (an empty name: none is running) on stderr before it runs, with the seconds since
 /// the first, and a watchdog thread says when one has run for more than 10 s (a hang and a slow
-/// run look alike in a log cut off by a timeout).
+/// run look alike in a log cut off by a timeout) and ends the process, exit code 3, at
+/// STALL_SECONDS.
 fn trace(what: &str) {
     use std::sync::{Mutex, OnceLock};
     use std::time::{Duration, Instant};
@@ -74,6 +75,12 @@ fn trace(what: &str) {
                     if ran >= 10 && !c.0.is_empty() {
                         eprintln!("check: {} still running after {ran} s", c.0);
                     }
+                    // A stalled kernel cannot be stopped from the host; ending the process
+                    // frees the GPU for the rest of the run's time.
+                    if ran >= STALL_SECONDS && !c.0.is_empty() {
+                        eprintln!("check: {} stalled ({ran} s); exiting", c.0);
+                        std::process::exit(3);
+                    }
                 }
             }
         });
@@ -86,6 +93,10 @@ fn trace(what: &str) {
         eprintln!("check: [{:.1} s] {what}", start.elapsed().as_secs_f64());
     }
 }
+
+/// A traced check running this long has stalled: a check takes well under a second, the first of a
+/// kernel file also its compile (NVRTC about 30 s and the driver's load for the largest file).
+const STALL_SECONDS: u64 = 240;
 
 /// Ends a traced run of checks (the watchdog goes quiet).
 fn trace_idle() {
