@@ -55,10 +55,10 @@ pub enum CheckPath {
     Cols,
 }
 
-/// With `ETS_CHECK_TRACE` set, names each check (an empty name: none is running) on stderr before it runs, with the seconds since
-/// the first, and a watchdog thread says when one has run for more than 10 s (a hang and a slow
-/// run look alike in a log cut off by a timeout) and ends the process, exit code 3, at
-/// STALL_SECONDS.
+/// With `ETS_CHECK_TRACE` set, names each check on stderr before it runs (an empty name: none is
+/// running), with the seconds since the first; a watchdog thread says when one has run for more
+/// than 10 s (a hang and a slow run look alike in a log cut off by a timeout) and ends the process,
+/// exit code 3, at STALL_SECONDS.
 fn trace(what: &str) {
     use std::sync::{Mutex, OnceLock};
     use std::time::{Duration, Instant};
