@@ -90,6 +90,8 @@ __device__ __forceinline__ u32 out_chunk(u32 base, int row, int chunk) {
     return base + static_cast<u32>(row * 128 + ((chunk ^ (row & 7)) << 4));
 }
 
+constexpr u32 STAGE_W_BYTES = ETR_BN * 64 * 2;  // a weight stage: four 16-column tiles per 16 features
+
 template <int BT>
 struct Ring {
     // Four stages of 40 KiB and the output staging buffer, which must outlive the ring's reuse
@@ -97,7 +99,7 @@ struct Ring {
     static constexpr int STAGES = ETR_STAGES;
     static constexpr u32 SLOT_X = BT * 32;           // one 16-column X slice
     static constexpr u32 STAGE_X = SLOTS * SLOT_X;  // = BT rows x 128 bytes
-    static constexpr u32 STAGE_W = ETR_BN * 64 * 2;  // four 16-column tiles per 16 features
+    static constexpr u32 STAGE_W = STAGE_W_BYTES;
     static constexpr u32 OUT = ETR_BN * BT * 2;      // the output tile, two 64-feature halves
 };
 
@@ -134,8 +136,8 @@ struct __align__(16) StagePlan {
     unsigned short wline;     // the weights' box coordinate (128-byte lines into the row) of a boxed stage
     unsigned short xcol[SLOTS];  // X column of each slot (the first only for a contiguous stage; K: zeros)
 };
-// Longest union list, in stages.
-constexpr int MAX_STAGE_PLANS = ETS_MAX_GRID_COLS / SLOTS;
+// The host reserves ETS_MAX_GRID_COLS / SLOTS plans of 32 bytes (rs_smem_bytes).
+static_assert(sizeof(StagePlan) == 32, "rs_smem_bytes counts 32 bytes a stage plan");
 
 // The plans of the group's G stages (lane = 0 .. 31 of one warp; the caller syncs before reading).
 // `uniform`: the group's rows start where the weights' stage map puts them (rows_uniform).
@@ -158,7 +160,7 @@ __device__ __forceinline__ void build_plans(StagePlan* plans, const UnionMeta<R>
         const bool boxed = uniform && stage_boxed<R>(md, br0, grid_rows, U, j0);
         StagePlan p;
         p.kept = kept;
-        p.wbytes = boxed ? ETR_BN * 64 * 2 : static_cast<u32>(__popc(kept)) * TH * 32;
+        p.wbytes = boxed ? STAGE_W_BYTES : static_cast<u32>(__popc(kept)) * TH * 32;
         p.flags = (contig ? STAGE_CONTIG : 0u) | (boxed ? STAGE_W_SW128 : 0u);
         p.wline = boxed ? static_cast<unsigned short>(md.kidx[0][j0] * (TH / 4)) : 0;
 #pragma unroll
