@@ -1,10 +1,10 @@
 // Tile-sparse GEMM with the weights as register operands of the warpgroup MMA (sm_90a), for tiles
-// 16 columns wide (16x16, 64x16, 128x16): Y[M,N] = act(X[M,K] W^T + bias) + residual.
+// 16x16, 64x16, 128x16, 32x32 and 64x64: Y[M,N] = act(X[M,K] W^T + bias) + residual.
 //
 // The roles of tile_tma.cu are swapped: the CTA computes Y^T for 128 output features x BT = 192 tokens,
 // the features on the MMA's M side and the tokens on its N side. So the weights never need a
-// shared-memory layout the MMA reads: each warp loads its 16 features' tile of a 16-column slice
-// from the tile as it lies in the file (16 rows of 32 bytes) with ldmatrix into an A fragment, and
+// shared-memory layout the MMA reads: each warp loads its 16 features' rows of a 16-column slice
+// from the tile as it lies in the file (rows of 2 x TW bytes) with ldmatrix into an A fragment, and
 // X, the B operand, is copied by TMA in 128-byte rows (128-byte swizzle) whenever a stage's union
 // columns are contiguous (16-column boxes with the 32-byte swizzle otherwise).
 // - Persistent: each CTA takes a contiguous run of output tiles (Schedule), so the producer fills
@@ -12,9 +12,11 @@
 // - Producer (warp 8): per stage, the weights of all the group's block rows in one TMA box when
 //   every row keeps the stage's four tiles at the same place in a weight whose rows all keep the
 //   same number of tiles (density 1, grouped masks: see stage_boxed), written with the 128-byte
-//   swizzle so that ldmatrix reads it without bank conflicts (sw128); otherwise one bulk copy
-//   (cp.async.bulk, no tensor map) per block row that keeps all four (they are consecutive in the
-//   file), else one per kept tile; absent tiles are not copied at all. The number of copies, not
+//   swizzle so that ldmatrix reads it without bank conflicts (sw128); otherwise, for 16-column
+//   tiles, one bulk copy (cp.async.bulk, no tensor map) per block row that keeps all four (they are
+//   consecutive in the file), else one per kept tile, and for wider tiles one box per kept tile
+//   (swizzled too: their rows of 64 or 128 bytes would put an ldmatrix phase's eight rows on two
+//   or one bank group); absent tiles are not copied at all. The number of copies, not
 //   their bytes, bounded the weights' side. It alone reads the union list, rebuilt when the feature
 //   group changes together with a plan of every stage of the group (StagePlan: what to copy, from
 //   where, how many bytes), so that a stage costs it one shared-memory load, and it tells the
@@ -42,6 +44,10 @@
 // set; timing experiments only).
 #ifndef ETR_PROFILE
 #define ETR_PROFILE 0
+#endif
+// Debugging: 1 = every weight stage is copied tile by tile (or row by row), never as one box.
+#ifndef ETR_NO_BOX
+#define ETR_NO_BOX 0
 #endif
 // Stages in the ring (timing experiments with fewer).
 #ifndef ETR_STAGES
@@ -90,7 +96,10 @@ __device__ __forceinline__ u32 out_chunk(u32 base, int row, int chunk) {
     return base + static_cast<u32>(row * 128 + ((chunk ^ (row & 7)) << 4));
 }
 
-constexpr u32 STAGE_W_BYTES = ETR_BN * 64 * 2;  // a weight stage: four 16-column tiles per 16 features
+constexpr u32 STAGE_W_BYTES = ETR_BN * 64 * 2;  // a weight stage: 64 columns of the group's 128 features
+
+// 128-byte lines of one TH x TW tile as it lies in the file.
+__host__ __device__ constexpr int tile_lines(int th, int tw) { return th * tw * 2 / 128; }
 
 template <int BT>
 struct Ring {
@@ -112,7 +121,8 @@ struct StageInfo {
 constexpr u32 STAGE_CONTIG = 1;  // X came as one 64-column box (128-byte swizzle)
 constexpr u32 STAGE_LAST = 2;    // the output tile's last stage
 constexpr u32 STAGE_EMPTY = 4;   // no product (the group keeps no tile in this K range)
-constexpr u32 STAGE_W_SW128 = 8; // the weights came as one box with the 128-byte swizzle
+constexpr u32 STAGE_W_SW128 = 8; // the weights came with the 128-byte swizzle
+constexpr u32 STAGE_W_BOXED = 16; // the weights come as one box (the producer's plan only)
 // Timing experiment: one-box weight stages read as if unswizzled (results are wrong), to measure
 // what the swizzle saves.
 #ifndef ETR_READ_PLAIN
@@ -132,7 +142,7 @@ __device__ __forceinline__ u32 sw128(u32 addr) { return addr ^ ((addr >> 3) & 0x
 struct __align__(16) StagePlan {
     u32 kept;                 // bit 4r + s: block row r keeps the tile of slot s
     u32 wbytes;               // bytes of the stage's weights
-    u32 flags;                // STAGE_CONTIG, STAGE_W_SW128
+    u32 flags;                // STAGE_CONTIG, STAGE_W_SW128, STAGE_W_BOXED
     unsigned short wline;     // the weights' box coordinate (128-byte lines into the row) of a boxed stage
     unsigned short xcol[SLOTS];  // X column of each slot (the first only for a contiguous stage; K: zeros)
 };
@@ -140,31 +150,37 @@ struct __align__(16) StagePlan {
 static_assert(sizeof(StagePlan) == 32, "rs_smem_bytes counts 32 bytes a stage plan");
 
 // The plans of the group's G stages (lane = 0 .. 31 of one warp; the caller syncs before reading).
-// `uniform`: the group's rows start where the weights' stage map puts them (rows_uniform).
-template <int R, int TH>
+// `uniform`: the group's rows start where the weights' stage map puts them (rows_uniform). A stage
+// spans 64 columns: UPS = 64 / TW union columns, each SPT = TW / 16 of the stage's 16-column slots.
+template <int R, int TH, int TW>
 __device__ __forceinline__ void build_plans(StagePlan* plans, const UnionMeta<R>& md, int br0, int grid_rows, int U,
                                             int G, int K, bool uniform, int lane) {
+    constexpr int UPS = 64 / TW, SPT = TW / 16;
     for (int g = lane; g < G; g += 32) {
-        const int j0 = g * SLOTS;
+        const int j0 = g * UPS;
         u32 kept = 0;
 #pragma unroll
         for (int s = 0; s < SLOTS; ++s)
-            if (j0 + s < U) {
-                const u32 m = md.umask[j0 + s];
+            if (j0 + s / SPT < U) {
+                const u32 m = md.umask[j0 + s / SPT];
 #pragma unroll
                 for (int r = 0; r < R; ++r)
                     if ((m >> r) & 1u) kept |= 1u << (4 * r + s);
             }
-        const bool contig = stage_contiguous<16>(md.ucol, U, j0);
+        const bool contig = stage_contiguous<TW>(md.ucol, U, j0);
         // The stage's weights in one box where the group's rows allow it (see stage_boxed).
-        const bool boxed = uniform && stage_boxed<R>(md, br0, grid_rows, U, j0);
+        const bool boxed = !ETR_NO_BOX && uniform && stage_boxed<R, UPS>(md, br0, grid_rows, U, j0);
         StagePlan p;
         p.kept = kept;
         p.wbytes = boxed ? STAGE_W_BYTES : static_cast<u32>(__popc(kept)) * TH * 32;
-        p.flags = (contig ? STAGE_CONTIG : 0u) | (boxed ? STAGE_W_SW128 : 0u);
-        p.wline = boxed ? static_cast<unsigned short>(md.kidx[0][j0] * (TH / 4)) : 0;
+        // Tiles 32 and 64 columns wide come swizzled also tile by tile (tile_lines boxes).
+        p.flags = (contig ? STAGE_CONTIG : 0u) | (boxed ? STAGE_W_BOXED : 0u) | (boxed || TW > 16 ? STAGE_W_SW128 : 0u);
+        p.wline = boxed ? static_cast<unsigned short>(md.kidx[0][j0] * tile_lines(TH, TW)) : 0;
 #pragma unroll
-        for (int s = 0; s < SLOTS; ++s) p.xcol[s] = static_cast<unsigned short>(j0 + s < U ? md.ucol[j0 + s] * 16 : K);
+        for (int s = 0; s < SLOTS; ++s) {
+            const int j = j0 + s / SPT;
+            p.xcol[s] = static_cast<unsigned short>(j < U ? md.ucol[j] * TW + (s % SPT) * 16 : K);
+        }
         plans[g] = p;
     }
     __syncwarp();
@@ -194,13 +210,16 @@ struct Schedule {
 
 // One stage of products for a warp: its A fragments from the stage's tiles (zero where absent),
 // then four m64nBTk16 MMAs over the stage's 64 columns, committed as one group.
-template <bool BF16, int BT>
+// A block row's stage holds its 64/TW tiles as they lie in the file (TH rows of 2*TW bytes each):
+// slot s is 16 columns of tile s / SPT.
+template <bool BF16, int BT, int TH, int TW>
 __device__ __forceinline__ void mma_stage(float* acc, u32 (&a)[SLOTS][4], u32 wrow, u32 kept4, bool contig,
-                                          bool wswz, u32 xb, u32 tile_bytes) {
+                                          bool wswz, u32 xb) {
+    constexpr int SPT = TW / 16;
 #pragma unroll
     for (int s = 0; s < SLOTS; ++s) {
         if ((kept4 >> s) & 1u) {
-            const u32 at = wrow + s * tile_bytes;
+            const u32 at = wrow + (s / SPT) * (TH * TW * 2) + (s % SPT) * 32;
             ldmatrix_x4(wswz ? sw128(at) : at, a[s]);
         } else {
             a[s][0] = a[s][1] = a[s][2] = a[s][3] = 0u;
@@ -216,7 +235,7 @@ __device__ __forceinline__ void mma_stage(float* acc, u32 (&a)[SLOTS][4], u32 wr
 }
 
 // The two consumer warpgroups (warps 0-7): products, epilogue and stores of the CTA's output tiles.
-template <typename T, bool BF16, int TH, int BT>
+template <typename T, bool BF16, int TH, int TW, int BT>
 __device__ __forceinline__ void consumers(const Schedule& sched, const TensorMap* tmres,
                                           const TensorMap* tmy, int M, int N, const float* __restrict__ bias,
                                           const T* __restrict__ residual, int gelu, float* __restrict__ ws,
@@ -224,7 +243,6 @@ __device__ __forceinline__ void consumers(const Schedule& sched, const TensorMap
                                           u32 full_bar, u32 empty_bar, u32 res_bar, const StageInfo* info) {
     using RG = Ring<BT>;
     constexpr int STAGES = RG::STAGES;
-    constexpr u32 TILE = TH * 32;
     constexpr int NACC = BT / 2;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     // Warp w of warpgroup c multiplies features f = 64c + 16w .. + 15 of the group.
@@ -232,8 +250,11 @@ __device__ __forceinline__ void consumers(const Schedule& sched, const TensorMap
     const bool leader = (tid & 127) == 0;
     const int frow = wg * 64 + (warp & 3) * 16;  // first feature of the warp within the group
     const int r = frow / TH, ir = frow % TH;      // its block row in the group, row in the tile
+    // The warpgroup's block rows: RW from rw0 (one when the tiles are 64 rows or more).
+    constexpr int RW = TH >= 64 ? 1 : 64 / TH;
+    const int rw0 = (wg * 64) / TH;
     // ldmatrix.x4 row addresses: lanes 0-15 rows 0-15 of columns 0-7, lanes 16-31 of columns 8-15.
-    const u32 lane_off = static_cast<u32>((ir + (lane & 15)) * 32 + (lane >> 4) * 16);
+    const u32 lane_off = static_cast<u32>((ir + (lane & 15)) * (TW * 2) + (lane >> 4) * 16);
     const u32 out = out_base + wg * (BT * 128);  // this warpgroup's BT tokens x 64 features
     const u32 my_res_bar = res_bar + 8 * wg;
     const bool use_res = residual != nullptr && ws == nullptr;
@@ -246,6 +267,7 @@ __device__ __forceinline__ void consumers(const Schedule& sched, const TensorMap
     u32 afrag0[SLOTS][4], afrag1[SLOTS][4];
     float acc[NACC];
     int q = 0, pend = -1;
+    int nm = 0;  // stages this warpgroup multiplied (their A fragment sets alternate)
     u32 res_phase = 0;
     ETR_PROF(u32 p_full = 0; u32 p_mma = 0; u32 p_epi = 0; const u32 p_start = prof_clock(); u32 p0 = 0;)
     Schedule::Cursor cur = sched.first();
@@ -271,23 +293,35 @@ __device__ __forceinline__ void consumers(const Schedule& sched, const TensorMap
                 tma_load_2d(out, tmres, n0 + wg * 64, m0, my_res_bar);
                 res_issued = true;
             }
-            if (!(inf.flags & STAGE_EMPTY) && ETR_EXPERIMENT < 2) {
+            // A stage none of the warpgroup's block rows keeps a tile of is not multiplied (the
+            // same answer in its four warps; skipping single slots made ptxas serialise the MMAs).
+            u32 wg_kept = 0;
+#pragma unroll
+            for (int i = 0; i < RW; ++i) wg_kept |= (inf.kept >> (4 * (rw0 + i))) & 0xFu;
+            const bool mult = !(inf.flags & STAGE_EMPTY) && wg_kept != 0 && ETR_EXPERIMENT < 2;
+            if (mult) {
                 const u32 kept4 = (inf.kept >> (4 * r)) & 0xFu;
                 const bool contig = (inf.flags & STAGE_CONTIG) != 0;
                 const bool wswz = (inf.flags & STAGE_W_SW128) != 0 && !ETR_READ_PLAIN;
-                const u32 wrow = ws_base + b * RG::STAGE_W + r * SLOTS * TILE + lane_off;
+                const u32 wrow = ws_base + b * RG::STAGE_W + r * (TH * 128) + lane_off;
                 const u32 xb = xs_base + b * RG::STAGE_X;
-                if (q & 1) mma_stage<BF16, BT>(acc, afrag1, wrow, kept4, contig, wswz, xb, TILE);
-                else mma_stage<BF16, BT>(acc, afrag0, wrow, kept4, contig, wswz, xb, TILE);
+                if (nm & 1) mma_stage<BF16, BT, TH, TW>(acc, afrag1, wrow, kept4, contig, wswz, xb);
+                else mma_stage<BF16, BT, TH, TW>(acc, afrag0, wrow, kept4, contig, wswz, xb);
+                ++nm;
             }
-            // The previous stage's products are done: release its buffers. Every warp arrives once
-            // it is done with a stage (a stage without products does not make the warpgroup's
-            // warps wait for each other, and its StageInfo must stay until all have read it).
+            // The previously multiplied stage's products are done: release its buffers. Every warp
+            // arrives once it is done with a stage (a stage without products does not make the
+            // warpgroup's warps wait for each other, and its StageInfo must stay until all have
+            // read it). A stage this warpgroup does not multiply is released at once, and so is
+            // the one still pending (after all products are done): held back, it could be the slot
+            // the producer needs for the next stage this warpgroup waits for.
             ETR_PROF(p0 = prof_clock();)
-            wgmma_wait<1>();
+            if (mult) wgmma_wait<1>();
+            else wgmma_wait<0>();
             ETR_PROF(p_mma += prof_clock() - p0;)
             if (pend >= 0 && lane == 0) mbar_arrive(empty_bar + 8 * pend);
-            pend = b;
+            pend = mult ? b : -1;
+            if (!mult && lane == 0) mbar_arrive(empty_bar + 8 * b);
             if (last) {
                 ++q;
                 break;
@@ -304,7 +338,7 @@ __device__ __forceinline__ void consumers(const Schedule& sched, const TensorMap
             if (fa + 8 < N) b1 = __ldg(bias + fa + 8);
         }
         wgmma_wait<0>();
-        if (lane == 0) mbar_arrive(empty_bar + 8 * pend);
+        if (pend >= 0 && lane == 0) mbar_arrive(empty_bar + 8 * pend);
         pend = -1;
 
         if (ws) {
@@ -391,15 +425,16 @@ __device__ __forceinline__ void producer_wait(u32 empty, int q) {
 #define ETR_PRODUCER_WAIT(empty, q) producer_wait<STAGES>(empty, q)
 #endif
 
-template <typename T, bool BF16, int TH, int BT>
+template <typename T, bool BF16, int TH, int TW, int BT>
 __device__ void body(const TensorMap* tmx, const TensorMap* tmx_wide, const TensorMap* tmy, const TensorMap* tmres,
-                     const TensorMap* tmw, int wcnt, int M, int K, const u64* __restrict__ bitmap, const u32* __restrict__ row_offsets,
+                     const TensorMap* tmw, const TensorMap* tmw_tile, int wcnt, int M, int K, const u64* __restrict__ bitmap, const u32* __restrict__ row_offsets,
                      const T* __restrict__ values, int N, int grid_rows, int grid_cols, const float* __restrict__ bias,
                      const T* __restrict__ residual, int gelu, float* __restrict__ ws) {
     using RG = Ring<BT>;
     constexpr int STAGES = RG::STAGES;
     constexpr int R = ETR_BN / TH;   // block rows per group
-    constexpr u32 TILE = TH * 32;    // bytes of one TH x 16 tile
+    constexpr int UPS = 64 / TW;     // tile columns per stage
+    constexpr u32 SLICE = TH * 32;   // bytes of one TH x 16 slice (a 16-column tile)
 #if !ETW_WGMMA
     __trap();
 #endif
@@ -434,6 +469,7 @@ __device__ void body(const TensorMap* tmx, const TensorMap* tmx_wide, const Tens
             tma_prefetch(tmx);
             tma_prefetch(tmx_wide);
             tma_prefetch(tmw);
+            if (TW > 16) tma_prefetch(tmw_tile);
         }
         int q = 0, cur_group = -1, U = 0, gbeg = 0, GL = 0;
         ETR_PROF(u32 p_empty = 0; u32 p_plan = 0; u32 p_issue = 0; const u32 p_start = prof_clock();)
@@ -445,8 +481,8 @@ __device__ void body(const TensorMap* tmx, const TensorMap* tmx_wide, const Tens
                 build_union<R, 32>(md, bitmap, row_offsets, grid_rows, grid_cols, group * R, lane);
                 cur_group = group;
                 U = md.U;
-                const int G = (U + SLOTS - 1) / SLOTS;
-                build_plans<R, TH>(plans, md, group * R, grid_rows, U, G, K,
+                const int G = (U + UPS - 1) / UPS;
+                build_plans<R, TH, TW>(plans, md, group * R, grid_rows, U, G, K,
                                    rows_uniform<R>(md, group * R, grid_rows, wcnt), lane);
                 gbeg = static_cast<int>((static_cast<long long>(G) * blockIdx.z) / gridDim.z);
                 GL = static_cast<int>((static_cast<long long>(G) * (blockIdx.z + 1)) / gridDim.z) - gbeg;
@@ -464,7 +500,7 @@ __device__ void body(const TensorMap* tmx, const TensorMap* tmx_wide, const Tens
                 }
                 ETR_PROF(const u32 p_it = prof_clock();)
                 const StagePlan pl = plans[gbeg + g];
-                const bool boxed = (pl.flags & STAGE_W_SW128) != 0, contig = (pl.flags & STAGE_CONTIG) != 0;
+                const bool boxed = (pl.flags & STAGE_W_BOXED) != 0, contig = (pl.flags & STAGE_CONTIG) != 0;
                 const u32 wbytes = ETR_EXPERIMENT == 3 ? 0u : pl.wbytes;
                 const u32 xbytes = ETR_EXPERIMENT == 4 ? 0u : RG::STAGE_X;
                 ETR_PROF(p_plan += prof_clock() - p_it;)
@@ -489,22 +525,36 @@ __device__ void body(const TensorMap* tmx, const TensorMap* tmx_wide, const Tens
                         }
                     }
                 }
-                if (ETR_EXPERIMENT != 1 && ETR_EXPERIMENT != 3 && !boxed) {
+                if (TW > 16 && ETR_EXPERIMENT != 1 && ETR_EXPERIMENT != 3 && !boxed && lane == 0) {
+                    // One box per kept tile (its lines, 128-byte swizzle), after the expected byte
+                    // count: tile column u of block row r.
+#pragma unroll
+                    for (int r = 0; r < R; ++r)
+#pragma unroll
+                        for (int u = 0; u < UPS; ++u)
+                            if ((pl.kept >> (4 * r + u * (TW / 16))) & 1u) {
+                                const int j = (gbeg + g) * UPS + u;
+                                const int line = static_cast<int>(md.rowoff[r] + md.kidx[r][j]) * tile_lines(TH, TW);
+                                tma_load_2d(ws_base + b * RG::STAGE_W + r * (TH * 128) + u * (TH * TW * 2), tmw_tile,
+                                            0, line, bar);
+                            }
+                }
+                if (TW == 16 && ETR_EXPERIMENT != 1 && ETR_EXPERIMENT != 3 && !boxed) {
                     __syncwarp();  // the rows' copies follow the expected byte count
                     const u32 kept_bits = lane < R ? (pl.kept >> (4 * lane)) & 0xFu : 0u;
                     if (kept_bits) {
                         const int r = lane, j0 = (gbeg + g) * SLOTS;
-                        const u32 dst = ws_base + b * RG::STAGE_W + r * SLOTS * TILE;
+                        const u32 dst = ws_base + b * RG::STAGE_W + r * SLOTS * SLICE;
                         // The row's kept tiles among the stage's columns are consecutive in the file.
                         const int s0 = __ffs(kept_bits) - 1;
                         const T* src = values + (static_cast<size_t>(md.rowoff[r]) + md.kidx[r][j0 + s0]) * (TH * 16);
                         if (kept_bits == 0xFu) {
-                            bulk_copy(dst, src, SLOTS * TILE, bar);
+                            bulk_copy(dst, src, SLOTS * SLICE, bar);
                         } else {
                             int k = 0;
 #pragma unroll
                             for (int s = 0; s < SLOTS; ++s)
-                                if ((kept_bits >> s) & 1u) bulk_copy(dst + s * TILE, src + (k++) * (TH * 16), TILE, bar);
+                                if ((kept_bits >> s) & 1u) bulk_copy(dst + s * SLICE, src + (k++) * (TH * 16), SLICE, bar);
                         }
                     }
                 }
@@ -518,7 +568,7 @@ __device__ void body(const TensorMap* tmx, const TensorMap* tmx_wide, const Tens
         }
 #endif
     } else {
-        consumers<T, BF16, TH, BT>(sched, tmres, tmy, M, N, bias, residual, gelu, ws, xs_base, ws_base,
+        consumers<T, BF16, TH, TW, BT>(sched, tmres, tmy, M, N, bias, residual, gelu, ws, xs_base, ws_base,
                                    out_base, full_bar, empty_bar, res_bar, info);
     }
 }
@@ -532,23 +582,26 @@ __device__ void body(const TensorMap* tmx, const TensorMap* tmx_wide, const Tens
 // fragments do not fit: ptxas then serialises the wgmma (C7512). At 192 tokens they do (96).
 // Handing the producer's registers to the consumers (setmaxnreg) does not help: ptxas still
 // compiles the consumers for the launch's 168.
-#define ETS_TILE_RS(NAME, T, BF, TH, BT)                                                                      \
+#define ETS_TILE_RS(NAME, T, BF, TH, TW, BT)                                                                  \
     extern "C" __global__ void __launch_bounds__(ETR_THREADS, 1)                                              \
         NAME(const __grid_constant__ ek::TensorMap tmx, const __grid_constant__ ek::TensorMap tmx_wide,        \
              const __grid_constant__ ek::TensorMap tmy, const __grid_constant__ ek::TensorMap tmres,            \
-             const __grid_constant__ ek::TensorMap tmw, int wcnt, int M, int K, const u64* bitmap, const u32* row_offsets, const T* values, int N, int grid_rows,           \
-             int grid_cols, const float* bias, const T* residual, int gelu, float* ws) {                       \
-        etr::body<T, BF, TH, BT>(&tmx, &tmx_wide, &tmy, &tmres, &tmw, wcnt, M, K, bitmap, row_offsets, values, N,          \
-                                 grid_rows, grid_cols, bias, residual, gelu, ws);                              \
+             const __grid_constant__ ek::TensorMap tmw, const __grid_constant__ ek::TensorMap tmw_tile,         \
+             int wcnt, int M, int K, const u64* bitmap, const u32* row_offsets, const T* values, int N,          \
+             int grid_rows, int grid_cols, const float* bias, const T* residual, int gelu, float* ws) {          \
+        etr::body<T, BF, TH, TW, BT>(&tmx, &tmx_wide, &tmy, &tmres, &tmw, &tmw_tile, wcnt, M, K, bitmap,         \
+                                     row_offsets, values, N, grid_rows, grid_cols, bias, residual, gelu, ws);    \
     }
 
-#define ETS_TILE_RS_ALL(TH)                                                        \
-    ETS_TILE_RS(tile_rs_f16_##TH##x16_bm192, __half, false, TH, 192)               \
-    ETS_TILE_RS(tile_rs_bf16_##TH##x16_bm192, __nv_bfloat16, true, TH, 192)
+#define ETS_TILE_RS_ALL(TH, TW)                                                            \
+    ETS_TILE_RS(tile_rs_f16_##TH##x##TW##_bm192, __half, false, TH, TW, 192)               \
+    ETS_TILE_RS(tile_rs_bf16_##TH##x##TW##_bm192, __nv_bfloat16, true, TH, TW, 192)
 
-ETS_TILE_RS_ALL(16)
-ETS_TILE_RS_ALL(64)
-ETS_TILE_RS_ALL(128)
+ETS_TILE_RS_ALL(16, 16)
+ETS_TILE_RS_ALL(64, 16)
+ETS_TILE_RS_ALL(128, 16)
+ETS_TILE_RS_ALL(32, 32)
+ETS_TILE_RS_ALL(64, 64)
 
 #if ETR_PROFILE
 extern "C" __global__ void tile_rs_profile_print() {

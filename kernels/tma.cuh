@@ -164,17 +164,17 @@ __device__ __forceinline__ bool rows_uniform(const UnionMeta<R>& md, int br0, in
     return ok;
 }
 
-// Whether every row of the group (that exists) keeps all SLOTS union columns from j0 at the same
-// index in its row (density 1, or masks that keep the same columns in a group): then the stage is
-// the box at (that index, br0). Rows past the matrix come from the box as zeros.
-template <int R>
+// Whether every row of the group (that exists) keeps all UPS union columns from j0 (a stage's) at
+// the same index in its row (density 1, or masks that keep the same columns in a group): then the
+// stage is the box at (that index, br0). Rows past the matrix come from the box as zeros.
+template <int R, int UPS = SLOTS>
 __device__ __forceinline__ bool stage_boxed(const UnionMeta<R>& md, int br0, int grid_rows, int U, int j0) {
-    if (j0 + SLOTS > U) return false;
+    if (j0 + UPS > U) return false;
     const int live_rows = grid_rows - br0 < R ? grid_rows - br0 : R;
     const u32 live = (1u << live_rows) - 1u;
     bool ok = true;
 #pragma unroll
-    for (int s = 0; s < SLOTS; ++s)
+    for (int s = 0; s < UPS; ++s)
         if ((md.umask[j0 + s] & live) != live) ok = false;
 #pragma unroll
     for (int r = 1; r < R; ++r)

@@ -10,6 +10,7 @@
 #      ETS_NCU_KERNEL: a regular expression for the kernel name, default tile_),
 #      ETS_CHECK_ETS (extra .ets files to check, space separated; unset: .cuda/minilm.ets if present;
 #      set but empty: none),
+#      ETS_SANITIZE (`et-bench one` arguments to run once under compute-sanitizer),
 #      ETS_VARIANTS (kernel experiments: ';'-separated sets of preprocessor definitions, each timed
 #      with `et-bench one` on every ';'-separated argument set of ETS_VARIANT_ARGS; ETS_BENCH_CMD=none
 #      skips the main run).
@@ -61,6 +62,12 @@ if [ -n "${ETS_VARIANTS:-}" ]; then
             ETS_KERNEL_DEFINES="$defs" timeout 120 "$bin" one $args 2>&1 | grep -E "^M |rror" | tee -a "$out/variants.log"
         done
     done
+fi
+if [ -n "${ETS_SANITIZE:-}" ] && command -v compute-sanitizer >/dev/null; then
+    # One `et-bench one` run (these arguments) under compute-sanitizer's memcheck: the faulting
+    # instruction and address of a kernel that fails.
+    echo "== compute-sanitizer one $ETS_SANITIZE"
+    timeout 300 compute-sanitizer --tool memcheck --show-backtrace device --print-limit 20 "$bin" one $ETS_SANITIZE 2>&1 | tee "$out/sanitize.txt" | head -80
 fi
 if [ "${ETS_NCU:-0}" = 1 ] && command -v ncu >/dev/null; then
     ncu_args="${ETS_NCU_ARGS:---tokens 16384 --k 768 --n 3072 --density 0.5}"

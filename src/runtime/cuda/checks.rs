@@ -390,6 +390,11 @@ pub fn synthetic_suite(rt: &CudaRuntime, rng: &mut Rng) -> Result<Vec<CheckResul
             ((7800, 2000, 768), (16, 16), (1.0, Random), true, false),
             ((4000, 2000, 3072), (128, 16), (1.0, Random), false, true),
             ((4000, 2304, 3072), (64, 16), (0.3, Grouped), true, false),
+            // Wider tiles: one box per stage (density 1, grouped) or one per kept tile.
+            ((7800, 2304, 768), (64, 64), (1.0, Random), true, true),
+            ((4000, 2000, 3072), (64, 64), (0.5, Random), false, true),
+            ((7800, 2000, 768), (32, 32), (0.5, Grouped), true, false),
+            ((4000, 2304, 3072), (32, 32), (0.3, Random), false, false),
         ] {
             let rs_view = TileDeviceView::for_planning(shape.1, shape.2, tile.0, tile.1, elem);
             if gemm::usable_kernels(rt, &rs_view, shape.0).contains(&TileKernel::Rs) {

@@ -299,34 +299,37 @@ pub const WALK_MAX_DENSITY: f64 = 0.6;
 /// The same bound for tiles of 64 rows and more, whose union kernels waste less.
 pub const WALK_MAX_DENSITY_TALL: f64 = 0.2;
 
-/// Tokens from which 64-column tiles go to the TMA kernel and 16-column tiles to the
-/// register-operand kernel by default (measured faster than the other union kernels at 4096 and
-/// 16384 tokens, level or slower at 128; 2048 lies between the measured points).
+/// Tokens from which the register-operand kernel (or, for 64-column tiles it does not take, the
+/// TMA kernel) is the default (measured faster than the other union kernels at 4096 and 16384
+/// tokens, level or slower at 128; 2048 lies between the measured points).
 pub const TMA_MIN_TOKENS: usize = 2048;
 
-/// In features from which the TMA kernel runs 256 tokens per CTA by default: 64x64 tiles (15-28%
-/// faster than 128 tokens at 3072 -> 768, level at K = 768) and 16x16 tiles at density 1 (0.64x vs
-/// 0.60x for the register-operand kernel at 3072 -> 768; 0.50x vs 0.65x at K = 768), 2026-11-29
-/// 18:15Z.
+/// In features from which the TMA kernel runs 256 tokens per CTA when it is the default (64x64
+/// tiles: 15-28% faster than 128 tokens at 3072 -> 768, level at K = 768; 2026-11-29 18:15Z).
 pub const TMA_256_MIN_K: usize = 2048;
 
 /// The register-operand kernel multiplies every block row of a 128-feature group over the union
 /// of their tile columns; for 16x16 tiles it is the default only while that union is at most this
 /// multiple of the density (density 1, grouped masks), since scattered 16x16 masks make the union
-/// nearly dense. Tiles of 64 or 128 rows (two or one block rows per group) always go to it
-/// (measured ahead of the row walk at every density, 16:40Z).
+/// nearly dense. Tiles of 32 rows and more (four, two or one block rows per group) always go to
+/// it (measured ahead of the row walk at every density: 64x16 and 128x16 at 16:40Z, 32x32 and
+/// 64x64 at 21:30Z).
 pub const RS_MAX_UNION_WASTE: f64 = 1.5;
+
+/// Densities above which 64x64 tiles with K from [`TMA_256_MIN_K`] go to the TMA kernel with
+/// 256-token CTAs rather than the register-operand kernel (3072->768 at 16384 tokens: 0.86x vs
+/// 0.80x of cuBLAS at density 1, 0.92x vs 0.87x at 0.5; 1.49x vs 1.68x at 0.2; 2026-11-29 21:30Z).
+pub const TMA256_MIN_DENSITY_64: f64 = 0.3;
 
 /// The kernel [`tile_gemm`] uses on this device for `m` tokens without measuring (the dispatcher
 /// measures every kernel instead). The rule follows the H200 sweep in bench/RESULTS.md:
-/// - 64-column tiles from [`TMA_MIN_TOKENS`] tokens on sm_90: the TMA kernel with 128-token CTAs
-///   (whole 128-byte rows per copy; 0.59-0.86x of cuBLAS at density 1, against 0.49-0.57x for
-///   the next best, and ahead of the row walk at every density), 256-token CTAs from
-///   [`TMA_256_MIN_K`] in features, where 16x16 tiles at density 1 go to it too;
-/// - 16-column tiles from [`TMA_MIN_TOKENS`] tokens on sm_90: the register-operand kernel
-///   (0.56-0.67x at density 1 against 0.43-0.50x; 0.90-1.05x on grouped masks at density 0.5),
-///   unless the tiles are 16x16 and the group union exceeds [`RS_MAX_UNION_WASTE`] x the
-///   density;
+/// - from [`TMA_MIN_TOKENS`] tokens on sm_90: the register-operand kernel (16x16 at density 1
+///   0.76-0.81x of cuBLAS at 16384 tokens; 32x32 and 64x64 0.80-0.85x at density 1 against
+///   0.58-0.61x for the TMA kernel, and ahead of every other kernel at densities 0.5-0.1), unless
+///   the tiles are 16x16 and the group union exceeds [`RS_MAX_UNION_WASTE`] x the density;
+/// - 64-column tiles the register-operand kernel cannot run (K over 8192), or that are denser
+///   than [`TMA256_MIN_DENSITY_64`] with K from [`TMA_256_MIN_K`], from the same token count:
+///   the TMA kernel, with 256-token CTAs from [`TMA_256_MIN_K`] in features;
 /// - the row-walk kernel when 128 tokens of X fit in shared memory (K up to ~900) and the density
 ///   is at most [`WALK_MAX_DENSITY`] ([`WALK_MAX_DENSITY_TALL`] for 64-row tiles); with fewer
 ///   tokens per CTA it re-reads the weights too often;
@@ -354,19 +357,6 @@ pub fn auto_kernel(rt: &CudaRuntime, v: &TileDeviceView, m: usize) -> TileKernel
             TileKernel::Mma
         };
     }
-    // 64-column tiles go to the TMA kernel; with long rows (K from TMA_256_MIN_K) its 256-token
-    // CTAs lead: each weight stage serves twice the tokens, and the stages of a CTA outnumber its
-    // fill and epilogue. (16x16 tiles at density 1 went there too until the register-operand
-    // kernel's producer planned its stages once per group: 0.78x against 0.64x of cuBLAS at
-    // 3072->768, 2026-11-29.)
-    let tma256 = v.cols >= TMA_256_MIN_K && tma_unsupported(rt, v, 256).is_none();
-    if v.tw == 64 && m >= TMA_MIN_TOKENS && tma_unsupported(rt, v, 128).is_none() {
-        return if tma256 {
-            TileKernel::Tma256
-        } else {
-            TileKernel::Tma128
-        };
-    }
     let [u64_, u128_] = v
         .unions
         .map(|u| [f64::from(u[0]), f64::from(u[1])])
@@ -375,16 +365,33 @@ pub fn auto_kernel(rt: &CudaRuntime, v: &TileDeviceView, m: usize) -> TileKernel
             let union = |rows: usize| 1.0 - (1.0 - d).powi(rows.max(1) as i32);
             [union(64 / v.th), union(128 / v.th)]
         });
-    // The register-operand kernel multiplies a 128-feature group over the union of its tile
-    // columns: it leads where that union stays near the density (density 1, grouped masks, tiles of
-    // 64 rows and more). On scattered 16x16 masks below density 1 the row walk (when X fits) or the
-    // wgmma union kernel ran faster in every measured row (e.g. 3072->768 at density 0.5: 0.53x vs
-    // 0.36x of cuBLAS, 2026-11-29 18:15Z).
+    // The register-operand kernel copies a 128-feature group's weights over the union of its tile
+    // columns (and multiplies each 64-feature half over its own): it leads where that union stays
+    // near the density (density 1, grouped masks, tiles of 32 rows and more). On scattered 16x16
+    // masks below density 1 the row walk (when X fits) or the wgmma union kernel ran faster in
+    // every measured row (e.g. 3072->768 at density 0.5: 0.53x vs 0.36x of cuBLAS, 2026-11-29
+    // 18:15Z).
+    // Except for 64x64 tiles at densities above RS_MIN_DENSITY_TMA256 with long rows, where the
+    // TMA kernel's 256-token CTAs (each weight stage serving twice the tokens) stay ahead.
+    let tma256_leads = v.tw == 64
+        && v.cols >= TMA_256_MIN_K
+        && v.density() > TMA256_MIN_DENSITY_64
+        && tma_unsupported(rt, v, 256).is_none();
     if m >= TMA_MIN_TOKENS
+        && !tma256_leads
         && rs_unsupported(rt, v).is_none()
-        && (v.th >= 64 || u128_ <= RS_MAX_UNION_WASTE * v.density())
+        && (v.th >= 32 || u128_ <= RS_MAX_UNION_WASTE * v.density())
     {
         return TileKernel::Rs;
+    }
+    // 64-column tiles the register-operand kernel cannot run go to the TMA kernel; with long rows
+    // (K from TMA_256_MIN_K) its 256-token CTAs lead: each weight stage serves twice the tokens.
+    if v.tw == 64 && m >= TMA_MIN_TOKENS && tma_unsupported(rt, v, 128).is_none() {
+        return if v.cols >= TMA_256_MIN_K && tma_unsupported(rt, v, 256).is_none() {
+            TileKernel::Tma256
+        } else {
+            TileKernel::Tma128
+        };
     }
     if walk_pays {
         return TileKernel::Walk;

@@ -205,8 +205,10 @@ pub const RS_BM: usize = 192;
 
 /// Threads of the register-operand kernel: two consumer warpgroups and a producer warp.
 const RS_THREADS: u32 = 288;
-/// Stages of the register-operand kernel's ring.
+/// Stages in the register-operand kernel's ring.
 const RS_STAGES: usize = 4;
+/// 64-column stages of a group the register-operand kernel plans (K up to 8192).
+const RS_MAX_STAGES: usize = TILE_MAX_GRID_COLS / 4;
 
 /// Dynamic shared memory of the register-operand kernel for tile height `th`: four stages (X: 64
 /// columns of 192 tokens; W: four 16-column tiles per feature), the output staging buffer (192
@@ -215,8 +217,8 @@ const RS_STAGES: usize = 4;
 pub fn rs_smem_bytes(th: usize) -> usize {
     let r = (TMA_BN / th).max(1);
     let meta = TILE_MAX_GRID_COLS * (1 + 2 + 2 + 1 + 2 * r) + 4 * r + 4;
-    // The producer's 32-byte plan of every stage of a group (four tile columns each).
-    let plans = TILE_MAX_GRID_COLS / 4 * 32;
+    // The producer's 32-byte plan of every 64-column stage of a group.
+    let plans = RS_MAX_STAGES * 32;
     RS_STAGES * (RS_BM + TMA_BN) * 64 * 2
         + RS_BM * TMA_BN * 2
         + 1024
@@ -234,10 +236,18 @@ pub fn rs_unsupported(rt: &CudaRuntime, w: &TileDeviceView) -> Option<String> {
     if rt.arch() != "sm_90" {
         return Some(format!("needs sm_90 (device {})", rt.arch()));
     }
-    if w.tw != 16 || !matches!(w.th, 16 | 64 | 128) {
+    if !matches!((w.th, w.tw), (16 | 64 | 128, 16) | (32, 32) | (64, 64)) {
         return Some(format!(
-            "tile {}x{} (needs 16x16, 64x16 or 128x16)",
+            "tile {}x{} (needs 16x16, 64x16, 128x16, 32x32 or 64x64)",
             w.th, w.tw
+        ));
+    }
+    // The producer keeps a plan of each 64-column stage of a group.
+    if w.cols.div_ceil(64) > RS_MAX_STAGES {
+        return Some(format!(
+            "K = {} exceeds the kernel's {} columns",
+            w.cols,
+            RS_MAX_STAGES * 64
         ));
     }
     if w.values % 16 != 0 {
@@ -299,12 +309,14 @@ pub fn tile_rs(
     // of X, Y and residual, the weights' stage map and its tiles per block row, M, K, bitmap, row
     // offsets, values, N, grid, bias, residual, GELU; the workspace follows).
     let (map_w, wcnt) = rs_stage_map(w).unwrap_or((map_y, 0));
+    let map_w_tile = rs_tile_map(w)?.unwrap_or(map_y);
     let c = tile_args(x, m, w, ep, y);
     let mut args = x_maps(x, m, w, bm)?.to_vec();
     args.extend([
         KArg::TensorMap(map_y),
         KArg::TensorMap(map_res),
         KArg::TensorMap(map_w),
+        KArg::TensorMap(map_w_tile),
         KArg::I32(wcnt as i32),
     ]);
     args.extend_from_slice(&c[1..3]);
@@ -338,24 +350,36 @@ fn tiles_per_block_row(w: &TileDeviceView) -> Option<usize> {
     (w.kept > 0 && w.kept % w.grid_rows == 0).then(|| w.kept / w.grid_rows)
 }
 
+/// 128-byte lines of one tile as it lies in the file.
+fn tile_lines(w: &TileDeviceView) -> usize {
+    w.th * w.tw * 2 / 128
+}
+
 /// The register-operand kernel's stage map: the values as (128-byte lines, lines of a block row,
-/// block rows), boxes of four tiles of each of a group's block rows, in the file's layout with the
-/// 128-byte swizzle (which spreads a tile's 32-byte rows over all banks for ldmatrix; the kernel
-/// reads such stages with the same XOR). None when the rows cannot be uniform or the map cannot be
-/// encoded.
+/// block rows), boxes of a 64-column stage (four 16-column tiles, two of 32 or one of 64, always
+/// `th` lines) of each of a group's block rows, in the file's layout with the 128-byte swizzle
+/// (which spreads a tile's rows over all banks for ldmatrix; the kernel reads such stages with the
+/// same XOR). None when the rows cannot be uniform or the map cannot be encoded.
 fn rs_stage_map(w: &TileDeviceView) -> Option<([u64; 16], usize)> {
     let cnt = tiles_per_block_row(w)?;
-    let lines_per_tile = w.th * w.tw * 2 / 128;
-    let row_lines = (cnt * lines_per_tile) as u64;
+    let row_lines = (cnt * tile_lines(w)) as u64;
     let dims = [64, row_lines, w.grid_rows as u64];
     let pitch = [128, row_lines * 128];
-    let boxes = [
-        64,
-        (STAGE_TILES * lines_per_tile) as u32,
-        (TMA_BN / w.th) as u32,
-    ];
+    let boxes = [64, w.th as u32, (TMA_BN / w.th) as u32];
     let map = encode(w.values, w.elem, &dims, &pitch, &boxes, SW128).ok()?;
     Some((map, cnt))
+}
+
+/// The register-operand kernel's map of single tiles 32 or 64 columns wide, for the stages that
+/// are not one box: the values as (128-byte lines, all lines), boxes of one tile with the 128-byte
+/// swizzle. None for 16-column tiles (copied without a map) and weights without tiles.
+fn rs_tile_map(w: &TileDeviceView) -> Result<Option<[u64; 16]>, CudaError> {
+    if w.tw == 16 || w.kept == 0 {
+        return Ok(None);
+    }
+    let lines = (w.kept * tile_lines(w)) as u64;
+    let boxes = [64, tile_lines(w) as u32];
+    encode(w.values, w.elem, &[64, lines], &[128], &boxes, SW128).map(Some)
 }
 
 /// The TMA union kernel's stage map for 16-column tiles: the values as (16 columns, the tile's
