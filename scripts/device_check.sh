@@ -11,6 +11,8 @@
 #      ETS_CHECK_ETS (extra .ets files to check, space separated; unset: .cuda/minilm.ets if present;
 #      set but empty: none),
 #      ETS_SANITIZE (`et-bench one` arguments to run once under compute-sanitizer),
+#      ETS_CHECK_ONLY (read by et-bench: only the synthetic checks whose names contain one of its
+#      comma-separated parts, e.g. "Forced(Rs)"),
 #      ETS_VARIANTS (kernel experiments: ';'-separated sets of preprocessor definitions, each timed
 #      with `et-bench one` on every ';'-separated argument set of ETS_VARIANT_ARGS; ETS_BENCH_CMD=none
 #      skips the main run).

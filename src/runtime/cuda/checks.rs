@@ -180,7 +180,7 @@ pub fn check_case(
     density: f64,
     gelu: bool,
     residual: bool,
-) -> Result<CheckResult, CudaError> {
+) -> Result<Option<CheckResult>, CudaError> {
     check_case_masked(
         rt,
         rng,
@@ -207,9 +207,7 @@ pub fn check_case_masked(
     (density, mode): (f64, MaskMode),
     gelu: bool,
     residual: bool,
-) -> Result<CheckResult, CudaError> {
-    let scale = 1.0 / (k as f32).sqrt();
-    let w = round_trip(elem, &rng.vec(n * k, scale * 1.7));
+) -> Result<Option<CheckResult>, CudaError> {
     let masks = match mode {
         MaskMode::Random => "",
         MaskMode::Grouped => " grouped",
@@ -221,7 +219,12 @@ pub fn check_case_masked(
         gelu as u8,
         residual as u8
     );
+    if !wanted(&name) {
+        return Ok(None);
+    }
     trace(&name);
+    let scale = 1.0 / (k as f32).sqrt();
+    let w = round_trip(elem, &rng.vec(n * k, scale * 1.7));
     let err = match path {
         CheckPath::Tile
         | CheckPath::TileNoSplit
@@ -287,7 +290,16 @@ pub fn check_case_masked(
             run_and_compare(rt, rng, elem, m, &lw, &dense, gelu, residual, None, path)?
         }
     };
-    Ok(CheckResult { name, err })
+    Ok(Some(CheckResult { name, err }))
+}
+
+/// Whether a synthetic case runs: all of them, or with `ETS_CHECK_ONLY` set those whose name
+/// contains one of its comma-separated parts (e.g. `Forced(Rs),64x64` to re-check one kernel).
+fn wanted(name: &str) -> bool {
+    match std::env::var("ETS_CHECK_ONLY") {
+        Ok(only) if !only.is_empty() => only.split(',').any(|part| name.contains(part)),
+        _ => true,
+    }
 }
 
 /// The synthetic suite: every tile shape, both types, edge shapes, all paths and epilogues.
@@ -342,7 +354,7 @@ pub fn synthetic_suite(rt: &CudaRuntime, rng: &mut Rng) -> Result<Vec<CheckResul
                         }
                     }
                     for path in paths {
-                        out.push(check_case(
+                        out.extend(check_case(
                             rt,
                             rng,
                             elem,
@@ -359,7 +371,7 @@ pub fn synthetic_suite(rt: &CudaRuntime, rng: &mut Rng) -> Result<Vec<CheckResul
         }
         for path in [CheckPath::TileViaCublas, CheckPath::Rows, CheckPath::Cols] {
             for &shape in &shapes[..2] {
-                out.push(check_case(
+                out.extend(check_case(
                     rt,
                     rng,
                     elem,
@@ -398,7 +410,7 @@ pub fn synthetic_suite(rt: &CudaRuntime, rng: &mut Rng) -> Result<Vec<CheckResul
         ] {
             let rs_view = TileDeviceView::for_planning(shape.1, shape.2, tile.0, tile.1, elem);
             if gemm::usable_kernels(rt, &rs_view, shape.0).contains(&TileKernel::Rs) {
-                out.push(check_case_masked(
+                out.extend(check_case_masked(
                     rt,
                     rng,
                     elem,
@@ -424,7 +436,7 @@ pub fn synthetic_suite(rt: &CudaRuntime, rng: &mut Rng) -> Result<Vec<CheckResul
             let kern = [TileKernel::Tma128, TileKernel::Tma256][i % 2];
             let view = TileDeviceView::for_planning(shape.1, shape.2, tile.0, tile.1, elem);
             if gemm::usable_kernels(rt, &view, shape.0).contains(&kern) {
-                out.push(check_case_masked(
+                out.extend(check_case_masked(
                     rt,
                     rng,
                     elem,
