@@ -34,7 +34,7 @@ fn tile_kernel_and_dense_paths_match_the_cpu_reference() {
             (64, (130, 2304, 768), 0.2),
         ] {
             for path in [CheckPath::Tile, CheckPath::TileNoSplit] {
-                results.push(
+                results.extend(
                     checks::check_case(
                         &rt,
                         &mut rng,
@@ -51,7 +51,7 @@ fn tile_kernel_and_dense_paths_match_the_cpu_reference() {
             }
         }
         for path in [CheckPath::TileViaCublas, CheckPath::Rows, CheckPath::Cols] {
-            results.push(
+            results.extend(
                 checks::check_case(
                     &rt,
                     &mut rng,
