@@ -141,10 +141,10 @@ pub enum TileKernel {
     /// The TMA union kernel with 256 tokens per CTA (each weight stage read once for twice the
     /// tokens; one CTA per multiprocessor).
     Tma256,
-    /// Union kernel for 16-column tiles with the weights as register operands of the warpgroup MMA
-    /// (sm_90), 128 features x 192 tokens per output tile, persistent CTAs: tiles loaded as they
-    /// lie in the file, X copied by TMA, the output transposed through shared memory and stored by
-    /// TMA while the next tile's products run.
+    /// Union kernel with the weights as register operands of the warpgroup MMA (sm_90; 16x16,
+    /// 64x16, 128x16, 32x32 and 64x64 tiles), 128 features x 192 tokens per output tile, persistent
+    /// CTAs: tiles loaded as they lie in the file, X copied by TMA, the output transposed through
+    /// shared memory and stored by TMA while the next tile's products run.
     Rs,
 }
 

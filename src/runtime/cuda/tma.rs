@@ -211,7 +211,7 @@ const RS_STAGES: usize = 4;
 const RS_MAX_STAGES: usize = TILE_MAX_GRID_COLS / 4;
 
 /// Dynamic shared memory of the register-operand kernel for tile height `th`: four stages (X: 64
-/// columns of 192 tokens; W: four 16-column tiles per feature), the output staging buffer (192
+/// columns of 192 tokens; W: 64 columns per feature), the output staging buffer (192
 /// tokens x 128 features), 1 KiB to align them, the barriers (ring and residual), the per-stage
 /// information, the union list of `128 / th` block rows and the producer's stage plans.
 pub fn rs_smem_bytes(th: usize) -> usize {
