@@ -75,8 +75,9 @@ fn trace(what: &str) {
                     if ran >= 10 && !c.0.is_empty() {
                         eprintln!("check: {} still running after {ran} s", c.0);
                     }
-                    // A stalled kernel cannot be stopped from the host; ending the process
-                    // frees the GPU for the rest of the run's time.
+                    // A stalled case (a kernel, or once the host's own reference) cannot be
+                    // stopped from here; ending the process frees the GPU for the rest of the
+                    // run's time.
                     if ran >= STALL_SECONDS && !c.0.is_empty() {
                         eprintln!("check: {} stalled ({ran} s); exiting", c.0);
                         std::process::exit(3);
