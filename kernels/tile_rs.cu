@@ -45,10 +45,6 @@
 #ifndef ETR_PROFILE
 #define ETR_PROFILE 0
 #endif
-// Debugging: 1 = every weight stage is copied tile by tile (or row by row), never as one box.
-#ifndef ETR_NO_BOX
-#define ETR_NO_BOX 0
-#endif
 // Stages in the ring (timing experiments with fewer).
 #ifndef ETR_STAGES
 #define ETR_STAGES 4
@@ -169,7 +165,7 @@ __device__ __forceinline__ void build_plans(StagePlan* plans, const UnionMeta<R>
             }
         const bool contig = stage_contiguous<TW>(md.ucol, U, j0);
         // The stage's weights in one box where the group's rows allow it (see stage_boxed).
-        const bool boxed = !ETR_NO_BOX && uniform && stage_boxed<R, UPS>(md, br0, grid_rows, U, j0);
+        const bool boxed = uniform && stage_boxed<R, UPS>(md, br0, grid_rows, U, j0);
         StagePlan p;
         p.kept = kept;
         p.wbytes = boxed ? STAGE_W_BYTES : static_cast<u32>(__popc(kept)) * TH * 32;

@@ -122,7 +122,8 @@ fn every_kernel_compiles_for_sm80_and_sm90() {
             );
             no_serialised_mma_or_spills(tma, "tile_tma_");
         }
-        // The register-operand kernel (16-column tiles): bulk copies, stmatrix and wgmma on sm_90a.
+        // The register-operand kernel: bulk copies, tensor copies of weight stages, stmatrix and
+        // wgmma on sm_90a.
         let rs = reports
             .iter()
             .find(|r| r.file == "tile_rs.cu")
