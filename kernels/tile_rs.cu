@@ -45,6 +45,18 @@
 #ifndef ETR_PROFILE
 #define ETR_PROFILE 0
 #endif
+// Work of an output tile's epilogue in stages (about 1900 cycles against 900 per stage at density
+// 1, ETR_PROFILE; more at low density, where the output stores share the memory), for the
+// balanced schedule.
+#ifndef ETR_TILE_COST
+#define ETR_TILE_COST 3
+#endif
+// Feature groups the balanced schedule counts (more: equal runs of tiles).
+#define ETR_MAX_GROUPS 512
+// 0: equal runs of tiles even where the host asks for the balanced schedule (timing experiments).
+#ifndef ETR_BALANCE
+#define ETR_BALANCE 1
+#endif
 // Stages in the ring (timing experiments with fewer).
 #ifndef ETR_STAGES
 #define ETR_STAGES 4
@@ -182,9 +194,97 @@ __device__ __forceinline__ void build_plans(StagePlan* plans, const UnionMeta<R>
     __syncwarp();
 }
 
+// The `nb` (1 .. 64) bits of the tile bitmap from bit t.
+__device__ __forceinline__ u64 bitmap_bits(const u64* __restrict__ bitmap, u64 t, int nb) {
+    const u64 word = t >> 6;
+    const int sh = static_cast<int>(t & 63);
+    u64 v = __ldg(bitmap + word) >> sh;
+    if (sh != 0 && sh + nb > 64) v |= __ldg(bitmap + word + 1) << (64 - sh);
+    return nb == 64 ? v : v & ((1ull << nb) - 1ull);
+}
+
+// The work of each feature group's output tiles: its stages (its union of tile columns, UPS per
+// stage) plus ETR_TILE_COST for the tile's epilogue, into work[0 .. G). One warp (lane = 0 .. 31);
+// the caller syncs.
+template <int R, int TW>
+__device__ void group_work(u32* work, const u64* __restrict__ bitmap, int grid_rows, int grid_cols, int G, int lane) {
+    constexpr int UPS = 64 / TW;
+    for (int g = lane; g < G; g += 32) {
+        u32 U = 0;
+        for (int c0 = 0; c0 < grid_cols; c0 += 64) {
+            const int nb = grid_cols - c0 < 64 ? grid_cols - c0 : 64;
+            u64 m = 0;
+#pragma unroll
+            for (int r = 0; r < R; ++r) {
+                const int br = g * R + r;
+                if (br < grid_rows) m |= bitmap_bits(bitmap, static_cast<u64>(br) * grid_cols + c0, nb);
+            }
+            U += __popcll(m);
+        }
+        work[g] = (U + UPS - 1) / UPS + ETR_TILE_COST;
+    }
+}
+
+// Splits the G x MB output tiles (numbered feature group first; a tile of group g costs work[g])
+// into gridDim.x contiguous runs whose largest work is least, and stores this CTA's run [beg, end)
+// in run[0], run[1] (run[0] = -1 where the work does not fit 32-bit counts).
+// Each lane tries one capacity C (the lower bound max(W / P, largest tile) plus lane steps of
+// 1/31 of the largest tile; the last lane's always fits) by filling runs greedily up to C, which
+// takes O(1) per group: entering a group with r work left in the current run, that run takes
+// min(r / w, MB) tiles and fresh runs take C / w each. The smallest capacity that fits wins.
+// (Runs of equal tile counts leave the runs over the largest unions last; runs of equal work cut
+// at work W c / P lost to them where runs are only a few tiles long.) One warp; the caller syncs.
+__device__ void least_makespan_runs(const u32* work, int G, int MB, int lane, long long* run) {
+    u32 sum = 0, wmax = 0;
+    for (int g = lane; g < G; g += 32) sum += work[g], wmax = max(wmax, work[g]);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        sum += __shfl_xor_sync(0xffffffffu, sum, o);
+        wmax = max(wmax, __shfl_xor_sync(0xffffffffu, wmax, o));
+    }
+    const u64 W = static_cast<u64>(sum) * MB, P = gridDim.x;
+    const u64 lb = max((W + P - 1) / P, static_cast<u64>(wmax));
+    const u32 step = (wmax + 30) / 31;
+    if (W >= (1ull << 31) || lb + 32ull * step >= (1ull << 31)) {
+        if (lane == 0) run[0] = -1;
+        return;
+    }
+    const u32 C = static_cast<u32>(lb) + static_cast<u32>(lane) * step;
+    const long long c = blockIdx.x, T = static_cast<long long>(G) * MB;
+    long long beg = c == 0 ? 0 : -1, end = -1;
+    long long open = 1;  // runs opened so far; the current one is open - 1
+    u32 r = C;           // work left in the current run
+    for (int g = 0; g < G; ++g) {
+        const u32 w = work[g], n = static_cast<u32>(MB);
+        const u32 t1 = min(r / w, n);
+        if (t1 == n) {
+            r -= n * w;
+            continue;
+        }
+        // Fresh runs of q tiles: run open - 1 + i (i = 1 .. k) starts at tile g MB + t1 + (i - 1) q.
+        const u32 q = C / w, rest = n - t1, k = (rest + q - 1) / q;
+        const long long first = static_cast<long long>(g) * MB + t1, i = c - (open - 1);
+        if (i >= 1 && i <= k) beg = first + (i - 1) * q;
+        if (i + 1 >= 1 && i + 1 <= k) end = first + i * q;
+        open += k;
+        r = C - (rest - (k - 1) * q) * w;
+    }
+    const unsigned fits = __ballot_sync(0xffffffffu, open <= static_cast<long long>(P));
+    const int win = __ffs(fits) - 1;  // lane 31's capacity always fits
+    beg = __shfl_sync(0xffffffffu, beg, win);
+    end = __shfl_sync(0xffffffffu, end, win);
+    if (lane == 0) {
+        run[0] = beg < 0 ? T : beg;
+        run[1] = end < 0 ? T : end;
+    }
+}
+
 // The output tiles of CTA `c` out of `P`: a contiguous run of the T = groups x token blocks tiles,
 // numbered feature group first, so a CTA rebuilds its union list rarely. (Round robin over tiles
-// numbered token block first, so that CTAs running at once share X rows, measured slower.)
+// numbered token block first, so that CTAs running at once share X rows, measured slower.) Equal
+// runs of tiles, or runs of least largest work (least_makespan_runs): with masks below density 1
+// the groups' unions, hence their tiles' stages, differ, and equal runs left the CTAs with the
+// largest unions last (at 64x64 density 0.5, CTA 0 was done after 70% of the kernel's time).
 // A cursor walks the run (the divisions are 64-bit calls, done once).
 struct Schedule {
     long long beg, end;
@@ -423,7 +523,7 @@ __device__ __forceinline__ void producer_wait(u32 empty, int q) {
 
 template <typename T, bool BF16, int TH, int TW, int BT>
 __device__ void body(const TensorMap* tmx, const TensorMap* tmx_wide, const TensorMap* tmy, const TensorMap* tmres,
-                     const TensorMap* tmw, const TensorMap* tmw_tile, int wcnt, int M, int K, const u64* __restrict__ bitmap, const u32* __restrict__ row_offsets,
+                     const TensorMap* tmw, const TensorMap* tmw_tile, int wcnt, int balance, int M, int K, const u64* __restrict__ bitmap, const u32* __restrict__ row_offsets,
                      const T* __restrict__ values, int N, int grid_rows, int grid_cols, const float* __restrict__ bias,
                      const T* __restrict__ residual, int gelu, float* __restrict__ ws) {
     using RG = Ring<BT>;
@@ -444,6 +544,9 @@ __device__ void body(const TensorMap* tmx, const TensorMap* tmx_wide, const Tens
     UnionMeta<R>& md = *reinterpret_cast<UnionMeta<R>*>(smem + meta_off + sizeof(StageInfo) * STAGES);
     StagePlan* plans = reinterpret_cast<StagePlan*>(
         smem + ((meta_off + sizeof(StageInfo) * STAGES + sizeof(UnionMeta<R>) + 15) & ~static_cast<size_t>(15)));
+    // The groups' work and this CTA's run of tiles (balanced schedule).
+    u32* work = reinterpret_cast<u32*>(plans + ETS_MAX_GRID_COLS / SLOTS);
+    long long* run = reinterpret_cast<long long*>(work + ETR_MAX_GROUPS);
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     if (tid == 0) {
@@ -455,8 +558,18 @@ __device__ void body(const TensorMap* tmx, const TensorMap* tmx_wide, const Tens
         mbar_init(res_bar + 8, 1);
         fence_barrier_init();
     }
+    // The host asks for balanced runs when some tile is absent (not with K splits, which give
+    // each CTA one tile).
+    const int G = (N + ETR_BN - 1) / ETR_BN;
+    Schedule sched(M, N, BT);
+    const bool balanced = ETR_BALANCE && balance != 0 && gridDim.z == 1 && G <= ETR_MAX_GROUPS;
+    if (balanced && warp == 0) {
+        group_work<R, TW>(work, bitmap, grid_rows, grid_cols, G, lane);
+        __syncwarp();
+        least_makespan_runs(work, G, sched.MB, lane, run);
+    }
     __syncthreads();
-    const Schedule sched(M, N, BT);
+    if (balanced && run[0] >= 0) sched.beg = run[0], sched.end = run[1];
 
     if (warp == 8) {
         // Producer. Lane 0 issues X's copies and a boxed stage's weights; otherwise lane r < R copies
@@ -583,9 +696,9 @@ __device__ void body(const TensorMap* tmx, const TensorMap* tmx_wide, const Tens
         NAME(const __grid_constant__ ek::TensorMap tmx, const __grid_constant__ ek::TensorMap tmx_wide,        \
              const __grid_constant__ ek::TensorMap tmy, const __grid_constant__ ek::TensorMap tmres,            \
              const __grid_constant__ ek::TensorMap tmw, const __grid_constant__ ek::TensorMap tmw_tile,         \
-             int wcnt, int M, int K, const u64* bitmap, const u32* row_offsets, const T* values, int N,          \
+             int wcnt, int balance, int M, int K, const u64* bitmap, const u32* row_offsets, const T* values, int N,          \
              int grid_rows, int grid_cols, const float* bias, const T* residual, int gelu, float* ws) {          \
-        etr::body<T, BF, TH, TW, BT>(&tmx, &tmx_wide, &tmy, &tmres, &tmw, &tmw_tile, wcnt, M, K, bitmap,         \
+        etr::body<T, BF, TH, TW, BT>(&tmx, &tmx_wide, &tmy, &tmres, &tmw, &tmw_tile, wcnt, balance, M, K, bitmap,         \
                                      row_offsets, values, N, grid_rows, grid_cols, bias, residual, gelu, ws);    \
     }
 

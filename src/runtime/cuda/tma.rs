@@ -209,16 +209,20 @@ const RS_THREADS: u32 = 288;
 const RS_STAGES: usize = 4;
 /// 64-column stages of a group the register-operand kernel plans (K up to 8192).
 const RS_MAX_STAGES: usize = TILE_MAX_GRID_COLS / 4;
+/// Feature groups whose work the register-operand kernel's balanced schedule counts
+/// (`ETR_MAX_GROUPS`).
+const RS_MAX_GROUPS: usize = 512;
 
 /// Dynamic shared memory of the register-operand kernel for tile height `th`: four stages (X: 64
-/// columns of 192 tokens; W: 64 columns per feature), the output staging buffer (192
-/// tokens x 128 features), 1 KiB to align them, the barriers (ring and residual), the per-stage
-/// information, the union list of `128 / th` block rows and the producer's stage plans.
+/// columns of 192 tokens; W: 64 columns per feature), the output staging buffer (192 tokens x 128
+/// features), 1 KiB to align them, the barriers (ring and residual), the per-stage information,
+/// the union list of `128 / th` block rows, the producer's stage plans and the groups' work.
 pub fn rs_smem_bytes(th: usize) -> usize {
     let r = (TMA_BN / th).max(1);
     let meta = TILE_MAX_GRID_COLS * (1 + 2 + 2 + 1 + 2 * r) + 4 * r + 4;
-    // The producer's 32-byte plan of every 64-column stage of a group.
-    let plans = RS_MAX_STAGES * 32;
+    // The producer's 32-byte plan of every 64-column stage of a group; the groups' work and the
+    // CTA's run for the balanced schedule.
+    let plans = RS_MAX_STAGES * 32 + RS_MAX_GROUPS * 4 + 16;
     RS_STAGES * (RS_BM + TMA_BN) * 64 * 2
         + RS_BM * TMA_BN * 2
         + 1024
@@ -318,6 +322,8 @@ pub fn tile_rs(
         KArg::TensorMap(map_w),
         KArg::TensorMap(map_w_tile),
         KArg::I32(wcnt as i32),
+        // Runs of equal work rather than equal tile counts when the groups' unions may differ.
+        KArg::I32((w.kept < w.grid_rows * w.grid_cols) as i32),
     ]);
     args.extend_from_slice(&c[1..3]);
     args.extend_from_slice(&c[4..13]);
