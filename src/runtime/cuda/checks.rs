@@ -408,6 +408,10 @@ pub fn synthetic_suite(rt: &CudaRuntime, rng: &mut Rng) -> Result<Vec<CheckResul
             ((4000, 2000, 3072), (64, 64), (0.5, Random), false, true),
             ((7800, 2000, 768), (32, 32), (0.5, Grouped), true, false),
             ((4000, 2304, 3072), (32, 32), (0.3, Random), false, false),
+            // Runs balanced by work (8+ output tiles per CTA on 132 multiprocessors, random masks
+            // whose groups' unions differ), with a partial last token block.
+            ((9000, 3072, 768), (64, 64), (0.5, Random), true, true),
+            ((12000, 2304, 768), (32, 32), (0.2, Random), false, false),
         ] {
             let rs_view = TileDeviceView::for_planning(shape.1, shape.2, tile.0, tile.1, elem);
             if gemm::usable_kernels(rt, &rs_view, shape.0).contains(&TileKernel::Rs) {

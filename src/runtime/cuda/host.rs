@@ -53,6 +53,39 @@ pub fn union_fractions(bitmap: &[u64], grid_rows: usize, grid_cols: usize, th: u
     out
 }
 
+/// Largest over mean work of the register-operand kernel's 128-feature groups (1 where all are
+/// equal): a group's output tile costs its 64-column stages, over the union of its block rows'
+/// tile columns, plus `tile_cost` stages for the epilogue. The kernel balances its persistent runs
+/// by this work only where it differs.
+pub fn group_work_spread(
+    bitmap: &[u64],
+    grid_rows: usize,
+    grid_cols: usize,
+    th: usize,
+    tw: usize,
+    tile_cost: usize,
+) -> f32 {
+    let bit = |t: usize| bitmap.get(t / 64).is_some_and(|w| (w >> (t % 64)) & 1 == 1);
+    let rows = (128 / th.max(1)).max(1);
+    let per_stage = (64 / tw.max(1)).max(1);
+    let work: Vec<usize> = (0..grid_rows.div_ceil(rows))
+        .map(|g| {
+            let (lo, hi) = (g * rows, ((g + 1) * rows).min(grid_rows));
+            let union = (0..grid_cols)
+                .filter(|&bc| (lo..hi).any(|br| bit(br * grid_cols + bc)))
+                .count();
+            union.div_ceil(per_stage) + tile_cost
+        })
+        .collect();
+    let max = work.iter().copied().max().unwrap_or(0) as f32;
+    let mean = work.iter().sum::<usize>() as f32 / work.len().max(1) as f32;
+    if mean > 0.0 {
+        max / mean
+    } else {
+        1.0
+    }
+}
+
 /// Rounds an f32 to the 16-bit type and returns its bits.
 pub fn to_bits(elem: ElemType, v: f32) -> u16 {
     match elem {
@@ -135,6 +168,18 @@ impl HostTiles {
             values,
             elem,
         })
+    }
+
+    /// [`group_work_spread`] of these tiles for the register-operand kernel.
+    pub fn work_spread(&self) -> f32 {
+        group_work_spread(
+            &self.bitmap,
+            self.grid_rows,
+            self.grid_cols,
+            self.th,
+            self.tw,
+            super::tma::RS_TILE_COST,
+        )
     }
 
     /// Kept tiles.
@@ -454,6 +499,62 @@ mod tests {
         assert!(!compare(&[1.0, f32::NAN, 3.0], &r).passes(1.0));
         let s = compare(&[1.0, 2.0, 3.3], &r);
         assert!((s.max_rel - 0.1).abs() < 1e-6);
+    }
+
+    #[test]
+    fn group_work_spread_is_one_for_equal_groups_and_max_over_mean_otherwise() {
+        // 64x64 tiles: two block rows per 128-feature group, 8 tile columns (one per stage).
+        let (gr, gc) = (4usize, 8usize);
+        let mut keep = vec![false; gr * gc];
+        // Group 0: rows keep columns {0, 1} and {1, 2}: union 3. Group 1: column 5 in both: 1.
+        for (br, bc) in [(0, 0), (0, 1), (1, 1), (1, 2), (2, 5), (3, 5)] {
+            keep[br * gc + bc] = true;
+        }
+        let h = HostTiles::from_dense(
+            &vec![1.0; gr * 64 * gc * 64],
+            gr * 64,
+            gc * 64,
+            64,
+            64,
+            &keep,
+            ElemType::F16,
+        )
+        .unwrap();
+        // Work 3 + 3 and 1 + 3: max 6 over mean 5.
+        assert!((group_work_spread(&h.bitmap, gr, gc, 64, 64, 3) - 1.2).abs() < 1e-6);
+        // 16x16 tiles, grouped: every group keeps the same number of columns.
+        let (gr, gc) = (16usize, 12usize);
+        let mut rng = Rng::new(3);
+        let mut keep = vec![false; gr * gc];
+        for g in 0..gr / 8 {
+            let cols = rng.mask(gc, 0.5);
+            for br in g * 8..(g + 1) * 8 {
+                keep[br * gc..(br + 1) * gc].copy_from_slice(&cols);
+            }
+        }
+        assert_eq!(
+            group_work_spread(
+                &HostTiles::from_dense(
+                    &vec![1.0; gr * 16 * gc * 16],
+                    gr * 16,
+                    gc * 16,
+                    16,
+                    16,
+                    &keep,
+                    ElemType::F16
+                )
+                .unwrap()
+                .bitmap,
+                gr,
+                gc,
+                16,
+                16,
+                3
+            ),
+            1.0
+        );
+        // No kept tile at all: equal (zero-stage) groups.
+        assert_eq!(group_work_spread(&[0; 4], gr, gc, 16, 16, 0), 1.0);
     }
 
     #[test]

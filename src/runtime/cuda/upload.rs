@@ -31,7 +31,8 @@ pub use pipeline::{Schedule, StagingConfig};
 use super::device::{CudaRuntime, DevBuf, ElemType};
 use super::error::CudaError;
 use super::gemm::LinearWeight;
-use super::host::{to_bits, union_fractions, HostTiles};
+use super::host::{group_work_spread, to_bits, union_fractions, HostTiles};
+use super::tma::RS_TILE_COST;
 
 /// Device addresses and geometry of a tile-encoded weight.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -63,6 +64,9 @@ pub struct TileDeviceView {
     /// Fractions of (64-feature group, tile column) and (128-feature group, tile column) pairs
     /// holding a kept tile ([`super::host::union_fractions`]), when the host knew the bitmap.
     pub unions: Option<[f32; 2]>,
+    /// Largest over mean work of the register-operand kernel's feature groups
+    /// ([`super::host::group_work_spread`]), when the host knew the bitmap.
+    pub work_spread: Option<f32>,
 }
 
 impl TileDeviceView {
@@ -84,6 +88,7 @@ impl TileDeviceView {
             elem,
             has_element_bitmaps: false,
             unions: None,
+            work_spread: None,
         }
     }
 
@@ -597,6 +602,14 @@ impl DeviceModel {
                         t.grid_cols,
                         t.tile_rows,
                     )),
+                    work_spread: Some(group_work_spread(
+                        t.bitmap,
+                        t.grid_rows,
+                        t.grid_cols,
+                        t.tile_rows,
+                        t.tile_cols,
+                        RS_TILE_COST,
+                    )),
                 }))
             }
             (None, TensorData::Tile(t)) if t.element_bitmaps.is_none() => {
@@ -643,6 +656,7 @@ impl DeviceModel {
                     elem: ElemType::F16,
                     has_element_bitmaps: false,
                     unions: Some(union_fractions(&h.bitmap, h.grid_rows, h.grid_cols, h.th)),
+                    work_spread: Some(h.work_spread()),
                 }))
             }
             (Some(elem), TensorData::Dense { values }) => Ok(LinearWeight::Dense {

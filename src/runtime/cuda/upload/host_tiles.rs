@@ -38,6 +38,7 @@ impl DeviceTiles {
             elem: h.elem,
             has_element_bitmaps: false,
             unions: Some(union_fractions(&h.bitmap, h.grid_rows, h.grid_cols, h.th)),
+            work_spread: Some(h.work_spread()),
         };
         Ok(Self {
             _bitmap: bitmap,
