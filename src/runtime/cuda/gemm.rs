@@ -318,8 +318,9 @@ pub const RS_MAX_UNION_WASTE: f64 = 1.5;
 
 /// Densities above which 64x64 tiles with K from [`TMA_256_MIN_K`] go to the TMA kernel with
 /// 256-token CTAs rather than the register-operand kernel (3072->768 at 16384 tokens: 0.86x vs
-/// 0.80x of cuBLAS at density 1, 0.92x vs 0.87x at 0.5; 1.49x vs 1.68x at 0.2; 2026-11-29 21:30Z).
-pub const TMA256_MIN_DENSITY_64: f64 = 0.3;
+/// 0.80x of cuBLAS at density 1 and 0.90x vs 0.88x in the next sweep; at 0.5 0.92x vs 0.87x,
+/// then 0.84x vs 1.06x; 1.49x vs 1.68x at 0.2; 2026-11-29 21:13Z and 22:05Z).
+pub const TMA256_MIN_DENSITY_64: f64 = 0.75;
 
 /// The kernel [`tile_gemm`] uses on this device for `m` tokens without measuring (the dispatcher
 /// measures every kernel instead). The rule follows the H200 sweep in bench/RESULTS.md:
