@@ -57,6 +57,11 @@
 #ifndef ETR_BALANCE
 #define ETR_BALANCE 1
 #endif
+// 64x64 tiles: 1 = the weights go to the MMA from shared memory (their stage rows are the 128-byte
+// swizzled K-major layout wgmma reads), 0 = as register operands like the other shapes.
+#ifndef ETR_SS
+#define ETR_SS 1
+#endif
 // Stages in the ring (timing experiments with fewer).
 #ifndef ETR_STAGES
 #define ETR_STAGES 4
@@ -311,6 +316,20 @@ __device__ __forceinline__ void mma_stage(float* acc, u32 (&a)[SLOTS][4], u32 wr
     wgmma_commit();
 }
 
+// One stage of products of a warpgroup whose 64 features are one 64x64 tile of the stage: both
+// operands from shared memory (the tile's rows are 128 bytes with the 128-byte swizzle, the layout
+// wgmma reads), so no ldmatrix and no A registers.
+template <bool BF16, int BT>
+__device__ __forceinline__ void mma_stage_ss(float* acc, u32 wtile, bool contig, u32 xb) {
+    wgmma_fence();
+#pragma unroll
+    for (int s = 0; s < SLOTS; ++s) {
+        const u64 db = contig ? desc_sw128(xb) + 2 * s : desc_sw32(xb + s * Ring<BT>::SLOT_X);
+        wgmma_ss_n192<BF16>(acc, desc_sw128(wtile) + 2 * s, db);
+    }
+    wgmma_commit();
+}
+
 // The two consumer warpgroups (warps 0-7): products, epilogue and stores of the CTA's output tiles.
 template <typename T, bool BF16, int TH, int TW, int BT>
 __device__ __forceinline__ void consumers(const Schedule& sched, const TensorMap* tmres,
@@ -382,7 +401,9 @@ __device__ __forceinline__ void consumers(const Schedule& sched, const TensorMap
                 const bool wswz = (inf.flags & STAGE_W_SW128) != 0 && !ETR_READ_PLAIN;
                 const u32 wrow = ws_base + b * RG::STAGE_W + r * (TH * 128) + lane_off;
                 const u32 xb = xs_base + b * RG::STAGE_X;
-                if (nm & 1) mma_stage<BF16, BT, TH, TW>(acc, afrag1, wrow, kept4, contig, wswz, xb);
+                if (TW == 64 && BT == 192 && ETR_SS)
+                    mma_stage_ss<BF16, BT>(acc, ws_base + b * RG::STAGE_W + rw0 * (TH * 128), contig, xb);
+                else if (nm & 1) mma_stage<BF16, BT, TH, TW>(acc, afrag1, wrow, kept4, contig, wswz, xb);
                 else mma_stage<BF16, BT, TH, TW>(acc, afrag0, wrow, kept4, contig, wswz, xb);
                 ++nm;
             }
