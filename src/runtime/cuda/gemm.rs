@@ -316,21 +316,15 @@ pub const TMA_256_MIN_K: usize = 2048;
 /// 64x64 at 21:30Z).
 pub const RS_MAX_UNION_WASTE: f64 = 1.5;
 
-/// Densities above which 64x64 tiles with K from [`TMA_256_MIN_K`] go to the TMA kernel with
-/// 256-token CTAs rather than the register-operand kernel (3072->768 at 16384 tokens: 0.86x vs
-/// 0.80x of cuBLAS at density 1 and 0.90x vs 0.88x in the next sweep; at 0.5 0.92x vs 0.87x,
-/// then 0.84x vs 1.06x; 1.49x vs 1.68x at 0.2; 2026-11-29 21:13Z and 22:05Z).
-pub const TMA256_MIN_DENSITY_64: f64 = 0.75;
-
 /// The kernel [`tile_gemm`] uses on this device for `m` tokens without measuring (the dispatcher
 /// measures every kernel instead). The rule follows the H200 sweep in bench/RESULTS.md:
 /// - from [`TMA_MIN_TOKENS`] tokens on sm_90: the register-operand kernel (16x16 at density 1
-///   0.76-0.81x of cuBLAS at 16384 tokens; 32x32 and 64x64 0.80-0.85x at density 1 against
-///   0.58-0.61x for the TMA kernel, and ahead of every other kernel at densities 0.5-0.1), unless
-///   the tiles are 16x16 and the group union exceeds [`RS_MAX_UNION_WASTE`] x the density;
-/// - 64-column tiles the register-operand kernel cannot run (K over 8192), or that are denser
-///   than [`TMA256_MIN_DENSITY_64`] with K from [`TMA_256_MIN_K`], from the same token count:
-///   the TMA kernel, with 256-token CTAs from [`TMA_256_MIN_K`] in features;
+///   0.73-0.81x of cuBLAS at 16384 tokens; 64x64 0.90x at density 1 with the weights from shared
+///   memory, where the 256-token TMA kernel ran 0.86-0.90x on 3072->768 and 0.58-0.61x on the
+///   other shapes; ahead of every other kernel at densities 0.5-0.1), unless the tiles are 16x16
+///   and the group union exceeds [`RS_MAX_UNION_WASTE`] x the density;
+/// - 64-column tiles the register-operand kernel cannot run (K over 8192), from the same token
+///   count: the TMA kernel, with 256-token CTAs from [`TMA_256_MIN_K`] in features;
 /// - the row-walk kernel when 128 tokens of X fit in shared memory (K up to ~900) and the density
 ///   is at most [`WALK_MAX_DENSITY`] ([`WALK_MAX_DENSITY_TALL`] for 64-row tiles); with fewer
 ///   tokens per CTA it re-reads the weights too often;
@@ -372,14 +366,7 @@ pub fn auto_kernel(rt: &CudaRuntime, v: &TileDeviceView, m: usize) -> TileKernel
     // masks below density 1 the row walk (when X fits) or the wgmma union kernel ran faster in
     // every measured row (e.g. 3072->768 at density 0.5: 0.53x vs 0.36x of cuBLAS, 2026-11-29
     // 18:15Z).
-    // Except for 64x64 tiles at densities above RS_MIN_DENSITY_TMA256 with long rows, where the
-    // TMA kernel's 256-token CTAs (each weight stage serving twice the tokens) stay ahead.
-    let tma256_leads = v.tw == 64
-        && v.cols >= TMA_256_MIN_K
-        && v.density() > TMA256_MIN_DENSITY_64
-        && tma_unsupported(rt, v, 256).is_none();
     if m >= TMA_MIN_TOKENS
-        && !tma256_leads
         && rs_unsupported(rt, v).is_none()
         && (v.th >= 32 || u128_ <= RS_MAX_UNION_WASTE * v.density())
     {
