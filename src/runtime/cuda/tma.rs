@@ -226,10 +226,11 @@ const RS_BALANCE_MIN_SPREAD: f32 = 1.05;
 /// Whether the register-operand kernel runs `m` tokens of `w` in runs of equal work (rather than
 /// equal tile counts): at 16384 tokens, 768->3072 with random masks, 64x64 at density 0.5 went
 /// from 0.119-0.125 to 0.110 ms, 32x32 at 0.2 from 0.127 to 0.113 ms.
-pub fn rs_balanced(rt: &CudaRuntime, w: &TileDeviceView, m: usize) -> bool {
+/// `sm_count`: the device's multiprocessors (one CTA each).
+pub fn rs_balanced(sm_count: usize, w: &TileDeviceView, m: usize) -> bool {
     let tiles = w.rows.div_ceil(TMA_BN) * m.div_ceil(RS_BM);
     w.kept < w.grid_rows * w.grid_cols
-        && tiles >= RS_BALANCE_MIN_RUN * rt.sm_count().max(1) as usize
+        && tiles >= RS_BALANCE_MIN_RUN * sm_count.max(1)
         && w.work_spread.is_some_and(|s| s >= RS_BALANCE_MIN_SPREAD)
 }
 
@@ -342,7 +343,7 @@ pub fn tile_rs(
         KArg::TensorMap(map_w),
         KArg::TensorMap(map_w_tile),
         KArg::I32(wcnt as i32),
-        KArg::I32(rs_balanced(rt, w, m) as i32),
+        KArg::I32(rs_balanced(rt.sm_count() as usize, w, m) as i32),
     ]);
     args.extend_from_slice(&c[1..3]);
     args.extend_from_slice(&c[4..13]);
@@ -433,6 +434,27 @@ fn tma_stage_map(w: &TileDeviceView) -> Option<([u64; 16], usize)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn balanced_runs_only_for_long_runs_of_unequal_groups() {
+        // 768->3072 with 64x64 tiles: 24 feature groups; 132 multiprocessors.
+        let mut w = TileDeviceView::for_planning(3072, 768, 64, 64, ElemType::F16);
+        w.kept = w.grid_rows * w.grid_cols / 2;
+        w.work_spread = Some(1.2);
+        // 16384 tokens: 24 x 86 = 2064 tiles, 15.6 per CTA.
+        assert!(rs_balanced(132, &w, 16384));
+        // 4096 tokens: 24 x 22 = 528 tiles, 4 per CTA: equal runs keep the groups on one token block.
+        assert!(!rs_balanced(132, &w, 4096));
+        // Groups of equal work (grouped masks), or work not known: equal runs.
+        w.work_spread = Some(1.0);
+        assert!(!rs_balanced(132, &w, 16384));
+        w.work_spread = None;
+        assert!(!rs_balanced(132, &w, 16384));
+        // Every tile kept.
+        w.work_spread = Some(1.2);
+        w.kept = w.grid_rows * w.grid_cols;
+        assert!(!rs_balanced(132, &w, 16384));
+    }
 
     #[test]
     fn ctas_fit_on_a_hopper_multiprocessor() {
