@@ -35,22 +35,32 @@ pub struct HostTiles {
 /// and of 128 output features (`64 / th` and `128 / th` block rows, at least one): the share of the
 /// dense work the tile kernel does with each group size.
 pub fn union_fractions(bitmap: &[u64], grid_rows: usize, grid_cols: usize, th: usize) -> [f32; 2] {
+    [64usize, 128].map(|bn| {
+        let unions = group_unions(bitmap, grid_rows, grid_cols, th, bn);
+        let pairs = (unions.len() * grid_cols).max(1);
+        unions.iter().sum::<usize>() as f32 / pairs as f32
+    })
+}
+
+/// The tile columns in which each group of `bn` output features (`bn / th` block rows, at least
+/// one) keeps at least one tile.
+fn group_unions(
+    bitmap: &[u64],
+    grid_rows: usize,
+    grid_cols: usize,
+    th: usize,
+    bn: usize,
+) -> Vec<usize> {
     let bit = |t: usize| bitmap.get(t / 64).is_some_and(|w| (w >> (t % 64)) & 1 == 1);
-    let mut out = [0f32; 2];
-    for (slot, bn) in [64usize, 128].into_iter().enumerate() {
-        let rows = (bn / th.max(1)).max(1);
-        let groups = grid_rows.div_ceil(rows);
-        let mut hit = 0usize;
-        for g in 0..groups {
-            for bc in 0..grid_cols {
-                let lo = g * rows;
-                let hi = (lo + rows).min(grid_rows);
-                hit += usize::from((lo..hi).any(|br| bit(br * grid_cols + bc)));
-            }
-        }
-        out[slot] = hit as f32 / (groups * grid_cols).max(1) as f32;
-    }
-    out
+    let rows = (bn / th.max(1)).max(1);
+    (0..grid_rows.div_ceil(rows))
+        .map(|g| {
+            let (lo, hi) = (g * rows, ((g + 1) * rows).min(grid_rows));
+            (0..grid_cols)
+                .filter(|&bc| (lo..hi).any(|br| bit(br * grid_cols + bc)))
+                .count()
+        })
+        .collect()
 }
 
 /// Largest over mean work of the register-operand kernel's 128-feature groups (1 where all are
@@ -65,17 +75,10 @@ pub fn group_work_spread(
     tw: usize,
     tile_cost: usize,
 ) -> f32 {
-    let bit = |t: usize| bitmap.get(t / 64).is_some_and(|w| (w >> (t % 64)) & 1 == 1);
-    let rows = (128 / th.max(1)).max(1);
     let per_stage = (64 / tw.max(1)).max(1);
-    let work: Vec<usize> = (0..grid_rows.div_ceil(rows))
-        .map(|g| {
-            let (lo, hi) = (g * rows, ((g + 1) * rows).min(grid_rows));
-            let union = (0..grid_cols)
-                .filter(|&bc| (lo..hi).any(|br| bit(br * grid_cols + bc)))
-                .count();
-            union.div_ceil(per_stage) + tile_cost
-        })
+    let work: Vec<usize> = group_unions(bitmap, grid_rows, grid_cols, th, 128)
+        .into_iter()
+        .map(|union| union.div_ceil(per_stage) + tile_cost)
         .collect();
     let max = work.iter().copied().max().unwrap_or(0) as f32;
     let mean = work.iter().sum::<usize>() as f32 / work.len().max(1) as f32;
