@@ -75,9 +75,11 @@ namespace etr {
 using namespace ek;
 
 #if ETR_PROFILE
-// Counters of CTA 0's last launch: per warp (total, wait full or empty, wait MMA, epilogue, stages).
+// Counters of CTA 0's last launch: per consumer warp (total, wait for full stages, wait for the MMA,
+// epilogue, stages, the first stage's wait), for the producer (total, wait for empty slots, planning,
+// issuing, stages, building the groups' union lists and plans).
 // Printed by tile_rs_profile_print (a call in a wgmma kernel would serialise its MMAs).
-__device__ u32 etr_prof[9][5];
+__device__ u32 etr_prof[9][6];
 __device__ __forceinline__ u32 prof_clock() { return static_cast<u32>(clock()); }
 #define ETR_PROF(stmt) stmt
 #else
@@ -151,55 +153,34 @@ constexpr u32 STAGE_W_BOXED = 16; // the weights come as one box (the producer's
 // twice (a 2-way conflict on every A fragment load); swizzled they fall on eight.
 __device__ __forceinline__ u32 sw128(u32 addr) { return addr ^ ((addr >> 3) & 0x70u); }
 
-// The producer's plan of one stage of a group, built once per group (build_plans), so that a stage
-// costs it one shared-memory load: planning each stage from the union list took a dozen dependent
-// loads, longer than the stage's products (measured with ETR_PROFILE: 620 cycles per stage,
-// against about 870 for the products).
+// The producer's plan of one stage of a group, computed on the host when the weight is uploaded
+// (rs_plan.rs: the layout below, 64 bytes little-endian) and copied into shared memory when the
+// producer's next output tile belongs to another group, so that a stage costs it one
+// shared-memory load. Planning each stage from the union list took a dozen dependent loads per
+// stage (620 cycles against 870 for the products); building the list and the plans in the kernel
+// took 7300 cycles per group at K = 768 and 17900 at K = 3072 (a quarter of a 4096-token launch,
+// during which the consumers waited for their first stage).
 struct __align__(16) StagePlan {
-    u32 kept;                 // bit 4r + s: block row r keeps the tile of slot s
-    u32 wbytes;               // bytes of the stage's weights
-    u32 flags;                // STAGE_CONTIG, STAGE_W_SW128, STAGE_W_BOXED
-    unsigned short wline;     // the weights' box coordinate (128-byte lines into the row) of a boxed stage
+    u32 kept;                    // bit 4r + s: block row r keeps the tile of slot s
+    u32 wbytes;                  // bytes of the stage's weights
+    u32 flags;                   // STAGE_CONTIG, STAGE_W_SW128, STAGE_W_BOXED
+    u32 wline;                   // a boxed stage's box coordinate (128-byte lines into its block rows)
     unsigned short xcol[SLOTS];  // X column of each slot (the first only for a contiguous stage; K: zeros)
+    u32 stages;                  // in a group's first plan: the group's stages
+    u32 reserved;
+    u32 first[8];                // block row r's first kept tile in the stage (index into the values)
 };
-// The host reserves ETS_MAX_GRID_COLS / SLOTS plans of 32 bytes (rs_smem_bytes).
-static_assert(sizeof(StagePlan) == 32, "rs_smem_bytes counts 32 bytes a stage plan");
+// The host reserves ETS_MAX_GRID_COLS / SLOTS plans of 64 bytes (rs_smem_bytes, RS_PLAN_BYTES).
+static_assert(sizeof(StagePlan) == 64, "rs_smem_bytes and rs_plan.rs count 64 bytes a stage plan");
 
-// The plans of the group's G stages (lane = 0 .. 31 of one warp; the caller syncs before reading).
-// `uniform`: the group's rows start where the weights' stage map puts them (rows_uniform). A stage
-// spans 64 columns: UPS = 64 / TW union columns, each SPT = TW / 16 of the stage's 16-column slots.
-template <int R, int TH, int TW>
-__device__ __forceinline__ void build_plans(StagePlan* plans, const UnionMeta<R>& md, int br0, int grid_rows, int U,
-                                            int G, int K, bool uniform, int lane) {
-    constexpr int UPS = 64 / TW, SPT = TW / 16;
-    for (int g = lane; g < G; g += 32) {
-        const int j0 = g * UPS;
-        u32 kept = 0;
-#pragma unroll
-        for (int s = 0; s < SLOTS; ++s)
-            if (j0 + s / SPT < U) {
-                const u32 m = md.umask[j0 + s / SPT];
-#pragma unroll
-                for (int r = 0; r < R; ++r)
-                    if ((m >> r) & 1u) kept |= 1u << (4 * r + s);
-            }
-        const bool contig = stage_contiguous<TW>(md.ucol, U, j0);
-        // The stage's weights in one box where the group's rows allow it (see stage_boxed).
-        const bool boxed = uniform && stage_boxed<R, UPS>(md, br0, grid_rows, U, j0);
-        StagePlan p;
-        p.kept = kept;
-        p.wbytes = boxed ? STAGE_W_BYTES : static_cast<u32>(__popc(kept)) * TH * 32;
-        // Tiles 32 and 64 columns wide come swizzled also tile by tile (tile_lines boxes).
-        p.flags = (contig ? STAGE_CONTIG : 0u) | (boxed ? STAGE_W_BOXED : 0u) | (boxed || TW > 16 ? STAGE_W_SW128 : 0u);
-        p.wline = boxed ? static_cast<unsigned short>(md.kidx[0][j0] * tile_lines(TH, TW)) : 0;
-#pragma unroll
-        for (int s = 0; s < SLOTS; ++s) {
-            const int j = j0 + s / SPT;
-            p.xcol[s] = static_cast<unsigned short>(j < U ? md.ucol[j] * TW + (s % SPT) * 16 : K);
-        }
-        plans[g] = p;
-    }
-    __syncwarp();
+// Copies `n` plans (16-byte pieces from lane = 0 .. 31 of one warp, all in flight at once) and waits
+// for this lane's copies; the caller syncs the warp before reading.
+__device__ __forceinline__ void copy_plans(StagePlan* dst, const StagePlan* __restrict__ src, int n, int lane) {
+    const u32 d = static_cast<u32>(__cvta_generic_to_shared(dst));
+    const char* s = reinterpret_cast<const char*>(src);
+    for (int i = lane; i < n * 4; i += 32)
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(d + 16 * i), "l"(s + 16 * i) : "memory");
+    asm volatile("cp.async.wait_all;\n" ::: "memory");
 }
 
 // The `nb` (1 .. 64) bits of the tile bitmap from bit t.
@@ -368,7 +349,7 @@ __device__ __forceinline__ void consumers(const Schedule& sched, const TensorMap
     int q = 0, pend = -1;
     int nm = 0;  // stages this warpgroup multiplied (their A fragment sets alternate)
     u32 res_phase = 0;
-    ETR_PROF(u32 p_full = 0; u32 p_mma = 0; u32 p_epi = 0; const u32 p_start = prof_clock(); u32 p0 = 0;)
+    ETR_PROF(u32 p_full = 0; u32 p_mma = 0; u32 p_epi = 0; const u32 p_start = prof_clock(); u32 p0 = 0; u32 p_first = 0;)
     Schedule::Cursor cur = sched.first();
     for (long long t = sched.beg; t < sched.end; ++t, cur.next(sched.MB)) {
         const int group = cur.group, m0 = cur.block * BT;
@@ -381,7 +362,7 @@ __device__ __forceinline__ void consumers(const Schedule& sched, const TensorMap
             const int b = q % STAGES;
             ETR_PROF(p0 = prof_clock();)
             mbar_wait_suspend(full_bar + 8 * b, (q / STAGES) & 1);
-            ETR_PROF(p_full += prof_clock() - p0;)
+            ETR_PROF(p_full += prof_clock() - p0; if (q == 0) p_first = prof_clock() - p0;)
             const StageInfo inf = info[b];
             const bool last = (inf.flags & STAGE_LAST) != 0;
             // The residual tile is fetched once this tile's products are under way (the staging
@@ -508,7 +489,7 @@ __device__ __forceinline__ void consumers(const Schedule& sched, const TensorMap
 #if ETR_PROFILE
     if (blockIdx.x == 0 && lane == 0) {
         u32* p = etr_prof[warp];
-        p[0] = prof_clock() - p_start, p[1] = p_full, p[2] = p_mma, p[3] = p_epi, p[4] = q;
+        p[0] = prof_clock() - p_start, p[1] = p_full, p[2] = p_mma, p[3] = p_epi, p[4] = q, p[5] = p_first;
     }
 #endif
 }
@@ -528,7 +509,7 @@ __device__ __forceinline__ void producer_wait(u32 empty, int q) {
 
 template <typename T, bool BF16, int TH, int TW, int BT>
 __device__ void body(const TensorMap* tmx, const TensorMap* tmx_wide, const TensorMap* tmy, const TensorMap* tmres,
-                     const TensorMap* tmw, const TensorMap* tmw_tile, int wcnt, int balance, int M, int K, const u64* __restrict__ bitmap, const u32* __restrict__ row_offsets,
+                     const TensorMap* tmw, const TensorMap* tmw_tile, int plan_stride, int balance, int M, int K, const u64* __restrict__ bitmap, const StagePlan* __restrict__ gplans,
                      const T* __restrict__ values, int N, int grid_rows, int grid_cols, const float* __restrict__ bias,
                      const T* __restrict__ residual, int gelu, float* __restrict__ ws) {
     using RG = Ring<BT>;
@@ -546,9 +527,7 @@ __device__ void body(const TensorMap* tmx, const TensorMap* tmx_wide, const Tens
     const u32 full_bar = out_base + RG::OUT, empty_bar = full_bar + 8 * STAGES, res_bar = empty_bar + 8 * STAGES;
     const u32 meta_off = STAGES * (RG::STAGE_X + RG::STAGE_W) + RG::OUT + 8 * (2 * STAGES + 2);
     StageInfo* info = reinterpret_cast<StageInfo*>(smem + meta_off);
-    UnionMeta<R>& md = *reinterpret_cast<UnionMeta<R>*>(smem + meta_off + sizeof(StageInfo) * STAGES);
-    StagePlan* plans = reinterpret_cast<StagePlan*>(
-        smem + ((meta_off + sizeof(StageInfo) * STAGES + sizeof(UnionMeta<R>) + 15) & ~static_cast<size_t>(15)));
+    StagePlan* plans = reinterpret_cast<StagePlan*>(smem + ((meta_off + sizeof(StageInfo) * STAGES + 15) & ~static_cast<size_t>(15)));
     u32* cum = reinterpret_cast<u32*>(plans + ETS_MAX_GRID_COLS / SLOTS);  // ETR_MAX_GROUPS + 1
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -579,21 +558,21 @@ __device__ void body(const TensorMap* tmx, const TensorMap* tmx_wide, const Tens
             tma_prefetch(tmw);
             if (TW > 16) tma_prefetch(tmw_tile);
         }
-        int q = 0, cur_group = -1, U = 0, gbeg = 0, GL = 0;
-        ETR_PROF(u32 p_empty = 0; u32 p_plan = 0; u32 p_issue = 0; const u32 p_start = prof_clock();)
+        int q = 0, cur_group = -1, gbeg = 0, GL = 0;
+        ETR_PROF(u32 p_empty = 0; u32 p_plan = 0; u32 p_issue = 0; u32 p_union = 0; const u32 p_start = prof_clock();)
         Schedule::Cursor cur = sched.first();
         for (long long t = sched.beg; t < sched.end; ++t, cur.next(sched.MB)) {
             const int group = cur.group, m0 = cur.block * BT;
             if (group != cur_group) {
-                __syncwarp();  // every lane is done with the previous group's list and plans
-                build_union<R, 32>(md, bitmap, row_offsets, grid_rows, grid_cols, group * R, lane);
+                ETR_PROF(const u32 p_u = prof_clock();)
+                __syncwarp();  // every lane is done with the previous group's plans
+                copy_plans(plans, gplans + static_cast<size_t>(group) * plan_stride, plan_stride, lane);
+                __syncwarp();
                 cur_group = group;
-                U = md.U;
-                const int G = (U + UPS - 1) / UPS;
-                build_plans<R, TH, TW>(plans, md, group * R, grid_rows, U, G, K,
-                                   rows_uniform<R>(md, group * R, grid_rows, wcnt), lane);
+                const int G = static_cast<int>(plans[0].stages);
                 gbeg = static_cast<int>((static_cast<long long>(G) * blockIdx.z) / gridDim.z);
                 GL = static_cast<int>((static_cast<long long>(G) * (blockIdx.z + 1)) / gridDim.z) - gbeg;
+                ETR_PROF(p_union += prof_clock() - p_u;)
             }
             for (int g = 0; g < (GL > 0 ? GL : 1); ++g, ++q) {
                 const int b = q % STAGES;
@@ -607,7 +586,7 @@ __device__ void body(const TensorMap* tmx, const TensorMap* tmx_wide, const Tens
                     continue;
                 }
                 ETR_PROF(const u32 p_it = prof_clock();)
-                const StagePlan pl = plans[gbeg + g];
+                const StagePlan& pl = plans[gbeg + g];
                 const bool boxed = (pl.flags & STAGE_W_BOXED) != 0, contig = (pl.flags & STAGE_CONTIG) != 0;
                 const u32 wbytes = ETR_EXPERIMENT == 3 ? 0u : pl.wbytes;
                 const u32 xbytes = ETR_EXPERIMENT == 4 ? 0u : RG::STAGE_X;
@@ -641,8 +620,9 @@ __device__ void body(const TensorMap* tmx, const TensorMap* tmx_wide, const Tens
 #pragma unroll
                         for (int u = 0; u < UPS; ++u)
                             if ((pl.kept >> (4 * r + u * (TW / 16))) & 1u) {
-                                const int j = (gbeg + g) * UPS + u;
-                                const int line = static_cast<int>(md.rowoff[r] + md.kidx[r][j]) * tile_lines(TH, TW);
+                                // The row's kept tiles of the stage are consecutive in the file.
+                                const u32 before = __popc((pl.kept >> (4 * r)) & ((1u << (u * (TW / 16))) - 1u)) / (TW / 16);
+                                const int line = static_cast<int>(pl.first[r] + before) * tile_lines(TH, TW);
                                 tma_load_2d(ws_base + b * RG::STAGE_W + r * (TH * 128) + u * (TH * TW * 2), tmw_tile,
                                             0, line, bar);
                             }
@@ -651,11 +631,10 @@ __device__ void body(const TensorMap* tmx, const TensorMap* tmx_wide, const Tens
                     __syncwarp();  // the rows' copies follow the expected byte count
                     const u32 kept_bits = lane < R ? (pl.kept >> (4 * lane)) & 0xFu : 0u;
                     if (kept_bits) {
-                        const int r = lane, j0 = (gbeg + g) * SLOTS;
+                        const int r = lane;
                         const u32 dst = ws_base + b * RG::STAGE_W + r * SLOTS * SLICE;
                         // The row's kept tiles among the stage's columns are consecutive in the file.
-                        const int s0 = __ffs(kept_bits) - 1;
-                        const T* src = values + (static_cast<size_t>(md.rowoff[r]) + md.kidx[r][j0 + s0]) * (TH * 16);
+                        const T* src = values + static_cast<size_t>(pl.first[r]) * (TH * 16);
                         if (kept_bits == 0xFu) {
                             bulk_copy(dst, src, SLOTS * SLICE, bar);
                         } else {
@@ -672,7 +651,7 @@ __device__ void body(const TensorMap* tmx, const TensorMap* tmx_wide, const Tens
 #if ETR_PROFILE
         if (blockIdx.x == 0 && lane == 0) {
             u32* p = etr_prof[8];
-            p[0] = prof_clock() - p_start, p[1] = p_empty, p[2] = p_plan, p[3] = p_issue, p[4] = q;
+            p[0] = prof_clock() - p_start, p[1] = p_empty, p[2] = p_plan, p[3] = p_issue, p[4] = q, p[5] = p_union;
         }
 #endif
     } else {
@@ -695,10 +674,11 @@ __device__ void body(const TensorMap* tmx, const TensorMap* tmx_wide, const Tens
         NAME(const __grid_constant__ ek::TensorMap tmx, const __grid_constant__ ek::TensorMap tmx_wide,        \
              const __grid_constant__ ek::TensorMap tmy, const __grid_constant__ ek::TensorMap tmres,            \
              const __grid_constant__ ek::TensorMap tmw, const __grid_constant__ ek::TensorMap tmw_tile,         \
-             int wcnt, int balance, int M, int K, const u64* bitmap, const u32* row_offsets, const T* values, int N,          \
+             int plan_stride, int balance, int M, int K, const u64* bitmap, const uint4* plans, const T* values, int N,       \
              int grid_rows, int grid_cols, const float* bias, const T* residual, int gelu, float* ws) {          \
-        etr::body<T, BF, TH, TW, BT>(&tmx, &tmx_wide, &tmy, &tmres, &tmw, &tmw_tile, wcnt, balance, M, K, bitmap,         \
-                                     row_offsets, values, N, grid_rows, grid_cols, bias, residual, gelu, ws);    \
+        etr::body<T, BF, TH, TW, BT>(&tmx, &tmx_wide, &tmy, &tmres, &tmw, &tmw_tile, plan_stride, balance, M, K, bitmap, \
+                                     reinterpret_cast<const etr::StagePlan*>(plans), values, N, grid_rows, grid_cols, \
+                                     bias, residual, gelu, ws);                                                    \
     }
 
 #define ETS_TILE_RS_ALL(TH, TW)                                                            \
@@ -716,11 +696,13 @@ extern "C" __global__ void tile_rs_profile_print() {
     for (int w = 0; w < 9; ++w) {
         const u32* p = etr::etr_prof[w];
         if (w == 8)
-            printf("M profile producer: total %u cycles, waiting for empty slots %u, planning %u, issuing %u; %u stages\n",
-                   p[0], p[1], p[2], p[3], p[4]);
+            printf("M profile producer: total %u cycles, waiting for empty slots %u, planning %u, issuing %u, union lists "
+                   "and plans %u; %u stages\n",
+                   p[0], p[1], p[2], p[3], p[5], p[4]);
         else
-            printf("M profile warp %d: total %u cycles, waiting for full stages %u, for the MMA %u, last MMA + epilogue %u; %u stages\n",
-                   w, p[0], p[1], p[2], p[3], p[4]);
+            printf("M profile warp %d: total %u cycles, waiting for full stages %u (the first %u), for the MMA %u, last "
+                   "MMA + epilogue %u; %u stages\n",
+                   w, p[0], p[1], p[5], p[2], p[3], p[4]);
     }
 }
 #endif

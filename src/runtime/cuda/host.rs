@@ -185,6 +185,17 @@ impl HostTiles {
         )
     }
 
+    /// The geometry the register-operand kernel's stage plans depend on.
+    pub fn geometry(&self) -> super::rs_plan::TileGeometry {
+        super::rs_plan::TileGeometry {
+            th: self.th,
+            tw: self.tw,
+            grid_rows: self.grid_rows,
+            grid_cols: self.grid_cols,
+            cols: self.cols,
+        }
+    }
+
     /// Kept tiles.
     pub fn kept(&self) -> usize {
         self.row_offsets.last().copied().unwrap_or(0) as usize

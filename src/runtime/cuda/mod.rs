@@ -21,6 +21,7 @@ mod error;
 pub mod gemm;
 pub mod host;
 pub mod nvrtc;
+pub mod rs_plan;
 pub mod tma;
 pub mod upload;
 pub mod walk;

@@ -12,6 +12,7 @@ use super::error::CudaError;
 use super::gemm::{
     launch_union, tile_args, tile_kernel_unsupported, Epilogue, TileKernel, TILE_MAX_GRID_COLS,
 };
+use super::rs_plan::{uniform_row_tiles, RS_PLAN_BYTES};
 use super::upload::TileDeviceView;
 
 /// Output features per CTA.
@@ -237,19 +238,18 @@ pub fn rs_balanced(sm_count: usize, w: &TileDeviceView, m: usize) -> bool {
 /// Dynamic shared memory of the register-operand kernel for tile height `th`: four stages (X: 64
 /// columns of 192 tokens; W: 64 columns per feature), the output staging buffer (192 tokens x 128
 /// features), 1 KiB to align them, the barriers (ring and residual), the per-stage information,
-/// the union list of `128 / th` block rows, the producer's stage plans and the groups' work.
-pub fn rs_smem_bytes(th: usize) -> usize {
-    let r = (TMA_BN / th).max(1);
-    let meta = TILE_MAX_GRID_COLS * (1 + 2 + 2 + 1 + 2 * r) + 4 * r + 4;
-    // The producer's 32-byte plan of every 64-column stage of a group, and the groups' work for
-    // the balanced schedule.
-    let plans = RS_MAX_STAGES * 32 + ((RS_MAX_GROUPS + 1) * 4).div_ceil(16) * 16;
+/// the producer's stage plans of a group and the groups' work. The same for every tile height.
+pub fn rs_smem_bytes(_th: usize) -> usize {
+    // The per-stage information (8 bytes a stage) rounded up to the plans' 16-byte alignment,
+    // the plan of every 64-column stage of a group, and the groups' work for the balanced
+    // schedule.
+    let meta = (8 * RS_STAGES).div_ceil(16) * 16;
+    let plans = RS_MAX_STAGES * RS_PLAN_BYTES + ((RS_MAX_GROUPS + 1) * 4).div_ceil(16) * 16;
     RS_STAGES * (RS_BM + TMA_BN) * 64 * 2
         + RS_BM * TMA_BN * 2
         + 1024
         + 8 * (2 * RS_STAGES + 2)
-        + 8 * RS_STAGES
-        + meta.div_ceil(16) * 16
+        + meta
         + plans
 }
 
@@ -333,7 +333,22 @@ pub fn tile_rs(
     // The common tile arguments with X replaced by its two maps and Y by the output maps: (maps
     // of X, Y and residual, the weights' stage map and its tiles per block row, M, K, bitmap, row
     // offsets, values, N, grid, bias, residual, GELU; the workspace follows).
-    let (map_w, wcnt) = rs_stage_map(w).unwrap_or((map_y, 0));
+    // The stage plans (computed at upload) say which stages are boxed: those need the map.
+    if w.rs_plans == 0 {
+        return Err(CudaError::Invalid(
+            "register-operand tile kernel: the weight was uploaded without its stage plans".into(),
+        ));
+    }
+    let map_w = match (uniform_row_tiles(w.kept, w.grid_rows), rs_stage_map(w)) {
+        (Some(_), Some(map)) => map,
+        (Some(_), None) => {
+            return Err(CudaError::Invalid(format!(
+                "register-operand tile kernel: the weights' stage map of {}x{} tiles could not be encoded",
+                w.th, w.tw
+            )))
+        }
+        (None, _) => map_y,
+    };
     let map_w_tile = rs_tile_map(w)?.unwrap_or(map_y);
     let c = tile_args(x, m, w, ep, y);
     let mut args = x_maps(x, m, w, bm)?.to_vec();
@@ -342,11 +357,15 @@ pub fn tile_rs(
         KArg::TensorMap(map_res),
         KArg::TensorMap(map_w),
         KArg::TensorMap(map_w_tile),
-        KArg::I32(wcnt as i32),
+        KArg::I32(w.rs_plan_stride as i32),
         KArg::I32(rs_balanced(rt.sm_count() as usize, w, m) as i32),
     ]);
+    // M, K, the bitmap (the balanced schedule's work), the plans in place of the row offsets,
+    // then values, N, grid, bias, residual, GELU.
     args.extend_from_slice(&c[1..3]);
-    args.extend_from_slice(&c[4..13]);
+    args.push(c[4]);
+    args.push(KArg::Ptr(w.rs_plans));
+    args.extend_from_slice(&c[6..13]);
     let smem = rs_smem_bytes(w.th);
     launch_union(
         rt,
@@ -367,13 +386,14 @@ const STAGE_TILES: usize = 4;
 
 /// One copy per weight stage. When the kept count is a multiple of the block rows, every block row
 /// may keep the same number of tiles `cnt`, block row r then starting at tile r x cnt: a tensor map
-/// with that row pitch copies a stage of a whole group's rows in one box. The kernels check per
-/// group that its rows do start there (density 1, balanced and grouped masks) and per stage that
-/// they keep the same tiles, and copy row by row (or tile by tile) otherwise; one copy per stage
-/// instead of one per block row or tile is what makes 16-column tiles cheap to stream. Returns
-/// `cnt`, or None when the rows cannot be uniform.
+/// with that row pitch copies a stage of a whole group's rows in one box. The kernels copy a stage
+/// so where its group's rows do start there (density 1, balanced and grouped masks) and keep the
+/// same tiles (the register-operand kernel's plans say so, [`super::rs_plan::RsPlans`]; the TMA kernel checks),
+/// and row by row (or tile by tile) otherwise; one copy per stage instead of one per block row or
+/// tile is what makes 16-column tiles cheap to stream. Returns `cnt`, or None when the rows cannot
+/// be uniform.
 fn tiles_per_block_row(w: &TileDeviceView) -> Option<usize> {
-    (w.kept > 0 && w.kept % w.grid_rows == 0).then(|| w.kept / w.grid_rows)
+    uniform_row_tiles(w.kept, w.grid_rows)
 }
 
 /// 128-byte lines of one tile as it lies in the file.
@@ -386,14 +406,13 @@ fn tile_lines(w: &TileDeviceView) -> usize {
 /// `th` lines) of each of a group's block rows, in the file's layout with the 128-byte swizzle
 /// (which spreads a tile's rows over all banks for ldmatrix; the kernel reads such stages with the
 /// same XOR). None when the rows cannot be uniform or the map cannot be encoded.
-fn rs_stage_map(w: &TileDeviceView) -> Option<([u64; 16], usize)> {
+fn rs_stage_map(w: &TileDeviceView) -> Option<[u64; 16]> {
     let cnt = tiles_per_block_row(w)?;
     let row_lines = (cnt * tile_lines(w)) as u64;
     let dims = [64, row_lines, w.grid_rows as u64];
     let pitch = [128, row_lines * 128];
-    let boxes = [64, w.th as u32, (TMA_BN / w.th) as u32];
-    let map = encode(w.values, w.elem, &dims, &pitch, &boxes, SW128).ok()?;
-    Some((map, cnt))
+    let boxes = [64, w.th as u32, (TMA_BN / w.th).max(1) as u32];
+    encode(w.values, w.elem, &dims, &pitch, &boxes, SW128).ok()
 }
 
 /// The register-operand kernel's map of single tiles 32 or 64 columns wide, for the stages that

@@ -32,7 +32,22 @@ use super::device::{CudaRuntime, DevBuf, ElemType};
 use super::error::CudaError;
 use super::gemm::LinearWeight;
 use super::host::{group_work_spread, to_bits, union_fractions, HostTiles};
+use super::rs_plan::{RsPlans, TileGeometry};
 use super::tma::RS_TILE_COST;
+
+/// The register-operand kernel's stage plans of a tile weight ([`RsPlans`]) put on the device, and
+/// the plans per group; None for tile shapes the kernel does not plan.
+pub(crate) fn upload_rs_plans(
+    rt: &CudaRuntime,
+    bitmap: &[u64],
+    row_offsets: &[u32],
+    geometry: TileGeometry,
+) -> Result<Option<(DevBuf, usize)>, CudaError> {
+    match RsPlans::new(bitmap, row_offsets, geometry) {
+        Some(p) => Ok(Some((rt.upload_bytes(&p.to_bytes())?, p.stride))),
+        None => Ok(None),
+    }
+}
 
 /// Device addresses and geometry of a tile-encoded weight.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -67,6 +82,11 @@ pub struct TileDeviceView {
     /// Largest over mean work of the register-operand kernel's feature groups
     /// ([`super::host::group_work_spread`]), when the host knew the bitmap.
     pub work_spread: Option<f32>,
+    /// The register-operand kernel's stage plans ([`super::rs_plan`]) on the device, 0 when the
+    /// weight was not uploaded with them (the kernel then cannot run it).
+    pub rs_plans: u64,
+    /// Plans per feature group in `rs_plans`.
+    pub rs_plan_stride: usize,
 }
 
 impl TileDeviceView {
@@ -89,6 +109,8 @@ impl TileDeviceView {
             has_element_bitmaps: false,
             unions: None,
             work_spread: None,
+            rs_plans: 0,
+            rs_plan_stride: 0,
         }
     }
 
@@ -583,6 +605,21 @@ impl DeviceModel {
             (Some(elem), TensorData::Tile(t))
                 if t.element_bitmaps.is_none() && aligned(t.values.as_ptr() as usize) =>
             {
+                let (rs_plans, rs_plan_stride) = match upload_rs_plans(
+                    rt,
+                    t.bitmap,
+                    t.row_offsets,
+                    TileGeometry {
+                        th: t.tile_rows,
+                        tw: t.tile_cols,
+                        grid_rows: t.grid_rows,
+                        grid_cols: t.grid_cols,
+                        cols: t.cols,
+                    },
+                )? {
+                    Some((buf, stride)) => (self.keep(buf), stride),
+                    None => (0, 0),
+                };
                 Ok(LinearWeight::Tile(TileDeviceView {
                     bitmap: addr(t.bitmap.as_ptr() as usize),
                     row_offsets: addr(t.row_offsets.as_ptr() as usize),
@@ -610,6 +647,8 @@ impl DeviceModel {
                         t.tile_cols,
                         RS_TILE_COST,
                     )),
+                    rs_plans,
+                    rs_plan_stride,
                 }))
             }
             (None, TensorData::Tile(t)) if t.element_bitmaps.is_none() => {
@@ -642,6 +681,11 @@ impl DeviceModel {
                     let b = rt.upload(&h.values)?;
                     self.keep(b)
                 };
+                let (rs_plans, rs_plan_stride) =
+                    match upload_rs_plans(rt, &h.bitmap, &h.row_offsets, h.geometry())? {
+                        Some((buf, stride)) => (self.keep(buf), stride),
+                        None => (0, 0),
+                    };
                 Ok(LinearWeight::Tile(TileDeviceView {
                     bitmap,
                     row_offsets,
@@ -657,6 +701,8 @@ impl DeviceModel {
                     has_element_bitmaps: false,
                     unions: Some(union_fractions(&h.bitmap, h.grid_rows, h.grid_cols, h.th)),
                     work_spread: Some(h.work_spread()),
+                    rs_plans,
+                    rs_plan_stride,
                 }))
             }
             (Some(elem), TensorData::Dense { values }) => Ok(LinearWeight::Dense {

@@ -12,6 +12,7 @@ pub struct DeviceTiles {
     _bitmap: DevBuf,
     _row_offsets: DevBuf,
     _values: DevBuf,
+    _rs_plans: Option<DevBuf>,
     /// What the tile kernels read.
     pub view: TileDeviceView,
 }
@@ -24,6 +25,7 @@ impl DeviceTiles {
             rt.upload(&h.row_offsets)?,
             rt.upload(&h.values)?,
         );
+        let plans = super::upload_rs_plans(rt, &h.bitmap, &h.row_offsets, h.geometry())?;
         let view = TileDeviceView {
             bitmap: bitmap.ptr(),
             row_offsets: row_offsets.ptr(),
@@ -39,11 +41,14 @@ impl DeviceTiles {
             has_element_bitmaps: false,
             unions: Some(union_fractions(&h.bitmap, h.grid_rows, h.grid_cols, h.th)),
             work_spread: Some(h.work_spread()),
+            rs_plans: plans.as_ref().map_or(0, |(b, _)| b.ptr()),
+            rs_plan_stride: plans.as_ref().map_or(0, |(_, s)| *s),
         };
         Ok(Self {
             _bitmap: bitmap,
             _row_offsets: row_offsets,
             _values: values,
+            _rs_plans: plans.map(|(b, _)| b),
             view,
         })
     }
