@@ -17,10 +17,10 @@
 //   consecutive in the file), else one per kept tile, and for wider tiles one box per kept tile
 //   (swizzled too: their rows of 64 or 128 bytes would put an ldmatrix phase's eight rows on two
 //   or one bank group); absent tiles are not copied at all. The number of copies, not
-//   their bytes, bounded the weights' side. It alone reads the union list, rebuilt when the feature
-//   group changes together with a plan of every stage of the group (StagePlan: what to copy, from
-//   where, how many bytes), so that a stage costs it one shared-memory load, and it tells the
-//   consumers what they need per stage (StageInfo).
+//   their bytes, bounded the weights' side. It alone reads the group's stage plans (StagePlan:
+//   what to copy, from where, how many bytes; computed on the host at upload and copied into
+//   shared memory when the feature group changes), so that a stage costs it one shared-memory
+//   load, and it tells the consumers what they need per stage (StageInfo).
 // - Consumers (warps 0-7): warpgroup c owns features 64c .. 64c+63 of the group, warp w of it 16 of
 //   them; an absent tile is a zero fragment. wgmma m64nBTk16 with A from registers, B from shared
 //   memory, one stage of products in flight: two sets of A fragments alternate, and a stage's
@@ -77,7 +77,7 @@ using namespace ek;
 #if ETR_PROFILE
 // Counters of CTA 0's last launch: per consumer warp (total, wait for full stages, wait for the MMA,
 // epilogue, stages, the first stage's wait), for the producer (total, wait for empty slots, planning,
-// issuing, stages, building the groups' union lists and plans).
+// issuing, stages, fetching the groups' stage plans).
 // Printed by tile_rs_profile_print (a call in a wgmma kernel would serialise its MMAs).
 __device__ u32 etr_prof[9][6];
 __device__ __forceinline__ u32 prof_clock() { return static_cast<u32>(clock()); }
@@ -130,8 +130,8 @@ struct Ring {
     static constexpr u32 OUT = ETR_BN * BT * 2;      // the output tile, two 64-feature halves
 };
 
-// What the producer tells the consumers about a stage (they never read the union list, which the
-// producer rebuilds when its next output tile belongs to another feature group).
+// What the producer tells the consumers about a stage (they never read the stage plans, which the
+// producer replaces when its next output tile belongs to another feature group).
 struct StageInfo {
     u32 kept;   // bit 4r + s: block row r keeps the tile of slot s
     u32 flags;  // STAGE_*
@@ -228,7 +228,7 @@ __device__ void group_work(u32* cum, const u64* __restrict__ bitmap, int grid_ro
 }
 
 // The output tiles of CTA `c` out of `P`: a contiguous run of the T = groups x token blocks tiles,
-// numbered feature group first, so a CTA rebuilds its union list rarely. (Round robin over tiles
+// numbered feature group first, so a CTA fetches a group's stage plans rarely. (Round robin over tiles
 // numbered token block first, so that CTAs running at once share X rows, measured slower.) Equal
 // runs of tiles, or (balance) runs of equal work: with masks below density 1 the groups' unions,
 // hence their tiles' stages, differ, and equal runs left the CTAs with the largest unions last
@@ -696,8 +696,8 @@ extern "C" __global__ void tile_rs_profile_print() {
     for (int w = 0; w < 9; ++w) {
         const u32* p = etr::etr_prof[w];
         if (w == 8)
-            printf("M profile producer: total %u cycles, waiting for empty slots %u, planning %u, issuing %u, union lists "
-                   "and plans %u; %u stages\n",
+            printf("M profile producer: total %u cycles, waiting for empty slots %u, planning %u, issuing %u, fetching "
+                   "the stage plans %u; %u stages\n",
                    p[0], p[1], p[2], p[3], p[5], p[4]);
         else
             printf("M profile warp %d: total %u cycles, waiting for full stages %u (the first %u), for the MMA %u, last "

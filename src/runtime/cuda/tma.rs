@@ -330,9 +330,6 @@ pub fn tile_rs(
     } else {
         map_y
     };
-    // The common tile arguments with X replaced by its two maps and Y by the output maps: (maps
-    // of X, Y and residual, the weights' stage map and its tiles per block row, M, K, bitmap, row
-    // offsets, values, N, grid, bias, residual, GELU; the workspace follows).
     // The stage plans (computed at upload) say which stages are boxed: those need the map.
     if w.rs_plans == 0 {
         return Err(CudaError::Invalid(
@@ -350,6 +347,9 @@ pub fn tile_rs(
         (None, _) => map_y,
     };
     let map_w_tile = rs_tile_map(w)?.unwrap_or(map_y);
+    // The common tile arguments with X replaced by its two maps and Y by the output maps: (maps
+    // of X, Y and residual, the weights' stage map and tile map, plans per group, balance, ...;
+    // the workspace follows).
     let c = tile_args(x, m, w, ep, y);
     let mut args = x_maps(x, m, w, bm)?.to_vec();
     args.extend([
