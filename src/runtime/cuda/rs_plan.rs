@@ -58,6 +58,11 @@ pub struct RsPlans {
     pub groups: Vec<Vec<StagePlan>>,
 }
 
+/// Whether the register-operand kernel has an instance for `th x tw` tiles (and so plans them).
+pub fn rs_tile_shape(th: usize, tw: usize) -> bool {
+    matches!((th, tw), (16 | 64 | 128, 16) | (32, 32) | (64, 64))
+}
+
 /// Tiles per block row when the kept count allows every block row to keep the same number (then a
 /// stage of a whole group may be one box, block row br starting at tile br x cnt), else None.
 pub fn uniform_row_tiles(kept: usize, grid_rows: usize) -> Option<usize> {
@@ -82,11 +87,12 @@ pub struct TileGeometry {
 impl RsPlans {
     /// Plans every group of a weight with this bitmap (bit `br * grid_cols + bc`) and row offsets
     /// (`grid_rows + 1` kept-tile counts). Stages are boxed where [`uniform_row_tiles`] allows.
-    /// None for tile widths other than 16, 32 and 64.
+    /// None for tile shapes the kernel has no instance for ([`rs_tile_shape`]) and K past the
+    /// plans' 16-bit column numbers.
     pub fn new(bitmap: &[u64], row_offsets: &[u32], g: TileGeometry) -> Option<Self> {
         let kept = row_offsets.last().copied().unwrap_or(0) as usize;
         let boxed_rows = uniform_row_tiles(kept, g.grid_rows);
-        if !matches!(g.tw, 16 | 32 | 64) || g.th == 0 || g.th > GROUP_FEATURES {
+        if !rs_tile_shape(g.th, g.tw) || g.cols > usize::from(u16::MAX) {
             return None;
         }
         let r_per_group = (GROUP_FEATURES / g.th).max(1);
@@ -343,6 +349,25 @@ mod tests {
                 check_replay(&tiles(384, 448, th, tw, keep));
                 check_replay(&tiles(200, 136, th, tw, keep));
             }
+        }
+    }
+
+    #[test]
+    fn only_the_kernel_s_tile_shapes_are_planned() {
+        for (th, tw, planned) in [
+            (16, 16, true),
+            (32, 32, true),
+            (8, 8, false),
+            (32, 16, false),
+            (16, 32, false),
+        ] {
+            let h = tiles(64, 64, th, tw, |_| true);
+            let g = h.geometry();
+            assert_eq!(
+                RsPlans::new(&h.bitmap, &h.row_offsets, g).is_some(),
+                planned,
+                "{th}x{tw}"
+            );
         }
     }
 

@@ -12,7 +12,7 @@ use super::error::CudaError;
 use super::gemm::{
     launch_union, tile_args, tile_kernel_unsupported, Epilogue, TileKernel, TILE_MAX_GRID_COLS,
 };
-use super::rs_plan::{uniform_row_tiles, RS_PLAN_BYTES};
+use super::rs_plan::{rs_tile_shape, uniform_row_tiles, RS_PLAN_BYTES};
 use super::upload::TileDeviceView;
 
 /// Output features per CTA.
@@ -261,7 +261,7 @@ pub fn rs_unsupported(rt: &CudaRuntime, w: &TileDeviceView) -> Option<String> {
     if rt.arch() != "sm_90" {
         return Some(format!("needs sm_90 (device {})", rt.arch()));
     }
-    if !matches!((w.th, w.tw), (16 | 64 | 128, 16) | (32, 32) | (64, 64)) {
+    if !rs_tile_shape(w.th, w.tw) {
         return Some(format!(
             "tile {}x{} (needs 16x16, 64x16, 128x16, 32x32 or 64x64)",
             w.th, w.tw
