@@ -38,6 +38,12 @@ fn every_kernel_compiles_for_sm80_and_sm90() {
             assert!(!r.entry_points.is_empty(), "{}: no entry points", r.file);
             let target = format!(".target {}", arch);
             assert!(r.ptx.contains(&target), "{}: PTX lacks {target}", r.file);
+            // Machine code for the real architecture, loaded as it is (no PTX translation).
+            assert!(
+                r.cubin.starts_with(b"\x7fELF"),
+                "{}: the CUBIN is not an ELF image",
+                r.file
+            );
             eprintln!(
                 "{arch} {}: {} entry points, {} bytes PTX, {:.0} ms",
                 r.file,
@@ -151,7 +157,26 @@ fn every_kernel_compiles_for_sm80_and_sm90() {
             again.iter().all(|r| r.from_cache),
             "second compile missed the cache"
         );
+        for (a, b) in reports.iter().zip(&again) {
+            assert!(a.cubin == b.cubin, "{}: cached CUBIN differs", a.file);
+        }
     }
+    // A damaged cache entry is compiled again, not loaded.
+    let aux = nvrtc::KERNELS
+        .iter()
+        .find(|(f, _)| *f == "gemm_aux.cu")
+        .expect("gemm_aux.cu embedded");
+    let mut damaged = 0;
+    for entry in std::fs::read_dir(dir.path()).expect("cache dir").flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("gemm_aux-sm_80") && name.ends_with(".cubin") {
+            std::fs::write(entry.path(), b"not an ELF image").expect("damage the entry");
+            damaged += 1;
+        }
+    }
+    assert_eq!(damaged, 1, "one cached CUBIN of gemm_aux.cu for sm_80");
+    let redone = nvrtc::compile_kernel(aux.0, aux.1, "sm_80").expect("recompile");
+    assert!(!redone.from_cache && redone.cubin.starts_with(b"\x7fELF"));
     compile_errors_name_the_file_and_carry_the_log();
 }
 
@@ -185,6 +210,6 @@ fn compile_errors_name_the_file_and_carry_the_log() {
     .expect_err("broken source must fail");
     let msg = err.to_string();
     assert!(msg.contains("broken.cu"), "{msg}");
-    assert!(msg.contains("--gpu-architecture=compute_80"), "{msg}");
+    assert!(msg.contains("--gpu-architecture=sm_80"), "{msg}");
     assert!(msg.to_lowercase().contains("error"), "{msg}");
 }

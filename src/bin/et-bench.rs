@@ -146,6 +146,7 @@ fn main() -> ExitCode {
                 kernel.as_deref(),
             )?;
             print_result(&r, 4000.0);
+            print_kernel_loads(&rt);
             // Timing experiments: a kernel file built with its profiling switch keeps cycle counts
             // of its last launch, printed by a kernel of its own.
             if std::env::var("ETS_KERNEL_DEFINES").is_ok_and(|d| d.contains("ETR_PROFILE=1")) {
@@ -184,13 +185,30 @@ fn open() -> Result<CudaRuntime, CudaError> {
     Ok(rt)
 }
 
+/// How each kernel file this process used got to the device: compiled or from the disk cache,
+/// and how long the driver took to load it (the CUBIN, or the PTX if the CUBIN was refused).
+fn print_kernel_loads(rt: &CudaRuntime) {
+    for r in rt.kernel_reports() {
+        println!(
+            "M kernel file {} ({}): {} {:.0} ms, loaded from {} in {:.0} ms",
+            r.file,
+            r.arch,
+            if r.from_cache { "cache" } else { "compiled" },
+            r.millis,
+            if r.loaded_from_ptx { "PTX" } else { "CUBIN" },
+            r.load_millis
+        );
+    }
+}
+
 fn resources(arch: &str) -> Result<(), CudaError> {
     for r in cuda::compile_all_kernels(arch)? {
         println!(
-            "{} for {arch}: {} entries, {} bytes PTX, {:.0} ms{}",
+            "{} for {arch}: {} entries, {} bytes PTX, {} bytes CUBIN, {:.0} ms{}",
             r.file,
             r.entry_points.len(),
             r.ptx_bytes,
+            r.cubin.len(),
             r.millis,
             if r.from_cache { " (cache)" } else { "" }
         );
@@ -303,6 +321,7 @@ fn run_checks(rt: &CudaRuntime, extra: &[PathBuf]) -> Result<bool, CudaError> {
         "checks: {} run, {fails} failed, worst max_rel {worst:.2e}",
         all.len()
     );
+    print_kernel_loads(rt);
     Ok(fails == 0)
 }
 

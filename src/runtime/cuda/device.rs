@@ -230,13 +230,24 @@ impl CudaRuntime {
                         .find(|(f, _)| *f == file)
                         .map(|(_, s)| *s)
                         .unwrap_or("");
-                    let report =
+                    let mut report =
                         nvrtc::compile_kernel(file, src, &nvrtc::arch_for(file, &self.arch))?;
-                    let ptx = cudarc::nvrtc::Ptx::from_src(report.ptx.clone());
-                    let m = self
+                    // The machine code as it is; the PTX (which the driver translates, seconds
+                    // for a large file) only if the driver refuses the CUBIN.
+                    let t0 = std::time::Instant::now();
+                    let m = match self
                         .ctx
-                        .load_module(ptx)
-                        .map_err(CudaError::driver(format!("loading {file}")))?;
+                        .load_module(cudarc::nvrtc::Ptx::from_binary(report.cubin.clone()))
+                    {
+                        Ok(m) => m,
+                        Err(_) => {
+                            report.loaded_from_ptx = true;
+                            self.ctx
+                                .load_module(cudarc::nvrtc::Ptx::from_src(report.ptx.clone()))
+                                .map_err(CudaError::driver(format!("loading {file}")))?
+                        }
+                    };
+                    report.load_millis = t0.elapsed().as_secs_f64() * 1e3;
                     if let Ok(mut r) = self.reports.lock() {
                         r.push(report);
                     }
