@@ -79,7 +79,7 @@ using namespace ek;
 // epilogue, stages, the first stage's wait), for the producer (total, wait for empty slots, planning,
 // issuing, stages, fetching the groups' stage plans).
 // Printed by tile_rs_profile_print (a call in a wgmma kernel would serialise its MMAs).
-__device__ u32 etr_prof[9][6];
+__device__ u32 etr_prof[9][8];
 __device__ __forceinline__ u32 prof_clock() { return static_cast<u32>(clock()); }
 #define ETR_PROF(stmt) stmt
 #else
@@ -349,7 +349,8 @@ __device__ __forceinline__ void consumers(const Schedule& sched, const TensorMap
     int q = 0, pend = -1;
     int nm = 0;  // stages this warpgroup multiplied (their A fragment sets alternate)
     u32 res_phase = 0;
-    ETR_PROF(u32 p_full = 0; u32 p_mma = 0; u32 p_epi = 0; const u32 p_start = prof_clock(); u32 p0 = 0; u32 p_first = 0;)
+    ETR_PROF(u32 p_full = 0; u32 p_mma = 0; u32 p_epi = 0; const u32 p_start = prof_clock(); u32 p0 = 0; u32 p_first = 0;
+             u32 p_drain = 0; u32 p_store = 0; u32 p1 = 0;)
     Schedule::Cursor cur = sched.first();
     for (long long t = sched.beg; t < sched.end; ++t, cur.next(sched.MB)) {
         const int group = cur.group, m0 = cur.block * BT;
@@ -419,7 +420,9 @@ __device__ __forceinline__ void consumers(const Schedule& sched, const TensorMap
             if (fa < N) b0 = __ldg(bias + fa);
             if (fa + 8 < N) b1 = __ldg(bias + fa + 8);
         }
+        ETR_PROF(p1 = prof_clock();)
         wgmma_wait<0>();
+        ETR_PROF(p_drain += prof_clock() - p1;)
         if (pend >= 0 && lane == 0) mbar_arrive(empty_bar + 8 * pend);
         pend = -1;
 
@@ -437,9 +440,11 @@ __device__ __forceinline__ void consumers(const Schedule& sched, const TensorMap
         if (ws || !wg_live) continue;
         // The staging buffer is free: the previous store has read it (the leader waited, then
         // the warpgroup's barrier), or the residual tile has landed in it.
+        ETR_PROF(p1 = prof_clock();)
         if (leader) tma_store_wait_read();
         if (wg == 0) named_barrier<2, 128>();
         else named_barrier<3, 128>();
+        ETR_PROF(p_store += prof_clock() - p1;)
         if (use_res) {
             mbar_wait_suspend(my_res_bar, res_phase);
             res_phase ^= 1u;
@@ -490,6 +495,7 @@ __device__ __forceinline__ void consumers(const Schedule& sched, const TensorMap
     if (blockIdx.x == 0 && lane == 0) {
         u32* p = etr_prof[warp];
         p[0] = prof_clock() - p_start, p[1] = p_full, p[2] = p_mma, p[3] = p_epi, p[4] = q, p[5] = p_first;
+        p[6] = p_drain, p[7] = p_store;
     }
 #endif
 }
@@ -701,8 +707,8 @@ extern "C" __global__ void tile_rs_profile_print() {
                    p[0], p[1], p[2], p[3], p[5], p[4]);
         else
             printf("M profile warp %d: total %u cycles, waiting for full stages %u (the first %u), for the MMA %u, last "
-                   "MMA + epilogue %u; %u stages\n",
-                   w, p[0], p[1], p[5], p[2], p[3], p[4]);
+                   "MMA + epilogue %u (the last MMA %u, the previous store and the warpgroup %u); %u stages\n",
+                   w, p[0], p[1], p[5], p[2], p[3], p[6], p[7], p[4]);
     }
 }
 #endif
