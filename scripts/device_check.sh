@@ -8,6 +8,8 @@
 #      ETS_BENCH_CMD (all | check), ETS_TIMEOUT (seconds, default 480), ETS_SKIP_RESOURCES=1,
 #      ETS_NCU=1 (Nsight Compute on one launch; ETS_NCU_ARGS: et-bench `one` arguments;
 #      ETS_NCU_KERNEL: a regular expression for the kernel name, default tile_),
+#      ETS_NCU_SOURCE=1 (Nsight Compute's source counters on one launch of ETS_NCU_KERNEL with
+#      ETS_NCU_ARGS: warp stall samples per stretch of machine code),
 #      ETS_CHECK_ETS (extra .ets files to check, space separated; unset: .cuda/minilm.ets if present;
 #      set but empty: none),
 #      ETS_SANITIZE (`et-bench one` arguments to run once under compute-sanitizer),
@@ -85,6 +87,15 @@ if [ "${ETS_NCU:-0}" = 1 ] && command -v ncu >/dev/null; then
             "$bin" one $ncu_args > "$out/ncu$i.txt" 2>&1
         grep -E "tile_|gemm|l1tex__|Duration|Throughput|Hit Rate|Occupancy|Stall|Warp Cycles|Registers|Shared Memory|Block Limit|Bank|Issued|pipeline|lts__|dram__|ERROR" "$out/ncu$i.txt" | head -60
     done
+fi
+if [ "${ETS_NCU_SOURCE:-0}" = 1 ] && command -v ncu >/dev/null; then
+    # Where one launch's warps stall, per stretch of SASS (scripts/ncu_source_summary.py).
+    ncu_args="${ETS_NCU_ARGS:---tokens 16384 --k 768 --n 3072 --density 0.5}"
+    echo "== ncu source counters on one launch of ${ETS_NCU_KERNEL:-tile_} ($ncu_args)"
+    ncu --clock-control none -k "regex:${ETS_NCU_KERNEL:-tile_}" -s 3 -c 1 --section SourceCounters \
+        --section WarpStateStats --import-source no -o "$out/source" "$bin" one $ncu_args > "$out/ncu_source.txt" 2>&1
+    ncu --import "$out/source.ncu-rep" --page source --csv --print-source sass > "$out/source.csv" 2>>"$out/ncu_source.txt"
+    python3 scripts/ncu_source_summary.py "$out/source.csv" | head -60
 fi
 echo "et-bench exit code $rc"
 exit "$rc"
