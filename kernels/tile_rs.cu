@@ -11,7 +11,7 @@
 //   the ring for the next tile while the consumers store the current one.
 // - Producer (warp 8): per stage, the weights of all the group's block rows in one TMA box when
 //   every row keeps the stage's four tiles at the same place in a weight whose rows all keep the
-//   same number of tiles (density 1, grouped masks: see stage_boxed), written with the 128-byte
+//   same number of tiles (density 1, grouped masks: the host plans it, rs_plan.rs), written with the 128-byte
 //   swizzle so that ldmatrix reads it without bank conflicts (sw128); otherwise, for 16-column
 //   tiles, one bulk copy (cp.async.bulk, no tensor map) per block row that keeps all four (they are
 //   consecutive in the file), else one per kept tile, and for wider tiles one box per kept tile
