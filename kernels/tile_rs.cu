@@ -500,9 +500,12 @@ __device__ __forceinline__ void consumers(const Schedule& sched, const TensorMap
             mbar_wait_suspend(my_res_bar, res_phase);
             res_phase ^= 1u;
         }
-        // Without GELU and residual (the benchmark's case, the attention projections) a
-        // straight-line copy of the loop, so the code a tile runs is dense.
+        // Straight-line copies of the loop for the epilogues without GELU (bias only: the
+        // benchmark's case and the attention's projections; bias and residual: the projections
+        // back to the hidden size), so the code a tile runs is dense. GELU keeps the loop with
+        // run-time choices (a copy of its own makes ptxas spill at 168 registers).
         if (ETR_EPI_SPLIT && !gelu && !use_res) stage_output<T, BT, 0, 0>(acc, out, warp, lane, b0, b1, false, false);
+        else if (ETR_EPI_SPLIT && !gelu) stage_output<T, BT, 0, 1>(acc, out, warp, lane, b0, b1, false, true);
         else stage_output<T, BT, -1, -1>(acc, out, warp, lane, b0, b1, gelu != 0, use_res);
         // The generic-proxy writes are made visible to the TMA store, which one thread issues once
         // the warpgroup's writes are done; it clips rows past M and features past N.
