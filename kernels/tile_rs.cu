@@ -65,6 +65,11 @@
 #ifndef ETR_SS
 #define ETR_SS 1
 #endif
+// 1: one copy of the epilogue's loop per kind (bias only, GELU, residual, both); 0: one loop with
+// run-time choices (timing experiments).
+#ifndef ETR_EPI_SPLIT
+#define ETR_EPI_SPLIT 1
+#endif
 // Stages in the ring (timing experiments with fewer).
 #ifndef ETR_STAGES
 #define ETR_STAGES 4
@@ -314,6 +319,52 @@ __device__ __forceinline__ void mma_stage_ss(float* acc, u32 wtile, bool contig,
     wgmma_commit();
 }
 
+// The epilogue's rounding of a warp's accumulators (plus bias b0/b1, GELU, residual already in
+// the staging buffer) into the transposed staging buffer at `out`. GELU and RES: 1 or 0 fixed at
+// compile time, -1 decided at run time (do_gelu, do_res). The kernel instantiates each kind
+// separately (ETR_EPI_SPLIT): with the run-time choices inside one unrolled loop, the code a tile
+// executed was a quarter of the code it fetched, and instruction fetch ("no instruction") was the
+// loop's largest stall at low density.
+template <typename T, int BT, int GELU, int RES>
+__device__ __forceinline__ void stage_output(const float* acc, u32 out, int warp, int lane, float b0, float b1,
+                                             bool gelu_rt, bool res_rt) {
+    const bool do_gelu = GELU < 0 ? gelu_rt : GELU != 0;
+    const bool do_res = RES < 0 ? res_rt : RES != 0;
+    const int mat = lane >> 3, mrow = lane & 7;  // stmatrix: lane gives row mrow of matrix mat
+#pragma unroll
+    for (int j = 0; j < BT / 8; j += 2) {
+        // Matrix mat = (n8 block j + mat/2, features + 8*(mat%2)); transposed, its row mrow is
+        // token 8(j + mat/2) + mrow, 8 features from 16*(warp%4) + 8*(mat%2).
+        const int token = 8 * (j + (mat >> 1)) + mrow;
+        const int chunk = (warp & 3) * 2 + (mat & 1);
+        const u32 at = out_chunk(out, token, chunk);
+        u32 rr[4] = {0u, 0u, 0u, 0u};
+        if (do_res) ldmatrix_x4_trans(at, rr);  // the residual in the same fragment layout
+        u32 p[4];
+#pragma unroll
+        for (int qq = 0; qq < 2; ++qq) {
+            float v[4];
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                v[e] = acc[4 * (j + qq) + e] + ((e >> 1) ? b1 : b0);
+                if (do_gelu) v[e] = gelu_erf(v[e]);
+            }
+            if (do_res) {
+                Pair<T> lo, hi;
+                lo.u = rr[2 * qq];
+                hi.u = rr[2 * qq + 1];
+                v[0] += Conv<T>::to_f(lo.v[0]);
+                v[1] += Conv<T>::to_f(lo.v[1]);
+                v[2] += Conv<T>::to_f(hi.v[0]);
+                v[3] += Conv<T>::to_f(hi.v[1]);
+            }
+            p[2 * qq] = pack2<T>(v[0], v[1]);      // features fa: tokens t, t+1
+            p[2 * qq + 1] = pack2<T>(v[2], v[3]);  // features fa+8
+        }
+        stmatrix_x4_trans(at, p[0], p[1], p[2], p[3]);
+    }
+}
+
 // The two consumer warpgroups (warps 0-7): products, epilogue and stores of the CTA's output tiles.
 template <typename T, bool BF16, int TH, int TW, int BT>
 __device__ __forceinline__ void consumers(const Schedule& sched, const TensorMap* tmres,
@@ -449,39 +500,13 @@ __device__ __forceinline__ void consumers(const Schedule& sched, const TensorMap
             mbar_wait_suspend(my_res_bar, res_phase);
             res_phase ^= 1u;
         }
-        const int mat = lane >> 3, mrow = lane & 7;  // stmatrix: lane gives row mrow of matrix mat
-#pragma unroll
-        for (int j = 0; j < BT / 8; j += 2) {
-            // Matrix mat = (n8 block j + mat/2, features + 8*(mat%2)); transposed, its row mrow is
-            // token 8(j + mat/2) + mrow, 8 features from 16*(warp%4) + 8*(mat%2).
-            const int token = 8 * (j + (mat >> 1)) + mrow;
-            const int chunk = (warp & 3) * 2 + (mat & 1);
-            const u32 at = out_chunk(out, token, chunk);
-            u32 rr[4] = {0u, 0u, 0u, 0u};
-            if (use_res) ldmatrix_x4_trans(at, rr);  // the residual in the same fragment layout
-            u32 p[4];
-#pragma unroll
-            for (int qq = 0; qq < 2; ++qq) {
-                float v[4];
-#pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    v[e] = acc[4 * (j + qq) + e] + ((e >> 1) ? b1 : b0);
-                    if (gelu) v[e] = gelu_erf(v[e]);
-                }
-                if (use_res) {
-                    Pair<T> lo, hi;
-                    lo.u = rr[2 * qq];
-                    hi.u = rr[2 * qq + 1];
-                    v[0] += Conv<T>::to_f(lo.v[0]);
-                    v[1] += Conv<T>::to_f(lo.v[1]);
-                    v[2] += Conv<T>::to_f(hi.v[0]);
-                    v[3] += Conv<T>::to_f(hi.v[1]);
-                }
-                p[2 * qq] = pack2<T>(v[0], v[1]);      // features fa: tokens t, t+1
-                p[2 * qq + 1] = pack2<T>(v[2], v[3]);  // features fa+8
-            }
-            stmatrix_x4_trans(at, p[0], p[1], p[2], p[3]);
-        }
+        // Straight-line copies of the loop for the epilogues without GELU (bias only: the
+        // benchmark's case and the attention's projections; bias and residual: the projections
+        // back to the hidden size), so the code a tile runs is dense. GELU keeps the loop with
+        // run-time choices (a copy of its own makes ptxas spill at 168 registers).
+        if (ETR_EPI_SPLIT && !gelu && !use_res) stage_output<T, BT, 0, 0>(acc, out, warp, lane, b0, b1, false, false);
+        else if (ETR_EPI_SPLIT && !gelu) stage_output<T, BT, 0, 1>(acc, out, warp, lane, b0, b1, false, true);
+        else stage_output<T, BT, -1, -1>(acc, out, warp, lane, b0, b1, gelu != 0, use_res);
         // The generic-proxy writes are made visible to the TMA store, which one thread issues once
         // the warpgroup's writes are done; it clips rows past M and features past N.
         fence_async_smem();
