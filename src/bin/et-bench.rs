@@ -468,6 +468,13 @@ const SETS: &[Set] = &[
         small_m: true,
     },
     Set {
+        label: "64x64 grouped",
+        shape: (64, 64),
+        mode: MaskMode::Grouped,
+        densities: &[0.5, 0.2, 0.1],
+        small_m: false,
+    },
+    Set {
         label: "32x32 random",
         shape: (32, 32),
         mode: MaskMode::Random,
