@@ -70,6 +70,12 @@
 #ifndef ETR_EPI_SPLIT
 #define ETR_EPI_SPLIT 1
 #endif
+// 1: the bias of a 64x64 tile (whose kernel has registers to spare: 144 of 168) is loaded before
+// its first stage, its latency hidden behind the products; 0: while the last stage's products
+// drain, as for the other tiles, whose kernels spill with two more live registers.
+#ifndef ETR_BIAS_EARLY
+#define ETR_BIAS_EARLY 1
+#endif
 // Stages in the ring (timing experiments with fewer).
 #ifndef ETR_STAGES
 #define ETR_STAGES 4
@@ -84,7 +90,7 @@ using namespace ek;
 // epilogue, stages, the first stage's wait), for the producer (total, wait for empty slots, planning,
 // issuing, stages, fetching the groups' stage plans).
 // Printed by tile_rs_profile_print (a call in a wgmma kernel would serialise its MMAs).
-__device__ u32 etr_prof[9][8];
+__device__ u32 etr_prof[9][10];
 __device__ __forceinline__ u32 prof_clock() { return static_cast<u32>(clock()); }
 #define ETR_PROF(stmt) stmt
 #else
@@ -375,6 +381,7 @@ __device__ __forceinline__ void consumers(const Schedule& sched, const TensorMap
     using RG = Ring<BT>;
     constexpr int STAGES = RG::STAGES;
     constexpr int NACC = BT / 2;
+    constexpr bool BIAS_EARLY = ETR_BIAS_EARLY && TW == 64 && ETR_SS;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     // Warp w of warpgroup c multiplies features f = 64c + 16w .. + 15 of the group.
     const int wg = warp >> 2;
@@ -401,7 +408,7 @@ __device__ __forceinline__ void consumers(const Schedule& sched, const TensorMap
     int nm = 0;  // stages this warpgroup multiplied (their A fragment sets alternate)
     u32 res_phase = 0;
     ETR_PROF(u32 p_full = 0; u32 p_mma = 0; u32 p_epi = 0; const u32 p_start = prof_clock(); u32 p0 = 0; u32 p_first = 0;
-             u32 p_drain = 0; u32 p_store = 0; u32 p1 = 0;)
+             u32 p_drain = 0; u32 p_store = 0; u32 p1 = 0; u32 p_write = 0; u32 p_fence = 0;)
     Schedule::Cursor cur = sched.first();
     for (long long t = sched.beg; t < sched.end; ++t, cur.next(sched.MB)) {
         const int group = cur.group, m0 = cur.block * BT;
@@ -410,6 +417,16 @@ __device__ __forceinline__ void consumers(const Schedule& sched, const TensorMap
 #pragma unroll
         for (int a = 0; a < NACC; ++a) acc[a] = 0.f;
         bool res_issued = false;
+        // Accumulators of m64nBTk16: this thread holds features fa = frow + lane/4 and fa + 8, tokens
+        // 8j + 2*(lane%4) (+1) in acc[4j .. 4j+3] = (fa, t), (fa, t+1), (fa+8, t), (fa+8, t+1).
+        const int fa = n0 + frow + (lane >> 2);
+        float b0 = 0.f, b1 = 0.f;
+        // The bias's latency (a global load at the epilogue's start: all eight warps waited for
+        // it) is hidden behind the tile's products.
+        if (BIAS_EARLY && bias && ws == nullptr) {
+            if (fa < N) b0 = __ldg(bias + fa);
+            if (fa + 8 < N) b1 = __ldg(bias + fa + 8);
+        }
         for (int g = 0;; ++g, ++q) {
             const int b = q % STAGES;
             ETR_PROF(p0 = prof_clock();)
@@ -462,12 +479,7 @@ __device__ __forceinline__ void consumers(const Schedule& sched, const TensorMap
             }
         }
         ETR_PROF(p0 = prof_clock();)
-        // Accumulators of m64nBTk16: this thread holds features fa = frow + lane/4 and fa + 8, tokens
-        // 8j + 2*(lane%4) (+1) in acc[4j .. 4j+3] = (fa, t), (fa, t+1), (fa+8, t), (fa+8, t+1).
-        // The bias is loaded while the last stage's products run (its latency was the epilogue's).
-        const int fa = n0 + frow + (lane >> 2);
-        float b0 = 0.f, b1 = 0.f;
-        if (bias && ws == nullptr) {
+        if (!BIAS_EARLY && bias && ws == nullptr) {
             if (fa < N) b0 = __ldg(bias + fa);
             if (fa + 8 < N) b1 = __ldg(bias + fa + 8);
         }
@@ -504,23 +516,25 @@ __device__ __forceinline__ void consumers(const Schedule& sched, const TensorMap
         // benchmark's case and the attention's projections; bias and residual: the projections
         // back to the hidden size), so the code a tile runs is dense. GELU keeps the loop with
         // run-time choices (a copy of its own makes ptxas spill at 168 registers).
+        ETR_PROF(p1 = prof_clock();)
         if (ETR_EPI_SPLIT && !gelu && !use_res) stage_output<T, BT, 0, 0>(acc, out, warp, lane, b0, b1, false, false);
         else if (ETR_EPI_SPLIT && !gelu) stage_output<T, BT, 0, 1>(acc, out, warp, lane, b0, b1, false, true);
         else stage_output<T, BT, -1, -1>(acc, out, warp, lane, b0, b1, gelu != 0, use_res);
         // The generic-proxy writes are made visible to the TMA store, which one thread issues once
         // the warpgroup's writes are done; it clips rows past M and features past N.
+        ETR_PROF(p_write += prof_clock() - p1; p1 = prof_clock();)
         fence_async_smem();
         if (wg == 0) named_barrier<2, 128>();
         else named_barrier<3, 128>();
         if (leader) tma_store_2d(tmy, n0 + wg * 64, m0, out);
-        ETR_PROF(p_epi += prof_clock() - p0;)
+        ETR_PROF(p_fence += prof_clock() - p1; p_epi += prof_clock() - p0;)
     }
     if (leader) tma_store_wait_all();
 #if ETR_PROFILE
     if (blockIdx.x == 0 && lane == 0) {
         u32* p = etr_prof[warp];
         p[0] = prof_clock() - p_start, p[1] = p_full, p[2] = p_mma, p[3] = p_epi, p[4] = q, p[5] = p_first;
-        p[6] = p_drain, p[7] = p_store;
+        p[6] = p_drain, p[7] = p_store, p[8] = p_write, p[9] = p_fence;
     }
 #endif
 }
@@ -732,8 +746,9 @@ extern "C" __global__ void tile_rs_profile_print() {
                    p[0], p[1], p[2], p[3], p[5], p[4]);
         else
             printf("M profile warp %d: total %u cycles, waiting for full stages %u (the first %u), for the MMA %u, last "
-                   "MMA + epilogue %u (the last MMA %u, the previous store and the warpgroup %u); %u stages\n",
-                   w, p[0], p[1], p[5], p[2], p[3], p[6], p[7], p[4]);
+                   "MMA + epilogue %u (the last MMA %u, the previous store and the warpgroup %u, writing the "
+                   "staging buffer %u, fence, barrier and store %u); %u stages\n",
+                   w, p[0], p[1], p[5], p[2], p[3], p[6], p[7], p[8], p[9], p[4]);
     }
 }
 #endif

@@ -410,6 +410,8 @@ pub fn synthetic_suite(rt: &CudaRuntime, rng: &mut Rng) -> Result<Vec<CheckResul
             // 64x64 tiles whose two block rows per group keep the same columns (the pruner's
             // tile-grouped method): both warpgroups multiply in every stage; a partial last group.
             ((9000, 2000, 3072), (64, 64), (0.3, Grouped), false, true),
+            // An odd number of block rows: the last group's second warpgroup has no features.
+            ((7800, 1936, 768), (64, 64), (1.0, Random), true, true),
             ((4000, 2304, 3072), (32, 32), (0.3, Random), false, false),
             // Runs balanced by work (8+ output tiles per CTA on 132 multiprocessors, random masks
             // whose groups' unions differ), with a partial last token block.
