@@ -15,9 +15,9 @@
 #      ETS_SANITIZE (`et-bench one` arguments to run once under compute-sanitizer),
 #      ETS_CHECK_ONLY (read by et-bench: only the synthetic checks whose names contain one of its
 #      comma-separated parts, e.g. "Forced(Rs)"),
-#      ETS_VARIANTS (kernel experiments: ';'-separated sets of preprocessor definitions, each timed
-#      with `et-bench one` on every ';'-separated argument set of ETS_VARIANT_ARGS; ETS_BENCH_CMD=none
-#      skips the main run).
+#      ETS_VARIANTS (kernel experiments: ';'-separated sets of preprocessor definitions, or of host
+#      settings written `env:NAME=VALUE ...`, each timed with `et-bench one` on every ';'-separated
+#      argument set of ETS_VARIANT_ARGS; ETS_BENCH_CMD=none skips the main run).
 set -uo pipefail
 
 bin="${ETS_BENCH_BIN:-target/release/et-bench}"
@@ -63,7 +63,12 @@ if [ -n "${ETS_VARIANTS:-}" ]; then
     for defs in "${variant_sets[@]}"; do
         for args in "${variant_args[@]}"; do
             echo "== variant [$defs] $args"
-            ETS_KERNEL_DEFINES="$defs" timeout 120 "$bin" one $args 2>&1 | grep -E "^M |rror" | tee -a "$out/variants.log"
+            if [ "${defs#env:}" != "$defs" ]; then
+                # env:NAME=VALUE ...: host settings instead of kernel definitions.
+                env ${defs#env:} timeout 120 "$bin" one $args 2>&1 | grep -E "^M |rror" | tee -a "$out/variants.log"
+            else
+                ETS_KERNEL_DEFINES="$defs" timeout 120 "$bin" one $args 2>&1 | grep -E "^M |rror" | tee -a "$out/variants.log"
+            fi
         done
     done
 fi

@@ -412,6 +412,11 @@ pub fn synthetic_suite(rt: &CudaRuntime, rng: &mut Rng) -> Result<Vec<CheckResul
             ((9000, 2000, 3072), (64, 64), (0.3, Grouped), false, true),
             // An odd number of block rows: the last group's second warpgroup has no features.
             ((7800, 1936, 768), (64, 64), (1.0, Random), true, true),
+            // Few stages per group (one or two), with the residual, a partial last group, and
+            // runs balanced by work.
+            ((7800, 2304, 768), (16, 16), (0.1, Grouped), true, true),
+            ((9000, 2000, 768), (64, 64), (0.2, Grouped), false, true),
+            ((12000, 3072, 768), (64, 64), (0.1, Random), true, false),
             ((4000, 2304, 3072), (32, 32), (0.3, Random), false, false),
             // Runs balanced by work (8+ output tiles per CTA on 132 multiprocessors, random masks
             // whose groups' unions differ), with a partial last token block.
