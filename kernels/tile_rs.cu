@@ -87,8 +87,9 @@ using namespace ek;
 
 #if ETR_PROFILE
 // Counters of CTA 0's last launch: per consumer warp (total, wait for full stages, wait for the MMA,
-// epilogue, stages, the first stage's wait), for the producer (total, wait for empty slots, planning,
-// issuing, stages, fetching the groups' stage plans).
+// epilogue, stages, the first stage's wait, and of the epilogue the last products' drain, the wait
+// for the previous store, writing the staging buffer, fence + barrier + store), for the producer
+// (total, wait for empty slots, planning, issuing, stages, fetching the groups' stage plans).
 // Printed by tile_rs_profile_print (a call in a wgmma kernel would serialise its MMAs).
 __device__ u32 etr_prof[9][10];
 __device__ __forceinline__ u32 prof_clock() { return static_cast<u32>(clock()); }
