@@ -233,12 +233,11 @@ impl CudaRuntime {
                     let mut report =
                         nvrtc::compile_kernel(file, src, &nvrtc::arch_for(file, &self.arch))?;
                     // The machine code as it is; the PTX (which the driver translates, seconds
-                    // for a large file) only if the driver refuses the CUBIN.
+                    // for a large file) only if the driver refuses the CUBIN. The CUBIN (up to
+                    // several MB) goes to the driver, not into the kept report.
                     let t0 = std::time::Instant::now();
-                    let m = match self
-                        .ctx
-                        .load_module(cudarc::nvrtc::Ptx::from_binary(report.cubin.clone()))
-                    {
+                    let cubin = std::mem::take(&mut report.cubin);
+                    let m = match self.ctx.load_module(cudarc::nvrtc::Ptx::from_binary(cubin)) {
                         Ok(m) => m,
                         Err(_) => {
                             report.loaded_from_ptx = true;

@@ -111,7 +111,8 @@ pub struct KernelReport {
     pub millis: f64,
     /// The PTX itself.
     pub ptx: String,
-    /// The machine code for `arch` (an ELF image).
+    /// The machine code for `arch` (an ELF image; the runtime hands it to the driver, so its
+    /// own reports keep it empty).
     pub cubin: Vec<u8>,
     /// Milliseconds the driver took to load the module (set by the runtime; 0 before).
     pub load_millis: f64,
