@@ -38,7 +38,8 @@
 #define ETR_THREADS 288  // two consumer warpgroups and one producer warp
 // Timing experiments only (results are wrong): 1 = the producer copies nothing (the consumers
 // multiply stale buffers: the consumer side's bound); 2 = the consumers issue no MMA (the copies' bound);
-// 3 = as 2, and only X is copied; 4 = as 2, and only the weights are copied.
+// 3 = as 2, and only X is copied; 4 = as 2, and only the weights are copied; 5 = the consumers
+// multiply, and only X is copied (weights kept on chip: the bound of the weights' copies).
 #ifndef ETR_EXPERIMENT
 #define ETR_EXPERIMENT 0
 #endif
@@ -448,7 +449,7 @@ __device__ __forceinline__ void consumers(const Schedule& sched, const TensorMap
             u32 wg_kept = 0;
 #pragma unroll
             for (int i = 0; i < RW; ++i) wg_kept |= (inf.kept >> (4 * (rw0 + i))) & 0xFu;
-            const bool mult = !(inf.flags & STAGE_EMPTY) && wg_kept != 0 && ETR_EXPERIMENT < 2;
+            const bool mult = !(inf.flags & STAGE_EMPTY) && wg_kept != 0 && (ETR_EXPERIMENT < 2 || ETR_EXPERIMENT == 5);
             if (mult) {
                 const u32 kept4 = (inf.kept >> (4 * r)) & 0xFu;
                 const bool contig = (inf.flags & STAGE_CONTIG) != 0;
@@ -634,7 +635,7 @@ __device__ void body(const TensorMap* tmx, const TensorMap* tmx_wide, const Tens
                 ETR_PROF(const u32 p_it = prof_clock();)
                 const StagePlan& pl = plans[gbeg + g];
                 const bool boxed = (pl.flags & STAGE_W_BOXED) != 0, contig = (pl.flags & STAGE_CONTIG) != 0;
-                const u32 wbytes = ETR_EXPERIMENT == 3 ? 0u : pl.wbytes;
+                const u32 wbytes = (ETR_EXPERIMENT == 3 || ETR_EXPERIMENT == 5) ? 0u : pl.wbytes;
                 const u32 xbytes = ETR_EXPERIMENT == 4 ? 0u : RG::STAGE_X;
                 ETR_PROF(p_plan += prof_clock() - p_it;)
                 ETR_PRODUCER_WAIT(empty_bar + 8 * b, q);
@@ -645,9 +646,9 @@ __device__ void body(const TensorMap* tmx, const TensorMap* tmx_wide, const Tens
                         mbar_arrive(bar);  // no copies follow
                     } else {
                         mbar_arrive_expect_tx(bar, wbytes + xbytes);
-                        if (boxed && ETR_EXPERIMENT != 3)
+                        if (boxed && ETR_EXPERIMENT != 3 && ETR_EXPERIMENT != 5)
                             tma_load_3d(ws_base + b * RG::STAGE_W, tmw, 0, pl.wline, group * R, bar);
-                        if (ETR_EXPERIMENT < 4) {
+                        if (ETR_EXPERIMENT < 4 || ETR_EXPERIMENT == 5) {
                             const u32 xs = xs_base + b * RG::STAGE_X;
                             if (contig) {
                                 tma_load_2d(xs, tmx_wide, pl.xcol[0], m0, bar);
@@ -658,7 +659,7 @@ __device__ void body(const TensorMap* tmx, const TensorMap* tmx_wide, const Tens
                         }
                     }
                 }
-                if (TW > 16 && ETR_EXPERIMENT != 1 && ETR_EXPERIMENT != 3 && !boxed && lane == 0) {
+                if (TW > 16 && ETR_EXPERIMENT != 1 && ETR_EXPERIMENT != 3 && ETR_EXPERIMENT != 5 && !boxed && lane == 0) {
                     // One box per kept tile (its lines, 128-byte swizzle), after the expected byte
                     // count: tile column u of block row r.
 #pragma unroll
@@ -673,7 +674,7 @@ __device__ void body(const TensorMap* tmx, const TensorMap* tmx_wide, const Tens
                                             0, line, bar);
                             }
                 }
-                if (TW == 16 && ETR_EXPERIMENT != 1 && ETR_EXPERIMENT != 3 && !boxed) {
+                if (TW == 16 && ETR_EXPERIMENT != 1 && ETR_EXPERIMENT != 3 && ETR_EXPERIMENT != 5 && !boxed) {
                     __syncwarp();  // the rows' copies follow the expected byte count
                     const u32 kept_bits = lane < R ? (pl.kept >> (4 * lane)) & 0xFu : 0u;
                     if (kept_bits) {

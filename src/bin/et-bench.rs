@@ -255,7 +255,7 @@ fn print_smem_table() {
         } else {
             "-".into()
         };
-        let rs = tma::rs_smem_bytes(th).to_string();
+        let rs = tma::rs_smem_bytes().to_string();
         let walkwg = if (th, tw) == (64, 64) {
             walk::walkwg_smem_for(768).to_string()
         } else {

@@ -195,7 +195,7 @@ impl TileKernel {
         match self {
             TileKernel::Mma | TileKernel::Walk | TileKernel::WalkWg => tile_smem_bytes(th),
             TileKernel::Tma128 | TileKernel::Tma256 => tma_smem_bytes(self.bm(), th),
-            TileKernel::Rs => rs_smem_bytes(th),
+            TileKernel::Rs => rs_smem_bytes(),
             _ => wg_smem_bytes(self.bn(), th),
         }
     }

@@ -235,11 +235,11 @@ pub fn rs_balanced(sm_count: usize, w: &TileDeviceView, m: usize) -> bool {
         && w.work_spread.is_some_and(|s| s >= RS_BALANCE_MIN_SPREAD)
 }
 
-/// Dynamic shared memory of the register-operand kernel for tile height `th`: four stages (X: 64
-/// columns of 192 tokens; W: 64 columns per feature), the output staging buffer (192 tokens x 128
-/// features), 1 KiB to align them, the barriers (ring and residual), the per-stage information,
-/// the producer's stage plans of a group and the groups' work. The same for every tile height.
-pub fn rs_smem_bytes(_th: usize) -> usize {
+/// Dynamic shared memory of the register-operand kernel, the same for every tile shape: four
+/// stages (X: 64 columns of 192 tokens; W: 64 columns per feature), the output staging buffer (192
+/// tokens x 128 features), 1 KiB to align them, the barriers (ring and residual), the per-stage information,
+/// the producer's stage plans of a group and the groups' work.
+pub fn rs_smem_bytes() -> usize {
     // The per-stage information (8 bytes a stage) rounded up to the plans' 16-byte alignment,
     // the plan of every 64-column stage of a group, and the groups' work for the balanced
     // schedule.
@@ -284,10 +284,10 @@ pub fn rs_unsupported(rt: &CudaRuntime, w: &TileDeviceView) -> Option<String> {
             w.rows
         ));
     }
-    if rs_smem_bytes(w.th) > rt.max_smem_per_block() {
+    if rs_smem_bytes() > rt.max_smem_per_block() {
         return Some(format!(
             "needs {} bytes of shared memory (device {})",
-            rs_smem_bytes(w.th),
+            rs_smem_bytes(),
             rt.max_smem_per_block()
         ));
     }
@@ -366,7 +366,7 @@ pub fn tile_rs(
     args.push(c[4]);
     args.push(KArg::Ptr(w.rs_plans));
     args.extend_from_slice(&c[6..13]);
-    let smem = rs_smem_bytes(w.th);
+    let smem = rs_smem_bytes();
     launch_union(
         rt,
         TileKernel::Rs,
@@ -485,10 +485,7 @@ mod tests {
                 "th {th}: {per_cta} bytes per CTA"
             );
             assert!(tma_smem_bytes(256, th) <= 227 * 1024, "th {th}, 256 tokens");
-            assert!(
-                rs_smem_bytes(th) <= 227 * 1024,
-                "th {th}, register-operand kernel"
-            );
         }
+        assert!(rs_smem_bytes() <= 227 * 1024, "register-operand kernel");
     }
 }
