@@ -241,8 +241,11 @@ __device__ void group_work(u32* cum, const u64* __restrict__ bitmap, int grid_ro
 }
 
 // The output tiles of CTA `c` out of `P`: a contiguous run of the T = groups x token blocks tiles,
-// numbered feature group first, so a CTA fetches a group's stage plans rarely. (Round robin over tiles
-// numbered token block first, so that CTAs running at once share X rows, measured slower.) Equal
+// numbered feature group first, so a CTA fetches a group's stage plans rarely (numbered token block
+// first, every tile of a run is another group: 9-27% slower at 16384 tokens, the plans fetched per
+// tile). Where each CTA has one tile at most (the host's SCHED_TOKEN_MAJOR) the numbering only
+// decides which CTA takes which tile, and token block first was 5-13% faster at 4096 tokens, N =
+// 768 (the CTAs that read the same X rows then have neighbouring indices). Equal
 // runs of tiles, or (balance) runs of equal work: with masks below density 1 the groups' unions,
 // hence their tiles' stages, differ, and equal runs left the CTAs with the largest unions last
 // (at 64x64 density 0.5, CTA 0 was done after 70% of the kernel's time). The host asks for
@@ -250,12 +253,18 @@ __device__ void group_work(u32* cum, const u64* __restrict__ bitmap, int grid_ro
 // the groups' work differs: runs that no longer line up on token blocks across groups cost X's
 // reuse in L2 (measured: 0.073 -> 0.099 ms at 3072->768 with runs of four tiles).
 // A cursor walks the run (the divisions are 64-bit calls, done once).
+constexpr int SCHED_BALANCE = 1;     // runs of equal work
+constexpr int SCHED_TOKEN_MAJOR = 2; // tiles numbered token block first
 struct Schedule {
     long long beg, end;
     int MB;  // token blocks
-    __device__ Schedule(int M, int N, int BT) {
+    int NG;  // feature groups
+    bool token_major;
+    __device__ Schedule(int M, int N, int BT, int flags) {
         MB = (M + BT - 1) / BT;
-        const long long T = static_cast<long long>((N + ETR_BN - 1) / ETR_BN) * MB;
+        NG = (N + ETR_BN - 1) / ETR_BN;
+        token_major = (flags & SCHED_TOKEN_MAJOR) != 0;
+        const long long T = static_cast<long long>(NG) * MB;
         beg = T * blockIdx.x / gridDim.x;
         end = T * (blockIdx.x + 1) / gridDim.x;
     }
@@ -280,11 +289,18 @@ struct Schedule {
     }
     struct Cursor {
         int group, block;  // the tile's feature group and token block
-        __device__ void next(int MB) {
-            if (++block == MB) block = 0, ++group;
+        __device__ void next(const Schedule& s) {
+            if (s.token_major) {
+                if (++group == s.NG) group = 0, ++block;
+            } else if (++block == s.MB) {
+                block = 0, ++group;
+            }
         }
     };
-    __device__ Cursor first() const { return Cursor{static_cast<int>(beg / MB), static_cast<int>(beg % MB)}; }
+    __device__ Cursor first() const {
+        if (token_major) return Cursor{static_cast<int>(beg % NG), static_cast<int>(beg / NG)};
+        return Cursor{static_cast<int>(beg / MB), static_cast<int>(beg % MB)};
+    }
 };
 
 // One stage of products for a warp: its A fragments from the stage's tiles (zero where absent),
@@ -412,7 +428,7 @@ __device__ __forceinline__ void consumers(const Schedule& sched, const TensorMap
     ETR_PROF(u32 p_full = 0; u32 p_mma = 0; u32 p_epi = 0; const u32 p_start = prof_clock(); u32 p0 = 0; u32 p_first = 0;
              u32 p_drain = 0; u32 p_store = 0; u32 p1 = 0; u32 p_write = 0; u32 p_fence = 0;)
     Schedule::Cursor cur = sched.first();
-    for (long long t = sched.beg; t < sched.end; ++t, cur.next(sched.MB)) {
+    for (long long t = sched.beg; t < sched.end; ++t, cur.next(sched)) {
         const int group = cur.group, m0 = cur.block * BT;
         const int n0 = group * ETR_BN;
         const bool wg_live = n0 + wg * 64 < N;  // some of this warpgroup's features exist
@@ -556,7 +572,7 @@ __device__ __forceinline__ void producer_wait(u32 empty, int q) {
 
 template <typename T, bool BF16, int TH, int TW, int BT>
 __device__ void body(const TensorMap* tmx, const TensorMap* tmx_wide, const TensorMap* tmy, const TensorMap* tmres,
-                     const TensorMap* tmw, const TensorMap* tmw_tile, int plan_stride, int balance, int M, int K, const u64* __restrict__ bitmap, const StagePlan* __restrict__ gplans,
+                     const TensorMap* tmw, const TensorMap* tmw_tile, int plan_stride, int sched_flags, int M, int K, const u64* __restrict__ bitmap, const StagePlan* __restrict__ gplans,
                      const T* __restrict__ values, int N, int grid_rows, int grid_cols, const float* __restrict__ bias,
                      const T* __restrict__ residual, int gelu, float* __restrict__ ws) {
     using RG = Ring<BT>;
@@ -590,10 +606,11 @@ __device__ void body(const TensorMap* tmx, const TensorMap* tmx_wide, const Tens
     // Runs of equal work where the host asks for them (never with K splits, which give each CTA
     // one tile).
     const int G = (N + ETR_BN - 1) / ETR_BN;
-    const bool balanced = ETR_BALANCE && balance != 0 && gridDim.z == 1 && G <= ETR_MAX_GROUPS;
+    const bool balanced = ETR_BALANCE && (sched_flags & SCHED_BALANCE) && !(sched_flags & SCHED_TOKEN_MAJOR) &&
+                          gridDim.z == 1 && G <= ETR_MAX_GROUPS;
     if (balanced && warp == 0) group_work<R, TW>(cum, bitmap, grid_rows, grid_cols, G, lane);
     __syncthreads();
-    Schedule sched(M, N, BT);
+    Schedule sched(M, N, BT, sched_flags);
     if (balanced) sched.balance(cum, G);
 
     if (warp == 8) {
@@ -608,7 +625,7 @@ __device__ void body(const TensorMap* tmx, const TensorMap* tmx_wide, const Tens
         int q = 0, cur_group = -1, gbeg = 0, GL = 0;
         ETR_PROF(u32 p_empty = 0; u32 p_plan = 0; u32 p_issue = 0; u32 p_union = 0; const u32 p_start = prof_clock();)
         Schedule::Cursor cur = sched.first();
-        for (long long t = sched.beg; t < sched.end; ++t, cur.next(sched.MB)) {
+        for (long long t = sched.beg; t < sched.end; ++t, cur.next(sched)) {
             const int group = cur.group, m0 = cur.block * BT;
             if (group != cur_group) {
                 ETR_PROF(const u32 p_u = prof_clock();)
@@ -721,9 +738,9 @@ __device__ void body(const TensorMap* tmx, const TensorMap* tmx_wide, const Tens
         NAME(const __grid_constant__ ek::TensorMap tmx, const __grid_constant__ ek::TensorMap tmx_wide,        \
              const __grid_constant__ ek::TensorMap tmy, const __grid_constant__ ek::TensorMap tmres,            \
              const __grid_constant__ ek::TensorMap tmw, const __grid_constant__ ek::TensorMap tmw_tile,         \
-             int plan_stride, int balance, int M, int K, const u64* bitmap, const uint4* plans, const T* values, int N,       \
+             int plan_stride, int sched_flags, int M, int K, const u64* bitmap, const uint4* plans, const T* values, int N,   \
              int grid_rows, int grid_cols, const float* bias, const T* residual, int gelu, float* ws) {          \
-        etr::body<T, BF, TH, TW, BT>(&tmx, &tmx_wide, &tmy, &tmres, &tmw, &tmw_tile, plan_stride, balance, M, K, bitmap, \
+        etr::body<T, BF, TH, TW, BT>(&tmx, &tmx_wide, &tmy, &tmres, &tmw, &tmw_tile, plan_stride, sched_flags, M, K, bitmap, \
                                      reinterpret_cast<const etr::StagePlan*>(plans), values, N, grid_rows, grid_cols, \
                                      bias, residual, gelu, ws);                                                    \
     }
