@@ -242,8 +242,8 @@ __device__ void group_work(u32* cum, const u64* __restrict__ bitmap, int grid_ro
 
 // The output tiles of CTA `c` out of `P`: a contiguous run of the T = groups x token blocks tiles,
 // numbered feature group first, so a CTA fetches a group's stage plans rarely (numbered token block
-// first, every tile of a run is another group: 9-27% slower at 16384 tokens, the plans fetched per
-// tile). Where each CTA has one tile at most (the host's SCHED_TOKEN_MAJOR) the numbering only
+// first, every tile of a run is another group: 9-27% slower at 16384 tokens, and still slower with
+// the next group's plans fetched ahead). Where each CTA has one tile at most (the host's SCHED_TOKEN_MAJOR) the numbering only
 // decides which CTA takes which tile, and token block first was 5-13% faster at 4096 tokens, N =
 // 768 (the CTAs that read the same X rows then have neighbouring indices). Equal
 // runs of tiles, or (balance) runs of equal work: with masks below density 1 the groups' unions,

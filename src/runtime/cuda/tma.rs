@@ -242,10 +242,10 @@ const RS_SCHED_TOKEN_MAJOR: i32 = 2;
 
 /// How the register-operand kernel hands out its output tiles. Where every CTA gets one tile at
 /// most, numbered token block first: the numbering then only decides which CTA takes which tile,
-/// and token block first was 5-13% faster at 4096 tokens with N = 768 (with runs of several
-/// tiles, every tile of a run is another feature group whose plans the CTA fetches: 9-27% slower
-/// at 16384 tokens). Otherwise feature group first, in runs balanced by work where
-/// [`rs_balanced`] says so.
+/// and token block first was 5-13% faster at 4096 tokens with N = 768 (runs of several tiles so
+/// numbered, every tile another feature group, were 9-27% slower at 16384 tokens, and still
+/// slower with the next group's stage plans fetched ahead). Otherwise feature group first, in
+/// runs balanced by work where [`rs_balanced`] says so.
 pub fn rs_schedule_flags(sm_count: usize, w: &TileDeviceView, m: usize) -> i32 {
     let tiles = w.rows.div_ceil(TMA_BN) * m.div_ceil(RS_BM);
     if tiles <= sm_count.max(1) {
