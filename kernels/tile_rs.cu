@@ -243,15 +243,16 @@ __device__ void group_work(u32* cum, const u64* __restrict__ bitmap, int grid_ro
 // The output tiles of CTA `c` out of `P`: a contiguous run of the T = groups x token blocks tiles,
 // numbered feature group first, so a CTA fetches a group's stage plans rarely (numbered token block
 // first, every tile of a run is another group: 9-27% slower at 16384 tokens, and still slower with
-// the next group's plans fetched ahead). Where each CTA has one tile at most (the host's SCHED_TOKEN_MAJOR) the numbering only
-// decides which CTA takes which tile, and token block first was 5-13% faster at 4096 tokens, N =
-// 768 (the CTAs that read the same X rows then have neighbouring indices). Equal
-// runs of tiles, or (balance) runs of equal work: with masks below density 1 the groups' unions,
-// hence their tiles' stages, differ, and equal runs left the CTAs with the largest unions last
-// (at 64x64 density 0.5, CTA 0 was done after 70% of the kernel's time). The host asks for
-// balance only where runs are long (cuts at equal work leave up to one tile of slack per run) and
-// the groups' work differs: runs that no longer line up on token blocks across groups cost X's
-// reuse in L2 (measured: 0.073 -> 0.099 ms at 3072->768 with runs of four tiles).
+// the next group's plans fetched ahead). Where each CTA has one tile at most (the host's
+// SCHED_TOKEN_MAJOR) the numbering only decides which CTA takes which tile, and token block first
+// was 5-13% faster at 4096 tokens, N = 768 (the CTAs that read the same X rows then have
+// neighbouring indices). Equal runs of tiles, or (balance) runs of equal work: with masks below
+// density 1 the groups' unions, hence their tiles' stages, differ, and equal runs left the CTAs
+// with the largest unions last (at 64x64 density 0.5, CTA 0 was done after 70% of the kernel's
+// time). The host asks for balance only where runs are long (cuts at equal work leave up to one
+// tile of slack per run) and the groups' work differs: runs that no longer line up on token
+// blocks across groups cost X's reuse in L2 (measured: 0.073 -> 0.099 ms at 3072->768 with runs
+// of four tiles).
 // A cursor walks the run (the divisions are 64-bit calls, done once).
 constexpr int SCHED_BALANCE = 1;     // runs of equal work
 constexpr int SCHED_TOKEN_MAJOR = 2; // tiles numbered token block first
