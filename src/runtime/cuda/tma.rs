@@ -259,8 +259,8 @@ pub fn rs_schedule_flags(sm_count: usize, w: &TileDeviceView, m: usize) -> i32 {
 
 /// Dynamic shared memory of the register-operand kernel, the same for every tile shape: four
 /// stages (X: 64 columns of 192 tokens; W: 64 columns per feature), the output staging buffer (192
-/// tokens x 128 features), 1 KiB to align them, the barriers (ring and residual), the per-stage information,
-/// the producer's stage plans of a group and the groups' work.
+/// tokens x 128 features), 1 KiB to align them, the barriers (ring and residual), the per-stage
+/// information, the producer's stage plans of a group and the groups' work.
 pub fn rs_smem_bytes() -> usize {
     // The per-stage information (8 bytes a stage) rounded up to the plans' 16-byte alignment,
     // the plan of every 64-column stage of a group, and the groups' work for the balanced
