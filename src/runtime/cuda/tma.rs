@@ -229,10 +229,14 @@ const RS_BALANCE_MIN_SPREAD: f32 = 1.05;
 /// from 0.119-0.125 to 0.110 ms, 32x32 at 0.2 from 0.127 to 0.113 ms.
 /// `sm_count`: the device's multiprocessors (one CTA each).
 pub fn rs_balanced(sm_count: usize, w: &TileDeviceView, m: usize) -> bool {
-    let tiles = w.rows.div_ceil(TMA_BN) * m.div_ceil(RS_BM);
     w.kept < w.grid_rows * w.grid_cols
-        && tiles >= RS_BALANCE_MIN_RUN * sm_count.max(1)
+        && rs_output_tiles(w, m) >= RS_BALANCE_MIN_RUN * sm_count.max(1)
         && w.work_spread.is_some_and(|s| s >= RS_BALANCE_MIN_SPREAD)
+}
+
+/// Output tiles (128 features x 192 tokens) of the register-operand kernel for `m` tokens of `w`.
+fn rs_output_tiles(w: &TileDeviceView, m: usize) -> usize {
+    w.rows.div_ceil(TMA_BN) * m.div_ceil(RS_BM)
 }
 
 /// The register-operand kernel's schedule flags (its `SCHED_*`): runs of equal work.
@@ -247,8 +251,7 @@ const RS_SCHED_TOKEN_MAJOR: i32 = 2;
 /// slower with the next group's stage plans fetched ahead). Otherwise feature group first, in
 /// runs balanced by work where [`rs_balanced`] says so.
 pub fn rs_schedule_flags(sm_count: usize, w: &TileDeviceView, m: usize) -> i32 {
-    let tiles = w.rows.div_ceil(TMA_BN) * m.div_ceil(RS_BM);
-    if tiles <= sm_count.max(1) {
+    if rs_output_tiles(w, m) <= sm_count.max(1) {
         RS_SCHED_TOKEN_MAJOR
     } else if rs_balanced(sm_count, w, m) {
         RS_SCHED_BALANCE
@@ -370,8 +373,8 @@ pub fn tile_rs(
     };
     let map_w_tile = rs_tile_map(w)?.unwrap_or(map_y);
     // The common tile arguments with X replaced by its two maps and Y by the output maps: (maps
-    // of X, Y and residual, the weights' stage map and tile map, plans per group, schedule flags, ...;
-    // the workspace follows).
+    // of X, Y and residual, the weights' stage map and tile map, plans per group, schedule
+    // flags, ...; the workspace follows).
     let c = tile_args(x, m, w, ep, y);
     let mut args = x_maps(x, m, w, bm)?.to_vec();
     args.extend([
