@@ -43,6 +43,10 @@
 #ifndef ETR_EXPERIMENT
 #define ETR_EXPERIMENT 0
 #endif
+// What a stage does under them (all 1 when ETR_EXPERIMENT is 0).
+#define ETR_DO_PRODUCTS (ETR_EXPERIMENT == 0 || ETR_EXPERIMENT == 1 || ETR_EXPERIMENT == 5)
+#define ETR_COPY_X (ETR_EXPERIMENT == 0 || ETR_EXPERIMENT == 2 || ETR_EXPERIMENT == 3 || ETR_EXPERIMENT == 5)
+#define ETR_COPY_W (ETR_EXPERIMENT == 0 || ETR_EXPERIMENT == 2 || ETR_EXPERIMENT == 4)
 // Cycle counts of where CTA 0's consumers and producer spend their time in its last launch, kept in
 // etr_prof and printed by tile_rs_profile_print (`et-bench one` launches it when the define is
 // set; timing experiments only).
@@ -466,7 +470,7 @@ __device__ __forceinline__ void consumers(const Schedule& sched, const TensorMap
             u32 wg_kept = 0;
 #pragma unroll
             for (int i = 0; i < RW; ++i) wg_kept |= (inf.kept >> (4 * (rw0 + i))) & 0xFu;
-            const bool mult = !(inf.flags & STAGE_EMPTY) && wg_kept != 0 && (ETR_EXPERIMENT < 2 || ETR_EXPERIMENT == 5);
+            const bool mult = !(inf.flags & STAGE_EMPTY) && wg_kept != 0 && ETR_DO_PRODUCTS;
             if (mult) {
                 const u32 kept4 = (inf.kept >> (4 * r)) & 0xFu;
                 const bool contig = (inf.flags & STAGE_CONTIG) != 0;
@@ -653,20 +657,20 @@ __device__ void body(const TensorMap* tmx, const TensorMap* tmx_wide, const Tens
                 ETR_PROF(const u32 p_it = prof_clock();)
                 const StagePlan& pl = plans[gbeg + g];
                 const bool boxed = (pl.flags & STAGE_W_BOXED) != 0, contig = (pl.flags & STAGE_CONTIG) != 0;
-                const u32 wbytes = (ETR_EXPERIMENT == 3 || ETR_EXPERIMENT == 5) ? 0u : pl.wbytes;
-                const u32 xbytes = ETR_EXPERIMENT == 4 ? 0u : RG::STAGE_X;
+                const u32 wbytes = ETR_COPY_W ? pl.wbytes : 0u;
+                const u32 xbytes = ETR_COPY_X ? RG::STAGE_X : 0u;
                 ETR_PROF(p_plan += prof_clock() - p_it;)
                 ETR_PRODUCER_WAIT(empty_bar + 8 * b, q);
                 ETR_PROF(const u32 p_is = prof_clock();)
                 if (lane == 0) {
                     info[b] = StageInfo{pl.kept, pl.flags | (g == GL - 1 ? STAGE_LAST : 0u)};
-                    if (ETR_EXPERIMENT == 1) {
+                    if (!ETR_COPY_X && !ETR_COPY_W) {
                         mbar_arrive(bar);  // no copies follow
                     } else {
                         mbar_arrive_expect_tx(bar, wbytes + xbytes);
-                        if (boxed && ETR_EXPERIMENT != 3 && ETR_EXPERIMENT != 5)
+                        if (boxed && ETR_COPY_W)
                             tma_load_3d(ws_base + b * RG::STAGE_W, tmw, 0, pl.wline, group * R, bar);
-                        if (ETR_EXPERIMENT < 4 || ETR_EXPERIMENT == 5) {
+                        if (ETR_COPY_X) {
                             const u32 xs = xs_base + b * RG::STAGE_X;
                             if (contig) {
                                 tma_load_2d(xs, tmx_wide, pl.xcol[0], m0, bar);
@@ -677,7 +681,7 @@ __device__ void body(const TensorMap* tmx, const TensorMap* tmx_wide, const Tens
                         }
                     }
                 }
-                if (TW > 16 && ETR_EXPERIMENT != 1 && ETR_EXPERIMENT != 3 && ETR_EXPERIMENT != 5 && !boxed && lane == 0) {
+                if (TW > 16 && ETR_COPY_W && !boxed && lane == 0) {
                     // One box per kept tile (its lines, 128-byte swizzle), after the expected byte
                     // count: tile column u of block row r.
 #pragma unroll
@@ -692,7 +696,7 @@ __device__ void body(const TensorMap* tmx, const TensorMap* tmx_wide, const Tens
                                             0, line, bar);
                             }
                 }
-                if (TW == 16 && ETR_EXPERIMENT != 1 && ETR_EXPERIMENT != 3 && ETR_EXPERIMENT != 5 && !boxed) {
+                if (TW == 16 && ETR_COPY_W && !boxed) {
                     __syncwarp();  // the rows' copies follow the expected byte count
                     const u32 kept_bits = lane < R ? (pl.kept >> (4 * lane)) & 0xFu : 0u;
                     if (kept_bits) {
