@@ -544,7 +544,7 @@ fn summary(results: &[GemmResult], d2d: f64, up: &str) {
     println!("== SUMMARY (speed vs cuBLAS dense f16 = cuBLAS ms / tile ms of the fastest tile kernel, which the dispatcher runs when above 1x; 'tma' / 'rs' / 'walk' / 'walkwg' / 'wgmma' / 'mma' = each kernel family at the largest M; 'auto' = the kernel auto_kernel picks without measuring, at the largest M)");
     println!("{up}");
     println!(
-        "{:<10} {:<15} {:>5} {:>7} {:>7} {:>7} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6} {:>5}",
+        "{:<10} {:<15} {:>5} {:>7} {:>7} {:>7} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6} {:>5} {:>6} {:>6}",
         "shape",
         "mask",
         "dens",
@@ -558,7 +558,9 @@ fn summary(results: &[GemmResult], d2d: f64, up: &str) {
         "wgmma",
         "mma",
         "auto",
-        "goal"
+        "goal",
+        "fl4096",
+        "floor"
     );
     let shapes = [(768usize, 2304usize), (768, 768), (768, 3072), (3072, 768)];
     let big = results.iter().map(|r| r.tokens).max().unwrap_or(0);
@@ -603,7 +605,7 @@ fn summary(results: &[GemmResult], d2d: f64, up: &str) {
                     .map(|g| format!("{g:.1}x"))
                     .unwrap_or_else(|| "-".into());
                 println!(
-                    "{:<10} {:<15} {:>5.2} {:>7} {:>7} {:>7} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6} {:>5}",
+                    "{:<10} {:<15} {:>5.2} {:>7} {:>7} {:>7} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6} {:>5} {:>6} {:>6}",
                     format!("{k}->{n}"),
                     set.label,
                     dens,
@@ -617,7 +619,9 @@ fn summary(results: &[GemmResult], d2d: f64, up: &str) {
                     fmt(family(&|k| matches!(k, K::Wg64 | K::Wg128))),
                     fmt(family(&|k| k == K::Mma)),
                     fmt(big_r.map(|r| r.ratio())),
-                    g
+                    g,
+                    fmt(find(4096).map(|r| r.floor_ratio(d2d))),
+                    fmt(big_r.map(|r| r.floor_ratio(d2d)))
                 );
             }
         }
@@ -636,25 +640,10 @@ fn summary(results: &[GemmResult], d2d: f64, up: &str) {
         "M=128 tile-kernel bandwidth vs copy ceiling {d2d:.0} GB/s at d0.5: {}",
         bw.join(", ")
     );
-    // Reading X and writing Y once, at the copy rate of this run, bounds any f16 GEMM of the
-    // shape whatever its density: the best ratio to cuBLAS a tile kernel could reach.
-    let floors: Vec<String> = shapes
-        .iter()
-        .filter_map(|&(k, n)| {
-            let r = results
-                .iter()
-                .find(|r| r.k == k && r.n == n && r.tokens == big)?;
-            let floor_ms = ((big * k + big * n) * 2) as f64 / (d2d * 1e6);
-            Some(format!(
-                "{k}->{n}: {:.1} us, at most {:.1}x",
-                floor_ms * 1e3,
-                r.cublas_ms / floor_ms
-            ))
-        })
-        .collect();
     println!(
-        "memory floor at M={big} (X read + Y written at {d2d:.0} GB/s), best possible speed vs cuBLAS: {}",
-        floors.join(", ")
+        "floor, fl4096 = the memory floor at M={big} and M=4096: cuBLAS ms over the time to read the kept tiles and the \
+         columns of X some kept tile multiplies, and write Y, once each at the copy rate {d2d:.0} GB/s: \
+         the best ratio any kernel of that weight could reach (fusion with the neighbouring layers aside)"
     );
 }
 

@@ -45,7 +45,8 @@ pub struct GemmResult {
     pub tile_ms: f64,
     /// cuBLAS dense ms (median, full dense random weight).
     pub cublas_ms: f64,
-    /// Bytes the tile kernel must move at least (kept tiles, X, Y).
+    /// Bytes any kernel of this weight must move at least: the kept tiles, the columns of X that
+    /// some kept tile multiplies (read once), and Y (written once).
     pub min_bytes: f64,
 }
 
@@ -58,6 +59,21 @@ impl GemmResult {
     pub fn tile_gbps(&self) -> f64 {
         self.min_bytes / (self.tile_ms * 1e6)
     }
+    /// The memory floor: the best ratio to cuBLAS any kernel of this weight could reach if it
+    /// moved only its minimum bytes at `copy_gbps` (read plus written, the device-to-device rate).
+    pub fn floor_ratio(&self, copy_gbps: f64) -> f64 {
+        self.cublas_ms / (self.min_bytes / (copy_gbps * 1e6))
+    }
+}
+
+/// Share of X's columns that some kept tile multiplies (the columns a kernel must read), from a
+/// `gr x gc` mask of tiles `tw` wide over `k` columns.
+pub fn x_columns_read(keep: &[bool], gr: usize, gc: usize, tw: usize, k: usize) -> f64 {
+    let read: usize = (0..gc)
+        .filter(|&c| (0..gr).any(|r| keep[r * gc + c]))
+        .map(|c| tw.min(k - c * tw))
+        .sum();
+    read as f64 / k.max(1) as f64
 }
 
 /// Per-call milliseconds, with the batch sized so one batch lasts about 2 ms.
@@ -243,7 +259,9 @@ pub fn bench_one(
             inp.y.ptr(),
         )
     })?;
-    let min_bytes = (h.values.len() * 2 + tokens * k * 2 + tokens * n * 2) as f64;
+    let x_read = x_columns_read(&keep, gr, gc, tw, k);
+    let min_bytes =
+        h.values.len() as f64 * 2.0 + (tokens * k * 2) as f64 * x_read + (tokens * n * 2) as f64;
     Ok(GemmResult {
         tokens,
         k,
@@ -266,4 +284,29 @@ pub fn goal(density: f64) -> Option<f64> {
         .iter()
         .find(|(d, _)| (density - d).abs() < 0.02)
         .map(|&(_, g)| g)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn x_columns_read_counts_columns_some_tile_keeps() {
+        // 2 block rows x 3 tile columns of 16 over K = 40 (the last column 8 wide).
+        let keep = [true, false, false, false, false, true];
+        assert!((x_columns_read(&keep, 2, 3, 16, 40) - 24.0 / 40.0).abs() < 1e-12);
+        assert_eq!(x_columns_read(&[false; 6], 2, 3, 16, 40), 0.0);
+        assert_eq!(x_columns_read(&[true; 6], 2, 3, 16, 40), 1.0);
+        // Grouped masks read only their groups' union of columns.
+        let mut rng = Rng::new(7);
+        let (gr, gc) = (6, 48);
+        let keep = mask(&mut rng, gr, gc, 64, 0.5, MaskMode::Grouped);
+        let union = (0..gc)
+            .filter(|&c| (0..gr).any(|r| keep[r * gc + c]))
+            .count();
+        assert_eq!(
+            x_columns_read(&keep, gr, gc, 16, gc * 16),
+            union as f64 / gc as f64
+        );
+    }
 }
