@@ -17,7 +17,10 @@
 #      comma-separated parts, e.g. "Forced(Rs)"),
 #      ETS_VARIANTS (kernel experiments: ';'-separated sets of preprocessor definitions, or of host
 #      settings written `env:NAME=VALUE ...`, each timed with `et-bench one` on every ';'-separated
-#      argument set of ETS_VARIANT_ARGS; ETS_BENCH_CMD=none skips the main run).
+#      argument set of ETS_VARIANT_ARGS; ETS_BENCH_CMD=none skips the main run),
+#      ETS_TORCH=1 (with ETS_BENCH_CMD=all the default: PyTorch's block-sparse linear against its
+#      dense linear on the sweep's shapes, scripts/torch_bsr_bench.py, where PyTorch is installed;
+#      ETS_TORCH_TIMEOUT seconds, default 240).
 set -uo pipefail
 
 bin="${ETS_BENCH_BIN:-target/release/et-bench}"
@@ -51,6 +54,12 @@ extra=()
 for f in ${ETS_CHECK_ETS-.cuda/minilm.ets}; do
     [ -f "$f" ] && extra+=(--ets "$f")
 done
+# The peer a PyTorch user has: its block-sparse (BSR) linear, timed against its dense linear.
+torch_default=0
+[ "${ETS_BENCH_CMD:-all}" = all ] && torch_default=1
+if [ "${ETS_TORCH:-$torch_default}" = 1 ] && python3 -c "import torch" 2>/dev/null; then
+    timeout "${ETS_TORCH_TIMEOUT:-240}" python3 scripts/torch_bsr_bench.py 2>&1 | tee "$out/torch.log"
+fi
 # A hung kernel must not eat the whole session: the run is bounded (ETS_TIMEOUT seconds).
 rc=0
 if [ "${ETS_BENCH_CMD:-all}" != none ]; then
