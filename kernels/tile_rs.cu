@@ -260,6 +260,7 @@ __device__ void group_work(u32* cum, const u64* __restrict__ bitmap, int grid_ro
 // A cursor walks the run (the divisions are 64-bit calls, done once).
 constexpr int SCHED_BALANCE = 1;     // runs of equal work
 constexpr int SCHED_TOKEN_MAJOR = 2; // tiles numbered token block first
+constexpr int SCHED_X_STREAM = 4;    // X's copies marked evict-first in L2
 struct Schedule {
     long long beg, end;
     int MB;  // token blocks
@@ -627,6 +628,9 @@ __device__ void body(const TensorMap* tmx, const TensorMap* tmx_wide, const Tens
             tma_prefetch(tmw);
             if (TW > 16) tma_prefetch(tmw_tile);
         }
+        // X's copies evict first where the host asks (SCHED_X_STREAM; see rs_schedule_flags).
+        const bool x_stream = (sched_flags & SCHED_X_STREAM) != 0;
+        const u64 x_policy = x_stream ? l2_evict_first_policy() : 0ull;
         int q = 0, cur_group = -1, gbeg = 0, GL = 0;
         ETR_PROF(u32 p_empty = 0; u32 p_plan = 0; u32 p_issue = 0; u32 p_union = 0; const u32 p_start = prof_clock();)
         Schedule::Cursor cur = sched.first();
@@ -673,7 +677,14 @@ __device__ void body(const TensorMap* tmx, const TensorMap* tmx_wide, const Tens
                         if (ETR_COPY_X) {
                             const u32 xs = xs_base + b * RG::STAGE_X;
                             if (contig) {
-                                tma_load_2d(xs, tmx_wide, pl.xcol[0], m0, bar);
+                                if (x_stream)
+                                    tma_load_2d_hint(xs, tmx_wide, pl.xcol[0], m0, bar, x_policy);
+                                else
+                                    tma_load_2d(xs, tmx_wide, pl.xcol[0], m0, bar);
+                            } else if (x_stream) {
+#pragma unroll
+                                for (int s = 0; s < SLOTS; ++s)
+                                    tma_load_2d_hint(xs + s * RG::SLOT_X, tmx, pl.xcol[s], m0, bar, x_policy);
                             } else {
 #pragma unroll
                                 for (int s = 0; s < SLOTS; ++s) tma_load_2d(xs + s * RG::SLOT_X, tmx, pl.xcol[s], m0, bar);

@@ -46,6 +46,27 @@ __device__ __forceinline__ void tma_load_2d(u32 dst, const TensorMap* map, int c
 #endif
 }
 
+// An L2 policy for copies of data that is read again soon or never: their lines go first.
+__device__ __forceinline__ u64 l2_evict_first_policy() {
+    u64 p = 0;
+#if ETW_WGMMA
+    asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(p));
+#endif
+    return p;
+}
+
+// tma_load_2d with an L2 policy (l2_evict_first_policy).
+
+__device__ __forceinline__ void tma_load_2d_hint(u32 dst, const TensorMap* map, int c0, int c1, u32 bar, u64 policy) {
+#if ETW_WGMMA
+    asm volatile(
+        "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1, "
+        "{%2, %3}], [%4], %5;\n" ::"r"(dst),
+        "l"(reinterpret_cast<u64>(map)), "r"(c0), "r"(c1), "r"(bar), "l"(policy)
+        : "memory");
+#endif
+}
+
 __device__ __forceinline__ void tma_load_3d(u32 dst, const TensorMap* map, int c0, int c1, int c2, u32 bar) {
 #if ETW_WGMMA
     asm volatile(

@@ -243,21 +243,43 @@ fn rs_output_tiles(w: &TileDeviceView, m: usize) -> usize {
 const RS_SCHED_BALANCE: i32 = 1;
 /// The register-operand kernel's schedule flags: output tiles numbered token block first.
 const RS_SCHED_TOKEN_MAJOR: i32 = 2;
+/// The register-operand kernel's schedule flags: X's copies marked evict-first in L2.
+const RS_SCHED_X_STREAM: i32 = 4;
 
-/// How the register-operand kernel hands out its output tiles. Where every CTA gets one tile at
-/// most, numbered token block first: the numbering then only decides which CTA takes which tile,
-/// and token block first was 5-13% faster at 4096 tokens with N = 768 (runs of several tiles so
-/// numbered, every tile another feature group, were 9-27% slower at 16384 tokens, and still
-/// slower with the next group's stage plans fetched ahead). Otherwise feature group first, in
-/// runs balanced by work where [`rs_balanced`] says so.
+/// Feature groups (128 features each) up to which the register-operand kernel's runs mark X's
+/// copies evict-first in L2, for 64-column tiles. At 16384 tokens (RESULTS, 06:36Z): with six
+/// groups (N = 768) 3-10% faster (768->768 grouped 0.5 0.0241 -> 0.0225 ms, 3072->768 grouped 0.1
+/// 0.0256 -> 0.0231, density 1 768->768 0.0343 -> 0.0332): X passes through L2 once per group
+/// close together in time, and streaming it keeps the weights, which every token block reads
+/// again, in L2. With 18 and 24 groups 6-16% slower (X's later readers miss), with one tile per
+/// CTA no change, and 16x16 grouped masks (16-column copies) 5% slower.
+const RS_X_STREAM_MAX_GROUPS: usize = 8;
+
+/// How the register-operand kernel hands out its output tiles, and how its copies of X use L2.
+/// Where every CTA gets one tile at most, numbered token block first: the numbering then only
+/// decides which CTA takes which tile, and token block first was 5-13% faster at 4096 tokens with
+/// N = 768 (runs of several tiles so numbered, every tile another feature group, were 9-27%
+/// slower at 16384 tokens, and still slower with the next group's stage plans fetched ahead).
+/// Otherwise feature group first, in runs balanced by work where [`rs_balanced`] says so, with X
+/// streamed through L2 for few groups of 64-column tiles ([`RS_X_STREAM_MAX_GROUPS`]).
+/// `ETS_RS_X_STREAM=0|1` overrides the last choice (timing experiments).
 pub fn rs_schedule_flags(sm_count: usize, w: &TileDeviceView, m: usize) -> i32 {
     if rs_output_tiles(w, m) <= sm_count.max(1) {
-        RS_SCHED_TOKEN_MAJOR
-    } else if rs_balanced(sm_count, w, m) {
+        return RS_SCHED_TOKEN_MAJOR;
+    }
+    let balance = if rs_balanced(sm_count, w, m) {
         RS_SCHED_BALANCE
     } else {
         0
-    }
+    };
+    static OVERRIDE: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
+    let forced = *OVERRIDE.get_or_init(|| match std::env::var("ETS_RS_X_STREAM").as_deref() {
+        Ok("1") => Some(true),
+        Ok("0") => Some(false),
+        _ => None,
+    });
+    let stream = forced.unwrap_or(w.tw == 64 && w.rows.div_ceil(TMA_BN) <= RS_X_STREAM_MAX_GROUPS);
+    balance | if stream { RS_SCHED_X_STREAM } else { 0 }
 }
 
 /// Dynamic shared memory of the register-operand kernel, the same for every tile shape: four
@@ -493,6 +515,22 @@ mod tests {
         assert_eq!(rs_schedule_flags(132, &w, 16384), RS_SCHED_BALANCE);
         // The same weight at 128 tokens (24 tiles): token block first, never balanced.
         assert_eq!(rs_schedule_flags(132, &w, 128), RS_SCHED_TOKEN_MAJOR);
+    }
+
+    #[test]
+    fn x_streamed_only_in_runs_of_few_wide_groups() {
+        if std::env::var_os("ETS_RS_X_STREAM").is_some() {
+            return; // the override decides
+        }
+        // 768->768 with 64x64 tiles: 6 groups; runs at 16384 tokens, one tile per CTA at 4096.
+        let w = TileDeviceView::for_planning(768, 768, 64, 64, ElemType::F16);
+        assert_eq!(rs_schedule_flags(132, &w, 16384), RS_SCHED_X_STREAM);
+        assert_eq!(rs_schedule_flags(132, &w, 4096), RS_SCHED_TOKEN_MAJOR);
+        // 768->3072: 24 groups read each X block; 16x16 tiles copy X in 16-column boxes.
+        let w = TileDeviceView::for_planning(3072, 768, 64, 64, ElemType::F16);
+        assert_eq!(rs_schedule_flags(132, &w, 16384) & RS_SCHED_X_STREAM, 0);
+        let w = TileDeviceView::for_planning(768, 3072, 16, 16, ElemType::F16);
+        assert_eq!(rs_schedule_flags(132, &w, 16384) & RS_SCHED_X_STREAM, 0);
     }
 
     #[test]
