@@ -247,13 +247,34 @@ const RS_SCHED_TOKEN_MAJOR: i32 = 2;
 const RS_SCHED_X_STREAM: i32 = 4;
 
 /// Feature groups (128 features each) up to which the register-operand kernel's runs mark X's
-/// copies evict-first in L2, for 64-column tiles. At 16384 tokens (RESULTS, 06:36Z): with six
-/// groups (N = 768) 3-10% faster (768->768 grouped 0.5 0.0241 -> 0.0225 ms, 3072->768 grouped 0.1
-/// 0.0256 -> 0.0231, density 1 768->768 0.0343 -> 0.0332): X passes through L2 once per group
-/// close together in time, and streaming it keeps the weights, which every token block reads
-/// again, in L2. With 18 and 24 groups 6-16% slower (X's later readers miss), with one tile per
-/// CTA no change, and 16x16 grouped masks (16-column copies) 5% slower.
+/// copies evict-first in L2, where every stage copies X as one 64-column box (64-column tiles, or
+/// every tile kept) and the groups' work is equal (runs line up on token blocks). At 16384 tokens
+/// (RESULTS, 06:36Z and 06:50Z): with six groups (N = 768) 2-10% faster (768->768 grouped 0.5
+/// 0.0241 -> 0.0225 ms, 3072->768 grouped 0.1 0.0256 -> 0.0231, density 1 64x64 768->768
+/// 0.0343 -> 0.0332, 16x16 0.0383 -> 0.0366): X passes through L2 once per group close together
+/// in time, and streaming it keeps the weights, which every token block reads again, in L2. With
+/// 18 and 24 groups 6-16% slower (X's later readers miss), with one tile per CTA no change, with
+/// 16x16 grouped masks (16-column copies) 5-7% slower; random 64x64 masks (unequal groups) vary
+/// by up to 40% from run to run either way (06:57Z) and keep the plain copies.
 const RS_X_STREAM_MAX_GROUPS: usize = 8;
+
+/// Whether the register-operand kernel's runs over `w` stream X through L2
+/// ([`RS_X_STREAM_MAX_GROUPS`]); `ETS_RS_X_STREAM=0|1` overrides (timing experiments).
+fn rs_x_stream(w: &TileDeviceView) -> bool {
+    static OVERRIDE: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
+    let forced = *OVERRIDE.get_or_init(|| match std::env::var("ETS_RS_X_STREAM").as_deref() {
+        Ok("1") => Some(true),
+        Ok("0") => Some(false),
+        _ => None,
+    });
+    let all_kept = w.kept == w.grid_rows * w.grid_cols;
+    let equal_groups = all_kept || w.work_spread.is_some_and(|s| s < RS_BALANCE_MIN_SPREAD);
+    forced.unwrap_or(
+        w.rows.div_ceil(TMA_BN) <= RS_X_STREAM_MAX_GROUPS
+            && equal_groups
+            && (w.tw == 64 || all_kept),
+    )
+}
 
 /// How the register-operand kernel hands out its output tiles, and how its copies of X use L2.
 /// Where every CTA gets one tile at most, numbered token block first: the numbering then only
@@ -261,8 +282,7 @@ const RS_X_STREAM_MAX_GROUPS: usize = 8;
 /// N = 768 (runs of several tiles so numbered, every tile another feature group, were 9-27%
 /// slower at 16384 tokens, and still slower with the next group's stage plans fetched ahead).
 /// Otherwise feature group first, in runs balanced by work where [`rs_balanced`] says so, with X
-/// streamed through L2 for few groups of 64-column tiles ([`RS_X_STREAM_MAX_GROUPS`]).
-/// `ETS_RS_X_STREAM=0|1` overrides the last choice (timing experiments).
+/// streamed through L2 where [`rs_x_stream`] says so.
 pub fn rs_schedule_flags(sm_count: usize, w: &TileDeviceView, m: usize) -> i32 {
     if rs_output_tiles(w, m) <= sm_count.max(1) {
         return RS_SCHED_TOKEN_MAJOR;
@@ -272,14 +292,7 @@ pub fn rs_schedule_flags(sm_count: usize, w: &TileDeviceView, m: usize) -> i32 {
     } else {
         0
     };
-    static OVERRIDE: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
-    let forced = *OVERRIDE.get_or_init(|| match std::env::var("ETS_RS_X_STREAM").as_deref() {
-        Ok("1") => Some(true),
-        Ok("0") => Some(false),
-        _ => None,
-    });
-    let stream = forced.unwrap_or(w.tw == 64 && w.rows.div_ceil(TMA_BN) <= RS_X_STREAM_MAX_GROUPS);
-    balance | if stream { RS_SCHED_X_STREAM } else { 0 }
+    balance | if rs_x_stream(w) { RS_SCHED_X_STREAM } else { 0 }
 }
 
 /// Dynamic shared memory of the register-operand kernel, the same for every tile shape: four
@@ -523,13 +536,29 @@ mod tests {
             return; // the override decides
         }
         // 768->768 with 64x64 tiles: 6 groups; runs at 16384 tokens, one tile per CTA at 4096.
-        let w = TileDeviceView::for_planning(768, 768, 64, 64, ElemType::F16);
+        let mut w = TileDeviceView::for_planning(768, 768, 64, 64, ElemType::F16);
+        w.kept = w.grid_rows * w.grid_cols;
         assert_eq!(rs_schedule_flags(132, &w, 16384), RS_SCHED_X_STREAM);
         assert_eq!(rs_schedule_flags(132, &w, 4096), RS_SCHED_TOKEN_MAJOR);
-        // 768->3072: 24 groups read each X block; 16x16 tiles copy X in 16-column boxes.
+        // Grouped masks (equal groups) stream; random ones (unequal groups) do not.
+        let mut w = TileDeviceView::for_planning(768, 3072, 64, 64, ElemType::F16);
+        w.kept = w.grid_rows * w.grid_cols / 2;
+        w.work_spread = Some(1.0);
+        assert_eq!(rs_schedule_flags(132, &w, 16384), RS_SCHED_X_STREAM);
+        w.work_spread = Some(1.2);
+        assert_eq!(rs_schedule_flags(132, &w, 16384) & RS_SCHED_X_STREAM, 0);
+        w.work_spread = None;
+        assert_eq!(rs_schedule_flags(132, &w, 16384) & RS_SCHED_X_STREAM, 0);
+        // 768->3072: 24 groups read each X block.
         let w = TileDeviceView::for_planning(3072, 768, 64, 64, ElemType::F16);
         assert_eq!(rs_schedule_flags(132, &w, 16384) & RS_SCHED_X_STREAM, 0);
-        let w = TileDeviceView::for_planning(768, 3072, 16, 16, ElemType::F16);
+        // 16x16 tiles: every tile kept, one 64-column box a stage, streamed; grouped masks copy X
+        // in 16-column boxes, not streamed.
+        let mut w = TileDeviceView::for_planning(768, 3072, 16, 16, ElemType::F16);
+        w.kept = w.grid_rows * w.grid_cols;
+        assert_eq!(rs_schedule_flags(132, &w, 16384), RS_SCHED_X_STREAM);
+        w.kept = w.grid_rows * w.grid_cols / 2;
+        w.work_spread = Some(1.0);
         assert_eq!(rs_schedule_flags(132, &w, 16384) & RS_SCHED_X_STREAM, 0);
     }
 
