@@ -46,7 +46,7 @@ __device__ __forceinline__ void tma_load_2d(u32 dst, const TensorMap* map, int c
 #endif
 }
 
-// An L2 policy for copies of data that is read again soon or never: their lines go first.
+// An L2 policy for copies whose data L2 need not keep: their lines are the first evicted.
 __device__ __forceinline__ u64 l2_evict_first_policy() {
     u64 p = 0;
 #if ETW_WGMMA
@@ -56,7 +56,6 @@ __device__ __forceinline__ u64 l2_evict_first_policy() {
 }
 
 // tma_load_2d with an L2 policy (l2_evict_first_policy).
-
 __device__ __forceinline__ void tma_load_2d_hint(u32 dst, const TensorMap* map, int c0, int c1, u32 bar, u64 policy) {
 #if ETW_WGMMA
     asm volatile(
