@@ -1,0 +1,2 @@
+//! Developer tools of ets (benchmarks, generators, the GPU check runner); not installed by
+//! `cargo install --path .`.
