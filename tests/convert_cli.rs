@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use ets::format::EtsFile;
-use ets::ingest::synth;
+use ets_testkit::sources;
 
 fn et_convert(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_et-convert"));
@@ -107,7 +107,7 @@ fn wrong_config_fails_cleanly() {
 fn non_bert_onnx_fails_cleanly() {
     let dir = tempfile::tempdir().expect("dir");
     let p = dir.path().join("toy.onnx");
-    synth::write_toy_onnx(&p, &["Relu", "Softmax"], 17).expect("toy");
+    sources::write_toy_onnx(&p, &["Relu", "Softmax"], 17).expect("toy");
     expect_failure(dir.path(), &p, &[], "non-BERT graph");
     expect_failure(
         dir.path(),

@@ -1,14 +1,14 @@
 //! The converter end to end on the five synthetic source fixtures (`fixtures/sources`, written by
 //! `et-gen-sources`): exact weights, dtype rounding, the density rule, head pruning, determinism.
-//! References are the generator's weights (`synth::tiny_weight`), not the converter's reader.
+//! References are the generator's weights (`ets_testkit::sources::tiny_weight`), not the converter's reader.
 
 use std::path::{Path, PathBuf};
 
 use ets::convert::{convert, ConvertOptions, ConvertReport};
 use ets::format::{names, Dtype, EtsFile, TensorData};
-use ets::ingest::synth::{tiny_config, tiny_weight};
 use ets::ingest::SourceTensor;
 use ets::prune::{Method, Recipe, Role};
+use ets_testkit::sources::{tiny_config, tiny_weight};
 use sha2::{Digest, Sha256};
 
 const SOURCES: [&str; 5] = [

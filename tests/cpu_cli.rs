@@ -5,11 +5,12 @@ mod common;
 use std::process::Command;
 
 use ets::format::{Dtype, EncodedTensor};
-use ets::runtime::cpu::{npy, synth};
+use ets::runtime::cpu::npy;
+use ets_testkit::models;
 
 fn tiny_model(dir: &std::path::Path, with_tokenizer: bool) -> std::path::PathBuf {
-    let cfg = synth::config(2, 32, vec![4, 2], 8, 64, 40, 16);
-    let weights = synth::random_weights(&cfg, 11);
+    let cfg = models::config(2, 32, vec![4, 2], 8, 64, 40, 16);
+    let weights = models::random_weights(&cfg, 11);
     let tensors: Vec<_> = weights
         .iter()
         .map(|(n, s, d)| {
@@ -31,7 +32,7 @@ fn tiny_model(dir: &std::path::Path, with_tokenizer: bool) -> std::path::PathBuf
         "notok.ets"
     });
     let tok = with_tokenizer.then_some(("vocab.txt", vocab.as_bytes()));
-    synth::write_ets(&p, &cfg, &tensors, tok).unwrap();
+    models::write_ets(&p, &cfg, &tensors, tok).unwrap();
     p
 }
 

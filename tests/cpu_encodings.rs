@@ -1,25 +1,17 @@
 //! Every stored encoding gives the dense result when it stores the same weights, and the dense
-//! result matches an independent f64 reference forward pass. Random tiny models, fresh seeds.
+//! result matches an independent f64 reference forward pass. Random tiny models, fresh seeds (printed; `ETS_TEST_SEED` replays one).
 
 mod common;
 
 use common::*;
 use ets::format::{Activation, Dtype, EncodedTensor, EtsFile, ModelConfig};
-use ets::runtime::cpu::synth::{self, Rng};
 use ets::runtime::cpu::{CpuEncoder, TextTokenizer};
 use ets::runtime::{Encoder, Pooling, RuntimeError, TokenBatch, TokenSequence};
-
-fn seed() -> u64 {
-    let s = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(1);
-    eprintln!("seed {s}");
-    s
-}
+use ets_testkit::models;
+use ets_testkit::rng::{test_rng, Rng};
 
 fn tiny(heads: Vec<u32>, act: Activation) -> ModelConfig {
-    let mut c = synth::config(heads.len() as u32, 48, heads, 8, 80, 60, 40);
+    let mut c = models::config(heads.len() as u32, 48, heads, 8, 80, 60, 40);
     c.activation = act;
     c
 }
@@ -31,7 +23,7 @@ fn sparsify(weights: &mut Weights, rng: &mut Rng) {
             continue;
         }
         let (r, c) = (shape[0], shape[1]);
-        let keep = synth::random_tile_keep(r, c, 16, 16, 0.5, rng);
+        let keep = models::random_tile_keep(r, c, 16, 16, 0.5, rng);
         let gc = c.div_ceil(16);
         for i in 0..r {
             for j in 0..c {
@@ -42,7 +34,7 @@ fn sparsify(weights: &mut Weights, rng: &mut Rng) {
         }
         // Plus a few scattered zeros inside kept tiles (for the element-bitmap encoding).
         for v in data.iter_mut() {
-            if rng.uniform() < 0.2 {
+            if rng.next_f32() < 0.2 {
                 *v = 0.0;
             }
         }
@@ -55,8 +47,8 @@ fn zero_rows_cols(weights: &mut Weights, rng: &mut Rng) {
             continue;
         }
         let (r, c) = (shape[0], shape[1]);
-        let dead_rows: Vec<bool> = (0..r).map(|_| rng.uniform() < 0.3).collect();
-        let dead_cols: Vec<bool> = (0..c).map(|_| rng.uniform() < 0.3).collect();
+        let dead_rows: Vec<bool> = (0..r).map(|_| rng.next_f32() < 0.3).collect();
+        let dead_cols: Vec<bool> = (0..c).map(|_| rng.next_f32() < 0.3).collect();
         for i in 0..r {
             for j in 0..c {
                 if dead_rows[i] || dead_cols[j] {
@@ -145,7 +137,7 @@ fn batch(rng: &mut Rng, cfg: &ModelConfig, n: usize) -> TokenBatch {
 fn run(cfg: &ModelConfig, tensors: &[(String, EncodedTensor)], b: &TokenBatch) -> Vec<f32> {
     let tmp = tempfile::tempdir().unwrap();
     let p = tmp.path().join("m.ets");
-    synth::write_ets(&p, cfg, tensors, None).unwrap();
+    models::write_ets(&p, cfg, tensors, None).unwrap();
     let f = EtsFile::open(&p).unwrap();
     let out = CpuEncoder::new(&f).unwrap().forward(b).unwrap();
     assert!(out.last_hidden.iter().all(|v| v.is_finite()), "NaN or inf");
@@ -167,9 +159,9 @@ fn reference(cfg: &ModelConfig, weights: &Weights, b: &TokenBatch) -> Vec<f32> {
         .collect()
 }
 
-fn check_all_encodings(cfg: ModelConfig, rows_cols: bool) {
-    let mut rng = Rng::new(seed());
-    let mut weights = synth::random_weights(&cfg, rng.next_u64());
+fn check_all_encodings(test: &str, cfg: ModelConfig, rows_cols: bool) {
+    let mut rng = test_rng(test);
+    let mut weights = models::random_weights(&cfg, rng.next_u64());
     if rows_cols {
         zero_rows_cols(&mut weights, &mut rng);
     } else {
@@ -194,27 +186,43 @@ fn check_all_encodings(cfg: ModelConfig, rows_cols: bool) {
 
 #[test]
 fn tile_encodings_equal_dense_and_reference() {
-    check_all_encodings(tiny(vec![6, 6], Activation::Gelu), false);
+    check_all_encodings(
+        "tile_encodings_equal_dense_and_reference",
+        tiny(vec![6, 6], Activation::Gelu),
+        false,
+    );
 }
 
 #[test]
 fn rows_and_cols_equal_dense_and_reference() {
-    check_all_encodings(tiny(vec![6, 6], Activation::Gelu), true);
+    check_all_encodings(
+        "rows_and_cols_equal_dense_and_reference",
+        tiny(vec![6, 6], Activation::Gelu),
+        true,
+    );
 }
 
 #[test]
 fn pruned_heads_and_other_activations() {
     // Layers with different kept head counts (one with none at all), tanh-GELU and ReLU.
-    check_all_encodings(tiny(vec![6, 3, 0], Activation::GeluTanh), false);
-    check_all_encodings(tiny(vec![2, 5], Activation::Relu), true);
+    check_all_encodings(
+        "pruned_heads_and_other_activations",
+        tiny(vec![6, 3, 0], Activation::GeluTanh),
+        false,
+    );
+    check_all_encodings(
+        "pruned_heads_and_other_activations",
+        tiny(vec![2, 5], Activation::Relu),
+        true,
+    );
 }
 
 #[test]
 fn half_precision_matches_reference_on_rounded_weights() {
     for dtype in [Dtype::F16, Dtype::Bf16] {
         let cfg = tiny(vec![6, 6], Activation::Gelu);
-        let mut rng = Rng::new(seed());
-        let mut weights = synth::random_weights(&cfg, rng.next_u64());
+        let mut rng = test_rng("half_precision_matches_reference_on_rounded_weights");
+        let mut weights = models::random_weights(&cfg, rng.next_u64());
         sparsify(&mut weights, &mut rng);
         // The reference sees exactly the stored (rounded) values.
         let rounded: Weights = weights
@@ -243,12 +251,12 @@ fn half_precision_matches_reference_on_rounded_weights() {
 #[test]
 fn pooling_is_masked_and_batches_mix_lengths() {
     let cfg = tiny(vec![6, 6], Activation::Gelu);
-    let mut rng = Rng::new(seed());
-    let weights = synth::random_weights(&cfg, rng.next_u64());
+    let mut rng = test_rng("pooling_is_masked_and_batches_mix_lengths");
+    let weights = models::random_weights(&cfg, rng.next_u64());
     let tensors = encode(&weights, Enc::Dense, Dtype::F32);
     let tmp = tempfile::tempdir().unwrap();
     let p = tmp.path().join("m.ets");
-    synth::write_ets(&p, &cfg, &tensors, None).unwrap();
+    models::write_ets(&p, &cfg, &tensors, None).unwrap();
     let f = EtsFile::open(&p).unwrap();
     let enc = CpuEncoder::new(&f).unwrap();
     let b = batch(&mut rng, &cfg, 9);
@@ -281,10 +289,10 @@ fn pooling_is_masked_and_batches_mix_lengths() {
 #[test]
 fn bad_inputs_are_typed_errors() {
     let cfg = tiny(vec![6], Activation::Gelu);
-    let weights = synth::random_weights(&cfg, 3);
+    let weights = models::random_weights(&cfg, 3);
     let tmp = tempfile::tempdir().unwrap();
     let p = tmp.path().join("m.ets");
-    synth::write_ets(&p, &cfg, &encode(&weights, Enc::Dense, Dtype::F32), None).unwrap();
+    models::write_ets(&p, &cfg, &encode(&weights, Enc::Dense, Dtype::F32), None).unwrap();
     let f = EtsFile::open(&p).unwrap();
     let enc = CpuEncoder::new(&f).unwrap();
     let e = enc
@@ -329,7 +337,7 @@ fn bad_inputs_are_typed_errors() {
         .filter(|t| t.0 != "layers.0.ffn.output.weight")
         .collect();
     let p2 = tmp.path().join("partial.ets");
-    synth::write_ets(&p2, &cfg, &partial, None).unwrap();
+    models::write_ets(&p2, &cfg, &partial, None).unwrap();
     let f2 = EtsFile::open(&p2).unwrap();
     let e = CpuEncoder::new(&f2).unwrap_err();
     assert!(e.to_string().contains("layers.0.ffn.output.weight"), "{e}");
@@ -338,7 +346,7 @@ fn bad_inputs_are_typed_errors() {
 #[test]
 fn truncation_is_reported() {
     let cfg = tiny(vec![6], Activation::Gelu);
-    let weights = synth::random_weights(&cfg, 4);
+    let weights = models::random_weights(&cfg, 4);
     let vocab: String = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "b"]
         .iter()
         .map(|t| format!("{t}\n"))
@@ -346,7 +354,7 @@ fn truncation_is_reported() {
         .collect();
     let tmp = tempfile::tempdir().unwrap();
     let p = tmp.path().join("m.ets");
-    synth::write_ets(
+    models::write_ets(
         &p,
         &cfg,
         &encode(&weights, Enc::Dense, Dtype::F32),

@@ -19,7 +19,7 @@ fn build(dtype: Dtype, tokenizer: &str) -> Option<(tempfile::TempDir, std::path:
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join(format!("minilm-{}.ets", dtype.name()));
     let tok = std::fs::read(dir.join(tokenizer)).unwrap();
-    ets::runtime::cpu::synth::write_ets(
+    ets_testkit::models::write_ets(
         &path,
         &cfg,
         &dense_all(&weights, dtype),

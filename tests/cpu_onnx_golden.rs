@@ -9,8 +9,9 @@ use std::path::Path;
 use common::*;
 use ets::format::{Dtype, EncodedTensor, EtsFile};
 use ets::ingest::{open_source, IngestOptions};
-use ets::runtime::cpu::{synth, CpuEncoder};
+use ets::runtime::cpu::CpuEncoder;
 use ets::runtime::{Encoder, Pooling, TokenBatch, TokenSequence};
+use ets_testkit::models;
 
 /// Converts `model` to a dense f32 `.ets` and returns the smallest mean and CLS cosines.
 fn check(model: &Path, golden_name: &str) -> (f64, f64) {
@@ -27,7 +28,7 @@ fn check(model: &Path, golden_name: &str) -> (f64, f64) {
         .collect();
     let tmp = tempfile::tempdir().unwrap();
     let p = tmp.path().join("m.ets");
-    synth::write_ets(&p, &cfg, &tensors, None).unwrap();
+    models::write_ets(&p, &cfg, &tensors, None).unwrap();
     let f = EtsFile::open(&p).unwrap();
     let enc = CpuEncoder::new(&f).unwrap();
     let g = golden(golden_name);

@@ -6,8 +6,8 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use ets::format::conformance::{self, RULES};
 use ets::format::EtsFile;
+use ets_testkit::conformance::{self, RULES};
 use serde_json::Value;
 
 fn fixtures_dir() -> PathBuf {

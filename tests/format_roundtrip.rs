@@ -7,7 +7,7 @@ use ets::format::{
 use proptest::prelude::*;
 
 fn config() -> ModelConfig {
-    ets::format::conformance::model::tiny_example_config()
+    ets_testkit::conformance::model::tiny_example_config()
 }
 
 /// Round to nearest even into bfloat16, written from the definition (not through `half`).

@@ -3,8 +3,8 @@
 
 use std::path::Path;
 
-use ets::format::conformance::model::{tiny_example_config, write_tiny_example};
 use ets::format::{Dtype, EncodedTensor, EtsFile, EtsWriter, Provenance, WriteOptions};
+use ets_testkit::conformance::model::{tiny_example_config, write_tiny_example};
 
 fn listing(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)

@@ -2,8 +2,8 @@
 
 use std::path::{Path, PathBuf};
 
-use ets::ingest::synth::{self, OnnxStyle};
 use ets::ingest::{open_source, IngestError, IngestOptions};
+use ets_testkit::sources::{self, OnnxStyle};
 
 fn open_err(p: &Path) -> IngestError {
     match open_source(p, &IngestOptions::default()) {
@@ -34,7 +34,7 @@ fn replace_bytes(p: &Path, from: &str, to: &str) {
 
 fn safetensors_fixture() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
-    let p = synth::write_safetensors(dir.path()).unwrap();
+    let p = sources::write_safetensors(dir.path()).unwrap();
     (dir, p)
 }
 
@@ -64,7 +64,7 @@ fn truncated_safetensors() {
 fn truncated_onnx() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("m.onnx");
-    synth::write_onnx(&p, OnnxStyle::Inline).unwrap();
+    sources::write_onnx(&p, OnnxStyle::Inline).unwrap();
     let len = std::fs::metadata(&p).unwrap().len() as usize;
     truncate(&p, len / 2 + 3);
     let e = open_err(&p);
@@ -113,10 +113,10 @@ fn wrong_config_lists_every_problem() {
 #[test]
 fn missing_and_misshapen_tensors_reported_together() {
     let dir = tempfile::tempdir().unwrap();
-    let mut w: Vec<(String, ets::ingest::SourceTensor)> = synth::tiny_weights()
+    let mut w: Vec<(String, ets::ingest::SourceTensor)> = sources::tiny_weights()
         .into_iter()
         .filter(|(n, _)| n != "layers.0.attention.key.bias")
-        .map(|(n, t)| (synth::hf_name(&n, "bert.", false), t))
+        .map(|(n, t)| (sources::hf_name(&n, "bert.", false), t))
         .collect();
     let wrong = w
         .iter_mut()
@@ -124,10 +124,10 @@ fn missing_and_misshapen_tensors_reported_together() {
         .unwrap();
     wrong.1.shape = vec![16, 64];
     let p = dir.path().join("model.safetensors");
-    synth::write_safetensors_tensors(&p, &w, safetensors::Dtype::F32).unwrap();
+    sources::write_safetensors_tensors(&p, &w, safetensors::Dtype::F32).unwrap();
     std::fs::write(
         dir.path().join("config.json"),
-        synth::hf_config_json(&synth::tiny_config()),
+        sources::hf_config_json(&sources::tiny_config()),
     )
     .unwrap();
     let IngestError::Shapes { problems, .. } = open_err(&p) else {
@@ -146,11 +146,11 @@ fn missing_and_misshapen_tensors_reported_together() {
 fn non_bert_and_unsupported_onnx() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("toy.onnx");
-    synth::write_toy_onnx(&p, &["Relu", "Softmax"], 17).unwrap();
+    sources::write_toy_onnx(&p, &["Relu", "Softmax"], 17).unwrap();
     let e = open_err(&p);
     assert!(matches!(e, IngestError::NotBert { .. }), "{e}");
 
-    synth::write_toy_onnx(&p, &["Conv", "LSTM", "Conv", "Relu"], 17).unwrap();
+    sources::write_toy_onnx(&p, &["Conv", "LSTM", "Conv", "Relu"], 17).unwrap();
     let IngestError::UnsupportedOps { ops, .. } = open_err(&p) else {
         panic!("expected UnsupportedOps")
     };
@@ -161,7 +161,7 @@ fn non_bert_and_unsupported_onnx() {
     );
 
     for opset in [9, 22] {
-        synth::write_toy_onnx(&p, &["Relu"], opset).unwrap();
+        sources::write_toy_onnx(&p, &["Relu"], opset).unwrap();
         let e = open_err(&p);
         assert!(
             matches!(e, IngestError::UnsupportedOpset { opset: o, .. } if o == opset),
@@ -174,7 +174,7 @@ fn non_bert_and_unsupported_onnx() {
 fn external_data_missing_or_escaping() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("model.onnx");
-    synth::write_onnx(&p, OnnxStyle::External).unwrap();
+    sources::write_onnx(&p, OnnxStyle::External).unwrap();
     // Same length as "model.data", so the protobuf stays valid.
     for (loc, why) in [
         ("../el.data", "leaves"),

@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 
 use ets::format::names;
 use ets::format::Activation;
-use ets::ingest::synth::hf_name;
 use ets::ingest::{open_source, IngestOptions, ModelSource, SourceTensor};
+use ets_testkit::sources::hf_name;
 
 mod common;
 

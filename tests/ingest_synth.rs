@@ -4,8 +4,8 @@
 use std::path::Path;
 
 use ets::format::Activation;
-use ets::ingest::synth::{self, OnnxStyle};
 use ets::ingest::{open_source, IngestOptions, ModelSource, SourceTensor};
+use ets_testkit::sources::{self, OnnxStyle};
 use sha2::{Digest, Sha256};
 
 fn open(p: &Path) -> Box<dyn ModelSource + Send + Sync> {
@@ -66,10 +66,10 @@ fn dump(dir: &Path) {
 #[test]
 fn safetensors_fixture_round_trips_bit_exact() {
     let dir = tempfile::tempdir().unwrap();
-    let path = synth::write_safetensors(dir.path()).unwrap();
+    let path = sources::write_safetensors(dir.path()).unwrap();
     let src = open(&path);
-    assert_eq!(src.config(), &synth::tiny_config());
-    assert_bit_exact(src.as_ref(), &synth::tiny_weights(), "safetensors");
+    assert_eq!(src.config(), &sources::tiny_config());
+    assert_bit_exact(src.as_ref(), &sources::tiny_weights(), "safetensors");
     let prov = src.provenance();
     assert_eq!(prov.source_name, "model.safetensors");
     assert_eq!(prov.source_sha256, sha_hex(&path));
@@ -85,21 +85,25 @@ fn safetensors_fixture_round_trips_bit_exact() {
 
 #[test]
 fn safetensors_old_names_no_prefix_and_half_precision() {
-    let cfg = synth::tiny_config();
+    let cfg = sources::tiny_config();
     for (dtype, prefix, old) in [
         (safetensors::Dtype::F32, "", true),
         (safetensors::Dtype::F16, "bert.", true),
         (safetensors::Dtype::BF16, "", false),
     ] {
         let dir = tempfile::tempdir().unwrap();
-        let w = synth::tiny_weights();
+        let w = sources::tiny_weights();
         let renamed: Vec<(String, SourceTensor)> = w
             .iter()
-            .map(|(n, t)| (synth::hf_name(n, prefix, old), t.clone()))
+            .map(|(n, t)| (sources::hf_name(n, prefix, old), t.clone()))
             .collect();
         let path = dir.path().join("weights.safetensors");
-        synth::write_safetensors_tensors(&path, &renamed, dtype).unwrap();
-        std::fs::write(dir.path().join("config.json"), synth::hf_config_json(&cfg)).unwrap();
+        sources::write_safetensors_tensors(&path, &renamed, dtype).unwrap();
+        std::fs::write(
+            dir.path().join("config.json"),
+            sources::hf_config_json(&cfg),
+        )
+        .unwrap();
         // The reference: the generator's values rounded to the stored type by `half`.
         let rounded: Vec<(String, SourceTensor)> = w
             .into_iter()
@@ -127,10 +131,10 @@ fn safetensors_old_names_no_prefix_and_half_precision() {
 #[test]
 fn classifier_head_sets_num_labels() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = synth::tiny_config();
-    let mut w: Vec<(String, SourceTensor)> = synth::tiny_weights()
+    let cfg = sources::tiny_config();
+    let mut w: Vec<(String, SourceTensor)> = sources::tiny_weights()
         .into_iter()
-        .map(|(n, t)| (synth::hf_name(&n, "bert.", false), t))
+        .map(|(n, t)| (sources::hf_name(&n, "bert.", false), t))
         .collect();
     let h = cfg.hidden_size as usize;
     let pooler_w = SourceTensor {
@@ -154,8 +158,12 @@ fn classifier_head_sets_num_labels() {
     w.push(("classifier.weight".into(), cls_w.clone()));
     w.push(("classifier.bias".into(), cls_b.clone()));
     let path = dir.path().join("model.safetensors");
-    synth::write_safetensors_tensors(&path, &w, safetensors::Dtype::F32).unwrap();
-    std::fs::write(dir.path().join("config.json"), synth::hf_config_json(&cfg)).unwrap();
+    sources::write_safetensors_tensors(&path, &w, safetensors::Dtype::F32).unwrap();
+    std::fs::write(
+        dir.path().join("config.json"),
+        sources::hf_config_json(&cfg),
+    )
+    .unwrap();
     let src = open(&path);
     assert_eq!(src.config().num_labels, Some(3));
     let names = src.tensor_names();
@@ -182,11 +190,11 @@ fn classifier_head_sets_num_labels() {
 
 #[test]
 fn every_onnx_style_round_trips_bit_exact() {
-    let reference = synth::tiny_weights();
+    let reference = sources::tiny_weights();
     for style in OnnxStyle::ALL {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("model.onnx");
-        synth::write_onnx(&path, style).unwrap();
+        sources::write_onnx(&path, style).unwrap();
         let size = std::fs::metadata(&path).unwrap().len();
         assert!(size < 400_000, "{style:?}: fixture is {size} bytes");
         if style == OnnxStyle::External {
@@ -197,7 +205,7 @@ fn every_onnx_style_round_trips_bit_exact() {
             );
         }
         let src = open(&path);
-        let mut want = synth::tiny_config();
+        let mut want = sources::tiny_config();
         if style == OnnxStyle::GemmTanh {
             want.activation = Activation::GeluTanh;
         }
@@ -218,10 +226,10 @@ fn every_onnx_style_round_trips_bit_exact() {
 fn onnx_tokenizer_from_options() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("m.onnx");
-    synth::write_onnx(&path, OnnxStyle::Inline).unwrap();
+    sources::write_onnx(&path, OnnxStyle::Inline).unwrap();
     assert!(open(&path).tokenizer().is_none());
     let vocab = dir.path().join("other_vocab.txt");
-    std::fs::write(&vocab, synth::vocab_txt(100)).unwrap();
+    std::fs::write(&vocab, sources::vocab_txt(100)).unwrap();
     let opts = IngestOptions {
         config: None,
         tokenizer: Some(vocab.clone()),

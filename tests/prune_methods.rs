@@ -9,31 +9,19 @@ use ets::format::{
 use ets::prune::{prune_matrix, select, Matrix, Method, PruneReport, TensorPlan};
 use proptest::prelude::*;
 
-/// SplitMix64, seeded by proptest.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn uniform(&mut self) -> f32 {
-        ((self.next() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    }
-}
+use ets_testkit::rng::{test_seed, Rng};
 
 /// Random values with per-row scales (so norms differ); every third seed quantizes the values
 /// to quarters, which makes many exactly tied norms.
 fn random_matrix(rows: usize, cols: usize, seed: u64) -> Vec<f32> {
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let quantize = seed % 3 == 0;
-    let scale: Vec<f32> = (0..rows).map(|_| 0.1 + 2.0 * rng.uniform().abs()).collect();
+    let scale: Vec<f32> = (0..rows)
+        .map(|_| 0.1 + 2.0 * rng.symmetric(1.0).abs())
+        .collect();
     (0..rows * cols)
         .map(|i| {
-            let v = rng.uniform() * scale[i / cols];
+            let v = rng.symmetric(1.0) * scale[i / cols];
             if quantize {
                 (v * 4.0).round() / 4.0
             } else {
@@ -406,15 +394,15 @@ fn mat(rows: usize, cols: usize, data: &[f32]) -> Matrix<'_> {
 /// stores exactly the non-zeros, reads back bit-exactly, and stores fewer bytes than dense.
 #[test]
 fn existing_keeps_exactly_the_zeros() {
-    let seed = fresh_seed();
+    let seed = test_seed("existing_keeps_exactly_the_zeros");
     let (rows, cols, t) = (50, 70, (16usize, 16usize));
     let mut data = random_matrix(rows, cols, seed);
-    let mut rng = Rng(seed ^ 0x55);
+    let mut rng = Rng::new(seed ^ 0x55);
     let gc = cols.div_ceil(t.1);
     let zero_tiles = [(0usize, 1usize), (2, 3), (3, 4)];
     for (i, v) in data.iter_mut().enumerate() {
         let (r, c) = (i / cols, i % cols);
-        if zero_tiles.contains(&(r / t.0, c / t.1)) || rng.next() % 10 == 0 {
+        if zero_tiles.contains(&(r / t.0, c / t.1)) || rng.next_u64() % 10 == 0 {
             *v = 0.0;
         } else if *v == 0.0 {
             *v = 0.5; // no accidental zeros: the count below must be exact
@@ -462,7 +450,7 @@ fn existing_keeps_exactly_the_zeros() {
 /// Only whole zero tiles: plain tiles, no element bitmaps; no zeros at all: dense.
 #[test]
 fn existing_without_scattered_zeros() {
-    let seed = fresh_seed();
+    let seed = test_seed("existing_without_scattered_zeros");
     let (rows, cols, t) = (40, 33, (8usize, 16usize));
     let mut data: Vec<f32> = random_matrix(rows, cols, seed)
         .into_iter()
@@ -517,7 +505,7 @@ fn keep_count_rounds_and_keeps_one() {
 /// Methods `none` and `heads` leave a single matrix dense and exact.
 #[test]
 fn none_and_heads_are_dense_pass_through() {
-    let data = random_matrix(20, 30, fresh_seed());
+    let data = random_matrix(20, 30, test_seed("none_and_heads_are_dense_pass_through"));
     let m = Matrix {
         rows: 20,
         cols: 30,
@@ -531,13 +519,4 @@ fn none_and_heads_are_dense_pass_through() {
         assert_eq!(v.to_dense_f32(), data);
         assert_eq!(report.density, 1.0);
     }
-}
-
-fn fresh_seed() -> u64 {
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(7);
-    eprintln!("seed {t}");
-    t
 }

@@ -4,7 +4,6 @@
 //! [`EtsFile`] maps and validates a file; [`EtsWriter`] writes one atomically; [`tiles`] builds and
 //! walks tile-encoded tensors.
 
-pub mod conformance;
 mod error;
 mod header;
 pub mod names;

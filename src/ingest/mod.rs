@@ -9,8 +9,6 @@ mod config;
 mod error;
 mod onnx;
 mod safetensors_src;
-pub mod synth;
-mod synth_onnx;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};

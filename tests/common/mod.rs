@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 
 use ets::format::names::{self, LayerTensor};
 use ets::format::{Activation, EncodedTensor, ModelConfig};
-use ets::runtime::cpu::{npy, synth};
+use ets::runtime::cpu::npy;
+use ets_testkit::models;
 
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -76,7 +77,7 @@ pub fn minilm_weights(dir: &Path) -> (ModelConfig, Weights) {
         serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap();
     let g = |k: &str| cfg[k].as_u64().unwrap() as u32;
     let heads = g("num_attention_heads");
-    let mut config = synth::config(
+    let mut config = models::config(
         g("num_hidden_layers"),
         g("hidden_size"),
         vec![heads; g("num_hidden_layers") as usize],

@@ -25,13 +25,6 @@ pub mod data_type {
 /// `TensorProto.DataLocation.EXTERNAL`.
 pub const DATA_LOCATION_EXTERNAL: i32 = 1;
 
-/// `AttributeProto.AttributeType` values used here.
-pub mod attr_type {
-    pub const FLOAT: i32 = 1;
-    pub const INT: i32 = 2;
-    pub const INTS: i32 = 7;
-}
-
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct ModelProto {
     #[prost(int64, tag = "1")]

@@ -399,23 +399,9 @@ mod tests {
         }
     }
 
-    fn rand_vec(len: usize, seed: &mut u64) -> Vec<f32> {
-        (0..len)
-            .map(|_| {
-                *seed = seed
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((*seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-            })
-            .collect()
-    }
-
     #[test]
     fn matches_naive_on_ragged_shapes() {
-        let mut seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(7);
+        let mut rng = ets_testkit::rng::test_rng("matches_naive_on_ragged_shapes");
         for &(m, n, k, th, tw) in &[
             (1, 8, 8, 8, 8),
             (7, 40, 33, 16, 8),
@@ -423,8 +409,8 @@ mod tests {
             (5, 24, 17, 8, 128),
             (131, 17, 5, 128, 16),
         ] {
-            let w = rand_vec(n * k, &mut seed);
-            let x = rand_vec(m * k, &mut seed);
+            let w = rng.symmetric_vec(n * k, 0.5);
+            let x = rng.symmetric_vec(m * k, 0.5);
             let src = Plainly {
                 w: w.clone(),
                 n,

@@ -12,7 +12,6 @@ mod linear;
 pub mod npy;
 mod ops;
 mod simd;
-pub mod synth;
 pub mod tokenize;
 
 pub use encoder::CpuEncoder;

@@ -374,18 +374,10 @@ mod tests {
         // Attention against a direct f64 evaluation on random inputs, two ragged sequences.
         let (heads, d, lengths) = (2usize, 8usize, [5usize, 3]);
         let width = heads * d;
-        let mut seed = 0x9e37_79b9_u64;
-        let mut rnd = |n: usize| -> Vec<f32> {
-            (0..n)
-                .map(|_| {
-                    seed = seed
-                        .wrapping_mul(6364136223846793005)
-                        .wrapping_add(1442695040888963407);
-                    ((seed >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
-                })
-                .collect()
-        };
-        let (q, k, v) = (rnd(8 * width), rnd(8 * width), rnd(8 * width));
+        let mut rng = ets_testkit::rng::test_rng("vector_paths_match_scalar_references");
+        let q = rng.symmetric_vec(8 * width, 2.0);
+        let k = rng.symmetric_vec(8 * width, 2.0);
+        let v = rng.symmetric_vec(8 * width, 2.0);
         let ctx = attention(&q, &k, &v, &lengths, heads, d);
         let mut start = 0;
         for &len in &lengths {

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use ets::ingest::synth::{write_onnx, write_safetensors, OnnxStyle};
+use ets_testkit::sources::{write_onnx, write_safetensors, OnnxStyle};
 
 fn style_name(style: OnnxStyle) -> &'static str {
     match style {
@@ -31,7 +31,7 @@ fn main() -> ExitCode {
             let sub = dir.join(format!("tiny-onnx-{}", style_name(style)));
             std::fs::create_dir_all(&sub)?;
             write_onnx(&sub.join("model.onnx"), style)?;
-            std::fs::write(sub.join("vocab.txt"), ets::ingest::synth::vocab_txt(100))?;
+            std::fs::write(sub.join("vocab.txt"), ets_testkit::sources::vocab_txt(100))?;
         }
         Ok(())
     };

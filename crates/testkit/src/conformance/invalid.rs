@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 
 use super::raw::{self, bad, HeaderForm, Raw};
 use super::{Entry, Stage};
-use crate::format::FormatError;
+use ets::format::FormatError;
 
 use super::model::{TINY_DENSE as B, TINY_TILE as T};
 
@@ -452,7 +452,7 @@ impl Catalog {
         let b = edit_keep_sums(&tiny, |r| {
             let h = r.json()?;
             let empty = json!({"name": "", "kind": "", "required": false, "offset": 0, "length": 0, "sha256": ""});
-            h["sections"] = Value::Array(vec![empty; super::super::MAX_SECTIONS + 1]);
+            h["sections"] = Value::Array(vec![empty; ets::format::MAX_SECTIONS + 1]);
             r.data.clear();
             Ok(())
         })?;
@@ -581,7 +581,7 @@ impl Catalog {
             "a dense encoding with an unknown field",
             b,
         )?;
-        let dim_max = super::super::MAX_DIM;
+        let dim_max = ets::format::MAX_DIM;
         for (name, sec, v, what) in [
             ("r19-rank-0", B, json!([]), "an empty shape"),
             ("r19-rank-5", B, json!([1, 1, 1, 1, 32]), "rank 5"),

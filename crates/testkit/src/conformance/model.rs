@@ -5,38 +5,13 @@ use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
-use super::super::names::{self, LayerTensor};
-use super::super::{
+use ets::format::hex;
+use ets::format::names::{self, LayerTensor};
+use ets::format::{
     Activation, Dtype, EncodedTensor, EtsWriter, FormatError, ModelConfig, Provenance, WriteOptions,
 };
-use crate::format::reader::hex;
 
-/// A small deterministic generator (SplitMix64), so fixtures are identical on every machine.
-#[derive(Debug, Clone)]
-pub struct SplitMix(pub u64);
-
-impl SplitMix {
-    /// The next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    /// Uniform in `[0, 1)`.
-    pub fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-    /// Uniform in `[lo, hi)` as f32.
-    pub fn uniform(&mut self, lo: f32, hi: f32) -> f32 {
-        lo + (hi - lo) * self.unit() as f32
-    }
-    /// True with probability `p`.
-    pub fn chance(&mut self, p: f64) -> bool {
-        self.unit() < p
-    }
-}
+use crate::rng::Rng;
 
 /// How the linear weights of a fixture model are stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,19 +96,19 @@ pub fn tiny_vocab() -> String {
     words.iter().map(|w| format!("{w}\n")).collect()
 }
 
-fn vector(rng: &mut SplitMix, n: usize, center: f32, spread: f32) -> Vec<f32> {
+fn vector(rng: &mut Rng, n: usize, center: f32, spread: f32) -> Vec<f32> {
     (0..n)
-        .map(|_| center + rng.uniform(-spread, spread))
+        .map(|_| center + rng.range_f32(-spread, spread))
         .collect()
 }
 
 /// All tensors of the tiny BERT (with pooler and classifier), canonical names, writer order.
 pub fn tiny_bert_tensors(cfg: &ModelConfig, seed: u64) -> Vec<DenseTensor> {
-    let mut rng = SplitMix(seed);
+    let mut rng = Rng::new(seed);
     let h = cfg.hidden_size as u64;
     let labels = u64::from(cfg.num_labels.unwrap_or(2));
     let mut out = Vec::new();
-    let mut push = |name: String, shape: Vec<u64>, linear: bool, rng: &mut SplitMix| {
+    let mut push = |name: String, shape: Vec<u64>, linear: bool, rng: &mut Rng| {
         let n = shape.iter().product::<u64>() as usize;
         let data = if name.ends_with("layer_norm.weight") {
             vector(rng, n, 1.0, 0.1)
@@ -194,7 +169,7 @@ pub fn encode(
     t: &DenseTensor,
     enc: FixtureEncoding,
     dtype: Dtype,
-    rng: &mut SplitMix,
+    rng: &mut Rng,
 ) -> Result<EncodedTensor, FormatError> {
     let (rows, cols) = match t.shape[..] {
         [r, c] if t.linear => (r as usize, c as usize),
@@ -250,7 +225,7 @@ pub fn write_tiny_bert(path: &Path, enc: FixtureEncoding, dtype: Dtype) -> Resul
     let cfg = tiny_bert_config();
     let tensors = tiny_bert_tensors(&cfg, TINY_BERT_SEED);
     // Masks depend on the encoding only, so the f32, f16 and bf16 files keep the same elements.
-    let mut rng = SplitMix(
+    let mut rng = Rng::new(
         TINY_BERT_SEED
             ^ enc
                 .label()
@@ -321,9 +296,9 @@ pub fn write_tiny_example(path: &Path) -> Result<(), FormatError> {
 
 /// Writes one small tensor per encoding, shapes not multiples of the tile, plus a tokenizer.
 pub fn write_encodings_small(path: &Path) -> Result<(), FormatError> {
-    let mut rng = SplitMix(0x0e75_0002);
+    let mut rng = Rng::new(0x0e75_0002);
     let mut matrix =
-        |r: usize, c: usize| -> Vec<f32> { (0..r * c).map(|_| rng.uniform(-1.0, 1.0)).collect() };
+        |r: usize, c: usize| -> Vec<f32> { (0..r * c).map(|_| rng.range_f32(-1.0, 1.0)).collect() };
     let dense = EncodedTensor::dense(vec![3, 5], Dtype::F32, &matrix(3, 5))?;
     let keep = [true, false, true, true];
     let tile = EncodedTensor::tile(20, 24, &matrix(20, 24), 16, 16, &keep, Dtype::F32)?;

@@ -17,7 +17,7 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    match ets::format::conformance::generate(&args.out) {
+    match ets_testkit::conformance::generate(&args.out) {
         Ok(entries) => {
             let invalid = entries.iter().filter(|e| e.rule.is_some()).count();
             println!(

@@ -1,6 +1,6 @@
 //! The reject rules of the format, one line each, with the stable error code of each.
 
-/// One reject rule: its number, the [`crate::format::FormatError::code`] it produces, and a
+/// One reject rule: its number, the [`ets::format::FormatError::code`] it produces, and a
 /// one-line statement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rule {

@@ -6,9 +6,7 @@
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use super::super::validate::{align_up, header_digest};
-use super::super::{FormatError, ENDIAN_MARKER, MAGIC, PREAMBLE_LEN, VERSION_MAJOR};
-use crate::format::reader::hex;
+use ets::format::{hex, FormatError, ENDIAN_MARKER, MAGIC, PREAMBLE_LEN, VERSION_MAJOR};
 
 /// Layout alignment of the data start (the writer's alignment).
 const LAYOUT_ALIGN: u64 = 256;
@@ -33,6 +31,20 @@ pub struct Raw {
     pub header: HeaderForm,
     /// Everything from the data start to the end of the file.
     pub data: Vec<u8>,
+}
+
+/// `v` rounded up to a multiple of `align` (a power of two); `None` on overflow.
+fn align_up(v: u64, align: u64) -> Option<u64> {
+    v.checked_add(align - 1).map(|x| x & !(align - 1))
+}
+
+/// The header digest of the spec: SHA-256 over the preamble bytes before the digest field,
+/// then the header.
+fn header_digest(preamble: &[u8], header: &[u8]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(preamble);
+    h.update(header);
+    h.finalize().into()
 }
 
 pub(crate) fn bad(detail: impl Into<String>) -> FormatError {

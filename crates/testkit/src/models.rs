@@ -5,41 +5,12 @@
 
 use std::path::Path;
 
-use crate::format::names::{self, LayerTensor};
-use crate::format::{
+use ets::format::names::{self, LayerTensor};
+use ets::format::{
     Activation, EncodedTensor, EtsWriter, FormatError, ModelConfig, Provenance, WriteOptions,
 };
 
-/// A tiny deterministic generator (SplitMix64).
-#[derive(Debug, Clone)]
-pub struct Rng(u64);
-
-impl Rng {
-    /// A generator from a seed.
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed)
-    }
-    /// The next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in `[0, 1)`.
-    pub fn uniform(&mut self) -> f32 {
-        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
-    }
-    /// Uniform in `[-scale, scale)`.
-    pub fn symmetric(&mut self, scale: f32) -> f32 {
-        (self.uniform() * 2.0 - 1.0) * scale
-    }
-    /// Uniform integer in `[0, n)` (`n > 0`).
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n.max(1)
-    }
-}
+use crate::rng::Rng;
 
 /// A BERT configuration with the given sizes (GELU, eps 1e-12, 2 token types); `num_heads` is
 /// `hidden / head_dim` (the unpruned count) and `heads_per_layer` the kept heads.
@@ -178,7 +149,9 @@ pub fn random_tile_keep(
     rng: &mut Rng,
 ) -> Vec<bool> {
     let n = rows.div_ceil(th) * cols.div_ceil(tw);
-    let mut keep: Vec<bool> = (0..n).map(|_| f64::from(rng.uniform()) < density).collect();
+    let mut keep: Vec<bool> = (0..n)
+        .map(|_| f64::from(rng.next_f32()) < density)
+        .collect();
     if !keep.iter().any(|&k| k) {
         if let Some(first) = keep.first_mut() {
             *first = true;

@@ -9,9 +9,10 @@ use std::time::Instant;
 
 use clap::Parser;
 use ets::format::{Dtype, EncodedTensor, EtsFile};
-use ets::runtime::cpu::synth::{self, Rng};
 use ets::runtime::cpu::CpuEncoder;
 use ets::runtime::{Encoder, TokenBatch};
+use ets_testkit::models;
+use ets_testkit::rng::Rng;
 
 /// Dense vs 50% tile-sparse CPU forward-pass timing.
 #[derive(Debug, Parser)]
@@ -55,7 +56,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if a.heads == 0 || a.hidden % a.heads != 0 {
         return Err("hidden must be a multiple of heads".into());
     }
-    let cfg = synth::config(
+    let cfg = models::config(
         a.layers,
         a.hidden,
         vec![a.heads; a.layers as usize],
@@ -64,7 +65,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         30522,
         512,
     );
-    let weights = synth::random_weights(&cfg, 42);
+    let weights = models::random_weights(&cfg, 42);
     let dir = std::env::temp_dir().join(format!("et-cpu-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let (dense_path, sparse_path) = (dir.join("dense.ets"), dir.join("sparse.ets"));
@@ -78,15 +79,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ));
         let t = if shape.len() == 2 && name.starts_with("layers.") {
             let keep =
-                synth::random_tile_keep(shape[0], shape[1], a.tile, a.tile, a.density, &mut rng);
+                models::random_tile_keep(shape[0], shape[1], a.tile, a.tile, a.density, &mut rng);
             EncodedTensor::tile(shape[0], shape[1], data, a.tile, a.tile, &keep, dtype)?
         } else {
             EncodedTensor::dense(shape.iter().map(|&d| d as u64).collect(), dtype, data)?
         };
         sparse.push((name.clone(), t));
     }
-    synth::write_ets(&dense_path, &cfg, &dense, None)?;
-    synth::write_ets(&sparse_path, &cfg, &sparse, None)?;
+    models::write_ets(&dense_path, &cfg, &dense, None)?;
+    models::write_ets(&sparse_path, &cfg, &sparse, None)?;
     drop((dense, sparse, weights));
     let (df, sf) = (EtsFile::open(&dense_path)?, EtsFile::open(&sparse_path)?);
     let (de, se) = (CpuEncoder::new(&df)?, CpuEncoder::new(&sf)?);

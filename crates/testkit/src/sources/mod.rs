@@ -1,17 +1,22 @@
 //! Deterministic tiny BERT fixtures for tests: the same weights written as a Hugging Face
 //! safetensors checkpoint and as runnable ONNX graphs of several export styles.
 //!
-//! Values come from a seeded SplitMix64 generator keyed by the canonical tensor name, so every
+//! Values come from the seeded generator ([`Rng::for_name`]) keyed by the canonical tensor name, so every
 //! run and every writer produce bit-identical weights, and [`tiny_weights`] is the reference.
 
 use std::io;
 use std::path::{Path, PathBuf};
 
-use super::SourceTensor;
-use crate::format::names::{self, LayerTensor};
-use crate::format::{Activation, ModelConfig};
+use ets::format::names::{self, LayerTensor};
+use ets::format::{Activation, ModelConfig};
+use ets::ingest::SourceTensor;
 
-pub use super::synth_onnx::{write_onnx, write_toy_onnx, OnnxStyle};
+use crate::rng::Rng;
+
+mod onnx;
+mod proto;
+
+pub use onnx::{write_onnx, write_toy_onnx, OnnxStyle};
 
 /// The tiny model: 2 layers, hidden 32, 4 heads, FFN 64, vocab 100, 32 positions, 2 token types.
 pub fn tiny_config() -> ModelConfig {
@@ -32,48 +37,53 @@ pub fn tiny_config() -> ModelConfig {
     }
 }
 
-/// SplitMix64: tiny, seedable, good enough for test weights.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in [-1, 1).
-    fn uniform(&mut self) -> f32 {
-        ((self.next() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    }
-}
-
-fn name_seed(name: &str) -> u64 {
-    // FNV-1a of the name, so each tensor's values do not depend on generation order.
-    name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
-    })
-}
-
 fn shape_of(cfg: &ModelConfig, name: &str) -> Vec<usize> {
-    super::expected_shape(cfg, name).unwrap_or_default()
+    names::canonical_shape(cfg, name)
+        .map(|s| s.into_iter().map(|d| d as usize).collect())
+        .unwrap_or_default()
+}
+
+/// Canonical names in canonical order: the embeddings, then each layer's tensors (no pooler).
+fn canonical_names(layers: usize) -> Vec<String> {
+    let mut out: Vec<String> = [
+        names::WORD_EMBEDDINGS,
+        names::POSITION_EMBEDDINGS,
+        names::TOKEN_TYPE_EMBEDDINGS,
+        names::EMBEDDINGS_LN_WEIGHT,
+        names::EMBEDDINGS_LN_BIAS,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    for layer in 0..layers {
+        out.extend(LayerTensor::ALL.iter().map(|t| t.name(layer)));
+    }
+    out
+}
+
+/// Splits `layers.{i}.{suffix}` into the layer index and tensor kind.
+fn parse_layer_name(name: &str) -> Option<(usize, LayerTensor)> {
+    let rest = name.strip_prefix("layers.")?;
+    let (idx, suffix) = rest.split_once('.')?;
+    let layer = idx.parse().ok()?;
+    let t = LayerTensor::ALL.iter().find(|t| t.suffix() == suffix)?;
+    Some((layer, *t))
 }
 
 /// The weights of [`tiny_config`], canonical names in canonical order, canonical layout.
 pub fn tiny_weights() -> Vec<(String, SourceTensor)> {
     let cfg = tiny_config();
-    super::canonical_names(cfg.num_layers as usize, false, false)
+    canonical_names(cfg.num_layers as usize)
         .into_iter()
         .map(|name| {
             let shape = shape_of(&cfg, &name);
             let n: usize = shape.iter().product();
-            let mut rng = Rng(name_seed(&name));
+            let mut rng = Rng::for_name(&name);
             let is_ln_weight = name.ends_with("layer_norm.weight");
             let is_bias = name.ends_with(".bias");
             let data = (0..n)
                 .map(|_| {
-                    let u = rng.uniform();
+                    let u = rng.symmetric(1.0);
                     if is_ln_weight {
                         1.0 + 0.1 * u
                     } else if is_bias {
@@ -112,7 +122,7 @@ pub fn hf_name(canonical: &str, prefix: &str, old_ln_names: bool) -> String {
         names::CLASSIFIER_WEIGHT | names::CLASSIFIER_BIAS => return canonical.to_string(),
         n if n.starts_with("embeddings.") => n.to_string(),
         n => {
-            let Some((layer, t)) = super::safetensors_src::parse_layer_name(n) else {
+            let Some((layer, t)) = parse_layer_name(n) else {
                 return n.to_string();
             };
             let b = format!("encoder.layer.{layer}.");

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use serde_json::{json, Value};
 
-use super::{Dtype, EtsWriter, FormatError, WriteOptions};
+use ets::format::{Dtype, EtsWriter, FormatError, WriteOptions};
 
 mod invalid;
 mod layout;

@@ -11,7 +11,8 @@ use std::process::ExitCode;
 
 use ets::format::names::{self, LayerTensor};
 use ets::format::{Activation, ModelConfig};
-use ets::ingest::synth::{hf_config_json, hf_name};
+use ets_testkit::rng::Rng;
+use ets_testkit::sources::{hf_config_json, hf_name};
 
 fn bert_base(layers: u32) -> ModelConfig {
     ModelConfig {
@@ -65,28 +66,6 @@ fn tensors(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
     out
 }
 
-/// SplitMix64 seeded by the FNV-1a hash of the tensor name.
-struct Rng(u64);
-
-impl Rng {
-    fn for_name(name: &str) -> Rng {
-        Rng(name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-        }))
-    }
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in [-1, 1).
-    fn uniform(&mut self) -> f32 {
-        ((self.next() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    }
-}
-
 /// The safetensors header: names, dtypes, shapes and byte ranges, padded to 8 bytes.
 fn header(list: &[(String, Vec<usize>)]) -> Result<Vec<u8>, String> {
     let mut map = serde_json::Map::new();
@@ -130,7 +109,7 @@ fn write_model(dir: &Path, cfg: &ModelConfig) -> Result<PathBuf, String> {
             (0.0, 0.08)
         };
         buf.clear();
-        buf.extend((0..n).flat_map(|_| (base + scale * rng.uniform()).to_le_bytes()));
+        buf.extend((0..n).flat_map(|_| (base + scale * rng.symmetric(1.0)).to_le_bytes()));
         out.write_all(&buf).map_err(|e| io(&path, e))?;
     }
     out.flush().map_err(|e| io(&path, e))?;

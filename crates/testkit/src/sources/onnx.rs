@@ -2,21 +2,22 @@
 //!
 //! Inputs `input_ids`, `attention_mask`, `token_type_ids` (int64 `[batch, seq]`), output
 //! `last_hidden_state` (float `[batch, seq, hidden]`), opset 17. The weights are those of
-//! [`super::synth::tiny_weights`].
+//! [`super::tiny_weights`].
 
 use std::io;
 use std::path::Path;
 
 use prost::Message;
 
-use super::onnx::proto::{
+use super::proto::{
     attr_type, data_type, AttributeProto, Dimension, GraphProto, ModelProto, NodeProto,
     OperatorSetIdProto, StringStringEntryProto, TensorProto, TensorShapeProto, TypeProto,
     TypeProtoTensor, ValueInfoProto, DATA_LOCATION_EXTERNAL,
 };
-use super::synth::{tiny_config, tiny_weights};
-use super::SourceTensor;
-use crate::format::names::{self, LayerTensor};
+use ets::format::names::{self, LayerTensor};
+use ets::ingest::SourceTensor;
+
+use super::{tiny_config, tiny_weights};
 
 /// How the synthetic graph is exported.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

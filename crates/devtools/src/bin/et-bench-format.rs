@@ -10,11 +10,12 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use ets::format::conformance::model::{
-    encode, fixture_provenance, tiny_vocab, DenseTensor, FixtureEncoding, SplitMix,
-};
 use ets::format::names::{self, LayerTensor};
 use ets::format::{Activation, Dtype, EtsFile, EtsWriter, FormatError, ModelConfig, WriteOptions};
+use ets_testkit::conformance::model::{
+    encode, fixture_provenance, tiny_vocab, DenseTensor, FixtureEncoding,
+};
+use ets_testkit::rng::Rng;
 
 #[derive(Parser)]
 #[command(about = "Benchmarks of the .ets reader")]
@@ -110,11 +111,11 @@ fn tensor_list(cfg: &ModelConfig) -> Vec<(String, Vec<u64>, bool)> {
 
 fn generate(out: &Path, enc: Enc, density: f64) -> Result<(), FormatError> {
     let cfg = bert_base();
-    let mut rng = SplitMix(0x0e75_bb01);
+    let mut rng = Rng::new(0x0e75_bb01);
     let mut w = EtsWriter::create(out, WriteOptions { overwrite: true })?;
     for (name, shape, linear) in tensor_list(&cfg) {
         let n = shape.iter().product::<u64>() as usize;
-        let data: Vec<f32> = (0..n).map(|_| rng.uniform(-0.05, 0.05)).collect();
+        let data: Vec<f32> = (0..n).map(|_| rng.range_f32(-0.05, 0.05)).collect();
         let t = DenseTensor {
             name,
             shape,
