@@ -40,7 +40,8 @@ have_time=0
 [ "$have_time" = 1 ] || echo "warning: /usr/bin/time not found (apt-get install time): peak RSS not measured" >&2
 
 if [ -z "${ETS_BENCH_PREBUILT:-}" ]; then
-    cargo build --release --quiet --bin et-convert --bin et-gen-bert-base
+    cargo build --release --quiet -p ets --bin et-convert
+    cargo build --release --quiet -p ets-dev --bin et-gen-bert-base
 fi
 bin="${ETS_BENCH_BIN_DIR:-target/release}"
 

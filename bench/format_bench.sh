@@ -18,7 +18,7 @@ mkdir -p "$work"
 # ETS_BENCH_PREBUILT=1 skips the build and uses the binaries in ETS_BENCH_BIN_DIR (default
 # target/release).
 if [ -z "${ETS_BENCH_PREBUILT:-}" ]; then
-    cargo build --release --quiet --bin et-bench-format --bin et-fixtures
+    cargo build --release --quiet -p ets-dev --bin et-bench-format --bin et-fixtures
 fi
 bins="${ETS_BENCH_BIN_DIR:-target/release}"
 bin="$bins/et-bench-format"

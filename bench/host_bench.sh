@@ -5,6 +5,8 @@
 #
 #   ETS_BENCH_BIN_DIR=DIR bash bench/host_bench.sh     # DIR holds et-fixtures, et-bench-format,
 #                                                      # et-convert, et-gen-bert-base, et-cpu-bench
+#
+# (`cargo build --release -p ets -p ets-dev` builds them all into target/release.)
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bins="${ETS_BENCH_BIN_DIR:-target/release}"

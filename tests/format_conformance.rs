@@ -207,7 +207,7 @@ fn committed_fixtures_are_exactly_what_the_generator_writes() {
         .collect();
     assert_eq!(
         present, expected,
-        "fixtures/ is stale: run `cargo run --bin et-fixtures -- fixtures`"
+        "fixtures/ is stale: run `cargo run --release -p ets-dev --bin et-fixtures -- fixtures`"
     );
     for file in expected
         .iter()

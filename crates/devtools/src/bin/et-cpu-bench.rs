@@ -3,7 +3,7 @@
 //! Builds two `.ets` files in a temporary folder from one random model (BERT-base shapes by
 //! default): all weights dense f32, and every linear weight tile-encoded keeping a random half of
 //! its tiles. Runs both on the same token batch, interleaved, and prints the median times and the
-//! speedup. Run it with `cargo run --release --bin et-cpu-bench`.
+//! speedup. Run it with `cargo run --release -p ets-dev --bin et-cpu-bench`.
 
 use std::time::Instant;
 

@@ -3,7 +3,7 @@
 //! conversion benchmarks. The weights are random but deterministic (seeded per tensor name), and
 //! the file is streamed tensor by tensor, so the generator never holds the whole model.
 //!
-//! `et-gen-bert-base DIR [--layers N]`
+//! `cargo run --release -p ets-dev --bin et-gen-bert-base -- DIR [--layers N]`
 
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};

@@ -1,7 +1,7 @@
 //! Writes the synthetic source-model fixtures (a tiny BERT as safetensors + config.json + vocab.txt,
 //! and as ONNX in every supported graph style) into a folder, deterministically.
 //!
-//! `cargo run --bin et-gen-sources -- fixtures/sources`
+//! `cargo run --release -p ets-dev --bin et-gen-sources -- fixtures/sources`
 
 use std::path::PathBuf;
 use std::process::ExitCode;
