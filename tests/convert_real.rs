@@ -1,5 +1,5 @@
-//! The converter on real models from `scripts/fetch_models.sh` (skipped with a notice when
-//! absent, unless `ETS_REQUIRE_MODELS=1`, where a missing model fails). References are the
+//! The converter on real models from `scripts/fetch_models.sh` (ignored tests: a run that includes
+//! them fails when a model is missing). References are the
 //! source readers (`ingest::open_source(..).load`), compared bit for bit.
 
 use std::path::{Path, PathBuf};
@@ -11,8 +11,8 @@ use ets::prune::{Method, Recipe, Role};
 
 mod common;
 
-fn model(rel: &str) -> Option<PathBuf> {
-    common::model_or_skip(rel, "convert_real")
+fn model(rel: &str) -> PathBuf {
+    common::real_model(rel)
 }
 
 fn options(method: Method, sparsity: f64, dtype: Dtype) -> ConvertOptions {
@@ -110,7 +110,7 @@ fn check_tile_weight(t: &TensorView<'_>, src: &SourceTensor, sparsity: f64, valu
 /// every linear weight obeys the density and ranking rules (values compared element by element
 /// for layer 0) and everything else stays dense.
 fn check_model(rel: &str) {
-    let Some(input) = model(rel) else { return };
+    let input = model(rel);
     let src =
         open_source(&input, &IngestOptions::default()).unwrap_or_else(|e| panic!("{rel}: {e}"));
     let dir = tempfile::tempdir().expect("dir");
@@ -148,16 +148,19 @@ fn check_model(rel: &str) {
 }
 
 #[test]
+#[ignore = "needs the real models (scripts/fetch_models.sh)"]
 fn minilm_l6_safetensors() {
     check_model("all-minilm-l6-v2/model.safetensors");
 }
 
 #[test]
+#[ignore = "needs the real models (scripts/fetch_models.sh)"]
 fn paraphrase_minilm_l3_onnx() {
     check_model("paraphrase-minilm-l3-v2/model.onnx");
 }
 
 #[test]
+#[ignore = "needs the real models (scripts/fetch_models.sh)"]
 fn minilm_int8_onnx() {
     check_model("minilm-int8/model.onnx");
 }

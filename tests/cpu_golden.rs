@@ -1,7 +1,6 @@
 //! The CPU runtime on all-MiniLM-L6-v2 against committed golden embeddings (fixtures/golden/),
 //! produced by an independent float64 numpy BERT (scripts/golden.py); tokenization against the
-//! `tokenizers` Python package's ids. Skips with a notice when models/ lacks the model, unless
-//! ETS_REQUIRE_MODELS=1.
+//! `tokenizers` Python package's ids. Ignored tests: they need the model in models/.
 
 mod common;
 
@@ -12,8 +11,8 @@ use ets::runtime::{Encoder, ForwardOptions, Pooling, TokenBatch, TokenSequence};
 
 const MODEL: &str = "all-minilm-l6-v2";
 
-fn build(dtype: Dtype, tokenizer: &str) -> Option<(tempfile::TempDir, std::path::PathBuf)> {
-    let dir = model_or_skip(&format!("{MODEL}/model.safetensors"), "cpu_golden")?;
+fn build(dtype: Dtype, tokenizer: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = real_model(&format!("{MODEL}/model.safetensors"));
     let dir = dir.parent().unwrap().to_path_buf();
     let (cfg, weights) = minilm_weights(&dir);
     let tmp = tempfile::tempdir().unwrap();
@@ -26,7 +25,7 @@ fn build(dtype: Dtype, tokenizer: &str) -> Option<(tempfile::TempDir, std::path:
         Some((tokenizer, &tok)),
     )
     .unwrap();
-    Some((tmp, path))
+    (tmp, path)
 }
 
 fn golden_batch(g: &Golden) -> TokenBatch {
@@ -44,10 +43,9 @@ fn golden_batch(g: &Golden) -> TokenBatch {
 }
 
 #[test]
+#[ignore = "needs the real models (scripts/fetch_models.sh)"]
 fn f32_reproduces_golden_embeddings_and_tokens() {
-    let Some((_tmp, path)) = build(Dtype::F32, "tokenizer.json") else {
-        return;
-    };
+    let (_tmp, path) = build(Dtype::F32, "tokenizer.json");
     let g = golden(MODEL);
     assert!(g.ids.len() >= 50);
     let file = EtsFile::open(&path).unwrap();
@@ -86,10 +84,9 @@ fn f32_reproduces_golden_embeddings_and_tokens() {
 }
 
 #[test]
+#[ignore = "needs the real models (scripts/fetch_models.sh)"]
 fn f16_is_close_to_golden() {
-    let Some((_tmp, path)) = build(Dtype::F16, "tokenizer.json") else {
-        return;
-    };
+    let (_tmp, path) = build(Dtype::F16, "tokenizer.json");
     let g = golden(MODEL);
     let file = EtsFile::open(&path).unwrap();
     let enc = CpuEncoder::new(&file).unwrap();
@@ -100,10 +97,9 @@ fn f16_is_close_to_golden() {
 }
 
 #[test]
+#[ignore = "needs the real models (scripts/fetch_models.sh)"]
 fn vocab_txt_tokenizer_matches_tokenizer_json() {
-    let Some((_tmp, path)) = build(Dtype::Bf16, "vocab.txt") else {
-        return;
-    };
+    let (_tmp, path) = build(Dtype::Bf16, "vocab.txt");
     let g = golden(MODEL);
     let file = EtsFile::open(&path).unwrap();
     let tok = TextTokenizer::from_file(&file).unwrap();
@@ -121,10 +117,9 @@ fn vocab_txt_tokenizer_matches_tokenizer_json() {
 }
 
 #[test]
+#[ignore = "needs the real models (scripts/fetch_models.sh)"]
 fn batch_equals_one_by_one_and_layers_are_reported() {
-    let Some((_tmp, path)) = build(Dtype::F32, "tokenizer.json") else {
-        return;
-    };
+    let (_tmp, path) = build(Dtype::F32, "tokenizer.json");
     let g = golden(MODEL);
     let file = EtsFile::open(&path).unwrap();
     let enc = CpuEncoder::new(&file).unwrap();

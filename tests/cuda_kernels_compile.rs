@@ -1,27 +1,15 @@
 //! Compiles every embedded kernel with NVRTC for sm_80 and sm_90 (no GPU needed).
 //!
-//! Skips with a notice when NVRTC cannot be loaded, unless ETS_REQUIRE_NVRTC=1, where it fails.
-//! `scripts/install_nvrtc.sh` installs NVRTC and the CUDA headers from wheels.
+//! An ignored test: it needs NVRTC, which `scripts/install_nvrtc.sh` installs with the CUDA headers
+//! from wheels; a run that includes ignored tests fails here when NVRTC cannot be loaded.
 
 use ets::runtime::cuda::{compile_all_kernels, nvrtc};
 
-fn nvrtc_or_skip() -> bool {
-    match nvrtc::probe_nvrtc() {
-        Ok(_) => true,
-        Err(e) => {
-            if std::env::var("ETS_REQUIRE_NVRTC").as_deref() == Ok("1") {
-                panic!("ETS_REQUIRE_NVRTC=1 but NVRTC is unusable: {e}");
-            }
-            eprintln!("skipping: NVRTC not available ({e})");
-            false
-        }
-    }
-}
-
 #[test]
+#[ignore = "needs NVRTC (scripts/install_nvrtc.sh)"]
 fn every_kernel_compiles_for_sm80_and_sm90() {
-    if !nvrtc_or_skip() {
-        return;
+    if let Err(e) = nvrtc::probe_nvrtc() {
+        panic!("NVRTC is unusable (run scripts/install_nvrtc.sh): {e}");
     }
     // A private cache so the test really compiles (and checks that a second call hits the cache).
     let dir = tempfile::tempdir().expect("temp dir");

@@ -1,5 +1,5 @@
-//! Real models from `scripts/fetch_models.sh` (skipped with a notice when absent, unless
-//! `ETS_REQUIRE_MODELS=1`, where a missing model fails the test).
+//! Real models from `scripts/fetch_models.sh`. Every test here is ignored unless the run includes
+//! ignored tests (`scripts/test.sh` does after fetching the models); a missing model then fails.
 
 use std::path::{Path, PathBuf};
 
@@ -10,8 +10,8 @@ use ets_testkit::sources::hf_name;
 
 mod common;
 
-fn model(rel: &str) -> Option<PathBuf> {
-    common::model_or_skip(rel, "ingest_real")
+fn model(rel: &str) -> PathBuf {
+    common::real_model(rel)
 }
 
 fn open(p: &Path) -> Box<dyn ModelSource + Send + Sync> {
@@ -59,10 +59,9 @@ fn check_minilm(s: &dyn ModelSource, layers: u32, act: Activation) {
 }
 
 #[test]
+#[ignore = "needs the real models (scripts/fetch_models.sh)"]
 fn minilm_safetensors_equals_the_file() {
-    let Some(p) = model("all-minilm-l6-v2/model.safetensors") else {
-        return;
-    };
+    let p = model("all-minilm-l6-v2/model.safetensors");
     let s = open(&p);
     check_minilm(s.as_ref(), 6, Activation::Gelu);
     assert_eq!(s.config().max_position_embeddings, 512);
@@ -105,10 +104,9 @@ fn minilm_safetensors_equals_the_file() {
 }
 
 #[test]
+#[ignore = "needs the real models (scripts/fetch_models.sh)"]
 fn paraphrase_l3_onnx_structure() {
-    let Some(p) = model("paraphrase-minilm-l3-v2/model.onnx") else {
-        return;
-    };
+    let p = model("paraphrase-minilm-l3-v2/model.onnx");
     let s = open(&p);
     check_minilm(s.as_ref(), 3, Activation::Gelu);
     assert_eq!(
@@ -132,13 +130,12 @@ fn cosine(a: &[f32], b: &[f32]) -> f64 {
 }
 
 #[test]
+#[ignore = "needs the real models (scripts/fetch_models.sh)"]
 fn int8_minilm_dequantizes_close_to_fp32() {
-    let (Some(q), Some(f)) = (
+    let (q, f) = (
         model("minilm-int8/model.onnx"),
         model("all-minilm-l6-v2/model.safetensors"),
-    ) else {
-        return;
-    };
+    );
     let (q, f) = (open(&q), open(&f));
     check_minilm(q.as_ref(), 6, Activation::Gelu);
     let fp_names = f.tensor_names();
@@ -154,13 +151,12 @@ fn int8_minilm_dequantizes_close_to_fp32() {
 }
 
 #[test]
+#[ignore = "needs the real models (scripts/fetch_models.sh)"]
 fn maskseq_matches_the_l3_onnx_export() {
-    let (Some(m), Some(l3)) = (
+    let (m, l3) = (
         model("maskseq/maskseq.onnx"),
         model("paraphrase-minilm-l3-v2/model.onnx"),
-    ) else {
-        return;
-    };
+    );
     let (m, l3) = (open(&m), open(&l3));
     check_minilm(m.as_ref(), 3, Activation::GeluTanh);
     // Fixed [1, 64] input: positions and token type were folded into constants by the exporter.

@@ -1,4 +1,4 @@
-//! Shared helpers of the integration tests: model paths and skipping, building `.ets` files from
+//! Shared helpers of the integration tests: model paths, building `.ets` files from
 //! the all-MiniLM-L6-v2 safetensors with the format writer, goldens, and an independent f64
 //! reference forward pass written from the BERT formulas.
 #![allow(dead_code)]
@@ -14,17 +14,15 @@ pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// `models/<rel>` when present; otherwise a skip notice (or a failure under ETS_REQUIRE_MODELS=1).
-pub fn model_or_skip(rel: &str, test: &str) -> Option<PathBuf> {
+/// `models/<rel>`. Tests that call this are `#[ignore = "needs the real models ..."]`, so a run
+/// that includes them fails here when the model is missing.
+pub fn real_model(rel: &str) -> PathBuf {
     let p = root().join("models").join(rel);
-    if p.exists() {
-        return Some(p);
-    }
-    if std::env::var("ETS_REQUIRE_MODELS").as_deref() == Ok("1") {
-        panic!("{test}: models/{rel} is missing and ETS_REQUIRE_MODELS=1 (run scripts/fetch_models.sh)");
-    }
-    eprintln!("SKIP {test}: models/{rel} not present (run scripts/fetch_models.sh)");
-    None
+    assert!(
+        p.exists(),
+        "models/{rel} is missing (run scripts/fetch_models.sh)"
+    );
+    p
 }
 
 /// Canonical name for a Hugging Face BertModel tensor name.
