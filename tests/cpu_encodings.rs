@@ -8,6 +8,7 @@ use ets::format::{Activation, Dtype, EncodedTensor, EtsFile, ModelConfig};
 use ets::runtime::cpu::{CpuEncoder, TextTokenizer};
 use ets::runtime::{Encoder, Pooling, RuntimeError, TokenBatch, TokenSequence};
 use ets_testkit::models;
+use ets_testkit::reference::reference_forward;
 use ets_testkit::rng::{test_rng, Rng};
 
 fn tiny(heads: Vec<u32>, act: Activation) -> ModelConfig {
