@@ -95,6 +95,23 @@ impl Rng {
         self.next_f64() < p
     }
 
+    /// A mask over `n` entries with exactly `round(density * n)` entries set (at least one when
+    /// `n > 0`), at uniformly random places (a partial Fisher-Yates shuffle).
+    pub fn mask(&mut self, n: usize, density: f64) -> Vec<bool> {
+        let k = ((density.clamp(0.0, 1.0) * n as f64).round() as usize).clamp(1, n.max(1));
+        let k = k.min(n);
+        let mut idx: Vec<usize> = (0..n).collect();
+        for i in 0..k {
+            let j = i + self.below((n - i) as u64) as usize;
+            idx.swap(i, j);
+        }
+        let mut m = vec![false; n];
+        for &i in &idx[..k] {
+            m[i] = true;
+        }
+        m
+    }
+
     /// `n` values uniform in `[-scale, scale)` (see [`Rng::symmetric`]).
     pub fn symmetric_vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
         (0..n).map(|_| self.symmetric(scale)).collect()
@@ -215,6 +232,26 @@ mod tests {
         // Standard errors: 1/sqrt(n) = 0.0022 for the mean, sqrt(2/n) = 0.0032 for the variance.
         assert!(mean.abs() < 0.015, "mean {mean}");
         assert!((var - 1.0).abs() < 0.02, "variance {var}");
+    }
+
+    #[test]
+    fn masks_have_the_exact_count() {
+        let mut rng = test_rng("masks_have_the_exact_count");
+        for (n, density, want) in [
+            (0, 0.5, 0),
+            (1, 0.0, 1),
+            (10, 0.0, 1),
+            (10, 0.34, 3),
+            (64, 1.0, 64),
+        ] {
+            let m = rng.mask(n, density);
+            assert_eq!(m.len(), n);
+            assert_eq!(
+                m.iter().filter(|&&b| b).count(),
+                want,
+                "n {n} density {density}"
+            );
+        }
     }
 
     #[test]
