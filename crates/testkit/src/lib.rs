@@ -6,7 +6,7 @@
 //!   rule) and their manifest.
 //! - [`models`]: random BERT weights of any shape, written as `.ets` files.
 //! - [`sources`]: the tiny synthetic source models (safetensors, ONNX in several export styles).
-//! - [`reference`]: an independent f64 BERT forward pass, the oracle of the runtimes' tests.
+//! - [`reference`](mod@reference): an independent f64 BERT forward pass, the oracle of the runtimes' tests.
 #![deny(missing_docs)]
 
 pub mod conformance;
