@@ -13,3 +13,7 @@ if [ "${ETS_OFFLINE:-0}" != "1" ]; then
     export ETS_REQUIRE_MODELS=1 ETS_REQUIRE_NVRTC=1
 fi
 cargo test --release --all-targets
+if [ "${ETS_OFFLINE:-0}" != "1" ]; then
+    # The NVRTC compile test is ignored by default (it fails without NVRTC).
+    cargo test --release --test cuda_kernels_compile -- --include-ignored
+fi

@@ -1,27 +1,15 @@
 //! Compiles every embedded kernel with NVRTC for sm_80 and sm_90 (no GPU needed).
 //!
-//! Skips with a notice when NVRTC cannot be loaded, unless ETS_REQUIRE_NVRTC=1, where it fails.
-//! `scripts/install_nvrtc.sh` installs NVRTC and the CUDA headers from wheels.
+//! Ignored by default; run with `--include-ignored` after `scripts/install_nvrtc.sh`, which
+//! installs NVRTC and the CUDA headers from wheels. Without NVRTC the test fails, never skips.
 
 use ets::runtime::cuda::{compile_all_kernels, nvrtc};
 
-fn nvrtc_or_skip() -> bool {
-    match nvrtc::probe_nvrtc() {
-        Ok(_) => true,
-        Err(e) => {
-            if std::env::var("ETS_REQUIRE_NVRTC").as_deref() == Ok("1") {
-                panic!("ETS_REQUIRE_NVRTC=1 but NVRTC is unusable: {e}");
-            }
-            eprintln!("skipping: NVRTC not available ({e})");
-            false
-        }
-    }
-}
-
 #[test]
+#[ignore = "needs NVRTC (scripts/install_nvrtc.sh)"]
 fn every_kernel_compiles_for_sm80_and_sm90() {
-    if !nvrtc_or_skip() {
-        return;
+    if let Err(e) = nvrtc::probe_nvrtc() {
+        panic!("NVRTC is unusable: {e}");
     }
     // A private cache so the test really compiles (and checks that a second call hits the cache).
     let dir = tempfile::tempdir().expect("temp dir");
@@ -86,22 +74,6 @@ fn every_kernel_compiles_for_sm80_and_sm90() {
             }
         }
         assert!(walk.ptx.contains("ldmatrix") && walk.ptx.contains("mbarrier"));
-        let walk_wg = reports
-            .iter()
-            .find(|r| r.file == "tile_walk_wg.cu")
-            .expect("tile_walk_wg.cu compiled");
-        for name in ["tile_walkwg_f16_64x64", "tile_walkwg_bf16_64x64"] {
-            assert!(
-                walk_wg.entry_points.iter().any(|e| e == name),
-                "missing entry {name}"
-            );
-        }
-        if walk_wg.arch == "sm_90a" {
-            assert!(
-                walk_wg.ptx.contains("wgmma.mma_async"),
-                "the sm_90a row-walk kernel does not issue wgmma"
-            );
-        }
         // The TMA-fed union kernel: every tile shape; on sm_90a it copies with TMA and multiplies
         // with wgmma.
         let tma = reports

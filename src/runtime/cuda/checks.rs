@@ -13,11 +13,12 @@ use super::bench::{self, MaskMode};
 use super::device::{CudaRuntime, ElemType};
 use super::dispatch::Dispatcher;
 use super::error::CudaError;
-use super::gemm::{self, Epilogue, LinearWeight, Scratch, TileKernel};
+use super::gemm::{self, Epilogue, LinearWeight, Scratch};
 use super::host::{
     compare, from_bits, reference_linear, round_trip, to_bits, ErrorStats, HostTiles, Rng,
 };
-use super::upload::{DeviceModel, DeviceTiles, TileDeviceView};
+use super::tile::{self, TileKernel, TileShape};
+use super::upload::{DeviceModel, DeviceTiles};
 
 /// Largest accepted `max |out - ref| / max |ref|`.
 pub const TOLERANCE: f64 = 1e-2;
@@ -144,15 +145,19 @@ fn run_and_compare(
         residual: if with_residual { rd.ptr() } else { 0 },
     };
     let mut scratch = Scratch::default();
-    match (w, path) {
-        (LinearWeight::Tile(v), CheckPath::TileNoSplit) => {
-            gemm::tile_gemm_split(rt, xd.ptr(), m, v, &ep, y.ptr(), 1)?
+    // SAFETY: xd holds m x K, y and rd m x N values and bd N f32, allocated above; the weight's
+    // upload and the fallback live in the caller.
+    unsafe {
+        match (w, path) {
+            (LinearWeight::Tile(v), CheckPath::TileNoSplit) => {
+                let kern = tile::auto_kernel(&rt.limits(), v, m);
+                tile::tile_gemm_with(rt, xd.ptr(), m, v, &ep, y.ptr(), Some(1), kern)?
+            }
+            (LinearWeight::Tile(v), CheckPath::Forced(kern)) => {
+                tile::tile_gemm_with(rt, xd.ptr(), m, v, &ep, y.ptr(), None, kern)?
+            }
+            _ => gemm::linear(rt, xd.ptr(), m, w, fallback, &ep, y.ptr(), &mut scratch)?,
         }
-        (LinearWeight::Tile(v), CheckPath::Forced(kern)) => {
-            let splits = gemm::tile_splits_bn(rt.sm_count() as usize, m, v, kern.bn());
-            gemm::tile_gemm_with(rt, xd.ptr(), m, v, &ep, y.ptr(), splits, kern)?
-        }
-        _ => gemm::linear(rt, xd.ptr(), m, w, fallback, &ep, y.ptr(), &mut scratch)?,
     }
     let out: Vec<u16> = rt.download(&y, m * n)?;
     let out: Vec<f32> = out.iter().map(|&b| from_bits(elem, b)).collect();
@@ -328,9 +333,9 @@ pub fn synthetic_suite(rt: &CudaRuntime, rng: &mut Rng) -> Result<Vec<CheckResul
                     let (gelu, res) = ((si + di) % 2 == 0, (si + di) % 3 == 0);
                     // The automatic choice, unsplit, one forced kernel (cycling through every
                     // kernel this device can run for the case), and the row-walk and TMA kernels always.
-                    let usable = gemm::usable_kernels(
-                        rt,
-                        &TileDeviceView::for_planning(shape.1, shape.2, th, tw, elem),
+                    let usable = tile::usable_kernels(
+                        &rt.limits(),
+                        &TileShape::new(shape.1, shape.2, th, tw, 0, elem),
                         shape.0,
                     );
                     ci += 1;
@@ -345,7 +350,6 @@ pub fn synthetic_suite(rt: &CudaRuntime, rng: &mut Rng) -> Result<Vec<CheckResul
                     ];
                     for walk in [
                         TileKernel::Walk,
-                        TileKernel::WalkWg,
                         TileKernel::Tma128,
                         TileKernel::Tma256,
                         TileKernel::Rs,
@@ -423,8 +427,8 @@ pub fn synthetic_suite(rt: &CudaRuntime, rng: &mut Rng) -> Result<Vec<CheckResul
             ((9000, 3072, 768), (64, 64), (0.5, Random), true, true),
             ((12000, 2304, 768), (32, 32), (0.2, Random), false, false),
         ] {
-            let rs_view = TileDeviceView::for_planning(shape.1, shape.2, tile.0, tile.1, elem);
-            if gemm::usable_kernels(rt, &rs_view, shape.0).contains(&TileKernel::Rs) {
+            let rs_view = TileShape::new(shape.1, shape.2, tile.0, tile.1, 0, elem);
+            if tile::usable_kernels(&rt.limits(), &rs_view, shape.0).contains(&TileKernel::Rs) {
                 out.extend(check_case_masked(
                     rt,
                     rng,
@@ -449,8 +453,8 @@ pub fn synthetic_suite(rt: &CudaRuntime, rng: &mut Rng) -> Result<Vec<CheckResul
         .enumerate()
         {
             let kern = [TileKernel::Tma128, TileKernel::Tma256][i % 2];
-            let view = TileDeviceView::for_planning(shape.1, shape.2, tile.0, tile.1, elem);
-            if gemm::usable_kernels(rt, &view, shape.0).contains(&kern) {
+            let view = TileShape::new(shape.1, shape.2, tile.0, tile.1, 0, elem);
+            if tile::usable_kernels(&rt.limits(), &view, shape.0).contains(&kern) {
                 out.extend(check_case_masked(
                     rt,
                     rng,
@@ -571,10 +575,23 @@ pub fn file_suite(
         }
         for (label, force_tile) in runs {
             rt.fill_u16(y.ptr(), nan_bits(elem), m * n)?;
-            if force_tile {
-                gemm::linear(rt, xd.ptr(), m, &lw, None, &ep, y.ptr(), &mut scratch)?;
-            } else {
-                dispatcher.run_linear(rt, v.name, xd.ptr(), m, &lw, &ep, y.ptr(), &mut scratch)?;
+            // SAFETY: xd holds m x K and y m x N values, the epilogue's buffers N and m x N;
+            // the model's upload outlives this loop.
+            unsafe {
+                if force_tile {
+                    gemm::linear(rt, xd.ptr(), m, &lw, None, &ep, y.ptr(), &mut scratch)?;
+                } else {
+                    dispatcher.run_linear(
+                        rt,
+                        v.name,
+                        xd.ptr(),
+                        m,
+                        &lw,
+                        &ep,
+                        y.ptr(),
+                        &mut scratch,
+                    )?;
+                }
             }
             let got: Vec<u16> = rt.download(&y, m * n)?;
             let got: Vec<f32> = got.iter().map(|&b| from_bits(elem, b)).collect();

@@ -9,8 +9,8 @@ use std::sync::Mutex;
 
 use super::device::{CudaRuntime, DevBuf};
 use super::error::CudaError;
-use super::gemm::{self, Epilogue, LinearWeight, Scratch, TileKernel};
-use super::upload::TileDeviceView;
+use super::gemm::{self, Epilogue, LinearWeight, Scratch};
+use super::tile::{self, TileDeviceView, TileKernel};
 
 /// Which implementation runs a weight.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,24 +113,27 @@ impl Dispatcher {
         let x = super::bench::random_dev(rt, &mut rng, tokens * v.cols)?;
         let y = rt.alloc(tokens * v.rows * 2)?;
         let ep = Epilogue::default();
-        let mut kernels = vec![gemm::auto_kernel(rt, v, tokens)];
-        for k in gemm::usable_kernels(rt, v, tokens) {
+        let dev = rt.limits();
+        let mut kernels = vec![tile::auto_kernel(&dev, v, tokens)];
+        for k in tile::usable_kernels(&dev, v, tokens) {
             if !kernels.contains(&k) {
                 kernels.push(k);
             }
         }
         let mut best: Option<(TileKernel, f64)> = None;
         for kern in kernels {
-            let splits = gemm::tile_splits_bn(rt.sm_count() as usize, tokens, v, kern.bn());
-            let ms = median_ms(rt, 5, 10, || {
-                gemm::tile_gemm_with(rt, x.ptr(), tokens, v, &ep, y.ptr(), splits, kern)
+            // SAFETY: x holds tokens x K and y tokens x N values, allocated above; the epilogue is
+            // empty; v's upload outlives the dispatcher's use of it (caller's contract).
+            let ms = median_ms(rt, 5, 10, || unsafe {
+                tile::tile_gemm_with(rt, x.ptr(), tokens, v, &ep, y.ptr(), None, kern)
             })?;
             if best.map_or(true, |(_, b)| ms < b) {
                 best = Some((kern, ms));
             }
         }
         let (kern, tile) = best.unwrap_or((TileKernel::Mma, f64::INFINITY));
-        let cublas = median_ms(rt, 5, 10, || {
+        // SAFETY: dense holds N x K values, x and y as above.
+        let cublas = median_ms(rt, 5, 10, || unsafe {
             gemm::dense_gemm(
                 rt,
                 v.elem,
@@ -169,7 +172,7 @@ impl Dispatcher {
                 let d = match cached {
                     Some(d) => d,
                     None => {
-                        let d = match gemm::tile_kernel_unsupported(v) {
+                        let d = match tile::tile_kernel_unsupported(v) {
                             Some(why) => (Choice::Cublas, None, None, why, None),
                             None => {
                                 let (kern, t, c) = self.measure(rt, v, tokens_b)?;
@@ -235,8 +238,12 @@ impl Dispatcher {
     }
 
     /// Runs `Y = act(X W^T + b) + residual` with the implementation chosen for this weight.
+    ///
+    /// # Safety
+    /// As [`gemm::linear`]: `x` holds `m x K` and `y` `m x N` values of the weight's type, the
+    /// epilogue's addresses their [`Epilogue`] bounds, and the weight's upload is alive.
     #[allow(clippy::too_many_arguments)]
-    pub fn run_linear(
+    pub unsafe fn run_linear(
         &self,
         rt: &CudaRuntime,
         name: &str,
@@ -249,8 +256,8 @@ impl Dispatcher {
     ) -> Result<Choice, CudaError> {
         let d = self.decide(rt, name, w, m)?;
         if let (Choice::Tile, LinearWeight::Tile(v), Some(kern)) = (d.choice, w, d.kernel) {
-            let splits = gemm::tile_splits_bn(rt.sm_count() as usize, m, v, kern.bn());
-            gemm::tile_gemm_with(rt, x, m, v, ep, y, splits, kern)?;
+            // SAFETY: the caller's bounds, passed on.
+            unsafe { tile::tile_gemm_with(rt, x, m, v, ep, y, None, kern)? };
             return Ok(d.choice);
         }
         let fallback = match (d.choice, w) {
@@ -266,7 +273,8 @@ impl Dispatcher {
             }
             _ => None,
         };
-        gemm::linear(rt, x, m, w, fallback, ep, y, scratch)?;
+        // SAFETY: the caller's bounds; the dense copy holds N x K values and lives in self.
+        unsafe { gemm::linear(rt, x, m, w, fallback, ep, y, scratch)? };
         Ok(d.choice)
     }
 

@@ -362,7 +362,7 @@ mod tests {
             (16, 32, false),
         ] {
             let h = tiles(64, 64, th, tw, |_| true);
-            let g = h.geometry();
+            let g = crate::runtime::cuda::upload::host_geometry(&h);
             assert_eq!(
                 RsPlans::new(&h.bitmap, &h.row_offsets, g).is_some(),
                 planned,
