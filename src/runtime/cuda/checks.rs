@@ -56,55 +56,6 @@ pub enum CheckPath {
     Cols,
 }
 
-/// With `ETS_CHECK_TRACE` set, names each check on stderr before it runs (an empty name: none is
-/// running), with the seconds since the first; a watchdog thread says when one has run for more
-/// than 10 s (a hang and a slow run look alike in a log cut off by a timeout) and ends the process,
-/// exit code 3, at STALL_SECONDS.
-fn trace(what: &str) {
-    use std::sync::{Mutex, OnceLock};
-    use std::time::{Duration, Instant};
-    static CURRENT: OnceLock<(Instant, Mutex<(String, Instant)>)> = OnceLock::new();
-    if std::env::var_os("ETS_CHECK_TRACE").is_none() {
-        return;
-    }
-    let (start, current) = CURRENT.get_or_init(|| {
-        std::thread::spawn(|| loop {
-            std::thread::sleep(Duration::from_secs(10));
-            if let Some((_, cur)) = CURRENT.get() {
-                if let Ok(c) = cur.lock() {
-                    let ran = c.1.elapsed().as_secs();
-                    if ran >= 10 && !c.0.is_empty() {
-                        eprintln!("check: {} still running after {ran} s", c.0);
-                    }
-                    // A stalled case (a kernel, or once the host's own reference) cannot be
-                    // stopped from here; ending the process frees the GPU for the rest of the
-                    // run's time.
-                    if ran >= STALL_SECONDS && !c.0.is_empty() {
-                        eprintln!("check: {} stalled ({ran} s); exiting", c.0);
-                        std::process::exit(3);
-                    }
-                }
-            }
-        });
-        (Instant::now(), Mutex::new((String::new(), Instant::now())))
-    });
-    if let Ok(mut c) = current.lock() {
-        *c = (what.to_string(), Instant::now());
-    }
-    if !what.is_empty() {
-        eprintln!("check: [{:.1} s] {what}", start.elapsed().as_secs_f64());
-    }
-}
-
-/// A traced check running this long has stalled: a check takes well under a second, the first of a
-/// kernel file also its compile (NVRTC about 30 s and the driver's load for the largest file).
-const STALL_SECONDS: u64 = 240;
-
-/// Ends a traced run of checks (the watchdog goes quiet).
-fn trace_idle() {
-    trace("");
-}
-
 fn nan_bits(elem: ElemType) -> u16 {
     match elem {
         ElemType::F16 => 0x7E00,
@@ -228,7 +179,6 @@ pub fn check_case_masked(
     if !wanted(&name) {
         return Ok(None);
     }
-    trace(&name);
     let scale = 1.0 / (k as f32).sqrt();
     let w = round_trip(elem, &rng.vec(n * k, scale * 1.7));
     let err = match path {
@@ -469,7 +419,6 @@ pub fn synthetic_suite(rt: &CudaRuntime, rng: &mut Rng) -> Result<Vec<CheckResul
             }
         }
     }
-    trace_idle();
     Ok(out)
 }
 
@@ -545,7 +494,6 @@ pub fn file_suite(
     file: &EtsFile,
     m: usize,
 ) -> Result<Vec<CheckResult>, CudaError> {
-    trace("uploading a model file");
     let model = DeviceModel::upload(rt, file)?;
     let dispatcher = Dispatcher::new();
     let mut out = Vec::new();
@@ -609,6 +557,5 @@ pub fn file_suite(
             });
         }
     }
-    trace_idle();
     Ok(out)
 }

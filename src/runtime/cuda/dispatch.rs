@@ -1,16 +1,18 @@
 //! Choosing, per weight and token count, between the tile kernel and cuBLAS on a dense copy.
 //!
-//! The first call for a (weight shape, tile shape, kept tiles, token bucket) measures both on the
-//! device and caches the answer for the process; [`Dispatcher::table`] lists every decision with
-//! its reason and the measured speedup.
+//! The first call for a (weight shape, tile shape, mask, token bucket) measures every usable tile
+//! kernel and cuBLAS on the device and keeps the answer for the process and, with the tuning cache
+//! on ([`CudaOptions::tuning_cache`]), on disk for the next process ([`TuningCache`]).
+//! [`Dispatcher::table`] lists every decision with its reason and the measured speedup.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 use super::device::{CudaRuntime, DevBuf};
 use super::error::CudaError;
 use super::gemm::{self, Epilogue, LinearWeight, Scratch};
 use super::tile::{self, TileDeviceView, TileKernel};
+use super::tuning::{CudaOptions, TuneEntry, TuneKey, TuningCache};
 
 /// Which implementation runs a weight.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,13 +55,15 @@ impl DispatchEntry {
     }
 }
 
-type Key = (usize, usize, usize, usize, usize, usize);
+type Key = (usize, usize, usize, usize, usize, Option<[u8; 32]>, usize);
 /// (choice, fastest tile kernel ms, cuBLAS ms, reason, that tile kernel)
 type Decision = (Choice, Option<f64>, Option<f64>, String, Option<TileKernel>);
 
 /// Measures once, caches, and runs linear layers with the chosen implementation.
 #[derive(Default)]
 pub struct Dispatcher {
+    options: CudaOptions,
+    tuning: OnceLock<Option<TuningCache>>,
     cache: Mutex<HashMap<Key, Decision>>,
     entries: Mutex<Vec<DispatchEntry>>,
     dense: Mutex<HashMap<String, DevBuf>>,
@@ -94,9 +98,102 @@ fn bucket(tokens: usize) -> usize {
 }
 
 impl Dispatcher {
-    /// An empty dispatcher.
+    /// An empty dispatcher with the default options.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty dispatcher with `options`.
+    pub fn with_options(options: CudaOptions) -> Self {
+        Dispatcher {
+            options,
+            ..Self::default()
+        }
+    }
+
+    /// The options this dispatcher follows.
+    pub fn options(&self) -> &CudaOptions {
+        &self.options
+    }
+
+    /// The on-disk tuning cache, opened on first use; None when the options turn it off or no
+    /// cache directory is known.
+    fn tuning(&self) -> Option<&TuningCache> {
+        self.tuning
+            .get_or_init(|| {
+                if !self.options.tuning_cache {
+                    return None;
+                }
+                let dir = self
+                    .options
+                    .cache_dir
+                    .clone()
+                    .or_else(super::nvrtc::cache_dir)?;
+                Some(TuningCache::open(&dir))
+            })
+            .as_ref()
+    }
+
+    /// How the options or the tuning cache decide `v` at `tokens` (a bucket), or None when it
+    /// must be measured.
+    fn decide_without_measuring(
+        &self,
+        rt: &CudaRuntime,
+        v: &TileDeviceView,
+        tokens: usize,
+    ) -> Option<Decision> {
+        if self.options.force_cublas {
+            return Some((
+                Choice::Cublas,
+                None,
+                None,
+                "forced by the options".into(),
+                None,
+            ));
+        }
+        if let Some(why) = tile::tile_kernel_unsupported(v) {
+            return Some((Choice::Cublas, None, None, why, None));
+        }
+        if let Some(k) = self.options.force_kernel {
+            if tile::kernel_unsupported(&rt.limits(), k, v, tokens).is_none() {
+                let why = format!("forced by the options (tile kernel {k:?})");
+                return Some((Choice::Tile, None, None, why, Some(k)));
+            }
+        }
+        let e = self.tuning()?.get(&tune_key(rt, v, tokens)?)?;
+        let choice = if e.kernel.is_some() {
+            Choice::Tile
+        } else {
+            Choice::Cublas
+        };
+        let why = match e.kernel {
+            Some(k) => format!("tuning cache (tile kernel {k:?})"),
+            None => "tuning cache".into(),
+        };
+        Some((choice, e.tile_ms, e.dense_ms, why, e.kernel))
+    }
+
+    /// Measures `v` at `tokens` (a bucket) and stores the decision in the tuning cache.
+    fn measure_and_store(
+        &self,
+        rt: &CudaRuntime,
+        v: &TileDeviceView,
+        tokens: usize,
+    ) -> Result<Decision, CudaError> {
+        let (kern, t, c) = self.measure(rt, v, tokens)?;
+        let choice = if t <= c { Choice::Tile } else { Choice::Cublas };
+        if let (Some(cache), Some(key)) = (self.tuning(), tune_key(rt, v, tokens)) {
+            let entry = TuneEntry {
+                kernel: (choice == Choice::Tile).then_some(kern),
+                tile_ms: Some(t),
+                dense_ms: Some(c),
+            };
+            if let Err(e) = cache.put(&key, entry) {
+                eprintln!("warning: tuning cache not written: {e}");
+            }
+        }
+        let why = format!("measured (tile kernel {kern:?})");
+        Ok((choice, Some(t), Some(c), why, Some(kern)))
     }
 
     /// Times every tile kernel this device runs for `v` and cuBLAS on a dense copy; returns the
@@ -162,7 +259,7 @@ impl Dispatcher {
         let poisoned = || CudaError::Invalid("dispatch cache lock poisoned".into());
         let (density, decision) = match w {
             LinearWeight::Tile(v) => {
-                let key = (n, k, v.th, v.tw, v.kept, tokens_b);
+                let key = (n, k, v.th, v.tw, v.kept, v.mask_sha256, tokens_b);
                 let cached = self
                     .cache
                     .lock()
@@ -172,14 +269,9 @@ impl Dispatcher {
                 let d = match cached {
                     Some(d) => d,
                     None => {
-                        let d = match tile::tile_kernel_unsupported(v) {
-                            Some(why) => (Choice::Cublas, None, None, why, None),
-                            None => {
-                                let (kern, t, c) = self.measure(rt, v, tokens_b)?;
-                                let choice = if t <= c { Choice::Tile } else { Choice::Cublas };
-                                let why = format!("measured (tile kernel {kern:?})");
-                                (choice, Some(t), Some(c), why, Some(kern))
-                            }
+                        let d = match self.decide_without_measuring(rt, v, tokens_b) {
+                            Some(d) => d,
+                            None => self.measure_and_store(rt, v, tokens_b)?,
                         };
                         self.cache
                             .lock()
@@ -282,6 +374,21 @@ impl Dispatcher {
     pub fn table(&self) -> Vec<DispatchEntry> {
         self.entries.lock().map(|e| e.clone()).unwrap_or_default()
     }
+}
+
+/// The tuning cache's key of `v` at `tokens`; None when the mask's signature is not known.
+fn tune_key(rt: &CudaRuntime, v: &TileDeviceView, tokens: usize) -> Option<TuneKey> {
+    Some(TuneKey {
+        gpu: rt.name().to_string(),
+        arch: rt.arch().to_string(),
+        dtype: v.elem.suffix().to_string(),
+        n: v.rows,
+        k: v.cols,
+        th: v.th,
+        tw: v.tw,
+        mask_sha256: v.mask_sha256?,
+        tokens,
+    })
 }
 
 /// Formats decisions as a text table.

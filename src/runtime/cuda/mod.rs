@@ -11,6 +11,7 @@
 //! - [`gemm`]: the linear layer on the device (tile kernels, cuBLAS dense, rows/cols encodings).
 //! - [`tile`]: the tile kernel families behind one interface ([`tile::TileFamily`]).
 //! - [`dispatch`]: per-weight choice between the tile kernels and cuBLAS, measured once.
+//! - [`tuning`]: the runtime's options ([`CudaOptions`]) and the on-disk cache of decisions.
 
 pub mod bench;
 pub mod checks;
@@ -22,6 +23,7 @@ pub mod gemm;
 pub mod host;
 pub mod nvrtc;
 pub mod tile;
+pub mod tuning;
 pub mod upload;
 
 pub use device::{CudaRuntime, DevBuf, ElemType, GpuTimer, KArg, PinnedBuf};
@@ -30,6 +32,7 @@ pub use error::CudaError;
 pub use gemm::{Epilogue, LinearWeight, Scratch};
 pub use nvrtc::{compile_all_kernels, KernelReport};
 pub use tile::{TileDeviceView, TileKernel, TileShape};
+pub use tuning::{CudaOptions, TuningCache};
 pub use upload::{DeviceModel, DeviceTensor, UploadMethod, UploadStats};
 
 /// Checks that the CUDA driver library, NVRTC and at least one GPU are usable.
