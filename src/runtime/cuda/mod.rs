@@ -8,6 +8,8 @@
 //! - [`nvrtc`]: compiling `kernels/*.cu` for an architecture, with an on-disk cache.
 //! - [`CudaRuntime`]: a device context, stream, loaded kernels and a cuBLAS handle.
 //! - [`DeviceModel`]: an `.ets` file's data uploaded as one allocation, with per-tensor views.
+//! - [`linear`]: the safe entry point: a weight of an uploaded model on activations in device
+//!   buffers ([`linear::run_linear`]).
 //! - [`gemm`]: the linear layer on the device (tile kernels, cuBLAS dense, rows/cols encodings).
 //! - [`tile`]: the tile kernel families behind one interface ([`tile::TileFamily`]).
 //! - [`dispatch`]: per-weight choice between the tile kernels and cuBLAS, measured once.
@@ -21,6 +23,7 @@ mod epilogue;
 mod error;
 pub mod gemm;
 pub mod host;
+pub mod linear;
 pub mod nvrtc;
 pub mod tile;
 pub mod tuning;
