@@ -26,8 +26,8 @@
 //   memory, one stage of products in flight: two sets of A fragments alternate, and a stage's
 //   buffers are released once the next stage's products are issued and its own are done. With
 //   64x64 tiles a warpgroup's features are one tile, whose 128-byte rows land swizzled: the
-//   K-major layout wgmma reads from shared memory, so A goes by descriptor too (mma_stage_ss; at
-//   density 1 0.83x -> 0.90x of cuBLAS, 148 registers instead of 168).
+//   K-major layout wgmma reads from shared memory, so A goes by descriptor too (mma_stage_ss: faster,
+//   and fewer registers).
 // - Epilogue: bias, GELU and the residual (fetched by TMA into the staging buffer during the
 //   tile's products, read back with ldmatrix .trans in the accumulators' layout) in f32, rounded
 //   once, transposed into the staging buffer with stmatrix (.trans) and stored by TMA, which
@@ -113,10 +113,8 @@ __device__ __forceinline__ u32 sw128(u32 addr) { return addr ^ ((addr >> 3) & 0x
 // The producer's plan of one stage of a group, computed on the host when the weight is uploaded
 // (rs_plan.rs: the layout below, 64 bytes little-endian) and copied into shared memory when the
 // producer's next output tile belongs to another group, so that a stage costs it one
-// shared-memory load. Planning each stage from the union list took a dozen dependent loads per
-// stage (620 cycles against 870 for the products); building the list and the plans in the kernel
-// took 7300 cycles per group at K = 768 and 17900 at K = 3072 (a quarter of a 4096-token launch,
-// during which the consumers waited for their first stage).
+// shared-memory load. Planning each stage from the union list would take a dozen dependent loads
+// per stage, comparable to the stage's products, and the consumers would wait for it.
 struct __align__(16) StagePlan {
     u32 kept;                    // bit 4r + s: block row r keeps the tile of slot s
     u32 wbytes;                  // bytes of the stage's weights
@@ -195,8 +193,7 @@ __device__ void group_work(u32* cum, const u64* __restrict__ bitmap, int grid_ro
 // with the largest unions last (at 64x64 density 0.5, CTA 0 was done after 70% of the kernel's
 // time). The host asks for balance only where runs are long (cuts at equal work leave up to one
 // tile of slack per run) and the groups' work differs: runs that no longer line up on token
-// blocks across groups cost X's reuse in L2 (measured: 0.073 -> 0.099 ms at 3072->768 with runs
-// of four tiles).
+// blocks across groups cost X's reuse in L2.
 // A cursor walks the run (the divisions are 64-bit calls, done once).
 constexpr int SCHED_BALANCE = 1;     // runs of equal work
 constexpr int SCHED_TOKEN_MAJOR = 2; // tiles numbered token block first

@@ -177,9 +177,8 @@ pub fn tensor_extent(file: &EtsFile) -> Result<Range<usize>, CudaError> {
     Ok(start as usize..end as usize)
 }
 
-// Measured with the default config (85 MB file, H200): one thread per chunk with several workers
-// and streams (8 workers, 4 MiB chunks) reached 0.38x of a pinned copy, below this pipeline's
-// 0.44-0.58x: the host-side copy, not the link, is the limit, and it needs all cores.
+// The host-side copy, not the link, limits a staged upload, and it needs all cores: every chunk
+// is filled by the whole thread pool rather than one thread per chunk (bench/RESULTS.md, "Upload").
 fn staged(
     rt: &CudaRuntime,
     dst: u64,
