@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # All device checks and benchmarks of the CUDA runtime, for a machine with an NVIDIA GPU.
-# Run from the repository root after `cargo build --release --bin et-bench` (or with the binary
+# Run from the repository root after `cargo build --release -p ets-dev --bin et-bench` (or with the binary
 # copied to target/release/). Runs the GPU tests (ETS_GPU_TESTS: test executables built with
 # `cargo test --release --test cuda_gpu --no-run`, run with --include-ignored), then the
 # correctness checks, the benchmark sweep and, last, a short summary table. Logs go to $OUT/ when
