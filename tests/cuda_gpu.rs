@@ -6,11 +6,11 @@
 //! replays one.
 
 use ets::format::EtsFile;
-use ets::runtime::cuda::checks::{self, CheckPath};
 use ets::runtime::cuda::host::{top_norm_mask, HostTiles, Rng};
 use ets::runtime::cuda::tuning::{CudaOptions, TUNING_FILE};
 use ets::runtime::cuda::upload::DeviceTiles;
 use ets::runtime::cuda::{Choice, CudaRuntime, Dispatcher, ElemType, LinearWeight, TileKernel};
+use ets_dev::cuda::checks::{self, CheckPath};
 
 fn runtime() -> CudaRuntime {
     CudaRuntime::new(0).unwrap_or_else(|e| panic!("the CUDA runtime is unusable: {e}"))

@@ -206,8 +206,7 @@ impl Dispatcher {
     ) -> Result<(TileKernel, f64, f64), CudaError> {
         let dense = gemm::densify(rt, v)?;
         // Random activations: timing on constant or zero data can run faster than real inputs.
-        let mut rng = super::host::Rng::fresh();
-        let x = super::bench::random_dev(rt, &mut rng, tokens * v.cols)?;
+        let x = random_activations(rt, tokens * v.cols)?;
         let y = rt.alloc(tokens * v.rows * 2)?;
         let ep = Epilogue::default();
         let dev = rt.limits();
@@ -374,6 +373,16 @@ impl Dispatcher {
     pub fn table(&self) -> Vec<DispatchEntry> {
         self.entries.lock().map(|e| e.clone()).unwrap_or_default()
     }
+}
+
+/// `n` f16 values uniform in [-1, 1) on the device: a fixed-seed block of 1 Mi values repeated.
+fn random_activations(rt: &CudaRuntime, n: usize) -> Result<DevBuf, CudaError> {
+    let mut rng = super::host::Rng::new(0x5EED_0FD1_59A7);
+    let block: Vec<u16> = (0..(1usize << 20).min(n.max(1)))
+        .map(|_| super::host::to_bits(super::ElemType::F16, rng.sym(1.0)))
+        .collect();
+    let values: Vec<u16> = block.iter().copied().cycle().take(n).collect();
+    rt.upload(&values)
 }
 
 /// The tuning cache's key of `v` at `tokens`; None when the mask's signature is not known.

@@ -15,8 +15,6 @@
 //! - [`dispatch`]: per-weight choice between the tile kernels and cuBLAS, measured once.
 //! - [`tuning`]: the runtime's options ([`CudaOptions`]) and the on-disk cache of decisions.
 
-pub mod bench;
-pub mod checks;
 mod device;
 pub mod dispatch;
 mod epilogue;

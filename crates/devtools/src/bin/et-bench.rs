@@ -14,10 +14,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use ets::format::{Dtype, EncodedTensor, EtsFile, EtsWriter, WriteOptions};
-use ets::runtime::cuda::bench::{self, GemmResult, Inputs, MaskMode};
-use ets::runtime::cuda::checks::{self, CheckResult};
 use ets::runtime::cuda::host::{top_norm_mask, Rng};
 use ets::runtime::cuda::{self, format_table, nvrtc, upload, CudaError, CudaRuntime, Dispatcher};
+use ets_dev::cuda::bench::{self, GemmResult, Inputs, MaskMode};
+use ets_dev::cuda::checks::{self, CheckResult};
 
 #[derive(Parser)]
 #[command(about = "Device checks and benchmarks of the ets CUDA runtime")]
@@ -311,7 +311,8 @@ fn upload_bench(rt: &CudaRuntime, rng: &mut Rng) -> Result<String, CudaError> {
     let dir = std::env::temp_dir().join(format!("et-bench-up-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| CudaError::Invalid(e.to_string()))?;
     let path = dir.join("upload.ets");
-    let r = write_upload_model(&path, rng).and_then(|_| upload::sweep::run(rt, rng, &path));
+    let r = write_upload_model(&path, rng)
+        .and_then(|_| ets_dev::cuda::upload_sweep::run(rt, rng, &path));
     let _ = std::fs::remove_dir_all(&dir);
     r
 }

@@ -1,13 +1,13 @@
 //! Benchmarks of the tile kernel against cuBLAS dense in the same process, and the ceilings they
 //! are judged by (device-to-device copy bandwidth, cuBLAS dense rate).
 
-use super::device::{CudaRuntime, DevBuf, ElemType};
-use super::dispatch::median_ms;
-use super::error::CudaError;
-use super::gemm::{self, Epilogue};
-use super::host::{to_bits, HostTiles, Rng};
-use super::tile::{self, TileKernel};
-use super::upload::DeviceTiles;
+use ets::runtime::cuda::dispatch::median_ms;
+use ets::runtime::cuda::gemm::{self, Epilogue};
+use ets::runtime::cuda::host::{to_bits, HostTiles, Rng};
+use ets::runtime::cuda::tile::{self, TileKernel};
+use ets::runtime::cuda::upload::DeviceTiles;
+use ets::runtime::cuda::CudaError;
+use ets::runtime::cuda::{CudaRuntime, DevBuf, ElemType};
 
 /// How kept tiles are placed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -4,21 +4,21 @@
 
 use std::path::Path;
 
-use crate::format::{
+use ets::format::{
     Activation, Dtype, EncodedTensor, EtsFile, EtsWriter, ModelConfig, Provenance, TensorData,
     WriteOptions,
 };
 
 use super::bench::{self, MaskMode};
-use super::device::{CudaRuntime, ElemType};
-use super::dispatch::Dispatcher;
-use super::error::CudaError;
-use super::gemm::{self, Epilogue, LinearWeight, Scratch};
-use super::host::{
+use ets::runtime::cuda::dispatch::Dispatcher;
+use ets::runtime::cuda::gemm::{self, Epilogue, LinearWeight, Scratch};
+use ets::runtime::cuda::host::{
     compare, from_bits, reference_linear, round_trip, to_bits, ErrorStats, HostTiles, Rng,
 };
-use super::tile::{self, TileKernel, TileShape};
-use super::upload::{DeviceModel, DeviceTiles};
+use ets::runtime::cuda::tile::{self, TileKernel, TileShape};
+use ets::runtime::cuda::upload::{DeviceModel, DeviceTiles};
+use ets::runtime::cuda::CudaError;
+use ets::runtime::cuda::{CudaRuntime, ElemType};
 
 /// Largest accepted `max |out - ref| / max |ref|`.
 pub const TOLERANCE: f64 = 1e-2;
@@ -442,7 +442,7 @@ fn small_config(hidden: u32) -> ModelConfig {
 
 /// Writes a small `.ets` with tile (three shapes), rows, cols and dense weights and f32 biases.
 pub fn write_check_file(path: &Path, rng: &mut Rng) -> Result<(), CudaError> {
-    let fe = |e: crate::format::FormatError| CudaError::Invalid(format!("{}: {e}", path.display()));
+    let fe = |e: ets::format::FormatError| CudaError::Invalid(format!("{}: {e}", path.display()));
     let mut w = EtsWriter::create(path, WriteOptions { overwrite: true }).map_err(fe)?;
     let specs: [(&str, usize, usize, usize, f64); 5] = [
         ("t16", 300, 264, 16, 0.3),
