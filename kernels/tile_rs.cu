@@ -26,8 +26,8 @@
 //   memory, one stage of products in flight: two sets of A fragments alternate, and a stage's
 //   buffers are released once the next stage's products are issued and its own are done. With
 //   64x64 tiles a warpgroup's features are one tile, whose 128-byte rows land swizzled: the
-//   K-major layout wgmma reads from shared memory, so A goes by descriptor too (mma_stage_ss; at
-//   density 1 0.83x -> 0.90x of cuBLAS, 148 registers instead of 168).
+//   K-major layout wgmma reads from shared memory, so A goes by descriptor too (mma_stage_ss: faster,
+//   and fewer registers).
 // - Epilogue: bias, GELU and the residual (fetched by TMA into the staging buffer during the
 //   tile's products, read back with ldmatrix .trans in the accumulators' layout) in f32, rounded
 //   once, transposed into the staging buffer with stmatrix (.trans) and stored by TMA, which
@@ -36,72 +36,17 @@
 // aligned; tile width 16.
 #define ETR_BN 128
 #define ETR_THREADS 288  // two consumer warpgroups and one producer warp
-// Timing experiments only (results are wrong): 1 = the producer copies nothing (the consumers
-// multiply stale buffers: the consumer side's bound); 2 = the consumers issue no MMA (the copies' bound);
-// 3 = as 2, and only X is copied; 4 = as 2, and only the weights are copied; 5 = the consumers
-// multiply, and only X is copied (weights kept on chip: the bound of the weights' copies).
-#ifndef ETR_EXPERIMENT
-#define ETR_EXPERIMENT 0
-#endif
-// What a stage does under them (all 1 when ETR_EXPERIMENT is 0).
-#define ETR_DO_PRODUCTS (ETR_EXPERIMENT == 0 || ETR_EXPERIMENT == 1 || ETR_EXPERIMENT == 5)
-#define ETR_COPY_X (ETR_EXPERIMENT == 0 || ETR_EXPERIMENT == 2 || ETR_EXPERIMENT == 3 || ETR_EXPERIMENT == 5)
-#define ETR_COPY_W (ETR_EXPERIMENT == 0 || ETR_EXPERIMENT == 2 || ETR_EXPERIMENT == 4)
-// Cycle counts of where CTA 0's consumers and producer spend their time in its last launch, kept in
-// etr_prof and printed by tile_rs_profile_print (`et-bench one` launches it when the define is
-// set; timing experiments only).
-#ifndef ETR_PROFILE
-#define ETR_PROFILE 0
-#endif
-// Work of an output tile's epilogue in stages (about 1900 cycles against 900 per stage at density
-// 1, ETR_PROFILE; more at low density, where the output stores share the memory), for the
-// balanced schedule.
-#ifndef ETR_TILE_COST
+// Work of an output tile's epilogue in stages of a 64-column stage, for the balanced schedule
+// (the host's RS_TILE_COST counts the same).
 #define ETR_TILE_COST 3
-#endif
 // Feature groups the balanced schedule counts (more: equal runs of tiles).
 #define ETR_MAX_GROUPS 512
-// 0: equal runs of tiles even where the host asks for the balanced schedule (timing experiments).
-#ifndef ETR_BALANCE
-#define ETR_BALANCE 1
-#endif
-// 64x64 tiles: 1 = the weights go to the MMA from shared memory (their stage rows are the 128-byte
-// swizzled K-major layout wgmma reads), 0 = as register operands like the other shapes.
-#ifndef ETR_SS
-#define ETR_SS 1
-#endif
-// 1: one copy of the epilogue's loop per kind (bias only, GELU, residual, both); 0: one loop with
-// run-time choices (timing experiments).
-#ifndef ETR_EPI_SPLIT
-#define ETR_EPI_SPLIT 1
-#endif
-// 1: the bias of a 64x64 tile (whose kernel has registers to spare: 144 of 168) is loaded before
-// its first stage, its latency hidden behind the products; 0: while the last stage's products
-// drain, as for the other tiles, whose kernels spill with two more live registers.
-#ifndef ETR_BIAS_EARLY
-#define ETR_BIAS_EARLY 1
-#endif
-// Stages in the ring (timing experiments with fewer).
-#ifndef ETR_STAGES
+// Stages in the ring (rs_smem_bytes counts the same).
 #define ETR_STAGES 4
-#endif
 
 namespace etr {
 
 using namespace ek;
-
-#if ETR_PROFILE
-// Counters of CTA 0's last launch: per consumer warp (total, wait for full stages, wait for the MMA,
-// epilogue, stages, the first stage's wait, and of the epilogue the last products' drain, the wait
-// for the previous store, writing the staging buffer, fence + barrier + store), for the producer
-// (total, wait for empty slots, planning, issuing, stages, fetching the groups' stage plans).
-// Printed by tile_rs_profile_print (a call in a wgmma kernel would serialise its MMAs).
-__device__ u32 etr_prof[9][10];
-__device__ __forceinline__ u32 prof_clock() { return static_cast<u32>(clock()); }
-#define ETR_PROF(stmt) stmt
-#else
-#define ETR_PROF(stmt)
-#endif
 
 __device__ __forceinline__ void stmatrix_x4_trans(u32 addr, u32 r0, u32 r1, u32 r2, u32 r3) {
 #if ETW_WGMMA
@@ -158,11 +103,6 @@ constexpr u32 STAGE_LAST = 2;    // the output tile's last stage
 constexpr u32 STAGE_EMPTY = 4;   // no product (the group keeps no tile in this K range)
 constexpr u32 STAGE_W_SW128 = 8; // the weights came with the 128-byte swizzle
 constexpr u32 STAGE_W_BOXED = 16; // the weights come as one box (the producer's plan only)
-// Timing experiment: one-box weight stages read as if unswizzled (results are wrong), to measure
-// what the swizzle saves.
-#ifndef ETR_READ_PLAIN
-#define ETR_READ_PLAIN 0
-#endif
 
 // A weight row's 16-byte chunk in a stage written with the 128-byte swizzle: chunk c of 128-byte
 // line l lies at chunk c ^ (l & 7) (the stage is 1024-byte aligned). Tiles 16 columns wide have
@@ -173,10 +113,8 @@ __device__ __forceinline__ u32 sw128(u32 addr) { return addr ^ ((addr >> 3) & 0x
 // The producer's plan of one stage of a group, computed on the host when the weight is uploaded
 // (rs_plan.rs: the layout below, 64 bytes little-endian) and copied into shared memory when the
 // producer's next output tile belongs to another group, so that a stage costs it one
-// shared-memory load. Planning each stage from the union list took a dozen dependent loads per
-// stage (620 cycles against 870 for the products); building the list and the plans in the kernel
-// took 7300 cycles per group at K = 768 and 17900 at K = 3072 (a quarter of a 4096-token launch,
-// during which the consumers waited for their first stage).
+// shared-memory load. Planning each stage from the union list would take a dozen dependent loads
+// per stage, comparable to the stage's products, and the consumers would wait for it.
 struct __align__(16) StagePlan {
     u32 kept;                    // bit 4r + s: block row r keeps the tile of slot s
     u32 wbytes;                  // bytes of the stage's weights
@@ -255,8 +193,7 @@ __device__ void group_work(u32* cum, const u64* __restrict__ bitmap, int grid_ro
 // with the largest unions last (at 64x64 density 0.5, CTA 0 was done after 70% of the kernel's
 // time). The host asks for balance only where runs are long (cuts at equal work leave up to one
 // tile of slack per run) and the groups' work differs: runs that no longer line up on token
-// blocks across groups cost X's reuse in L2 (measured: 0.073 -> 0.099 ms at 3072->768 with runs
-// of four tiles).
+// blocks across groups cost X's reuse in L2.
 // A cursor walks the run (the divisions are 64-bit calls, done once).
 constexpr int SCHED_BALANCE = 1;     // runs of equal work
 constexpr int SCHED_TOKEN_MAJOR = 2; // tiles numbered token block first
@@ -352,7 +289,7 @@ __device__ __forceinline__ void mma_stage_ss(float* acc, u32 wtile, bool contig,
 // The epilogue's rounding of a warp's accumulators (plus bias b0/b1, GELU, residual already in
 // the staging buffer) into the transposed staging buffer at `out`. GELU and RES: 1 or 0 fixed at
 // compile time, -1 decided at run time (do_gelu, do_res). The kernel instantiates each kind
-// separately (ETR_EPI_SPLIT): with the run-time choices inside one unrolled loop, the code a tile
+// separately: with the run-time choices inside one unrolled loop, the code a tile
 // executed was a quarter of the code it fetched, and instruction fetch ("no instruction") was the
 // loop's largest stall at low density.
 template <typename T, int BT, int GELU, int RES>
@@ -405,7 +342,7 @@ __device__ __forceinline__ void consumers(const Schedule& sched, const TensorMap
     using RG = Ring<BT>;
     constexpr int STAGES = RG::STAGES;
     constexpr int NACC = BT / 2;
-    constexpr bool BIAS_EARLY = ETR_BIAS_EARLY && TW == 64 && ETR_SS;
+    constexpr bool BIAS_EARLY = TW == 64;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     // Warp w of warpgroup c multiplies features f = 64c + 16w .. + 15 of the group.
     const int wg = warp >> 2;
@@ -431,8 +368,6 @@ __device__ __forceinline__ void consumers(const Schedule& sched, const TensorMap
     int q = 0, pend = -1;
     int nm = 0;  // stages this warpgroup multiplied (their A fragment sets alternate)
     u32 res_phase = 0;
-    ETR_PROF(u32 p_full = 0; u32 p_mma = 0; u32 p_epi = 0; const u32 p_start = prof_clock(); u32 p0 = 0; u32 p_first = 0;
-             u32 p_drain = 0; u32 p_store = 0; u32 p1 = 0; u32 p_write = 0; u32 p_fence = 0;)
     Schedule::Cursor cur = sched.first();
     for (long long t = sched.beg; t < sched.end; ++t, cur.next(sched)) {
         const int group = cur.group, m0 = cur.block * BT;
@@ -453,9 +388,7 @@ __device__ __forceinline__ void consumers(const Schedule& sched, const TensorMap
         }
         for (int g = 0;; ++g, ++q) {
             const int b = q % STAGES;
-            ETR_PROF(p0 = prof_clock();)
             mbar_wait_suspend(full_bar + 8 * b, (q / STAGES) & 1);
-            ETR_PROF(p_full += prof_clock() - p0; if (q == 0) p_first = prof_clock() - p0;)
             const StageInfo inf = info[b];
             const bool last = (inf.flags & STAGE_LAST) != 0;
             // The residual tile is fetched once this tile's products are under way (the staging
@@ -471,14 +404,14 @@ __device__ __forceinline__ void consumers(const Schedule& sched, const TensorMap
             u32 wg_kept = 0;
 #pragma unroll
             for (int i = 0; i < RW; ++i) wg_kept |= (inf.kept >> (4 * (rw0 + i))) & 0xFu;
-            const bool mult = !(inf.flags & STAGE_EMPTY) && wg_kept != 0 && ETR_DO_PRODUCTS;
+            const bool mult = !(inf.flags & STAGE_EMPTY) && wg_kept != 0;
             if (mult) {
                 const u32 kept4 = (inf.kept >> (4 * r)) & 0xFu;
                 const bool contig = (inf.flags & STAGE_CONTIG) != 0;
-                const bool wswz = (inf.flags & STAGE_W_SW128) != 0 && !ETR_READ_PLAIN;
+                const bool wswz = (inf.flags & STAGE_W_SW128) != 0;
                 const u32 wrow = ws_base + b * RG::STAGE_W + r * (TH * 128) + lane_off;
                 const u32 xb = xs_base + b * RG::STAGE_X;
-                if (TW == 64 && BT == 192 && ETR_SS)
+                if (TW == 64 && BT == 192)
                     mma_stage_ss<BF16, BT>(acc, ws_base + b * RG::STAGE_W + rw0 * (TH * 128), contig, xb);
                 else if (nm & 1) mma_stage<BF16, BT, TH, TW>(acc, afrag1, wrow, kept4, contig, wswz, xb);
                 else mma_stage<BF16, BT, TH, TW>(acc, afrag0, wrow, kept4, contig, wswz, xb);
@@ -490,10 +423,8 @@ __device__ __forceinline__ void consumers(const Schedule& sched, const TensorMap
             // read it). A stage this warpgroup does not multiply is released at once, and so is
             // the one still pending (after all products are done): held back, it could be the slot
             // the producer needs for the next stage this warpgroup waits for.
-            ETR_PROF(p0 = prof_clock();)
             if (mult) wgmma_wait<1>();
             else wgmma_wait<0>();
-            ETR_PROF(p_mma += prof_clock() - p0;)
             if (pend >= 0 && lane == 0) mbar_arrive(empty_bar + 8 * pend);
             pend = mult ? b : -1;
             if (!mult && lane == 0) mbar_arrive(empty_bar + 8 * b);
@@ -502,14 +433,11 @@ __device__ __forceinline__ void consumers(const Schedule& sched, const TensorMap
                 break;
             }
         }
-        ETR_PROF(p0 = prof_clock();)
         if (!BIAS_EARLY && bias && ws == nullptr) {
             if (fa < N) b0 = __ldg(bias + fa);
             if (fa + 8 < N) b1 = __ldg(bias + fa + 8);
         }
-        ETR_PROF(p1 = prof_clock();)
         wgmma_wait<0>();
-        ETR_PROF(p_drain += prof_clock() - p1;)
         if (pend >= 0 && lane == 0) mbar_arrive(empty_bar + 8 * pend);
         pend = -1;
 
@@ -527,11 +455,9 @@ __device__ __forceinline__ void consumers(const Schedule& sched, const TensorMap
         if (ws || !wg_live) continue;
         // The staging buffer is free: the previous store has read it (the leader waited, then
         // the warpgroup's barrier), or the residual tile has landed in it.
-        ETR_PROF(p1 = prof_clock();)
         if (leader) tma_store_wait_read();
         if (wg == 0) named_barrier<2, 128>();
         else named_barrier<3, 128>();
-        ETR_PROF(p_store += prof_clock() - p1;)
         if (use_res) {
             mbar_wait_suspend(my_res_bar, res_phase);
             res_phase ^= 1u;
@@ -540,27 +466,17 @@ __device__ __forceinline__ void consumers(const Schedule& sched, const TensorMap
         // benchmark's case and the attention's projections; bias and residual: the projections
         // back to the hidden size), so the code a tile runs is dense. GELU keeps the loop with
         // run-time choices (a copy of its own makes ptxas spill at 168 registers).
-        ETR_PROF(p1 = prof_clock();)
-        if (ETR_EPI_SPLIT && !gelu && !use_res) stage_output<T, BT, 0, 0>(acc, out, warp, lane, b0, b1, false, false);
-        else if (ETR_EPI_SPLIT && !gelu) stage_output<T, BT, 0, 1>(acc, out, warp, lane, b0, b1, false, true);
+        if (!gelu && !use_res) stage_output<T, BT, 0, 0>(acc, out, warp, lane, b0, b1, false, false);
+        else if (!gelu) stage_output<T, BT, 0, 1>(acc, out, warp, lane, b0, b1, false, true);
         else stage_output<T, BT, -1, -1>(acc, out, warp, lane, b0, b1, gelu != 0, use_res);
         // The generic-proxy writes are made visible to the TMA store, which one thread issues once
         // the warpgroup's writes are done; it clips rows past M and features past N.
-        ETR_PROF(p_write += prof_clock() - p1; p1 = prof_clock();)
         fence_async_smem();
         if (wg == 0) named_barrier<2, 128>();
         else named_barrier<3, 128>();
         if (leader) tma_store_2d(tmy, n0 + wg * 64, m0, out);
-        ETR_PROF(p_fence += prof_clock() - p1; p_epi += prof_clock() - p0;)
     }
     if (leader) tma_store_wait_all();
-#if ETR_PROFILE
-    if (blockIdx.x == 0 && lane == 0) {
-        u32* p = etr_prof[warp];
-        p[0] = prof_clock() - p_start, p[1] = p_full, p[2] = p_mma, p[3] = p_epi, p[4] = q, p[5] = p_first;
-        p[6] = p_drain, p[7] = p_store, p[8] = p_write, p[9] = p_fence;
-    }
-#endif
 }
 
 // The producer's wait for a free slot (the q-th stage reuses the slot of stage q - STAGES).
@@ -569,12 +485,6 @@ __device__ __forceinline__ void producer_wait(u32 empty, int q) {
     if (q < STAGES) return;
     mbar_wait_suspend(empty, ((q / STAGES) - 1) & 1);
 }
-#if ETR_PROFILE
-#define ETR_PRODUCER_WAIT(empty, q) \
-    do { const u32 w0 = prof_clock(); producer_wait<STAGES>(empty, q); p_empty += prof_clock() - w0; } while (0)
-#else
-#define ETR_PRODUCER_WAIT(empty, q) producer_wait<STAGES>(empty, q)
-#endif
 
 template <typename T, bool BF16, int TH, int TW, int BT>
 __device__ void body(const TensorMap* tmx, const TensorMap* tmx_wide, const TensorMap* tmy, const TensorMap* tmres,
@@ -612,7 +522,7 @@ __device__ void body(const TensorMap* tmx, const TensorMap* tmx_wide, const Tens
     // Runs of equal work where the host asks for them (never with K splits, which give each CTA
     // one tile).
     const int G = (N + ETR_BN - 1) / ETR_BN;
-    const bool balanced = ETR_BALANCE && (sched_flags & SCHED_BALANCE) && !(sched_flags & SCHED_TOKEN_MAJOR) &&
+    const bool balanced = (sched_flags & SCHED_BALANCE) && !(sched_flags & SCHED_TOKEN_MAJOR) &&
                           gridDim.z == 1 && G <= ETR_MAX_GROUPS;
     if (balanced && warp == 0) group_work<R, TW>(cum, bitmap, grid_rows, grid_cols, G, lane);
     __syncthreads();
@@ -632,12 +542,10 @@ __device__ void body(const TensorMap* tmx, const TensorMap* tmx_wide, const Tens
         const bool x_stream = (sched_flags & SCHED_X_STREAM) != 0;
         const u64 x_policy = x_stream ? l2_evict_first_policy() : 0ull;
         int q = 0, cur_group = -1, gbeg = 0, GL = 0;
-        ETR_PROF(u32 p_empty = 0; u32 p_plan = 0; u32 p_issue = 0; u32 p_union = 0; const u32 p_start = prof_clock();)
         Schedule::Cursor cur = sched.first();
         for (long long t = sched.beg; t < sched.end; ++t, cur.next(sched)) {
             const int group = cur.group, m0 = cur.block * BT;
             if (group != cur_group) {
-                ETR_PROF(const u32 p_u = prof_clock();)
                 __syncwarp();  // every lane is done with the previous group's plans
                 copy_plans(plans, gplans + static_cast<size_t>(group) * plan_stride, plan_stride, lane);
                 __syncwarp();
@@ -645,54 +553,43 @@ __device__ void body(const TensorMap* tmx, const TensorMap* tmx_wide, const Tens
                 const int G = static_cast<int>(plans[0].stages);
                 gbeg = static_cast<int>((static_cast<long long>(G) * blockIdx.z) / gridDim.z);
                 GL = static_cast<int>((static_cast<long long>(G) * (blockIdx.z + 1)) / gridDim.z) - gbeg;
-                ETR_PROF(p_union += prof_clock() - p_u;)
             }
             for (int g = 0; g < (GL > 0 ? GL : 1); ++g, ++q) {
                 const int b = q % STAGES;
                 const u32 bar = full_bar + 8 * b;
                 if (GL == 0) {
-                    ETR_PRODUCER_WAIT(empty_bar + 8 * b, q);
+                    producer_wait<STAGES>(empty_bar + 8 * b, q);
                     if (lane == 0) {
                         info[b] = StageInfo{0u, STAGE_LAST | STAGE_EMPTY};
                         mbar_arrive(bar);
                     }
                     continue;
                 }
-                ETR_PROF(const u32 p_it = prof_clock();)
                 const StagePlan& pl = plans[gbeg + g];
                 const bool boxed = (pl.flags & STAGE_W_BOXED) != 0, contig = (pl.flags & STAGE_CONTIG) != 0;
-                const u32 wbytes = ETR_COPY_W ? pl.wbytes : 0u;
-                const u32 xbytes = ETR_COPY_X ? RG::STAGE_X : 0u;
-                ETR_PROF(p_plan += prof_clock() - p_it;)
-                ETR_PRODUCER_WAIT(empty_bar + 8 * b, q);
-                ETR_PROF(const u32 p_is = prof_clock();)
+                const u32 wbytes = pl.wbytes;
+                const u32 xbytes = RG::STAGE_X;
+                producer_wait<STAGES>(empty_bar + 8 * b, q);
                 if (lane == 0) {
                     info[b] = StageInfo{pl.kept, pl.flags | (g == GL - 1 ? STAGE_LAST : 0u)};
-                    if (!ETR_COPY_X && !ETR_COPY_W) {
-                        mbar_arrive(bar);  // no copies follow
+                    mbar_arrive_expect_tx(bar, wbytes + xbytes);
+                    if (boxed) tma_load_3d(ws_base + b * RG::STAGE_W, tmw, 0, pl.wline, group * R, bar);
+                    const u32 xs = xs_base + b * RG::STAGE_X;
+                    if (contig) {
+                        if (x_stream)
+                            tma_load_2d_hint(xs, tmx_wide, pl.xcol[0], m0, bar, x_policy);
+                        else
+                            tma_load_2d(xs, tmx_wide, pl.xcol[0], m0, bar);
+                    } else if (x_stream) {
+#pragma unroll
+                        for (int s = 0; s < SLOTS; ++s)
+                            tma_load_2d_hint(xs + s * RG::SLOT_X, tmx, pl.xcol[s], m0, bar, x_policy);
                     } else {
-                        mbar_arrive_expect_tx(bar, wbytes + xbytes);
-                        if (boxed && ETR_COPY_W)
-                            tma_load_3d(ws_base + b * RG::STAGE_W, tmw, 0, pl.wline, group * R, bar);
-                        if (ETR_COPY_X) {
-                            const u32 xs = xs_base + b * RG::STAGE_X;
-                            if (contig) {
-                                if (x_stream)
-                                    tma_load_2d_hint(xs, tmx_wide, pl.xcol[0], m0, bar, x_policy);
-                                else
-                                    tma_load_2d(xs, tmx_wide, pl.xcol[0], m0, bar);
-                            } else if (x_stream) {
 #pragma unroll
-                                for (int s = 0; s < SLOTS; ++s)
-                                    tma_load_2d_hint(xs + s * RG::SLOT_X, tmx, pl.xcol[s], m0, bar, x_policy);
-                            } else {
-#pragma unroll
-                                for (int s = 0; s < SLOTS; ++s) tma_load_2d(xs + s * RG::SLOT_X, tmx, pl.xcol[s], m0, bar);
-                            }
-                        }
+                        for (int s = 0; s < SLOTS; ++s) tma_load_2d(xs + s * RG::SLOT_X, tmx, pl.xcol[s], m0, bar);
                     }
                 }
-                if (TW > 16 && ETR_COPY_W && !boxed && lane == 0) {
+                if (TW > 16 && !boxed && lane == 0) {
                     // One box per kept tile (its lines, 128-byte swizzle), after the expected byte
                     // count: tile column u of block row r.
 #pragma unroll
@@ -707,7 +604,7 @@ __device__ void body(const TensorMap* tmx, const TensorMap* tmx_wide, const Tens
                                             0, line, bar);
                             }
                 }
-                if (TW == 16 && ETR_COPY_W && !boxed) {
+                if (TW == 16 && !boxed) {
                     __syncwarp();  // the rows' copies follow the expected byte count
                     const u32 kept_bits = lane < R ? (pl.kept >> (4 * lane)) & 0xFu : 0u;
                     if (kept_bits) {
@@ -725,15 +622,8 @@ __device__ void body(const TensorMap* tmx, const TensorMap* tmx_wide, const Tens
                         }
                     }
                 }
-                ETR_PROF(p_issue += prof_clock() - p_is;)
             }
         }
-#if ETR_PROFILE
-        if (blockIdx.x == 0 && lane == 0) {
-            u32* p = etr_prof[8];
-            p[0] = prof_clock() - p_start, p[1] = p_empty, p[2] = p_plan, p[3] = p_issue, p[4] = q, p[5] = p_union;
-        }
-#endif
     } else {
         consumers<T, BF16, TH, TW, BT>(sched, tmres, tmy, M, N, bias, residual, gelu, ws, xs_base, ws_base,
                                    out_base, full_bar, empty_bar, res_bar, info);
@@ -771,19 +661,3 @@ ETS_TILE_RS_ALL(128, 16)
 ETS_TILE_RS_ALL(32, 32)
 ETS_TILE_RS_ALL(64, 64)
 
-#if ETR_PROFILE
-extern "C" __global__ void tile_rs_profile_print() {
-    for (int w = 0; w < 9; ++w) {
-        const u32* p = etr::etr_prof[w];
-        if (w == 8)
-            printf("M profile producer: total %u cycles, waiting for empty slots %u, planning %u, issuing %u, fetching "
-                   "the stage plans %u; %u stages\n",
-                   p[0], p[1], p[2], p[3], p[5], p[4]);
-        else
-            printf("M profile warp %d: total %u cycles, waiting for full stages %u (the first %u), for the MMA %u, last "
-                   "MMA + epilogue %u (the last MMA %u, the previous store and the warpgroup %u, writing the "
-                   "staging buffer %u, fence, barrier and store %u); %u stages\n",
-                   w, p[0], p[1], p[5], p[2], p[3], p[6], p[7], p[8], p[9], p[4]);
-    }
-}
-#endif

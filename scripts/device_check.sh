@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # All device checks and benchmarks of the CUDA runtime, for a machine with an NVIDIA GPU.
-# Run from the repository root after `cargo build --release --bin et-bench` (or with the binary
-# copied to target/release/). Prints the correctness results, the benchmark sweep and, last, a
-# short summary table. Logs go to $OUT/ when OUT is set.
+# Run from the repository root after `cargo build --release -p ets-dev --bin et-bench` (or with the binary
+# copied to target/release/). Runs the GPU tests (ETS_GPU_TESTS: test executables built with
+# `cargo test --release --test cuda_gpu --no-run`, run with --include-ignored), then the
+# correctness checks, the benchmark sweep and, last, a short summary table. Logs go to $OUT/ when
+# OUT is set.
 #
 # Env: CUDA_HOME (default /usr/local/cuda), ETS_BENCH_BIN, ETS_BENCH_ARGS (e.g. --quick),
 #      ETS_BENCH_CMD (all | check), ETS_TIMEOUT (seconds, default 480), ETS_SKIP_RESOURCES=1,
@@ -15,9 +17,6 @@
 #      ETS_SANITIZE (`et-bench one` arguments to run once under compute-sanitizer),
 #      ETS_CHECK_ONLY (read by et-bench: only the synthetic checks whose names contain one of its
 #      comma-separated parts, e.g. "Forced(Rs)"),
-#      ETS_VARIANTS (kernel experiments: ';'-separated sets of preprocessor definitions, or of host
-#      settings written `env:NAME=VALUE ...`, each timed with `et-bench one` on every ';'-separated
-#      argument set of ETS_VARIANT_ARGS; ETS_BENCH_CMD=none skips the main run),
 #      ETS_TORCH=1 (with ETS_BENCH_CMD=all the default: PyTorch's block-sparse linear against its
 #      dense linear on the sweep's shapes, scripts/torch_bsr_bench.py, where PyTorch is installed;
 #      ETS_TORCH_TIMEOUT seconds, default 240).
@@ -39,9 +38,6 @@ done
 export LD_LIBRARY_PATH="$links:$CUDA_HOME/lib64:${LD_LIBRARY_PATH:-}"
 export ETS_KERNEL_CACHE="${ETS_KERNEL_CACHE:-$(mktemp -d)}"
 export ETS_PTXAS="${ETS_PTXAS:-$CUDA_HOME/bin/ptxas}"
-# Name each check case on stderr before it runs (the results print at the end), so that a run cut
-# off by the timeout shows which case it was in.
-export ETS_CHECK_TRACE="${ETS_CHECK_TRACE-1}"
 
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu,power.draw --format=csv 2>&1 | tee "$out/nvidia-smi.txt"
 
@@ -49,6 +45,13 @@ if [ "${ETS_SKIP_RESOURCES:-0}" != 1 ]; then
     echo "== kernel resources (NVRTC + ptxas -v)"
     "$bin" resources --arch sm_90 2>&1 | tee "$out/resources.txt"
 fi
+
+gpu_rc=0
+for t in ${ETS_GPU_TESTS:-}; do
+    echo "== GPU tests: $t --include-ignored"
+    timeout 300 "$t" --include-ignored --test-threads 1 2>&1 | tee -a "$out/gpu-tests.log"
+    [ "${PIPESTATUS[0]}" = 0 ] || gpu_rc=1
+done
 
 extra=()
 for f in ${ETS_CHECK_ETS-.cuda/minilm.ets}; do
@@ -65,21 +68,6 @@ rc=0
 if [ "${ETS_BENCH_CMD:-all}" != none ]; then
     timeout "${ETS_TIMEOUT:-480}" "$bin" "${ETS_BENCH_CMD:-all}" "${extra[@]}" ${ETS_BENCH_ARGS:-} 2>&1 | tee "$out/et-bench.log"
     rc=${PIPESTATUS[0]}
-fi
-if [ -n "${ETS_VARIANTS:-}" ]; then
-    IFS=';' read -ra variant_sets <<< "$ETS_VARIANTS"
-    IFS=';' read -ra variant_args <<< "${ETS_VARIANT_ARGS:---kernel rs}"
-    for defs in "${variant_sets[@]}"; do
-        for args in "${variant_args[@]}"; do
-            echo "== variant [$defs] $args"
-            if [ "${defs#env:}" != "$defs" ]; then
-                # env:NAME=VALUE ...: host settings instead of kernel definitions.
-                env ${defs#env:} timeout 120 "$bin" one $args 2>&1 | grep -E "^M |rror" | tee -a "$out/variants.log"
-            else
-                ETS_KERNEL_DEFINES="$defs" timeout 120 "$bin" one $args 2>&1 | grep -E "^M |rror" | tee -a "$out/variants.log"
-            fi
-        done
-    done
 fi
 if [ -n "${ETS_SANITIZE:-}" ] && command -v compute-sanitizer >/dev/null; then
     # One `et-bench one` run (these arguments) under compute-sanitizer's memcheck: the faulting
@@ -111,5 +99,6 @@ if [ "${ETS_NCU_SOURCE:-0}" = 1 ] && command -v ncu >/dev/null; then
     ncu --import "$out/source.ncu-rep" --page source --csv --print-source sass > "$out/source.csv" 2>>"$out/ncu_source.txt"
     python3 scripts/ncu_source_summary.py "$out/source.csv" | head -60
 fi
-echo "et-bench exit code $rc"
+echo "GPU tests: $([ "$gpu_rc" = 0 ] && echo pass || echo FAIL); et-bench exit code $rc"
+[ "$gpu_rc" = 0 ] || exit 1
 exit "$rc"

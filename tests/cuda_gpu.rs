@@ -1,31 +1,41 @@
 //! GPU correctness checks of the CUDA runtime (tile kernel, cuBLAS paths, one-allocation upload).
 //!
-//! Skips with a notice when no CUDA driver/GPU/NVRTC is usable, unless ETS_REQUIRE_GPU=1, where it
-//! fails. `et-bench check` (run by scripts/device_check.sh) runs the full suite; this test runs a
-//! reduced one so that `cargo test` on a GPU machine exercises the device paths too.
+//! Every test is ignored by default (`#[ignore = "needs an NVIDIA GPU"]`); scripts/device_check.sh
+//! runs them with `--include-ignored`, and without a usable GPU they fail. `et-bench check` runs
+//! the full suite; these run a reduced one. Random inputs print their seed; `ETS_TEST_SEED`
+//! replays one.
 
 use ets::format::EtsFile;
-use ets::runtime::cuda::checks::{self, CheckPath};
-use ets::runtime::cuda::host::Rng;
-use ets::runtime::cuda::{CudaRuntime, ElemType};
+use ets::runtime::cuda::host::{top_norm_mask, HostTiles, Rng};
+use ets::runtime::cuda::tuning::{CudaOptions, TUNING_FILE};
+use ets::runtime::cuda::upload::DeviceTiles;
+use ets::runtime::cuda::{Choice, CudaRuntime, Dispatcher, ElemType, LinearWeight, TileKernel};
+use ets_dev::cuda::checks::{self, CheckPath};
 
-fn runtime_or_skip() -> Option<CudaRuntime> {
-    match CudaRuntime::new(0) {
-        Ok(rt) => Some(rt),
-        Err(e) => {
-            if std::env::var("ETS_REQUIRE_GPU").as_deref() == Ok("1") {
-                panic!("ETS_REQUIRE_GPU=1 but the CUDA runtime is unusable: {e}");
-            }
-            eprintln!("skipping: no usable GPU ({e})");
-            None
-        }
-    }
+fn runtime() -> CudaRuntime {
+    CudaRuntime::new(0).unwrap_or_else(|e| panic!("the CUDA runtime is unusable: {e}"))
+}
+
+/// A generator seeded from `ETS_TEST_SEED` or the clock; the seed is printed.
+fn seeded_rng(test: &str) -> Rng {
+    let seed = std::env::var("ETS_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1)
+        });
+    eprintln!("{test}: ETS_TEST_SEED={seed}");
+    Rng::new(seed)
 }
 
 #[test]
-fn tile_kernel_and_dense_paths_match_the_cpu_reference() {
-    let Some(rt) = runtime_or_skip() else { return };
-    let mut rng = Rng::fresh();
+#[ignore = "needs an NVIDIA GPU"]
+fn gpu_tile_kernel_and_dense_paths_match_the_cpu_reference() {
+    let rt = runtime();
+    let mut rng = seeded_rng("gpu_tile_kernel_and_dense_paths_match_the_cpu_reference");
     let mut results = Vec::new();
     for elem in [ElemType::F16, ElemType::Bf16] {
         for (tile, shape, density) in [
@@ -87,4 +97,58 @@ fn tile_kernel_and_dense_paths_match_the_cpu_reference() {
         .map(|r| r.name.clone())
         .collect();
     assert!(failed.is_empty(), "failed: {failed:?}");
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn gpu_dispatch_decisions_persist_and_options_force() {
+    let rt = runtime();
+    let mut rng = seeded_rng("gpu_dispatch_decisions_persist_and_options_force");
+    let (n, k) = (768, 768);
+    let w = rng.vec(n * k, 0.05);
+    let keep = top_norm_mask(&w, n, k, 16, 16, 0.5);
+    let h = HostTiles::from_dense(&w, n, k, 16, 16, &keep, ElemType::F16).unwrap();
+    let tiles = DeviceTiles::upload(&rt, &h).unwrap();
+    let lw = LinearWeight::Tile(tiles.view);
+    let dir = tempfile::tempdir().unwrap();
+    let opts = CudaOptions {
+        cache_dir: Some(dir.path().to_path_buf()),
+        ..CudaOptions::default()
+    };
+    let first = Dispatcher::with_options(opts.clone())
+        .decide(&rt, "w", &lw, 1000)
+        .unwrap();
+    assert!(first.reason.starts_with("measured"), "{}", first.reason);
+    assert!(dir.path().join(TUNING_FILE).exists());
+    // A second dispatcher (as a second process would) reads the decision instead of timing.
+    let second = Dispatcher::with_options(opts.clone())
+        .decide(&rt, "w", &lw, 1000)
+        .unwrap();
+    assert!(
+        second.reason.starts_with("tuning cache"),
+        "{}",
+        second.reason
+    );
+    assert_eq!(
+        (second.choice, second.tile_ms),
+        (first.choice, first.tile_ms)
+    );
+    let cublas = Dispatcher::with_options(CudaOptions {
+        force_cublas: true,
+        ..opts.clone()
+    })
+    .decide(&rt, "w", &lw, 1000)
+    .unwrap();
+    assert_eq!(cublas.choice, Choice::Cublas);
+    let forced = Dispatcher::with_options(CudaOptions {
+        force_kernel: Some(TileKernel::Mma),
+        tuning_cache: false,
+        ..opts
+    })
+    .decide(&rt, "w", &lw, 1000)
+    .unwrap();
+    assert_eq!(
+        (forced.choice, forced.kernel),
+        (Choice::Tile, Some(TileKernel::Mma))
+    );
 }

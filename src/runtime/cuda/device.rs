@@ -10,6 +10,7 @@ use cudarc::driver::{result, sys, CudaContext, CudaFunction, CudaModule, CudaStr
 
 use super::error::CudaError;
 use super::nvrtc::{self, KernelReport, KERNELS};
+use super::tile::{DeviceLimits, TileKernel};
 
 fn catch<T>(library: &'static str, f: impl FnOnce() -> T) -> Result<T, CudaError> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|p| {
@@ -197,6 +198,14 @@ impl CudaRuntime {
     /// Most dynamic shared memory one block may opt into (bytes).
     pub fn max_smem_per_block(&self) -> usize {
         self.max_smem_optin.max(0) as usize
+    }
+    /// What kernel planning needs to know about this device.
+    pub fn limits(&self) -> DeviceLimits {
+        DeviceLimits {
+            arch: self.arch.clone(),
+            sm_count: self.sm_count.max(0) as usize,
+            max_smem: self.max_smem_per_block(),
+        }
     }
     /// The stream all work goes to.
     pub fn stream(&self) -> &Arc<CudaStream> {
@@ -666,19 +675,17 @@ impl Drop for GpuTimer {
 }
 
 fn kernel_file_for(name: &str) -> Result<&'static str, CudaError> {
-    if name.starts_with("tile_gemm_") {
-        Ok("tile_gemm.cu")
-    } else if name.starts_with("tile_wg_") {
-        Ok("tile_wgmma.cu")
-    } else if name.starts_with("tile_walkwg_") {
-        Ok("tile_walk_wg.cu")
-    } else if name.starts_with("tile_walk_") {
-        Ok("tile_walk.cu")
-    } else if name.starts_with("tile_tma_") {
-        Ok("tile_tma.cu")
-    } else if name.starts_with("tile_rs_") {
-        Ok("tile_rs.cu")
-    } else if [
+    let tile = [
+        ("tile_gemm_", TileKernel::Mma),
+        ("tile_wg_", TileKernel::Wg128),
+        ("tile_walk_", TileKernel::Walk),
+        ("tile_tma_", TileKernel::Tma128),
+        ("tile_rs_", TileKernel::Rs),
+    ];
+    if let Some((_, k)) = tile.iter().find(|(p, _)| name.starts_with(p)) {
+        return Ok(k.family().file());
+    }
+    if [
         "epilogue_",
         "gather_cols_",
         "densify_tiles_",
@@ -696,25 +703,15 @@ fn kernel_file_for(name: &str) -> Result<&'static str, CudaError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::cuda::gemm::TileKernel;
-    use crate::runtime::cuda::upload::TileDeviceView;
+    use crate::runtime::cuda::tile::TileShape;
 
     #[test]
     fn every_tile_kernel_name_maps_to_an_embedded_file() {
-        let kernels = [
-            TileKernel::Mma,
-            TileKernel::Wg64,
-            TileKernel::Wg128,
-            TileKernel::Walk,
-            TileKernel::WalkWg,
-            TileKernel::Tma128,
-            TileKernel::Tma256,
-            TileKernel::Rs,
-        ];
-        for k in kernels {
+        for k in TileKernel::ALL {
             for elem in [ElemType::F16, ElemType::Bf16] {
-                let name = k.name(&TileDeviceView::for_planning(256, 256, 16, 16, elem));
+                let name = k.entry_name(&TileShape::new(256, 256, 16, 16, 0, elem));
                 let file = kernel_file_for(&name).unwrap_or_else(|e| panic!("{k:?}: {e}"));
+                assert_eq!(file, k.family().file(), "{name}");
                 let (_, src) = nvrtc::KERNELS
                     .iter()
                     .find(|(f, _)| *f == file)

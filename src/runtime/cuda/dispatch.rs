@@ -1,16 +1,18 @@
 //! Choosing, per weight and token count, between the tile kernel and cuBLAS on a dense copy.
 //!
-//! The first call for a (weight shape, tile shape, kept tiles, token bucket) measures both on the
-//! device and caches the answer for the process; [`Dispatcher::table`] lists every decision with
-//! its reason and the measured speedup.
+//! The first call for a (weight shape, tile shape, mask, token bucket) measures every usable tile
+//! kernel and cuBLAS on the device and keeps the answer for the process and, with the tuning cache
+//! on ([`CudaOptions::tuning_cache`]), on disk for the next process ([`TuningCache`]).
+//! [`Dispatcher::table`] lists every decision with its reason and the measured speedup.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 use super::device::{CudaRuntime, DevBuf};
 use super::error::CudaError;
-use super::gemm::{self, Epilogue, LinearWeight, Scratch, TileKernel};
-use super::upload::TileDeviceView;
+use super::gemm::{self, Epilogue, LinearWeight, Scratch};
+use super::tile::{self, TileDeviceView, TileKernel};
+use super::tuning::{CudaOptions, TuneEntry, TuneKey, TuningCache};
 
 /// Which implementation runs a weight.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,13 +55,15 @@ impl DispatchEntry {
     }
 }
 
-type Key = (usize, usize, usize, usize, usize, usize);
+type Key = (usize, usize, usize, usize, usize, Option<[u8; 32]>, usize);
 /// (choice, fastest tile kernel ms, cuBLAS ms, reason, that tile kernel)
 type Decision = (Choice, Option<f64>, Option<f64>, String, Option<TileKernel>);
 
 /// Measures once, caches, and runs linear layers with the chosen implementation.
 #[derive(Default)]
 pub struct Dispatcher {
+    options: CudaOptions,
+    tuning: OnceLock<Option<TuningCache>>,
     cache: Mutex<HashMap<Key, Decision>>,
     entries: Mutex<Vec<DispatchEntry>>,
     dense: Mutex<HashMap<String, DevBuf>>,
@@ -94,9 +98,102 @@ fn bucket(tokens: usize) -> usize {
 }
 
 impl Dispatcher {
-    /// An empty dispatcher.
+    /// An empty dispatcher with the default options.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty dispatcher with `options`.
+    pub fn with_options(options: CudaOptions) -> Self {
+        Dispatcher {
+            options,
+            ..Self::default()
+        }
+    }
+
+    /// The options this dispatcher follows.
+    pub fn options(&self) -> &CudaOptions {
+        &self.options
+    }
+
+    /// The on-disk tuning cache, opened on first use; None when the options turn it off or no
+    /// cache directory is known.
+    fn tuning(&self) -> Option<&TuningCache> {
+        self.tuning
+            .get_or_init(|| {
+                if !self.options.tuning_cache {
+                    return None;
+                }
+                let dir = self
+                    .options
+                    .cache_dir
+                    .clone()
+                    .or_else(super::nvrtc::cache_dir)?;
+                Some(TuningCache::open(&dir))
+            })
+            .as_ref()
+    }
+
+    /// How the options or the tuning cache decide `v` at `tokens` (a bucket), or None when it
+    /// must be measured.
+    fn decide_without_measuring(
+        &self,
+        rt: &CudaRuntime,
+        v: &TileDeviceView,
+        tokens: usize,
+    ) -> Option<Decision> {
+        if self.options.force_cublas {
+            return Some((
+                Choice::Cublas,
+                None,
+                None,
+                "forced by the options".into(),
+                None,
+            ));
+        }
+        if let Some(why) = tile::tile_kernel_unsupported(v) {
+            return Some((Choice::Cublas, None, None, why, None));
+        }
+        if let Some(k) = self.options.force_kernel {
+            if tile::kernel_unsupported(&rt.limits(), k, v, tokens).is_none() {
+                let why = format!("forced by the options (tile kernel {k:?})");
+                return Some((Choice::Tile, None, None, why, Some(k)));
+            }
+        }
+        let e = self.tuning()?.get(&tune_key(rt, v, tokens)?)?;
+        let choice = if e.kernel.is_some() {
+            Choice::Tile
+        } else {
+            Choice::Cublas
+        };
+        let why = match e.kernel {
+            Some(k) => format!("tuning cache (tile kernel {k:?})"),
+            None => "tuning cache".into(),
+        };
+        Some((choice, e.tile_ms, e.dense_ms, why, e.kernel))
+    }
+
+    /// Measures `v` at `tokens` (a bucket) and stores the decision in the tuning cache.
+    fn measure_and_store(
+        &self,
+        rt: &CudaRuntime,
+        v: &TileDeviceView,
+        tokens: usize,
+    ) -> Result<Decision, CudaError> {
+        let (kern, t, c) = self.measure(rt, v, tokens)?;
+        let choice = if t <= c { Choice::Tile } else { Choice::Cublas };
+        if let (Some(cache), Some(key)) = (self.tuning(), tune_key(rt, v, tokens)) {
+            let entry = TuneEntry {
+                kernel: (choice == Choice::Tile).then_some(kern),
+                tile_ms: Some(t),
+                dense_ms: Some(c),
+            };
+            if let Err(e) = cache.put(&key, entry) {
+                eprintln!("warning: tuning cache not written: {e}");
+            }
+        }
+        let why = format!("measured (tile kernel {kern:?})");
+        Ok((choice, Some(t), Some(c), why, Some(kern)))
     }
 
     /// Times every tile kernel this device runs for `v` and cuBLAS on a dense copy; returns the
@@ -109,28 +206,30 @@ impl Dispatcher {
     ) -> Result<(TileKernel, f64, f64), CudaError> {
         let dense = gemm::densify(rt, v)?;
         // Random activations: timing on constant or zero data can run faster than real inputs.
-        let mut rng = super::host::Rng::fresh();
-        let x = super::bench::random_dev(rt, &mut rng, tokens * v.cols)?;
+        let x = random_activations(rt, tokens * v.cols)?;
         let y = rt.alloc(tokens * v.rows * 2)?;
         let ep = Epilogue::default();
-        let mut kernels = vec![gemm::auto_kernel(rt, v, tokens)];
-        for k in gemm::usable_kernels(rt, v, tokens) {
+        let dev = rt.limits();
+        let mut kernels = vec![tile::auto_kernel(&dev, v, tokens)];
+        for k in tile::usable_kernels(&dev, v, tokens) {
             if !kernels.contains(&k) {
                 kernels.push(k);
             }
         }
         let mut best: Option<(TileKernel, f64)> = None;
         for kern in kernels {
-            let splits = gemm::tile_splits_bn(rt.sm_count() as usize, tokens, v, kern.bn());
-            let ms = median_ms(rt, 5, 10, || {
-                gemm::tile_gemm_with(rt, x.ptr(), tokens, v, &ep, y.ptr(), splits, kern)
+            // SAFETY: x holds tokens x K and y tokens x N values, allocated above; the epilogue is
+            // empty; v's upload outlives the dispatcher's use of it (caller's contract).
+            let ms = median_ms(rt, 5, 10, || unsafe {
+                tile::tile_gemm_with(rt, x.ptr(), tokens, v, &ep, y.ptr(), None, kern)
             })?;
             if best.map_or(true, |(_, b)| ms < b) {
                 best = Some((kern, ms));
             }
         }
         let (kern, tile) = best.unwrap_or((TileKernel::Mma, f64::INFINITY));
-        let cublas = median_ms(rt, 5, 10, || {
+        // SAFETY: dense holds N x K values, x and y as above.
+        let cublas = median_ms(rt, 5, 10, || unsafe {
             gemm::dense_gemm(
                 rt,
                 v.elem,
@@ -159,7 +258,7 @@ impl Dispatcher {
         let poisoned = || CudaError::Invalid("dispatch cache lock poisoned".into());
         let (density, decision) = match w {
             LinearWeight::Tile(v) => {
-                let key = (n, k, v.th, v.tw, v.kept, tokens_b);
+                let key = (n, k, v.th, v.tw, v.kept, v.mask_sha256, tokens_b);
                 let cached = self
                     .cache
                     .lock()
@@ -169,14 +268,9 @@ impl Dispatcher {
                 let d = match cached {
                     Some(d) => d,
                     None => {
-                        let d = match gemm::tile_kernel_unsupported(v) {
-                            Some(why) => (Choice::Cublas, None, None, why, None),
-                            None => {
-                                let (kern, t, c) = self.measure(rt, v, tokens_b)?;
-                                let choice = if t <= c { Choice::Tile } else { Choice::Cublas };
-                                let why = format!("measured (tile kernel {kern:?})");
-                                (choice, Some(t), Some(c), why, Some(kern))
-                            }
+                        let d = match self.decide_without_measuring(rt, v, tokens_b) {
+                            Some(d) => d,
+                            None => self.measure_and_store(rt, v, tokens_b)?,
                         };
                         self.cache
                             .lock()
@@ -235,8 +329,12 @@ impl Dispatcher {
     }
 
     /// Runs `Y = act(X W^T + b) + residual` with the implementation chosen for this weight.
+    ///
+    /// # Safety
+    /// As [`gemm::linear`]: `x` holds `m x K` and `y` `m x N` values of the weight's type, the
+    /// epilogue's addresses their [`Epilogue`] bounds, and the weight's upload is alive.
     #[allow(clippy::too_many_arguments)]
-    pub fn run_linear(
+    pub unsafe fn run_linear(
         &self,
         rt: &CudaRuntime,
         name: &str,
@@ -249,8 +347,8 @@ impl Dispatcher {
     ) -> Result<Choice, CudaError> {
         let d = self.decide(rt, name, w, m)?;
         if let (Choice::Tile, LinearWeight::Tile(v), Some(kern)) = (d.choice, w, d.kernel) {
-            let splits = gemm::tile_splits_bn(rt.sm_count() as usize, m, v, kern.bn());
-            gemm::tile_gemm_with(rt, x, m, v, ep, y, splits, kern)?;
+            // SAFETY: the caller's bounds, passed on.
+            unsafe { tile::tile_gemm_with(rt, x, m, v, ep, y, None, kern)? };
             return Ok(d.choice);
         }
         let fallback = match (d.choice, w) {
@@ -266,7 +364,8 @@ impl Dispatcher {
             }
             _ => None,
         };
-        gemm::linear(rt, x, m, w, fallback, ep, y, scratch)?;
+        // SAFETY: the caller's bounds; the dense copy holds N x K values and lives in self.
+        unsafe { gemm::linear(rt, x, m, w, fallback, ep, y, scratch)? };
         Ok(d.choice)
     }
 
@@ -274,6 +373,31 @@ impl Dispatcher {
     pub fn table(&self) -> Vec<DispatchEntry> {
         self.entries.lock().map(|e| e.clone()).unwrap_or_default()
     }
+}
+
+/// `n` f16 values uniform in [-1, 1) on the device: a fixed-seed block of 1 Mi values repeated.
+fn random_activations(rt: &CudaRuntime, n: usize) -> Result<DevBuf, CudaError> {
+    let mut rng = super::host::Rng::new(0x5EED_0FD1_59A7);
+    let block: Vec<u16> = (0..(1usize << 20).min(n.max(1)))
+        .map(|_| super::host::to_bits(super::ElemType::F16, rng.sym(1.0)))
+        .collect();
+    let values: Vec<u16> = block.iter().copied().cycle().take(n).collect();
+    rt.upload(&values)
+}
+
+/// The tuning cache's key of `v` at `tokens`; None when the mask's signature is not known.
+fn tune_key(rt: &CudaRuntime, v: &TileDeviceView, tokens: usize) -> Option<TuneKey> {
+    Some(TuneKey {
+        gpu: rt.name().to_string(),
+        arch: rt.arch().to_string(),
+        dtype: v.elem.suffix().to_string(),
+        n: v.rows,
+        k: v.cols,
+        th: v.th,
+        tw: v.tw,
+        mask_sha256: v.mask_sha256?,
+        tokens,
+    })
 }
 
 /// Formats decisions as a text table.

@@ -173,29 +173,6 @@ impl HostTiles {
         })
     }
 
-    /// [`group_work_spread`] of these tiles for the register-operand kernel.
-    pub fn work_spread(&self) -> f32 {
-        group_work_spread(
-            &self.bitmap,
-            self.grid_rows,
-            self.grid_cols,
-            self.th,
-            self.tw,
-            super::tma::RS_TILE_COST,
-        )
-    }
-
-    /// The geometry the register-operand kernel's stage plans depend on.
-    pub fn geometry(&self) -> super::rs_plan::TileGeometry {
-        super::rs_plan::TileGeometry {
-            th: self.th,
-            tw: self.tw,
-            grid_rows: self.grid_rows,
-            grid_cols: self.grid_cols,
-            cols: self.cols,
-        }
-    }
-
     /// Kept tiles.
     pub fn kept(&self) -> usize {
         self.row_offsets.last().copied().unwrap_or(0) as usize

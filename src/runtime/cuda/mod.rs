@@ -8,30 +8,33 @@
 //! - [`nvrtc`]: compiling `kernels/*.cu` for an architecture, with an on-disk cache.
 //! - [`CudaRuntime`]: a device context, stream, loaded kernels and a cuBLAS handle.
 //! - [`DeviceModel`]: an `.ets` file's data uploaded as one allocation, with per-tensor views.
+//! - [`linear`]: the safe entry point: a weight of an uploaded model on activations in device
+//!   buffers ([`linear::run_linear`]).
 //! - [`gemm`]: the linear layer on the device (tile kernels, cuBLAS dense, rows/cols encodings).
-//! - [`walk`]: planning and launching the row-walk tile kernels.
-//! - [`tma`]: tensor maps and launch of the TMA-fed tile kernel (sm_90).
-//! - [`dispatch`]: per-weight choice between the tile kernel and cuBLAS, measured once.
+//! - [`tile`]: the tile kernel families behind one interface ([`tile::TileFamily`]).
+//! - [`dispatch`]: per-weight choice between the tile kernels and cuBLAS, measured once.
+//! - [`tuning`]: the runtime's options ([`CudaOptions`]) and the on-disk cache of decisions.
 
-pub mod bench;
-pub mod checks;
 mod device;
 pub mod dispatch;
+mod epilogue;
 mod error;
 pub mod gemm;
 pub mod host;
+pub mod linear;
 pub mod nvrtc;
-pub mod rs_plan;
-pub mod tma;
+pub mod tile;
+pub mod tuning;
 pub mod upload;
-pub mod walk;
 
 pub use device::{CudaRuntime, DevBuf, ElemType, GpuTimer, KArg, PinnedBuf};
 pub use dispatch::{format_table, median_ms, Choice, DispatchEntry, Dispatcher};
 pub use error::CudaError;
 pub use gemm::{Epilogue, LinearWeight, Scratch};
 pub use nvrtc::{compile_all_kernels, KernelReport};
-pub use upload::{DeviceModel, DeviceTensor, TileDeviceView, UploadMethod, UploadStats};
+pub use tile::{TileDeviceView, TileKernel, TileShape};
+pub use tuning::{CudaOptions, TuningCache};
+pub use upload::{DeviceModel, DeviceTensor, UploadMethod, UploadStats};
 
 /// Checks that the CUDA driver library, NVRTC and at least one GPU are usable.
 ///

@@ -47,14 +47,6 @@ pub const KERNELS: &[(&str, &str)] = &[
         ),
     ),
     (
-        "tile_walk_wg.cu",
-        concat!(
-            include_str!("../../../kernels/common.cuh"),
-            include_str!("../../../kernels/wgmma.cuh"),
-            include_str!("../../../kernels/tile_walk_wg.cu")
-        ),
-    ),
-    (
         "tile_tma.cu",
         concat!(
             include_str!("../../../kernels/common.cuh"),
@@ -79,10 +71,7 @@ pub const KERNELS: &[(&str, &str)] = &[
 /// The architecture a kernel file is compiled for on a device of `arch`: the warpgroup-MMA files
 /// need the architecture-specific target (`sm_90a`) on Hopper; everything else uses `arch`.
 pub fn arch_for(file: &str, arch: &str) -> String {
-    let wgmma = matches!(
-        file,
-        "tile_wgmma.cu" | "tile_walk_wg.cu" | "tile_tma.cu" | "tile_rs.cu"
-    );
+    let wgmma = matches!(file, "tile_wgmma.cu" | "tile_tma.cu" | "tile_rs.cu");
     if wgmma && arch == "sm_90" {
         "sm_90a".to_string()
     } else {
@@ -241,11 +230,6 @@ fn nvrtc_options(arch: &str, includes: &[PathBuf]) -> Vec<String> {
             .iter()
             .map(|d| format!("--include-path={}", d.display())),
     );
-    // Kernel experiments: `ETS_KERNEL_DEFINES="NAME=VALUE ..."` adds preprocessor definitions
-    // (part of the cache key, like every option).
-    if let Ok(defs) = std::env::var("ETS_KERNEL_DEFINES") {
-        opts.extend(defs.split_whitespace().map(|d| format!("-D{d}")));
-    }
     opts
 }
 

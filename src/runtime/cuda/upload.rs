@@ -21,7 +21,6 @@ use crate::format::{Dtype, EtsFile, TensorData, TensorView};
 
 mod host_tiles;
 mod pipeline;
-pub mod sweep;
 
 pub use host_tiles::DeviceTiles;
 
@@ -31,93 +30,57 @@ pub use pipeline::{Schedule, StagingConfig};
 use super::device::{CudaRuntime, DevBuf, ElemType};
 use super::error::CudaError;
 use super::gemm::LinearWeight;
-use super::host::{group_work_spread, to_bits, union_fractions, HostTiles};
-use super::rs_plan::{RsPlans, TileGeometry};
-use super::tma::RS_TILE_COST;
+use super::host::{to_bits, HostTiles};
+use super::tile::rs_plan::TileGeometry;
+pub use super::tile::TileDeviceView;
+use super::tile::TilePrep;
 
-/// The register-operand kernel's stage plans of a tile weight ([`RsPlans`]) put on the device, and
-/// the plans per group; None for tile shapes the kernel does not plan.
-pub(crate) fn upload_rs_plans(
+/// The device addresses of a tile weight's bitmap, row offsets and values.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TileAddrs {
+    pub bitmap: u64,
+    pub row_offsets: u64,
+    pub values: u64,
+}
+
+/// The geometry of tiles built on the host.
+pub(crate) fn host_geometry(h: &HostTiles) -> TileGeometry {
+    TileGeometry {
+        th: h.th,
+        tw: h.tw,
+        grid_rows: h.grid_rows,
+        grid_cols: h.grid_cols,
+        cols: h.cols,
+    }
+}
+
+/// Makes a tile weight's plan ([`TilePrep`]) from its bitmap and row offsets on the host, puts
+/// the register-operand kernel's stage plans on the device, and returns the weight's view with
+/// the buffer holding those plans (which must outlive the view).
+pub(crate) fn tile_view(
     rt: &CudaRuntime,
     bitmap: &[u64],
     row_offsets: &[u32],
-    geometry: TileGeometry,
-) -> Result<Option<(DevBuf, usize)>, CudaError> {
-    match RsPlans::new(bitmap, row_offsets, geometry) {
-        Some(p) => Ok(Some((rt.upload_bytes(&p.to_bytes())?, p.stride))),
-        None => Ok(None),
-    }
-}
-
-/// Device addresses and geometry of a tile-encoded weight.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct TileDeviceView {
-    /// Bitmap words (u64).
-    pub bitmap: u64,
-    /// Row offsets (u32, `grid_rows + 1`).
-    pub row_offsets: u64,
-    /// Kept tile values.
-    pub values: u64,
-    /// Rows (out features).
-    pub rows: usize,
-    /// Columns (in features).
-    pub cols: usize,
-    /// Tile height.
-    pub th: usize,
-    /// Tile width.
-    pub tw: usize,
-    /// Block rows.
-    pub grid_rows: usize,
-    /// Block columns.
-    pub grid_cols: usize,
-    /// Kept tiles.
-    pub kept: usize,
-    /// Element type of the values.
-    pub elem: ElemType,
-    /// Whether per-tile element bitmaps are present (the tile kernel does not read them).
-    pub has_element_bitmaps: bool,
-    /// Fractions of (64-feature group, tile column) and (128-feature group, tile column) pairs
-    /// holding a kept tile ([`super::host::union_fractions`]), when the host knew the bitmap.
-    pub unions: Option<[f32; 2]>,
-    /// Largest over mean work of the register-operand kernel's feature groups
-    /// ([`super::host::group_work_spread`]), when the host knew the bitmap.
-    pub work_spread: Option<f32>,
-    /// The register-operand kernel's stage plans ([`super::rs_plan`]) on the device, 0 when the
-    /// weight was not uploaded with them (the kernel then cannot run it).
-    pub rs_plans: u64,
-    /// Plans per feature group in `rs_plans`.
-    pub rs_plan_stride: usize,
-}
-
-impl TileDeviceView {
-    /// A view with the dimensions of an `rows x cols` weight in `th x tw` tiles and no device
-    /// data: what kernel planning reads (which kernels fit, how a launch is split), before or
-    /// without an upload. Never pass it to a launch.
-    pub fn for_planning(rows: usize, cols: usize, th: usize, tw: usize, elem: ElemType) -> Self {
-        TileDeviceView {
-            bitmap: 0,
-            row_offsets: 0,
-            values: 0,
-            rows,
-            cols,
-            th,
-            tw,
-            grid_rows: rows.div_ceil(th.max(1)),
-            grid_cols: cols.div_ceil(tw.max(1)),
-            kept: 0,
-            elem,
-            has_element_bitmaps: false,
-            unions: None,
-            work_spread: None,
-            rs_plans: 0,
-            rs_plan_stride: 0,
-        }
-    }
-
-    /// Fraction of tiles kept.
-    pub fn density(&self) -> f64 {
-        self.kept as f64 / (self.grid_rows * self.grid_cols).max(1) as f64
-    }
+    g: TileGeometry,
+    rows: usize,
+    elem: ElemType,
+    at: TileAddrs,
+) -> Result<(TileDeviceView, Option<DevBuf>), CudaError> {
+    let kept = row_offsets.last().copied().unwrap_or(0) as usize;
+    let prep = TilePrep::new(bitmap, row_offsets, g);
+    let plans = match &prep.rs_plans {
+        Some((bytes, stride)) => Some((rt.upload_bytes(bytes)?, *stride)),
+        None => None,
+    };
+    let view = TileDeviceView {
+        shape: prep.shape(g, rows, kept, elem),
+        bitmap: at.bitmap,
+        row_offsets: at.row_offsets,
+        values: at.values,
+        rs_plans: plans.as_ref().map_or(0, |(b, _)| b.ptr()),
+        rs_plan_stride: plans.as_ref().map_or(0, |(_, s)| *s),
+    };
+    Ok((view, plans.map(|(b, _)| b)))
 }
 
 /// One tensor on the device.
@@ -213,9 +176,8 @@ pub fn tensor_extent(file: &EtsFile) -> Result<Range<usize>, CudaError> {
     Ok(start as usize..end as usize)
 }
 
-// Measured with the default config (85 MB file, H200): one thread per chunk with several workers
-// and streams (8 workers, 4 MiB chunks) reached 0.38x of a pinned copy, below this pipeline's
-// 0.44-0.58x: the host-side copy, not the link, is the limit, and it needs all cores.
+// The host-side copy, not the link, limits a staged upload, and it needs all cores: every chunk
+// is filled by the whole thread pool rather than one thread per chunk (bench/RESULTS.md, "Upload").
 fn staged(
     rt: &CudaRuntime,
     dst: u64,
@@ -605,51 +567,23 @@ impl DeviceModel {
             (Some(elem), TensorData::Tile(t))
                 if t.element_bitmaps.is_none() && aligned(t.values.as_ptr() as usize) =>
             {
-                let (rs_plans, rs_plan_stride) = match upload_rs_plans(
-                    rt,
-                    t.bitmap,
-                    t.row_offsets,
-                    TileGeometry {
-                        th: t.tile_rows,
-                        tw: t.tile_cols,
-                        grid_rows: t.grid_rows,
-                        grid_cols: t.grid_cols,
-                        cols: t.cols,
-                    },
-                )? {
-                    Some((buf, stride)) => (self.keep(buf), stride),
-                    None => (0, 0),
-                };
-                Ok(LinearWeight::Tile(TileDeviceView {
-                    bitmap: addr(t.bitmap.as_ptr() as usize),
-                    row_offsets: addr(t.row_offsets.as_ptr() as usize),
-                    values: addr(t.values.as_ptr() as usize),
-                    rows: t.rows,
-                    cols: t.cols,
+                let g = TileGeometry {
                     th: t.tile_rows,
                     tw: t.tile_cols,
                     grid_rows: t.grid_rows,
                     grid_cols: t.grid_cols,
-                    kept: t.kept_tiles(),
-                    elem,
-                    has_element_bitmaps: false,
-                    unions: Some(union_fractions(
-                        t.bitmap,
-                        t.grid_rows,
-                        t.grid_cols,
-                        t.tile_rows,
-                    )),
-                    work_spread: Some(group_work_spread(
-                        t.bitmap,
-                        t.grid_rows,
-                        t.grid_cols,
-                        t.tile_rows,
-                        t.tile_cols,
-                        RS_TILE_COST,
-                    )),
-                    rs_plans,
-                    rs_plan_stride,
-                }))
+                    cols: t.cols,
+                };
+                let at = TileAddrs {
+                    bitmap: addr(t.bitmap.as_ptr() as usize),
+                    row_offsets: addr(t.row_offsets.as_ptr() as usize),
+                    values: addr(t.values.as_ptr() as usize),
+                };
+                let (view, plans) = tile_view(rt, t.bitmap, t.row_offsets, g, t.rows, elem, at)?;
+                if let Some(p) = plans {
+                    self.keep(p);
+                }
+                Ok(LinearWeight::Tile(view))
             }
             (None, TensorData::Tile(t)) if t.element_bitmaps.is_none() => {
                 // f32 tiles: re-encode as f16 tiles (the kernels read 16-bit values).
@@ -681,29 +615,24 @@ impl DeviceModel {
                     let b = rt.upload(&h.values)?;
                     self.keep(b)
                 };
-                let (rs_plans, rs_plan_stride) =
-                    match upload_rs_plans(rt, &h.bitmap, &h.row_offsets, h.geometry())? {
-                        Some((buf, stride)) => (self.keep(buf), stride),
-                        None => (0, 0),
-                    };
-                Ok(LinearWeight::Tile(TileDeviceView {
+                let at = TileAddrs {
                     bitmap,
                     row_offsets,
                     values,
-                    rows: n,
-                    cols: k,
-                    th: h.th,
-                    tw: h.tw,
-                    grid_rows: h.grid_rows,
-                    grid_cols: h.grid_cols,
-                    kept: h.kept(),
-                    elem: ElemType::F16,
-                    has_element_bitmaps: false,
-                    unions: Some(union_fractions(&h.bitmap, h.grid_rows, h.grid_cols, h.th)),
-                    work_spread: Some(h.work_spread()),
-                    rs_plans,
-                    rs_plan_stride,
-                }))
+                };
+                let (view, plans) = tile_view(
+                    rt,
+                    &h.bitmap,
+                    &h.row_offsets,
+                    host_geometry(&h),
+                    n,
+                    ElemType::F16,
+                    at,
+                )?;
+                if let Some(p) = plans {
+                    self.keep(p);
+                }
+                Ok(LinearWeight::Tile(view))
             }
             (Some(elem), TensorData::Dense { values }) => Ok(LinearWeight::Dense {
                 w: addr(values.as_ptr() as usize),
@@ -803,54 +732,4 @@ impl DeviceModel {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::runtime::cuda::host::Rng;
-
-    #[test]
-    fn first_difference_finds_the_first_changed_byte() {
-        let mut rng = Rng::fresh();
-        let n = (3 << 20) + (rng.next_u64() % 5000) as usize;
-        let a: Vec<u8> = (0..n).map(|_| rng.next_u64() as u8).collect();
-        assert_eq!(first_difference(&a, &a.clone()), None);
-        let mut b = a.clone();
-        let i = (rng.next_u64() % n as u64) as usize;
-        let j = i + (n - i) / 2;
-        b[j] ^= 0x10;
-        b[i] ^= 0x01;
-        assert_eq!(first_difference(&a, &b), Some(i));
-        assert_eq!(first_difference(&a, &a[..n - 1]), Some(n - 1));
-        assert_eq!(first_difference(&[], &[]), None);
-    }
-
-    #[test]
-    fn extent_covers_every_tensor_and_the_file_check_refuses_other_files() {
-        let mut rng = Rng::fresh();
-        let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir.path().join("m.ets");
-        crate::runtime::cuda::checks::write_check_file(&path, &mut rng).expect("write");
-        let file = EtsFile::open(&path).expect("open");
-        let ext = tensor_extent(&file).expect("extent");
-        let tensors: Vec<(u64, u64)> = file.tensors().map(|v| (v.offset, v.length)).collect();
-        assert!(!tensors.is_empty());
-        for &(o, l) in &tensors {
-            assert!(ext.start as u64 <= o && o + l <= ext.end as u64);
-        }
-        assert!(tensors.iter().any(|&(o, _)| o == ext.start as u64));
-        assert!(tensors.iter().any(|&(o, l)| o + l == ext.end as u64));
-
-        let same = File::open(&path).expect("reopen");
-        assert!(check_same_file(&same, &file, &path).is_ok());
-        let mut bytes = std::fs::read(&path).expect("read");
-        let other = dir.path().join("other.ets");
-        bytes[100] ^= 0xFF;
-        std::fs::write(&other, &bytes).expect("write other");
-        let f = File::open(&other).expect("open other");
-        assert!(check_same_file(&f, &file, &other).is_err());
-        bytes[100] ^= 0xFF;
-        bytes.pop();
-        std::fs::write(&other, &bytes).expect("write other");
-        let f = File::open(&other).expect("open other");
-        assert!(check_same_file(&f, &file, &other).is_err());
-    }
-}
+mod tests;

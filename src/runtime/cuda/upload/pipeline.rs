@@ -49,8 +49,7 @@ pub struct StagingConfig {
 
 impl Default for StagingConfig {
     /// Eight 4 MiB buffers, pieces split evenly among the threads, no per-chunk wait: the fastest
-    /// configuration of the sweep on an H200 host (85 MB file: 0.81x of a pinned copy with a warm
-    /// mapping, 0.88x with a fresh one; the previous 16 MiB x 4 per-chunk default: 0.52x / 0.46x).
+    /// configuration of the upload sweep (bench/RESULTS.md, "Upload").
     fn default() -> Self {
         Self::new(4 << 20, 8, 0, Schedule::Stream)
     }

@@ -1,12 +1,13 @@
 //! Benchmarks of the tile kernel against cuBLAS dense in the same process, and the ceilings they
 //! are judged by (device-to-device copy bandwidth, cuBLAS dense rate).
 
-use super::device::{CudaRuntime, DevBuf, ElemType};
-use super::dispatch::median_ms;
-use super::error::CudaError;
-use super::gemm::{self, Epilogue, TileKernel};
-use super::host::{to_bits, HostTiles, Rng};
-use super::upload::DeviceTiles;
+use ets::runtime::cuda::dispatch::median_ms;
+use ets::runtime::cuda::gemm::{self, Epilogue};
+use ets::runtime::cuda::host::{to_bits, HostTiles, Rng};
+use ets::runtime::cuda::tile::{self, TileKernel};
+use ets::runtime::cuda::upload::DeviceTiles;
+use ets::runtime::cuda::CudaError;
+use ets::runtime::cuda::{CudaRuntime, DevBuf, ElemType};
 
 /// How kept tiles are placed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,7 +101,8 @@ pub fn cublas_tflops(rt: &CudaRuntime, rng: &mut Rng, s: usize) -> Result<f64, C
     let x = random_dev(rt, rng, s * s)?;
     let w = random_dev(rt, rng, s * s)?;
     let y = rt.alloc(s * s * 2)?;
-    let ms = time_call(rt, || {
+    // SAFETY: x, w and y each hold s x s f16 values, allocated above.
+    let ms = time_call(rt, || unsafe {
         gemm::dense_gemm(rt, ElemType::F16, x.ptr(), s, s, s, w.ptr(), s, y.ptr())
     })?;
     Ok(2.0 * (s as f64).powi(3) / (ms * 1e9))
@@ -136,7 +138,7 @@ pub(crate) fn mask(
     match mode {
         MaskMode::Random => rng.mask(gr * gc, density),
         MaskMode::Grouped => {
-            let rows_per_group = (gemm::TILE_BN / tile).max(1);
+            let rows_per_group = (tile::TILE_BN / tile).max(1);
             let mut keep = vec![false; gr * gc];
             for g0 in (0..gr).step_by(rows_per_group) {
                 let cols = rng.mask(gc, density);
@@ -203,19 +205,20 @@ pub fn bench_one(
     let tiles = DeviceTiles::upload(rt, &h)?;
     let view = tiles.view;
     let ep = Epilogue::default();
-    let auto = gemm::auto_kernel(rt, &view, tokens);
+    let dev = rt.limits();
+    let auto = tile::auto_kernel(&dev, &view, tokens);
     // The unmeasured default first, then every other usable kernel; or the one kernel named
     // (case-insensitive), which then is the result's kernel.
     let kernels: Vec<TileKernel> = match only {
         None => std::iter::once(auto)
             .chain(
-                gemm::usable_kernels(rt, &view, tokens)
+                tile::usable_kernels(&dev, &view, tokens)
                     .into_iter()
                     .filter(|&kk| kk != auto),
             )
             .collect(),
         Some(name) => {
-            let usable = gemm::usable_kernels(rt, &view, tokens);
+            let usable = tile::usable_kernels(&dev, &view, tokens);
             let found = usable
                 .iter()
                 .copied()
@@ -230,23 +233,16 @@ pub fn bench_one(
     let auto = kernels[0];
     let mut per_kernel = Vec::new();
     for kern in kernels {
-        let splits = gemm::tile_splits_bn(rt.sm_count() as usize, tokens, &view, kern.bn());
-        let ms = time_call(rt, || {
-            gemm::tile_gemm_with(
-                rt,
-                inp.x.ptr(),
-                tokens,
-                &view,
-                &ep,
-                inp.y.ptr(),
-                splits,
-                kern,
-            )
+        // SAFETY: inp.x holds at least tokens x K and inp.y tokens x N values (Inputs::new for
+        // the largest token count); tiles outlives the calls.
+        let ms = time_call(rt, || unsafe {
+            tile::tile_gemm_with(rt, inp.x.ptr(), tokens, &view, &ep, inp.y.ptr(), None, kern)
         })?;
         per_kernel.push((kern, ms));
     }
     let tile_ms = per_kernel.first().map(|p| p.1).unwrap_or(f64::NAN);
-    let cublas_ms = time_call(rt, || {
+    // SAFETY: as above; inp.w_dev holds N x K values.
+    let cublas_ms = time_call(rt, || unsafe {
         gemm::dense_gemm(
             rt,
             ElemType::F16,

@@ -7,11 +7,11 @@ use std::ops::Range;
 use std::path::Path;
 use std::time::Instant;
 
-use crate::format::{EtsFile, FormatError};
-use crate::runtime::cuda::host::Rng;
-use crate::runtime::cuda::{CudaError, CudaRuntime, DevBuf, DeviceModel, PinnedBuf, UploadMethod};
+use ets::format::{EtsFile, FormatError};
+use ets::runtime::cuda::host::Rng;
+use ets::runtime::cuda::{CudaError, CudaRuntime, DevBuf, DeviceModel, PinnedBuf, UploadMethod};
 
-use super::{
+use ets::runtime::cuda::upload::{
     copy_region, first_difference, host_fill_ms, host_fill_whole_ms, pinned_copy_chunked_ms,
     pinned_copy_ms, tensor_extent, FileRegion, Schedule, StagingConfig,
 };

@@ -14,10 +14,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use ets::format::{Dtype, EncodedTensor, EtsFile, EtsWriter, WriteOptions};
-use ets::runtime::cuda::bench::{self, GemmResult, Inputs, MaskMode};
-use ets::runtime::cuda::checks::{self, CheckResult};
 use ets::runtime::cuda::host::{top_norm_mask, Rng};
 use ets::runtime::cuda::{self, format_table, nvrtc, upload, CudaError, CudaRuntime, Dispatcher};
+use ets_dev::cuda::bench::{self, GemmResult, Inputs, MaskMode};
+use ets_dev::cuda::checks::{self, CheckResult};
 
 #[derive(Parser)]
 #[command(about = "Device checks and benchmarks of the ets CUDA runtime")]
@@ -147,12 +147,6 @@ fn main() -> ExitCode {
             )?;
             print_result(&r, 4000.0);
             print_kernel_loads(&rt);
-            // Timing experiments: a kernel file built with its profiling switch keeps cycle counts
-            // of its last launch, printed by a kernel of its own.
-            if std::env::var("ETS_KERNEL_DEFINES").is_ok_and(|d| d.contains("ETR_PROFILE=1")) {
-                rt.launch("tile_rs_profile_print", (1, 1, 1), (1, 1, 1), 0, &[])?;
-                rt.synchronize()?;
-            }
             Ok(true)
         }),
         Cmd::Resources { arch } => resources(&arch).map(|_| true),
@@ -224,11 +218,12 @@ fn resources(arch: &str) -> Result<(), CudaError> {
 /// Dynamic shared memory per CTA of each tile kernel, from the host's layout functions (what the
 /// launches request; ptxas reports no dynamic shared memory).
 fn print_smem_table() {
-    use cuda::{gemm, tma, walk, ElemType, TileDeviceView};
+    use cuda::tile::{mma, rs, tma, walk, wgmma};
+    use cuda::{ElemType, TileShape};
     // Hopper's opt-in limit per CTA (227 KiB); the row walk takes the largest token block that fits.
     const LIMIT: usize = 232_448;
     let walk_at = |k: usize, th: usize, tw: usize| {
-        let v = TileDeviceView::for_planning(768, k, th, tw, ElemType::F16);
+        let v = TileShape::new(768, k, th, tw, 0, ElemType::F16);
         [128, 64, 32]
             .into_iter()
             .map(|bm| (bm, walk::walk_smem_bytes(bm, &v)))
@@ -237,42 +232,26 @@ fn print_smem_table() {
     };
     println!("== dynamic shared memory per CTA, bytes (host layout; Hopper limit {LIMIT})");
     println!(
-        "{:<7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>17} {:>17} {:>7}",
-        "tile",
-        "mma",
-        "wg64",
-        "wg128",
-        "tma128",
-        "tma256",
-        "rs",
-        "walk K=768",
-        "walk K=3072",
-        "walkwg"
+        "{:<7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>17} {:>17}",
+        "tile", "mma", "wg64", "wg128", "tma128", "tma256", "rs", "walk K=768", "walk K=3072"
     );
     for (th, tw) in [(16, 16), (32, 32), (64, 64), (64, 16), (128, 16)] {
         let wg64 = if th <= 64 {
-            gemm::wg_smem_bytes(64, th).to_string()
-        } else {
-            "-".into()
-        };
-        let rs = tma::rs_smem_bytes().to_string();
-        let walkwg = if (th, tw) == (64, 64) {
-            walk::walkwg_smem_for(768).to_string()
+            wgmma::wg_smem_bytes(64, th).to_string()
         } else {
             "-".into()
         };
         println!(
-            "{:<7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>17} {:>17} {:>7}",
+            "{:<7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>17} {:>17}",
             format!("{th}x{tw}"),
-            gemm::tile_smem_bytes(th),
+            mma::mma_smem_bytes(th),
             wg64,
-            gemm::wg_smem_bytes(128, th),
+            wgmma::wg_smem_bytes(128, th),
             tma::tma_smem_bytes(128, th),
             tma::tma_smem_bytes(256, th),
-            rs,
+            rs::rs_smem_bytes(),
             walk_at(768, th, tw),
-            walk_at(3072, th, tw),
-            walkwg
+            walk_at(3072, th, tw)
         );
     }
 }
@@ -332,7 +311,8 @@ fn upload_bench(rt: &CudaRuntime, rng: &mut Rng) -> Result<String, CudaError> {
     let dir = std::env::temp_dir().join(format!("et-bench-up-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| CudaError::Invalid(e.to_string()))?;
     let path = dir.join("upload.ets");
-    let r = write_upload_model(&path, rng).and_then(|_| upload::sweep::run(rt, rng, &path));
+    let r = write_upload_model(&path, rng)
+        .and_then(|_| ets_dev::cuda::upload_sweep::run(rt, rng, &path));
     let _ = std::fs::remove_dir_all(&dir);
     r
 }
@@ -380,15 +360,13 @@ fn run_bench(rt: &CudaRuntime, quick: bool) -> Result<(), CudaError> {
     println!("== ceilings");
     for th in [16usize, 32, 64] {
         let name = format!("tile_gemm_f16_{th}x{th}");
-        let occ = rt.occupancy(&name, 256, cuda::gemm::tile_smem_bytes(th) as u32)?;
-        println!(
-            "{name}: {occ} CTAs of 256 threads per SM with {} B shared memory",
-            cuda::gemm::tile_smem_bytes(th)
-        );
+        let smem = cuda::tile::mma::mma_smem_bytes(th);
+        let occ = rt.occupancy(&name, 256, smem as u32)?;
+        println!("{name}: {occ} CTAs of 256 threads per SM with {smem} B shared memory");
         if rt.arch() == "sm_90" {
             for bn in [64usize, 128] {
                 let name = format!("tile_wg_f16_{th}x{th}_bn{bn}");
-                let smem = cuda::gemm::wg_smem_bytes(bn, th);
+                let smem = cuda::tile::wgmma::wg_smem_bytes(bn, th);
                 let occ = rt.occupancy(&name, 256, smem as u32)?;
                 println!("{name}: {occ} CTAs of 256 threads per SM with {smem} B shared memory");
             }
@@ -541,10 +519,10 @@ fn dispatch_demo(rt: &CudaRuntime, rng: &mut Rng) -> Result<(), CudaError> {
 }
 
 fn summary(results: &[GemmResult], d2d: f64, up: &str) {
-    println!("== SUMMARY (speed vs cuBLAS dense f16 = cuBLAS ms / tile ms of the fastest tile kernel, which the dispatcher runs when above 1x; 'tma' / 'rs' / 'walk' / 'walkwg' / 'wgmma' / 'mma' = each kernel family at the largest M; 'auto' = the kernel auto_kernel picks without measuring, at the largest M)");
+    println!("== SUMMARY (speed vs cuBLAS dense f16 = cuBLAS ms / tile ms of the fastest tile kernel, which the dispatcher runs when above 1x; 'tma' / 'rs' / 'walk' / 'wgmma' / 'mma' = each kernel family at the largest M; 'auto' = the kernel auto_kernel picks without measuring, at the largest M)");
     println!("{up}");
     println!(
-        "{:<10} {:<15} {:>5} {:>7} {:>7} {:>7} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6} {:>5} {:>6} {:>6}",
+        "{:<10} {:<15} {:>5} {:>7} {:>7} {:>7} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6} {:>5} {:>6} {:>6}",
         "shape",
         "mask",
         "dens",
@@ -554,7 +532,6 @@ fn summary(results: &[GemmResult], d2d: f64, up: &str) {
         "tma",
         "rs",
         "walk",
-        "walkwg",
         "wgmma",
         "mma",
         "auto",
@@ -587,7 +564,7 @@ fn summary(results: &[GemmResult], d2d: f64, up: &str) {
                         .fold(None, |a: Option<f64>, b| Some(a.map_or(b, |a| a.min(b))))
                         .map(|ms| r.cublas_ms / ms)
                 };
-                let family = |pick: &dyn Fn(cuda::gemm::TileKernel) -> bool| {
+                let family = |pick: &dyn Fn(cuda::TileKernel) -> bool| {
                     big_r.and_then(|r| {
                         r.per_kernel
                             .iter()
@@ -597,7 +574,7 @@ fn summary(results: &[GemmResult], d2d: f64, up: &str) {
                             .map(|ms| r.cublas_ms / ms)
                     })
                 };
-                use cuda::gemm::TileKernel as K;
+                use cuda::TileKernel as K;
                 // The density the masks reached (a group keeps whole tile columns: at K = 768 in
                 // 64-column tiles 0.2 becomes 2 of 12 columns, 0.17), and the goal of that density.
                 let dens = big_r.or_else(|| find(4096)).map_or(d, |r| r.density);
@@ -605,7 +582,7 @@ fn summary(results: &[GemmResult], d2d: f64, up: &str) {
                     .map(|g| format!("{g:.1}x"))
                     .unwrap_or_else(|| "-".into());
                 println!(
-                    "{:<10} {:<15} {:>5.2} {:>7} {:>7} {:>7} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6} {:>5} {:>6} {:>6}",
+                    "{:<10} {:<15} {:>5.2} {:>7} {:>7} {:>7} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6} {:>5} {:>6} {:>6}",
                     format!("{k}->{n}"),
                     set.label,
                     dens,
@@ -615,7 +592,6 @@ fn summary(results: &[GemmResult], d2d: f64, up: &str) {
                     fmt(family(&|k| matches!(k, K::Tma128 | K::Tma256))),
                     fmt(family(&|k| k == K::Rs)),
                     fmt(family(&|k| k == K::Walk)),
-                    fmt(family(&|k| k == K::WalkWg)),
                     fmt(family(&|k| matches!(k, K::Wg64 | K::Wg128))),
                     fmt(family(&|k| k == K::Mma)),
                     fmt(big_r.map(|r| r.ratio())),

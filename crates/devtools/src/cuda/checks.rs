@@ -4,20 +4,21 @@
 
 use std::path::Path;
 
-use crate::format::{
+use ets::format::{
     Activation, Dtype, EncodedTensor, EtsFile, EtsWriter, ModelConfig, Provenance, TensorData,
     WriteOptions,
 };
 
 use super::bench::{self, MaskMode};
-use super::device::{CudaRuntime, ElemType};
-use super::dispatch::Dispatcher;
-use super::error::CudaError;
-use super::gemm::{self, Epilogue, LinearWeight, Scratch, TileKernel};
-use super::host::{
+use ets::runtime::cuda::dispatch::Dispatcher;
+use ets::runtime::cuda::gemm::{self, Epilogue, LinearWeight, Scratch};
+use ets::runtime::cuda::host::{
     compare, from_bits, reference_linear, round_trip, to_bits, ErrorStats, HostTiles, Rng,
 };
-use super::upload::{DeviceModel, DeviceTiles, TileDeviceView};
+use ets::runtime::cuda::tile::{self, TileKernel, TileShape};
+use ets::runtime::cuda::upload::{DeviceModel, DeviceTiles};
+use ets::runtime::cuda::CudaError;
+use ets::runtime::cuda::{CudaRuntime, ElemType};
 
 /// Largest accepted `max |out - ref| / max |ref|`.
 pub const TOLERANCE: f64 = 1e-2;
@@ -53,55 +54,6 @@ pub enum CheckPath {
     Rows,
     /// `cols` encoding.
     Cols,
-}
-
-/// With `ETS_CHECK_TRACE` set, names each check on stderr before it runs (an empty name: none is
-/// running), with the seconds since the first; a watchdog thread says when one has run for more
-/// than 10 s (a hang and a slow run look alike in a log cut off by a timeout) and ends the process,
-/// exit code 3, at STALL_SECONDS.
-fn trace(what: &str) {
-    use std::sync::{Mutex, OnceLock};
-    use std::time::{Duration, Instant};
-    static CURRENT: OnceLock<(Instant, Mutex<(String, Instant)>)> = OnceLock::new();
-    if std::env::var_os("ETS_CHECK_TRACE").is_none() {
-        return;
-    }
-    let (start, current) = CURRENT.get_or_init(|| {
-        std::thread::spawn(|| loop {
-            std::thread::sleep(Duration::from_secs(10));
-            if let Some((_, cur)) = CURRENT.get() {
-                if let Ok(c) = cur.lock() {
-                    let ran = c.1.elapsed().as_secs();
-                    if ran >= 10 && !c.0.is_empty() {
-                        eprintln!("check: {} still running after {ran} s", c.0);
-                    }
-                    // A stalled case (a kernel, or once the host's own reference) cannot be
-                    // stopped from here; ending the process frees the GPU for the rest of the
-                    // run's time.
-                    if ran >= STALL_SECONDS && !c.0.is_empty() {
-                        eprintln!("check: {} stalled ({ran} s); exiting", c.0);
-                        std::process::exit(3);
-                    }
-                }
-            }
-        });
-        (Instant::now(), Mutex::new((String::new(), Instant::now())))
-    });
-    if let Ok(mut c) = current.lock() {
-        *c = (what.to_string(), Instant::now());
-    }
-    if !what.is_empty() {
-        eprintln!("check: [{:.1} s] {what}", start.elapsed().as_secs_f64());
-    }
-}
-
-/// A traced check running this long has stalled: a check takes well under a second, the first of a
-/// kernel file also its compile (NVRTC about 30 s and the driver's load for the largest file).
-const STALL_SECONDS: u64 = 240;
-
-/// Ends a traced run of checks (the watchdog goes quiet).
-fn trace_idle() {
-    trace("");
 }
 
 fn nan_bits(elem: ElemType) -> u16 {
@@ -144,15 +96,19 @@ fn run_and_compare(
         residual: if with_residual { rd.ptr() } else { 0 },
     };
     let mut scratch = Scratch::default();
-    match (w, path) {
-        (LinearWeight::Tile(v), CheckPath::TileNoSplit) => {
-            gemm::tile_gemm_split(rt, xd.ptr(), m, v, &ep, y.ptr(), 1)?
+    // SAFETY: xd holds m x K, y and rd m x N values and bd N f32, allocated above; the weight's
+    // upload and the fallback live in the caller.
+    unsafe {
+        match (w, path) {
+            (LinearWeight::Tile(v), CheckPath::TileNoSplit) => {
+                let kern = tile::auto_kernel(&rt.limits(), v, m);
+                tile::tile_gemm_with(rt, xd.ptr(), m, v, &ep, y.ptr(), Some(1), kern)?
+            }
+            (LinearWeight::Tile(v), CheckPath::Forced(kern)) => {
+                tile::tile_gemm_with(rt, xd.ptr(), m, v, &ep, y.ptr(), None, kern)?
+            }
+            _ => gemm::linear(rt, xd.ptr(), m, w, fallback, &ep, y.ptr(), &mut scratch)?,
         }
-        (LinearWeight::Tile(v), CheckPath::Forced(kern)) => {
-            let splits = gemm::tile_splits_bn(rt.sm_count() as usize, m, v, kern.bn());
-            gemm::tile_gemm_with(rt, xd.ptr(), m, v, &ep, y.ptr(), splits, kern)?
-        }
-        _ => gemm::linear(rt, xd.ptr(), m, w, fallback, &ep, y.ptr(), &mut scratch)?,
     }
     let out: Vec<u16> = rt.download(&y, m * n)?;
     let out: Vec<f32> = out.iter().map(|&b| from_bits(elem, b)).collect();
@@ -223,7 +179,6 @@ pub fn check_case_masked(
     if !wanted(&name) {
         return Ok(None);
     }
-    trace(&name);
     let scale = 1.0 / (k as f32).sqrt();
     let w = round_trip(elem, &rng.vec(n * k, scale * 1.7));
     let err = match path {
@@ -328,9 +283,9 @@ pub fn synthetic_suite(rt: &CudaRuntime, rng: &mut Rng) -> Result<Vec<CheckResul
                     let (gelu, res) = ((si + di) % 2 == 0, (si + di) % 3 == 0);
                     // The automatic choice, unsplit, one forced kernel (cycling through every
                     // kernel this device can run for the case), and the row-walk and TMA kernels always.
-                    let usable = gemm::usable_kernels(
-                        rt,
-                        &TileDeviceView::for_planning(shape.1, shape.2, th, tw, elem),
+                    let usable = tile::usable_kernels(
+                        &rt.limits(),
+                        &TileShape::new(shape.1, shape.2, th, tw, 0, elem),
                         shape.0,
                     );
                     ci += 1;
@@ -345,7 +300,6 @@ pub fn synthetic_suite(rt: &CudaRuntime, rng: &mut Rng) -> Result<Vec<CheckResul
                     ];
                     for walk in [
                         TileKernel::Walk,
-                        TileKernel::WalkWg,
                         TileKernel::Tma128,
                         TileKernel::Tma256,
                         TileKernel::Rs,
@@ -423,8 +377,8 @@ pub fn synthetic_suite(rt: &CudaRuntime, rng: &mut Rng) -> Result<Vec<CheckResul
             ((9000, 3072, 768), (64, 64), (0.5, Random), true, true),
             ((12000, 2304, 768), (32, 32), (0.2, Random), false, false),
         ] {
-            let rs_view = TileDeviceView::for_planning(shape.1, shape.2, tile.0, tile.1, elem);
-            if gemm::usable_kernels(rt, &rs_view, shape.0).contains(&TileKernel::Rs) {
+            let rs_view = TileShape::new(shape.1, shape.2, tile.0, tile.1, 0, elem);
+            if tile::usable_kernels(&rt.limits(), &rs_view, shape.0).contains(&TileKernel::Rs) {
                 out.extend(check_case_masked(
                     rt,
                     rng,
@@ -449,8 +403,8 @@ pub fn synthetic_suite(rt: &CudaRuntime, rng: &mut Rng) -> Result<Vec<CheckResul
         .enumerate()
         {
             let kern = [TileKernel::Tma128, TileKernel::Tma256][i % 2];
-            let view = TileDeviceView::for_planning(shape.1, shape.2, tile.0, tile.1, elem);
-            if gemm::usable_kernels(rt, &view, shape.0).contains(&kern) {
+            let view = TileShape::new(shape.1, shape.2, tile.0, tile.1, 0, elem);
+            if tile::usable_kernels(&rt.limits(), &view, shape.0).contains(&kern) {
                 out.extend(check_case_masked(
                     rt,
                     rng,
@@ -465,7 +419,6 @@ pub fn synthetic_suite(rt: &CudaRuntime, rng: &mut Rng) -> Result<Vec<CheckResul
             }
         }
     }
-    trace_idle();
     Ok(out)
 }
 
@@ -489,7 +442,7 @@ fn small_config(hidden: u32) -> ModelConfig {
 
 /// Writes a small `.ets` with tile (three shapes), rows, cols and dense weights and f32 biases.
 pub fn write_check_file(path: &Path, rng: &mut Rng) -> Result<(), CudaError> {
-    let fe = |e: crate::format::FormatError| CudaError::Invalid(format!("{}: {e}", path.display()));
+    let fe = |e: ets::format::FormatError| CudaError::Invalid(format!("{}: {e}", path.display()));
     let mut w = EtsWriter::create(path, WriteOptions { overwrite: true }).map_err(fe)?;
     let specs: [(&str, usize, usize, usize, f64); 5] = [
         ("t16", 300, 264, 16, 0.3),
@@ -541,7 +494,6 @@ pub fn file_suite(
     file: &EtsFile,
     m: usize,
 ) -> Result<Vec<CheckResult>, CudaError> {
-    trace("uploading a model file");
     let model = DeviceModel::upload(rt, file)?;
     let dispatcher = Dispatcher::new();
     let mut out = Vec::new();
@@ -571,10 +523,23 @@ pub fn file_suite(
         }
         for (label, force_tile) in runs {
             rt.fill_u16(y.ptr(), nan_bits(elem), m * n)?;
-            if force_tile {
-                gemm::linear(rt, xd.ptr(), m, &lw, None, &ep, y.ptr(), &mut scratch)?;
-            } else {
-                dispatcher.run_linear(rt, v.name, xd.ptr(), m, &lw, &ep, y.ptr(), &mut scratch)?;
+            // SAFETY: xd holds m x K and y m x N values, the epilogue's buffers N and m x N;
+            // the model's upload outlives this loop.
+            unsafe {
+                if force_tile {
+                    gemm::linear(rt, xd.ptr(), m, &lw, None, &ep, y.ptr(), &mut scratch)?;
+                } else {
+                    dispatcher.run_linear(
+                        rt,
+                        v.name,
+                        xd.ptr(),
+                        m,
+                        &lw,
+                        &ep,
+                        y.ptr(),
+                        &mut scratch,
+                    )?;
+                }
             }
             let got: Vec<u16> = rt.download(&y, m * n)?;
             let got: Vec<f32> = got.iter().map(|&b| from_bits(elem, b)).collect();
@@ -592,6 +557,5 @@ pub fn file_suite(
             });
         }
     }
-    trace_idle();
     Ok(out)
 }

@@ -1,0 +1,5 @@
+//! Device checks and benchmarks of the CUDA runtime, used by `et-bench` and the GPU tests.
+
+pub mod bench;
+pub mod checks;
+pub mod upload_sweep;

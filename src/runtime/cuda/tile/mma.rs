@@ -1,0 +1,85 @@
+//! `mma`: the union kernel with `mma.sync` (`kernels/tile_gemm.cu`), the sm_80 path.
+//!
+//! A CTA of 256 threads owns 128 tokens x 128 features: it builds its group's union of tile
+//! columns in shared memory and walks it in 64-column stages through a 3-stage cp.async ring.
+
+use super::super::device::CudaRuntime;
+use super::super::epilogue::Epilogue;
+use super::super::error::CudaError;
+use super::common::{
+    launch_union, tile_args, union_meta_bytes, TileDeviceView, TileShape, UnionGrid, TILE_BM,
+    TILE_BN,
+};
+use super::{DeviceLimits, TileFamily, TileKernel};
+
+const THREADS: u32 = 256;
+const STAGE_BYTES: usize = TILE_BM * 64 * 2;
+
+/// Dynamic shared memory of the `mma` kernel for tile height `th`: two operands of a 3-stage
+/// ring and the union list.
+pub fn mma_smem_bytes(th: usize) -> usize {
+    2 * 3 * STAGE_BYTES + union_meta_bytes(TILE_BN / th)
+}
+
+/// The `mma.sync` union kernel family.
+pub struct Mma;
+
+impl TileFamily for Mma {
+    fn file(&self) -> &'static str {
+        "tile_gemm.cu"
+    }
+
+    fn unsupported(
+        &self,
+        dev: &DeviceLimits,
+        _: TileKernel,
+        w: &TileShape,
+        _: usize,
+    ) -> Option<String> {
+        let smem = mma_smem_bytes(w.th);
+        (smem > dev.max_smem).then(|| {
+            format!(
+                "needs {smem} bytes of shared memory (device {})",
+                dev.max_smem
+            )
+        })
+    }
+
+    unsafe fn launch(
+        &self,
+        rt: &CudaRuntime,
+        kern: TileKernel,
+        x: u64,
+        m: usize,
+        w: &TileDeviceView,
+        ep: &Epilogue,
+        y: u64,
+        splits: usize,
+    ) -> Result<(), CudaError> {
+        let name = kern.entry_name(w);
+        let grid = UnionGrid {
+            name: &name,
+            bn: kern.bn(),
+            bm: kern.bm(),
+            persistent: false,
+            threads: THREADS,
+            smem: mma_smem_bytes(w.th),
+        };
+        // The union kernels take the split-K workspace after the common arguments.
+        let args = tile_args(x, m, w, ep, y).to_vec();
+        launch_union(rt, grid, w, m, ep, y, splits, args)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_memory_fits_two_ctas_per_sm() {
+        for th in [16, 32, 64, 128] {
+            let b = mma_smem_bytes(th);
+            assert!(b <= 113 * 1024, "th={th}: {b} bytes");
+        }
+    }
+}

@@ -1,0 +1,98 @@
+//! `wgmma`: the union kernel with warpgroup MMA fed by cp.async (`kernels/tile_wgmma.cu`, sm_90).
+//!
+//! The `mma` design with Hopper's `wgmma`: two warpgroups of 64 tokens each read both operands
+//! from shared memory through descriptors. The group size is 64 or 128 features
+//! ([`TileKernel::Wg64`], [`TileKernel::Wg128`]).
+
+use super::super::device::CudaRuntime;
+use super::super::epilogue::Epilogue;
+use super::super::error::CudaError;
+use super::common::{
+    launch_union, tile_args, union_meta_bytes, TileDeviceView, TileShape, UnionGrid, TILE_BM,
+};
+use super::{DeviceLimits, TileFamily, TileKernel};
+
+const THREADS: u32 = 256;
+
+/// Dynamic shared memory of the wgmma kernel with `bn`-feature groups: the stage ring (96 KiB for
+/// both group sizes), 1 KiB for aligning it to the swizzle period, and the union list.
+pub fn wg_smem_bytes(bn: usize, th: usize) -> usize {
+    let stages = if bn == 128 { 3 } else { 4 };
+    stages * (TILE_BM + bn) * 128 + 1024 + union_meta_bytes((bn / th).max(1))
+}
+
+/// The cp.async warpgroup-MMA union kernel family.
+pub struct Wgmma;
+
+impl TileFamily for Wgmma {
+    fn file(&self) -> &'static str {
+        "tile_wgmma.cu"
+    }
+
+    fn unsupported(
+        &self,
+        dev: &DeviceLimits,
+        kern: TileKernel,
+        w: &TileShape,
+        _: usize,
+    ) -> Option<String> {
+        if !dev.hopper() {
+            return Some(format!("needs sm_90 (device {})", dev.arch));
+        }
+        if w.th > kern.bn() {
+            return Some(format!(
+                "tiles of {} rows are taller than its {}-feature groups",
+                w.th,
+                kern.bn()
+            ));
+        }
+        let smem = wg_smem_bytes(kern.bn(), w.th);
+        (smem > dev.max_smem).then(|| {
+            format!(
+                "needs {smem} bytes of shared memory (device {})",
+                dev.max_smem
+            )
+        })
+    }
+
+    unsafe fn launch(
+        &self,
+        rt: &CudaRuntime,
+        kern: TileKernel,
+        x: u64,
+        m: usize,
+        w: &TileDeviceView,
+        ep: &Epilogue,
+        y: u64,
+        splits: usize,
+    ) -> Result<(), CudaError> {
+        let name = kern.entry_name(w);
+        let grid = UnionGrid {
+            name: &name,
+            bn: kern.bn(),
+            bm: kern.bm(),
+            persistent: false,
+            threads: THREADS,
+            smem: wg_smem_bytes(kern.bn(), w.th),
+        };
+        let args = tile_args(x, m, w, ep, y).to_vec();
+        launch_union(rt, grid, w, m, ep, y, splits, args)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_memory_fits_two_ctas_per_sm() {
+        for th in [16, 32, 64, 128] {
+            for bn in [64, 128] {
+                if th <= bn {
+                    let b = wg_smem_bytes(bn, th);
+                    assert!(b <= 113 * 1024, "wg bn={bn} th={th}: {b} bytes");
+                }
+            }
+        }
+    }
+}
