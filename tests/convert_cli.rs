@@ -261,3 +261,39 @@ fn json_report_parses() {
     assert!(serde_json::from_slice::<serde_json::Value>(&o.stdout).is_err());
     assert!(String::from_utf8_lossy(&o.stdout).contains("layer"));
 }
+
+#[test]
+fn uncalibrated_structured_pruning_warns() {
+    let dir = tempfile::tempdir().expect("dir");
+    let input = fixture("tiny-safetensors/model.safetensors");
+    let run = |name: &str, extra: &[&str]| {
+        let out = dir.path().join(name);
+        let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&input, &out];
+        for a in extra {
+            args.push(a);
+        }
+        let o = et_convert(&args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    let warned = run("a.ets", &["--sparsity", "0.5"]);
+    assert!(
+        warned.contains("warning") && warned.contains("--calibrate FILE"),
+        "{warned}"
+    );
+    let rows = run("b.ets", &["--method", "rows", "--sparsity", "0.3"]);
+    assert!(rows.contains("warning"), "{rows}");
+    let override_only = run(
+        "c.ets",
+        &["--method", "tile", "--role-sparsity", "query=0.4"],
+    );
+    assert!(override_only.contains("warning"), "{override_only}");
+    for (name, extra) in [
+        ("d.ets", &["--sparsity", "0.1"][..]),
+        ("e.ets", &["--method", "irregular", "--sparsity", "0.5"][..]),
+        ("f.ets", &["--sparsity", "0.5", "--quiet"][..]),
+    ] {
+        let quiet = run(name, extra);
+        assert!(!quiet.contains("warning"), "{extra:?}: {quiet}");
+    }
+}

@@ -236,6 +236,18 @@ fn main() -> ExitCode {
     if recipe.method == Method::None && args.sparsity.is_none() && !args.quiet && !args.json {
         eprintln!("et-convert: no sparsity given: writing dense weights (use --sparsity to prune)");
     }
+    let structured = recipe.structured_max_sparsity();
+    if args.calibrate.is_none() && structured > Recipe::UNCALIBRATED_LIMIT && !args.quiet {
+        eprintln!(
+            "et-convert: warning: {} pruning at {:.0}% sparsity without calibration data keeps \
+             tiles by weight norm alone, and accuracy will collapse (on all-MiniLM-L6-v2 at 50%, \
+             SST-2 falls to chance). Pass --calibrate FILE (sentences of the task, one per line, \
+             or a tsv with a text or sentence column) to measure the loss per layer, and \
+             --min-cosine to refuse a result below a bound.",
+            recipe.method.name(),
+            100.0 * structured
+        );
+    }
     let opts = ConvertOptions {
         recipe: recipe.clone(),
         dtype: args.dtype,
