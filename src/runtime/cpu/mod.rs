@@ -15,5 +15,5 @@ mod simd;
 pub mod synth;
 pub mod tokenize;
 
-pub use encoder::CpuEncoder;
+pub use encoder::{CpuEncoder, LayerTrace};
 pub use tokenize::{TextTokenizer, Tokenized, Truncation};
