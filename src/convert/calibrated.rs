@@ -116,7 +116,8 @@ enum Stage {
 impl Stage {
     fn pick(self, t: &LayerTrace) -> &[f32] {
         match self {
-            Stage::Hidden => &t.hidden_in,
+            // The layer input is kept by the caller; a trace starts after it.
+            Stage::Hidden => &t.output,
             Stage::Context => &t.context,
             Stage::AttentionOut => &t.attention_out,
             Stage::Intermediate => &t.intermediate,
@@ -171,6 +172,14 @@ pub(crate) fn fit_model(
         })
         .collect::<Result<_, _>>()?;
     let dense_enc = CpuEncoder::new(dense).map_err(|e| err(&e))?;
+    // Each batch's input of the current layer: lengths, dense and pruned-so-far hidden states.
+    let mut states: Vec<(Vec<usize>, Vec<f32>, Vec<f32>)> = batches
+        .iter()
+        .map(|b| {
+            let (x, lengths) = dense_enc.embed(b).map_err(|e| err(&e))?;
+            Ok((lengths, x.clone(), x))
+        })
+        .collect::<Result<_, ConvertError>>()?;
     let layers = source.config().num_layers as usize;
     let mut fitted = Fitted::default();
     for layer in 0..layers {
@@ -185,25 +194,35 @@ pub(crate) fn fit_model(
             if todo.is_empty() {
                 continue;
             }
-            let stats = stage_stats(source, &fitted, &dense_enc, work, &batches, layer, stage)?;
+            let stats = stage_stats(source, &fitted, &dense_enc, work, &states, layer, stage)?;
             for &&(w, b, role) in &todo {
                 fit_one(source, recipe, &stats, &mut fitted, layer, w, b, role)?;
+            }
+        }
+        if layer + 1 < layers {
+            let pruned_file = write_current(source, &fitted, work)?;
+            let pruned_enc = CpuEncoder::new(&pruned_file).map_err(|e| err(&e))?;
+            for (lengths, xd, xp) in &mut states {
+                *xd = dense_enc
+                    .trace_layer(layer, xd, lengths)
+                    .map_err(|e| err(&e))?
+                    .output;
+                *xp = pruned_enc
+                    .trace_layer(layer, xp, lengths)
+                    .map_err(|e| err(&e))?
+                    .output;
             }
         }
     }
     Ok(fitted)
 }
 
-/// Statistics of one stage's input: the model pruned so far against the dense model.
-fn stage_stats(
+/// Writes the source with the tensors fitted so far (dense f32) to `work` and opens it.
+fn write_current(
     source: &dyn ModelSource,
     fitted: &Fitted,
-    dense_enc: &CpuEncoder<'_>,
     work: &Path,
-    batches: &[TokenBatch],
-    layer: usize,
-    stage: Stage,
-) -> Result<LinearStats, ConvertError> {
+) -> Result<EtsFile, ConvertError> {
     let current = Overridden {
         inner: source,
         map: &fitted.tensors,
@@ -218,15 +237,41 @@ fn stage_stats(
         None,
         None,
     )?;
-    let work_file = EtsFile::open(work)?;
-    let pruned_enc = CpuEncoder::new(&work_file).map_err(|e| err(&e))?;
+    Ok(EtsFile::open(work)?)
+}
+
+/// Statistics of one stage's input: the model pruned so far against the dense model.
+fn stage_stats(
+    source: &dyn ModelSource,
+    fitted: &Fitted,
+    dense_enc: &CpuEncoder<'_>,
+    work: &Path,
+    states: &[(Vec<usize>, Vec<f32>, Vec<f32>)],
+    layer: usize,
+    stage: Stage,
+) -> Result<LinearStats, ConvertError> {
+    let hidden = source.config().hidden_size as usize;
+    if let Stage::Hidden = stage {
+        let mut stats = LinearStats::new(hidden);
+        for (_, xd, xp) in states {
+            stats.accumulate(xp, xd).map_err(|e| err(&e))?;
+        }
+        return Ok(stats);
+    }
+    let pruned_file = write_current(source, fitted, work)?;
+    let pruned_enc = CpuEncoder::new(&pruned_file).map_err(|e| err(&e))?;
     let mut stats: Option<LinearStats> = None;
-    for batch in batches {
-        let td = dense_enc.trace_layer(batch, layer).map_err(|e| err(&e))?;
-        let tp = pruned_enc.trace_layer(batch, layer).map_err(|e| err(&e))?;
-        let (xp, xd) = (stage.pick(&tp), stage.pick(&td));
-        let s = stats.get_or_insert_with(|| LinearStats::new(xd.len() / td.tokens.max(1)));
-        s.accumulate(xp, xd).map_err(|e| err(&e))?;
+    for (lengths, xd, xp) in states {
+        let td = dense_enc
+            .trace_layer(layer, xd, lengths)
+            .map_err(|e| err(&e))?;
+        let tp = pruned_enc
+            .trace_layer(layer, xp, lengths)
+            .map_err(|e| err(&e))?;
+        let (a, b) = (stage.pick(&tp), stage.pick(&td));
+        let tokens: usize = lengths.iter().sum();
+        let s = stats.get_or_insert_with(|| LinearStats::new(b.len() / tokens.max(1)));
+        s.accumulate(a, b).map_err(|e| err(&e))?;
     }
     stats.ok_or_else(|| ConvertError::Calibration("no calibration sentences".into()))
 }
