@@ -176,7 +176,7 @@ pub(crate) fn fit_model(
     let mut states: Vec<(Vec<usize>, Vec<f32>, Vec<f32>)> = batches
         .iter()
         .map(|b| {
-            let (x, lengths) = dense_enc.embed(b).map_err(|e| err(&e))?;
+            let (x, lengths) = dense_enc.embed_batch(b).map_err(|e| err(&e))?;
             Ok((lengths, x.clone(), x))
         })
         .collect::<Result<_, ConvertError>>()?;

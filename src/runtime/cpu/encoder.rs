@@ -333,7 +333,7 @@ impl<'f> CpuEncoder<'f> {
     }
 
     /// The embedding output of a batch (packed `[tokens, hidden]`) and the sequence lengths.
-    pub fn embed(&self, batch: &TokenBatch) -> Result<(Vec<f32>, Vec<usize>), RuntimeError> {
+    pub fn embed_batch(&self, batch: &TokenBatch) -> Result<(Vec<f32>, Vec<usize>), RuntimeError> {
         self.check_batch(batch)?;
         let lengths = batch.sequences.iter().map(|s| s.len()).collect();
         Ok((self.embed_tokens(batch), lengths))
