@@ -261,3 +261,102 @@ fn json_report_parses() {
     assert!(serde_json::from_slice::<serde_json::Value>(&o.stdout).is_err());
     assert!(String::from_utf8_lossy(&o.stdout).contains("layer"));
 }
+
+#[test]
+fn uncalibrated_structured_pruning_warns() {
+    let dir = tempfile::tempdir().expect("dir");
+    let input = fixture("tiny-safetensors/model.safetensors");
+    let run = |name: &str, extra: &[&str]| {
+        let out = dir.path().join(name);
+        let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&input, &out];
+        for a in extra {
+            args.push(a);
+        }
+        let o = et_convert(&args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    let warned = run("a.ets", &["--sparsity", "0.5"]);
+    assert!(
+        warned.contains("warning") && warned.contains("--calibrate FILE"),
+        "{warned}"
+    );
+    let rows = run("b.ets", &["--method", "rows", "--sparsity", "0.3"]);
+    assert!(rows.contains("warning"), "{rows}");
+    let override_only = run(
+        "c.ets",
+        &["--method", "tile", "--role-sparsity", "query=0.4"],
+    );
+    assert!(override_only.contains("warning"), "{override_only}");
+    for (name, extra) in [
+        ("d.ets", &["--sparsity", "0.1"][..]),
+        ("e.ets", &["--method", "irregular", "--sparsity", "0.5"][..]),
+        ("f.ets", &["--sparsity", "0.5", "--quiet"][..]),
+    ] {
+        let quiet = run(name, extra);
+        assert!(!quiet.contains("warning"), "{extra:?}: {quiet}");
+    }
+}
+
+#[test]
+fn calibrated_pruning_is_recorded_and_deterministic() {
+    let dir = tempfile::tempdir().expect("dir");
+    let input = fixture("tiny-safetensors/model.safetensors");
+    let sentences = dir.path().join("calib.tsv");
+    std::fs::write(
+        &sentences,
+        "text\tlabel\nthe movie was great\t1\na dull and lifeless film\t0\n\
+         it is a fine piece of work\t1\nnothing happens here\t0\nbrilliant acting all round\t1\n\
+         a waste of two hours\t0\n",
+    )
+    .expect("write");
+    let run = |name: &str, extra: &[&str]| -> (PathBuf, String) {
+        let out = dir.path().join(name);
+        let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&input, &out];
+        for a in extra {
+            args.push(a);
+        }
+        let o = et_convert(&args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        (out, String::from_utf8_lossy(&o.stderr).into_owned())
+    };
+    let args = [
+        "--sparsity",
+        "0.5",
+        "--tile",
+        "8x8",
+        "--calibrate",
+        sentences.to_str().expect("utf-8 path"),
+    ];
+    let (a, stderr) = run("a.ets", &args);
+    assert!(!stderr.contains("warning"), "{stderr}");
+    let (b, _) = run("b.ets", &args);
+    assert_eq!(
+        std::fs::read(&a).expect("a"),
+        std::fs::read(&b).expect("b"),
+        "two calibrated runs differ"
+    );
+    let (plain, _) = run("plain.ets", &["--sparsity", "0.5", "--tile", "8x8"]);
+    assert_ne!(
+        std::fs::read(&a).expect("a"),
+        std::fs::read(&plain).expect("plain"),
+        "calibration changed nothing"
+    );
+    let f = EtsFile::open(&a).expect("open");
+    f.verify_checksums().expect("checksums");
+    let c = &f.header().recipe["calibration"];
+    assert_eq!(c["sentences"], 6, "{c}");
+    assert_eq!(c["pruning"]["weights"], 12, "{c}");
+    assert_eq!(c["layers"].as_array().map(Vec::len), Some(3), "{c}");
+    let cos = c["output_cosine"].as_f64().expect("cosine");
+    assert!(cos.is_finite() && cos > 0.0 && cos <= 1.0 + 1e-9, "{c}");
+    // Half of the tiles of every weight remain.
+    for t in f.header().recipe["tensors"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        let d = t["density"].as_f64().unwrap_or(f64::NAN);
+        assert!((d - 0.5).abs() < 0.1, "{t}");
+    }
+}

@@ -164,3 +164,51 @@ fn paraphrase_minilm_l3_onnx() {
 fn minilm_int8_onnx() {
     check_model("minilm-int8/model.onnx");
 }
+
+/// SST-2 (`text<TAB>label` tsv files) from `ETS_SST2_DIR`, else `data/sst2` in the repository.
+fn sst2_dir() -> PathBuf {
+    std::env::var_os("ETS_SST2_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("data/sst2"))
+}
+
+#[test]
+#[ignore = "needs the real models (scripts/fetch_models.sh)"]
+fn calibrated_tile_pruning_beats_weight_norm() {
+    use ets::convert::calibrate::{compare, read_sentences};
+    let Some(dir) = model("all-minilm-l6-v2") else {
+        return;
+    };
+    let data = sst2_dir();
+    let train = data.join("train.tsv");
+    assert!(
+        train.exists(),
+        "{} is missing (set ETS_SST2_DIR)",
+        train.display()
+    );
+    // Held-out sentences: the cosine is measured on dev, calibration comes from train.
+    let dev = read_sentences(&data.join("dev.tsv"), 200).expect("dev sentences");
+    let input = dir.join("model.safetensors");
+    let tmp = tempfile::tempdir().expect("dir");
+    let dense = tmp.path().join("dense.ets");
+    convert_and_open(&input, &dense, &options(Method::None, 0.0, Dtype::F32));
+    let plain = tmp.path().join("plain.ets");
+    convert_and_open(&input, &plain, &options(Method::Tile, 0.5, Dtype::F16));
+    let calibrated = tmp.path().join("calibrated.ets");
+    let mut opts = options(Method::Tile, 0.5, Dtype::F16);
+    opts.calibrate = Some(train);
+    opts.calibrate_limit = 512;
+    convert_and_open(&input, &calibrated, &opts);
+    let c_plain = compare(&dense, &plain, "dev", &dev).expect("compare");
+    let c_cal = compare(&dense, &calibrated, "dev", &dev).expect("compare");
+    eprintln!(
+        "dev cosine at 50% 16x16 tiles: weight norm {:.4}, calibrated {:.4}",
+        c_plain.output_cosine, c_cal.output_cosine
+    );
+    assert!(
+        c_cal.output_cosine > c_plain.output_cosine + 0.2,
+        "calibrated {:.4} vs weight norm {:.4}",
+        c_cal.output_cosine,
+        c_plain.output_cosine
+    );
+}

@@ -35,7 +35,24 @@ pub struct Calibration {
     pub output_cosine: f64,
     /// Lowest per-sentence cosine of the mean-pooled embeddings.
     pub output_min_cosine: f64,
+    /// Calibrated pruning, when the recipe keeps tiles.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pruning: Option<CalibratedPruning>,
 }
+
+/// What calibrated pruning did, for the recipe.
+#[derive(Debug, Clone, Serialize)]
+pub struct CalibratedPruning {
+    /// The procedure, in words.
+    pub method: String,
+    /// Weights pruned with calibration.
+    pub weights: usize,
+}
+
+/// The procedure applied to weights that keep tiles when calibration data is given.
+pub const CALIBRATED_METHOD: &str = "activation-aware tile budgets, greedy tile removal with \
+inverse-Hessian updates, least-squares refit of kept weights and bias toward the dense outputs, \
+inputs from the already-pruned layers";
 
 /// Reads sentences: one per line, or the text column of a `text<TAB>label` file with a header.
 pub fn read_sentences(path: &Path, limit: usize) -> Result<Vec<String>, ConvertError> {
@@ -154,5 +171,6 @@ pub fn compare(
         layers,
         output_cosine: out_sum / sentences.len().max(1) as f64,
         output_min_cosine: out_min,
+        pruning: None,
     })
 }

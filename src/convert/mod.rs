@@ -3,6 +3,7 @@
 //! four attention weights of one layer are in memory at once (for head pruning).
 
 pub mod calibrate;
+mod calibrated;
 mod heads;
 
 use std::collections::BTreeMap;
@@ -132,21 +133,30 @@ pub fn convert(
     }
     let source = open_source(input, &opts.ingest)?;
     opts.recipe.validate(source.config().num_layers as usize)?;
-    let calibration = match &opts.calibrate {
-        Some(sentences) => Some(run_calibration(&*source, output, sentences, opts)?),
-        None => None,
+    let (calibration, fitted) = match &opts.calibrate {
+        Some(sentences) => {
+            let (c, f) = run_calibration(&*source, output, sentences, opts)?;
+            (Some(c), f)
+        }
+        None => (None, None),
     };
     let extra = calibration
         .as_ref()
         .and_then(|c| serde_json::to_value(c).ok());
+    let empty = BTreeMap::new();
+    let overridden = calibrated::Overridden {
+        inner: &*source,
+        map: fitted.as_ref().map_or(&empty, |f| &f.tensors),
+    };
     let written = write_model(
-        &*source,
+        &overridden,
         output,
         &opts.recipe,
         opts.dtype,
         opts.overwrite,
         opts.progress,
         extra,
+        fitted.as_ref().map(|f| &f.masks),
     )?;
     let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
     Ok(ConvertReport {
@@ -173,14 +183,15 @@ impl Drop for TempFiles {
     }
 }
 
-/// Writes the pruned model and a dense f32 reference to temporary files beside the output,
-/// compares them on the sentences, and enforces `--min-cosine`.
+/// Writes a dense f32 reference and the pruned model to temporary files beside the output,
+/// compares them on the sentences, and enforces `--min-cosine`. When the recipe keeps tiles, the
+/// pruned model is calibrated first: the refitted tensors and masks are returned for the output.
 fn run_calibration(
     source: &dyn ModelSource,
     output: &Path,
     sentences: &Path,
     opts: &ConvertOptions,
-) -> Result<calibrate::Calibration, ConvertError> {
+) -> Result<(calibrate::Calibration, Option<calibrated::Fitted>), ConvertError> {
     let texts = calibrate::read_sentences(sentences, opts.calibrate_limit)?;
     let name = output
         .file_name()
@@ -188,8 +199,8 @@ fn run_calibration(
         .unwrap_or_else(|| "out.ets".into());
     let tmp =
         |suffix: &str| output.with_file_name(format!(".{name}.{}.{suffix}", std::process::id()));
-    let temps = TempFiles(vec![tmp("dense"), tmp("pruned")]);
-    let (dense, pruned) = (&temps.0[0], &temps.0[1]);
+    let temps = TempFiles(vec![tmp("dense"), tmp("pruned"), tmp("work")]);
+    let (dense, pruned, work) = (&temps.0[0], &temps.0[1], &temps.0[2]);
     write_model(
         source,
         dense,
@@ -198,21 +209,47 @@ fn run_calibration(
         true,
         false,
         None,
+        None,
     )?;
+    let layers = source.config().num_layers as usize;
+    let fitted = if calibrated::applies(&opts.recipe, layers) {
+        let dense_file = crate::format::EtsFile::open(dense)?;
+        Some(calibrated::fit_model(
+            source,
+            &dense_file,
+            work,
+            &opts.recipe,
+            &texts,
+        )?)
+    } else {
+        None
+    };
+    let empty = BTreeMap::new();
+    let overridden = calibrated::Overridden {
+        inner: source,
+        map: fitted.as_ref().map_or(&empty, |f| &f.tensors),
+    };
     write_model(
-        source,
+        &overridden,
         pruned,
         &opts.recipe,
         opts.dtype,
         true,
         opts.progress,
         None,
+        fitted.as_ref().map(|f| &f.masks),
     )?;
     let label = sentences
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let result = calibrate::compare(dense, pruned, &label, &texts)?;
+    let mut result = calibrate::compare(dense, pruned, &label, &texts)?;
+    if let Some(f) = &fitted {
+        result.pruning = Some(calibrate::CalibratedPruning {
+            method: calibrate::CALIBRATED_METHOD.to_string(),
+            weights: f.masks.len(),
+        });
+    }
     if let Some(min) = opts.min_cosine {
         if result.output_cosine < min {
             return Err(ConvertError::Calibration(format!(
@@ -221,7 +258,7 @@ fn run_calibration(
             )));
         }
     }
-    Ok(result)
+    Ok((result, fitted))
 }
 
 struct Written {
@@ -230,7 +267,9 @@ struct Written {
     tokenizer: bool,
 }
 
-/// Streams every tensor of `source` through pruning into a new file at `output`.
+/// Streams every tensor of `source` through pruning into a new file at `output`; weights with a
+/// mask in `masks` keep exactly those tiles.
+#[allow(clippy::too_many_arguments)]
 fn write_model(
     source: &dyn ModelSource,
     output: &Path,
@@ -239,6 +278,7 @@ fn write_model(
     overwrite: bool,
     show_progress: bool,
     calibration: Option<serde_json::Value>,
+    masks: Option<&BTreeMap<String, Vec<bool>>>,
 ) -> Result<Written, ConvertError> {
     let mut config = source.config().clone();
     let names = source.tensor_names();
@@ -268,6 +308,7 @@ fn write_model(
                     &mut heads,
                     &mut reports,
                     name,
+                    masks,
                 )?;
                 if tx.send((name.clone(), encoded)).is_err() {
                     break; // the writer failed; its error is reported below
@@ -309,6 +350,7 @@ fn write_model(
 }
 
 /// Loads one tensor and prunes (linear weights) or encodes it (everything else).
+#[allow(clippy::too_many_arguments)]
 fn encode_tensor(
     source: &dyn ModelSource,
     config: &ModelConfig,
@@ -317,6 +359,7 @@ fn encode_tensor(
     heads: &mut heads::HeadPlan,
     reports: &mut Vec<PruneReport>,
     name: &str,
+    masks: Option<&BTreeMap<String, Vec<bool>>>,
 ) -> Result<EncodedTensor, ConvertError> {
     let tensor = source.load(name)?;
     Ok(match Role::of_name(name) {
@@ -336,7 +379,15 @@ fn encode_tensor(
             let m = as_matrix(name, &tensor)?;
             let value_heads = (role == Role::Value)
                 .then_some((config.num_heads as usize, config.head_dim as usize));
-            let (encoded, report) = prune_matrix(name, m, &plan, dtype, value_heads)?;
+            let (encoded, report) = match masks.and_then(|k| k.get(name)) {
+                Some(keep) => {
+                    let (th, tw) = plan.tile;
+                    let t = EncodedTensor::tile(m.rows, m.cols, m.data, th, tw, keep, dtype)?;
+                    let r = crate::prune::report_for(name, m, &plan, &t);
+                    (t, r)
+                }
+                None => prune_matrix(name, m, &plan, dtype, value_heads)?,
+            };
             reports.push(report);
             encoded
         }

@@ -6,6 +6,7 @@
 //! [`EncodedTensor`]; [`select`] holds the ranking rules (which tiles, rows or heads survive).
 //! Embeddings, LayerNorms and biases always stay dense.
 
+pub mod calibrated;
 pub mod recipe;
 pub mod select;
 

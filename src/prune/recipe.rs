@@ -276,6 +276,32 @@ impl Recipe {
         Ok(())
     }
 
+    /// Sparsity above which structured pruning (tiles, rows, columns, heads) without
+    /// calibration data loses most of a model's accuracy: weight norms alone pick the wrong units.
+    pub const UNCALIBRATED_LIMIT: f64 = 0.10;
+
+    /// The highest sparsity any structured method (tiles, rows, columns, heads) of this recipe
+    /// asks for, over the global target and every override; 0 when none applies.
+    pub fn structured_max_sparsity(&self) -> f64 {
+        let structured =
+            |m: Method| !matches!(m, Method::None | Method::Existing | Method::Irregular);
+        let mut top = 0f64;
+        if structured(self.method) {
+            top = self
+                .roles
+                .values()
+                .chain(self.layers.values())
+                .fold(self.sparsity, |a, &b| a.max(b));
+        }
+        for o in self.tensors.values() {
+            let method = o.method.unwrap_or(self.method);
+            if structured(method) {
+                top = top.max(o.sparsity.unwrap_or(self.sparsity));
+            }
+        }
+        top
+    }
+
     /// The plan for weight `name` of `layer` with `role`: tensor override, then layer, then role,
     /// then the global target.
     pub fn plan(&self, name: &str, layer: usize, role: Role) -> TensorPlan {

@@ -24,6 +24,20 @@ struct Layer<'f> {
     ln2: LayerNorm,
 }
 
+/// The inputs of one layer's linear stages after Q/K/V, and its output, packed
+/// `[tokens, features]`.
+#[derive(Debug, Clone)]
+pub struct LayerTrace {
+    /// Input of the attention output projection (the attention context).
+    pub context: Vec<f32>,
+    /// Input of the first FFN linear (after the first LayerNorm).
+    pub attention_out: Vec<f32>,
+    /// Input of the second FFN linear (after the activation).
+    pub intermediate: Vec<f32>,
+    /// The layer's output (the next layer's input).
+    pub output: Vec<f32>,
+}
+
 /// The CPU reference runtime over a borrowed `.ets` file.
 ///
 /// Weights stay in the mapped file in their stored encoding and dtype; only biases and LayerNorm
@@ -316,6 +330,64 @@ impl<'f> CpuEncoder<'f> {
         layer.ln2.apply(&mut out);
         debug_assert_eq!(out.len(), m * h);
         x.copy_from_slice(&out);
+    }
+
+    /// The embedding output of a batch (packed `[tokens, hidden]`) and the sequence lengths.
+    pub fn embed_batch(&self, batch: &TokenBatch) -> Result<(Vec<f32>, Vec<usize>), RuntimeError> {
+        self.check_batch(batch)?;
+        let lengths = batch.sequences.iter().map(|s| s.len()).collect();
+        Ok((self.embed_tokens(batch), lengths))
+    }
+
+    /// Runs layer `layer` on its input `x` and returns the inputs of its four linear stages and
+    /// its output (for calibrated pruning). The normal forward path does not use this.
+    pub fn trace_layer(
+        &self,
+        layer: usize,
+        x: &[f32],
+        lengths: &[usize],
+    ) -> Result<LayerTrace, RuntimeError> {
+        let Some(l) = self.layers.get(layer) else {
+            return Err(RuntimeError::BadConfig(format!(
+                "layer {layer} of a {}-layer model",
+                self.layers.len()
+            )));
+        };
+        let m: usize = lengths.iter().sum();
+        if x.len() != m * self.hidden {
+            return Err(RuntimeError::BadConfig(format!(
+                "layer input of {} values for {m} tokens of width {}",
+                x.len(),
+                self.hidden
+            )));
+        }
+        let (Some([q, k, v]), Some(o)) = (&l.qkv, &l.out) else {
+            return Err(RuntimeError::BadConfig(
+                "tracing a layer without attention heads".into(),
+            ));
+        };
+        let (qo, ko, vo) = (q.forward(x, m), k.forward(x, m), v.forward(x, m));
+        let ctx = attention(
+            &qo,
+            &ko,
+            &vo,
+            lengths,
+            l.heads,
+            self.config.head_dim as usize,
+        );
+        let mut attn = o.forward_with(&ctx, None, m, None, Some(x));
+        l.ln1.apply(&mut attn);
+        let inter = l
+            .intermediate
+            .forward_act(&attn, m, Some(self.config.activation));
+        let mut output = l.ffn_out.forward_with(&inter, None, m, None, Some(&attn));
+        l.ln2.apply(&mut output);
+        Ok(LayerTrace {
+            context: ctx,
+            attention_out: attn,
+            intermediate: inter,
+            output,
+        })
     }
 
     /// Pooler (`tanh`) and classifier outputs on the `[CLS]` rows.

@@ -14,5 +14,5 @@ mod ops;
 mod simd;
 pub mod tokenize;
 
-pub use encoder::CpuEncoder;
+pub use encoder::{CpuEncoder, LayerTrace};
 pub use tokenize::{TextTokenizer, Tokenized, Truncation};
