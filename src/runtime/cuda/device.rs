@@ -678,6 +678,10 @@ fn kernel_file_for(name: &str) -> Result<&'static str, CudaError> {
         Ok("tile_tma.cu")
     } else if name.starts_with("tile_rs_") {
         Ok("tile_rs.cu")
+    } else if name.starts_with("enc_") {
+        Ok("encoder.cu")
+    } else if name.starts_with("attn_") {
+        Ok("attention.cu")
     } else if [
         "epilogue_",
         "gather_cols_",

@@ -12,11 +12,13 @@
 //! - [`walk`]: planning and launching the row-walk tile kernels.
 //! - [`tma`]: tensor maps and launch of the TMA-fed tile kernel (sm_90).
 //! - [`dispatch`]: per-weight choice between the tile kernel and cuBLAS, measured once.
+//! - [`encoder`]: the whole BERT encoder on the device ([`CudaEncoder`]).
 
 pub mod bench;
 pub mod checks;
 mod device;
 pub mod dispatch;
+pub mod encoder;
 mod error;
 pub mod gemm;
 pub mod host;
@@ -28,6 +30,7 @@ pub mod walk;
 
 pub use device::{CudaRuntime, DevBuf, ElemType, GpuTimer, KArg, PinnedBuf};
 pub use dispatch::{format_table, median_ms, Choice, DispatchEntry, Dispatcher};
+pub use encoder::CudaEncoder;
 pub use error::CudaError;
 pub use gemm::{Epilogue, LinearWeight, Scratch};
 pub use nvrtc::{compile_all_kernels, KernelReport};
