@@ -394,9 +394,13 @@ fn gpu_random_bert_base_shapes_match_cpu() {
     }
 }
 
-/// all-MiniLM-L6-v2 converted in f16 with `method` at `sparsity`.
+/// all-MiniLM-L6-v2 converted in f16 with `method` at `sparsity`; the source is
+/// `models/all-minilm-l6-v2/model.safetensors`, or the file `ETS_TEST_MINILM` names.
 fn minilm(dir: &Path, method: Method, sparsity: f64) -> Option<std::path::PathBuf> {
-    let src = common::model_or_skip("all-minilm-l6-v2/model.safetensors", "cuda_encoder")?;
+    let src = match std::env::var_os("ETS_TEST_MINILM") {
+        Some(p) => std::path::PathBuf::from(p),
+        None => common::model_or_skip("all-minilm-l6-v2/model.safetensors", "cuda_encoder")?,
+    };
     let recipe = Recipe {
         method,
         sparsity,

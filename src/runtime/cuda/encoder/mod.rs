@@ -164,6 +164,38 @@ impl CudaEncoder {
         Ok(self.rt.download::<f32>(&bufs.out32, s * h)?)
     }
 
+    /// Milliseconds per forward pass over `batch` to its pooled (mean) vectors on the device,
+    /// measured with CUDA events over `iters` passes after `warmup` untimed ones. Each pass
+    /// includes copying the batch's token arrays to the device; nothing is copied back.
+    pub fn time_forward(
+        &self,
+        batch: &TokenBatch,
+        warmup: usize,
+        iters: usize,
+    ) -> Result<f64, RuntimeError> {
+        let (mut guard, p) = self.prepare(batch)?;
+        let bufs = guard
+            .as_mut()
+            .ok_or_else(|| CudaError::Invalid("buffers missing after allocation".into()))?;
+        let h = self.config.hidden_size as usize;
+        let s = p.lengths.len();
+        let pass = |bufs: &mut Buffers| -> Result<(), RuntimeError> {
+            self.encode(bufs, &p, None)?;
+            let (x, cu, out) = (bufs.x.ptr(), bufs.cu.ptr(), bufs.out32.ptr());
+            launch::pool(&self.rt, x, cu, s, h, false, false, out, 0)?;
+            Ok(())
+        };
+        for _ in 0..warmup {
+            pass(bufs)?;
+        }
+        self.rt.synchronize()?;
+        let timer = self.rt.timer()?;
+        for _ in 0..iters.max(1) {
+            pass(bufs)?;
+        }
+        Ok(f64::from(timer.stop_ms()?) / iters.max(1) as f64)
+    }
+
     /// Checks the batch and makes the buffers fit it (poisoned when asked).
     fn prepare(
         &self,
