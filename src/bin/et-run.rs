@@ -14,6 +14,7 @@ use std::process::ExitCode;
 use clap::{Parser, ValueEnum};
 use ets::format::EtsFile;
 use ets::runtime::cpu::{npy, CpuEncoder, TextTokenizer};
+use ets::runtime::cuda::CudaEncoder;
 use ets::runtime::{Encoder, EncoderOutput, ForwardOptions, Pooling, TokenBatch};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -119,30 +120,38 @@ fn read_input(path: &Path) -> Result<Vec<String>, Failure> {
         .collect())
 }
 
-fn check_device(device: DeviceArg) -> Result<(), Failure> {
-    let cuda = || -> Result<(), String> {
+/// The encoder for `--device`: `cuda` fails (exit 1) without a usable GPU; `auto` falls back to
+/// the CPU with a note on stderr.
+fn open_encoder<'f>(
+    device: DeviceArg,
+    file: &'f EtsFile,
+) -> Result<Box<dyn Encoder + 'f>, Failure> {
+    let cuda = || -> Result<CudaEncoder, String> {
         ets::runtime::cuda::cuda_available()?;
-        Err("the CUDA encoder is not wired into et-run yet".to_string())
+        CudaEncoder::new(file).map_err(|e| e.to_string())
     };
     match device {
-        DeviceArg::Cpu => Ok(()),
-        DeviceArg::Cuda => cuda().map_err(|e| Failure(format!("CUDA runtime not available: {e}"))),
-        DeviceArg::Auto => {
-            if let Err(e) = cuda() {
+        DeviceArg::Cpu => Ok(Box::new(CpuEncoder::new(file)?)),
+        DeviceArg::Cuda => match cuda() {
+            Ok(e) => Ok(Box::new(e)),
+            Err(e) => Err(Failure(format!("CUDA runtime not available: {e}"))),
+        },
+        DeviceArg::Auto => match cuda() {
+            Ok(e) => Ok(Box::new(e)),
+            Err(e) => {
                 eprintln!("et-run: CUDA runtime not available ({e}); using the CPU");
+                Ok(Box::new(CpuEncoder::new(file)?))
             }
-            Ok(())
-        }
+        },
     }
 }
 
 fn run(args: &Args) -> Result<(), Failure> {
-    check_device(args.device)?;
     let texts = read_texts(args)?;
     let file = EtsFile::open(&args.model)
         .map_err(|e| Failure(format!("{}: {e}", args.model.display())))?;
     let tokenizer = TextTokenizer::from_file(&file)?;
-    let encoder = CpuEncoder::new(&file)?;
+    let encoder = open_encoder(args.device, &file)?;
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let tokenized = tokenizer.encode(&refs)?;
     for t in &tokenized.truncated {
@@ -164,8 +173,13 @@ fn run(args: &Args) -> Result<(), Failure> {
         let batch = TokenBatch {
             sequences: chunk.to_vec(),
         };
-        let out = encoder.forward_with(&batch, &opts)?;
-        sink.push(&out, pooling)?;
+        if args.hidden {
+            let out = encoder.forward_with(&batch, &opts)?;
+            sink.push_hidden(&out)?;
+        } else {
+            // Pooled on the backend (the CUDA encoder copies back only the pooled vectors).
+            sink.push_pooled(&encoder.embed(&batch, pooling)?)?;
+        }
     }
     sink.finish()
 }
@@ -192,33 +206,34 @@ impl<'a> Sink<'a> {
         }
     }
 
-    fn push(&mut self, out: &EncoderOutput, pooling: Pooling) -> Result<(), Failure> {
+    fn push_hidden(&mut self, out: &EncoderOutput) -> Result<(), Failure> {
         let h = self.hidden;
-        if self.args.hidden {
-            for i in 0..out.lengths.len() {
-                let seq = out.sequence(i).unwrap_or(&[]);
-                if self.args.npy.is_some() {
-                    let mut padded = vec![0f32; self.max_len * h];
-                    padded[..seq.len()].copy_from_slice(seq);
-                    self.data.extend_from_slice(&padded);
-                } else {
-                    let rows: Vec<&[f32]> = seq.chunks_exact(h).collect();
-                    let line = serde_json::json!({"index": self.rows, "tokens": rows.len(), "hidden": rows});
-                    writeln!(self.out, "{line}")?;
-                }
-                self.rows += 1;
+        for i in 0..out.lengths.len() {
+            let seq = out.sequence(i).unwrap_or(&[]);
+            if self.args.npy.is_some() {
+                let mut padded = vec![0f32; self.max_len * h];
+                padded[..seq.len()].copy_from_slice(seq);
+                self.data.extend_from_slice(&padded);
+            } else {
+                let rows: Vec<&[f32]> = seq.chunks_exact(h).collect();
+                let line =
+                    serde_json::json!({"index": self.rows, "tokens": rows.len(), "hidden": rows});
+                writeln!(self.out, "{line}")?;
             }
-        } else {
-            let pooled = out.pool(pooling);
-            for v in pooled.chunks_exact(h) {
-                if self.args.npy.is_some() {
-                    self.data.extend_from_slice(v);
-                } else {
-                    let line = serde_json::json!({"index": self.rows, "embedding": v});
-                    writeln!(self.out, "{line}")?;
-                }
-                self.rows += 1;
+            self.rows += 1;
+        }
+        Ok(())
+    }
+
+    fn push_pooled(&mut self, pooled: &[f32]) -> Result<(), Failure> {
+        for v in pooled.chunks_exact(self.hidden) {
+            if self.args.npy.is_some() {
+                self.data.extend_from_slice(v);
+            } else {
+                let line = serde_json::json!({"index": self.rows, "embedding": v});
+                writeln!(self.out, "{line}")?;
             }
+            self.rows += 1;
         }
         Ok(())
     }

@@ -99,6 +99,9 @@ pub enum RuntimeError {
     /// The requested backend cannot run here.
     #[error("{0}")]
     Unavailable(String),
+    /// The CUDA runtime failed (no usable GPU, a library missing, a kernel or cuBLAS error).
+    #[error(transparent)]
+    Cuda(#[from] cuda::CudaError),
 }
 
 /// One input sequence: token ids (with the special tokens already added) and their token types.
@@ -172,6 +175,55 @@ impl TokenBatch {
         }
         (ids, types, mask)
     }
+}
+
+/// Checks a batch against the model: every sequence non-empty, no longer than the position
+/// table, with as many token types as tokens, and every id inside its table.
+pub(crate) fn check_batch(c: &ModelConfig, batch: &TokenBatch) -> Result<(), RuntimeError> {
+    for (si, s) in batch.sequences.iter().enumerate() {
+        if s.ids.is_empty() {
+            return Err(RuntimeError::BadSequence {
+                sequence: si,
+                reason: "no tokens".to_string(),
+            });
+        }
+        if s.type_ids.len() != s.ids.len() {
+            return Err(RuntimeError::BadSequence {
+                sequence: si,
+                reason: format!(
+                    "{} token-type ids for {} tokens",
+                    s.type_ids.len(),
+                    s.ids.len()
+                ),
+            });
+        }
+        if s.ids.len() > c.max_position_embeddings as usize {
+            return Err(RuntimeError::SequenceTooLong {
+                sequence: si,
+                len: s.ids.len(),
+                max: c.max_position_embeddings as usize,
+            });
+        }
+        for (position, (&id, &t)) in s.ids.iter().zip(&s.type_ids).enumerate() {
+            if id >= c.vocab_size {
+                return Err(RuntimeError::TokenOutOfRange {
+                    sequence: si,
+                    position,
+                    id,
+                    vocab_size: c.vocab_size,
+                });
+            }
+            if t >= c.type_vocab_size {
+                return Err(RuntimeError::TokenTypeOutOfRange {
+                    sequence: si,
+                    position,
+                    id: t,
+                    type_vocab_size: c.type_vocab_size,
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// How token states become one sentence vector.

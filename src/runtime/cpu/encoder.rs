@@ -4,7 +4,9 @@ use rayon::prelude::*;
 
 use crate::format::names::{self, LayerTensor};
 use crate::format::{EtsFile, FormatError, ModelConfig, TensorView};
-use crate::runtime::{Encoder, EncoderOutput, ForwardOptions, RuntimeError, TokenBatch};
+use crate::runtime::{
+    check_batch, Encoder, EncoderOutput, ForwardOptions, RuntimeError, TokenBatch,
+};
 
 use super::gemm::PackedX;
 use super::linear::{tensor_row, Linear};
@@ -213,54 +215,6 @@ impl<'f> CpuEncoder<'f> {
             pooler,
             classifier,
         })
-    }
-
-    fn check_batch(&self, batch: &TokenBatch) -> Result<(), RuntimeError> {
-        let c = &self.config;
-        for (si, s) in batch.sequences.iter().enumerate() {
-            if s.ids.is_empty() {
-                return Err(RuntimeError::BadSequence {
-                    sequence: si,
-                    reason: "no tokens".to_string(),
-                });
-            }
-            if s.type_ids.len() != s.ids.len() {
-                return Err(RuntimeError::BadSequence {
-                    sequence: si,
-                    reason: format!(
-                        "{} token-type ids for {} tokens",
-                        s.type_ids.len(),
-                        s.ids.len()
-                    ),
-                });
-            }
-            if s.ids.len() > c.max_position_embeddings as usize {
-                return Err(RuntimeError::SequenceTooLong {
-                    sequence: si,
-                    len: s.ids.len(),
-                    max: c.max_position_embeddings as usize,
-                });
-            }
-            for (position, (&id, &t)) in s.ids.iter().zip(&s.type_ids).enumerate() {
-                if id >= c.vocab_size {
-                    return Err(RuntimeError::TokenOutOfRange {
-                        sequence: si,
-                        position,
-                        id,
-                        vocab_size: c.vocab_size,
-                    });
-                }
-                if t >= c.type_vocab_size {
-                    return Err(RuntimeError::TokenTypeOutOfRange {
-                        sequence: si,
-                        position,
-                        id: t,
-                        type_vocab_size: c.type_vocab_size,
-                    });
-                }
-            }
-        }
-        Ok(())
     }
 
     /// Word + position + token-type embeddings, then LayerNorm: packed `[tokens, hidden]`.
@@ -504,7 +458,7 @@ impl Encoder for CpuEncoder<'_> {
         batch: &TokenBatch,
         options: &ForwardOptions,
     ) -> Result<EncoderOutput, RuntimeError> {
-        self.check_batch(batch)?;
+        check_batch(&self.config, batch)?;
         let lengths: Vec<usize> = batch.sequences.iter().map(|s| s.len()).collect();
         let mut x = self.embed_tokens(batch);
         let mut states = options.output_hidden_states.then(|| vec![x.clone()]);

@@ -685,6 +685,12 @@ fn kernel_file_for(name: &str) -> Result<&'static str, CudaError> {
     if let Some((_, k)) = tile.iter().find(|(p, _)| name.starts_with(p)) {
         return Ok(k.family().file());
     }
+    if name.starts_with("enc_") {
+        return Ok("encoder.cu");
+    }
+    if name.starts_with("attn_") {
+        return Ok("attention.cu");
+    }
     if [
         "epilogue_",
         "gather_cols_",

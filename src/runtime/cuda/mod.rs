@@ -14,10 +14,12 @@
 //! - [`tile`]: the tile kernel families behind one interface ([`tile::TileFamily`]).
 //! - [`dispatch`]: per-weight choice between the tile kernels and cuBLAS, measured once.
 //! - [`tuning`]: the runtime's options ([`CudaOptions`]) and the on-disk cache of decisions.
+//! - [`encoder`]: the whole BERT encoder on the device ([`CudaEncoder`]).
 
 mod device;
 pub mod dispatch;
 mod epilogue;
+pub mod encoder;
 mod error;
 pub mod gemm;
 pub mod host;
@@ -29,6 +31,7 @@ pub mod upload;
 
 pub use device::{CudaRuntime, DevBuf, ElemType, GpuTimer, KArg, PinnedBuf};
 pub use dispatch::{format_table, median_ms, Choice, DispatchEntry, Dispatcher};
+pub use encoder::CudaEncoder;
 pub use error::CudaError;
 pub use gemm::{Epilogue, LinearWeight, Scratch};
 pub use nvrtc::{compile_all_kernels, KernelReport};

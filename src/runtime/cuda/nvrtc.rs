@@ -30,6 +30,11 @@ pub const KERNELS: &[(&str, &str)] = &[
         ),
     ),
     ("gemm_aux.cu", include_str!("../../../kernels/gemm_aux.cu")),
+    ("encoder.cu", include_str!("../../../kernels/encoder.cu")),
+    (
+        "attention.cu",
+        include_str!("../../../kernels/attention.cu"),
+    ),
     (
         "tile_wgmma.cu",
         concat!(

@@ -1,0 +1,118 @@
+//! `et-encoder-bench`: times the CUDA encoder and its attention kernel (CUDA events, warm-up
+//! first), one JSON line per measurement, for `scripts/encoder_bench.sh`.
+//!
+//! ```text
+//! et-encoder-bench encoder MODEL.ets 1x128,8x128,1x512 [ITERS]
+//! et-encoder-bench attention 1x128,1x4096 HEADS HEAD_DIM [ITERS]
+//! ```
+//!
+//! `BxL` is B sequences of L tokens each (random ids from a fixed seed).
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use ets::format::EtsFile;
+use ets::runtime::cpu::synth::Rng;
+use ets::runtime::cuda::encoder::launch;
+use ets::runtime::cuda::{CudaEncoder, CudaRuntime};
+use ets::runtime::TokenBatch;
+
+fn sizes(s: &str) -> Result<Vec<(usize, usize)>, String> {
+    s.split(',')
+        .map(|p| {
+            let (b, l) = p.split_once('x').ok_or(format!("size {p}: expected BxL"))?;
+            let b = b.parse().map_err(|_| format!("size {p}: bad batch"))?;
+            let l = l.parse().map_err(|_| format!("size {p}: bad length"))?;
+            Ok((b, l))
+        })
+        .collect()
+}
+
+fn encoder(args: &[String]) -> Result<(), String> {
+    let [model, list, rest @ ..] = args else {
+        return Err("encoder MODEL.ets SIZES [ITERS]".into());
+    };
+    let iters = rest.first().and_then(|v| v.parse().ok()).unwrap_or(50);
+    let file = EtsFile::open(model).map_err(|e| format!("{model}: {e}"))?;
+    let enc = CudaEncoder::new(&file).map_err(|e| e.to_string())?;
+    let vocab = u64::from(file.model().vocab_size);
+    let mut rng = Rng::new(7);
+    for (b, l) in sizes(list)? {
+        let ids = (0..b)
+            .map(|_| (0..l).map(|_| rng.below(vocab) as u32).collect())
+            .collect();
+        let batch = TokenBatch::from_ids(ids);
+        let ms = enc
+            .time_forward(&batch, 5, iters)
+            .map_err(|e| e.to_string())?;
+        println!(
+            "{{\"kind\":\"encoder\",\"model\":\"{model}\",\"size\":\"{b}x{l}\",\"ms\":{ms:.5}}}"
+        );
+    }
+    Ok(())
+}
+
+fn attention(args: &[String]) -> Result<(), String> {
+    let [list, heads, d, rest @ ..] = args else {
+        return Err("attention SIZES HEADS HEAD_DIM [ITERS]".into());
+    };
+    let heads: usize = heads.parse().map_err(|_| "bad HEADS")?;
+    let d: usize = d.parse().map_err(|_| "bad HEAD_DIM")?;
+    let iters: usize = rest.first().and_then(|v| v.parse().ok()).unwrap_or(100);
+    let rt = Arc::new(CudaRuntime::new(0).map_err(|e| e.to_string())?);
+    let e = |e: ets::runtime::cuda::CudaError| e.to_string();
+    let mut rng = Rng::new(11);
+    for (b, l) in sizes(list)? {
+        let w = heads * d;
+        let total = b * l;
+        let bits: Vec<u16> = (0..total * 3 * w)
+            .map(|_| half::f16::from_f32(rng.symmetric(1.0)).to_bits())
+            .collect();
+        let bias: Vec<f32> = (0..3 * w).map(|_| rng.symmetric(0.1)).collect();
+        let cu: Vec<i32> = (0..=b).map(|i| (i * l) as i32).collect();
+        let qkv = rt.upload(&bits).map_err(e)?;
+        let bb = rt.upload(&bias).map_err(e)?;
+        let cub = rt.upload(&cu).map_err(e)?;
+        let ctx = rt.alloc(total * w * 2).map_err(e)?;
+        let run = || {
+            launch::attention(
+                &rt,
+                qkv.ptr(),
+                bb.ptr(),
+                cub.ptr(),
+                b,
+                l,
+                heads,
+                d,
+                ctx.ptr(),
+            )
+        };
+        for _ in 0..5 {
+            run().map_err(e)?;
+        }
+        rt.synchronize().map_err(e)?;
+        let timer = rt.timer().map_err(e)?;
+        for _ in 0..iters {
+            run().map_err(e)?;
+        }
+        let ms = f64::from(timer.stop_ms().map_err(e)?) / iters as f64;
+        println!("{{\"kind\":\"attention\",\"size\":\"{b}x{l}\",\"heads\":{heads},\"d\":{d},\"ms\":{ms:.5}}}");
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let r = match args.first().map(String::as_str) {
+        Some("encoder") => encoder(&args[1..]),
+        Some("attention") => attention(&args[1..]),
+        _ => Err("usage: et-encoder-bench encoder MODEL.ets SIZES [ITERS] | attention SIZES HEADS HEAD_DIM [ITERS]".into()),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(m) => {
+            eprintln!("et-encoder-bench: error: {m}");
+            ExitCode::from(1)
+        }
+    }
+}

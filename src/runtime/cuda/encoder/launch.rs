@@ -1,0 +1,274 @@
+//! Launches of the encoder's kernels (`kernels/encoder.cu`, `kernels/attention.cu`) and its
+//! cuBLAS projections. Every function takes raw device addresses; the callers own the buffers and
+//! size them for the shapes passed (the bound each launch relies on is stated per function).
+
+use cudarc::cublas::{result as blas, sys as blas_sys};
+
+use crate::runtime::cuda::{CudaError, CudaRuntime, KArg};
+
+/// Threads per block of the row kernels (LayerNorm, pooling).
+const ROW_THREADS: u32 = 256;
+
+fn grid_1d(total: usize) -> (u32, u32, u32) {
+    (total.div_ceil(256).clamp(1, 65_535 * 8) as u32, 1, 1)
+}
+
+fn i32_arg(v: usize) -> Result<KArg, CudaError> {
+    i32::try_from(v)
+        .map(KArg::I32)
+        .map_err(|_| CudaError::Invalid(format!("size {v} does not fit a 32-bit kernel argument")))
+}
+
+/// Dynamic shared memory of a row kernel over `h` features (one f32 per feature).
+fn row_smem(h: usize) -> Result<u32, CudaError> {
+    u32::try_from(h * 4).map_err(|_| CudaError::Invalid(format!("hidden size {h} too large")))
+}
+
+/// cuBLAS: `Y[m, n] = X[m, k] W[n, k]^T`, all f16 row-major and contiguous, fp32 accumulation.
+/// `x` holds `m * k`, `w` `n * k` and `y` `m * n` values.
+pub(crate) fn gemm(
+    rt: &CudaRuntime,
+    x: u64,
+    m: usize,
+    k: usize,
+    w: u64,
+    n: usize,
+    y: u64,
+) -> Result<(), CudaError> {
+    let handle = *rt.blas()?.handle();
+    rt.bind()?;
+    let (alpha, beta) = (1.0f32, 0.0f32);
+    let t = blas_sys::cudaDataType::CUDA_R_16F;
+    let dim = |v: usize| {
+        i32::try_from(v).map_err(|_| CudaError::Invalid(format!("GEMM size {v} too large")))
+    };
+    let (mi, ni, ki) = (dim(m)?, dim(n)?, dim(k)?);
+    // Column-major view: Y^T[n, m] = W[n, k] (stored as W^T) * X^T[k, m].
+    // SAFETY: x, w and y hold the sizes stated above; alpha and beta outlive the call.
+    unsafe {
+        blas::gemm_ex(
+            handle,
+            blas_sys::cublasOperation_t::CUBLAS_OP_T,
+            blas_sys::cublasOperation_t::CUBLAS_OP_N,
+            ni,
+            mi,
+            ki,
+            &alpha as *const f32 as *const _,
+            w as *const _,
+            t,
+            ki,
+            x as *const _,
+            t,
+            ki,
+            &beta as *const f32 as *const _,
+            y as *mut _,
+            t,
+            ni,
+            blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+            blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+        )
+    }
+    .map_err(CudaError::cublas(format!("encoder gemm {m}x{n}x{k}")))
+}
+
+/// Embeddings and their LayerNorm for `tokens` tokens: `ids`, `types`, `positions` hold `tokens`
+/// u32 values already checked against the tables' rows; `x` holds `tokens * h` f16.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn embed_ln(
+    rt: &CudaRuntime,
+    tokens: usize,
+    ids: u64,
+    types: u64,
+    positions: u64,
+    tables: [u64; 3],
+    ln: (u64, u64),
+    eps: f32,
+    h: usize,
+    x: u64,
+) -> Result<(), CudaError> {
+    let args = [
+        KArg::Ptr(ids),
+        KArg::Ptr(types),
+        KArg::Ptr(positions),
+        KArg::Ptr(tables[0]),
+        KArg::Ptr(tables[1]),
+        KArg::Ptr(tables[2]),
+        KArg::Ptr(ln.0),
+        KArg::Ptr(ln.1),
+        KArg::F32(eps),
+        i32_arg(h)?,
+        KArg::Ptr(x),
+    ];
+    let grid = (u32::try_from(tokens).unwrap_or(u32::MAX), 1, 1);
+    rt.launch(
+        "enc_embed_ln_f16",
+        grid,
+        (ROW_THREADS, 1, 1),
+        row_smem(h)?,
+        &args,
+    )
+}
+
+/// `out = LN(input + bias + residual)` over `tokens` rows of `h` f16 values (`input` may be 0).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn bias_residual_ln(
+    rt: &CudaRuntime,
+    tokens: usize,
+    input: u64,
+    bias: u64,
+    residual: u64,
+    ln: (u64, u64),
+    eps: f32,
+    h: usize,
+    out: u64,
+) -> Result<(), CudaError> {
+    let args = [
+        KArg::Ptr(input),
+        KArg::Ptr(bias),
+        KArg::Ptr(residual),
+        KArg::Ptr(ln.0),
+        KArg::Ptr(ln.1),
+        KArg::F32(eps),
+        i32_arg(h)?,
+        KArg::Ptr(out),
+    ];
+    let grid = (u32::try_from(tokens).unwrap_or(u32::MAX), 1, 1);
+    rt.launch(
+        "enc_bias_residual_ln_f16",
+        grid,
+        (ROW_THREADS, 1, 1),
+        row_smem(h)?,
+        &args,
+    )
+}
+
+/// `y = act(y + bias)` in place over `m * n` f16 values (`bias`: `n` f32, or 0).
+pub(crate) fn bias_act(
+    rt: &CudaRuntime,
+    y: u64,
+    bias: u64,
+    m: usize,
+    n: usize,
+    act: i32,
+) -> Result<(), CudaError> {
+    let args = [
+        KArg::Ptr(y),
+        KArg::Ptr(bias),
+        i32_arg(m)?,
+        i32_arg(n)?,
+        KArg::I32(act),
+    ];
+    rt.launch("enc_bias_act_f16", grid_1d(m * n), (256, 1, 1), 0, &args)
+}
+
+/// `y (f32) = x (f16) + bias` over `m * n` values.
+pub(crate) fn bias_to_f32(
+    rt: &CudaRuntime,
+    x: u64,
+    bias: u64,
+    m: usize,
+    n: usize,
+    y: u64,
+) -> Result<(), CudaError> {
+    let args = [
+        KArg::Ptr(x),
+        KArg::Ptr(bias),
+        i32_arg(m)?,
+        i32_arg(n)?,
+        KArg::Ptr(y),
+    ];
+    rt.launch("enc_bias_to_f32_f16", grid_1d(m * n), (256, 1, 1), 0, &args)
+}
+
+/// Pools each of `seqs` sequences (rows `cu[s]..cu[s + 1]` of `x`, `cu` holding `seqs + 1` i32):
+/// `cls` takes the first row, else the mean; `normalize` divides by the L2 norm. Writes `seqs * h`
+/// f32 to `out32` and/or f16 to `out16` (either may be 0).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn pool(
+    rt: &CudaRuntime,
+    x: u64,
+    cu: u64,
+    seqs: usize,
+    h: usize,
+    cls: bool,
+    normalize: bool,
+    out32: u64,
+    out16: u64,
+) -> Result<(), CudaError> {
+    let args = [
+        KArg::Ptr(x),
+        KArg::Ptr(cu),
+        i32_arg(h)?,
+        KArg::I32(cls as i32),
+        KArg::I32(normalize as i32),
+        KArg::Ptr(out32),
+        KArg::Ptr(out16),
+    ];
+    let grid = (u32::try_from(seqs).unwrap_or(u32::MAX), 1, 1);
+    rt.launch(
+        "enc_pool_f16",
+        grid,
+        (ROW_THREADS, 1, 1),
+        row_smem(h)?,
+        &args,
+    )
+}
+
+/// Head sizes the attention kernel is built for.
+pub const ATTENTION_HEAD_DIMS: [usize; 3] = [32, 64, 128];
+
+/// Fused attention over packed sequences.
+///
+/// `qkv` holds `tokens * 3 * heads * head_dim` f16 (Q, K, V side by side per row), `bias`
+/// `3 * heads * head_dim` f32 (or 0), `cu` the `seqs + 1` cumulative i32 offsets ending at
+/// `tokens`, `ctx` `tokens * heads * head_dim` f16; `max_len` is the longest sequence.
+#[allow(clippy::too_many_arguments)]
+pub fn attention(
+    rt: &CudaRuntime,
+    qkv: u64,
+    bias: u64,
+    cu: u64,
+    seqs: usize,
+    max_len: usize,
+    heads: usize,
+    head_dim: usize,
+    ctx: u64,
+) -> Result<(), CudaError> {
+    if !ATTENTION_HEAD_DIMS.contains(&head_dim) {
+        return Err(CudaError::Invalid(format!(
+            "attention kernel: head_dim {head_dim} is not one of {ATTENTION_HEAD_DIMS:?}"
+        )));
+    }
+    if seqs == 0 || max_len == 0 || heads == 0 {
+        return Ok(());
+    }
+    let q_blocks = max_len.div_ceil(64);
+    let dim = |v: usize| {
+        u32::try_from(v)
+            .map_err(|_| CudaError::Invalid(format!("attention grid size {v} too large")))
+    };
+    let grid = (dim(q_blocks)?, dim(heads)?, dim(seqs)?);
+    if grid.1 > 65_535 || grid.2 > 65_535 {
+        return Err(CudaError::Invalid(format!(
+            "attention: {heads} heads x {seqs} sequences exceed the grid limit of 65535"
+        )));
+    }
+    // Q, K and V tiles of 64 rows, each row padded by 8 halves.
+    let smem = (3 * 64 * (head_dim + 8) * 2) as u32;
+    let scale_log2 = std::f32::consts::LOG2_E / (head_dim as f32).sqrt();
+    let args = [
+        KArg::Ptr(qkv),
+        KArg::Ptr(bias),
+        KArg::Ptr(cu),
+        i32_arg(heads)?,
+        KArg::F32(scale_log2),
+        KArg::Ptr(ctx),
+    ];
+    rt.launch(
+        &format!("attn_fwd_d{head_dim}_f16"),
+        grid,
+        (128, 1, 1),
+        smem,
+        &args,
+    )
+}

@@ -1,0 +1,458 @@
+//! The whole BERT encoder on the GPU: [`CudaEncoder`], behind the same [`Encoder`] interface as
+//! the CPU runtime and computing the same function.
+//!
+//! The file's tensors are checked and uploaded once (see `weights` for the encodings). A forward
+//! pass over a [`TokenBatch`] keeps its tokens packed (sequence after sequence, no padding rows,
+//! with cumulative offsets `cu`), and runs per layer:
+//!
+//! 1. one cuBLAS GEMM for Q, K and V together (`[tokens, 3 W]`, f16 in, fp32 accumulation);
+//! 2. the fused attention kernel (bias added as tiles are staged, online softmax in fp32);
+//! 3. the output projection, then bias + residual + LayerNorm in one kernel;
+//! 4. the FFN up-projection, bias + activation, the down-projection, bias + residual + LayerNorm.
+//!
+//! Activations are f16 between kernels, every reduction is fp32. Device buffers are sized for the
+//! largest batch seen so far and reused.
+//!
+//! ```no_run
+//! use ets::format::EtsFile;
+//! use ets::runtime::cuda::CudaEncoder;
+//! use ets::runtime::{Encoder, Pooling, TokenBatch};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let file = EtsFile::open(std::path::Path::new("model.ets"))?;
+//! let encoder = CudaEncoder::new(&file)?;
+//! let batch = TokenBatch::from_ids(vec![vec![101, 7592, 102], vec![101, 102]]);
+//! let embeddings = encoder.embed(&batch, Pooling::Mean)?; // [2 * hidden_size]
+//! # let _ = embeddings; Ok(()) }
+//! ```
+
+mod buffers;
+pub mod launch;
+mod weights;
+
+use std::sync::{Arc, Mutex};
+
+use half::f16;
+
+use crate::format::{EtsFile, ModelConfig};
+use crate::runtime::cuda::{CudaError, CudaRuntime};
+use crate::runtime::{
+    check_batch, Encoder, EncoderOutput, ForwardOptions, Pooling, RuntimeError, TokenBatch,
+};
+
+use buffers::Buffers;
+use weights::{activation_code, DevWeights};
+
+/// The encoder of a `.ets` file on a CUDA device.
+pub struct CudaEncoder {
+    rt: Arc<CudaRuntime>,
+    config: ModelConfig,
+    weights: DevWeights,
+    buffers: Mutex<Option<Buffers>>,
+    poison: std::sync::atomic::AtomicBool,
+}
+
+impl std::fmt::Debug for CudaEncoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CudaEncoder")
+            .field("device", &self.rt.name())
+            .field("layers", &self.weights.layers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Packed token arrays of one batch, as the kernels take them.
+struct Packed {
+    ids: Vec<u32>,
+    types: Vec<u32>,
+    positions: Vec<u32>,
+    cu: Vec<i32>,
+    lengths: Vec<usize>,
+    max_len: usize,
+}
+
+impl Packed {
+    fn new(batch: &TokenBatch) -> Result<Packed, RuntimeError> {
+        let tokens = batch.total_tokens();
+        let mut p = Packed {
+            ids: Vec::with_capacity(tokens),
+            types: Vec::with_capacity(tokens),
+            positions: Vec::with_capacity(tokens),
+            cu: Vec::with_capacity(batch.len() + 1),
+            lengths: Vec::with_capacity(batch.len()),
+            max_len: batch.max_len(),
+        };
+        p.cu.push(0);
+        for s in &batch.sequences {
+            p.ids.extend_from_slice(&s.ids);
+            p.types.extend_from_slice(&s.type_ids);
+            p.positions.extend(0..s.ids.len() as u32);
+            p.lengths.push(s.len());
+            let end = i32::try_from(p.ids.len()).map_err(|_| {
+                RuntimeError::Cuda(CudaError::Invalid(format!(
+                    "a batch of {tokens} tokens exceeds the 32-bit offsets of the CUDA encoder"
+                )))
+            })?;
+            p.cu.push(end);
+        }
+        Ok(p)
+    }
+    fn tokens(&self) -> usize {
+        self.ids.len()
+    }
+}
+
+fn f16_to_f32(bits: &[u16]) -> Vec<f32> {
+    bits.iter().map(|&b| f16::from_bits(b).to_f32()).collect()
+}
+
+impl CudaEncoder {
+    /// Opens GPU 0 and uploads the file's encoder.
+    pub fn new(file: &EtsFile) -> Result<CudaEncoder, RuntimeError> {
+        let rt = CudaRuntime::new(0)?;
+        CudaEncoder::with_runtime(Arc::new(rt), file)
+    }
+
+    /// Uploads the file's encoder to the device of `rt`.
+    pub fn with_runtime(rt: Arc<CudaRuntime>, file: &EtsFile) -> Result<CudaEncoder, RuntimeError> {
+        let weights = weights::upload(&rt, file)?;
+        Ok(CudaEncoder {
+            rt,
+            config: file.model().clone(),
+            weights,
+            buffers: Mutex::new(None),
+            poison: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    /// The device runtime.
+    pub fn runtime(&self) -> &Arc<CudaRuntime> {
+        &self.rt
+    }
+
+    /// When on, every activation and output buffer is filled with NaN before each pass, so that
+    /// a value a kernel fails to write shows up as NaN instead of a stale result (for tests).
+    pub fn set_poison(&self, on: bool) {
+        self.poison.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Pooled sentence vectors `[batch, hidden_size]`, computed (and, with `normalize`,
+    /// L2-normalised) on the device; only the pooled vectors are copied back.
+    pub fn embed_with(
+        &self,
+        batch: &TokenBatch,
+        pooling: Pooling,
+        normalize: bool,
+    ) -> Result<Vec<f32>, RuntimeError> {
+        let (mut guard, p) = self.prepare(batch)?;
+        let bufs = guard
+            .as_mut()
+            .ok_or_else(|| CudaError::Invalid("buffers missing after allocation".into()))?;
+        self.encode(bufs, &p, None)?;
+        let h = self.config.hidden_size as usize;
+        let s = p.lengths.len();
+        launch::pool(
+            &self.rt,
+            bufs.x.ptr(),
+            bufs.cu.ptr(),
+            s,
+            h,
+            pooling == Pooling::Cls,
+            normalize,
+            bufs.out32.ptr(),
+            0,
+        )?;
+        Ok(self.rt.download::<f32>(&bufs.out32, s * h)?)
+    }
+
+    /// Milliseconds per forward pass over `batch` to its pooled (mean) vectors on the device,
+    /// measured with CUDA events over `iters` passes after `warmup` untimed ones. Each pass
+    /// includes copying the batch's token arrays to the device; nothing is copied back.
+    pub fn time_forward(
+        &self,
+        batch: &TokenBatch,
+        warmup: usize,
+        iters: usize,
+    ) -> Result<f64, RuntimeError> {
+        let (mut guard, p) = self.prepare(batch)?;
+        let bufs = guard
+            .as_mut()
+            .ok_or_else(|| CudaError::Invalid("buffers missing after allocation".into()))?;
+        let h = self.config.hidden_size as usize;
+        let s = p.lengths.len();
+        let pass = |bufs: &mut Buffers| -> Result<(), RuntimeError> {
+            self.encode(bufs, &p, None)?;
+            let (x, cu, out) = (bufs.x.ptr(), bufs.cu.ptr(), bufs.out32.ptr());
+            launch::pool(&self.rt, x, cu, s, h, false, false, out, 0)?;
+            Ok(())
+        };
+        for _ in 0..warmup {
+            pass(bufs)?;
+        }
+        self.rt.synchronize()?;
+        let timer = self.rt.timer()?;
+        for _ in 0..iters.max(1) {
+            pass(bufs)?;
+        }
+        Ok(f64::from(timer.stop_ms()?) / iters.max(1) as f64)
+    }
+
+    /// Checks the batch and makes the buffers fit it (poisoned when asked).
+    fn prepare(
+        &self,
+        batch: &TokenBatch,
+    ) -> Result<(std::sync::MutexGuard<'_, Option<Buffers>>, Packed), RuntimeError> {
+        check_batch(&self.config, batch)?;
+        let p = Packed::new(batch)?;
+        let mut guard = self
+            .buffers
+            .lock()
+            .map_err(|_| CudaError::Invalid("encoder buffer lock poisoned".into()))?;
+        let need = (p.tokens(), p.lengths.len());
+        if !guard.as_ref().is_some_and(|b| b.fits(need.0, need.1)) {
+            let (t, s) = match guard.as_ref() {
+                Some(b) => (b.tokens.max(need.0), b.seqs.max(need.1)),
+                None => need,
+            };
+            *guard = None;
+            self.rt.synchronize()?;
+            *guard = Some(Buffers::new(&self.rt, &self.config, &self.weights, t, s)?);
+        }
+        if self.poison.load(std::sync::atomic::Ordering::Relaxed) {
+            if let Some(b) = guard.as_ref() {
+                b.poison(&self.rt)?;
+            }
+        }
+        Ok((guard, p))
+    }
+
+    /// Embeddings and every layer; leaves the final hidden states in `bufs.x`. With `states`,
+    /// pushes the hidden states after the embeddings and after each layer.
+    fn encode(
+        &self,
+        bufs: &mut Buffers,
+        p: &Packed,
+        mut states: Option<&mut Vec<Vec<f32>>>,
+    ) -> Result<(), RuntimeError> {
+        let rt = &*self.rt;
+        let c = &self.config;
+        let h = c.hidden_size as usize;
+        let t = p.tokens();
+        let eps = c.layer_norm_eps as f32;
+        let w = &self.weights;
+        bufs.upload_batch(rt, &p.ids, &p.types, &p.positions, &p.cu)?;
+        launch::embed_ln(
+            rt,
+            t,
+            bufs.ids.ptr(),
+            bufs.types.ptr(),
+            bufs.positions.ptr(),
+            [w.word.ptr(), w.position.ptr(), w.token_type.ptr()],
+            (w.embeddings_ln.gamma.ptr(), w.embeddings_ln.beta.ptr()),
+            eps,
+            h,
+            bufs.x.ptr(),
+        )?;
+        if let Some(s) = states.as_deref_mut() {
+            s.push(self.download_hidden(bufs, t)?);
+        }
+        let act = activation_code(c.activation);
+        let bias = |b: &Option<crate::runtime::cuda::DevBuf>| b.as_ref().map_or(0, |b| b.ptr());
+        for layer in &w.layers {
+            let attn_in = match (&layer.qkv, &layer.out) {
+                (Some(qkv), Some(out)) => {
+                    launch::gemm(
+                        rt,
+                        bufs.x.ptr(),
+                        t,
+                        h,
+                        qkv.weight.ptr(),
+                        qkv.n,
+                        bufs.qkv.ptr(),
+                    )?;
+                    launch::attention(
+                        rt,
+                        bufs.qkv.ptr(),
+                        bias(&qkv.bias),
+                        bufs.cu.ptr(),
+                        p.lengths.len(),
+                        p.max_len,
+                        layer.heads,
+                        c.head_dim as usize,
+                        bufs.ctx.ptr(),
+                    )?;
+                    launch::gemm(
+                        rt,
+                        bufs.ctx.ptr(),
+                        t,
+                        out.k,
+                        out.weight.ptr(),
+                        h,
+                        bufs.proj.ptr(),
+                    )?;
+                    bufs.proj.ptr()
+                }
+                // Every head pruned: the attention block adds only its output bias.
+                _ => 0,
+            };
+            launch::bias_residual_ln(
+                rt,
+                t,
+                attn_in,
+                layer.out_bias.ptr(),
+                bufs.x.ptr(),
+                (layer.ln1.gamma.ptr(), layer.ln1.beta.ptr()),
+                eps,
+                h,
+                bufs.attn.ptr(),
+            )?;
+            let ffn = &layer.intermediate;
+            launch::gemm(
+                rt,
+                bufs.attn.ptr(),
+                t,
+                h,
+                ffn.weight.ptr(),
+                ffn.n,
+                bufs.inter.ptr(),
+            )?;
+            launch::bias_act(rt, bufs.inter.ptr(), bias(&ffn.bias), t, ffn.n, act)?;
+            let down = &layer.ffn_out;
+            launch::gemm(
+                rt,
+                bufs.inter.ptr(),
+                t,
+                down.k,
+                down.weight.ptr(),
+                h,
+                bufs.proj.ptr(),
+            )?;
+            launch::bias_residual_ln(
+                rt,
+                t,
+                bufs.proj.ptr(),
+                bias(&down.bias),
+                bufs.attn.ptr(),
+                (layer.ln2.gamma.ptr(), layer.ln2.beta.ptr()),
+                eps,
+                h,
+                bufs.x.ptr(),
+            )?;
+            if let Some(s) = states.as_deref_mut() {
+                s.push(self.download_hidden(bufs, t)?);
+            }
+        }
+        Ok(())
+    }
+
+    fn download_hidden(&self, bufs: &Buffers, tokens: usize) -> Result<Vec<f32>, RuntimeError> {
+        let h = self.config.hidden_size as usize;
+        let bits = self.rt.download::<u16>(&bufs.x, tokens * h)?;
+        Ok(f16_to_f32(&bits))
+    }
+
+    /// Pooler (`tanh`) and classifier on the `[CLS]` rows, as the CPU runtime computes them.
+    #[allow(clippy::type_complexity)]
+    fn heads(
+        &self,
+        bufs: &Buffers,
+        p: &Packed,
+    ) -> Result<(Option<Vec<f32>>, Option<Vec<f32>>), RuntimeError> {
+        let w = &self.weights;
+        if w.pooler.is_none() && w.classifier.is_none() {
+            return Ok((None, None));
+        }
+        let rt = &*self.rt;
+        let h = self.config.hidden_size as usize;
+        let s = p.lengths.len();
+        let bias = |b: &Option<crate::runtime::cuda::DevBuf>| b.as_ref().map_or(0, |b| b.ptr());
+        launch::pool(
+            rt,
+            bufs.x.ptr(),
+            bufs.cu.ptr(),
+            s,
+            h,
+            true,
+            false,
+            0,
+            bufs.cls16.ptr(),
+        )?;
+        let mut head_in = bufs.cls16.ptr();
+        let pooled = match &w.pooler {
+            Some(pl) => {
+                launch::gemm(
+                    rt,
+                    bufs.cls16.ptr(),
+                    s,
+                    h,
+                    pl.weight.ptr(),
+                    h,
+                    bufs.pooled16.ptr(),
+                )?;
+                launch::bias_act(rt, bufs.pooled16.ptr(), bias(&pl.bias), s, h, 4)?;
+                head_in = bufs.pooled16.ptr();
+                Some(f16_to_f32(&rt.download::<u16>(&bufs.pooled16, s * h)?))
+            }
+            None => None,
+        };
+        let logits = match &w.classifier {
+            Some(cl) => {
+                launch::gemm(
+                    rt,
+                    head_in,
+                    s,
+                    h,
+                    cl.weight.ptr(),
+                    cl.n,
+                    bufs.logits16.ptr(),
+                )?;
+                launch::bias_to_f32(
+                    rt,
+                    bufs.logits16.ptr(),
+                    bias(&cl.bias),
+                    s,
+                    cl.n,
+                    bufs.out32.ptr(),
+                )?;
+                Some(rt.download::<f32>(&bufs.out32, s * cl.n)?)
+            }
+            None => None,
+        };
+        Ok((pooled, logits))
+    }
+}
+
+impl Encoder for CudaEncoder {
+    fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    fn forward_with(
+        &self,
+        batch: &TokenBatch,
+        options: &ForwardOptions,
+    ) -> Result<EncoderOutput, RuntimeError> {
+        let (mut guard, p) = self.prepare(batch)?;
+        let bufs = guard
+            .as_mut()
+            .ok_or_else(|| CudaError::Invalid("buffers missing after allocation".into()))?;
+        let mut states = options.output_hidden_states.then(Vec::new);
+        self.encode(bufs, &p, states.as_mut())?;
+        let (pooler_output, logits) = self.heads(bufs, &p)?;
+        let last_hidden = match states.as_ref().and_then(|s| s.last()) {
+            Some(last) => last.clone(),
+            None => self.download_hidden(bufs, p.tokens())?,
+        };
+        Ok(EncoderOutput {
+            hidden_size: self.config.hidden_size as usize,
+            lengths: p.lengths,
+            last_hidden,
+            hidden_states: states,
+            pooler_output,
+            logits,
+        })
+    }
+
+    fn embed(&self, batch: &TokenBatch, pooling: Pooling) -> Result<Vec<f32>, RuntimeError> {
+        self.embed_with(batch, pooling, false)
+    }
+}

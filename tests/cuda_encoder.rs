@@ -1,0 +1,464 @@
+//! The CUDA encoder against the CPU runtime, and its attention kernel against an f64 reference.
+//!
+//! The `gpu_*` tests need an NVIDIA GPU (`cargo test --test cuda_encoder -- --include-ignored`).
+//! Random inputs print their seed; `ETS_TEST_SEED=N` replays one. Every GPU pass runs on buffers
+//! filled with NaN beforehand, and a NaN anywhere fails.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use ets::convert::{convert, ConvertOptions};
+use ets::format::names;
+use ets::format::{Dtype, EncodedTensor, EtsFile, ModelConfig};
+use ets::prune::{Method, Recipe};
+use ets::runtime::cpu::synth::{self, Rng};
+use ets::runtime::cpu::CpuEncoder;
+use ets::runtime::cuda::encoder::launch;
+use ets::runtime::cuda::{nvrtc, CudaEncoder, CudaRuntime};
+use ets::runtime::{Encoder, ForwardOptions, Pooling, TokenBatch, TokenSequence};
+use half::f16;
+
+mod common;
+
+/// Per-sentence cosine every f16 file must reach against the CPU runtime.
+const MIN_COSINE: f64 = 0.9999;
+
+fn seed() -> u64 {
+    let s = std::env::var("ETS_TEST_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1)
+        });
+    eprintln!("seed {s} (replay with ETS_TEST_SEED={s})");
+    s
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let (mut ab, mut aa, mut bb) = (0f64, 0f64, 0f64);
+    for (&x, &y) in a.iter().zip(b) {
+        assert!(
+            x.is_finite() && y.is_finite(),
+            "non-finite value: {x} vs {y}"
+        );
+        ab += f64::from(x) * f64::from(y);
+        aa += f64::from(x) * f64::from(x);
+        bb += f64::from(y) * f64::from(y);
+    }
+    if aa == 0.0 && bb == 0.0 {
+        return 1.0;
+    }
+    ab / (aa.sqrt() * bb.sqrt()).max(f64::MIN_POSITIVE)
+}
+
+/// The smallest cosine over rows of `width` values.
+fn min_row_cosine(a: &[f32], b: &[f32], width: usize) -> f64 {
+    a.chunks(width)
+        .zip(b.chunks(width))
+        .map(|(x, y)| cosine(x, y))
+        .fold(1.0, f64::min)
+}
+
+fn random_batch(rng: &mut Rng, cfg: &ModelConfig, lengths: &[usize]) -> TokenBatch {
+    let sequences = lengths
+        .iter()
+        .map(|&len| TokenSequence {
+            ids: (0..len)
+                .map(|_| rng.below(u64::from(cfg.vocab_size)) as u32)
+                .collect(),
+            type_ids: (0..len)
+                .map(|_| rng.below(u64::from(cfg.type_vocab_size)) as u32)
+                .collect(),
+        })
+        .collect();
+    TokenBatch { sequences }
+}
+
+/// Compares the GPU with the CPU on `batch`: per sentence the hidden states (flattened), mean and
+/// CLS pooling, normalised pooling, the hidden states after every layer, pooler and logits.
+fn compare(label: &str, cpu: &CpuEncoder<'_>, gpu: &CudaEncoder, batch: &TokenBatch) {
+    let opts = ForwardOptions {
+        output_hidden_states: true,
+    };
+    let want = cpu.forward_with(batch, &opts).expect("cpu forward");
+    let got = gpu.forward_with(batch, &opts).expect("gpu forward");
+    assert_eq!(want.lengths, got.lengths);
+    let h = want.hidden_size;
+    let mut worst = 1.0f64;
+    for i in 0..batch.len() {
+        let (a, b) = (want.sequence(i).unwrap(), got.sequence(i).unwrap());
+        let c = cosine(a, b);
+        worst = worst.min(c);
+        assert!(
+            c >= MIN_COSINE,
+            "{label}: sentence {i} ({} tokens): hidden-state cosine {c}",
+            batch.sequences[i].len()
+        );
+    }
+    let (ws, gs) = (
+        want.hidden_states.as_ref().unwrap(),
+        got.hidden_states.as_ref().unwrap(),
+    );
+    assert_eq!(ws.len(), gs.len());
+    for (l, (a, b)) in ws.iter().zip(gs).enumerate() {
+        let c = min_row_cosine(a, b, h);
+        assert!(
+            c >= 0.999,
+            "{label}: hidden states {l}: worst token cosine {c}"
+        );
+    }
+    for pooling in [Pooling::Mean, Pooling::Cls] {
+        let a = want.pool(pooling);
+        let b = gpu.embed(batch, pooling).expect("gpu embed");
+        let c = min_row_cosine(&a, &b, h);
+        worst = worst.min(c);
+        assert!(c >= MIN_COSINE, "{label}: {pooling:?} pooling: cosine {c}");
+        let n = gpu
+            .embed_with(batch, pooling, true)
+            .expect("gpu embed normalized");
+        for (row, raw) in n.chunks(h).zip(a.chunks(h)) {
+            let norm: f64 = row.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
+            assert!(
+                (norm.sqrt() - 1.0).abs() < 1e-3,
+                "{label}: norm {}",
+                norm.sqrt()
+            );
+            assert!(
+                cosine(row, raw) >= MIN_COSINE,
+                "{label}: normalised {pooling:?}"
+            );
+        }
+    }
+    match (&want.pooler_output, &got.pooler_output) {
+        (Some(a), Some(b)) => {
+            let c = min_row_cosine(a, b, h);
+            assert!(c >= MIN_COSINE, "{label}: pooler cosine {c}");
+        }
+        (None, None) => {}
+        _ => panic!("{label}: pooler output present on one backend only"),
+    }
+    match (&want.logits, &got.logits) {
+        (Some(a), Some(b)) => {
+            for (x, y) in a.iter().zip(b) {
+                assert!(
+                    (x - y).abs() <= 2e-2 * (1.0 + x.abs()),
+                    "{label}: logits {a:?} vs {b:?}"
+                );
+            }
+        }
+        (None, None) => {}
+        _ => panic!("{label}: logits present on one backend only"),
+    }
+    eprintln!(
+        "{label}: {} sentences, worst cosine {worst:.7}",
+        batch.len()
+    );
+}
+
+fn gpu() -> Arc<CudaRuntime> {
+    Arc::new(CudaRuntime::new(0).expect("a usable CUDA GPU (this test is ignored without one)"))
+}
+
+/// A random BERT in f16 with `heads` per layer, a pooler and a 3-label classifier.
+fn random_model(
+    dir: &Path,
+    name: &str,
+    heads: Vec<u32>,
+    head_dim: u32,
+    hidden: u32,
+    seed: u64,
+) -> std::path::PathBuf {
+    let layers = heads.len() as u32;
+    let mut cfg = synth::config(layers, hidden, heads, head_dim, 4 * hidden, 1000, 512);
+    cfg.num_labels = Some(3);
+    let mut weights = synth::random_weights(&cfg, seed);
+    let mut rng = Rng::new(seed ^ 0x5eed);
+    let h = hidden as usize;
+    let mut extra = |name: &str, shape: Vec<usize>, scale: f32| {
+        let n = shape.iter().product();
+        let data = (0..n).map(|_| rng.symmetric(scale)).collect();
+        weights.push((name.to_string(), shape, data));
+    };
+    extra(names::POOLER_WEIGHT, vec![h, h], 1.0 / (h as f32).sqrt());
+    extra(names::POOLER_BIAS, vec![h], 0.1);
+    extra(
+        names::CLASSIFIER_WEIGHT,
+        vec![3, h],
+        1.0 / (h as f32).sqrt(),
+    );
+    extra(names::CLASSIFIER_BIAS, vec![3], 0.1);
+    let tensors: Vec<(String, EncodedTensor)> = weights
+        .iter()
+        .map(|(n, shape, data)| {
+            let dtype = if shape.len() == 2 {
+                Dtype::F16
+            } else {
+                Dtype::F32
+            };
+            let shape = shape.iter().map(|&d| d as u64).collect();
+            (n.clone(), EncodedTensor::dense(shape, dtype, data).unwrap())
+        })
+        .collect();
+    let path = dir.join(format!("{name}.ets"));
+    synth::write_ets(&path, &cfg, &tensors, None).unwrap();
+    path
+}
+
+#[test]
+fn encoder_kernels_compile() {
+    if let Err(e) = nvrtc::probe_nvrtc() {
+        if std::env::var("ETS_REQUIRE_NVRTC").as_deref() == Ok("1") {
+            panic!("ETS_REQUIRE_NVRTC=1 but NVRTC is unusable: {e}");
+        }
+        eprintln!("skipping: NVRTC not available ({e})");
+        return;
+    }
+    for (file, names) in [
+        (
+            "encoder.cu",
+            &[
+                "enc_embed_ln_f16",
+                "enc_bias_residual_ln_f16",
+                "enc_bias_act_f16",
+                "enc_bias_to_f32_f16",
+                "enc_pool_f16",
+            ][..],
+        ),
+        (
+            "attention.cu",
+            &["attn_fwd_d32_f16", "attn_fwd_d64_f16", "attn_fwd_d128_f16"][..],
+        ),
+    ] {
+        let src = nvrtc::KERNELS
+            .iter()
+            .find(|(f, _)| *f == file)
+            .map(|(_, s)| *s)
+            .unwrap_or_else(|| panic!("{file} is not embedded"));
+        for arch in ["sm_80", "sm_90"] {
+            let r = nvrtc::compile_kernel(file, src, arch).unwrap_or_else(|e| panic!("{e}"));
+            for n in names {
+                assert!(
+                    r.entry_points.iter().any(|e| e == n),
+                    "{file} {arch}: {n} missing from {:?}",
+                    r.entry_points
+                );
+            }
+        }
+    }
+}
+
+/// Softmax attention in f64 on the values the kernel sees (bias added, rounded to f16).
+fn attention_reference(qkv: &[f32], lengths: &[usize], heads: usize, d: usize) -> Vec<f32> {
+    let w = heads * d;
+    let total: usize = lengths.iter().sum();
+    let mut ctx = vec![0f32; total * w];
+    let mut start = 0;
+    for &len in lengths {
+        for h in 0..heads {
+            for i in 0..len {
+                let q = &qkv[(start + i) * 3 * w + h * d..][..d];
+                let scores: Vec<f64> = (0..len)
+                    .map(|j| {
+                        let k = &qkv[(start + j) * 3 * w + w + h * d..][..d];
+                        q.iter()
+                            .zip(k)
+                            .map(|(&a, &b)| f64::from(a) * f64::from(b))
+                            .sum::<f64>()
+                            / (d as f64).sqrt()
+                    })
+                    .collect();
+                let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let e: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
+                let sum: f64 = e.iter().sum();
+                for c in 0..d {
+                    let v: f64 = (0..len)
+                        .map(|j| e[j] * f64::from(qkv[(start + j) * 3 * w + 2 * w + h * d + c]))
+                        .sum();
+                    ctx[(start + i) * w + h * d + c] = (v / sum) as f32;
+                }
+            }
+        }
+        start += len;
+    }
+    ctx
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn gpu_attention_matches_reference() {
+    let rt = gpu();
+    let mut rng = Rng::new(seed());
+    for (d, heads, lengths) in [
+        (64, 12, vec![1, 2, 63, 64, 65, 130, 7]),
+        (32, 4, vec![512, 1, 100]),
+        (128, 3, vec![97, 256, 1, 64]),
+        (64, 2, vec![512]),
+    ] {
+        let w = heads * d;
+        let total: usize = lengths.iter().sum();
+        // Scores of a realistic spread (|q.k| / sqrt(d) up to a few units).
+        let raw: Vec<f32> = (0..total * 3 * w).map(|_| rng.symmetric(1.5)).collect();
+        let bias: Vec<f32> = (0..3 * w).map(|_| rng.symmetric(0.5)).collect();
+        let bits: Vec<u16> = raw.iter().map(|&v| f16::from_f32(v).to_bits()).collect();
+        // What the kernel stages: f16(f16(x) + bias).
+        let seen: Vec<f32> = raw
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| {
+                let x = f16::from_f32(v).to_f32() + bias[i % (3 * w)];
+                f16::from_f32(x).to_f32()
+            })
+            .collect();
+        let mut cu = vec![0i32];
+        for &l in &lengths {
+            cu.push(cu.last().unwrap() + l as i32);
+        }
+        let qkv = rt.upload(&bits).unwrap();
+        let b = rt.upload(&bias).unwrap();
+        let cub = rt.upload(&cu).unwrap();
+        let ctx = rt.alloc(total * w * 2).unwrap();
+        rt.fill_u16(ctx.ptr(), 0x7e00, total * w).unwrap();
+        let max_len = *lengths.iter().max().unwrap();
+        launch::attention(
+            &rt,
+            qkv.ptr(),
+            b.ptr(),
+            cub.ptr(),
+            lengths.len(),
+            max_len,
+            heads,
+            d,
+            ctx.ptr(),
+        )
+        .unwrap();
+        let got: Vec<f32> = rt
+            .download::<u16>(&ctx, total * w)
+            .unwrap()
+            .iter()
+            .map(|&v| f16::from_bits(v).to_f32())
+            .collect();
+        let want = attention_reference(&seen, &lengths, heads, d);
+        let mut max_err = 0f32;
+        for (i, (&g, &r)) in got.iter().zip(&want).enumerate() {
+            assert!(g.is_finite(), "d={d} lengths={lengths:?}: value {i} is {g}");
+            max_err = max_err.max((g - r).abs());
+        }
+        let cos = min_row_cosine(&got, &want, d);
+        eprintln!("attention d={d} heads={heads} lengths={lengths:?}: max |err| {max_err:.2e}, worst cosine {cos:.7}");
+        assert!(max_err < 1e-2, "d={d}: max error {max_err}");
+        assert!(cos >= MIN_COSINE, "d={d}: worst row cosine {cos}");
+    }
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn gpu_random_bert_base_shapes_match_cpu() {
+    let rt = gpu();
+    let s = seed();
+    let mut rng = Rng::new(s);
+    let tmp = tempfile::tempdir().unwrap();
+    for (name, heads, d, hidden) in [
+        ("bert-base-3l", vec![12, 12, 12], 64, 768),
+        ("pruned-heads", vec![12, 5, 0], 64, 768),
+        ("head32", vec![8, 8], 32, 256),
+        ("head128", vec![4, 4], 128, 512),
+    ] {
+        let path = random_model(
+            tmp.path(),
+            name,
+            heads,
+            d,
+            hidden,
+            s.wrapping_add(hidden as u64),
+        );
+        let file = EtsFile::open(&path).unwrap();
+        let cpu = CpuEncoder::new(&file).unwrap();
+        let gpu = CudaEncoder::with_runtime(rt.clone(), &file).unwrap();
+        gpu.set_poison(true);
+        let cfg = file.model().clone();
+        for lengths in [
+            vec![1],
+            vec![512],
+            vec![1, 17, 64, 65, 128, 200, 384, 512],
+            (0..24)
+                .map(|_| 1 + rng.below(256) as usize)
+                .collect::<Vec<_>>(),
+        ] {
+            let batch = random_batch(&mut rng, &cfg, &lengths);
+            compare(&format!("{name} {lengths:?}"), &cpu, &gpu, &batch);
+        }
+    }
+}
+
+/// all-MiniLM-L6-v2 converted in f16 with `method` at `sparsity`; the source is
+/// `models/all-minilm-l6-v2/model.safetensors`, or the file `ETS_TEST_MINILM` names.
+fn minilm(dir: &Path, method: Method, sparsity: f64) -> Option<std::path::PathBuf> {
+    let src = match std::env::var_os("ETS_TEST_MINILM") {
+        Some(p) => std::path::PathBuf::from(p),
+        None => common::model_or_skip("all-minilm-l6-v2/model.safetensors", "cuda_encoder")?,
+    };
+    let recipe = Recipe {
+        method,
+        sparsity,
+        ..Recipe::default()
+    };
+    let out = dir.join(format!("minilm-{}-{sparsity}.ets", method.name()));
+    convert(&src, &out, &ConvertOptions::new(recipe, Dtype::F16)).unwrap_or_else(|e| panic!("{e}"));
+    Some(out)
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn gpu_minilm_every_method_matches_cpu() {
+    let rt = gpu();
+    let s = seed();
+    let mut rng = Rng::new(s);
+    let tmp = tempfile::tempdir().unwrap();
+    for (method, sparsity) in [
+        (Method::None, 0.0),
+        (Method::Tile, 0.5),
+        (Method::Tile, 0.8),
+        (Method::Rows, 0.5),
+        (Method::AttentionAware, 0.8),
+        (Method::Irregular, 0.5),
+        (Method::Heads, 0.5),
+    ] {
+        let Some(path) = minilm(tmp.path(), method, sparsity) else {
+            return;
+        };
+        let file = EtsFile::open(&path).unwrap();
+        let cpu = CpuEncoder::new(&file).unwrap();
+        let gpu = CudaEncoder::with_runtime(rt.clone(), &file).unwrap();
+        gpu.set_poison(true);
+        let cfg = file.model().clone();
+        let mut lengths: Vec<usize> = (0..12).map(|_| 1 + rng.below(200) as usize).collect();
+        lengths.extend([1, 512, 257]);
+        let batch = random_batch(&mut rng, &cfg, &lengths);
+        compare(
+            &format!("minilm {} {sparsity}", method.name()),
+            &cpu,
+            &gpu,
+            &batch,
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn gpu_bad_input_is_a_typed_error() {
+    let rt = gpu();
+    let tmp = tempfile::tempdir().unwrap();
+    let path = random_model(tmp.path(), "small", vec![2], 32, 64, 7);
+    let file = EtsFile::open(&path).unwrap();
+    let gpu = CudaEncoder::with_runtime(rt, &file).unwrap();
+    let too_long = TokenBatch::from_ids(vec![vec![1; 513]]);
+    assert!(gpu.forward(&too_long).is_err());
+    let bad_id = TokenBatch::from_ids(vec![vec![1, 5000]]);
+    assert!(gpu.forward(&bad_id).is_err());
+    let empty = TokenBatch::from_ids(vec![vec![]]);
+    assert!(gpu.forward(&empty).is_err());
+}
