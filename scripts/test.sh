@@ -15,5 +15,7 @@ if [ "${ETS_OFFLINE:-0}" = "1" ]; then
 else
     bash scripts/fetch_models.sh
     eval "$(bash scripts/install_nvrtc.sh)"
+    # SST-2 (calibration sentences for the real-model pruning test) sits beside the project in CI.
+    export ETS_SST2_DIR="${ETS_SST2_DIR:-$PWD/../shared/data/sst2}"
     cargo test --release --workspace --all-targets -- --include-ignored --skip gpu_
 fi

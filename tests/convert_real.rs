@@ -176,9 +176,7 @@ fn sst2_dir() -> PathBuf {
 #[ignore = "needs the real models (scripts/fetch_models.sh)"]
 fn calibrated_tile_pruning_beats_weight_norm() {
     use ets::convert::calibrate::{compare, read_sentences};
-    let Some(dir) = model("all-minilm-l6-v2") else {
-        return;
-    };
+    let dir = model("all-minilm-l6-v2");
     let data = sst2_dir();
     let train = data.join("train.tsv");
     assert!(

@@ -11,11 +11,12 @@ use ets::convert::{convert, ConvertOptions};
 use ets::format::names;
 use ets::format::{Dtype, EncodedTensor, EtsFile, ModelConfig};
 use ets::prune::{Method, Recipe};
-use ets::runtime::cpu::synth::{self, Rng};
 use ets::runtime::cpu::CpuEncoder;
 use ets::runtime::cuda::encoder::launch;
 use ets::runtime::cuda::{nvrtc, CudaEncoder, CudaRuntime};
 use ets::runtime::{Encoder, ForwardOptions, Pooling, TokenBatch, TokenSequence};
+use ets_testkit::models as synth;
+use ets_testkit::rng::Rng;
 use half::f16;
 
 mod common;
@@ -399,7 +400,7 @@ fn gpu_random_bert_base_shapes_match_cpu() {
 fn minilm(dir: &Path, method: Method, sparsity: f64) -> Option<std::path::PathBuf> {
     let src = match std::env::var_os("ETS_TEST_MINILM") {
         Some(p) => std::path::PathBuf::from(p),
-        None => common::model_or_skip("all-minilm-l6-v2/model.safetensors", "cuda_encoder")?,
+        None => common::real_model("all-minilm-l6-v2/model.safetensors"),
     };
     let recipe = Recipe {
         method,

@@ -288,7 +288,7 @@ impl<'f> CpuEncoder<'f> {
 
     /// The embedding output of a batch (packed `[tokens, hidden]`) and the sequence lengths.
     pub fn embed_batch(&self, batch: &TokenBatch) -> Result<(Vec<f32>, Vec<usize>), RuntimeError> {
-        self.check_batch(batch)?;
+        check_batch(&self.config, batch)?;
         let lengths = batch.sequences.iter().map(|s| s.len()).collect();
         Ok((self.embed_tokens(batch), lengths))
     }

@@ -18,8 +18,8 @@
 
 mod device;
 pub mod dispatch;
-mod epilogue;
 pub mod encoder;
+mod epilogue;
 mod error;
 pub mod gemm;
 pub mod host;

@@ -12,10 +12,10 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use ets::format::EtsFile;
-use ets::runtime::cpu::synth::Rng;
 use ets::runtime::cuda::encoder::launch;
 use ets::runtime::cuda::{CudaEncoder, CudaRuntime};
 use ets::runtime::TokenBatch;
+use ets_testkit::rng::Rng;
 
 fn sizes(s: &str) -> Result<Vec<(usize, usize)>, String> {
     s.split(',')
