@@ -1,0 +1,258 @@
+//! Unit tests of the calibrated pruning solver.
+
+use super::*;
+
+/// Seed from `ETS_TEST_SEED`, else the clock; printed so a failure can be replayed.
+fn seed() -> u64 {
+    let s = std::env::var("ETS_TEST_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1)
+        });
+    eprintln!("seed {s} (replay with ETS_TEST_SEED={s})");
+    s
+}
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> f32 {
+        // xorshift64*, uniform in [-1, 1).
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        let v = self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 40;
+        v as f32 / (1u64 << 23) as f32 - 1.0
+    }
+    fn vec(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| self.next()).collect()
+    }
+}
+
+/// Correlated inputs: a random mix of `n` features.
+fn inputs(rng: &mut Rng, m: usize, n: usize) -> Vec<f32> {
+    let mix = rng.vec(n * n);
+    let z = rng.vec(m * n);
+    let mut x = vec![0f32; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            x[i * n + j] =
+                (0..n).map(|k| z[i * n + k] * mix[k * n + j]).sum::<f32>() + 0.5 * z[i * n + j];
+        }
+    }
+    x
+}
+
+/// Objective of `v` (`d x rows`) up to a constant: `v'Gv - 2 v'T`, summed over rows.
+fn objective(g: &[f64], t: &[f64], v: &[f64], d: usize, rows: usize) -> f64 {
+    let mut total = 0.0;
+    for r in 0..rows {
+        for i in 0..d {
+            let vi = v[i * rows + r];
+            let gv: f64 = (0..d).map(|j| g[i * d + j] * v[j * rows + r]).sum();
+            total += vi * gv - 2.0 * vi * t[i * rows + r];
+        }
+    }
+    total
+}
+
+#[test]
+fn inverse_of_spd_matrix() {
+    let mut rng = Rng(seed() | 1);
+    let n = 37;
+    let m = rng.vec(n * n);
+    let mut a = vec![0f64; n * n];
+    for i in 0..n {
+        for j in 0..n {
+            a[i * n + j] = (0..n)
+                .map(|k| f64::from(m[i * n + k]) * f64::from(m[j * n + k]))
+                .sum::<f64>()
+                + if i == j { 1.0 } else { 0.0 };
+        }
+    }
+    let inv = spd_inverse(&a, n).expect("spd");
+    for i in 0..n {
+        for j in 0..n {
+            let p: f64 = (0..n).map(|k| a[i * n + k] * inv[k * n + j]).sum();
+            let want = if i == j { 1.0 } else { 0.0 };
+            assert!((p - want).abs() < 1e-9, "({i},{j}) {p}");
+        }
+    }
+    let mut bad = a.clone();
+    bad[0] = f64::NAN;
+    assert!(matches!(
+        cholesky(&bad, n),
+        Err(CalibratedError::NotPositiveDefinite { pivot: 0, .. })
+    ));
+}
+
+#[test]
+fn refit_toward_dense_output_beats_masking() {
+    let mut rng = Rng(seed() | 1);
+    let (m, n, rows) = (400, 24, 8);
+    let xd = inputs(&mut rng, m, n);
+    // The pruned model's inputs drift from the dense ones.
+    let xp: Vec<f32> = xd.iter().map(|&v| v + 0.3 * rng.next()).collect();
+    let w = rng.vec(rows * n);
+    let b = rng.vec(rows);
+    let mut stats = LinearStats::new(n);
+    stats
+        .accumulate(&xp[..200 * n], &xd[..200 * n])
+        .expect("acc");
+    stats
+        .accumulate(&xp[200 * n..], &xd[200 * n..])
+        .expect("acc");
+    assert_eq!(stats.tokens(), m);
+    let units: Vec<_> = (0..n / 4).map(|u| u * 4..u * 4 + 4).collect();
+    let keep = [true, false, true, false, true, false];
+    let d = n + 1;
+    let gram = stats.damped_gram();
+    let t = stats.targets(&w, &b).expect("targets");
+    let fit = prune_band(&gram, &[], &t, rows, &units, 3, Some(&keep)).expect("fit");
+    assert_eq!(fit.keep, keep);
+    // Squared error against the dense outputs on the data itself.
+    let err = |wv: &[f32], bv: &[f32]| -> f64 {
+        let mut e = 0f64;
+        for i in 0..m {
+            for r in 0..rows {
+                let dense: f32 = (0..n).map(|j| xd[i * n + j] * w[r * n + j]).sum::<f32>() + b[r];
+                let got: f32 = (0..n).map(|j| xp[i * n + j] * wv[r * n + j]).sum::<f32>() + bv[r];
+                e += f64::from(dense - got).powi(2);
+            }
+        }
+        e
+    };
+    let masked: Vec<f32> = w
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| if keep[(i % n) / 4] { v } else { 0.0 })
+        .collect();
+    for (i, &v) in fit.weight.iter().enumerate() {
+        if !keep[(i % n) / 4] {
+            assert_eq!(v, 0.0, "removed weight {i} not zero");
+        }
+    }
+    let (e_mask, e_fit) = (err(&masked, &b), err(&fit.weight, &fit.bias));
+    assert!(e_fit < 0.9 * e_mask, "refit {e_fit} vs masked {e_mask}");
+    let _ = d;
+}
+
+/// Best kept set by exhaustive search, for comparison with the greedy search.
+fn brute_force(
+    g: &[f64],
+    t: &[f64],
+    d: usize,
+    rows: usize,
+    units: &[std::ops::Range<usize>],
+    keep: usize,
+) -> (Vec<bool>, f64) {
+    let mut best = (Vec::new(), f64::INFINITY);
+    for mask in 0u32..(1 << units.len()) {
+        if mask.count_ones() as usize != keep {
+            continue;
+        }
+        let k: Vec<bool> = (0..units.len()).map(|u| mask >> u & 1 == 1).collect();
+        let cols: Vec<usize> = units
+            .iter()
+            .zip(&k)
+            .filter(|(_, &k)| k)
+            .flat_map(|(u, _)| u.clone())
+            .chain([d - 1])
+            .collect();
+        let v = refit(g, d, t, rows, &cols).expect("refit");
+        let obj = objective(g, t, &v, d, rows);
+        if obj < best.1 - 1e-9 {
+            best = (k, obj);
+        }
+    }
+    best
+}
+
+#[test]
+fn greedy_removal_finds_known_optima() {
+    let mut rng = Rng(seed() | 1);
+    let (m, n, rows) = (320, 12, 3);
+    let units: Vec<_> = (0..n / 2).map(|u| u * 2..u * 2 + 2).collect();
+    // Correlated inputs: one removal is exactly optimal for the greedy step.
+    let x = inputs(&mut rng, m, n);
+    // Uncorrelated, zero-mean features: removals do not interact, so greedy is optimal at
+    // every count.
+    // Walsh functions (columns 1..=n of the 16-point Hadamard matrix) at different scales:
+    // orthogonal to each other and to the bias column.
+    let mut ortho = vec![0f32; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            let sign = if ((i % 16) & (j + 1)).count_ones() % 2 == 0 {
+                1.0
+            } else {
+                -1.0
+            };
+            ortho[i * n + j] = sign * (1.0 + 0.3 * j as f32);
+        }
+    }
+    for (data, keeps) in [(&x, vec![5]), (&ortho, vec![5, 4, 3, 2, 1])] {
+        let w = rng.vec(rows * n);
+        let b = rng.vec(rows);
+        let mut stats = LinearStats::new(n);
+        stats.accumulate(data, data).expect("acc");
+        let (d, g) = (n + 1, stats.damped_gram());
+        let gi = spd_inverse(&g, d).expect("inv");
+        let t = stats.targets(&w, &b).expect("targets");
+        for keep in keeps {
+            let fit = prune_band(&g, &gi, &t, rows, &units, keep, None).expect("greedy");
+            let (best, best_obj) = brute_force(&g, &t, d, rows, &units, keep);
+            let cols: Vec<usize> = units
+                .iter()
+                .zip(&fit.keep)
+                .filter(|(_, &k)| k)
+                .flat_map(|(u, _)| u.clone())
+                .chain([n])
+                .collect();
+            let obj = objective(
+                &g,
+                &t,
+                &refit(&g, d, &t, rows, &cols).expect("refit"),
+                d,
+                rows,
+            );
+            assert_eq!(fit.keep.iter().filter(|&&k| k).count(), keep);
+            assert_eq!(
+                fit.keep, best,
+                "keep {keep}: greedy {obj} vs optimum {best_obj}"
+            );
+        }
+    }
+}
+
+#[test]
+fn tile_fit_keeps_budget_and_is_deterministic() {
+    let mut rng = Rng(seed() | 1);
+    let (m, n, rows, th, tw) = (200, 32, 16, 8, 8);
+    let x = inputs(&mut rng, m, n);
+    let w = rng.vec(rows * n);
+    let b = rng.vec(rows);
+    let mut stats = LinearStats::new(n);
+    stats.accumulate(&x, &x).expect("acc");
+    let scores = activation_tile_scores(&w, rows, n, &stats.input_energy(), th, tw);
+    let budget = budget_from_scores(&scores, n / tw, 4);
+    assert_eq!(budget.iter().sum::<usize>(), 4);
+    for greedy in [false, true] {
+        let a = fit_tiles(&w, &b, &stats, (th, tw), th, &budget, greedy).expect("fit");
+        let again = fit_tiles(&w, &b, &stats, (th, tw), th, &budget, greedy).expect("fit");
+        assert_eq!(a, again);
+        assert_eq!(a.keep.iter().filter(|&&k| k).count(), 4);
+        for (i, &v) in a.weight.iter().enumerate() {
+            let (r, c) = (i / n, i % n);
+            if !a.keep[(r / th) * (n / tw) + c / tw] {
+                assert_eq!(v, 0.0);
+            }
+        }
+    }
+    assert!(matches!(
+        fit_tiles(&w, &b, &LinearStats::new(n), (th, tw), th, &budget, true),
+        Err(CalibratedError::NoSamples)
+    ));
+}
