@@ -334,3 +334,34 @@ pub trait Encoder {
         Ok(self.forward(batch)?.pool(pooling))
     }
 }
+
+/// A tensor of the model by name; a missing one is [`RuntimeError::MissingTensor`].
+pub(crate) fn model_tensor<'f>(
+    file: &'f crate::format::EtsFile,
+    name: &str,
+) -> Result<crate::format::TensorView<'f>, RuntimeError> {
+    file.tensor(name).map_err(|e| match e {
+        crate::format::FormatError::MissingTensor { .. } => RuntimeError::MissingTensor {
+            name: name.to_string(),
+        },
+        other => RuntimeError::Format(other),
+    })
+}
+
+/// The FFN width of one layer, read from its intermediate weight (`[n, hidden]`, `n > 0`).
+pub(crate) fn ffn_width(
+    file: &crate::format::EtsFile,
+    c: &crate::format::ModelConfig,
+    layer: usize,
+) -> Result<usize, RuntimeError> {
+    let name = crate::format::names::LayerTensor::IntermediateWeight.name(layer);
+    let h = c.hidden_size as u64;
+    match model_tensor(file, &name)?.shape {
+        [n, k] if *k == h && *n > 0 => Ok(*n as usize),
+        other => Err(RuntimeError::BadShape {
+            expected: vec![c.intermediate_size as u64, h],
+            actual: other.to_vec(),
+            name,
+        }),
+    }
+}

@@ -3,7 +3,7 @@
 use rayon::prelude::*;
 
 use crate::format::names::{self, LayerTensor};
-use crate::format::{EtsFile, FormatError, ModelConfig, TensorView};
+use crate::format::{EtsFile, ModelConfig, TensorView};
 use crate::runtime::{
     check_batch, Encoder, EncoderOutput, ForwardOptions, RuntimeError, TokenBatch,
 };
@@ -66,12 +66,7 @@ impl std::fmt::Debug for CpuEncoder<'_> {
 }
 
 fn get<'f>(file: &'f EtsFile, name: &str) -> Result<TensorView<'f>, RuntimeError> {
-    file.tensor(name).map_err(|e| match e {
-        FormatError::MissingTensor { .. } => RuntimeError::MissingTensor {
-            name: name.to_string(),
-        },
-        other => RuntimeError::Format(other),
-    })
+    crate::runtime::model_tensor(file, name)
 }
 
 fn vector(file: &EtsFile, name: &str, len: usize) -> Result<Vec<f32>, RuntimeError> {
@@ -398,17 +393,7 @@ fn load_layer<'f>(file: &'f EtsFile, c: &ModelConfig, i: usize) -> Result<Layer<
         )?;
         (Some(qkv), Some(out))
     };
-    let ffn_w = get(file, &name(LayerTensor::IntermediateWeight))?;
-    let inter_size = match ffn_w.shape {
-        [n, k] if *k == h as u64 && *n > 0 => *n as usize,
-        other => {
-            return Err(RuntimeError::BadShape {
-                name: name(LayerTensor::IntermediateWeight),
-                expected: vec![c.intermediate_size as u64, h as u64],
-                actual: other.to_vec(),
-            })
-        }
-    };
+    let inter_size = crate::runtime::ffn_width(file, c, i)?;
     let intermediate = linear(
         file,
         &name(LayerTensor::IntermediateWeight),

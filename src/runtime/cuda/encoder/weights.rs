@@ -10,7 +10,7 @@
 use half::f16;
 
 use crate::format::names::{self, LayerTensor};
-use crate::format::{Activation, EtsFile, FormatError, ModelConfig, TensorView};
+use crate::format::{Activation, EtsFile, ModelConfig, TensorView};
 use crate::runtime::cuda::{CudaError, CudaRuntime, DevBuf};
 use crate::runtime::RuntimeError;
 
@@ -59,12 +59,7 @@ pub(crate) struct DevWeights {
 }
 
 fn get<'f>(file: &'f EtsFile, name: &str) -> Result<TensorView<'f>, RuntimeError> {
-    file.tensor(name).map_err(|e| match e {
-        FormatError::MissingTensor { .. } => RuntimeError::MissingTensor {
-            name: name.to_string(),
-        },
-        other => RuntimeError::Format(other),
-    })
+    crate::runtime::model_tensor(file, name)
 }
 
 fn check_shape(v: &TensorView<'_>, expected: &[usize]) -> Result<(), RuntimeError> {
@@ -220,17 +215,7 @@ fn load_layer(
         )?;
         (Some(qkv), Some(out))
     };
-    let ffn_w = get(file, &name(LayerTensor::IntermediateWeight))?;
-    let inter = match ffn_w.shape {
-        [n, k] if *k == h as u64 && *n > 0 => *n as usize,
-        other => {
-            return Err(RuntimeError::BadShape {
-                name: name(LayerTensor::IntermediateWeight),
-                expected: vec![c.intermediate_size as u64, h as u64],
-                actual: other.to_vec(),
-            })
-        }
-    };
+    let inter = crate::runtime::ffn_width(file, c, i)?;
     let ln = |w: LayerTensor, b: LayerTensor| layer_norm(rt, file, &name(w), &name(b), h);
     Ok(DevLayer {
         heads,
