@@ -13,7 +13,7 @@ use ets::format::{Dtype, EncodedTensor, EtsFile, ModelConfig};
 use ets::prune::{Method, Recipe};
 use ets::runtime::cpu::CpuEncoder;
 use ets::runtime::cuda::encoder::launch;
-use ets::runtime::cuda::{nvrtc, CudaEncoder, CudaRuntime};
+use ets::runtime::cuda::{device_addr, nvrtc, CudaEncoder, CudaRuntime};
 use ets::runtime::{Encoder, ForwardOptions, Pooling, TokenBatch, TokenSequence};
 use ets_testkit::models as synth;
 use ets_testkit::rng::Rng;
@@ -321,20 +321,24 @@ fn gpu_attention_matches_reference() {
         let qkv = rt.upload(&bits).unwrap();
         let b = rt.upload(&bias).unwrap();
         let cub = rt.upload(&cu).unwrap();
-        let ctx = rt.alloc(total * w * 2).unwrap();
-        rt.fill_u16(ctx.ptr(), 0x7e00, total * w).unwrap();
+        let mut ctx = rt.alloc::<u16>(total * w).unwrap();
+        rt.fill_u16(&mut ctx, 0x7e00).unwrap();
         let max_len = *lengths.iter().max().unwrap();
-        launch::attention(
-            &rt,
-            qkv.ptr(),
-            b.ptr(),
-            cub.ptr(),
-            lengths.len(),
-            max_len,
-            heads,
-            d,
-            ctx.ptr(),
-        )
+        // SAFETY: qkv holds total x 3W f16, b 3W f32, cub the offsets of `lengths` ending at
+        // total (longest max_len), ctx total x W f16; all alive for the call.
+        unsafe {
+            launch::attention(
+                &rt,
+                device_addr(&qkv),
+                device_addr(&b),
+                device_addr(&cub),
+                lengths.len(),
+                max_len,
+                heads,
+                d,
+                device_addr(&ctx),
+            )
+        }
         .unwrap();
         let got: Vec<f32> = rt
             .download::<u16>(&ctx, total * w)

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use ets::format::EtsFile;
 use ets::runtime::cuda::encoder::launch;
-use ets::runtime::cuda::{CudaEncoder, CudaRuntime};
+use ets::runtime::cuda::{device_addr, CudaEncoder, CudaRuntime};
 use ets::runtime::TokenBatch;
 use ets_testkit::rng::Rng;
 
@@ -73,19 +73,23 @@ fn attention(args: &[String]) -> Result<(), String> {
         let qkv = rt.upload(&bits).map_err(e)?;
         let bb = rt.upload(&bias).map_err(e)?;
         let cub = rt.upload(&cu).map_err(e)?;
-        let ctx = rt.alloc(total * w * 2).map_err(e)?;
+        let ctx = rt.alloc::<u16>(total * w).map_err(e)?;
         let run = || {
-            launch::attention(
-                &rt,
-                qkv.ptr(),
-                bb.ptr(),
-                cub.ptr(),
-                b,
-                l,
-                heads,
-                d,
-                ctx.ptr(),
-            )
+            // SAFETY: qkv holds total x 3W f16, bb 3W f32, cub b + 1 offsets ending at total with
+            // no sequence longer than l, ctx total x W f16; all alive for the run.
+            unsafe {
+                launch::attention(
+                    &rt,
+                    device_addr(&qkv),
+                    device_addr(&bb),
+                    device_addr(&cub),
+                    b,
+                    l,
+                    heads,
+                    d,
+                    device_addr(&ctx),
+                )
+            }
         };
         for _ in 0..5 {
             run().map_err(e)?;

@@ -2,7 +2,8 @@
 //! batch that fits.
 
 use crate::format::ModelConfig;
-use crate::runtime::cuda::{CudaError, CudaRuntime, DevBuf};
+use crate::runtime::cuda::device::RawPtr;
+use crate::runtime::cuda::{CudaError, CudaRuntime, CudaSlice};
 
 use super::weights::DevWeights;
 
@@ -19,30 +20,30 @@ pub(crate) struct Buffers {
     pub seqs: usize,
     hidden: usize,
     /// Layer input and output `[tokens, hidden]`.
-    pub x: DevBuf,
+    pub x: CudaSlice<u16>,
     /// After the attention block's LayerNorm `[tokens, hidden]`.
-    pub attn: DevBuf,
+    pub attn: CudaSlice<u16>,
     /// Q, K, V `[tokens, 3 * max_width]`.
-    pub qkv: DevBuf,
+    pub qkv: CudaSlice<u16>,
     /// Attention context `[tokens, max_width]`.
-    pub ctx: DevBuf,
+    pub ctx: CudaSlice<u16>,
     /// A projection's output before its epilogue `[tokens, hidden]`.
-    pub proj: DevBuf,
+    pub proj: CudaSlice<u16>,
     /// FFN intermediate `[tokens, max_intermediate]`.
-    pub inter: DevBuf,
+    pub inter: CudaSlice<u16>,
     /// Token ids, token types and positions (u32 per token).
-    pub ids: DevBuf,
-    pub types: DevBuf,
-    pub positions: DevBuf,
+    pub ids: CudaSlice<u32>,
+    pub types: CudaSlice<u32>,
+    pub positions: CudaSlice<u32>,
     /// Cumulative sequence offsets (i32, seqs + 1).
-    pub cu: DevBuf,
+    pub cu: CudaSlice<i32>,
     /// `[CLS]` rows and pooler output `[seqs, hidden]`.
-    pub cls16: DevBuf,
-    pub pooled16: DevBuf,
+    pub cls16: CudaSlice<u16>,
+    pub pooled16: CudaSlice<u16>,
     /// Classifier logits before their bias `[seqs, labels]`.
-    pub logits16: DevBuf,
+    pub logits16: CudaSlice<u16>,
     /// f32 outputs: pooled vectors or logits `[seqs, max(hidden, labels)]`.
-    pub out32: DevBuf,
+    pub out32: CudaSlice<f32>,
 }
 
 impl Buffers {
@@ -56,7 +57,7 @@ impl Buffers {
     ) -> Result<Buffers, CudaError> {
         let h = c.hidden_size as usize;
         let labels = w.classifier.as_ref().map_or(0, |l| l.n);
-        let f16s = |n: usize| rt.alloc(n * 2);
+        let f16s = |n: usize| rt.alloc::<u16>(n);
         Ok(Buffers {
             tokens,
             seqs,
@@ -67,14 +68,14 @@ impl Buffers {
             ctx: f16s(tokens * w.max_width)?,
             proj: f16s(tokens * h)?,
             inter: f16s(tokens * w.max_intermediate)?,
-            ids: rt.alloc(tokens * 4)?,
-            types: rt.alloc(tokens * 4)?,
-            positions: rt.alloc(tokens * 4)?,
-            cu: rt.alloc((seqs + 1) * 4)?,
+            ids: rt.alloc(tokens)?,
+            types: rt.alloc(tokens)?,
+            positions: rt.alloc(tokens)?,
+            cu: rt.alloc(seqs + 1)?,
             cls16: f16s(seqs * h)?,
             pooled16: f16s(seqs * h)?,
             logits16: f16s(seqs * labels)?,
-            out32: rt.alloc(seqs * h.max(labels) * 4)?,
+            out32: rt.alloc(seqs * h.max(labels))?,
         })
     }
 
@@ -84,22 +85,25 @@ impl Buffers {
     }
 
     /// Fills every activation and output buffer with NaN.
-    pub fn poison(&self, rt: &CudaRuntime) -> Result<(), CudaError> {
+    pub fn poison(&mut self, rt: &CudaRuntime) -> Result<(), CudaError> {
         for b in [
-            &self.x,
-            &self.attn,
-            &self.qkv,
-            &self.ctx,
-            &self.proj,
-            &self.inter,
-            &self.cls16,
-            &self.pooled16,
-            &self.logits16,
+            &mut self.x,
+            &mut self.attn,
+            &mut self.qkv,
+            &mut self.ctx,
+            &mut self.proj,
+            &mut self.inter,
+            &mut self.cls16,
+            &mut self.pooled16,
+            &mut self.logits16,
         ] {
-            rt.fill_u16(b.ptr(), NAN_F16, b.len() / 2)?;
+            rt.fill_u16(b, NAN_F16)?;
         }
-        rt.fill_u32(self.out32.ptr(), NAN_F32, self.out32.len() / 4)?;
-        debug_assert!(self.x.len() >= self.tokens * self.hidden * 2);
+        // SAFETY: f32 and u32 have the same size; the buffer is filled with NaN's bit pattern.
+        let mut out = unsafe { self.out32.transmute_mut::<u32>(self.out32.len()) }
+            .ok_or_else(|| CudaError::Invalid("f32 output buffer as u32".into()))?;
+        rt.fill_u32(&mut out, NAN_F32)?;
+        debug_assert!(self.x.len() >= self.tokens * self.hidden);
         Ok(())
     }
 
@@ -112,12 +116,13 @@ impl Buffers {
         positions: &[u32],
         cu: &[i32],
     ) -> Result<(), CudaError> {
-        let copy = |dst: &DevBuf, bytes: &[u8]| -> Result<(), CudaError> {
-            if bytes.len() > dst.len() {
+        fn copy<T>(rt: &CudaRuntime, dst: &CudaSlice<T>, bytes: &[u8]) -> Result<(), CudaError> {
+            let have = dst.len() * std::mem::size_of::<T>();
+            if bytes.len() > have {
                 return Err(CudaError::Invalid(format!(
                     "{} bytes of batch indices for a {}-byte buffer",
                     bytes.len(),
-                    dst.len()
+                    have
                 )));
             }
             if bytes.is_empty() {
@@ -126,12 +131,12 @@ impl Buffers {
             // SAFETY: dst holds bytes.len() bytes (checked above); the source outlives the copy
             // because the stream is synchronized below before this function returns.
             unsafe { rt.copy_h2d_async(dst.ptr(), bytes.as_ptr(), bytes.len()) }
-        };
+        }
         rt.bind()?;
-        let r = copy(&self.ids, bytemuck::cast_slice(ids))
-            .and_then(|_| copy(&self.types, bytemuck::cast_slice(types)))
-            .and_then(|_| copy(&self.positions, bytemuck::cast_slice(positions)))
-            .and_then(|_| copy(&self.cu, bytemuck::cast_slice(cu)));
+        let r = copy(rt, &self.ids, bytemuck::cast_slice(ids))
+            .and_then(|_| copy(rt, &self.types, bytemuck::cast_slice(types)))
+            .and_then(|_| copy(rt, &self.positions, bytemuck::cast_slice(positions)))
+            .and_then(|_| copy(rt, &self.cu, bytemuck::cast_slice(cu)));
         let synced = rt.synchronize();
         r.and(synced)
     }

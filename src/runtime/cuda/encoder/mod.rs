@@ -34,7 +34,8 @@ use std::sync::{Arc, Mutex};
 use half::f16;
 
 use crate::format::{EtsFile, ModelConfig};
-use crate::runtime::cuda::{CudaError, CudaRuntime};
+use crate::runtime::cuda::device::RawPtr;
+use crate::runtime::cuda::{CudaError, CudaRuntime, CudaSlice};
 use crate::runtime::{
     check_batch, Encoder, EncoderOutput, ForwardOptions, Pooling, RuntimeError, TokenBatch,
 };
@@ -218,7 +219,7 @@ impl CudaEncoder {
             *guard = Some(Buffers::new(&self.rt, &self.config, &self.weights, t, s)?);
         }
         if self.poison.load(std::sync::atomic::Ordering::Relaxed) {
-            if let Some(b) = guard.as_ref() {
+            if let Some(b) = guard.as_mut() {
                 b.poison(&self.rt)?;
             }
         }
@@ -256,7 +257,7 @@ impl CudaEncoder {
             s.push(self.download_hidden(bufs, t)?);
         }
         let act = activation_code(c.activation);
-        let bias = |b: &Option<crate::runtime::cuda::DevBuf>| b.as_ref().map_or(0, |b| b.ptr());
+        let bias = |b: &Option<CudaSlice<f32>>| b.as_ref().map_or(0, |b| b.ptr());
         for layer in &w.layers {
             let attn_in = match (&layer.qkv, &layer.out) {
                 (Some(qkv), Some(out)) => {
@@ -269,17 +270,21 @@ impl CudaEncoder {
                         qkv.n,
                         bufs.qkv.ptr(),
                     )?;
-                    launch::attention(
-                        rt,
-                        bufs.qkv.ptr(),
-                        bias(&qkv.bias),
-                        bufs.cu.ptr(),
-                        p.lengths.len(),
-                        p.max_len,
-                        layer.heads,
-                        c.head_dim as usize,
-                        bufs.ctx.ptr(),
-                    )?;
+                    // SAFETY: the buffers were sized for this batch (Buffers::fits) and `cu` was
+                    // built from its checked lengths.
+                    unsafe {
+                        launch::attention(
+                            rt,
+                            bufs.qkv.ptr(),
+                            bias(&qkv.bias),
+                            bufs.cu.ptr(),
+                            p.lengths.len(),
+                            p.max_len,
+                            layer.heads,
+                            c.head_dim as usize,
+                            bufs.ctx.ptr(),
+                        )
+                    }?;
                     launch::gemm(
                         rt,
                         bufs.ctx.ptr(),
@@ -364,7 +369,7 @@ impl CudaEncoder {
         let rt = &*self.rt;
         let h = self.config.hidden_size as usize;
         let s = p.lengths.len();
-        let bias = |b: &Option<crate::runtime::cuda::DevBuf>| b.as_ref().map_or(0, |b| b.ptr());
+        let bias = |b: &Option<CudaSlice<f32>>| b.as_ref().map_or(0, |b| b.ptr());
         launch::pool(
             rt,
             bufs.x.ptr(),

@@ -11,21 +11,21 @@ use half::f16;
 
 use crate::format::names::{self, LayerTensor};
 use crate::format::{Activation, EtsFile, ModelConfig, TensorView};
-use crate::runtime::cuda::{CudaError, CudaRuntime, DevBuf};
+use crate::runtime::cuda::{CudaError, CudaRuntime, CudaSlice};
 use crate::runtime::RuntimeError;
 
 /// A dense f16 weight `[n, k]` on the device, with its optional f32 bias `[n]`.
 pub(crate) struct DevLinear {
     pub n: usize,
     pub k: usize,
-    pub weight: DevBuf,
-    pub bias: Option<DevBuf>,
+    pub weight: CudaSlice<u16>,
+    pub bias: Option<CudaSlice<f32>>,
 }
 
 /// A LayerNorm's f32 parameters on the device.
 pub(crate) struct DevLayerNorm {
-    pub gamma: DevBuf,
-    pub beta: DevBuf,
+    pub gamma: CudaSlice<f32>,
+    pub beta: CudaSlice<f32>,
 }
 
 /// One encoder layer on the device.
@@ -36,7 +36,7 @@ pub(crate) struct DevLayer {
     pub qkv: Option<DevLinear>,
     pub out: Option<DevLinear>,
     /// The attention output bias (kept on its own for layers without heads).
-    pub out_bias: DevBuf,
+    pub out_bias: CudaSlice<f32>,
     pub ln1: DevLayerNorm,
     pub intermediate: DevLinear,
     pub ffn_out: DevLinear,
@@ -45,9 +45,9 @@ pub(crate) struct DevLayer {
 
 /// Every tensor of the model on the device.
 pub(crate) struct DevWeights {
-    pub word: DevBuf,
-    pub position: DevBuf,
-    pub token_type: DevBuf,
+    pub word: CudaSlice<u16>,
+    pub position: CudaSlice<u16>,
+    pub token_type: CudaSlice<u16>,
     pub embeddings_ln: DevLayerNorm,
     pub layers: Vec<DevLayer>,
     pub pooler: Option<DevLinear>,
@@ -78,7 +78,7 @@ fn to_f16_bits(values: &[f32]) -> Vec<u16> {
     values.iter().map(|&v| f16::from_f32(v).to_bits()).collect()
 }
 
-fn upload_f32(rt: &CudaRuntime, values: &[f32]) -> Result<DevBuf, RuntimeError> {
+fn upload_f32(rt: &CudaRuntime, values: &[f32]) -> Result<CudaSlice<f32>, RuntimeError> {
     Ok(rt.upload(values)?)
 }
 
@@ -101,7 +101,7 @@ fn table(
     name: &str,
     rows: usize,
     h: usize,
-) -> Result<DevBuf, RuntimeError> {
+) -> Result<CudaSlice<u16>, RuntimeError> {
     Ok(rt.upload(&to_f16_bits(&matrix(file, name, rows, h)?))?)
 }
 

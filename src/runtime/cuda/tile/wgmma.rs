@@ -4,11 +4,13 @@
 //! from shared memory through descriptors. The group size is 64 or 128 features
 //! ([`TileKernel::Wg64`], [`TileKernel::Wg128`]).
 
+use cudarc::driver::{CudaView, CudaViewMut};
+
 use super::super::device::CudaRuntime;
 use super::super::epilogue::Epilogue;
 use super::super::error::CudaError;
 use super::common::{
-    launch_union, tile_args, union_meta_bytes, TileDeviceView, TileShape, UnionGrid, TILE_BM,
+    launch_union, union_meta_bytes, TileDeviceView, TileShape, UnionGrid, TILE_BM,
 };
 use super::{DeviceLimits, TileFamily, TileKernel};
 
@@ -59,11 +61,11 @@ impl TileFamily for Wgmma {
         &self,
         rt: &CudaRuntime,
         kern: TileKernel,
-        x: u64,
+        x: &CudaView<'_, u16>,
         m: usize,
         w: &TileDeviceView,
-        ep: &Epilogue,
-        y: u64,
+        ep: &Epilogue<'_>,
+        y: &mut CudaViewMut<'_, u16>,
         splits: usize,
     ) -> Result<(), CudaError> {
         let name = kern.entry_name(w);
@@ -75,8 +77,8 @@ impl TileFamily for Wgmma {
             threads: THREADS,
             smem: wg_smem_bytes(kern.bn(), w.th),
         };
-        let args = tile_args(x, m, w, ep, y).to_vec();
-        launch_union(rt, grid, w, m, ep, y, splits, args)
+        // SAFETY: w's upload is the caller's.
+        unsafe { launch_union(rt, grid, x, m, w, ep, y, splits) }
     }
 }
 
