@@ -16,27 +16,13 @@ use ets::runtime::cuda::encoder::launch;
 use ets::runtime::cuda::{device_addr, nvrtc, CudaEncoder, CudaRuntime};
 use ets::runtime::{Encoder, ForwardOptions, Pooling, TokenBatch, TokenSequence};
 use ets_testkit::models as synth;
-use ets_testkit::rng::Rng;
+use ets_testkit::rng::{test_seed, Rng};
 use half::f16;
 
 mod common;
 
 /// Per-sentence cosine every f16 file must reach against the CPU runtime.
 const MIN_COSINE: f64 = 0.9999;
-
-fn seed() -> u64 {
-    let s = std::env::var("ETS_TEST_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(1)
-        });
-    eprintln!("seed {s} (replay with ETS_TEST_SEED={s})");
-    s
-}
 
 fn cosine(a: &[f32], b: &[f32]) -> f64 {
     assert_eq!(a.len(), b.len());
@@ -292,7 +278,7 @@ fn attention_reference(qkv: &[f32], lengths: &[usize], heads: usize, d: usize) -
 #[ignore = "needs an NVIDIA GPU"]
 fn gpu_attention_matches_reference() {
     let rt = gpu();
-    let mut rng = Rng::new(seed());
+    let mut rng = Rng::new(test_seed("gpu_attention_matches_reference"));
     for (d, heads, lengths) in [
         (64, 12, vec![1, 2, 63, 64, 65, 130, 7]),
         (32, 4, vec![512, 1, 100]),
@@ -363,7 +349,7 @@ fn gpu_attention_matches_reference() {
 #[ignore = "needs an NVIDIA GPU"]
 fn gpu_random_bert_base_shapes_match_cpu() {
     let rt = gpu();
-    let s = seed();
+    let s = test_seed("gpu_random_bert_base_shapes_match_cpu");
     let mut rng = Rng::new(s);
     let tmp = tempfile::tempdir().unwrap();
     for (name, heads, d, hidden) in [
@@ -420,7 +406,7 @@ fn minilm(dir: &Path, method: Method, sparsity: f64) -> Option<std::path::PathBu
 #[ignore = "needs an NVIDIA GPU"]
 fn gpu_minilm_every_method_matches_cpu() {
     let rt = gpu();
-    let s = seed();
+    let s = test_seed("gpu_minilm_every_method_matches_cpu");
     let mut rng = Rng::new(s);
     let tmp = tempfile::tempdir().unwrap();
     for (method, sparsity) in [

@@ -6,11 +6,12 @@
 //! replays one.
 
 use ets::format::EtsFile;
-use ets::runtime::cuda::host::{top_norm_mask, HostTiles};
+use ets::runtime::cuda::host::HostTiles;
 use ets::runtime::cuda::tuning::{CudaOptions, TUNING_FILE};
 use ets::runtime::cuda::upload::DeviceTiles;
 use ets::runtime::cuda::{Choice, CudaRuntime, Dispatcher, ElemType, LinearWeight, TileKernel};
 use ets_dev::cuda::checks::{self, CheckPath};
+use ets_testkit::linear::top_norm_mask;
 use ets_testkit::rng::{test_rng, Rng};
 
 fn runtime() -> CudaRuntime {

@@ -14,10 +14,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use ets::format::{Dtype, EncodedTensor, EtsFile, EtsWriter, WriteOptions};
-use ets::runtime::cuda::host::top_norm_mask;
 use ets::runtime::cuda::{self, format_table, nvrtc, upload, CudaError, CudaRuntime, Dispatcher};
 use ets_dev::cuda::bench::{self, GemmResult, Inputs, MaskMode};
 use ets_dev::cuda::checks::{self, CheckResult};
+use ets_testkit::linear::top_norm_mask;
 use ets_testkit::rng::{test_seed, Rng};
 
 #[derive(Parser)]

@@ -12,14 +12,13 @@ use ets::format::{
 use super::bench::{self, MaskMode};
 use ets::runtime::cuda::dispatch::Dispatcher;
 use ets::runtime::cuda::gemm::{self, Epilogue, LinearWeight, Scratch};
-use ets::runtime::cuda::host::{
-    compare, from_bits, reference_linear, round_trip, to_bits, ErrorStats, HostTiles,
-};
+use ets::runtime::cuda::host::{from_bits, round_trip, to_bits, HostTiles};
 use ets::runtime::cuda::tile::{self, TileKernel, TileShape};
 use ets::runtime::cuda::upload::{DeviceModel, DeviceTiles};
 use ets::runtime::cuda::CudaError;
 use ets::runtime::cuda::{device_addr, CudaView};
 use ets::runtime::cuda::{CudaRuntime, ElemType};
+use ets_testkit::linear::{compare, reference_linear, ErrorStats};
 use ets_testkit::rng::Rng;
 
 /// Largest accepted `max |out - ref| / max |ref|`.
