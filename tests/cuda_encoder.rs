@@ -324,10 +324,20 @@ fn gpu_attention_matches_reference() {
         let ctx = rt.alloc(total * w * 2).unwrap();
         rt.fill_u16(ctx.ptr(), 0x7e00, total * w).unwrap();
         let max_len = *lengths.iter().max().unwrap();
+        let input = launch::AttentionInput {
+            q: qkv.ptr(),
+            k: qkv.ptr() + (w * 2) as u64,
+            v: qkv.ptr() + (2 * w * 2) as u64,
+            ld: 3 * w,
+            bias: [
+                b.ptr(),
+                b.ptr() + (w * 4) as u64,
+                b.ptr() + (2 * w * 4) as u64,
+            ],
+        };
         launch::attention(
             &rt,
-            qkv.ptr(),
-            b.ptr(),
+            &input,
             cub.ptr(),
             lengths.len(),
             max_len,

@@ -75,17 +75,18 @@ fn attention(args: &[String]) -> Result<(), String> {
         let cub = rt.upload(&cu).map_err(e)?;
         let ctx = rt.alloc(total * w * 2).map_err(e)?;
         let run = || {
-            launch::attention(
-                &rt,
-                qkv.ptr(),
-                bb.ptr(),
-                cub.ptr(),
-                b,
-                l,
-                heads,
-                d,
-                ctx.ptr(),
-            )
+            let input = launch::AttentionInput {
+                q: qkv.ptr(),
+                k: qkv.ptr() + (w * 2) as u64,
+                v: qkv.ptr() + (2 * w * 2) as u64,
+                ld: 3 * w,
+                bias: [
+                    bb.ptr(),
+                    bb.ptr() + (w * 4) as u64,
+                    bb.ptr() + (2 * w * 4) as u64,
+                ],
+            };
+            launch::attention(&rt, &input, cub.ptr(), b, l, heads, d, ctx.ptr())
         };
         for _ in 0..5 {
             run().map_err(e)?;

@@ -2,7 +2,7 @@
 //! batch that fits.
 
 use crate::format::ModelConfig;
-use crate::runtime::cuda::{CudaError, CudaRuntime, DevBuf};
+use crate::runtime::cuda::{CudaError, CudaRuntime, DevBuf, Scratch};
 
 use super::weights::DevWeights;
 
@@ -22,8 +22,10 @@ pub(crate) struct Buffers {
     pub x: DevBuf,
     /// After the attention block's LayerNorm `[tokens, hidden]`.
     pub attn: DevBuf,
-    /// Q, K, V `[tokens, 3 * max_width]`.
-    pub qkv: DevBuf,
+    /// Q, K and V `[tokens, max_width]` each.
+    pub q: DevBuf,
+    pub k: DevBuf,
+    pub v: DevBuf,
     /// Attention context `[tokens, max_width]`.
     pub ctx: DevBuf,
     /// A projection's output before its epilogue `[tokens, hidden]`.
@@ -43,6 +45,8 @@ pub(crate) struct Buffers {
     pub logits16: DevBuf,
     /// f32 outputs: pooled vectors or logits `[seqs, max(hidden, labels)]`.
     pub out32: DevBuf,
+    /// The linear layer's scratch (kept-rows and kept-columns weights).
+    pub scratch: Scratch,
 }
 
 impl Buffers {
@@ -63,7 +67,9 @@ impl Buffers {
             hidden: h,
             x: f16s(tokens * h)?,
             attn: f16s(tokens * h)?,
-            qkv: f16s(tokens * 3 * w.max_width)?,
+            q: f16s(tokens * w.max_width)?,
+            k: f16s(tokens * w.max_width)?,
+            v: f16s(tokens * w.max_width)?,
             ctx: f16s(tokens * w.max_width)?,
             proj: f16s(tokens * h)?,
             inter: f16s(tokens * w.max_intermediate)?,
@@ -75,6 +81,7 @@ impl Buffers {
             pooled16: f16s(seqs * h)?,
             logits16: f16s(seqs * labels)?,
             out32: rt.alloc(seqs * h.max(labels) * 4)?,
+            scratch: Scratch::default(),
         })
     }
 
@@ -88,7 +95,9 @@ impl Buffers {
         for b in [
             &self.x,
             &self.attn,
-            &self.qkv,
+            &self.q,
+            &self.k,
+            &self.v,
             &self.ctx,
             &self.proj,
             &self.inter,
