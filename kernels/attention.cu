@@ -1,9 +1,11 @@
 // Fused multi-head self-attention over packed sequences of different lengths, on tensor cores.
 //
-// Input: the output of the fused Q/K/V projection, [tokens, 3 * W] f16 with W = heads * D (Q in
-// columns [0, W), K in [W, 2W), V in [2W, 3W), head h at h * D within each), and its bias (f32,
-// 3 * W, added as tiles are staged). Sequence s owns rows cu[s]..cu[s + 1]: no padding rows exist
-// and no key outside a query's own sequence is read. Output: ctx [tokens, W] f16.
+// Input: Q, K and V as three f16 matrices of `tokens` rows with row stride `ld` (head h in columns
+// [h * D, (h + 1) * D), W = heads * D), each with an optional f32 bias of W values added as tiles
+// are staged (null when the projection already added it). Q, K and V may be three buffers
+// (ld = W) or the column blocks of one [tokens, 3W] matrix (ld = 3W). Sequence s owns rows
+// cu[s]..cu[s + 1]: no padding rows exist and no key outside a query's own sequence is read.
+// Output: ctx [tokens, W] f16.
 //
 // One CTA of 4 warps per (64-query block, head, sequence); each warp owns 16 query rows. Scores
 // S = Q K^T and the update O += P V use mma.sync m16n8k16 (f16 in, fp32 accumulate); the softmax is
@@ -41,17 +43,17 @@ __device__ __forceinline__ u32 pack_half2(float lo, float hi) {
 }
 
 // Stages rows [r0, r0 + 64) of one D-wide column block of the sequence starting at row `base`
-// (len rows) into shared memory with row stride LDS, bias added; rows past the sequence are zero
-// (so that masked keys meet zeros in V, never stale values).
+// (len rows) of `src` into shared memory with row stride LDS, bias added; rows past the sequence
+// are zero (so that masked keys meet zeros in V, never stale values).
 template <int D, int LDS>
-__device__ __forceinline__ void stage(__half* dst, const __half* qkv, const float* bias, int base, int r0, int len,
+__device__ __forceinline__ void stage(__half* dst, const __half* src, const float* bias, int base, int r0, int len,
                                       int ld, int col) {
     constexpr int CHUNKS = D / 8;
     for (int i = threadIdx.x; i < BK * CHUNKS; i += THREADS) {
         const int r = i / CHUNKS, c = (i % CHUNKS) * 8;
         uint4 v = make_uint4(0, 0, 0, 0);
         if (r0 + r < len) {
-            v = *reinterpret_cast<const uint4*>(qkv + static_cast<size_t>(base + r0 + r) * ld + col + c);
+            v = *reinterpret_cast<const uint4*>(src + static_cast<size_t>(base + r0 + r) * ld + col + c);
             if (bias) {
                 __half2* h = reinterpret_cast<__half2*>(&v);
 #pragma unroll
@@ -68,7 +70,8 @@ __device__ __forceinline__ void stage(__half* dst, const __half* qkv, const floa
 }
 
 template <int D>
-__device__ void attention(const __half* qkv, const float* bias, const int* cu, int heads, float scale_log2,
+__device__ void attention(const __half* q, const __half* k, const __half* v, int ld, const float* bq,
+                          const float* bk, const float* bv, const int* cu, int heads, float scale_log2,
                           __half* ctx) {
     constexpr int LDS = D + 8;  // padded row: conflict-free fragment loads, 16-byte aligned rows
     constexpr int KC = D / 16;  // k-chunks of Q K^T
@@ -82,21 +85,21 @@ __device__ void attention(const __half* qkv, const float* bias, const int* cu, i
     const int base = cu[s], len = cu[s + 1] - base;
     const int q0 = blockIdx.x * BQ;
     if (q0 >= len) return;
-    const int W = heads * D, ld = 3 * W;
+    const int W = heads * D;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int g = lane >> 2, t = lane & 3;
 
-    stage<D, LDS>(sQ, qkv, bias, base, q0, len, ld, h * D);
+    stage<D, LDS>(sQ, q, bq, base, q0, len, ld, h * D);
     __syncthreads();
     u32 qa[KC][4];
     {
-        const __half* q = sQ + (warp * 16 + g) * LDS + 2 * t;
+        const __half* qs = sQ + (warp * 16 + g) * LDS + 2 * t;
 #pragma unroll
         for (int kc = 0; kc < KC; ++kc) {
-            qa[kc][0] = *reinterpret_cast<const u32*>(q + kc * 16);
-            qa[kc][1] = *reinterpret_cast<const u32*>(q + 8 * LDS + kc * 16);
-            qa[kc][2] = *reinterpret_cast<const u32*>(q + kc * 16 + 8);
-            qa[kc][3] = *reinterpret_cast<const u32*>(q + 8 * LDS + kc * 16 + 8);
+            qa[kc][0] = *reinterpret_cast<const u32*>(qs + kc * 16);
+            qa[kc][1] = *reinterpret_cast<const u32*>(qs + 8 * LDS + kc * 16);
+            qa[kc][2] = *reinterpret_cast<const u32*>(qs + kc * 16 + 8);
+            qa[kc][3] = *reinterpret_cast<const u32*>(qs + 8 * LDS + kc * 16 + 8);
         }
     }
     float o[DT][4];
@@ -106,18 +109,18 @@ __device__ void attention(const __half* qkv, const float* bias, const int* cu, i
 
     for (int kb = 0; kb < len; kb += BK) {
         __syncthreads();  // every warp is done with the previous K and V tiles
-        stage<D, LDS>(sK, qkv, bias, base, kb, len, ld, W + h * D);
-        stage<D, LDS>(sV, qkv, bias, base, kb, len, ld, 2 * W + h * D);
+        stage<D, LDS>(sK, k, bk, base, kb, len, ld, h * D);
+        stage<D, LDS>(sV, v, bv, base, kb, len, ld, h * D);
         __syncthreads();
         float sc[8][4];
 #pragma unroll
         for (int nt = 0; nt < 8; ++nt) {
             sc[nt][0] = sc[nt][1] = sc[nt][2] = sc[nt][3] = 0.f;
-            const __half* k = sK + (nt * 8 + g) * LDS + 2 * t;
+            const __half* ks = sK + (nt * 8 + g) * LDS + 2 * t;
 #pragma unroll
             for (int kc = 0; kc < KC; ++kc) {
-                const u32 b0 = *reinterpret_cast<const u32*>(k + kc * 16);
-                const u32 b1 = *reinterpret_cast<const u32*>(k + kc * 16 + 8);
+                const u32 b0 = *reinterpret_cast<const u32*>(ks + kc * 16);
+                const u32 b1 = *reinterpret_cast<const u32*>(ks + kc * 16 + 8);
                 mma16816(sc[nt], qa[kc], b0, b1);
             }
         }
@@ -203,11 +206,12 @@ __device__ void attention(const __half* qkv, const float* bias, const int* cu, i
 
 }  // namespace attn
 
-#define ETS_ATTENTION(D)                                                                                     \
-    extern "C" __global__ void __launch_bounds__(attn::THREADS)                                              \
-        attn_fwd_d##D##_f16(const __half* qkv, const float* bias, const int* cu, int heads, float scale_log2, \
-                            __half* ctx) {                                                                   \
-        attn::attention<D>(qkv, bias, cu, heads, scale_log2, ctx);                                           \
+#define ETS_ATTENTION(D)                                                                                   \
+    extern "C" __global__ void __launch_bounds__(attn::THREADS)                                            \
+        attn_fwd_d##D##_f16(const __half* q, const __half* k, const __half* v, int ld, const float* bq,     \
+                            const float* bk, const float* bv, const int* cu, int heads, float scale_log2,   \
+                            __half* ctx) {                                                                 \
+        attn::attention<D>(q, k, v, ld, bq, bk, bv, cu, heads, scale_log2, ctx);                           \
     }
 
 ETS_ATTENTION(32)

@@ -310,13 +310,21 @@ fn gpu_attention_matches_reference() {
         let mut ctx = rt.alloc::<u16>(total * w).unwrap();
         rt.fill_u16(&mut ctx, 0x7e00).unwrap();
         let max_len = *lengths.iter().max().unwrap();
-        // SAFETY: qkv holds total x 3W f16, b 3W f32, cub the offsets of `lengths` ending at
-        // total (longest max_len), ctx total x W f16; all alive for the call.
+        let (qa, ba) = (device_addr(&qkv), device_addr(&b));
+        let input = launch::AttentionInput {
+            q: qa,
+            k: qa + (w * 2) as u64,
+            v: qa + (2 * w * 2) as u64,
+            ld: 3 * w,
+            bias: [ba, ba + (w * 4) as u64, ba + (2 * w * 4) as u64],
+        };
+        // SAFETY: Q, K and V are the thirds of qkv's total rows of 3W f16 (stride 3W), the
+        // biases the thirds of b's 3W f32, cub the offsets of `lengths` ending at total (longest
+        // max_len), ctx total x W f16; all alive for the call.
         unsafe {
             launch::attention(
                 &rt,
-                device_addr(&qkv),
-                device_addr(&b),
+                &input,
                 device_addr(&cub),
                 lengths.len(),
                 max_len,

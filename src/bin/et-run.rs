@@ -3,6 +3,7 @@
 //! ```text
 //! et-run model.ets --text "a sentence" --text "another"      # JSON lines, mean pooling
 //! et-run model.ets --input sentences.txt --pooling cls --npy out.npy
+//! et-run model.ets --input sentences.txt --device cuda --report  # per-weight table on stderr
 //! ```
 //!
 //! Exit status: 0 success, 1 bad input (unreadable model or text file, failed run), 2 usage.
@@ -14,6 +15,7 @@ use std::process::ExitCode;
 use clap::{Parser, ValueEnum};
 use ets::format::EtsFile;
 use ets::runtime::cpu::{npy, CpuEncoder, TextTokenizer};
+use ets::runtime::cuda::encoder::format_report;
 use ets::runtime::cuda::CudaEncoder;
 use ets::runtime::{Encoder, EncoderOutput, ForwardOptions, Pooling, TokenBatch};
 
@@ -58,6 +60,51 @@ struct Args {
     /// Sentences per forward pass.
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
     batch_size: u32,
+    /// L2-normalise the pooled embeddings.
+    #[arg(long)]
+    normalize: bool,
+    /// On CUDA: print to stderr, per weight, what ran at the first batch's token count, its
+    /// time and cuBLAS's time on a dense matrix of the same shape.
+    #[arg(long)]
+    report: bool,
+}
+
+/// The opened backend.
+enum Backend<'f> {
+    Cpu(Box<CpuEncoder<'f>>),
+    Cuda(Box<CudaEncoder>),
+}
+
+impl Backend<'_> {
+    fn encoder(&self) -> &dyn Encoder {
+        match self {
+            Backend::Cpu(e) => e.as_ref(),
+            Backend::Cuda(e) => e.as_ref(),
+        }
+    }
+
+    /// Pooled vectors of `batch` (on CUDA, pooled and normalised on the device).
+    fn embed(
+        &self,
+        batch: &TokenBatch,
+        pooling: Pooling,
+        normalize: bool,
+    ) -> Result<Vec<f32>, Failure> {
+        Ok(match self {
+            Backend::Cuda(e) => e.embed_with(batch, pooling, normalize)?,
+            Backend::Cpu(e) => {
+                let mut v = e.embed(batch, pooling)?;
+                if normalize {
+                    let h = e.config().hidden_size as usize;
+                    for row in v.chunks_mut(h.max(1)) {
+                        let n = row.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+                        row.iter_mut().for_each(|x| *x /= n);
+                    }
+                }
+                v
+            }
+        })
+    }
 }
 
 /// A failure that maps to exit status 1.
@@ -122,25 +169,22 @@ fn read_input(path: &Path) -> Result<Vec<String>, Failure> {
 
 /// The encoder for `--device`: `cuda` fails (exit 1) without a usable GPU; `auto` falls back to
 /// the CPU with a note on stderr.
-fn open_encoder<'f>(
-    device: DeviceArg,
-    file: &'f EtsFile,
-) -> Result<Box<dyn Encoder + 'f>, Failure> {
+fn open_encoder(device: DeviceArg, file: &EtsFile) -> Result<Backend<'_>, Failure> {
     let cuda = || -> Result<CudaEncoder, String> {
         ets::runtime::cuda::cuda_available()?;
         CudaEncoder::new(file).map_err(|e| e.to_string())
     };
     match device {
-        DeviceArg::Cpu => Ok(Box::new(CpuEncoder::new(file)?)),
+        DeviceArg::Cpu => Ok(Backend::Cpu(Box::new(CpuEncoder::new(file)?))),
         DeviceArg::Cuda => match cuda() {
-            Ok(e) => Ok(Box::new(e)),
+            Ok(e) => Ok(Backend::Cuda(Box::new(e))),
             Err(e) => Err(Failure(format!("CUDA runtime not available: {e}"))),
         },
         DeviceArg::Auto => match cuda() {
-            Ok(e) => Ok(Box::new(e)),
+            Ok(e) => Ok(Backend::Cuda(Box::new(e))),
             Err(e) => {
                 eprintln!("et-run: CUDA runtime not available ({e}); using the CPU");
-                Ok(Box::new(CpuEncoder::new(file)?))
+                Ok(Backend::Cpu(Box::new(CpuEncoder::new(file)?)))
             }
         },
     }
@@ -151,7 +195,8 @@ fn run(args: &Args) -> Result<(), Failure> {
     let file = EtsFile::open(&args.model)
         .map_err(|e| Failure(format!("{}: {e}", args.model.display())))?;
     let tokenizer = TextTokenizer::from_file(&file)?;
-    let encoder = open_encoder(args.device, &file)?;
+    let backend = open_encoder(args.device, &file)?;
+    let encoder = backend.encoder();
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let tokenized = tokenizer.encode(&refs)?;
     for t in &tokenized.truncated {
@@ -169,6 +214,7 @@ fn run(args: &Args) -> Result<(), Failure> {
     let hidden = file.model().hidden_size as usize;
     let mut sink = Sink::new(args, hidden, tokenized.batch.max_len());
     let opts = ForwardOptions::default();
+    let started = std::time::Instant::now();
     for chunk in tokenized.batch.sequences.chunks(args.batch_size as usize) {
         let batch = TokenBatch {
             sequences: chunk.to_vec(),
@@ -178,10 +224,33 @@ fn run(args: &Args) -> Result<(), Failure> {
             sink.push_hidden(&out)?;
         } else {
             // Pooled on the backend (the CUDA encoder copies back only the pooled vectors).
-            sink.push_pooled(&encoder.embed(&batch, pooling)?)?;
+            sink.push_pooled(&backend.embed(&batch, pooling, args.normalize)?)?;
         }
     }
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "et-run: {} sentences in {:.3} s ({:.1} sentences/s)",
+        texts.len(),
+        secs,
+        texts.len() as f64 / secs.max(1e-9)
+    );
+    if args.report {
+        report(&backend, &tokenized.batch, args.batch_size as usize)?;
+    }
     sink.finish()
+}
+
+/// `--report`: the per-weight table of the CUDA encoder at the first batch.
+fn report(backend: &Backend<'_>, all: &TokenBatch, batch_size: usize) -> Result<(), Failure> {
+    let Backend::Cuda(enc) = backend else {
+        eprintln!("et-run: --report describes the CUDA runtime; the CPU ran every weight dense");
+        return Ok(());
+    };
+    let first = TokenBatch {
+        sequences: all.sequences.iter().take(batch_size).cloned().collect(),
+    };
+    eprint!("{}", format_report(&enc.report(&first)?));
+    Ok(())
 }
 
 /// Collects results for `.npy` or streams JSON lines to stdout.

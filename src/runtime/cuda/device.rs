@@ -270,6 +270,28 @@ impl CudaRuntime {
             .map_err(CudaError::driver("host-to-device copy"))
     }
 
+    /// Copies host values `src` to the start of `dst` (ordered before later work on the stream;
+    /// `src` may be dropped when this returns).
+    pub fn copy_to_device<T: DeviceRepr>(
+        &self,
+        src: &[T],
+        dst: &mut impl DevicePtrMut<T>,
+    ) -> Result<(), CudaError> {
+        if src.len() > dst.len() {
+            return Err(CudaError::Invalid(format!(
+                "copy of {} values into a buffer of {}",
+                src.len(),
+                dst.len()
+            )));
+        }
+        if src.is_empty() {
+            return Ok(());
+        }
+        self.stream
+            .memcpy_htod(src, dst)
+            .map_err(CudaError::driver("host-to-device copy"))
+    }
+
     /// Copies `out.len()` values from the start of `src` (after the stream's work finishes).
     pub fn download_into<T: DeviceRepr>(
         &self,

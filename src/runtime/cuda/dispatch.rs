@@ -401,7 +401,7 @@ impl Dispatcher {
 /// `n` f16 values spread over [-1, 1) on the device, a fixed pattern of 1 Mi values repeated:
 /// each value's bits come from a multiplicative hash of its index, so the data is the same in
 /// every process and varied enough that the tensor cores do not see constant operands.
-fn timing_activations(rt: &CudaRuntime, n: usize) -> Result<CudaSlice<u16>, CudaError> {
+pub(crate) fn timing_activations(rt: &CudaRuntime, n: usize) -> Result<CudaSlice<u16>, CudaError> {
     let block: Vec<u16> = (0..(1usize << 20).min(n.max(1)) as u64)
         .map(|i| {
             let h = (i + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);

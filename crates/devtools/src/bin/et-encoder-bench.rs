@@ -74,23 +74,19 @@ fn attention(args: &[String]) -> Result<(), String> {
         let bb = rt.upload(&bias).map_err(e)?;
         let cub = rt.upload(&cu).map_err(e)?;
         let ctx = rt.alloc::<u16>(total * w).map_err(e)?;
-        let run = || {
-            // SAFETY: qkv holds total x 3W f16, bb 3W f32, cub b + 1 offsets ending at total with
-            // no sequence longer than l, ctx total x W f16; all alive for the run.
-            unsafe {
-                launch::attention(
-                    &rt,
-                    device_addr(&qkv),
-                    device_addr(&bb),
-                    device_addr(&cub),
-                    b,
-                    l,
-                    heads,
-                    d,
-                    device_addr(&ctx),
-                )
-            }
+        let (qa, ba) = (device_addr(&qkv), device_addr(&bb));
+        let input = launch::AttentionInput {
+            q: qa,
+            k: qa + (w * 2) as u64,
+            v: qa + (2 * w * 2) as u64,
+            ld: 3 * w,
+            bias: [ba, ba + (w * 4) as u64, ba + (2 * w * 4) as u64],
         };
+        let (cua, ctxa) = (device_addr(&cub), device_addr(&ctx));
+        // SAFETY: Q, K and V are the thirds of qkv's total rows of 3W f16 (stride 3W), the biases
+        // the thirds of bb's 3W f32, cub holds b + 1 offsets ending at total (each sequence l
+        // long), ctx total x W f16; all alive for the runs.
+        let run = || unsafe { launch::attention(&rt, &input, cua, b, l, heads, d, ctxa) };
         for _ in 0..5 {
             run().map_err(e)?;
         }

@@ -2,8 +2,7 @@
 //! batch that fits.
 
 use crate::format::ModelConfig;
-use crate::runtime::cuda::device::RawPtr;
-use crate::runtime::cuda::{CudaError, CudaRuntime, CudaSlice};
+use crate::runtime::cuda::{CudaError, CudaRuntime, CudaSlice, Scratch};
 
 use super::weights::DevWeights;
 
@@ -23,8 +22,10 @@ pub(crate) struct Buffers {
     pub x: CudaSlice<u16>,
     /// After the attention block's LayerNorm `[tokens, hidden]`.
     pub attn: CudaSlice<u16>,
-    /// Q, K, V `[tokens, 3 * max_width]`.
-    pub qkv: CudaSlice<u16>,
+    /// Q, K and V `[tokens, max_width]` each.
+    pub q: CudaSlice<u16>,
+    pub k: CudaSlice<u16>,
+    pub v: CudaSlice<u16>,
     /// Attention context `[tokens, max_width]`.
     pub ctx: CudaSlice<u16>,
     /// A projection's output before its epilogue `[tokens, hidden]`.
@@ -44,6 +45,8 @@ pub(crate) struct Buffers {
     pub logits16: CudaSlice<u16>,
     /// f32 outputs: pooled vectors or logits `[seqs, max(hidden, labels)]`.
     pub out32: CudaSlice<f32>,
+    /// The linear layer's scratch (kept-rows and kept-columns weights).
+    pub scratch: Scratch,
 }
 
 impl Buffers {
@@ -64,7 +67,9 @@ impl Buffers {
             hidden: h,
             x: f16s(tokens * h)?,
             attn: f16s(tokens * h)?,
-            qkv: f16s(tokens * 3 * w.max_width)?,
+            q: f16s(tokens * w.max_width)?,
+            k: f16s(tokens * w.max_width)?,
+            v: f16s(tokens * w.max_width)?,
             ctx: f16s(tokens * w.max_width)?,
             proj: f16s(tokens * h)?,
             inter: f16s(tokens * w.max_intermediate)?,
@@ -76,6 +81,7 @@ impl Buffers {
             pooled16: f16s(seqs * h)?,
             logits16: f16s(seqs * labels)?,
             out32: rt.alloc(seqs * h.max(labels))?,
+            scratch: Scratch::default(),
         })
     }
 
@@ -89,7 +95,9 @@ impl Buffers {
         for b in [
             &mut self.x,
             &mut self.attn,
-            &mut self.qkv,
+            &mut self.q,
+            &mut self.k,
+            &mut self.v,
             &mut self.ctx,
             &mut self.proj,
             &mut self.inter,
@@ -109,35 +117,16 @@ impl Buffers {
 
     /// Copies the batch's index arrays to the device (each no longer than the buffers hold).
     pub fn upload_batch(
-        &self,
+        &mut self,
         rt: &CudaRuntime,
         ids: &[u32],
         types: &[u32],
         positions: &[u32],
         cu: &[i32],
     ) -> Result<(), CudaError> {
-        fn copy<T>(rt: &CudaRuntime, dst: &CudaSlice<T>, bytes: &[u8]) -> Result<(), CudaError> {
-            let have = dst.len() * std::mem::size_of::<T>();
-            if bytes.len() > have {
-                return Err(CudaError::Invalid(format!(
-                    "{} bytes of batch indices for a {}-byte buffer",
-                    bytes.len(),
-                    have
-                )));
-            }
-            if bytes.is_empty() {
-                return Ok(());
-            }
-            // SAFETY: dst holds bytes.len() bytes (checked above); the source outlives the copy
-            // because the stream is synchronized below before this function returns.
-            unsafe { rt.copy_h2d_async(dst.ptr(), bytes.as_ptr(), bytes.len()) }
-        }
-        rt.bind()?;
-        let r = copy(rt, &self.ids, bytemuck::cast_slice(ids))
-            .and_then(|_| copy(rt, &self.types, bytemuck::cast_slice(types)))
-            .and_then(|_| copy(rt, &self.positions, bytemuck::cast_slice(positions)))
-            .and_then(|_| copy(rt, &self.cu, bytemuck::cast_slice(cu)));
-        let synced = rt.synchronize();
-        r.and(synced)
+        rt.copy_to_device(ids, &mut self.ids)?;
+        rt.copy_to_device(types, &mut self.types)?;
+        rt.copy_to_device(positions, &mut self.positions)?;
+        rt.copy_to_device(cu, &mut self.cu)
     }
 }

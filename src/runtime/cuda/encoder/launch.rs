@@ -1,9 +1,7 @@
-//! Launches of the encoder's kernels (`kernels/encoder.cu`, `kernels/attention.cu`) and its
-//! cuBLAS projections. Every function takes raw device addresses; the callers own the buffers and
-//! size them for the shapes passed (the bound each launch relies on is stated per function).
-//! Kernel arguments go through cudarc's launch builder.
-
-use cudarc::cublas::{result as blas, sys as blas_sys};
+//! Launches of the encoder's kernels (`kernels/encoder.cu`, `kernels/attention.cu`). Every
+//! function takes raw device addresses; the callers own the buffers and size them for the shapes
+//! passed (the bound each launch relies on is stated per function). The projections run through
+//! the linear layer (`project` in the encoder's `forward` module).
 
 use cudarc::driver::{LaunchArgs, PushKernelArg};
 
@@ -24,53 +22,6 @@ fn i32_arg(v: usize) -> Result<i32, CudaError> {
 /// Dynamic shared memory of a row kernel over `h` features (one f32 per feature).
 fn row_smem(h: usize) -> Result<u32, CudaError> {
     u32::try_from(h * 4).map_err(|_| CudaError::Invalid(format!("hidden size {h} too large")))
-}
-
-/// cuBLAS: `Y[m, n] = X[m, k] W[n, k]^T`, all f16 row-major and contiguous, fp32 accumulation.
-/// `x` holds `m * k`, `w` `n * k` and `y` `m * n` values.
-pub(crate) fn gemm(
-    rt: &CudaRuntime,
-    x: u64,
-    m: usize,
-    k: usize,
-    w: u64,
-    n: usize,
-    y: u64,
-) -> Result<(), CudaError> {
-    let handle = *rt.blas()?.handle();
-    rt.bind()?;
-    let (alpha, beta) = (1.0f32, 0.0f32);
-    let t = blas_sys::cudaDataType::CUDA_R_16F;
-    let dim = |v: usize| {
-        i32::try_from(v).map_err(|_| CudaError::Invalid(format!("GEMM size {v} too large")))
-    };
-    let (mi, ni, ki) = (dim(m)?, dim(n)?, dim(k)?);
-    // Column-major view: Y^T[n, m] = W[n, k] (stored as W^T) * X^T[k, m].
-    // SAFETY: x, w and y hold the sizes stated above; alpha and beta outlive the call.
-    unsafe {
-        blas::gemm_ex(
-            handle,
-            blas_sys::cublasOperation_t::CUBLAS_OP_T,
-            blas_sys::cublasOperation_t::CUBLAS_OP_N,
-            ni,
-            mi,
-            ki,
-            &alpha as *const f32 as *const _,
-            w as *const _,
-            t,
-            ki,
-            x as *const _,
-            t,
-            ki,
-            &beta as *const f32 as *const _,
-            y as *mut _,
-            t,
-            ni,
-            blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
-            blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
-        )
-    }
-    .map_err(CudaError::cublas(format!("encoder gemm {m}x{n}x{k}")))
 }
 
 /// Launches kernel `name` with the arguments on `b` over `grid` x `block`.
@@ -211,11 +162,29 @@ pub(crate) fn pool(
 /// Head sizes the attention kernel is built for.
 pub const ATTENTION_HEAD_DIMS: [usize; 3] = [32, 64, 128];
 
+/// Q, K and V as the attention kernel reads them: three f16 matrices of row stride `ld`
+/// elements (head `h` at columns `h * head_dim ..`), each with an optional f32 bias (0 when the
+/// projection already added it).
+#[derive(Debug, Clone, Copy)]
+pub struct AttentionInput {
+    /// Device address of Q.
+    pub q: u64,
+    /// Device address of K.
+    pub k: u64,
+    /// Device address of V.
+    pub v: u64,
+    /// Row stride of Q, K and V in elements.
+    pub ld: usize,
+    /// Biases of Q, K and V (`heads * head_dim` f32 each, or 0).
+    pub bias: [u64; 3],
+}
+
 /// Fused attention over packed sequences.
 ///
-/// `qkv` holds `tokens * 3 * heads * head_dim` f16 (Q, K, V side by side per row), `bias`
-/// `3 * heads * head_dim` f32 (or 0), `cu` the `seqs + 1` cumulative i32 offsets ending at
-/// `tokens`, `ctx` `tokens * heads * head_dim` f16; `max_len` is the longest sequence.
+/// Q, K and V (see [`AttentionInput`]) each hold `tokens` rows of at least `heads * head_dim`
+/// values with stride `ld` (a multiple of 8, addresses 16-byte aligned); `cu` holds the `seqs + 1`
+/// cumulative i32 offsets ending at `tokens`; `ctx` holds `tokens * heads * head_dim` f16;
+/// `max_len` is the longest sequence.
 ///
 /// # Safety
 /// The addresses are device allocations of this runtime holding the sizes above, and `cu` is
@@ -224,8 +193,7 @@ pub const ATTENTION_HEAD_DIMS: [usize; 3] = [32, 64, 128];
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn attention(
     rt: &CudaRuntime,
-    qkv: u64,
-    bias: u64,
+    input: &AttentionInput,
     cu: u64,
     seqs: usize,
     max_len: usize,
@@ -241,6 +209,16 @@ pub unsafe fn attention(
     if seqs == 0 || max_len == 0 || heads == 0 {
         return Ok(());
     }
+    if input.ld % 8 != 0
+        || input.ld < heads * head_dim
+        || [input.q, input.k, input.v].iter().any(|p| p % 16 != 0)
+    {
+        return Err(CudaError::Invalid(format!(
+            "attention kernel: row stride {} (a multiple of 8, at least {}) and 16-byte aligned Q, K, V needed",
+            input.ld,
+            heads * head_dim
+        )));
+    }
     let q_blocks = max_len.div_ceil(64);
     let dim = |v: usize| {
         u32::try_from(v)
@@ -255,16 +233,15 @@ pub unsafe fn attention(
     // Q, K and V tiles of 64 rows, each row padded by 8 halves.
     let smem = (3 * 64 * (head_dim + 8) * 2) as u32;
     let scale_log2 = std::f32::consts::LOG2_E / (head_dim as f32).sqrt();
-    let heads_i = i32_arg(heads)?;
+    let (ld, heads_i) = (i32_arg(input.ld)?, i32_arg(heads)?);
     let name = format!("attn_fwd_d{head_dim}_f16");
     let f = rt.kernel(&name, smem)?;
     let mut b = rt.stream().launch_builder(&f);
-    b.arg(&qkv)
-        .arg(&bias)
-        .arg(&cu)
-        .arg(&heads_i)
-        .arg(&scale_log2)
-        .arg(&ctx);
+    b.arg(&input.q).arg(&input.k).arg(&input.v).arg(&ld);
+    b.arg(&input.bias[0])
+        .arg(&input.bias[1])
+        .arg(&input.bias[2]);
+    b.arg(&cu).arg(&heads_i).arg(&scale_log2).arg(&ctx);
     // SAFETY: the caller's contract; the arguments follow the kernel's parameters.
     unsafe { launch(rt, &mut b, &name, grid, 128, smem) }
 }

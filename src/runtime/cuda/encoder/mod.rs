@@ -1,17 +1,19 @@
 //! The whole BERT encoder on the GPU: [`CudaEncoder`], behind the same [`Encoder`] interface as
 //! the CPU runtime and computing the same function.
 //!
-//! The file's tensors are checked and uploaded once (see `weights` for the encodings). A forward
-//! pass over a [`TokenBatch`] keeps its tokens packed (sequence after sequence, no padding rows,
-//! with cumulative offsets `cu`), and runs per layer:
+//! The file's tensor bytes are checked and uploaded once (see `weights`). A forward pass over a
+//! [`TokenBatch`] keeps its tokens packed (sequence after sequence, no padding rows, with
+//! cumulative offsets `cu`), and runs per layer:
 //!
-//! 1. one cuBLAS GEMM for Q, K and V together (`[tokens, 3 W]`, f16 in, fp32 accumulation);
-//! 2. the fused attention kernel (bias added as tiles are staged, online softmax in fp32);
-//! 3. the output projection, then bias + residual + LayerNorm in one kernel;
-//! 4. the FFN up-projection, bias + activation, the down-projection, bias + residual + LayerNorm.
+//! 1. the Q, K and V projections, bias in their epilogue;
+//! 2. the fused attention kernel (online softmax in fp32, scores never leave registers);
+//! 3. the output projection with bias and residual in its epilogue, then LayerNorm;
+//! 4. the FFN up-projection with bias and GELU in its epilogue, the down-projection with bias and
+//!    residual, then LayerNorm.
 //!
-//! Activations are f16 between kernels, every reduction is fp32. Device buffers are sized for the
-//! largest batch seen so far and reused.
+//! Each projection runs through the [`Dispatcher`]: the tile kernel on the file's tiles or cuBLAS,
+//! whichever it measured faster at the batch's token count. Activations are f16 between kernels,
+//! every reduction is fp32. Device buffers are sized for the largest batch seen so far and reused.
 //!
 //! ```no_run
 //! use ets::format::EtsFile;
@@ -26,8 +28,12 @@
 //! ```
 
 mod buffers;
+mod forward;
 pub mod launch;
+mod report;
 mod weights;
+
+pub use report::{format_report, ProjectionReport};
 
 use std::sync::{Arc, Mutex};
 
@@ -35,19 +41,20 @@ use half::f16;
 
 use crate::format::{EtsFile, ModelConfig};
 use crate::runtime::cuda::device::RawPtr;
-use crate::runtime::cuda::{CudaError, CudaRuntime, CudaSlice};
+use crate::runtime::cuda::{CudaError, CudaRuntime, Dispatcher};
 use crate::runtime::{
     check_batch, Encoder, EncoderOutput, ForwardOptions, Pooling, RuntimeError, TokenBatch,
 };
 
 use buffers::Buffers;
-use weights::{activation_code, DevWeights};
+use weights::DevWeights;
 
 /// The encoder of a `.ets` file on a CUDA device.
 pub struct CudaEncoder {
     rt: Arc<CudaRuntime>,
     config: ModelConfig,
     weights: DevWeights,
+    dispatcher: Dispatcher,
     buffers: Mutex<Option<Buffers>>,
     poison: std::sync::atomic::AtomicBool,
 }
@@ -115,11 +122,22 @@ impl CudaEncoder {
 
     /// Uploads the file's encoder to the device of `rt`.
     pub fn with_runtime(rt: Arc<CudaRuntime>, file: &EtsFile) -> Result<CudaEncoder, RuntimeError> {
+        CudaEncoder::with_dispatcher(rt, file, Dispatcher::new())
+    }
+
+    /// Uploads the file's encoder to the device of `rt`; `dispatcher` chooses how each
+    /// projection runs (its options can force cuBLAS or one tile kernel).
+    pub fn with_dispatcher(
+        rt: Arc<CudaRuntime>,
+        file: &EtsFile,
+        dispatcher: Dispatcher,
+    ) -> Result<CudaEncoder, RuntimeError> {
         let weights = weights::upload(&rt, file)?;
         Ok(CudaEncoder {
             rt,
             config: file.model().clone(),
             weights,
+            dispatcher,
             buffers: Mutex::new(None),
             poison: std::sync::atomic::AtomicBool::new(false),
         })
@@ -128,6 +146,17 @@ impl CudaEncoder {
     /// The device runtime.
     pub fn runtime(&self) -> &Arc<CudaRuntime> {
         &self.rt
+    }
+
+    /// The dispatcher's decisions so far (one per projection and token bucket).
+    pub fn dispatcher(&self) -> &Dispatcher {
+        &self.dispatcher
+    }
+
+    /// Bytes on the device for the model: the file's tensor bytes, the tile plans and converted
+    /// side buffers, and the f16 copies of bf16 weights (activation buffers not included).
+    pub fn model_device_bytes(&self) -> usize {
+        self.weights.model.device_bytes() + self.weights.converted_bytes
     }
 
     /// When on, every activation and output buffer is filled with NaN before each pass, so that
@@ -224,205 +253,6 @@ impl CudaEncoder {
             }
         }
         Ok((guard, p))
-    }
-
-    /// Embeddings and every layer; leaves the final hidden states in `bufs.x`. With `states`,
-    /// pushes the hidden states after the embeddings and after each layer.
-    fn encode(
-        &self,
-        bufs: &mut Buffers,
-        p: &Packed,
-        mut states: Option<&mut Vec<Vec<f32>>>,
-    ) -> Result<(), RuntimeError> {
-        let rt = &*self.rt;
-        let c = &self.config;
-        let h = c.hidden_size as usize;
-        let t = p.tokens();
-        let eps = c.layer_norm_eps as f32;
-        let w = &self.weights;
-        bufs.upload_batch(rt, &p.ids, &p.types, &p.positions, &p.cu)?;
-        launch::embed_ln(
-            rt,
-            t,
-            bufs.ids.ptr(),
-            bufs.types.ptr(),
-            bufs.positions.ptr(),
-            [w.word.ptr(), w.position.ptr(), w.token_type.ptr()],
-            (w.embeddings_ln.gamma.ptr(), w.embeddings_ln.beta.ptr()),
-            eps,
-            h,
-            bufs.x.ptr(),
-        )?;
-        if let Some(s) = states.as_deref_mut() {
-            s.push(self.download_hidden(bufs, t)?);
-        }
-        let act = activation_code(c.activation);
-        let bias = |b: &Option<CudaSlice<f32>>| b.as_ref().map_or(0, |b| b.ptr());
-        for layer in &w.layers {
-            let attn_in = match (&layer.qkv, &layer.out) {
-                (Some(qkv), Some(out)) => {
-                    launch::gemm(
-                        rt,
-                        bufs.x.ptr(),
-                        t,
-                        h,
-                        qkv.weight.ptr(),
-                        qkv.n,
-                        bufs.qkv.ptr(),
-                    )?;
-                    // SAFETY: the buffers were sized for this batch (Buffers::fits) and `cu` was
-                    // built from its checked lengths.
-                    unsafe {
-                        launch::attention(
-                            rt,
-                            bufs.qkv.ptr(),
-                            bias(&qkv.bias),
-                            bufs.cu.ptr(),
-                            p.lengths.len(),
-                            p.max_len,
-                            layer.heads,
-                            c.head_dim as usize,
-                            bufs.ctx.ptr(),
-                        )
-                    }?;
-                    launch::gemm(
-                        rt,
-                        bufs.ctx.ptr(),
-                        t,
-                        out.k,
-                        out.weight.ptr(),
-                        h,
-                        bufs.proj.ptr(),
-                    )?;
-                    bufs.proj.ptr()
-                }
-                // Every head pruned: the attention block adds only its output bias.
-                _ => 0,
-            };
-            launch::bias_residual_ln(
-                rt,
-                t,
-                attn_in,
-                layer.out_bias.ptr(),
-                bufs.x.ptr(),
-                (layer.ln1.gamma.ptr(), layer.ln1.beta.ptr()),
-                eps,
-                h,
-                bufs.attn.ptr(),
-            )?;
-            let ffn = &layer.intermediate;
-            launch::gemm(
-                rt,
-                bufs.attn.ptr(),
-                t,
-                h,
-                ffn.weight.ptr(),
-                ffn.n,
-                bufs.inter.ptr(),
-            )?;
-            launch::bias_act(rt, bufs.inter.ptr(), bias(&ffn.bias), t, ffn.n, act)?;
-            let down = &layer.ffn_out;
-            launch::gemm(
-                rt,
-                bufs.inter.ptr(),
-                t,
-                down.k,
-                down.weight.ptr(),
-                h,
-                bufs.proj.ptr(),
-            )?;
-            launch::bias_residual_ln(
-                rt,
-                t,
-                bufs.proj.ptr(),
-                bias(&down.bias),
-                bufs.attn.ptr(),
-                (layer.ln2.gamma.ptr(), layer.ln2.beta.ptr()),
-                eps,
-                h,
-                bufs.x.ptr(),
-            )?;
-            if let Some(s) = states.as_deref_mut() {
-                s.push(self.download_hidden(bufs, t)?);
-            }
-        }
-        Ok(())
-    }
-
-    fn download_hidden(&self, bufs: &Buffers, tokens: usize) -> Result<Vec<f32>, RuntimeError> {
-        let h = self.config.hidden_size as usize;
-        let bits = self.rt.download::<u16>(&bufs.x, tokens * h)?;
-        Ok(f16_to_f32(&bits))
-    }
-
-    /// Pooler (`tanh`) and classifier on the `[CLS]` rows, as the CPU runtime computes them.
-    #[allow(clippy::type_complexity)]
-    fn heads(
-        &self,
-        bufs: &Buffers,
-        p: &Packed,
-    ) -> Result<(Option<Vec<f32>>, Option<Vec<f32>>), RuntimeError> {
-        let w = &self.weights;
-        if w.pooler.is_none() && w.classifier.is_none() {
-            return Ok((None, None));
-        }
-        let rt = &*self.rt;
-        let h = self.config.hidden_size as usize;
-        let s = p.lengths.len();
-        let bias = |b: &Option<CudaSlice<f32>>| b.as_ref().map_or(0, |b| b.ptr());
-        launch::pool(
-            rt,
-            bufs.x.ptr(),
-            bufs.cu.ptr(),
-            s,
-            h,
-            true,
-            false,
-            0,
-            bufs.cls16.ptr(),
-        )?;
-        let mut head_in = bufs.cls16.ptr();
-        let pooled = match &w.pooler {
-            Some(pl) => {
-                launch::gemm(
-                    rt,
-                    bufs.cls16.ptr(),
-                    s,
-                    h,
-                    pl.weight.ptr(),
-                    h,
-                    bufs.pooled16.ptr(),
-                )?;
-                launch::bias_act(rt, bufs.pooled16.ptr(), bias(&pl.bias), s, h, 4)?;
-                head_in = bufs.pooled16.ptr();
-                Some(f16_to_f32(&rt.download::<u16>(&bufs.pooled16, s * h)?))
-            }
-            None => None,
-        };
-        let logits = match &w.classifier {
-            Some(cl) => {
-                launch::gemm(
-                    rt,
-                    head_in,
-                    s,
-                    h,
-                    cl.weight.ptr(),
-                    cl.n,
-                    bufs.logits16.ptr(),
-                )?;
-                launch::bias_to_f32(
-                    rt,
-                    bufs.logits16.ptr(),
-                    bias(&cl.bias),
-                    s,
-                    cl.n,
-                    bufs.out32.ptr(),
-                )?;
-                Some(rt.download::<f32>(&bufs.out32, s * cl.n)?)
-            }
-            None => None,
-        };
-        Ok((pooled, logits))
     }
 }
 

@@ -1,61 +1,77 @@
-//! Reading a validated `.ets` file's tensors, checking their shapes against the model
-//! configuration, and uploading them to the device once.
+//! The model's tensors on the device, as the forward pass reads them.
 //!
-//! Every projection weight is uploaded as a dense row-major f16 `[n, k]` matrix, whatever its
-//! stored encoding (dense, tile, tile with element bitmaps, rows, cols) or dtype: this is the
-//! fallback path, run by cuBLAS. Pruned heads need no densifying: their rows and columns are
-//! absent from the file and the layer simply has fewer heads. Q, K and V are concatenated into one
-//! `[3 W, hidden]` matrix so that one GEMM projects all three.
+//! The file's tensor bytes are uploaded once as one allocation ([`DeviceModel`]): tile weights are
+//! read in place by the tile kernels (plus their small plans), dense, kept-rows and kept-columns
+//! weights by cuBLAS, biases and LayerNorm parameters as f32. Every projection runs through the
+//! [`Dispatcher`](crate::runtime::cuda::Dispatcher), which picks the tile kernel or cuBLAS by
+//! measured speed at the batch's token count. The only copies made here are for what the f16
+//! kernels cannot read as stored: bf16 weights and tables (the activations are f16), converted to
+//! dense f16 once. Shapes are checked against the model configuration before anything runs.
 
 use half::f16;
 
 use crate::format::names::{self, LayerTensor};
 use crate::format::{Activation, EtsFile, ModelConfig, TensorView};
-use crate::runtime::cuda::{CudaError, CudaRuntime, CudaSlice};
+use crate::runtime::cuda::device::{addr, RawPtr};
+use crate::runtime::cuda::{
+    CudaError, CudaRuntime, CudaSlice, DeviceModel, ElemType, LinearWeight,
+};
 use crate::runtime::RuntimeError;
 
-/// A dense f16 weight `[n, k]` on the device, with its optional f32 bias `[n]`.
-pub(crate) struct DevLinear {
+/// One projection `[n, k]` of the model with its optional bias.
+pub(crate) struct Proj {
+    /// The weight tensor's name (the dispatcher's key).
+    pub name: String,
     pub n: usize,
     pub k: usize,
-    pub weight: CudaSlice<u16>,
-    pub bias: Option<CudaSlice<f32>>,
+    /// The weight as the linear layer reads it.
+    pub weight: LinearWeight,
+    /// The bias tensor's name (its `n` f32 values are [`DeviceModel::f32_values`]).
+    pub bias: String,
+    /// Owns the f16 copy `weight` points into when the stored weight is not f16.
+    _converted: Option<CudaSlice<u16>>,
 }
 
-/// A LayerNorm's f32 parameters on the device.
+/// A LayerNorm's f32 parameters (device addresses inside the model).
+#[derive(Clone, Copy)]
 pub(crate) struct DevLayerNorm {
-    pub gamma: CudaSlice<f32>,
-    pub beta: CudaSlice<f32>,
+    pub gamma: u64,
+    pub beta: u64,
 }
 
 /// One encoder layer on the device.
 pub(crate) struct DevLayer {
     /// Kept heads (0 when every head was pruned: then `qkv` and `out` are absent).
     pub heads: usize,
-    /// `[Wq; Wk; Wv]` as one `[3 W, hidden]` weight with the concatenated biases.
-    pub qkv: Option<DevLinear>,
-    pub out: Option<DevLinear>,
-    /// The attention output bias (kept on its own for layers without heads).
-    pub out_bias: CudaSlice<f32>,
+    /// Q, K and V projections.
+    pub qkv: Option<[Proj; 3]>,
+    pub out: Option<Proj>,
+    /// The attention output bias (for layers without heads).
+    pub out_bias: u64,
     pub ln1: DevLayerNorm,
-    pub intermediate: DevLinear,
-    pub ffn_out: DevLinear,
+    pub intermediate: Proj,
+    pub ffn_out: Proj,
     pub ln2: DevLayerNorm,
 }
 
 /// Every tensor of the model on the device.
 pub(crate) struct DevWeights {
-    pub word: CudaSlice<u16>,
-    pub position: CudaSlice<u16>,
-    pub token_type: CudaSlice<u16>,
+    /// The embedding tables as f16 `[rows, hidden]` (word, position, token type).
+    pub tables: [u64; 3],
     pub embeddings_ln: DevLayerNorm,
     pub layers: Vec<DevLayer>,
-    pub pooler: Option<DevLinear>,
-    pub classifier: Option<DevLinear>,
+    pub pooler: Option<Proj>,
+    pub classifier: Option<Proj>,
     /// Widest intermediate (FFN) size over the layers.
     pub max_intermediate: usize,
     /// Widest attention width (heads x head_dim) over the layers.
     pub max_width: usize,
+    /// Bytes of f16 copies made for bf16 weights.
+    pub converted_bytes: usize,
+    /// Owns the f16 copies of bf16 tables.
+    _tables_owned: Vec<CudaSlice<u16>>,
+    /// The file's tensors (every address above points into it or into a copy owned here).
+    pub model: DeviceModel,
 }
 
 fn get<'f>(file: &'f EtsFile, name: &str) -> Result<TensorView<'f>, RuntimeError> {
@@ -78,62 +94,100 @@ fn to_f16_bits(values: &[f32]) -> Vec<u16> {
     values.iter().map(|&v| f16::from_f32(v).to_bits()).collect()
 }
 
-fn upload_f32(rt: &CudaRuntime, values: &[f32]) -> Result<CudaSlice<f32>, RuntimeError> {
-    Ok(rt.upload(values)?)
+/// The f32 values of 1-D tensor `name` of `len` values, shape checked.
+fn vector(
+    model: &DeviceModel,
+    file: &EtsFile,
+    name: &str,
+    len: usize,
+) -> Result<u64, RuntimeError> {
+    check_shape(&get(file, name)?, &[len])?;
+    Ok(addr(&model.f32_values(name)?))
 }
 
-fn vector(file: &EtsFile, name: &str, len: usize) -> Result<Vec<f32>, RuntimeError> {
-    let v = get(file, name)?;
-    check_shape(&v, &[len])?;
-    Ok(v.to_dense_f32())
-}
-
-/// A `[rows, cols]` tensor of any encoding as dense f32, its shape checked.
-fn matrix(file: &EtsFile, name: &str, rows: usize, cols: usize) -> Result<Vec<f32>, RuntimeError> {
+/// A `[rows, cols]` weight as the linear layer reads it: in place when stored as f16, else an
+/// f16 dense copy (returned with it).
+fn weight(
+    rt: &CudaRuntime,
+    model: &DeviceModel,
+    file: &EtsFile,
+    name: &str,
+    rows: usize,
+    cols: usize,
+) -> Result<(LinearWeight, Option<CudaSlice<u16>>), RuntimeError> {
     let v = get(file, name)?;
     check_shape(&v, &[rows, cols])?;
-    Ok(v.to_dense_f32())
+    let w = model.linear(name)?;
+    if w.elem() == ElemType::F16 {
+        return Ok((w, None));
+    }
+    let copy = rt.upload(&to_f16_bits(&v.to_dense_f32()))?;
+    let dense = LinearWeight::Dense {
+        w: copy.ptr(),
+        n: rows,
+        k: cols,
+        elem: ElemType::F16,
+    };
+    Ok((dense, Some(copy)))
 }
 
+fn proj(
+    rt: &CudaRuntime,
+    model: &DeviceModel,
+    file: &EtsFile,
+    (w, b): (&str, &str),
+    n: usize,
+    k: usize,
+) -> Result<Proj, RuntimeError> {
+    let (weight, converted) = weight(rt, model, file, w, n, k)?;
+    Ok(Proj {
+        name: w.to_string(),
+        n,
+        k,
+        weight,
+        bias: {
+            vector(model, file, b, n)?;
+            b.to_string()
+        },
+        _converted: converted,
+    })
+}
+
+/// An embedding table `[rows, h]` as dense f16: the file's bytes when stored so, else a copy.
 fn table(
     rt: &CudaRuntime,
+    model: &DeviceModel,
     file: &EtsFile,
     name: &str,
     rows: usize,
     h: usize,
-) -> Result<CudaSlice<u16>, RuntimeError> {
-    Ok(rt.upload(&to_f16_bits(&matrix(file, name, rows, h)?))?)
+    owned: &mut Vec<CudaSlice<u16>>,
+) -> Result<u64, RuntimeError> {
+    match weight(rt, model, file, name, rows, h)? {
+        (LinearWeight::Dense { w, .. }, copy) => {
+            owned.extend(copy);
+            Ok(w)
+        }
+        _ => {
+            let v = get(file, name)?;
+            let copy = rt.upload(&to_f16_bits(&v.to_dense_f32()))?;
+            let p = copy.ptr();
+            owned.push(copy);
+            Ok(p)
+        }
+    }
 }
 
 fn layer_norm(
-    rt: &CudaRuntime,
+    model: &DeviceModel,
     file: &EtsFile,
     w: &str,
     b: &str,
     h: usize,
 ) -> Result<DevLayerNorm, RuntimeError> {
     Ok(DevLayerNorm {
-        gamma: upload_f32(rt, &vector(file, w, h)?)?,
-        beta: upload_f32(rt, &vector(file, b, h)?)?,
-    })
-}
-
-/// Densifies (fallback path) and uploads `weight` `[n, k]` with its bias.
-fn linear(
-    rt: &CudaRuntime,
-    file: &EtsFile,
-    weight: &str,
-    bias: &str,
-    n: usize,
-    k: usize,
-) -> Result<DevLinear, RuntimeError> {
-    let w = matrix(file, weight, n, k)?;
-    let b = vector(file, bias, n)?;
-    Ok(DevLinear {
-        n,
-        k,
-        weight: rt.upload(&to_f16_bits(&w))?,
-        bias: Some(upload_f32(rt, &b)?),
+        gamma: vector(model, file, w, h)?,
+        beta: vector(model, file, b, h)?,
     })
 }
 
@@ -177,6 +231,7 @@ pub(crate) fn check_config(c: &ModelConfig) -> Result<(), RuntimeError> {
 
 fn load_layer(
     rt: &CudaRuntime,
+    model: &DeviceModel,
     file: &EtsFile,
     c: &ModelConfig,
     i: usize,
@@ -185,57 +240,48 @@ fn load_layer(
     let heads = c.heads_per_layer.get(i).copied().unwrap_or(0) as usize;
     let width = heads * c.head_dim as usize;
     let name = |t: LayerTensor| t.name(i);
-    let out_bias_v = vector(file, &name(LayerTensor::OutputBias), h)?;
+    let pair = |w: LayerTensor, b: LayerTensor| (name(w), name(b));
+    let p = |(w, b): (String, String), n: usize, k: usize| proj(rt, model, file, (&w, &b), n, k);
+    let out_bias = vector(model, file, &name(LayerTensor::OutputBias), h)?;
     let (qkv, out) = if heads == 0 {
         (None, None)
     } else {
-        let mut w = Vec::with_capacity(3 * width * h);
-        let mut b = Vec::with_capacity(3 * width);
-        for (wt, bt) in [
-            (LayerTensor::QueryWeight, LayerTensor::QueryBias),
-            (LayerTensor::KeyWeight, LayerTensor::KeyBias),
-            (LayerTensor::ValueWeight, LayerTensor::ValueBias),
-        ] {
-            w.extend(matrix(file, &name(wt), width, h)?);
-            b.extend(vector(file, &name(bt), width)?);
-        }
-        let qkv = DevLinear {
-            n: 3 * width,
-            k: h,
-            weight: rt.upload(&to_f16_bits(&w))?,
-            bias: Some(upload_f32(rt, &b)?),
-        };
-        let out = linear(
-            rt,
-            file,
-            &name(LayerTensor::OutputWeight),
-            &name(LayerTensor::OutputBias),
+        let q = p(
+            pair(LayerTensor::QueryWeight, LayerTensor::QueryBias),
+            width,
+            h,
+        )?;
+        let k = p(pair(LayerTensor::KeyWeight, LayerTensor::KeyBias), width, h)?;
+        let v = p(
+            pair(LayerTensor::ValueWeight, LayerTensor::ValueBias),
+            width,
+            h,
+        )?;
+        let out = p(
+            pair(LayerTensor::OutputWeight, LayerTensor::OutputBias),
             h,
             width,
         )?;
-        (Some(qkv), Some(out))
+        (Some([q, k, v]), Some(out))
     };
     let inter = crate::runtime::ffn_width(file, c, i)?;
-    let ln = |w: LayerTensor, b: LayerTensor| layer_norm(rt, file, &name(w), &name(b), h);
+    let ln = |w: LayerTensor, b: LayerTensor| layer_norm(model, file, &name(w), &name(b), h);
     Ok(DevLayer {
         heads,
         qkv,
         out,
-        out_bias: upload_f32(rt, &out_bias_v)?,
+        out_bias,
         ln1: ln(LayerTensor::AttentionLnWeight, LayerTensor::AttentionLnBias)?,
-        intermediate: linear(
-            rt,
-            file,
-            &name(LayerTensor::IntermediateWeight),
-            &name(LayerTensor::IntermediateBias),
+        intermediate: p(
+            pair(
+                LayerTensor::IntermediateWeight,
+                LayerTensor::IntermediateBias,
+            ),
             inter,
             h,
         )?,
-        ffn_out: linear(
-            rt,
-            file,
-            &name(LayerTensor::FfnOutputWeight),
-            &name(LayerTensor::FfnOutputBias),
+        ffn_out: p(
+            pair(LayerTensor::FfnOutputWeight, LayerTensor::FfnOutputBias),
             h,
             inter,
         )?,
@@ -243,45 +289,17 @@ fn load_layer(
     })
 }
 
-/// Checks and uploads every tensor the forward pass needs.
-pub(crate) fn upload(rt: &CudaRuntime, file: &EtsFile) -> Result<DevWeights, RuntimeError> {
-    let c = file.model();
-    check_config(c)?;
+/// The pooler and classifier, when the file has them.
+fn heads(
+    rt: &CudaRuntime,
+    model: &DeviceModel,
+    file: &EtsFile,
+    c: &ModelConfig,
+) -> Result<(Option<Proj>, Option<Proj>), RuntimeError> {
     let h = c.hidden_size as usize;
-    let word = table(rt, file, names::WORD_EMBEDDINGS, c.vocab_size as usize, h)?;
-    let position = table(
-        rt,
-        file,
-        names::POSITION_EMBEDDINGS,
-        c.max_position_embeddings as usize,
-        h,
-    )?;
-    let token_type = table(
-        rt,
-        file,
-        names::TOKEN_TYPE_EMBEDDINGS,
-        c.type_vocab_size as usize,
-        h,
-    )?;
-    let embeddings_ln = layer_norm(
-        rt,
-        file,
-        names::EMBEDDINGS_LN_WEIGHT,
-        names::EMBEDDINGS_LN_BIAS,
-        h,
-    )?;
-    let layers = (0..c.num_layers as usize)
-        .map(|i| load_layer(rt, file, c, i))
-        .collect::<Result<Vec<_>, _>>()?;
     let pooler = if file.has_tensor(names::POOLER_WEIGHT) {
-        Some(linear(
-            rt,
-            file,
-            names::POOLER_WEIGHT,
-            names::POOLER_BIAS,
-            h,
-            h,
-        )?)
+        let names = (names::POOLER_WEIGHT, names::POOLER_BIAS);
+        Some(proj(rt, model, file, names, h, h)?)
     } else {
         None
     };
@@ -294,32 +312,87 @@ pub(crate) fn upload(rt: &CudaRuntime, file: &EtsFile) -> Result<DevWeights, Run
                 .copied()
                 .unwrap_or(0) as usize,
         };
-        Some(linear(
-            rt,
-            file,
-            names::CLASSIFIER_WEIGHT,
-            names::CLASSIFIER_BIAS,
-            labels,
-            h,
-        )?)
+        let names = (names::CLASSIFIER_WEIGHT, names::CLASSIFIER_BIAS);
+        Some(proj(rt, model, file, names, labels, h)?)
     } else {
         None
     };
+    Ok((pooler, classifier))
+}
+
+/// Checks and uploads every tensor the forward pass needs.
+pub(crate) fn upload(rt: &CudaRuntime, file: &EtsFile) -> Result<DevWeights, RuntimeError> {
+    let c = file.model();
+    check_config(c)?;
+    let model = DeviceModel::upload(rt, file)?;
+    let h = c.hidden_size as usize;
+    let mut owned = Vec::new();
+    let rows = [
+        (names::WORD_EMBEDDINGS, c.vocab_size),
+        (names::POSITION_EMBEDDINGS, c.max_position_embeddings),
+        (names::TOKEN_TYPE_EMBEDDINGS, c.type_vocab_size),
+    ];
+    let mut tables = [0u64; 3];
+    for (slot, (name, r)) in tables.iter_mut().zip(rows) {
+        *slot = table(rt, &model, file, name, r as usize, h, &mut owned)?;
+    }
+    let embeddings_ln = layer_norm(
+        &model,
+        file,
+        names::EMBEDDINGS_LN_WEIGHT,
+        names::EMBEDDINGS_LN_BIAS,
+        h,
+    )?;
+    let layers = (0..c.num_layers as usize)
+        .map(|i| load_layer(rt, &model, file, c, i))
+        .collect::<Result<Vec<_>, _>>()?;
+    let (pooler, classifier) = heads(rt, &model, file, c)?;
     let max_intermediate = layers.iter().map(|l| l.intermediate.n).max().unwrap_or(0);
     let max_width = layers
         .iter()
         .map(|l| l.heads * c.head_dim as usize)
         .max()
         .unwrap_or(0);
+    let mut converted_bytes: usize = owned.iter().map(|b| b.len()).sum();
+    for p in all_projections(&layers, &pooler, &classifier) {
+        converted_bytes += p._converted.as_ref().map_or(0, |b| b.len());
+    }
     Ok(DevWeights {
-        word,
-        position,
-        token_type,
+        tables,
         embeddings_ln,
         layers,
         pooler,
         classifier,
         max_intermediate,
         max_width,
+        converted_bytes,
+        _tables_owned: owned,
+        model,
     })
+}
+
+/// Every projection of the model, in forward order.
+pub(crate) fn all_projections<'a>(
+    layers: &'a [DevLayer],
+    pooler: &'a Option<Proj>,
+    classifier: &'a Option<Proj>,
+) -> impl Iterator<Item = &'a Proj> {
+    layers
+        .iter()
+        .flat_map(|l| {
+            l.qkv
+                .iter()
+                .flatten()
+                .chain(l.out.iter())
+                .chain([&l.intermediate, &l.ffn_out])
+        })
+        .chain(pooler.iter())
+        .chain(classifier.iter())
+}
+
+impl DevWeights {
+    /// Every projection of the model, in forward order.
+    pub fn projections(&self) -> impl Iterator<Item = &Proj> {
+        all_projections(&self.layers, &self.pooler, &self.classifier)
+    }
 }
