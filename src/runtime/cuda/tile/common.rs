@@ -390,15 +390,16 @@ pub(crate) fn grid_1d(total: usize) -> (u32, u32, u32) {
     ((total.div_ceil(256)).clamp(1, 65_535 * 8) as u32, 1, 1)
 }
 
-/// Runs a union kernel that takes the common tile arguments then the split-K workspace (`mma`,
-/// `wgmma`).
+/// Runs a union kernel of 256 threads with one CTA per `kern.bn()` features x `kern.bm()` tokens
+/// that takes the common tile arguments then the split-K workspace (`mma`, `wgmma`).
 ///
 /// # Safety
 /// `w`'s addresses are those of a live upload on this runtime's device.
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn launch_union(
     rt: &CudaRuntime,
-    g: UnionGrid<'_>,
+    kern: super::TileKernel,
+    smem: usize,
     x: &CudaView<'_, u16>,
     m: usize,
     w: &TileDeviceView,
@@ -408,6 +409,15 @@ pub(crate) unsafe fn launch_union(
 ) -> Result<(), CudaError> {
     check_io(x, m, w, ep, y)?;
     let ints = TileInts::new(m, w, ep)?;
+    let name = kern.entry_name(w);
+    let g = UnionGrid {
+        name: &name,
+        bn: kern.bn(),
+        bm: kern.bm(),
+        persistent: false,
+        threads: 256,
+        smem,
+    };
     let launch = UnionLaunch::new(rt, g, w, m, splits)?;
     let f = launch.kernel(rt)?;
     {

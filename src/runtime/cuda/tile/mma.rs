@@ -8,12 +8,9 @@ use cudarc::driver::{CudaView, CudaViewMut};
 use super::super::device::CudaRuntime;
 use super::super::epilogue::Epilogue;
 use super::super::error::CudaError;
-use super::common::{
-    launch_union, union_meta_bytes, TileDeviceView, TileShape, UnionGrid, TILE_BM, TILE_BN,
-};
+use super::common::{launch_union, union_meta_bytes, TileDeviceView, TileShape, TILE_BM, TILE_BN};
 use super::{DeviceLimits, TileFamily, TileKernel};
 
-const THREADS: u32 = 256;
 const STAGE_BYTES: usize = TILE_BM * 64 * 2;
 
 /// Dynamic shared memory of the `mma` kernel for tile height `th`: two operands of a 3-stage
@@ -57,17 +54,8 @@ impl TileFamily for Mma {
         y: &mut CudaViewMut<'_, u16>,
         splits: usize,
     ) -> Result<(), CudaError> {
-        let name = kern.entry_name(w);
-        let grid = UnionGrid {
-            name: &name,
-            bn: kern.bn(),
-            bm: kern.bm(),
-            persistent: false,
-            threads: THREADS,
-            smem: mma_smem_bytes(w.th),
-        };
-        // SAFETY: w's upload is the caller's.
-        unsafe { launch_union(rt, grid, x, m, w, ep, y, splits) }
+        // SAFETY: w's upload is the caller's; X, Y and the epilogue are checked by the launch.
+        unsafe { launch_union(rt, kern, mma_smem_bytes(w.th), x, m, w, ep, y, splits) }
     }
 }
 

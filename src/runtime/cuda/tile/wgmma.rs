@@ -9,12 +9,8 @@ use cudarc::driver::{CudaView, CudaViewMut};
 use super::super::device::CudaRuntime;
 use super::super::epilogue::Epilogue;
 use super::super::error::CudaError;
-use super::common::{
-    launch_union, union_meta_bytes, TileDeviceView, TileShape, UnionGrid, TILE_BM,
-};
+use super::common::{launch_union, union_meta_bytes, TileDeviceView, TileShape, TILE_BM};
 use super::{DeviceLimits, TileFamily, TileKernel};
-
-const THREADS: u32 = 256;
 
 /// Dynamic shared memory of the wgmma kernel with `bn`-feature groups: the stage ring (96 KiB for
 /// both group sizes), 1 KiB for aligning it to the swizzle period, and the union list.
@@ -68,17 +64,20 @@ impl TileFamily for Wgmma {
         y: &mut CudaViewMut<'_, u16>,
         splits: usize,
     ) -> Result<(), CudaError> {
-        let name = kern.entry_name(w);
-        let grid = UnionGrid {
-            name: &name,
-            bn: kern.bn(),
-            bm: kern.bm(),
-            persistent: false,
-            threads: THREADS,
-            smem: wg_smem_bytes(kern.bn(), w.th),
-        };
-        // SAFETY: w's upload is the caller's.
-        unsafe { launch_union(rt, grid, x, m, w, ep, y, splits) }
+        // SAFETY: w's upload is the caller's; X, Y and the epilogue are checked by the launch.
+        unsafe {
+            launch_union(
+                rt,
+                kern,
+                wg_smem_bytes(kern.bn(), w.th),
+                x,
+                m,
+                w,
+                ep,
+                y,
+                splits,
+            )
+        }
     }
 }
 
