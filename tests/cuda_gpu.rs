@@ -96,7 +96,7 @@ fn gpu_dispatch_decisions_persist_and_options_force() {
     let keep = top_norm_mask(&w, n, k, 16, 16, 0.5);
     let h = HostTiles::from_dense(&w, n, k, 16, 16, &keep, ElemType::F16).unwrap();
     let tiles = DeviceTiles::upload(&rt, &h).unwrap();
-    let lw = LinearWeight::Tile(tiles.view);
+    let lw = LinearWeight::Tile(tiles.view());
     // SAFETY: tiles, the upload lw points into, lives to the end of the test.
     let decide = |d: Dispatcher| unsafe { d.decide(&rt, "w", &lw, 1000) }.unwrap();
     let dir = tempfile::tempdir().unwrap();

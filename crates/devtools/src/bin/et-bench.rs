@@ -514,7 +514,7 @@ fn dispatch_demo(rt: &CudaRuntime, rng: &mut Rng) -> Result<(), CudaError> {
         .map_err(CudaError::Invalid)?;
         let tiles = upload::DeviceTiles::upload(rt, &h)?;
         // SAFETY: tiles, the upload the view points into, is alive (kept below).
-        unsafe { d.decide(rt, name, &cuda::LinearWeight::Tile(tiles.view), 4096)? };
+        unsafe { d.decide(rt, name, &cuda::LinearWeight::Tile(tiles.view()), 4096)? };
         keep_alive.push(tiles);
     }
     print!("{}", format_table(&d.table()));

@@ -204,7 +204,7 @@ pub fn bench_one(
     let h = HostTiles::from_dense(&inp.w_dense, n, k, th, tw, &keep, ElemType::F16)
         .map_err(CudaError::Invalid)?;
     let tiles = DeviceTiles::upload(rt, &h)?;
-    let view = tiles.view;
+    let view = tiles.view();
     let ep = Epilogue::default();
     let dev = rt.limits();
     let auto = tile::auto_kernel(&dev, &view, tokens);

@@ -193,7 +193,7 @@ pub fn check_case_masked(
                 HostTiles::from_dense(&w, n, k, th, tw, &keep, elem).map_err(CudaError::Invalid)?;
             let dense = h.to_dense_f32();
             let tiles = DeviceTiles::upload(rt, &h)?;
-            let view = tiles.view;
+            let view = tiles.view();
             let fb = if path == CheckPath::TileViaCublas {
                 // SAFETY: tiles (the upload the view points into) is alive.
                 Some(unsafe { gemm::densify(rt, &view)? })

@@ -97,23 +97,24 @@ impl TileShape {
 /// A tile-encoded weight on the device: its [`TileShape`] and the device addresses the kernels
 /// read (the file's bitmap, row offsets and values in place, and the register-operand kernel's
 /// stage plans). Only an upload builds one ([`super::super::DeviceModel`],
-/// [`super::super::upload::DeviceTiles`]); the addresses stay valid while the value that owns
-/// the allocation lives.
+/// [`super::super::upload::DeviceTiles`]), so the addresses always describe the weight its shape
+/// says; they stay valid while the value that owns the allocation lives, which is why every
+/// launch that takes a view is `unsafe`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct TileDeviceView {
     /// What planning reads.
     pub shape: TileShape,
     /// Bitmap words (u64).
-    pub bitmap: u64,
+    pub(crate) bitmap: u64,
     /// Row offsets (u32, `grid_rows + 1`).
-    pub row_offsets: u64,
+    pub(crate) row_offsets: u64,
     /// Kept tile values.
-    pub values: u64,
+    pub(crate) values: u64,
     /// The register-operand kernel's stage plans on the device, 0 when the weight's tile shape
     /// has none (the kernel then cannot run it).
-    pub rs_plans: u64,
+    pub(crate) rs_plans: u64,
     /// Plans per feature group in `rs_plans`.
-    pub rs_plan_stride: usize,
+    pub(crate) rs_plan_stride: usize,
 }
 
 impl Deref for TileDeviceView {

@@ -15,11 +15,15 @@ pub struct DeviceTiles {
     _row_offsets: CudaSlice<u32>,
     _values: CudaSlice<u16>,
     _rs_plans: Option<CudaSlice<u8>>,
-    /// What the tile kernels read.
-    pub view: TileDeviceView,
+    view: TileDeviceView,
 }
 
 impl DeviceTiles {
+    /// What the tile kernels read; valid while `self` lives.
+    pub fn view(&self) -> TileDeviceView {
+        self.view
+    }
+
     /// Uploads the bitmap, row offsets and values of `h`.
     pub fn upload(rt: &CudaRuntime, h: &HostTiles) -> Result<Self, CudaError> {
         let (bitmap, row_offsets, values) = (
