@@ -27,20 +27,22 @@ export LD_LIBRARY_PATH="$links:$CUDA_HOME/lib64:${LD_LIBRARY_PATH:-}"
 export ETS_KERNEL_CACHE="${ETS_KERNEL_CACHE:-$(mktemp -d)}"
 
 sweep_rows() {
-    local nk tile d
-    for nk in "2304 768" "768 768" "3072 768" "768 3072"; do
-        set -- $nk
-        local base="--tokens 16384 --n $1 --k $2"
-        for d in 1 0.5 0.3 0.2 0.1; do echo "$base --density $d --tile 16"; done
-        for d in 0.5 0.2 0.1; do echo "$base --density $d --tile 16 --grouped"; done
-        for d in 1 0.5 0.2 0.1; do echo "$base --density $d --tile 64"; done
-        for d in 0.5 0.2 0.1; do echo "$base --density $d --tile 64 --grouped"; done
-        for d in 0.5 0.2 0.1; do echo "$base --density $d --tile 32"; done
-        for d in 0.5 0.2 0.1; do echo "$base --density $d --tile 128 --tw 16"; done
-        for d in 0.5 0.2 0.1; do echo "$base --density $d --tile 64 --tw 16"; done
+    local fam d nk
+    for fam in "1 0.5 0.3 0.2 0.1|--tile 16" "0.5 0.2 0.1|--tile 16 --grouped" \
+        "1 0.5 0.2 0.1|--tile 64" "0.5 0.2 0.1|--tile 64 --grouped" "0.5 0.2 0.1|--tile 32" \
+        "0.5 0.2 0.1|--tile 128 --tw 16" "0.5 0.2 0.1|--tile 64 --tw 16"; do
+        for d in ${fam%%|*}; do
+            for nk in "2304 768" "768 768" "3072 768" "768 3072"; do
+                set -- $nk
+                echo "--tokens 16384 --n $1 --k $2 --density $d ${fam#*|}"
+            done
+        done
     done
 }
-rows="${ETS_GUARD_ROWS:-$(sweep_rows)}"
+# The rows in a stride-37 order (37 is prime to 96), so a run stopped by the time limit has
+# sampled every family and shape rather than finished some and skipped the others.
+spread() { awk '{ r[NR - 1] = $0 } END { for (i = 0; i < NR; i++) print r[(i * 37) % NR] }'; }
+rows="${ETS_GUARD_ROWS:-$(sweep_rows | spread)}"
 limit="${ETS_GUARD_SECONDS:-0}"
 log="$(mktemp)"
 start=$(date +%s)
