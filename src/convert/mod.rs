@@ -199,8 +199,8 @@ fn run_calibration(
         .unwrap_or_else(|| "out.ets".into());
     let tmp =
         |suffix: &str| output.with_file_name(format!(".{name}.{}.{suffix}", std::process::id()));
-    let temps = TempFiles(vec![tmp("dense"), tmp("pruned"), tmp("work")]);
-    let (dense, pruned, work) = (&temps.0[0], &temps.0[1], &temps.0[2]);
+    let temps = TempFiles(vec![tmp("dense"), tmp("pruned")]);
+    let (dense, pruned) = (&temps.0[0], &temps.0[1]);
     write_model(
         source,
         dense,
@@ -217,7 +217,6 @@ fn run_calibration(
         Some(calibrated::fit_model(
             source,
             &dense_file,
-            work,
             &opts.recipe,
             &texts,
         )?)
