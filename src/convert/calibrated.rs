@@ -29,6 +29,16 @@ pub(crate) struct Fitted {
     pub masks: BTreeMap<String, Vec<bool>>,
 }
 
+impl Fitted {
+    /// The shapes of the replacement tensors, as a tensor view states them.
+    pub(crate) fn shapes(&self) -> BTreeMap<&str, Vec<u64>> {
+        self.tensors
+            .iter()
+            .map(|(k, t)| (k.as_str(), t.shape.iter().map(|&d| d as u64).collect()))
+            .collect()
+    }
+}
+
 /// A source whose tensors are replaced where `map` has them.
 pub(crate) struct Overridden<'a> {
     pub inner: &'a dyn ModelSource,
@@ -57,10 +67,10 @@ impl ModelSource for Overridden<'_> {
 }
 
 /// A linear weight, its bias and its role.
-type Linear = (LayerTensor, LayerTensor, Role);
+pub(crate) type Linear = (LayerTensor, LayerTensor, Role);
 
 /// The linear stages of a layer, in calibration order, and which trace feeds each.
-const STAGES: [(&[Linear], Stage); 4] = [
+pub(crate) const STAGES: [(&[Linear], Stage); 4] = [
     (
         &[
             (
@@ -105,7 +115,7 @@ const STAGES: [(&[Linear], Stage); 4] = [
 
 /// Where a stage's input comes from; `Next` is the next layer's input.
 #[derive(Debug, Clone, Copy)]
-enum Stage {
+pub(crate) enum Stage {
     Hidden,
     Context,
     AttentionOut,
@@ -151,7 +161,7 @@ struct BatchState {
 }
 
 /// The weights of `layer` that `recipe` calibrates in `stage`.
-fn stage_todo(recipe: &Recipe, layer: usize, weights: &'static [Linear]) -> Vec<Linear> {
+pub(crate) fn stage_todo(recipe: &Recipe, layer: usize, weights: &'static [Linear]) -> Vec<Linear> {
     weights
         .iter()
         .filter(|&&(w, _, role)| {
@@ -207,7 +217,7 @@ pub(crate) fn fit_model(
             )?;
             if let Some(stats) = stats {
                 for &(w, b, role) in &todo {
-                    fit_one(source, recipe, &stats, &mut fitted, layer, w, b, role)?;
+                    fit_one(source, recipe, &stats, &mut fitted, layer, w, b, role, true)?;
                 }
             }
         }
@@ -227,7 +237,7 @@ pub(crate) fn fit_model(
 }
 
 /// Layer `layer` of the pruned model: fitted tensors from `fitted`, the rest from `dense`.
-fn pruned_layer<'g>(
+pub(crate) fn pruned_layer<'g>(
     dense_enc: &CpuEncoder<'_>,
     dense: &'g EtsFile,
     fitted: &'g Fitted,
@@ -265,11 +275,7 @@ fn advance(
     stage: Stage,
     collect: bool,
 ) -> Result<Option<LinearStats>, ConvertError> {
-    let shapes: BTreeMap<&str, Vec<u64>> = fitted
-        .tensors
-        .iter()
-        .map(|(k, t)| (k.as_str(), t.shape.iter().map(|&d| d as u64).collect()))
-        .collect();
+    let shapes = fitted.shapes();
     let pl = pruned_layer(dense_enc, dense, fitted, &shapes, layer)?;
     let dl = dense_enc.layer(layer).map_err(|e| err(&e))?;
     let e = |e: RuntimeError| err(&e);
@@ -325,9 +331,10 @@ fn advance(
     Ok(stats)
 }
 
-/// Fits one weight and its bias under its plan and records them.
+/// Fits one weight and its bias under its plan and records them; `greedy` chooses tiles by
+/// greedy removal, otherwise by activation-aware scores.
 #[allow(clippy::too_many_arguments)]
-fn fit_one(
+pub(crate) fn fit_one(
     source: &dyn ModelSource,
     recipe: &Recipe,
     stats: &LinearStats,
@@ -336,6 +343,7 @@ fn fit_one(
     w: LayerTensor,
     b: LayerTensor,
     role: Role,
+    greedy: bool,
 ) -> Result<(), ConvertError> {
     let (wname, bname) = (w.name(layer), b.name(layer));
     let plan = recipe.plan(&wname, layer, role);
@@ -376,7 +384,7 @@ fn fit_one(
         (th, tw),
         band_rows,
         &budget,
-        true,
+        greedy,
     )
     .map_err(|e| ConvertError::Tensor {
         name: wname.clone(),
