@@ -268,7 +268,9 @@ mod tests {
             allocate(&mut ws, target);
             let mean = ws.iter().map(|w| w.params as f64 * w.sparsity).sum::<f64>() / 700.0;
             assert!((mean - target).abs() < 1e-9, "target {target}: mean {mean}");
-            assert!(ws.iter().all(|w| (0.0..=MAX_SPARSITY).contains(&w.sparsity)));
+            assert!(ws
+                .iter()
+                .all(|w| (0.0..=MAX_SPARSITY).contains(&w.sparsity)));
             // Same size, four times the drop: less sparsity (half, unless capped).
             assert!(ws[1].sparsity < ws[0].sparsity || ws[0].sparsity == MAX_SPARSITY);
             // A weight whose removal changes nothing takes the most.

@@ -71,15 +71,37 @@ pub(crate) fn matmul<T: Copy + 'static + From<i8>>(
     subtract: bool,
     threads: Threads,
 ) {
+    matmul_strided(dst, b.cols, a, b, accumulate, subtract, threads);
+}
+
+/// [`matmul`] into a `dst` whose rows are `dst_rs` elements apart.
+pub(crate) fn matmul_strided<T: Copy + 'static + From<i8>>(
+    dst: &mut [T],
+    dst_rs: usize,
+    a: View<'_, T>,
+    b: View<'_, T>,
+    accumulate: bool,
+    subtract: bool,
+    threads: Threads,
+) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
-    let ok = b.rows == k && a.in_bounds() && b.in_bounds() && dst.len() >= m * n;
+    let dst_ok = m == 0
+        || n == 0
+        || (dst_rs >= n
+            && (m - 1)
+                .checked_mul(dst_rs)
+                .and_then(|v| v.checked_add(n))
+                .is_some_and(|end| end <= dst.len()));
+    let ok = b.rows == k && a.in_bounds() && b.in_bounds() && dst_ok;
     debug_assert!(ok, "matmul shapes {m}x{k} * {}x{n}", b.rows);
     if !ok || m == 0 || n == 0 {
         return;
     }
     if k == 0 {
         if !accumulate {
-            dst[..m * n].fill(T::from(0));
+            dst.chunks_mut(dst_rs)
+                .take(m)
+                .for_each(|r| r[..n].fill(T::from(0)));
         }
         return;
     }
@@ -89,8 +111,9 @@ pub(crate) fn matmul<T: Copy + 'static + From<i8>>(
         Threads::Pool => gemm::Parallelism::Rayon(0),
     };
     // SAFETY: `in_bounds` checked that every (i, j) of `a` and `b` addresses an element of its
-    // slice, `dst` holds at least m * n elements addressed row-major, and `dst` is a unique
-    // borrow distinct from the shared borrows of `a` and `b`.
+    // slice, `dst_ok` that every (i, j) of `dst` (row stride `dst_rs`, rows at least `n` apart)
+    // lies inside `dst`, and `dst` is a unique borrow distinct from the shared borrows of `a`
+    // and `b`.
     unsafe {
         gemm::gemm(
             m,
@@ -98,7 +121,7 @@ pub(crate) fn matmul<T: Copy + 'static + From<i8>>(
             k,
             dst.as_mut_ptr(),
             1,
-            n as isize,
+            dst_rs as isize,
             accumulate,
             a.data.as_ptr(),
             a.cs as isize,
@@ -161,20 +184,14 @@ pub fn cholesky(a: &[f64], n: usize) -> Result<Vec<f64>, CalibratedError> {
                 row[j0 + j] = (row[j0 + j] - s) / l11[j * n + j0 + j];
             }
         });
-        // Trailing update: A22 -= L21 L21^T (the full block; its upper part is cleared below).
+        // Trailing update in place: A22 -= L21 L21^T over the whole block (only its lower
+        // triangle is read later; the upper one is cleared at the end).
         let panel: Vec<f64> = tail
             .chunks(n)
             .flat_map(|r| r[j0..j0 + nb].iter().copied())
             .collect();
-        let mut upd = vec![0f64; below * below];
         let p = View::rows(&panel, below, nb);
-        matmul(&mut upd, p, p.t(), false, false, Threads::Pool);
-        tail.par_chunks_mut(n).enumerate().for_each(|(i, row)| {
-            let dst = &mut row[j0 + nb..j0 + nb + i + 1];
-            for (v, u) in dst.iter_mut().zip(&upd[i * below..]) {
-                *v -= u;
-            }
-        });
+        matmul_strided(&mut tail[j0 + nb..], n, p, p.t(), true, true, Threads::Pool);
     }
     for i in 0..n {
         l[i * n + i + 1..(i + 1) * n].fill(0.0);
@@ -210,17 +227,18 @@ pub fn cholesky_solve(l: &[f64], n: usize, b: &mut [f64], k: usize) {
     }
 }
 
-/// Inverse of the lower triangular `l` (`n x n`, row-major), blocked by columns of blocks.
-fn lower_inverse(l: &[f64], n: usize) -> Vec<f64> {
-    let mut x = vec![0f64; n * n];
-    let starts: Vec<usize> = (0..n).step_by(BLOCK).collect();
-    // Each block column of X = L^-1 is independent: X_jj = L_jj^-1 and, below it,
+/// The transpose of the inverse of the lower triangular `l` (`n x n`, row-major): `L^-T`,
+/// blocked by block columns of `L^-1` (block rows of the result), each computed independently.
+fn lower_inverse_t(l: &[f64], n: usize) -> Vec<f64> {
+    let mut xt = vec![0f64; n * n];
+    // Block column j of X = L^-1: X_jj = L_jj^-1 and, below it,
     // X_ij = -L_ii^-1 (sum_{j<=p<i} L_ip X_pj).
-    let cols: Vec<Vec<f64>> = starts
-        .par_iter()
-        .map(|&j0| {
+    xt.par_chunks_mut(n * BLOCK)
+        .enumerate()
+        .for_each(|(jb, out)| {
+            let j0 = jb * BLOCK;
             let nb = BLOCK.min(n - j0);
-            // Column block j, rows j0..n, `nb` wide.
+            // Block column j, rows j0..n, `nb` wide.
             let h = n - j0;
             let mut c = vec![0f64; h * nb];
             for bi in (j0..n).step_by(BLOCK) {
@@ -254,24 +272,22 @@ fn lower_inverse(l: &[f64], n: usize) -> Vec<f64> {
                 let off = (bi - j0) * nb;
                 c[off..off + mb * nb].copy_from_slice(&rhs);
             }
-            c
-        })
-        .collect();
-    for (&j0, c) in starts.iter().zip(&cols) {
-        let nb = BLOCK.min(n - j0);
-        for (r, row) in c.chunks(nb).enumerate() {
-            x[(j0 + r) * n + j0..(j0 + r) * n + j0 + nb].copy_from_slice(row);
-        }
-    }
-    x
+            for (r, row) in c.chunks(nb).enumerate() {
+                for (t, &v) in row.iter().enumerate() {
+                    out[t * n + j0 + r] = v;
+                }
+            }
+        });
+    xt
 }
 
 /// Inverse of a symmetric positive definite matrix: `L^-T L^-1` from its Cholesky factor.
 pub fn spd_inverse(a: &[f64], n: usize) -> Result<Vec<f64>, CalibratedError> {
     let l = cholesky(a, n)?;
-    let x = lower_inverse(&l, n);
+    let xt = lower_inverse_t(&l, n);
+    drop(l);
     let mut inv = vec![0f64; n * n];
-    let xv = View::rows(&x, n, n);
-    matmul(&mut inv, xv.t(), xv, false, false, Threads::Pool);
+    let xv = View::rows(&xt, n, n);
+    matmul(&mut inv, xv, xv.t(), false, false, Threads::Pool);
     Ok(inv)
 }
