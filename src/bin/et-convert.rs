@@ -71,7 +71,7 @@ struct Args {
     #[arg(long, alias = "calibrate-limit", default_value_t = 2048)]
     calibrate_samples: usize,
     /// With --calibrate: fail (exit 1, nothing written) when the output cosine is below this.
-    #[arg(long, requires = "calibrate")]
+    #[arg(long, requires = "calibrate", value_parser = parse_cosine)]
     min_cosine: Option<f64>,
 }
 
@@ -88,6 +88,13 @@ fn parse_fraction(s: &str) -> Result<f64, String> {
         Ok(v)
     } else {
         Err(format!("sparsity {v} must be at least 0 and below 1"))
+    }
+}
+
+fn parse_cosine(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (-1.0..=1.0).contains(&v) => Ok(v),
+        _ => Err(format!("{s:?} is not a cosine (a number from -1 to 1)")),
     }
 }
 
@@ -231,6 +238,9 @@ fn print_table(r: &ConvertReport, recipe: &Recipe) {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Err(e) = ets::files::exit_cleanly_on_signals() {
+        eprintln!("et-convert: warning: cannot remove temporary files on Ctrl-C: {e}");
+    }
     let recipe = match build_recipe(&args) {
         Ok(r) => r,
         Err(e) => {

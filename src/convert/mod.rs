@@ -12,6 +12,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use crate::files::TempPath;
 use crate::format::{
     names, Dtype, EncodedTensor, EtsWriter, FormatError, ModelConfig, WriteOptions,
 };
@@ -37,6 +38,14 @@ pub enum ConvertError {
         name: String,
         /// What is wrong.
         reason: String,
+    },
+    /// A value is beyond the range of f16 (largest finite 65504), the chosen storage type.
+    #[error("tensor {name}: the value {value} is beyond the f16 range (largest 65504) and would be stored as infinity; convert with --dtype bf16 (or f32)")]
+    F16Overflow {
+        /// Canonical name.
+        name: String,
+        /// The first value out of range.
+        value: f32,
     },
     /// Calibration could not run or the pruned model fell below `--min-cosine`.
     #[error("calibration: {0}")]
@@ -172,17 +181,6 @@ pub fn convert(
     })
 }
 
-/// Temporary files removed on drop.
-struct TempFiles(Vec<PathBuf>);
-
-impl Drop for TempFiles {
-    fn drop(&mut self) {
-        for p in &self.0 {
-            let _ = std::fs::remove_file(p);
-        }
-    }
-}
-
 /// Writes a dense f32 reference and the pruned model to temporary files beside the output,
 /// compares them on the sentences, and enforces `--min-cosine`. When the recipe keeps tiles, the
 /// pruned model is calibrated first: the refitted tensors and masks are returned for the output.
@@ -193,14 +191,8 @@ fn run_calibration(
     opts: &ConvertOptions,
 ) -> Result<(calibrate::Calibration, Option<calibrated::Fitted>), ConvertError> {
     let texts = calibrate::read_sentences(sentences, opts.calibrate_limit)?;
-    let name = output
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "out.ets".into());
-    let tmp =
-        |suffix: &str| output.with_file_name(format!(".{name}.{}.{suffix}", std::process::id()));
-    let temps = TempFiles(vec![tmp("dense"), tmp("pruned"), tmp("work")]);
-    let (dense, pruned, work) = (&temps.0[0], &temps.0[1], &temps.0[2]);
+    let temps = ["dense", "pruned", "work"].map(|s| TempPath::beside(output, s));
+    let [dense, pruned, work] = temps.each_ref().map(|t| t.path());
     write_model(
         source,
         dense,
@@ -362,6 +354,7 @@ fn encode_tensor(
     masks: Option<&BTreeMap<String, Vec<bool>>>,
 ) -> Result<EncodedTensor, ConvertError> {
     let tensor = source.load(name)?;
+    check_values(name, &tensor, dtype)?;
     Ok(match Role::of_name(name) {
         Some((layer, role)) => {
             let plan = recipe.plan(name, layer, role);
@@ -409,6 +402,30 @@ fn encode_tensor(
             EncodedTensor::dense(shape, dtype, &tensor.data)?
         }
     })
+}
+
+/// Refuses a tensor with a value that is not finite, and a matrix stored as f16 with a value beyond
+/// the f16 range (it would become infinity and every output NaN). Vectors are stored as f32.
+fn check_values(name: &str, t: &SourceTensor, dtype: Dtype) -> Result<(), ConvertError> {
+    if let Some(v) = t.data.iter().find(|v| !v.is_finite()) {
+        return Err(ConvertError::Tensor {
+            name: name.to_string(),
+            reason: format!("the source holds the value {v}"),
+        });
+    }
+    if dtype == Dtype::F16 && t.shape.len() > 1 {
+        let too_big = t
+            .data
+            .iter()
+            .find(|v| half::f16::from_f32(**v).is_infinite());
+        if let Some(v) = too_big {
+            return Err(ConvertError::F16Overflow {
+                name: name.to_string(),
+                value: *v,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The recipe as stored in the file: what was asked, and what each weight got.

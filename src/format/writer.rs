@@ -17,6 +17,7 @@ use super::reader::hex;
 use super::tiles::EncodedTensor;
 use super::validate::align_up;
 use super::*;
+use crate::files::{OutputTarget, TempPath};
 
 /// Options for [`EtsWriter::create`].
 #[derive(Debug, Clone, Copy, Default)]
@@ -30,6 +31,8 @@ pub struct EtsWriter {
     target: PathBuf,
     data_path: PathBuf,
     final_tmp: PathBuf,
+    /// Registrations of the two temporary files (removed on drop and on a signal).
+    _temps: [TempPath; 2],
     data: Option<BufWriter<File>>,
     /// Bytes written to the data file so far (relative to the data start).
     written: u64,
@@ -38,28 +41,38 @@ pub struct EtsWriter {
     overwrite: bool,
 }
 
-fn temp_sibling(target: &Path, suffix: &str) -> PathBuf {
-    let name = target
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "out.ets".into());
-    target.with_file_name(format!(".{name}.{}.{suffix}", std::process::id()))
+/// Refuses an existing target unless `overwrite`, and a target that is not a regular file always
+/// (a device node or pipe is never replaced by a file).
+fn check_target(target: &Path, overwrite: bool) -> Result<(), FormatError> {
+    match OutputTarget::of(target) {
+        OutputTarget::Absent => Ok(()),
+        OutputTarget::Regular if overwrite => Ok(()),
+        OutputTarget::Regular => Err(FormatError::OutputExists {
+            path: target.to_path_buf(),
+        }),
+        OutputTarget::Special => Err(FormatError::OutputNotRegular {
+            path: target.to_path_buf(),
+        }),
+    }
 }
 
 impl EtsWriter {
     /// Starts a file at `target` (nothing appears under that name until [`EtsWriter::finish`]).
     pub fn create(target: impl AsRef<Path>, options: WriteOptions) -> Result<Self, FormatError> {
         let target = target.as_ref().to_path_buf();
-        if !options.overwrite && target.exists() {
-            return Err(FormatError::OutputExists { path: target });
-        }
-        let data_path = temp_sibling(&target, "data");
-        let final_tmp = temp_sibling(&target, "tmp");
+        check_target(&target, options.overwrite)?;
+        let temps = [
+            TempPath::beside(&target, "data"),
+            TempPath::beside(&target, "tmp"),
+        ];
+        let data_path = temps[0].path().to_path_buf();
+        let final_tmp = temps[1].path().to_path_buf();
         let file = File::create(&data_path).map_err(|e| FormatError::io(&data_path, e))?;
         Ok(EtsWriter {
             target,
             data_path,
             final_tmp,
+            _temps: temps,
             data: Some(BufWriter::with_capacity(1 << 20, file)),
             written: 0,
             sections: Vec::new(),
@@ -267,11 +280,7 @@ impl EtsWriter {
         self.assemble(&bytes, data_start, file_len)?;
         // Never leave an invalid file under the target name: check it as a reader would.
         super::EtsFile::open(&self.final_tmp)?;
-        if !self.overwrite && self.target.exists() {
-            return Err(FormatError::OutputExists {
-                path: self.target.clone(),
-            });
-        }
+        check_target(&self.target, self.overwrite)?;
         fs::rename(&self.final_tmp, &self.target).map_err(|e| FormatError::io(&self.target, e))?;
         Ok(())
     }
@@ -305,13 +314,5 @@ impl EtsWriter {
         }
         out.sync_all().map_err(io)?;
         Ok(())
-    }
-}
-
-impl Drop for EtsWriter {
-    fn drop(&mut self) {
-        // Whatever happened, no temporary file outlives the writer.
-        let _ = fs::remove_file(&self.data_path);
-        let _ = fs::remove_file(&self.final_tmp);
     }
 }

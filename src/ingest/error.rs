@@ -36,6 +36,14 @@ pub enum IngestError {
         /// The model file.
         model: PathBuf,
     },
+    /// The model is not an architecture this converter supports (found before any other check).
+    #[error("{path}: {found} is not supported; supported: BERT encoders (model_type \"bert\": BERT, MiniLM, sentence-transformers BERT models)")]
+    UnsupportedModel {
+        /// The file that says what the model is.
+        path: PathBuf,
+        /// What was found, e.g. `model_type "gpt2"`.
+        found: String,
+    },
     /// config.json is not valid JSON or lacks a required field.
     #[error("{path}: invalid config: {reason}")]
     Config {
@@ -116,6 +124,23 @@ pub enum IngestError {
         /// What is wrong (absolute path, leaves the model's folder, missing, out of range).
         reason: String,
     },
+    /// A file beside the model that would be embedded is a link out of the model's folder, or not a
+    /// regular file.
+    #[error("{path}: not used: {reason}; only regular files inside the model's folder are embedded (name one with --tokenizer FILE)")]
+    UnsafeFile {
+        /// The file found beside the model.
+        path: PathBuf,
+        /// Where it leads, or what it is.
+        reason: String,
+    },
+    /// A tokenizer file does not parse.
+    #[error("{path}: not a usable tokenizer: {reason}")]
+    Tokenizer {
+        /// The tokenizer file.
+        path: PathBuf,
+        /// The parser's message.
+        reason: String,
+    },
     /// The graph is not a BERT encoder this reader recognises.
     #[error("{path}: not a BERT encoder graph: {reason} (at {at})")]
     NotBert {
@@ -138,6 +163,19 @@ pub enum IngestError {
         /// What is wrong.
         reason: String,
     },
+}
+
+/// Most lines kept in a list of problems; the rest are counted in one last line.
+pub const MAX_PROBLEMS: usize = 20;
+
+/// Keeps the first [`MAX_PROBLEMS`] lines and replaces the rest with `... and N more`.
+pub(crate) fn cap_problems(mut problems: Vec<String>) -> Vec<String> {
+    if problems.len() > MAX_PROBLEMS {
+        let more = problems.len() - MAX_PROBLEMS;
+        problems.truncate(MAX_PROBLEMS);
+        problems.push(format!("... and {more} more"));
+    }
+    problems
 }
 
 impl IngestError {

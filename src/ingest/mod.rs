@@ -15,10 +15,11 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+use crate::files;
 use crate::format::names::{self, LayerTensor};
 use crate::format::{ModelConfig, Provenance};
 
-pub use error::IngestError;
+pub use error::{IngestError, MAX_PROBLEMS};
 pub use onnx::OnnxSource;
 pub use safetensors_src::SafetensorsSource;
 
@@ -186,34 +187,66 @@ impl SourceProvenance {
 }
 
 /// Finds the tokenizer: the given file, else `tokenizer.json`, else `vocab.txt` beside the model.
+///
+/// A file found beside the model is embedded in the output, so it must be a regular file inside the
+/// model's folder once symbolic links are resolved (the rule of ONNX external data); a link that
+/// leads elsewhere is refused, never followed. Every tokenizer is read up to
+/// [`files::MAX_TOKENIZER_BYTES`] and parsed here, so that a broken one fails the conversion
+/// rather than the first run.
 pub(crate) fn find_tokenizer(
     model: &Path,
     opts: &IngestOptions,
 ) -> Result<Option<TokenizerBlob>, IngestError> {
     let read = |p: &Path, format: &str| -> Result<TokenizerBlob, IngestError> {
-        let bytes = std::fs::read(p).map_err(|e| IngestError::io(p, e))?;
+        let bytes =
+            files::read_capped(p, files::MAX_TOKENIZER_BYTES).map_err(|e| IngestError::io(p, e))?;
+        crate::runtime::cpu::TextTokenizer::from_bytes(format, &bytes, 512).map_err(|e| {
+            IngestError::Tokenizer {
+                path: p.to_path_buf(),
+                reason: e.to_string(),
+            }
+        })?;
         Ok(TokenizerBlob {
             format: format.to_string(),
             bytes,
         })
     };
     if let Some(p) = &opts.tokenizer {
-        let is_vocab = p.extension().is_some_and(|e| e.eq_ignore_ascii_case("txt"));
-        let format = if is_vocab {
-            "vocab.txt"
-        } else {
-            "tokenizer.json"
-        };
-        return read(p, format).map(Some);
+        return read(p, tokenizer_format(p)).map(Some);
     }
-    let dir = model.parent().unwrap_or_else(|| Path::new("."));
+    let dir = model_dir(model);
     for format in ["tokenizer.json", "vocab.txt"] {
         let p = dir.join(format);
-        if p.is_file() {
-            return read(&p, format).map(Some);
+        if std::fs::symlink_metadata(&p).is_err() {
+            continue;
         }
+        files::confined_file(&dir, &p).map_err(|reason| IngestError::UnsafeFile {
+            path: p.clone(),
+            reason,
+        })?;
+        return read(&p, format).map(Some);
     }
     Ok(None)
+}
+
+/// The tokenizer format a file's name implies: `vocab.txt` for `.txt`, else `tokenizer.json`.
+pub fn tokenizer_format(path: &Path) -> &'static str {
+    if path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("txt"))
+    {
+        "vocab.txt"
+    } else {
+        "tokenizer.json"
+    }
+}
+
+/// The folder of a model file (`.` for a bare file name).
+pub(crate) fn model_dir(model: &Path) -> PathBuf {
+    match model.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
 }
 
 /// Canonical names in canonical order for a model with `layers` layers.
@@ -273,7 +306,7 @@ pub(crate) fn check_shapes(
     } else {
         Err(IngestError::Shapes {
             path: path.to_path_buf(),
-            problems,
+            problems: error::cap_problems(problems),
         })
     }
 }

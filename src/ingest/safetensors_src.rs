@@ -82,6 +82,36 @@ pub(crate) fn parse_layer_name(name: &str) -> Option<(usize, LayerTensor)> {
     Some((layer, *t))
 }
 
+/// Encoder layers the weights hold: the distinct `encoder.layer.N` indices, which must be 0 to
+/// N-1 (a file whose indices skip is refused before anything is sized by the largest one).
+fn weight_layers(
+    path: &Path,
+    infos: &HashMap<String, TensorInfo>,
+    prefix: &str,
+) -> Result<u32, IngestError> {
+    let head = format!("{prefix}encoder.layer.");
+    let indices: std::collections::BTreeSet<u64> = infos
+        .keys()
+        .filter_map(|k| {
+            k.strip_prefix(&head)?
+                .split('.')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .collect();
+    let count = indices.len() as u64;
+    match indices.last() {
+        Some(&last) if last + 1 != count => Err(IngestError::Shapes {
+            path: path.to_path_buf(),
+            problems: vec![format!(
+                "the weights hold {count} encoder layers numbered up to {last}: layers are missing"
+            )],
+        }),
+        _ => Ok(count as u32),
+    }
+}
+
 fn dtype_ok(d: StDtype) -> bool {
     matches!(d, StDtype::F32 | StDtype::F16 | StDtype::BF16)
 }
@@ -115,13 +145,13 @@ impl SafetensorsSource {
                 model: path.to_path_buf(),
             });
         }
-        let hf = read_hf_config(&cfg_path)?;
-        let mut config = hf.model;
-
         let prefix = ["bert.", "", "model."]
             .into_iter()
             .find(|p| infos.contains_key(&format!("{p}embeddings.word_embeddings.weight")))
             .unwrap_or("");
+        let hf = read_hf_config(&cfg_path, weight_layers(path, &infos, prefix)?)?;
+        let mut config = hf.model;
+
         let resolve = |canonical: &str| -> Option<String> {
             let mut c = candidates(canonical);
             if canonical == names::CLASSIFIER_WEIGHT || canonical == names::CLASSIFIER_BIAS {
@@ -151,14 +181,6 @@ impl SafetensorsSource {
         } else if classifier {
             config.num_labels = hf.declared_labels;
         }
-        // Layers beyond the config's count mean the config does not describe this file.
-        let extra = format!("{prefix}encoder.layer.{}.", config.num_layers);
-        if infos.keys().any(|k| k.starts_with(&extra)) {
-            problems.push(format!(
-                "the file has tensors {extra}* but config.json says num_hidden_layers = {}",
-                config.num_layers
-            ));
-        }
         let wanted = canonical_names(config.num_layers as usize, pooler, classifier);
         let sources: Vec<(String, String)> = wanted
             .iter()
@@ -187,7 +209,7 @@ impl SafetensorsSource {
         if !problems.is_empty() {
             return Err(IngestError::Shapes {
                 path: path.to_path_buf(),
-                problems,
+                problems: super::error::cap_problems(problems),
             });
         }
         let provenance = SourceProvenance::start(path);
