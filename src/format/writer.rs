@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use super::error::FormatError;
-use super::header::{Header, ModelConfig, PartEntry, Provenance, SectionEntry};
+use super::header::{EmbeddingConfig, Header, ModelConfig, PartEntry, Provenance, SectionEntry};
 use super::reader::hex;
 use super::tiles::EncodedTensor;
 use super::validate::align_up;
@@ -39,6 +39,7 @@ pub struct EtsWriter {
     sections: Vec<SectionEntry>,
     alignment: u64,
     overwrite: bool,
+    embedding: Option<EmbeddingConfig>,
 }
 
 /// Refuses an existing target unless `overwrite`, and a target that is not a regular file always
@@ -78,6 +79,7 @@ impl EtsWriter {
             sections: Vec::new(),
             alignment: MIN_ALIGNMENT,
             overwrite: options.overwrite,
+            embedding: None,
         })
     }
 
@@ -208,6 +210,12 @@ impl EtsWriter {
         Ok(())
     }
 
+    /// Records sentence-embedding settings in the header (format 1.1: the file is written with
+    /// minor version 1). An empty configuration records nothing.
+    pub fn set_embedding(&mut self, embedding: EmbeddingConfig) {
+        self.embedding = (!embedding.is_empty()).then_some(embedding);
+    }
+
     /// Header bytes with every offset shifted by `data_start`.
     fn header_bytes(&self, header: &Header, data_start: u64) -> Result<Vec<u8>, FormatError> {
         let mut h = header.clone();
@@ -247,6 +255,7 @@ impl EtsWriter {
             model,
             recipe,
             provenance,
+            embedding: self.embedding.take(),
             sections: std::mem::take(&mut self.sections),
         };
         // The header holds absolute offsets, whose digits change its length: iterate to a fixpoint.
@@ -277,7 +286,12 @@ impl EtsWriter {
         } else {
             file_len
         };
-        self.assemble(&bytes, data_start, file_len)?;
+        let minor = if header.embedding.is_some() {
+            VERSION_MINOR_EMBEDDING
+        } else {
+            VERSION_MINOR
+        };
+        self.assemble(&bytes, data_start, file_len, minor)?;
         // Never leave an invalid file under the target name: check it as a reader would.
         super::EtsFile::open(&self.final_tmp)?;
         check_target(&self.target, self.overwrite)?;
@@ -285,13 +299,19 @@ impl EtsWriter {
         Ok(())
     }
 
-    fn assemble(&self, header: &[u8], data_start: u64, file_len: u64) -> Result<(), FormatError> {
+    fn assemble(
+        &self,
+        header: &[u8],
+        data_start: u64,
+        file_len: u64,
+        minor: u16,
+    ) -> Result<(), FormatError> {
         let io = |e| FormatError::io(&self.final_tmp, e);
         let mut out = File::create(&self.final_tmp).map_err(io)?;
         let mut pre = Vec::with_capacity(PREAMBLE_LEN as usize);
         pre.extend_from_slice(&MAGIC);
         pre.extend_from_slice(&VERSION_MAJOR.to_le_bytes());
-        pre.extend_from_slice(&VERSION_MINOR.to_le_bytes());
+        pre.extend_from_slice(&minor.to_le_bytes());
         pre.extend_from_slice(&ENDIAN_MARKER.to_le_bytes());
         pre.extend_from_slice(&(header.len() as u64).to_le_bytes());
         pre.extend_from_slice(&file_len.to_le_bytes());
