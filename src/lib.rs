@@ -4,6 +4,7 @@
 //! - [`format`]: the `.ets` container (spec in `spec/`): reader, writer, tile helpers.
 //! - [`ingest`]: source models (safetensors, ONNX) read as canonical BERT tensors.
 //! - [`prune`]: pruning methods that turn dense weights into tile, row, column or element encodings.
+//! - [`sentences`]: sentences from text files and TSVs with a header.
 //! - [`runtime`]: the CPU reference runtime and the CUDA runtime.
 #![deny(missing_docs)]
 
@@ -13,3 +14,4 @@ pub mod format;
 pub mod ingest;
 pub mod prune;
 pub mod runtime;
+pub mod sentences;

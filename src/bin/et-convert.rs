@@ -14,10 +14,12 @@ use ets::prune::{Method, Recipe, Role};
 #[command(
     name = "et-convert",
     version,
-    about = "Convert a BERT model (.onnx, or .safetensors + config.json) into a tile-sparse .ets file"
+    about = "Convert a BERT model (a Hugging Face or sentence-transformers folder, .onnx, or .safetensors + config.json) into a tile-sparse .ets file"
 )]
 struct Args {
-    /// Source model: .onnx or .safetensors.
+    /// Source model: a model folder (config.json with model.safetensors or its shards, or an ONNX
+    /// export; a sentence-transformers folder also records its pooling, normalization and maximum
+    /// length), a .safetensors file or shard index, or an .onnx file.
     input: PathBuf,
     /// Output .ets file.
     output: PathBuf,
@@ -225,6 +227,14 @@ fn print_table(r: &ConvertReport, recipe: &Recipe) {
             c.output_cosine, c.output_min_cosine
         );
     }
+    if let Some(e) = &r.embedding {
+        println!(
+            "embedding settings recorded: pooling {}, normalize {}, max length {}",
+            e.pooling.as_deref().unwrap_or("-"),
+            e.normalize.map_or("-".to_string(), |b| b.to_string()),
+            e.max_length.map_or("-".to_string(), |n| n.to_string())
+        );
+    }
     let mb = |b: u64| b as f64 / 1e6;
     println!(
         "size {:.2} MB -> {:.2} MB ({:.1}%), tokenizer {}, {:.2} s",
@@ -278,6 +288,11 @@ fn main() -> ExitCode {
     };
     match convert(&args.input, &args.output, &opts) {
         Ok(report) => {
+            if !args.quiet {
+                for w in &report.warnings {
+                    eprintln!("et-convert: warning: {w}");
+                }
+            }
             if args.json {
                 match serde_json::to_string_pretty(&report) {
                     Ok(s) => println!("{s}"),

@@ -22,6 +22,20 @@ pub enum IngestError {
         /// The file.
         path: PathBuf,
     },
+    /// A model folder holds only PyTorch pickles, which ets does not read.
+    #[error("{dir}: only a PyTorch pickle ({file}) found; ets reads safetensors and ONNX, not pickles. Convert to safetensors first, e.g. in Python: `from transformers import AutoModel; AutoModel.from_pretrained(DIR).save_pretrained(DIR, safe_serialization=True)`")]
+    PickleOnly {
+        /// The folder.
+        dir: PathBuf,
+        /// The pickle found.
+        file: PathBuf,
+    },
+    /// A folder without a model file.
+    #[error("{dir}: no model found (expected model.safetensors, model.safetensors.index.json with its shards, model.onnx or onnx/model.onnx)")]
+    NoModelInFolder {
+        /// The folder.
+        dir: PathBuf,
+    },
     /// The safetensors container itself is malformed (truncated, bad header, bad offsets).
     #[error("{path}: invalid safetensors file: {reason}")]
     Safetensors {

@@ -7,6 +7,7 @@
 
 mod config;
 mod error;
+pub mod folder;
 mod onnx;
 mod safetensors_src;
 
@@ -63,13 +64,74 @@ pub trait ModelSource {
     fn provenance(&self) -> Provenance;
     /// The tokenizer found beside the model or given in the options.
     fn tokenizer(&self) -> Option<TokenizerBlob>;
+    /// Whether the source stores its weights as 8-bit integers (the output, in f16, bf16 or
+    /// f32, is then larger than the source).
+    fn quantized_int8(&self) -> bool {
+        false
+    }
 }
 
-/// Opens a `.safetensors` (with its `config.json`) or `.onnx` model.
+/// Opens a `.safetensors` (with its `config.json`), a shard index, an `.onnx` model, or a model
+/// folder (see [`folder`]).
 pub fn open_source(
     path: &Path,
     opts: &IngestOptions,
 ) -> Result<Box<dyn ModelSource + Send + Sync>, IngestError> {
+    if path.is_dir() {
+        let (model, opts) = resolve_folder(path, opts)?;
+        return open_file(&model, &opts);
+    }
+    open_file(path, opts)
+}
+
+/// The model file of a folder (inside the Transformer module's folder for sentence-transformers),
+/// and the options with the folder's tokenizer when the model file sits in a subfolder without one.
+pub fn resolve_folder(
+    dir: &Path,
+    opts: &IngestOptions,
+) -> Result<(PathBuf, IngestOptions), IngestError> {
+    let transformer = match folder::sentence_transformers(dir)? {
+        Some(st) => st.transformer_dir,
+        None => dir.to_path_buf(),
+    };
+    let model = folder::model_file(&transformer)?;
+    let mut opts = opts.clone();
+    let beside = model_dir(&model);
+    let has_own = ["tokenizer.json", "vocab.txt"]
+        .iter()
+        .any(|n| std::fs::symlink_metadata(beside.join(n)).is_ok());
+    if opts.tokenizer.is_none() && !has_own {
+        for root in [&transformer, &dir.to_path_buf()] {
+            let found = ["tokenizer.json", "vocab.txt"]
+                .iter()
+                .map(|n| root.join(n))
+                .find(|p| std::fs::symlink_metadata(p).is_ok());
+            if let Some(p) = found {
+                files::confined_file(root, &p).map_err(|reason| IngestError::UnsafeFile {
+                    path: p.clone(),
+                    reason,
+                })?;
+                opts.tokenizer = Some(p);
+                break;
+            }
+        }
+    }
+    if opts.config.is_none() && !beside.join("config.json").is_file() {
+        let p = transformer.join("config.json");
+        if p.is_file() {
+            opts.config = Some(p);
+        }
+    }
+    Ok((model, opts))
+}
+
+fn open_file(
+    path: &Path,
+    opts: &IngestOptions,
+) -> Result<Box<dyn ModelSource + Send + Sync>, IngestError> {
+    if safetensors_src::is_index(path) {
+        return Ok(Box::new(SafetensorsSource::open(path, opts)?));
+    }
     let ext = path
         .extension()
         .and_then(|e| e.to_str())
@@ -135,18 +197,25 @@ enum DigestState {
 impl SourceProvenance {
     /// Starts hashing `path`.
     pub(crate) fn start(path: &Path) -> SourceProvenance {
-        let owned = path.to_path_buf();
+        SourceProvenance::start_files(path, vec![path.to_path_buf()])
+    }
+
+    /// Starts hashing the bytes of `files` one after the other (the shards of a model), under the
+    /// name of `path`.
+    pub(crate) fn start_files(path: &Path, files: Vec<PathBuf>) -> SourceProvenance {
         let handle = std::thread::spawn(move || {
             use std::io::Read;
-            let mut file = File::open(&owned)?;
             let mut hasher = Sha256::new();
             let mut buf = vec![0u8; 1 << 20];
-            loop {
-                let n = file.read(&mut buf)?;
-                if n == 0 {
-                    break;
+            for owned in &files {
+                let mut file = File::open(owned)?;
+                loop {
+                    let n = file.read(&mut buf)?;
+                    if n == 0 {
+                        break;
+                    }
+                    hasher.update(&buf[..n]);
                 }
-                hasher.update(&buf[..n]);
             }
             Ok(crate::format::hex(&hasher.finalize()))
         });

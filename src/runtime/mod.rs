@@ -20,6 +20,7 @@
 
 pub mod cpu;
 pub mod cuda;
+pub mod embed;
 
 use crate::format::{FormatError, ModelConfig};
 

@@ -240,4 +240,12 @@ impl ModelSource for OnnxSource {
     fn tokenizer(&self) -> Option<TokenizerBlob> {
         self.tokenizer.clone()
     }
+
+    fn quantized_int8(&self) -> bool {
+        use self::proto::data_type::{INT8, UINT8};
+        self.graph
+            .initializer
+            .iter()
+            .any(|t| matches!(t.data_type, INT8 | UINT8) && t.dims.iter().product::<i64>() >= 4096)
+    }
 }
