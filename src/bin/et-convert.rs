@@ -14,10 +14,12 @@ use ets::prune::{Method, Recipe, Role};
 #[command(
     name = "et-convert",
     version,
-    about = "Convert a BERT model (.onnx, or .safetensors + config.json) into a tile-sparse .ets file"
+    about = "Convert a BERT model (a Hugging Face or sentence-transformers folder, .onnx, or .safetensors + config.json) into a tile-sparse .ets file"
 )]
 struct Args {
-    /// Source model: .onnx or .safetensors.
+    /// Source model: a model folder (config.json with model.safetensors or its shards, or an ONNX
+    /// export; a sentence-transformers folder also records its pooling, normalization and maximum
+    /// length), a .safetensors file or shard index, or an .onnx file.
     input: PathBuf,
     /// Output .ets file.
     output: PathBuf,
@@ -71,7 +73,7 @@ struct Args {
     #[arg(long, alias = "calibrate-limit", default_value_t = 2048)]
     calibrate_samples: usize,
     /// With --calibrate: fail (exit 1, nothing written) when the output cosine is below this.
-    #[arg(long, requires = "calibrate")]
+    #[arg(long, requires = "calibrate", value_parser = parse_cosine)]
     min_cosine: Option<f64>,
     /// With --calibrate: `uniform` gives every weight the global sparsity; `sensitivity` measures
     /// how much each weight alone moves the embeddings and spreads the same global target
@@ -101,6 +103,13 @@ fn parse_fraction(s: &str) -> Result<f64, String> {
         Ok(v)
     } else {
         Err(format!("sparsity {v} must be at least 0 and below 1"))
+    }
+}
+
+fn parse_cosine(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (-1.0..=1.0).contains(&v) => Ok(v),
+        _ => Err(format!("{s:?} is not a cosine (a number from -1 to 1)")),
     }
 }
 
@@ -234,6 +243,14 @@ fn print_table(r: &ConvertReport, recipe: &Recipe) {
             c.output_cosine, c.output_min_cosine
         );
     }
+    if let Some(e) = &r.embedding {
+        println!(
+            "embedding settings recorded: pooling {}, normalize {}, max length {}",
+            e.pooling.as_deref().unwrap_or("-"),
+            e.normalize.map_or("-".to_string(), |b| b.to_string()),
+            e.max_length.map_or("-".to_string(), |n| n.to_string())
+        );
+    }
     let mb = |b: u64| b as f64 / 1e6;
     println!(
         "size {:.2} MB -> {:.2} MB ({:.1}%), tokenizer {}, {:.2} s",
@@ -269,6 +286,9 @@ fn print_allocation(a: &ets::convert::allocate::Allocation) {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Err(e) = ets::files::exit_cleanly_on_signals() {
+        eprintln!("et-convert: warning: cannot remove temporary files on Ctrl-C: {e}");
+    }
     let recipe = match build_recipe(&args) {
         Ok(r) => r,
         Err(e) => {
@@ -307,6 +327,11 @@ fn main() -> ExitCode {
     };
     match convert(&args.input, &args.output, &opts) {
         Ok(report) => {
+            if !args.quiet {
+                for w in &report.warnings {
+                    eprintln!("et-convert: warning: {w}");
+                }
+            }
             if args.json {
                 match serde_json::to_string_pretty(&report) {
                     Ok(s) => println!("{s}"),

@@ -157,6 +157,16 @@ fn render_text(args: &Args, f: &EtsFile, rows: &[Row]) -> String {
         m.layer_norm_eps,
         m.num_labels.map_or("none".to_string(), |n| n.to_string())
     );
+    if let Some(e) = &f.header().embedding {
+        let show = |v: Option<String>| v.unwrap_or_else(|| "-".to_string());
+        w!(
+            out,
+            "embedding: pooling {}, normalize {}, max length {}",
+            show(e.pooling.clone()),
+            show(e.normalize.map(|b| b.to_string())),
+            show(e.max_length.map(|n| n.to_string()))
+        );
+    }
     w!(out, "recipe: {}", f.header().recipe);
     let p = &f.header().provenance;
     w!(

@@ -290,4 +290,8 @@ impl Encoder for CudaEncoder {
     fn embed(&self, batch: &TokenBatch, pooling: Pooling) -> Result<Vec<f32>, RuntimeError> {
         self.embed_with(batch, pooling, false)
     }
+
+    fn dispatch_report(&self, batch: &TokenBatch) -> Result<Option<String>, RuntimeError> {
+        Ok(Some(report::format_report(&self.report(batch)?)))
+    }
 }
