@@ -384,3 +384,37 @@ fn et_run_caps_inputs_and_writes_through_devices() {
     let before: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
     assert_eq!(before.len(), 4, "no temporary file left beside the model");
 }
+
+#[test]
+fn older_sentence_transformers_layout_with_a_transformer_subfolder() {
+    let dir = tempfile::tempdir().unwrap();
+    let sub = dir.path().join("0_Transformer");
+    sources::write_safetensors(&sub).unwrap();
+    let modules = serde_json::json!([
+        {"idx": 0, "name": "0", "path": "0_Transformer", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}
+    ]);
+    std::fs::write(dir.path().join("modules.json"), modules.to_string()).unwrap();
+    std::fs::create_dir_all(dir.path().join("1_Pooling")).unwrap();
+    let pool = serde_json::json!({"pooling_mode_mean_tokens": true});
+    std::fs::write(dir.path().join("1_Pooling/config.json"), pool.to_string()).unwrap();
+    let sb = serde_json::json!({"max_seq_length": 16});
+    std::fs::write(sub.join("sentence_bert_config.json"), sb.to_string()).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let report = convert(dir.path(), &out.path().join("m.ets"), &opts()).unwrap();
+    assert!(report.tokenizer);
+    let expected = EmbeddingConfig {
+        pooling: Some("mean".into()),
+        normalize: Some(false),
+        max_length: Some(16),
+    };
+    assert_eq!(report.embedding, Some(expected));
+
+    // A module path that leaves the folder is refused.
+    let modules = serde_json::json!([
+        {"idx": 0, "name": "0", "path": "../elsewhere", "type": "sentence_transformers.models.Transformer"}
+    ]);
+    std::fs::write(dir.path().join("modules.json"), modules.to_string()).unwrap();
+    let e = convert(dir.path(), &out.path().join("n.ets"), &opts()).unwrap_err();
+    assert!(e.to_string().contains("leaves the model's folder"), "{e}");
+}

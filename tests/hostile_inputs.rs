@@ -72,6 +72,7 @@ fn tokenizer_link_out_of_the_model_folder_is_refused() {
     }
 }
 
+#[cfg(unix)]
 #[test]
 fn device_node_outputs_are_never_replaced() {
     let dir = tempfile::tempdir().unwrap();

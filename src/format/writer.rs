@@ -31,8 +31,6 @@ pub struct EtsWriter {
     target: PathBuf,
     data_path: PathBuf,
     final_tmp: PathBuf,
-    /// Registrations of the two temporary files (removed on drop and on a signal).
-    _temps: [TempPath; 2],
     data: Option<BufWriter<File>>,
     /// Bytes written to the data file so far (relative to the data start).
     written: u64,
@@ -40,6 +38,9 @@ pub struct EtsWriter {
     alignment: u64,
     overwrite: bool,
     embedding: Option<EmbeddingConfig>,
+    /// Registrations of the two temporary files, removed on drop (after the data file above is
+    /// closed: fields drop in order) and on a signal.
+    _temps: [TempPath; 2],
 }
 
 /// Refuses an existing target unless `overwrite`, and a target that is not a regular file always
@@ -73,13 +74,13 @@ impl EtsWriter {
             target,
             data_path,
             final_tmp,
-            _temps: temps,
             data: Some(BufWriter::with_capacity(1 << 20, file)),
             written: 0,
             sections: Vec::new(),
             alignment: MIN_ALIGNMENT,
             overwrite: options.overwrite,
             embedding: None,
+            _temps: temps,
         })
     }
 
