@@ -4,6 +4,7 @@
 use crate::format::ModelConfig;
 use crate::runtime::cuda::{CudaError, CudaRuntime, DevBuf, Scratch};
 
+use super::graph::Graphs;
 use super::weights::DevWeights;
 
 /// A quiet NaN in f16.
@@ -47,6 +48,8 @@ pub(crate) struct Buffers {
     pub out32: DevBuf,
     /// The linear layer's scratch (kept-rows and kept-columns weights).
     pub scratch: Scratch,
+    /// Forward passes captured on these buffers, per batch shape.
+    pub graphs: Graphs,
 }
 
 impl Buffers {
@@ -82,6 +85,7 @@ impl Buffers {
             logits16: f16s(seqs * labels)?,
             out32: rt.alloc(seqs * h.max(labels) * 4)?,
             scratch: Scratch::default(),
+            graphs: Graphs::default(),
         })
     }
 

@@ -5,6 +5,7 @@ use crate::runtime::cuda::{Choice, CudaError, CudaRuntime, DevBuf, Dispatcher, E
 use crate::runtime::RuntimeError;
 
 use super::buffers::Buffers;
+use super::graph::Plan;
 use super::launch::{self, AttentionInput};
 use super::weights::{activation_code, Proj};
 use super::{f16_to_f32, CudaEncoder, Packed};
@@ -64,8 +65,45 @@ pub(crate) fn project(
 
 impl CudaEncoder {
     /// Embeddings and every layer; leaves the final hidden states in `bufs.x`. With `states`,
-    /// pushes the hidden states after the embeddings and after each layer.
+    /// pushes the hidden states after the embeddings and after each layer (an eager pass);
+    /// without, a repeated batch shape replays a captured graph (see `graph`).
     pub(super) fn encode(
+        &self,
+        bufs: &mut Buffers,
+        p: &Packed,
+        states: Option<&mut Vec<Vec<f32>>>,
+    ) -> Result<(), RuntimeError> {
+        let rt = &*self.rt;
+        bufs.upload_batch(rt, &p.ids, &p.types, &p.positions, &p.cu)?;
+        if states.is_some() {
+            return self.pass(bufs, p, states);
+        }
+        self.run_uploaded(bufs, p)
+    }
+
+    /// [`encode`](Self::encode) without hidden states, on the batch already on the device.
+    pub(super) fn run_uploaded(&self, bufs: &mut Buffers, p: &Packed) -> Result<(), RuntimeError> {
+        let rt = &*self.rt;
+        if !self.graphs_on() {
+            return self.pass(bufs, p, None);
+        }
+        let shape = (p.tokens(), p.lengths.len(), p.max_len);
+        let mut graphs = std::mem::take(&mut bufs.graphs);
+        let r = match graphs.plan(shape) {
+            Plan::Replay => graphs.replay(rt, shape).map_err(RuntimeError::from),
+            Plan::Capture => match graphs.capture(rt, shape, || self.pass(bufs, p, None)) {
+                Ok(()) => graphs.replay(rt, shape).map_err(RuntimeError::from),
+                // The shape is marked to run eagerly from now on.
+                Err(_) => self.pass(bufs, p, None),
+            },
+            Plan::Eager => self.pass(bufs, p, None),
+        };
+        bufs.graphs = graphs;
+        r
+    }
+
+    /// The kernels of one forward pass on the batch already on the device.
+    fn pass(
         &self,
         bufs: &mut Buffers,
         p: &Packed,
@@ -77,7 +115,6 @@ impl CudaEncoder {
         let t = p.tokens();
         let eps = c.layer_norm_eps as f32;
         let w = &self.weights;
-        bufs.upload_batch(rt, &p.ids, &p.types, &p.positions, &p.cu)?;
         launch::embed_ln(
             rt,
             t,
