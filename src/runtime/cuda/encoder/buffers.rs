@@ -50,6 +50,9 @@ pub(crate) struct Buffers {
     pub scratch: Scratch,
     /// Forward passes captured on these buffers, per batch shape.
     pub graphs: Graphs,
+    /// Per layer, the device pointer arrays of its batched Q/K/V GEMM: `[Wq, Wk, Wv]`,
+    /// `[x, x, x]`, `[q, k, v]` (9 addresses; zeros for layers without one).
+    pub qkv_ptrs: DevBuf,
 }
 
 impl Buffers {
@@ -64,15 +67,33 @@ impl Buffers {
         let h = c.hidden_size as usize;
         let labels = w.classifier.as_ref().map_or(0, |l| l.n);
         let f16s = |n: usize| rt.alloc(n * 2);
+        let (x, q, k, v) = (
+            f16s(tokens * h)?,
+            f16s(tokens * w.max_width)?,
+            f16s(tokens * w.max_width)?,
+            f16s(tokens * w.max_width)?,
+        );
+        let mut ptrs = Vec::with_capacity(w.layers.len() * 9);
+        for l in &w.layers {
+            match l.qkv_dense {
+                Some(ws) => {
+                    ptrs.extend(ws);
+                    ptrs.extend([x.ptr(); 3]);
+                    ptrs.extend([q.ptr(), k.ptr(), v.ptr()]);
+                }
+                None => ptrs.extend([0u64; 9]),
+            }
+        }
+        let qkv_ptrs = rt.upload(&ptrs)?;
         Ok(Buffers {
             tokens,
             seqs,
             hidden: h,
-            x: f16s(tokens * h)?,
+            x,
             attn: f16s(tokens * h)?,
-            q: f16s(tokens * w.max_width)?,
-            k: f16s(tokens * w.max_width)?,
-            v: f16s(tokens * w.max_width)?,
+            q,
+            k,
+            v,
             ctx: f16s(tokens * w.max_width)?,
             proj: f16s(tokens * h)?,
             inter: f16s(tokens * w.max_intermediate)?,
@@ -86,6 +107,7 @@ impl Buffers {
             out32: rt.alloc(seqs * h.max(labels) * 4)?,
             scratch: Scratch::default(),
             graphs: Graphs::default(),
+            qkv_ptrs,
         })
     }
 

@@ -155,15 +155,26 @@ impl CudaEncoder {
         let sc = &mut bufs.scratch;
         match (&layer.qkv, &layer.out) {
             (Some([q, k, v]), Some(out)) => {
-                project(rt, d, q, &bufs.x, t, &bufs.q, bias, sc)?;
-                project(rt, d, k, &bufs.x, t, &bufs.k, bias, sc)?;
-                project(rt, d, v, &bufs.x, t, &bufs.v, bias, sc)?;
+                let bias3 = if layer.qkv_dense.is_some() {
+                    // Dense Q, K and V: one batched GEMM; the attention kernel adds the biases.
+                    let ptrs = bufs.qkv_ptrs.ptr() + (li * 9 * 8) as u64;
+                    // SAFETY: the buffers were built for this model, so layer li's 9 addresses
+                    // are its dense f16 Q/K/V weights ([width, hidden]), bufs.x and bufs.q/k/v,
+                    // which hold at least t rows (the buffers fit the batch).
+                    unsafe { launch::gemm3(rt, ptrs, t, q.n, q.k)? };
+                    [q.bias, k.bias, v.bias]
+                } else {
+                    project(rt, d, q, &bufs.x, t, &bufs.q, bias, sc)?;
+                    project(rt, d, k, &bufs.x, t, &bufs.k, bias, sc)?;
+                    project(rt, d, v, &bufs.x, t, &bufs.v, bias, sc)?;
+                    [0; 3]
+                };
                 let input = AttentionInput {
                     q: bufs.q.ptr(),
                     k: bufs.k.ptr(),
                     v: bufs.v.ptr(),
                     ld: q.n,
-                    bias: [0; 3],
+                    bias: bias3,
                 };
                 let (seqs, dh) = (p.lengths.len(), c.head_dim as usize);
                 let ctx = bufs.ctx.ptr();
