@@ -6,7 +6,7 @@
 # Needs a GPU, PyTorch and transformers (sentence-transformers for its row); prints a table of
 # ratios last.
 #
-# Usage: scripts/encoder_bench.sh [BIN_DIR] [WORK_DIR] [MINILM_DIR SST2_TSV]
+# Usage: [EXTRA_FILES="NAME:SPARSITY:TILE ..."] [COLD=0] scripts/encoder_bench.sh [BIN_DIR] [WORK_DIR] [MINILM_DIR SST2_TSV]
 #   BIN_DIR holds et-convert, et-run and et-encoder-bench (default target/release).
 set -euo pipefail
 
@@ -22,14 +22,17 @@ python3 "$here/encoder_bench.py" make "$work/bert-base"
 src="$work/bert-base/model.safetensors"
 "$bin/et-convert" "$src" "$work/dense.ets" --quiet --force
 "$bin/et-convert" "$src" "$work/tile80.ets" --sparsity 0.8 --quiet --force
-"$bin/et-convert" "$src" "$work/tile80-64x64.ets" --sparsity 0.8 --tile 64x64 --quiet --force
-"$bin/et-convert" "$src" "$work/tile90.ets" --sparsity 0.9 --quiet --force
+for extra in ${EXTRA_FILES:-}; do  # e.g. EXTRA_FILES="tile90:0.9:16x16 tile80-64x64:0.8:64x64"
+    IFS=: read -r name sp tile <<< "$extra"
+    "$bin/et-convert" "$src" "$work/$name.ets" --sparsity "$sp" --tile "$tile" --quiet --force
+done
 {
     "$bin/et-encoder-bench" encoder "$work/dense.ets" "$sizes"
     ETS_BENCH_REPORT=1 "$bin/et-encoder-bench" encoder "$work/tile80.ets" "1x128,32x128" 2> "$work/report-tile80.txt"
     "$bin/et-encoder-bench" encoder "$work/tile80.ets" "$sizes"
-    "$bin/et-encoder-bench" encoder "$work/tile80-64x64.ets" "$sizes"
-    "$bin/et-encoder-bench" encoder "$work/tile90.ets" "$sizes"
+    for extra in ${EXTRA_FILES:-}; do
+        "$bin/et-encoder-bench" encoder "$work/${extra%%:*}.ets" "$sizes"
+    done
     "$bin/et-encoder-bench" attention "$sizes,1x4096" 12 64
     python3 "$here/encoder_bench.py" torch "$work/bert-base" "$sizes" "$sizes,1x4096"
     if [ -n "$minilm" ] && [ -n "$tsv" ]; then
@@ -42,7 +45,7 @@ src="$work/bert-base/model.safetensors"
         python3 "$here/encoder_bench.py" st "$minilm" "$tsv" || echo "sentence-transformers row failed" >&2
     fi
 } | tee "$work/results.jsonl"
-if [ -n "$minilm" ]; then
+if [ -n "$minilm" ] && [ "${COLD:-1}" = 1 ]; then
     cold="$work/cold-cache"
     rm -rf "$cold"
     for run in cold warm; do

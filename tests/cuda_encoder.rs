@@ -13,30 +13,16 @@ use ets::format::{Dtype, EncodedTensor, EtsFile, ModelConfig};
 use ets::prune::{Method, Recipe};
 use ets::runtime::cpu::CpuEncoder;
 use ets::runtime::cuda::encoder::launch;
-use ets::runtime::cuda::{nvrtc, CudaEncoder, CudaRuntime};
+use ets::runtime::cuda::{device_addr, nvrtc, CudaEncoder, CudaRuntime};
 use ets::runtime::{Encoder, ForwardOptions, Pooling, TokenBatch, TokenSequence};
 use ets_testkit::models as synth;
-use ets_testkit::rng::Rng;
+use ets_testkit::rng::{test_seed, Rng};
 use half::f16;
 
 mod common;
 
 /// Per-sentence cosine every f16 file must reach against the CPU runtime.
 const MIN_COSINE: f64 = 0.9999;
-
-fn seed() -> u64 {
-    let s = std::env::var("ETS_TEST_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(1)
-        });
-    eprintln!("seed {s} (replay with ETS_TEST_SEED={s})");
-    s
-}
 
 fn cosine(a: &[f32], b: &[f32]) -> f64 {
     assert_eq!(a.len(), b.len());
@@ -292,7 +278,7 @@ fn attention_reference(qkv: &[f32], lengths: &[usize], heads: usize, d: usize) -
 #[ignore = "needs an NVIDIA GPU"]
 fn gpu_attention_matches_reference() {
     let rt = gpu();
-    let mut rng = Rng::new(seed());
+    let mut rng = Rng::new(test_seed("gpu_attention_matches_reference"));
     for (d, heads, lengths) in [
         (64, 12, vec![1, 2, 63, 64, 65, 130, 7]),
         (32, 4, vec![512, 1, 100]),
@@ -321,30 +307,32 @@ fn gpu_attention_matches_reference() {
         let qkv = rt.upload(&bits).unwrap();
         let b = rt.upload(&bias).unwrap();
         let cub = rt.upload(&cu).unwrap();
-        let ctx = rt.alloc(total * w * 2).unwrap();
-        rt.fill_u16(ctx.ptr(), 0x7e00, total * w).unwrap();
+        let mut ctx = rt.alloc::<u16>(total * w).unwrap();
+        rt.fill_u16(&mut ctx, 0x7e00).unwrap();
         let max_len = *lengths.iter().max().unwrap();
+        let (qa, ba) = (device_addr(&qkv), device_addr(&b));
         let input = launch::AttentionInput {
-            q: qkv.ptr(),
-            k: qkv.ptr() + (w * 2) as u64,
-            v: qkv.ptr() + (2 * w * 2) as u64,
+            q: qa,
+            k: qa + (w * 2) as u64,
+            v: qa + (2 * w * 2) as u64,
             ld: 3 * w,
-            bias: [
-                b.ptr(),
-                b.ptr() + (w * 4) as u64,
-                b.ptr() + (2 * w * 4) as u64,
-            ],
+            bias: [ba, ba + (w * 4) as u64, ba + (2 * w * 4) as u64],
         };
-        launch::attention(
-            &rt,
-            &input,
-            cub.ptr(),
-            lengths.len(),
-            max_len,
-            heads,
-            d,
-            ctx.ptr(),
-        )
+        // SAFETY: Q, K and V are the thirds of qkv's total rows of 3W f16 (stride 3W), the
+        // biases the thirds of b's 3W f32, cub the offsets of `lengths` ending at total (longest
+        // max_len), ctx total x W f16; all alive for the call.
+        unsafe {
+            launch::attention(
+                &rt,
+                &input,
+                device_addr(&cub),
+                lengths.len(),
+                max_len,
+                heads,
+                d,
+                device_addr(&ctx),
+            )
+        }
         .unwrap();
         let got: Vec<f32> = rt
             .download::<u16>(&ctx, total * w)
@@ -369,7 +357,7 @@ fn gpu_attention_matches_reference() {
 #[ignore = "needs an NVIDIA GPU"]
 fn gpu_random_bert_base_shapes_match_cpu() {
     let rt = gpu();
-    let s = seed();
+    let s = test_seed("gpu_random_bert_base_shapes_match_cpu");
     let mut rng = Rng::new(s);
     let tmp = tempfile::tempdir().unwrap();
     for (name, heads, d, hidden) in [
@@ -426,7 +414,7 @@ fn minilm(dir: &Path, method: Method, sparsity: f64) -> Option<std::path::PathBu
 #[ignore = "needs an NVIDIA GPU"]
 fn gpu_minilm_every_method_matches_cpu() {
     let rt = gpu();
-    let s = seed();
+    let s = test_seed("gpu_minilm_every_method_matches_cpu");
     let mut rng = Rng::new(s);
     let tmp = tempfile::tempdir().unwrap();
     for (method, sparsity) in [

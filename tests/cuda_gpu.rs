@@ -6,36 +6,23 @@
 //! replays one.
 
 use ets::format::EtsFile;
-use ets::runtime::cuda::host::{top_norm_mask, HostTiles, Rng};
+use ets::runtime::cuda::host::HostTiles;
 use ets::runtime::cuda::tuning::{CudaOptions, TUNING_FILE};
 use ets::runtime::cuda::upload::DeviceTiles;
 use ets::runtime::cuda::{Choice, CudaRuntime, Dispatcher, ElemType, LinearWeight, TileKernel};
 use ets_dev::cuda::checks::{self, CheckPath};
+use ets_testkit::linear::top_norm_mask;
+use ets_testkit::rng::{test_rng, Rng};
 
 fn runtime() -> CudaRuntime {
     CudaRuntime::new(0).unwrap_or_else(|e| panic!("the CUDA runtime is unusable: {e}"))
-}
-
-/// A generator seeded from `ETS_TEST_SEED` or the clock; the seed is printed.
-fn seeded_rng(test: &str) -> Rng {
-    let seed = std::env::var("ETS_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(1)
-        });
-    eprintln!("{test}: ETS_TEST_SEED={seed}");
-    Rng::new(seed)
 }
 
 #[test]
 #[ignore = "needs an NVIDIA GPU"]
 fn gpu_tile_kernel_and_dense_paths_match_the_cpu_reference() {
     let rt = runtime();
-    let mut rng = seeded_rng("gpu_tile_kernel_and_dense_paths_match_the_cpu_reference");
+    let mut rng: Rng = test_rng("gpu_tile_kernel_and_dense_paths_match_the_cpu_reference");
     let mut results = Vec::new();
     for elem in [ElemType::F16, ElemType::Bf16] {
         for (tile, shape, density) in [
@@ -103,27 +90,25 @@ fn gpu_tile_kernel_and_dense_paths_match_the_cpu_reference() {
 #[ignore = "needs an NVIDIA GPU"]
 fn gpu_dispatch_decisions_persist_and_options_force() {
     let rt = runtime();
-    let mut rng = seeded_rng("gpu_dispatch_decisions_persist_and_options_force");
+    let mut rng: Rng = test_rng("gpu_dispatch_decisions_persist_and_options_force");
     let (n, k) = (768, 768);
-    let w = rng.vec(n * k, 0.05);
+    let w = rng.symmetric_vec(n * k, 0.05);
     let keep = top_norm_mask(&w, n, k, 16, 16, 0.5);
     let h = HostTiles::from_dense(&w, n, k, 16, 16, &keep, ElemType::F16).unwrap();
     let tiles = DeviceTiles::upload(&rt, &h).unwrap();
-    let lw = LinearWeight::Tile(tiles.view);
+    let lw = LinearWeight::Tile(tiles.view());
+    // SAFETY: tiles, the upload lw points into, lives to the end of the test.
+    let decide = |d: Dispatcher| unsafe { d.decide(&rt, "w", &lw, 1000) }.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let opts = CudaOptions {
         cache_dir: Some(dir.path().to_path_buf()),
         ..CudaOptions::default()
     };
-    let first = Dispatcher::with_options(opts.clone())
-        .decide(&rt, "w", &lw, 1000)
-        .unwrap();
+    let first = decide(Dispatcher::with_options(opts.clone()));
     assert!(first.reason.starts_with("measured"), "{}", first.reason);
     assert!(dir.path().join(TUNING_FILE).exists());
     // A second dispatcher (as a second process would) reads the decision instead of timing.
-    let second = Dispatcher::with_options(opts.clone())
-        .decide(&rt, "w", &lw, 1000)
-        .unwrap();
+    let second = decide(Dispatcher::with_options(opts.clone()));
     assert!(
         second.reason.starts_with("tuning cache"),
         "{}",
@@ -133,20 +118,16 @@ fn gpu_dispatch_decisions_persist_and_options_force() {
         (second.choice, second.tile_ms),
         (first.choice, first.tile_ms)
     );
-    let cublas = Dispatcher::with_options(CudaOptions {
+    let cublas = decide(Dispatcher::with_options(CudaOptions {
         force_cublas: true,
         ..opts.clone()
-    })
-    .decide(&rt, "w", &lw, 1000)
-    .unwrap();
+    }));
     assert_eq!(cublas.choice, Choice::Cublas);
-    let forced = Dispatcher::with_options(CudaOptions {
+    let forced = decide(Dispatcher::with_options(CudaOptions {
         force_kernel: Some(TileKernel::Mma),
         tuning_cache: false,
         ..opts
-    })
-    .decide(&rt, "w", &lw, 1000)
-    .unwrap();
+    }));
     assert_eq!(
         (forced.choice, forced.kernel),
         (Choice::Tile, Some(TileKernel::Mma))

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use ets::convert::{convert, ConvertOptions, ConvertReport};
+use ets::convert::{convert, Allocate, ConvertOptions, ConvertReport};
 use ets::format::Dtype;
 use ets::ingest::IngestOptions;
 use ets::prune::{Method, Recipe, Role};
@@ -73,6 +73,19 @@ struct Args {
     /// With --calibrate: fail (exit 1, nothing written) when the output cosine is below this.
     #[arg(long, requires = "calibrate")]
     min_cosine: Option<f64>,
+    /// With --calibrate: `uniform` gives every weight the global sparsity; `sensitivity` measures
+    /// how much each weight alone moves the embeddings and spreads the same global target
+    /// unevenly (sensitive weights keep more tiles).
+    #[arg(long, value_parser = parse_allocate, requires = "calibrate")]
+    allocate: Option<Allocate>,
+}
+
+fn parse_allocate(s: &str) -> Result<Allocate, String> {
+    match s {
+        "uniform" => Ok(Allocate::Uniform),
+        "sensitivity" => Ok(Allocate::Sensitivity),
+        _ => Err(format!("unknown allocation {s:?}: uniform or sensitivity")),
+    }
 }
 
 fn parse_method(s: &str) -> Result<Method, String> {
@@ -212,6 +225,9 @@ fn print_table(r: &ConvertReport, recipe: &Recipe) {
         }
         if let Some(p) = &c.pruning {
             println!("calibrated pruning of {} weights: {}", p.weights, p.method);
+            if let Some(a) = &p.allocation {
+                print_allocation(a);
+            }
         }
         println!(
             "output (mean-pooled) cosine {:.6}, lowest sentence {:.6}",
@@ -227,6 +243,28 @@ fn print_table(r: &ConvertReport, recipe: &Recipe) {
         if r.tokenizer { "embedded" } else { "none" },
         r.seconds
     );
+}
+
+fn print_allocation(a: &ets::convert::allocate::Allocation) {
+    println!(
+        "sensitivity allocation (profile on {} sentences): per weight sparsity / embedding drop when pruned alone",
+        a.profile_sentences
+    );
+    let mut layer = None;
+    for w in &a.weights {
+        let Some((l, role)) = Role::of_name(&w.name) else {
+            continue;
+        };
+        if layer != Some(l) {
+            if layer.is_some() {
+                println!();
+            }
+            print!("{l:>5} ");
+            layer = Some(l);
+        }
+        print!(" {} {:.3}/{:.4}", role.name(), w.sparsity, w.drop);
+    }
+    println!();
 }
 
 fn main() -> ExitCode {
@@ -265,6 +303,7 @@ fn main() -> ExitCode {
         calibrate: args.calibrate.clone(),
         calibrate_limit: args.calibrate_samples.max(1),
         min_cosine: args.min_cosine,
+        allocate: args.allocate.unwrap_or_default(),
     };
     match convert(&args.input, &args.output, &opts) {
         Ok(report) => {

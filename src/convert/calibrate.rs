@@ -47,6 +47,9 @@ pub struct CalibratedPruning {
     pub method: String,
     /// Weights pruned with calibration.
     pub weights: usize,
+    /// Per-weight sparsities from a sensitivity profile, when allocated.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allocation: Option<super::allocate::Allocation>,
 }
 
 /// The procedure applied to weights that keep tiles when calibration data is given.

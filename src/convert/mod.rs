@@ -2,6 +2,7 @@
 //! each linear weight as the recipe says, and stream the result into a `.ets` writer. At most the
 //! four attention weights of one layer are in memory at once (for head pruning).
 
+pub mod allocate;
 pub mod calibrate;
 mod calibrated;
 mod heads;
@@ -62,6 +63,19 @@ pub struct ConvertOptions {
     pub calibrate_limit: usize,
     /// Fail (and write nothing) when the calibrated output cosine falls below this.
     pub min_cosine: Option<f64>,
+    /// How per-weight sparsities are chosen under the global target when calibrating.
+    pub allocate: Allocate,
+}
+
+/// How calibrated pruning spreads the global sparsity target over the weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Allocate {
+    /// Every weight takes the recipe's sparsity.
+    #[default]
+    Uniform,
+    /// Per-weight sparsities from a measured sensitivity profile ([`allocate`]).
+    Sensitivity,
 }
 
 impl ConvertOptions {
@@ -77,6 +91,7 @@ impl ConvertOptions {
             calibrate: None,
             calibrate_limit: 0,
             min_cosine: None,
+            allocate: Allocate::Uniform,
         }
     }
 }
@@ -133,12 +148,12 @@ pub fn convert(
     }
     let source = open_source(input, &opts.ingest)?;
     opts.recipe.validate(source.config().num_layers as usize)?;
-    let (calibration, fitted) = match &opts.calibrate {
+    let (calibration, fitted, recipe) = match &opts.calibrate {
         Some(sentences) => {
-            let (c, f) = run_calibration(&*source, output, sentences, opts)?;
-            (Some(c), f)
+            let (c, f, r) = run_calibration(&*source, output, sentences, opts)?;
+            (Some(c), f, r)
         }
-        None => (None, None),
+        None => (None, None, opts.recipe.clone()),
     };
     let extra = calibration
         .as_ref()
@@ -151,7 +166,7 @@ pub fn convert(
     let written = write_model(
         &overridden,
         output,
-        &opts.recipe,
+        &recipe,
         opts.dtype,
         opts.overwrite,
         opts.progress,
@@ -185,13 +200,14 @@ impl Drop for TempFiles {
 
 /// Writes a dense f32 reference and the pruned model to temporary files beside the output,
 /// compares them on the sentences, and enforces `--min-cosine`. When the recipe keeps tiles, the
-/// pruned model is calibrated first: the refitted tensors and masks are returned for the output.
+/// pruned model is calibrated first: the refitted tensors and masks are returned for the output,
+/// with the recipe applied (per-weight sparsities when allocated).
 fn run_calibration(
     source: &dyn ModelSource,
     output: &Path,
     sentences: &Path,
     opts: &ConvertOptions,
-) -> Result<(calibrate::Calibration, Option<calibrated::Fitted>), ConvertError> {
+) -> Result<(calibrate::Calibration, Option<calibrated::Fitted>, Recipe), ConvertError> {
     let texts = calibrate::read_sentences(sentences, opts.calibrate_limit)?;
     let name = output
         .file_name()
@@ -199,8 +215,8 @@ fn run_calibration(
         .unwrap_or_else(|| "out.ets".into());
     let tmp =
         |suffix: &str| output.with_file_name(format!(".{name}.{}.{suffix}", std::process::id()));
-    let temps = TempFiles(vec![tmp("dense"), tmp("pruned"), tmp("work")]);
-    let (dense, pruned, work) = (&temps.0[0], &temps.0[1], &temps.0[2]);
+    let temps = TempFiles(vec![tmp("dense"), tmp("pruned")]);
+    let (dense, pruned) = (&temps.0[0], &temps.0[1]);
     write_model(
         source,
         dense,
@@ -212,15 +228,16 @@ fn run_calibration(
         None,
     )?;
     let layers = source.config().num_layers as usize;
-    let fitted = if calibrated::applies(&opts.recipe, layers) {
+    let mut recipe = opts.recipe.clone();
+    let mut allocation = None;
+    let fitted = if calibrated::applies(&recipe, layers) {
         let dense_file = crate::format::EtsFile::open(dense)?;
-        Some(calibrated::fit_model(
-            source,
-            &dense_file,
-            work,
-            &opts.recipe,
-            &texts,
-        )?)
+        if opts.allocate == Allocate::Sensitivity {
+            let (r, a) = allocate::sensitivity(source, &dense_file, &recipe, &texts)?;
+            recipe = r;
+            allocation = Some(a);
+        }
+        Some(calibrated::fit_model(source, &dense_file, &recipe, &texts)?)
     } else {
         None
     };
@@ -232,7 +249,7 @@ fn run_calibration(
     write_model(
         &overridden,
         pruned,
-        &opts.recipe,
+        &recipe,
         opts.dtype,
         true,
         opts.progress,
@@ -248,6 +265,7 @@ fn run_calibration(
         result.pruning = Some(calibrate::CalibratedPruning {
             method: calibrate::CALIBRATED_METHOD.to_string(),
             weights: f.masks.len(),
+            allocation,
         });
     }
     if let Some(min) = opts.min_cosine {
@@ -258,7 +276,7 @@ fn run_calibration(
             )));
         }
     }
-    Ok((result, fitted))
+    Ok((result, fitted, recipe))
 }
 
 struct Written {

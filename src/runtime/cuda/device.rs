@@ -3,10 +3,13 @@
 
 use std::collections::HashMap;
 use std::ffi::c_void;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use cudarc::cublas::CudaBlas;
-use cudarc::driver::{result, sys, CudaContext, CudaFunction, CudaModule, CudaStream};
+use cudarc::driver::{
+    result, sys, CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr,
+    DevicePtrMut, DeviceRepr, LaunchArgs, LaunchConfig, ValidAsZeroBits,
+};
 
 use super::error::CudaError;
 use super::nvrtc::{self, KernelReport, KERNELS};
@@ -63,40 +66,24 @@ impl ElemType {
     }
 }
 
-/// A raw device allocation, freed on drop.
-pub struct DevBuf {
-    ptr: sys::CUdeviceptr,
-    bytes: usize,
-    ctx: Arc<CudaContext>,
+/// The device address of typed device memory, for kernel parameters that are not a whole buffer
+/// (tensor maps) and for the alignment checks of the TMA kernels. Reading an address is safe;
+/// every use of one on the device is inside an `unsafe` launch.
+pub fn addr<T>(buf: &impl DevicePtr<T>) -> u64 {
+    // The runtime turns cudarc's event tracking off (one stream), so the guard records nothing.
+    let (ptr, _guard) = buf.device_ptr(buf.stream());
+    ptr
 }
 
-impl std::fmt::Debug for DevBuf {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "DevBuf({:#x}, {} bytes)", self.ptr, self.bytes)
-    }
+/// The device address of an owned buffer, for the encoder's launches, which take raw addresses.
+pub(crate) trait RawPtr {
+    /// The buffer's device address.
+    fn ptr(&self) -> u64;
 }
 
-impl DevBuf {
-    /// Device address.
-    pub fn ptr(&self) -> u64 {
-        self.ptr
-    }
-    /// Size in bytes.
-    pub fn len(&self) -> usize {
-        self.bytes
-    }
-    /// Whether the allocation is empty.
-    pub fn is_empty(&self) -> bool {
-        self.bytes == 0
-    }
-}
-
-impl Drop for DevBuf {
-    fn drop(&mut self) {
-        if self.ptr != 0 && self.ctx.bind_to_thread().is_ok() {
-            // SAFETY: allocated by malloc_sync in this context, freed once.
-            let _ = unsafe { result::free_sync(self.ptr) };
-        }
+impl<T> RawPtr for CudaSlice<T> {
+    fn ptr(&self) -> u64 {
+        addr(self)
     }
 }
 
@@ -112,33 +99,9 @@ pub struct CudaRuntime {
     functions: Mutex<HashMap<String, CudaFunction>>,
     blas: OnceLock<Result<CudaBlas, String>>,
     smem_set: Mutex<HashMap<String, u32>>,
-    workspace: Mutex<Option<DevBuf>>,
+    workspace: Mutex<Option<CudaSlice<f32>>>,
     staging: Mutex<Vec<PinnedBuf>>,
     reports: Mutex<Vec<KernelReport>>,
-}
-
-/// A 4-byte parameter in the first bytes of an 8-byte word, in the host's byte order.
-fn low_bytes(b: [u8; 4]) -> u64 {
-    let mut w = [0u8; 8];
-    w[..4].copy_from_slice(&b);
-    u64::from_ne_bytes(w)
-}
-
-/// Storage of one kernel parameter at launch.
-#[repr(C, align(64))]
-struct ParamSlot([u64; 16]);
-
-/// A kernel argument.
-#[derive(Debug, Clone, Copy)]
-pub enum KArg {
-    /// A device pointer (0 for null).
-    Ptr(u64),
-    /// A 32-bit integer.
-    I32(i32),
-    /// A 32-bit float.
-    F32(f32),
-    /// A TMA tensor map (the driver's 128-byte `CUtensorMap`), passed by value.
-    TensorMap([u64; 16]),
 }
 
 impl CudaRuntime {
@@ -151,6 +114,10 @@ impl CudaRuntime {
         nvrtc::probe_nvrtc()?;
         let ctx = catch("cuda driver", || CudaContext::new(ordinal))?
             .map_err(CudaError::driver("creating the context"))?;
+        // SAFETY: every allocation, copy and launch of this runtime goes to its one stream (cuBLAS
+        // included), so stream order alone orders all uses of a buffer and its free; cudarc's
+        // per-buffer events would only add two event calls per kernel argument.
+        unsafe { ctx.disable_event_tracking() };
         let stream = ctx
             .new_stream()
             .map_err(CudaError::driver("creating a stream"))?;
@@ -274,100 +241,146 @@ impl CudaRuntime {
         Ok(f)
     }
 
-    /// Allocates `bytes` on the device (uninitialized).
-    pub fn alloc(&self, bytes: usize) -> Result<DevBuf, CudaError> {
-        self.bind()?;
-        // SAFETY: plain allocation; at least one byte so the pointer is valid.
-        let ptr = unsafe { result::malloc_sync(bytes.max(1)) }
-            .map_err(CudaError::driver(format!("allocating {bytes} bytes")))?;
-        Ok(DevBuf {
-            ptr,
-            bytes,
-            ctx: self.ctx.clone(),
-        })
-    }
-
-    /// Allocates and fills from host bytes (synchronous).
-    pub fn upload_bytes(&self, data: &[u8]) -> Result<DevBuf, CudaError> {
-        let buf = self.alloc(data.len())?;
-        if !data.is_empty() {
-            // SAFETY: buf holds data.len() bytes.
-            unsafe { result::memcpy_htod_sync(buf.ptr, data) }
-                .map_err(CudaError::driver("host-to-device copy"))?;
-        }
-        Ok(buf)
-    }
-
-    /// Uploads a slice of plain values.
-    pub fn upload<T: bytemuck::Pod>(&self, data: &[T]) -> Result<DevBuf, CudaError> {
-        self.upload_bytes(bytemuck::cast_slice(data))
-    }
-
-    /// Copies `out.len()` bytes from device address `src` (after the stream's work finishes).
-    pub fn download_bytes(&self, src: u64, out: &mut [u8]) -> Result<(), CudaError> {
-        self.synchronize()?;
-        // SAFETY: the caller's src holds out.len() bytes.
-        unsafe { result::memcpy_dtoh_sync(out, src) }
-            .map_err(CudaError::driver("device-to-host copy"))
-    }
-
-    /// Downloads `n` values of `T` from `src`.
-    pub fn download<T: bytemuck::Pod + Default + Clone>(
+    /// Allocates `n` values of `T` on the device, zeroed.
+    pub fn alloc<T: DeviceRepr + ValidAsZeroBits>(
         &self,
-        src: &DevBuf,
         n: usize,
-    ) -> Result<Vec<T>, CudaError> {
-        let bytes = n * std::mem::size_of::<T>();
-        if bytes > src.len() {
+    ) -> Result<CudaSlice<T>, CudaError> {
+        self.stream
+            .alloc_zeros(n)
+            .map_err(CudaError::driver(format!("allocating {n} values")))
+    }
+
+    /// Allocates `n` values of `T` on the device without initializing them.
+    ///
+    /// # Safety
+    /// The caller writes every value before any is read.
+    pub(crate) unsafe fn alloc_uninit<T: DeviceRepr>(
+        &self,
+        n: usize,
+    ) -> Result<CudaSlice<T>, CudaError> {
+        // SAFETY: the caller's contract.
+        unsafe { self.stream.alloc(n) }.map_err(CudaError::driver(format!("allocating {n} values")))
+    }
+
+    /// Allocates and fills from host values (the copy is ordered before later work on the stream).
+    pub fn upload<T: DeviceRepr>(&self, data: &[T]) -> Result<CudaSlice<T>, CudaError> {
+        self.stream
+            .clone_htod(data)
+            .map_err(CudaError::driver("host-to-device copy"))
+    }
+
+    /// Copies host values `src` to the start of `dst` (ordered before later work on the stream;
+    /// `src` may be dropped when this returns).
+    pub fn copy_to_device<T: DeviceRepr>(
+        &self,
+        src: &[T],
+        dst: &mut impl DevicePtrMut<T>,
+    ) -> Result<(), CudaError> {
+        if src.len() > dst.len() {
             return Err(CudaError::Invalid(format!(
-                "download of {bytes} bytes from a {}-byte buffer",
+                "copy of {} values into a buffer of {}",
+                src.len(),
+                dst.len()
+            )));
+        }
+        if src.is_empty() {
+            return Ok(());
+        }
+        self.stream
+            .memcpy_htod(src, dst)
+            .map_err(CudaError::driver("host-to-device copy"))
+    }
+
+    /// Copies `out.len()` values from the start of `src` (after the stream's work finishes).
+    pub fn download_into<T: DeviceRepr>(
+        &self,
+        src: &impl DevicePtr<T>,
+        out: &mut [T],
+    ) -> Result<(), CudaError> {
+        if out.len() > src.len() {
+            return Err(CudaError::Invalid(format!(
+                "download of {} values from a buffer of {}",
+                out.len(),
                 src.len()
             )));
         }
+        let (ptr, _guard) = src.device_ptr(&self.stream);
+        self.synchronize()?;
+        // SAFETY: src holds at least out.len() values of T (checked above) and is borrowed for
+        // the whole copy; the stream was synchronized, so its writes are done.
+        unsafe { result::memcpy_dtoh_sync(out, ptr) }
+            .map_err(CudaError::driver("device-to-host copy"))
+    }
+
+    /// Downloads the first `n` values of `src`.
+    pub fn download<T: DeviceRepr + Default + Clone>(
+        &self,
+        src: &impl DevicePtr<T>,
+        n: usize,
+    ) -> Result<Vec<T>, CudaError> {
         let mut out = vec![T::default(); n];
-        self.download_bytes(src.ptr, bytemuck::cast_slice_mut(&mut out))?;
+        self.download_into(src, &mut out)?;
         Ok(out)
     }
 
-    /// Fills `bytes` at `dst` with the 16-bit pattern `value` on the stream.
-    pub fn fill_u16(&self, dst: u64, value: u16, count: usize) -> Result<(), CudaError> {
+    /// Fills every value of `dst` with the 16-bit pattern `value` on the stream.
+    pub fn fill_u16(&self, dst: &mut impl DevicePtrMut<u16>, value: u16) -> Result<(), CudaError> {
         self.bind()?;
-        // SAFETY: the caller's dst holds count u16 values.
-        unsafe { sys::cuMemsetD16Async(dst, value, count, self.stream.cu_stream()) }
+        let n = dst.len();
+        let (ptr, _guard) = dst.device_ptr_mut(&self.stream);
+        // SAFETY: dst holds n u16 values and is borrowed mutably until the memset is queued;
+        // later uses of it are ordered after it on the stream.
+        unsafe { sys::cuMemsetD16Async(ptr, value, n, self.stream.cu_stream()) }
             .result()
             .map_err(CudaError::driver("memset"))
     }
 
-    /// Device-to-device copy on the stream.
-    pub fn copy_d2d(&self, dst: u64, src: u64, bytes: usize) -> Result<(), CudaError> {
+    /// Fills every value of `dst` with the 32-bit pattern `value` on the stream.
+    pub fn fill_u32(&self, dst: &mut impl DevicePtrMut<u32>, value: u32) -> Result<(), CudaError> {
         self.bind()?;
-        // SAFETY: the caller's buffers hold `bytes`.
-        unsafe { result::memcpy_dtod_async(dst, src, bytes, self.stream.cu_stream()) }
+        let n = dst.len();
+        let (ptr, _guard) = dst.device_ptr_mut(&self.stream);
+        // SAFETY: as fill_u16, with n u32 values.
+        unsafe { sys::cuMemsetD32Async(ptr, value, n, self.stream.cu_stream()) }
+            .result()
+            .map_err(CudaError::driver("memset"))
+    }
+
+    /// Copies all of `src` to the start of `dst` on the stream.
+    pub fn copy_d2d<T>(
+        &self,
+        dst: &mut impl DevicePtrMut<T>,
+        src: &impl DevicePtr<T>,
+    ) -> Result<(), CudaError> {
+        if src.len() > dst.len() {
+            return Err(CudaError::Invalid(format!(
+                "copy of {} values into a buffer of {}",
+                src.len(),
+                dst.len()
+            )));
+        }
+        self.stream
+            .memcpy_dtod(src, dst)
             .map_err(CudaError::driver("device-to-device copy"))
     }
 
-    /// Fills `count` u32 words at `dst` with `value` on the stream.
-    pub fn fill_u32(&self, dst: u64, value: u32, count: usize) -> Result<(), CudaError> {
-        self.bind()?;
-        // SAFETY: the caller's dst holds count u32 values.
-        unsafe { sys::cuMemsetD32Async(dst, value, count, self.stream.cu_stream()) }
-            .result()
-            .map_err(CudaError::driver("memset"))
-    }
-
-    /// A device workspace of at least `bytes`, reused across calls (all work is on one stream, so
-    /// consecutive users are ordered).
-    pub fn workspace(&self, bytes: usize) -> Result<u64, CudaError> {
+    /// A device workspace of at least `n` f32 values, reused across calls (all work is on one
+    /// stream, so consecutive users are ordered); held until the guard drops.
+    pub(crate) fn workspace(
+        &self,
+        n: usize,
+    ) -> Result<MutexGuard<'_, Option<CudaSlice<f32>>>, CudaError> {
         let mut ws = self
             .workspace
             .lock()
             .map_err(|_| CudaError::Invalid("workspace lock poisoned".into()))?;
-        if !ws.as_ref().is_some_and(|b| b.len() >= bytes) {
+        if !ws.as_ref().is_some_and(|b| b.len() >= n) {
             self.synchronize()?; // the old buffer may still be in use by queued work
             *ws = None;
-            *ws = Some(self.alloc(bytes.next_power_of_two())?);
+            *ws = Some(self.alloc(n.next_power_of_two())?);
         }
-        Ok(ws.as_ref().map(|b| b.ptr()).unwrap_or(0))
+        Ok(ws)
     }
 
     /// CTAs of kernel `name` that fit on one multiprocessor with this block size and shared memory.
@@ -404,17 +417,10 @@ impl CudaRuntime {
             .map_err(CudaError::driver("stream synchronize"))
     }
 
-    /// Launches kernel `name` on the stream.
-    pub fn launch(
-        &self,
-        name: &str,
-        grid: (u32, u32, u32),
-        block: (u32, u32, u32),
-        smem: u32,
-        args: &[KArg],
-    ) -> Result<(), CudaError> {
+    /// Kernel `name`, allowed `smem` bytes of dynamic shared memory (raised once per kernel above
+    /// the 48 KiB default, with the largest carveout so that two CTAs fit on a multiprocessor).
+    pub(crate) fn kernel(&self, name: &str, smem: u32) -> Result<CudaFunction, CudaError> {
         let f = self.function(name)?;
-        self.bind()?;
         let needs_raise = smem > 48 * 1024
             && self
                 .smem_set
@@ -422,12 +428,12 @@ impl CudaRuntime {
                 .map(|m| !m.get(name).is_some_and(|&v| v >= smem))
                 .unwrap_or(true);
         if needs_raise {
+            self.bind()?;
             f.set_attribute(
                 sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
                 smem as i32,
             )
             .map_err(CudaError::driver(format!("shared memory limit of {name}")))?;
-            // Ask for the largest shared-memory carveout so that two CTAs fit on a multiprocessor.
             f.set_attribute(
                 sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT,
                 100,
@@ -439,38 +445,32 @@ impl CudaRuntime {
                 m.insert(name.to_string(), smem);
             }
         }
-        // Each value in its own 64-byte aligned slot (a tensor map's alignment); the driver reads
-        // as many bytes from each as the kernel's parameter has.
-        let mut vals: Vec<ParamSlot> = args
-            .iter()
-            .map(|a| {
-                let mut v = ParamSlot([0u64; 16]);
-                match a {
-                    KArg::Ptr(p) => v.0[0] = *p,
-                    KArg::I32(i) => v.0[0] = low_bytes(i.to_ne_bytes()),
-                    KArg::F32(x) => v.0[0] = low_bytes(x.to_ne_bytes()),
-                    KArg::TensorMap(m) => v.0 = *m,
-                }
-                v
-            })
-            .collect();
-        let mut params: Vec<*mut c_void> = vals
-            .iter_mut()
-            .map(|v| v.0.as_mut_ptr() as *mut c_void)
-            .collect();
-        // SAFETY: params point at values laid out as the kernel's parameters; they outlive the call
-        // (the driver copies them at launch).
-        unsafe {
-            result::launch_kernel(
-                f.cu_function(),
-                grid,
-                block,
-                smem,
-                self.stream.cu_stream(),
-                &mut params,
-            )
-        }
-        .map_err(CudaError::driver(format!("launching {name}")))
+        Ok(f)
+    }
+
+    /// Launches the arguments pushed on `args` (a builder of [`CudaRuntime::kernel`]`(name, smem)`
+    /// on this runtime's stream) over `grid` x `block`.
+    ///
+    /// # Safety
+    /// The arguments match the kernel's parameters in order and type, and every buffer they name
+    /// holds what the kernel reads and writes for this grid.
+    pub(crate) unsafe fn launch(
+        &self,
+        args: &mut LaunchArgs<'_>,
+        name: &str,
+        grid: (u32, u32, u32),
+        block: (u32, u32, u32),
+        smem: u32,
+    ) -> Result<(), CudaError> {
+        let cfg = LaunchConfig {
+            grid_dim: grid,
+            block_dim: block,
+            shared_mem_bytes: smem,
+        };
+        // SAFETY: the caller's contract.
+        unsafe { args.launch(cfg) }
+            .map(|_| ())
+            .map_err(CudaError::driver(format!("launching {name}")))
     }
 
     /// The cuBLAS handle bound to this runtime's stream (created on first use).

@@ -8,7 +8,9 @@
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
 
-use super::device::{CudaRuntime, DevBuf};
+use cudarc::driver::{CudaSlice, CudaView, CudaViewMut};
+
+use super::device::{addr, CudaRuntime};
 use super::error::CudaError;
 use super::gemm::{self, Epilogue, LinearWeight, Scratch};
 use super::tile::{self, TileDeviceView, TileKernel};
@@ -66,7 +68,7 @@ pub struct Dispatcher {
     tuning: OnceLock<Option<TuningCache>>,
     cache: Mutex<HashMap<Key, Decision>>,
     entries: Mutex<Vec<DispatchEntry>>,
-    dense: Mutex<HashMap<String, DevBuf>>,
+    dense: Mutex<HashMap<String, CudaSlice<u16>>>,
 }
 
 /// Median milliseconds per call of `f`, timed with device events over batches of `per_batch`
@@ -174,13 +176,17 @@ impl Dispatcher {
     }
 
     /// Measures `v` at `tokens` (a bucket) and stores the decision in the tuning cache.
-    fn measure_and_store(
+    ///
+    /// # Safety
+    /// As [`Dispatcher::measure`].
+    unsafe fn measure_and_store(
         &self,
         rt: &CudaRuntime,
         v: &TileDeviceView,
         tokens: usize,
     ) -> Result<Decision, CudaError> {
-        let (kern, t, c) = self.measure(rt, v, tokens)?;
+        // SAFETY: the caller's upload.
+        let (kern, t, c) = unsafe { self.measure(rt, v, tokens)? };
         let choice = if t <= c { Choice::Tile } else { Choice::Cublas };
         if let (Some(cache), Some(key)) = (self.tuning(), tune_key(rt, v, tokens)) {
             let entry = TuneEntry {
@@ -198,16 +204,22 @@ impl Dispatcher {
 
     /// Times every tile kernel this device runs for `v` and cuBLAS on a dense copy; returns the
     /// fastest tile kernel with its time, and the cuBLAS time.
-    fn measure(
+    ///
+    /// # Safety
+    /// `v`'s addresses are those of a live upload on this runtime's device.
+    unsafe fn measure(
         &self,
         rt: &CudaRuntime,
         v: &TileDeviceView,
         tokens: usize,
     ) -> Result<(TileKernel, f64, f64), CudaError> {
-        let dense = gemm::densify(rt, v)?;
-        // Random activations: timing on constant or zero data can run faster than real inputs.
-        let x = random_activations(rt, tokens * v.cols)?;
-        let y = rt.alloc(tokens * v.rows * 2)?;
+        // SAFETY: v's upload is the caller's.
+        let dense = unsafe { gemm::densify(rt, v)? };
+        // Varied activations: timing on constant or zero data can run faster than real inputs.
+        let x = timing_activations(rt, tokens * v.cols)?;
+        let x = x.as_view();
+        let mut y = rt.alloc::<u16>(tokens * v.rows)?;
+        let mut y = y.as_view_mut();
         let ep = Epilogue::default();
         let dev = rt.limits();
         let mut kernels = vec![tile::auto_kernel(&dev, v, tokens)];
@@ -218,35 +230,38 @@ impl Dispatcher {
         }
         let mut best: Option<(TileKernel, f64)> = None;
         for kern in kernels {
-            // SAFETY: x holds tokens x K and y tokens x N values, allocated above; the epilogue is
-            // empty; v's upload outlives the dispatcher's use of it (caller's contract).
+            // SAFETY: v's upload is the caller's; X and Y are checked by the launch.
             let ms = median_ms(rt, 5, 10, || unsafe {
-                tile::tile_gemm_with(rt, x.ptr(), tokens, v, &ep, y.ptr(), None, kern)
+                tile::tile_gemm_with(rt, &x, tokens, v, &ep, &mut y, None, kern)
             })?;
             if best.map_or(true, |(_, b)| ms < b) {
                 best = Some((kern, ms));
             }
         }
         let (kern, tile) = best.unwrap_or((TileKernel::Mma, f64::INFINITY));
-        // SAFETY: dense holds N x K values, x and y as above.
+        // SAFETY: dense holds N x K values (made above and alive); X and Y are checked.
         let cublas = median_ms(rt, 5, 10, || unsafe {
             gemm::dense_gemm(
                 rt,
                 v.elem,
-                x.ptr(),
+                &x,
                 v.cols,
                 tokens,
                 v.cols,
-                dense.ptr(),
+                addr(&dense),
                 v.rows,
-                y.ptr(),
+                &mut y,
             )
         })?;
         Ok((kern, tile, cublas))
     }
 
     /// Decides (measuring on first sight) how weight `name` runs at `tokens` tokens.
-    pub fn decide(
+    ///
+    /// # Safety
+    /// The weight's addresses are those of a live upload on this runtime's device (measuring
+    /// launches on them).
+    pub unsafe fn decide(
         &self,
         rt: &CudaRuntime,
         name: &str,
@@ -270,7 +285,8 @@ impl Dispatcher {
                     None => {
                         let d = match self.decide_without_measuring(rt, v, tokens_b) {
                             Some(d) => d,
-                            None => self.measure_and_store(rt, v, tokens_b)?,
+                            // SAFETY: the caller's upload.
+                            None => unsafe { self.measure_and_store(rt, v, tokens_b)? },
                         };
                         self.cache
                             .lock()
@@ -328,24 +344,25 @@ impl Dispatcher {
         Ok(entry)
     }
 
-    /// Runs `Y = act(X W^T + b) + residual` with the implementation chosen for this weight.
+    /// Runs `Y = act(X W^T + b) + residual` with the implementation chosen for this weight. X
+    /// (`m x K`), Y (`m x N`) and the epilogue are checked against the weight's shape.
     ///
     /// # Safety
-    /// As [`gemm::linear`]: `x` holds `m x K` and `y` `m x N` values of the weight's type, the
-    /// epilogue's addresses their [`Epilogue`] bounds, and the weight's upload is alive.
+    /// As [`gemm::linear`]: the weight's upload is alive, on this runtime's device.
     #[allow(clippy::too_many_arguments)]
     pub unsafe fn run_linear(
         &self,
         rt: &CudaRuntime,
         name: &str,
-        x: u64,
+        x: &CudaView<'_, u16>,
         m: usize,
         w: &LinearWeight,
-        ep: &Epilogue,
-        y: u64,
+        ep: &Epilogue<'_>,
+        y: &mut CudaViewMut<'_, u16>,
         scratch: &mut Scratch,
     ) -> Result<Choice, CudaError> {
-        let d = self.decide(rt, name, w, m)?;
+        // SAFETY: the caller's upload.
+        let d = unsafe { self.decide(rt, name, w, m)? };
         if let (Choice::Tile, LinearWeight::Tile(v), Some(kern)) = (d.choice, w, d.kernel) {
             // SAFETY: the caller's bounds, passed on.
             unsafe { tile::tile_gemm_with(rt, x, m, v, ep, y, None, kern)? };
@@ -358,14 +375,20 @@ impl Dispatcher {
                     .lock()
                     .map_err(|_| CudaError::Invalid("dense cache lock poisoned".into()))?;
                 if !dense.contains_key(name) {
-                    dense.insert(name.to_string(), gemm::densify(rt, v)?);
+                    // SAFETY: the caller's upload.
+                    dense.insert(name.to_string(), unsafe { gemm::densify(rt, v)? });
                 }
-                dense.get(name).map(|b| b.ptr())
+                dense
             }
-            _ => None,
+            _ => {
+                // SAFETY: the caller's upload; no dense copy.
+                unsafe { gemm::linear(rt, x, m, w, None, ep, y, scratch)? };
+                return Ok(d.choice);
+            }
         };
-        // SAFETY: the caller's bounds; the dense copy holds N x K values and lives in self.
-        unsafe { gemm::linear(rt, x, m, w, fallback, ep, y, scratch)? };
+        let view = fallback.get(name).map(|b| b.as_view());
+        // SAFETY: the caller's upload; the dense copy holds N x K values and lives in self.
+        unsafe { gemm::linear(rt, x, m, w, view.as_ref(), ep, y, scratch)? };
         Ok(d.choice)
     }
 
@@ -375,11 +398,16 @@ impl Dispatcher {
     }
 }
 
-/// `n` f16 values uniform in [-1, 1) on the device: a fixed-seed block of 1 Mi values repeated.
-fn random_activations(rt: &CudaRuntime, n: usize) -> Result<DevBuf, CudaError> {
-    let mut rng = super::host::Rng::new(0x5EED_0FD1_59A7);
-    let block: Vec<u16> = (0..(1usize << 20).min(n.max(1)))
-        .map(|_| super::host::to_bits(super::ElemType::F16, rng.sym(1.0)))
+/// `n` f16 values spread over [-1, 1) on the device, a fixed pattern of 1 Mi values repeated:
+/// each value's bits come from a multiplicative hash of its index, so the data is the same in
+/// every process and varied enough that the tensor cores do not see constant operands.
+pub(crate) fn timing_activations(rt: &CudaRuntime, n: usize) -> Result<CudaSlice<u16>, CudaError> {
+    let block: Vec<u16> = (0..(1usize << 20).min(n.max(1)) as u64)
+        .map(|i| {
+            let h = (i + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            let u = (h >> 40) as f32 / (1u64 << 24) as f32;
+            half::f16::from_f32(2.0 * u - 1.0).to_bits()
+        })
         .collect();
     let values: Vec<u16> = block.iter().copied().cycle().take(n).collect();
     rt.upload(&values)

@@ -6,10 +6,12 @@
 //! columns, then cuBLAS). Activations are f16 or bf16, row-major; accumulation is fp32.
 
 use cudarc::cublas::{result as blas, sys as blas_sys};
+use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, PushKernelArg};
 
-use super::device::{CudaRuntime, DevBuf, ElemType, KArg};
+use super::device::{addr, CudaRuntime, ElemType};
 pub use super::epilogue::Epilogue;
 use super::error::CudaError;
+use super::tile::common::{arg_opt, int, NULL_PTR};
 use super::tile::{grid_1d, tile_gemm, TileDeviceView};
 
 /// A linear weight resident on the device, `N` (out) x `K` (in).
@@ -84,16 +86,21 @@ impl LinearWeight {
 /// Scratch memory reused across calls (compacted activations and outputs).
 #[derive(Debug, Default)]
 pub struct Scratch {
-    buf: Option<DevBuf>,
+    buf: Option<CudaSlice<u16>>,
 }
 
 impl Scratch {
-    fn get(&mut self, rt: &CudaRuntime, bytes: usize) -> Result<u64, CudaError> {
-        if !self.buf.as_ref().is_some_and(|b| b.len() >= bytes) {
-            self.buf = None;
-            self.buf = Some(rt.alloc(bytes)?);
+    fn get(&mut self, rt: &CudaRuntime, n: usize) -> Result<&mut CudaSlice<u16>, CudaError> {
+        match &mut self.buf {
+            Some(b) if b.len() >= n => {}
+            slot => {
+                *slot = None;
+                *slot = Some(rt.alloc(n)?);
+            }
         }
-        Ok(self.buf.as_ref().map(|b| b.ptr()).unwrap_or(0))
+        self.buf
+            .as_mut()
+            .ok_or_else(|| CudaError::Invalid("scratch buffer missing".into()))
     }
 }
 
@@ -104,48 +111,62 @@ fn data_type(elem: ElemType) -> blas_sys::cudaDataType {
     }
 }
 
-/// cuBLAS: `Y[M,N] = X[M,K] W[N,K]^T` (row-major; ldx/ldw/ldy in elements), fp32 compute.
+fn too_short(what: &str, have: usize, need: usize) -> CudaError {
+    CudaError::Invalid(format!("linear: {what} holds {have} values, needs {need}"))
+}
+
+/// cuBLAS: `Y[M,N] = X[M,K] W[N,K]^T` (row-major; X's pitch `ldx` in elements), fp32 compute.
+/// X and Y are checked against the shape.
 ///
 /// # Safety
-/// `x` must hold `m` rows of pitch `ldx`, `w` `n x k` and `y` `m x n` values of `elem`, on this
-/// runtime's device.
+/// `w` is the address of `n x k` values of `elem` on this runtime's device, alive until the
+/// stream's work is done.
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn dense_gemm(
     rt: &CudaRuntime,
     elem: ElemType,
-    x: u64,
+    x: &CudaView<'_, u16>,
     ldx: usize,
     m: usize,
     k: usize,
     w: u64,
     n: usize,
-    y: u64,
+    y: &mut CudaViewMut<'_, u16>,
 ) -> Result<(), CudaError> {
+    let x_need = if m == 0 { 0 } else { (m - 1) * ldx + k };
+    if x.len() < x_need || ldx < k {
+        return Err(too_short("X", x.len(), x_need));
+    }
+    if y.len() < m * n {
+        return Err(too_short("Y", y.len(), m * n));
+    }
     let handle = *rt.blas()?.handle();
     rt.bind()?;
     let (alpha, beta) = (1.0f32, 0.0f32);
     let t = data_type(elem);
+    let (xa, ya) = (addr(x), addr(y));
+    let (mi, ni, ki, ldxi) = (int(m)?, int(n)?, int(k)?, int(ldx)?);
     // Column-major view: Y^T[N,M] = W[N,K] (W^T stored) * X^T[K,M].
-    // SAFETY: the caller's bounds cover the operands; alpha/beta live across the call.
+    // SAFETY: X and Y were checked above, W is the caller's; alpha/beta live across the call.
     unsafe {
         blas::gemm_ex(
             handle,
             blas_sys::cublasOperation_t::CUBLAS_OP_T,
             blas_sys::cublasOperation_t::CUBLAS_OP_N,
-            n as i32,
-            m as i32,
-            k as i32,
+            ni,
+            mi,
+            ki,
             &alpha as *const f32 as *const _,
             w as *const _,
             t,
-            k as i32,
-            x as *const _,
+            ki,
+            xa as *const _,
             t,
-            ldx as i32,
+            ldxi,
             &beta as *const f32 as *const _,
-            y as *mut _,
+            ya as *mut _,
             t,
-            n as i32,
+            ni,
             blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
             blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
         )
@@ -153,108 +174,135 @@ pub unsafe fn dense_gemm(
     .map_err(CudaError::cublas(format!("gemm {m}x{n}x{k}")))
 }
 
-/// Applies the epilogue in place on Y (after cuBLAS), or, with `inv`, scatters compacted rows.
+/// Compacted rows of Y to scatter: `yc` holds `m` rows of pitch `ldc`; `inv` is the device address
+/// of `N` i32 (the compact row of each feature, or -1).
+pub struct Compacted<'a, 'b> {
+    /// The compacted product.
+    pub yc: &'a CudaView<'b, u16>,
+    /// Its pitch in elements.
+    pub ldc: usize,
+    /// Device address of the inverse map.
+    pub inv: u64,
+}
+
+/// Applies the epilogue in place on Y (after cuBLAS), or, with `compact`, scatters compacted rows
+/// into Y while applying it. Y and the epilogue are checked against `m x n`.
 ///
 /// # Safety
-/// `y` must hold `m x n` values of `elem`; with `inv` (N i32, else 0) `yc` must hold `m` rows of
-/// pitch `ldc`; the epilogue's addresses their [`Epilogue`] bounds; all on this runtime's device.
-#[allow(clippy::too_many_arguments)]
+/// With `compact`, `inv` is the address of `n` i32 values in `-1..ldc`, on this runtime's device.
 pub unsafe fn epilogue(
     rt: &CudaRuntime,
     elem: ElemType,
-    y: u64,
+    y: &mut CudaViewMut<'_, u16>,
     m: usize,
     n: usize,
-    yc: u64,
-    ldc: usize,
-    inv: u64,
-    ep: &Epilogue,
+    compact: Option<Compacted<'_, '_>>,
+    ep: &Epilogue<'_>,
 ) -> Result<(), CudaError> {
-    if inv == 0 && *ep == Epilogue::default() {
+    if compact.is_none() && ep.is_empty() {
         return Ok(()); // nothing to apply
     }
-    let i = |v: usize| KArg::I32(v as i32);
-    let args = [
-        KArg::Ptr(y),
-        i(m),
-        i(n),
-        KArg::Ptr(yc),
-        i(ldc),
-        KArg::Ptr(inv),
-        KArg::Ptr(ep.bias),
-        KArg::Ptr(ep.residual),
-        KArg::I32(ep.gelu as i32),
-    ];
-    rt.launch(
-        &format!("epilogue_{}", elem.suffix()),
-        grid_1d(m * n),
-        (256, 1, 1),
-        0,
-        &args,
-    )
+    if y.len() < m * n {
+        return Err(too_short("Y", y.len(), m * n));
+    }
+    ep.check(m, n)?;
+    let (mi, ni, gelu) = (int(m)?, int(n)?, i32::from(ep.gelu));
+    let ldc = int(compact.as_ref().map_or(0, |c| c.ldc))?;
+    if let Some(c) = &compact {
+        if c.yc.len() < m * c.ldc {
+            return Err(too_short("the compacted Y", c.yc.len(), m * c.ldc));
+        }
+    }
+    let name = format!("epilogue_{}", elem.suffix());
+    let f = rt.kernel(&name, 0)?;
+    let mut b = rt.stream().launch_builder(&f);
+    b.arg(&mut *y).arg(&mi).arg(&ni);
+    match &compact {
+        Some(c) => b.arg(c.yc).arg(&ldc).arg(&c.inv),
+        None => b.arg(&NULL_PTR).arg(&ldc).arg(&NULL_PTR),
+    };
+    arg_opt(&mut b, &ep.bias);
+    arg_opt(&mut b, &ep.residual);
+    b.arg(&gelu);
+    // SAFETY: Y, the compacted rows and the epilogue were checked for m x n; inv is the
+    // caller's; the arguments follow the kernel's order.
+    unsafe { rt.launch(&mut b, &name, grid_1d(m * n), (256, 1, 1), 0) }
 }
 
 /// Expands a tile-encoded weight into a dense `N x K` device matrix (for cuBLAS).
-pub fn densify(rt: &CudaRuntime, v: &TileDeviceView) -> Result<DevBuf, CudaError> {
+///
+/// # Safety
+/// `v`'s addresses are those of a live upload on this runtime's device.
+pub unsafe fn densify(rt: &CudaRuntime, v: &TileDeviceView) -> Result<CudaSlice<u16>, CudaError> {
     if v.has_element_bitmaps {
         return Err(CudaError::Invalid(
             "densify on the device needs a tile encoding without element bitmaps".into(),
         ));
     }
-    let buf = rt.alloc(v.rows * v.cols * 2)?;
-    rt.fill_u16(buf.ptr(), 0, v.rows * v.cols)?;
-    let i = |x: usize| KArg::I32(x as i32);
-    let args = [
-        KArg::Ptr(v.bitmap),
-        KArg::Ptr(v.row_offsets),
-        KArg::Ptr(v.values),
-        i(v.rows),
-        i(v.cols),
-        i(v.th),
-        i(v.tw),
-        i(v.grid_cols),
-        KArg::Ptr(buf.ptr()),
-    ];
-    rt.launch(
-        &format!("densify_tiles_{}", v.elem.suffix()),
-        (v.grid_rows as u32, 1, 1),
-        (256, 1, 1),
-        0,
-        &args,
-    )?;
+    let mut buf = rt.alloc::<u16>(v.rows * v.cols)?;
+    let (rows, cols, th, tw, gc) = (
+        int(v.rows)?,
+        int(v.cols)?,
+        int(v.th)?,
+        int(v.tw)?,
+        int(v.grid_cols)?,
+    );
+    let name = format!("densify_tiles_{}", v.elem.suffix());
+    let f = rt.kernel(&name, 0)?;
+    let mut b = rt.stream().launch_builder(&f);
+    b.arg(&v.bitmap).arg(&v.row_offsets).arg(&v.values);
+    b.arg(&rows)
+        .arg(&cols)
+        .arg(&th)
+        .arg(&tw)
+        .arg(&gc)
+        .arg(&mut buf);
+    // SAFETY: buf holds N x K zeroed values; v's addresses are the caller's; the arguments
+    // follow the kernel's order.
+    unsafe { rt.launch(&mut b, &name, (v.grid_rows as u32, 1, 1), (256, 1, 1), 0)? };
     Ok(buf)
 }
 
 /// `Y = act(X W^T + b) + residual` for any weight form. `dense_fallback`, when given, is a dense
-/// copy of a tile weight to run through cuBLAS instead of the tile kernel.
+/// `N x K` copy of a tile weight to run through cuBLAS instead of the tile kernel. X, Y, the
+/// fallback and the epilogue are checked against the weight's shape.
 ///
 /// # Safety
-/// `x` must hold `m x K` and `y` `m x N` values of the weight's element type, `dense_fallback`
-/// `N x K` of them, the epilogue's addresses their [`Epilogue`] bounds, and the weight's
-/// addresses the live upload that made it; all on this runtime's device.
+/// The weight's addresses are those of the live upload that made it, on this runtime's device.
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn linear(
     rt: &CudaRuntime,
-    x: u64,
+    x: &CudaView<'_, u16>,
     m: usize,
     w: &LinearWeight,
-    dense_fallback: Option<u64>,
-    ep: &Epilogue,
-    y: u64,
+    dense_fallback: Option<&CudaView<'_, u16>>,
+    ep: &Epilogue<'_>,
+    y: &mut CudaViewMut<'_, u16>,
     scratch: &mut Scratch,
 ) -> Result<(), CudaError> {
     let elem = w.elem();
-    // SAFETY (every call below): the caller's bounds cover X, Y, the weight and the epilogue; the
-    // compacted activations and outputs are scratch buffers sized here.
+    let (n, k) = w.dims();
+    if x.len() < m * k {
+        return Err(too_short("X", x.len(), m * k));
+    }
+    if y.len() < m * n {
+        return Err(too_short("Y", y.len(), m * n));
+    }
+    // SAFETY (every call below): the weight's addresses are the caller's; every device buffer is
+    // typed and checked by the callee; the compacted activations and outputs are scratch
+    // buffers sized here.
     match (*w, dense_fallback) {
         (LinearWeight::Tile(v), None) => tile_gemm(rt, x, m, &v, ep, y),
         (LinearWeight::Tile(v), Some(d)) => {
-            dense_gemm(rt, elem, x, v.cols, m, v.cols, d, v.rows, y)?;
-            epilogue(rt, elem, y, m, v.rows, 0, 0, 0, ep)
+            if d.len() < n * k {
+                return Err(too_short("the dense copy", d.len(), n * k));
+            }
+            dense_gemm(rt, elem, x, v.cols, m, v.cols, addr(d), v.rows, y)?;
+            epilogue(rt, elem, y, m, v.rows, None, ep)
         }
         (LinearWeight::Dense { w, n, k, .. }, _) => {
             dense_gemm(rt, elem, x, k, m, k, w, n, y)?;
-            epilogue(rt, elem, y, m, n, 0, 0, 0, ep)
+            epilogue(rt, elem, y, m, n, None, ep)
         }
         (
             LinearWeight::Rows {
@@ -262,11 +310,17 @@ pub unsafe fn linear(
             },
             _,
         ) => {
-            let yc = scratch.get(rt, m * nr.max(1) * 2)?;
+            let yc = scratch.get(rt, m * nr.max(1))?;
             if nr > 0 {
-                dense_gemm(rt, elem, x, k, m, k, w, nr, yc)?;
+                dense_gemm(rt, elem, x, k, m, k, w, nr, &mut yc.as_view_mut())?;
             }
-            epilogue(rt, elem, y, m, n, yc, nr.max(1), inv, ep)
+            let yc = yc.as_view();
+            let compact = Compacted {
+                yc: &yc,
+                ldc: nr.max(1),
+                inv,
+            };
+            epilogue(rt, elem, y, m, n, Some(compact), ep)
         }
         (
             LinearWeight::Cols {
@@ -275,28 +329,22 @@ pub unsafe fn linear(
             _,
         ) => {
             if kc == 0 {
-                rt.fill_u16(y, 0, m * n)?;
-                return epilogue(rt, elem, y, m, n, 0, 0, 0, ep);
+                rt.fill_u16(&mut y.slice_mut(..m * n), 0)?;
+                return epilogue(rt, elem, y, m, n, None, ep);
             }
-            let xc = scratch.get(rt, m * kc * 2)?;
-            let i = |v: usize| KArg::I32(v as i32);
-            let args = [
-                KArg::Ptr(x),
-                i(m),
-                i(k),
-                KArg::Ptr(idx),
-                i(kc),
-                KArg::Ptr(xc),
-            ];
-            rt.launch(
-                &format!("gather_cols_{}", elem.suffix()),
-                grid_1d(m * kc),
-                (256, 1, 1),
-                0,
-                &args,
-            )?;
-            dense_gemm(rt, elem, xc, kc, m, kc, w, n, y)?;
-            epilogue(rt, elem, y, m, n, 0, 0, 0, ep)
+            let xc = scratch.get(rt, m * kc)?;
+            let (mi, ki, kci) = (int(m)?, int(k)?, int(kc)?);
+            let name = format!("gather_cols_{}", elem.suffix());
+            let f = rt.kernel(&name, 0)?;
+            {
+                let mut b = rt.stream().launch_builder(&f);
+                b.arg(x).arg(&mi).arg(&ki).arg(&idx).arg(&kci).arg(&mut *xc);
+                // SAFETY: X holds m x K values (checked above), xc m x kc (sized above), idx kc
+                // column indices below K (the caller's weight); the arguments follow the kernel.
+                rt.launch(&mut b, &name, grid_1d(m * kc), (256, 1, 1), 0)?;
+            }
+            dense_gemm(rt, elem, &xc.as_view(), kc, m, kc, w, n, y)?;
+            epilogue(rt, elem, y, m, n, None, ep)
         }
     }
 }

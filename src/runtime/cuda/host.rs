@@ -1,5 +1,5 @@
-//! The CPU half of the CUDA path: building the tile layout a kernel reads, tile masks, the f32
-//! reference of the linear layer and error measures. Nothing here needs a GPU.
+//! The CPU half of the CUDA path: building the tile layout a kernel reads and what kernel choice
+//! reads from a bitmap. Nothing here needs a GPU.
 
 use half::{bf16, f16};
 
@@ -210,195 +210,21 @@ impl HostTiles {
     }
 }
 
-/// Keeps the `round(density * tiles)` tiles of largest Frobenius norm (at least one).
-pub fn top_norm_mask(
-    data: &[f32],
-    rows: usize,
-    cols: usize,
-    th: usize,
-    tw: usize,
-    density: f64,
-) -> Vec<bool> {
-    let (gr, gc) = (rows.div_ceil(th), cols.div_ceil(tw));
-    let mut norms = vec![0f64; gr * gc];
-    for r in 0..rows {
-        for c in 0..cols {
-            let v = data.get(r * cols + c).copied().unwrap_or(0.0) as f64;
-            norms[(r / th) * gc + c / tw] += v * v;
-        }
-    }
-    let keep_n = ((density.clamp(0.0, 1.0) * (gr * gc) as f64).round() as usize).clamp(1, gr * gc);
-    let mut order: Vec<usize> = (0..gr * gc).collect();
-    order.sort_by(|&a, &b| norms[b].total_cmp(&norms[a]).then(a.cmp(&b)));
-    let mut keep = vec![false; gr * gc];
-    for &t in order.iter().take(keep_n) {
-        keep[t] = true;
-    }
-    keep
-}
-
-/// A small deterministic generator (xorshift64*), for test and benchmark data.
-#[derive(Debug, Clone)]
-pub struct Rng(u64);
-
-impl Rng {
-    /// Seeds the generator (a zero seed is replaced).
-    pub fn new(seed: u64) -> Self {
-        Self(seed.max(1) ^ 0x9E37_79B9_7F4A_7C15)
-    }
-    /// A seed from the clock and process id, so every run draws fresh data.
-    pub fn fresh() -> Self {
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(1);
-        Self::new(t ^ (std::process::id() as u64) << 32)
-    }
-    /// Next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    /// Uniform in [0, 1).
-    pub fn uniform(&mut self) -> f32 {
-        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
-    }
-    /// Uniform in [-a, a).
-    pub fn sym(&mut self, a: f32) -> f32 {
-        (self.uniform() * 2.0 - 1.0) * a
-    }
-    /// `n` values uniform in [-a, a).
-    pub fn vec(&mut self, n: usize, a: f32) -> Vec<f32> {
-        (0..n).map(|_| self.sym(a)).collect()
-    }
-    /// A mask over `n` entries with exactly `round(density * n)` (at least one) true, at random places.
-    pub fn mask(&mut self, n: usize, density: f64) -> Vec<bool> {
-        let k = ((density.clamp(0.0, 1.0) * n as f64).round() as usize).clamp(1, n.max(1));
-        let mut idx: Vec<usize> = (0..n).collect();
-        for i in 0..k.min(n) {
-            let j = i + (self.next_u64() % (n - i) as u64) as usize;
-            idx.swap(i, j);
-        }
-        let mut m = vec![false; n];
-        for &i in idx.iter().take(k.min(n)) {
-            m[i] = true;
-        }
-        m
-    }
-}
-
-/// erf-based GELU in f64.
-pub fn gelu(x: f64) -> f64 {
-    0.5 * x * (1.0 + erf(x / std::f64::consts::SQRT_2))
-}
-
-/// The error function in f64 (libm's, accurate to about 1 ulp). A series summed by hand here
-/// never ended at x = 0 (its stopping test compared a zero term against zero), which hung every
-/// check whose reference applied GELU to an output row that was exactly zero.
-pub fn erf(x: f64) -> f64 {
-    libm::erf(x)
-}
-
-/// The linear layer in f64 from f32 inputs: `act(x w^T + b) + residual`, x `[m, k]`, w `[n, k]`.
-#[allow(clippy::too_many_arguments)]
-pub fn reference_linear(
-    x: &[f32],
-    m: usize,
-    k: usize,
-    w: &[f32],
-    n: usize,
-    bias: Option<&[f32]>,
-    gelu_on: bool,
-    residual: Option<&[f32]>,
-) -> Vec<f32> {
-    use rayon::prelude::*;
-    let mut y = vec![0f32; m * n];
-    y.par_chunks_mut(n.max(1)).enumerate().for_each(|(i, row)| {
-        let xr = &x[i * k..(i + 1) * k];
-        for (j, out) in row.iter_mut().enumerate() {
-            let wr = &w[j * k..(j + 1) * k];
-            let mut acc = 0f64;
-            for (a, b) in xr.iter().zip(wr) {
-                acc += *a as f64 * *b as f64;
-            }
-            if let Some(b) = bias {
-                acc += b[j] as f64;
-            }
-            if gelu_on {
-                acc = gelu(acc);
-            }
-            if let Some(r) = residual {
-                acc += r[i * n + j] as f64;
-            }
-            *out = acc as f32;
-        }
-    });
-    y
-}
-
-/// Error of `out` against `reference`.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct ErrorStats {
-    /// `max |out - ref| / max |ref|`.
-    pub max_rel: f64,
-    /// `||out - ref||_2 / ||ref||_2`.
-    pub l2_rel: f64,
-    /// Non-finite values in `out` (NaN or infinity), which always fail a check.
-    pub non_finite: usize,
-}
-
-impl ErrorStats {
-    /// Passes when every value is finite and `max_rel < tol`.
-    pub fn passes(&self, tol: f64) -> bool {
-        self.non_finite == 0 && self.max_rel < tol && self.max_rel.is_finite()
-    }
-}
-
-/// Compares `out` with `reference` (same length).
-pub fn compare(out: &[f32], reference: &[f32]) -> ErrorStats {
-    let mut non_finite = 0usize;
-    let (mut max_d, mut max_r, mut d2, mut r2) = (0f64, 0f64, 0f64, 0f64);
-    for (&o, &r) in out.iter().zip(reference) {
-        if !o.is_finite() {
-            non_finite += 1;
-            continue;
-        }
-        let d = (o as f64 - r as f64).abs();
-        max_d = max_d.max(d);
-        max_r = max_r.max((r as f64).abs());
-        d2 += d * d;
-        r2 += (r as f64) * (r as f64);
-    }
-    if out.len() != reference.len() {
-        non_finite += out.len().abs_diff(reference.len());
-    }
-    ErrorStats {
-        max_rel: if max_r > 0.0 { max_d / max_r } else { max_d },
-        l2_rel: if r2 > 0.0 {
-            (d2 / r2).sqrt()
-        } else {
-            d2.sqrt()
-        },
-        non_finite,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::format::{Dtype, EncodedTensor, PartRole};
+    use ets_testkit::rng::{test_rng, Rng};
 
     #[test]
     fn layout_matches_the_format_writer() {
-        let mut rng = Rng::fresh();
+        let mut rng = test_rng("layout_matches_the_format_writer");
         for &(rows, cols, th, tw) in &[
             (40usize, 72usize, 16usize, 16usize),
             (64, 64, 32, 32),
             (70, 130, 64, 64),
         ] {
-            let data = rng.vec(rows * cols, 1.0);
+            let data = rng.symmetric_vec(rows * cols, 1.0);
             let keep = rng.mask(rows.div_ceil(th) * cols.div_ceil(tw), 0.4);
             let ours =
                 HostTiles::from_dense(&data, rows, cols, th, tw, &keep, ElemType::F16).unwrap();
@@ -425,9 +251,9 @@ mod tests {
 
     #[test]
     fn dense_round_trip_zeroes_pruned_tiles_only() {
-        let mut rng = Rng::fresh();
+        let mut rng = test_rng("dense_round_trip_zeroes_pruned_tiles_only");
         let (rows, cols, th, tw) = (33, 50, 16, 16);
-        let data = round_trip(ElemType::F16, &rng.vec(rows * cols, 2.0));
+        let data = round_trip(ElemType::F16, &rng.symmetric_vec(rows * cols, 2.0));
         let keep = rng.mask(3 * 4, 0.5);
         let t = HostTiles::from_dense(&data, rows, cols, th, tw, &keep, ElemType::F16).unwrap();
         let back = t.to_dense_f32();
@@ -438,58 +264,6 @@ mod tests {
                 assert_eq!(back[r * cols + c], want, "({r},{c})");
             }
         }
-    }
-
-    #[test]
-    fn top_norm_keeps_the_largest_tiles() {
-        let (rows, cols) = (32, 32);
-        let mut data = vec![0.01f32; rows * cols];
-        // make tile (1, 0) big
-        for r in 16..32 {
-            for c in 0..16 {
-                data[r * cols + c] = 5.0;
-            }
-        }
-        let m = top_norm_mask(&data, rows, cols, 16, 16, 0.25);
-        assert_eq!(m, vec![false, false, true, false]);
-    }
-
-    #[test]
-    fn reference_matches_a_naive_loop_and_gelu_is_sane() {
-        let mut rng = Rng::fresh();
-        let (m, k, n) = (5, 7, 3);
-        let x = rng.vec(m * k, 1.0);
-        let w = rng.vec(n * k, 1.0);
-        let b = rng.vec(n, 1.0);
-        let res = rng.vec(m * n, 1.0);
-        let y = reference_linear(&x, m, k, &w, n, Some(&b), true, Some(&res));
-        for i in 0..m {
-            for j in 0..n {
-                let mut s = b[j] as f64;
-                for t in 0..k {
-                    s += x[i * k + t] as f64 * w[j * k + t] as f64;
-                }
-                let want = gelu(s) + res[i * n + j] as f64;
-                assert!((y[i * n + j] as f64 - want).abs() < 1e-5);
-            }
-        }
-        assert!((erf(0.5) - 0.520_499_877_813_046_5).abs() < 1e-12);
-        assert!((erf(3.0) - 0.999_977_909_503_001_4).abs() < 1e-12);
-        // Zero, subnormal and signed inputs (zero used to hang the reference).
-        assert_eq!(erf(0.0), 0.0);
-        assert_eq!(gelu(0.0), 0.0);
-        assert!(erf(1e-310) > 0.0 && erf(-1e-310) < 0.0);
-        assert!((erf(-0.5) + 0.520_499_877_813_046_5).abs() < 1e-12);
-        assert!((gelu(-10.0)).abs() < 1e-12);
-    }
-
-    #[test]
-    fn compare_flags_nan() {
-        let r = [1.0f32, 2.0, 3.0];
-        assert!(compare(&[1.0, 2.0, 3.0], &r).passes(1e-6));
-        assert!(!compare(&[1.0, f32::NAN, 3.0], &r).passes(1.0));
-        let s = compare(&[1.0, 2.0, 3.3], &r);
-        assert!((s.max_rel - 0.1).abs() < 1e-6);
     }
 
     #[test]
@@ -561,7 +335,7 @@ mod tests {
                 keep[br * gc..(br + 1) * gc].copy_from_slice(&cols);
             }
         }
-        let w = rng.vec(gr * 16 * gc * 16, 1.0);
+        let w = rng.symmetric_vec(gr * 16 * gc * 16, 1.0);
         let h = HostTiles::from_dense(&w, gr * 16, gc * 16, 16, 16, &keep, ElemType::F16).unwrap();
         let u = union_fractions(&h.bitmap, gr, gc, 16);
         let d = h.density() as f32;
@@ -571,17 +345,10 @@ mod tests {
         );
         // 64-row tiles with 64-feature groups: the union is the tile density itself.
         let keep = rng.mask(6 * 12, 0.3);
-        let w = rng.vec(6 * 64 * 12 * 64, 1.0);
+        let w = rng.symmetric_vec(6 * 64 * 12 * 64, 1.0);
         let h = HostTiles::from_dense(&w, 6 * 64, 12 * 64, 64, 64, &keep, ElemType::F16).unwrap();
         let u = union_fractions(&h.bitmap, 6, 12, 64);
         assert!((u[0] - h.density() as f32).abs() < 1e-6);
         assert!(u[1] >= u[0] && u[1] <= (2.0 * u[0]).min(1.0) + 1e-6);
-    }
-
-    #[test]
-    fn rng_mask_has_exact_count() {
-        let mut rng = Rng::fresh();
-        let m = rng.mask(100, 0.3);
-        assert_eq!(m.iter().filter(|&&b| b).count(), 30);
     }
 }

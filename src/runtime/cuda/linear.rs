@@ -12,18 +12,20 @@
 //! let dispatcher = Dispatcher::new();
 //! let (m, k, n) = (128, 384, 1536);
 //! let x = rt.upload(&vec![0u16; m * k])?; // f16 activations
-//! let mut y = rt.alloc(m * n * 2)?;
+//! let mut y = rt.alloc::<u16>(m * n)?;
 //! let call = LinearCall {
 //!     weight: "encoder.layer.0.intermediate.dense.weight",
 //!     bias: Some("encoder.layer.0.intermediate.dense.bias"),
 //!     gelu: true,
 //!     residual: None,
 //! };
-//! run_linear(&rt, &dispatcher, &model, &call, &x, m, &mut y)?;
+//! run_linear(&rt, &dispatcher, &model, &call, &x.as_view(), m, &mut y.as_view_mut())?;
 //! # Ok(()) }
 //! ```
 
-use super::device::{CudaRuntime, DevBuf};
+use cudarc::driver::{CudaView, CudaViewMut};
+
+use super::device::CudaRuntime;
 use super::dispatch::{Choice, Dispatcher};
 use super::epilogue::Epilogue;
 use super::error::CudaError;
@@ -31,7 +33,7 @@ use super::gemm::Scratch;
 use super::upload::DeviceModel;
 
 /// What to run: a 2-D weight of the model, optionally its 1-D bias, GELU and a residual.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 pub struct LinearCall<'a> {
     /// Name of the 2-D weight tensor (`N x K`).
     pub weight: &'a str,
@@ -39,34 +41,34 @@ pub struct LinearCall<'a> {
     pub bias: Option<&'a str>,
     /// Apply erf-GELU after the bias.
     pub gelu: bool,
-    /// An `M x N` buffer of Y's element type added last, if any.
-    pub residual: Option<&'a DevBuf>,
+    /// `M x N` values of Y's element type added last, if any.
+    pub residual: Option<CudaView<'a, u16>>,
 }
 
 fn too_small(what: &str, need: usize, have: usize) -> CudaError {
-    CudaError::Invalid(format!("linear: {what} holds {have} bytes, needs {need}"))
+    CudaError::Invalid(format!("linear: {what} holds {have} values, needs {need}"))
 }
 
 /// `Y = act(X W^T + b) + residual` for `m` tokens: X (`m x K`) and Y (`m x N`) hold 16-bit values
 /// of the weight's element type, row-major. The dispatcher picks the implementation (timed once
 /// per weight, mask and token bucket). The model is borrowed, so its weights stay alive; every
-/// buffer's size is checked here.
+/// buffer's size is checked.
 pub fn run_linear(
     rt: &CudaRuntime,
     dispatcher: &Dispatcher,
     model: &DeviceModel,
     call: &LinearCall<'_>,
-    x: &DevBuf,
+    x: &CudaView<'_, u16>,
     m: usize,
-    y: &mut DevBuf,
+    y: &mut CudaViewMut<'_, u16>,
 ) -> Result<Choice, CudaError> {
     let w = model.linear(call.weight)?;
     let (n, k) = w.dims();
-    if x.len() < m * k * 2 {
-        return Err(too_small("X", m * k * 2, x.len()));
+    if x.len() < m * k {
+        return Err(too_small("X", m * k, x.len()));
     }
-    if y.len() < m * n * 2 {
-        return Err(too_small("Y", m * n * 2, y.len()));
+    if y.len() < m * n {
+        return Err(too_small("Y", m * n, y.len()));
     }
     let bias = match call.bias {
         Some(name) => {
@@ -77,16 +79,14 @@ pub fn run_linear(
                     detail: format!("bias of shape {:?} for {n} out features", t.shape),
                 });
             }
-            model.f32_values(name)?
+            Some(model.f32_values(name)?)
         }
-        None => 0,
+        None => None,
     };
-    let residual = match call.residual {
-        Some(r) if r.len() < m * n * 2 => {
-            return Err(too_small("the residual", m * n * 2, r.len()))
-        }
-        Some(r) => r.ptr(),
-        None => 0,
+    let residual = match &call.residual {
+        Some(r) if r.len() < m * n => return Err(too_small("the residual", m * n, r.len())),
+        Some(r) => Some(r.slice(..)),
+        None => None,
     };
     let ep = Epilogue {
         bias,
@@ -94,8 +94,7 @@ pub fn run_linear(
         residual,
     };
     let mut scratch = Scratch::default();
-    // SAFETY: X and Y were checked to hold m x K and m x N 16-bit values, the residual m x N, the
-    // bias is an N-value f32 tensor of the model, and the model (which owns the weight's
-    // allocation) is borrowed for the whole call; all are allocations of this runtime.
-    unsafe { dispatcher.run_linear(rt, call.weight, x.ptr(), m, &w, &ep, y.ptr(), &mut scratch) }
+    // SAFETY: the weight is the model's, which is borrowed (so its allocation is alive) for the
+    // whole call; X, Y and the epilogue are typed buffers checked above and by the launch.
+    unsafe { dispatcher.run_linear(rt, call.weight, x, m, &w, &ep, y, &mut scratch) }
 }

@@ -29,7 +29,8 @@ pub mod tile;
 pub mod tuning;
 pub mod upload;
 
-pub use device::{CudaRuntime, DevBuf, ElemType, GpuTimer, KArg, PinnedBuf};
+pub use cudarc::driver::{CudaSlice, CudaView, CudaViewMut};
+pub use device::{addr as device_addr, CudaRuntime, ElemType, GpuTimer, PinnedBuf};
 pub use dispatch::{format_table, median_ms, Choice, DispatchEntry, Dispatcher};
 pub use encoder::CudaEncoder;
 pub use error::CudaError;

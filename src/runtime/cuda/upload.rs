@@ -27,7 +27,9 @@ pub use host_tiles::DeviceTiles;
 use pipeline::{DeviceSink, NullSink, Plan, Sink, Source};
 pub use pipeline::{Schedule, StagingConfig};
 
-use super::device::{CudaRuntime, DevBuf, ElemType};
+use cudarc::driver::{CudaSlice, CudaView};
+
+use super::device::{addr, CudaRuntime, ElemType};
 use super::error::CudaError;
 use super::gemm::LinearWeight;
 use super::host::{to_bits, HostTiles};
@@ -65,11 +67,11 @@ pub(crate) fn tile_view(
     rows: usize,
     elem: ElemType,
     at: TileAddrs,
-) -> Result<(TileDeviceView, Option<DevBuf>), CudaError> {
+) -> Result<(TileDeviceView, Option<CudaSlice<u8>>), CudaError> {
     let kept = row_offsets.last().copied().unwrap_or(0) as usize;
     let prep = TilePrep::new(bitmap, row_offsets, g);
     let plans = match &prep.rs_plans {
-        Some((bytes, stride)) => Some((rt.upload_bytes(bytes)?, *stride)),
+        Some((bytes, stride)) => Some((rt.upload(bytes)?, *stride)),
         None => None,
     };
     let view = TileDeviceView {
@@ -77,7 +79,7 @@ pub(crate) fn tile_view(
         bitmap: at.bitmap,
         row_offsets: at.row_offsets,
         values: at.values,
-        rs_plans: plans.as_ref().map_or(0, |(b, _)| b.ptr()),
+        rs_plans: plans.as_ref().map_or(0, |(b, _)| addr(b)),
         rs_plan_stride: plans.as_ref().map_or(0, |(_, s)| *s),
     };
     Ok((view, plans.map(|(b, _)| b)))
@@ -100,8 +102,19 @@ pub struct DeviceTensor {
     pub density: f64,
     /// The tensor as a linear weight (2-D tensors).
     pub linear: Option<LinearWeight>,
-    /// The tensor's values as f32 on the device (1-D tensors: biases, norms).
-    pub f32_values: Option<u64>,
+    /// Where the tensor's values lie as f32 on the device (1-D tensors: biases, norms):
+    /// [`DeviceModel::f32_values`] hands them out as a view.
+    f32_at: Option<F32At>,
+}
+
+/// Where a 1-D tensor's f32 values lie: in the model allocation at a byte offset, or in a side
+/// buffer of converted values.
+#[derive(Debug, Clone, Copy)]
+enum F32At {
+    /// Byte offset into the model allocation (4-byte aligned).
+    Data(usize),
+    /// Index of a side buffer.
+    Extra(usize),
 }
 
 /// How the upload went, and the plain pinned-copy rate measured beside it.
@@ -126,8 +139,8 @@ impl UploadStats {
 
 /// A model's tensors on the device.
 pub struct DeviceModel {
-    data: DevBuf,
-    extra: Vec<DevBuf>,
+    data: CudaSlice<u8>,
+    extra: Vec<CudaSlice<u8>>,
     tensors: HashMap<String, DeviceTensor>,
     stats: UploadStats,
 }
@@ -205,13 +218,13 @@ pub struct FileRegion<'a> {
     pub offset: u64,
 }
 
-/// Copies the host region `src` to device address `dst` (which holds `src.len()` bytes) with
+/// Copies the host region `src` to the start of `dst` (which must hold `src.len()` bytes) with
 /// `method` and `config`. `file` is where [`UploadMethod::Pread`] reads the same bytes; without
 /// it, or when registration is refused, the staged copy from `src` is used. Returns the method
 /// actually used.
 pub fn copy_region(
     rt: &CudaRuntime,
-    dst: u64,
+    dst: &mut CudaSlice<u8>,
     src: &[u8],
     file: Option<FileRegion<'_>>,
     method: UploadMethod,
@@ -221,6 +234,15 @@ pub fn copy_region(
     if src.is_empty() {
         return Ok(method);
     }
+    if dst.len() < src.len() {
+        return Err(CudaError::Invalid(format!(
+            "copy of {} bytes into a {}-byte device buffer",
+            src.len(),
+            dst.len()
+        )));
+    }
+    // dst stays borrowed mutably until every copy below has finished (each path synchronizes).
+    let dst = addr(dst);
     match (method, file) {
         (UploadMethod::Register, _) => {
             // SAFETY: src stays borrowed (mapped) until the copy has finished and it is unregistered.
@@ -256,11 +278,11 @@ pub fn copy_region(
     }
 }
 
-/// Copies host bytes `src` to device address `dst` with `method` and the default staging config
+/// Copies host bytes `src` to the start of `dst` with `method` and the default staging config
 /// (falls back to staging when registration is refused). Returns the method actually used.
 pub fn copy_host_range(
     rt: &CudaRuntime,
-    dst: u64,
+    dst: &mut CudaSlice<u8>,
     src: &[u8],
     method: UploadMethod,
 ) -> Result<UploadMethod, CudaError> {
@@ -332,8 +354,8 @@ pub fn pinned_copy_chunked_ms(
         .iter_mut()
         .enumerate()
         .for_each(|(i, b)| *b = i as u8);
-    let dev = rt.alloc(bytes)?;
-    let sink = DeviceSink::new(rt, dev.ptr(), 1)?;
+    let dev = rt.alloc::<u8>(bytes)?;
+    let sink = DeviceSink::new(rt, addr(&dev), 1)?;
     let t = Instant::now();
     let mut at = 0;
     while at < bytes {
@@ -365,17 +387,17 @@ pub fn first_difference(a: &[u8], b: &[u8]) -> Option<usize> {
         .or((a.len() != b.len()).then_some(n))
 }
 
-/// Downloads `expected.len()` bytes at device address `src` and fails, naming `what` and the
+/// Downloads the first `expected.len()` bytes of `src` and fails, naming `what` and the
 /// first differing byte, unless they equal `expected`.
 pub fn verify_device_bytes(
     rt: &CudaRuntime,
-    src: u64,
+    src: &CudaSlice<u8>,
     expected: &[u8],
     what: &str,
 ) -> Result<(), CudaError> {
     let mut got = vec![0u8; expected.len()];
     if !got.is_empty() {
-        rt.download_bytes(src, &mut got)?;
+        rt.download_into(src, &mut got)?;
     }
     match first_difference(&got, expected) {
         None => Ok(()),
@@ -461,13 +483,14 @@ impl DeviceModel {
         let region = all.get(extent.clone()).ok_or_else(|| {
             CudaError::Invalid(format!("tensor extent {extent:?} outside the file"))
         })?;
-        let data = rt.alloc(region.len())?;
+        // SAFETY: copy_region writes every byte of the allocation before anything reads it.
+        let mut data = unsafe { rt.alloc_uninit::<u8>(region.len())? };
         let file_region = source.map(|f| FileRegion {
             file: f,
             offset: start as u64,
         });
         let t = Instant::now();
-        let method = copy_region(rt, data.ptr(), region, file_region, method, config)?;
+        let method = copy_region(rt, &mut data, region, file_region, method, config)?;
         let stats = UploadStats {
             bytes: region.len(),
             millis: t.elapsed().as_secs_f64() * 1e3,
@@ -501,17 +524,16 @@ impl DeviceModel {
                 expected.len()
             )));
         }
-        verify_device_bytes(rt, self.data.ptr(), expected, "uploaded model")
+        verify_device_bytes(rt, &self.data, expected, "uploaded model")
     }
 
-    fn dev_addr(&self, host_ptr: usize, base: usize, start: usize) -> u64 {
-        self.data.ptr() + (host_ptr - base - start) as u64
-    }
-
-    fn keep(&mut self, buf: DevBuf) -> u64 {
-        let p = buf.ptr();
+    /// Keeps a side buffer for the model's lifetime; returns its address.
+    fn keep<T: bytemuck::Pod>(&mut self, rt: &CudaRuntime, values: &[T]) -> Result<u64, CudaError> {
+        // Side buffers are kept as bytes: one list for every element type.
+        let buf = rt.upload::<u8>(bytemuck::cast_slice(values))?;
+        let p = addr(&buf);
         self.extra.push(buf);
-        p
+        Ok(p)
     }
 
     fn describe(
@@ -521,18 +543,20 @@ impl DeviceModel {
         base: usize,
         start: usize,
     ) -> Result<DeviceTensor, CudaError> {
-        let ptr = self.data.ptr() + (v.offset as usize - start) as u64;
+        let ptr = addr(&self.data) + (v.offset as usize - start) as u64;
         let (rows, cols) = v.matrix_dims();
-        let mut f32_values = None;
+        let mut f32_at = None;
         let mut linear = None;
         if v.shape.len() == 1 {
-            f32_values = Some(match (v.dtype, v.data) {
-                (Dtype::F32, TensorData::Dense { values }) => {
-                    self.dev_addr(values.as_ptr() as usize, base, start)
+            f32_at = Some(match (v.dtype, v.data) {
+                (Dtype::F32, TensorData::Dense { values })
+                    if (values.as_ptr() as usize - base - start) % 4 == 0 =>
+                {
+                    F32At::Data(values.as_ptr() as usize - base - start)
                 }
                 _ => {
-                    let buf = rt.upload(&v.to_dense_f32())?;
-                    self.keep(buf)
+                    self.keep(rt, &v.to_dense_f32())?;
+                    F32At::Extra(self.extra.len() - 1)
                 }
             });
         } else if v.shape.len() == 2 {
@@ -546,7 +570,7 @@ impl DeviceModel {
             length: v.length,
             density: v.density(),
             linear,
-            f32_values,
+            f32_at,
         })
     }
 
@@ -559,7 +583,7 @@ impl DeviceModel {
         base: usize,
         start: usize,
     ) -> Result<LinearWeight, CudaError> {
-        let data_ptr = self.data.ptr();
+        let data_ptr = addr(&self.data);
         let addr = move |p: usize| data_ptr + (p - base - start) as u64;
         let aligned = |p: usize| (p - base) % 16 == 0;
         let elem = elem_of(v.dtype);
@@ -581,7 +605,7 @@ impl DeviceModel {
                 };
                 let (view, plans) = tile_view(rt, t.bitmap, t.row_offsets, g, t.rows, elem, at)?;
                 if let Some(p) = plans {
-                    self.keep(p);
+                    self.extra.push(p);
                 }
                 Ok(LinearWeight::Tile(view))
             }
@@ -603,18 +627,9 @@ impl DeviceModel {
                     name: v.name.into(),
                     detail: d,
                 })?;
-                let bitmap = {
-                    let b = rt.upload(&h.bitmap)?;
-                    self.keep(b)
-                };
-                let row_offsets = {
-                    let b = rt.upload(&h.row_offsets)?;
-                    self.keep(b)
-                };
-                let values = {
-                    let b = rt.upload(&h.values)?;
-                    self.keep(b)
-                };
+                let bitmap = self.keep(rt, &h.bitmap)?;
+                let row_offsets = self.keep(rt, &h.row_offsets)?;
+                let values = self.keep(rt, &h.values)?;
                 let at = TileAddrs {
                     bitmap,
                     row_offsets,
@@ -630,7 +645,7 @@ impl DeviceModel {
                     at,
                 )?;
                 if let Some(p) = plans {
-                    self.keep(p);
+                    self.extra.push(p);
                 }
                 Ok(LinearWeight::Tile(view))
             }
@@ -647,10 +662,7 @@ impl DeviceModel {
                         *slot = i as i32;
                     }
                 }
-                let inv = {
-                    let b = rt.upload(&inv)?;
-                    self.keep(b)
-                };
+                let inv = self.keep(rt, &inv)?;
                 Ok(LinearWeight::Rows {
                     w: addr(values.as_ptr() as usize),
                     inv,
@@ -675,10 +687,7 @@ impl DeviceModel {
                     .iter()
                     .map(|&x| to_bits(ElemType::F16, x))
                     .collect();
-                let w = {
-                    let b = rt.upload(&dense)?;
-                    self.keep(b)
-                };
+                let w = self.keep(rt, &dense)?;
                 Ok(LinearWeight::Dense {
                     w,
                     n,
@@ -711,13 +720,28 @@ impl DeviceModel {
     }
 
     /// A 1-D tensor's values as f32 on the device (biases, layer norms).
-    pub fn f32_values(&self, name: &str) -> Result<u64, CudaError> {
-        self.tensor(name)?
-            .f32_values
-            .ok_or_else(|| CudaError::Tensor {
-                name: name.into(),
-                detail: "not a 1-D tensor".into(),
-            })
+    pub fn f32_values(&self, name: &str) -> Result<CudaView<'_, f32>, CudaError> {
+        let t = self.tensor(name)?;
+        let bad = |detail: &str| CudaError::Tensor {
+            name: name.into(),
+            detail: detail.into(),
+        };
+        let n = t.shape.iter().product::<u64>() as usize;
+        let (buf, at) = match t.f32_at.ok_or_else(|| bad("not a 1-D tensor"))? {
+            F32At::Data(at) => (&self.data, at),
+            F32At::Extra(i) => (
+                self.extra
+                    .get(i)
+                    .ok_or_else(|| bad("side buffer missing"))?,
+                0,
+            ),
+        };
+        let bytes = buf
+            .try_slice(at..at + 4 * n)
+            .ok_or_else(|| bad("f32 values outside their buffer"))?;
+        // SAFETY: the bytes are n f32 values written at upload, at a 4-byte aligned offset (the
+        // allocation itself is aligned), and the view borrows the model.
+        unsafe { bytes.transmute::<f32>(n) }.ok_or_else(|| bad("f32 values outside their buffer"))
     }
 
     /// How the upload went.

@@ -14,10 +14,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use ets::format::{Dtype, EncodedTensor, EtsFile, EtsWriter, WriteOptions};
-use ets::runtime::cuda::host::{top_norm_mask, Rng};
 use ets::runtime::cuda::{self, format_table, nvrtc, upload, CudaError, CudaRuntime, Dispatcher};
 use ets_dev::cuda::bench::{self, GemmResult, Inputs, MaskMode};
 use ets_dev::cuda::checks::{self, CheckResult};
+use ets_testkit::linear::top_norm_mask;
+use ets_testkit::rng::{test_seed, Rng};
 
 #[derive(Parser)]
 #[command(about = "Device checks and benchmarks of the ets CUDA runtime")]
@@ -113,7 +114,7 @@ fn main() -> ExitCode {
         Cmd::Check { ets } => open().and_then(|rt| run_checks(&rt, &ets)),
         Cmd::Bench { quick } => open().and_then(|rt| run_bench(&rt, quick).map(|_| true)),
         Cmd::Upload => open().and_then(|rt| {
-            let summary = upload_bench(&rt, &mut Rng::fresh())?;
+            let summary = upload_bench(&rt, &mut Rng::new(test_seed("et-bench upload")))?;
             println!("{summary}");
             Ok(true)
         }),
@@ -127,8 +128,8 @@ fn main() -> ExitCode {
             grouped,
             kernel,
         } => open().and_then(|rt| {
-            let mut rng = Rng::fresh();
-            let inp = Inputs::new(&rt, &mut rng, tokens, n, k)?;
+            let mut rng = Rng::new(test_seed("et-bench one"));
+            let mut inp = Inputs::new(&rt, &mut rng, tokens, n, k)?;
             let mode = if grouped {
                 MaskMode::Grouped
             } else {
@@ -138,7 +139,7 @@ fn main() -> ExitCode {
             let r = bench::bench_one(
                 &rt,
                 &mut rng,
-                &inp,
+                &mut inp,
                 tokens,
                 shape,
                 density,
@@ -274,7 +275,7 @@ fn print_checks(results: &[CheckResult]) -> usize {
 }
 
 fn run_checks(rt: &CudaRuntime, extra: &[PathBuf]) -> Result<bool, CudaError> {
-    let mut rng = Rng::fresh();
+    let mut rng = Rng::new(test_seed("et-bench"));
     println!(
         "== correctness (tolerance max_rel < {:.0e}, NaN never passes)",
         checks::TOLERANCE
@@ -320,7 +321,7 @@ fn upload_bench(rt: &CudaRuntime, rng: &mut Rng) -> Result<String, CudaError> {
 fn write_upload_model(path: &std::path::Path, rng: &mut Rng) -> Result<(), CudaError> {
     let fe = |e: ets::format::FormatError| CudaError::Invalid(e.to_string());
     let mut w = EtsWriter::create(path, WriteOptions { overwrite: true }).map_err(fe)?;
-    let base = rng.vec(3072 * 768, 0.05);
+    let base = rng.symmetric_vec(3072 * 768, 0.05);
     for layer in 0..12 {
         for (i, (n, k)) in [(2304usize, 768usize), (768, 768), (3072, 768), (768, 3072)]
             .iter()
@@ -356,7 +357,7 @@ fn checks_config() -> ets::format::ModelConfig {
 }
 
 fn run_bench(rt: &CudaRuntime, quick: bool) -> Result<(), CudaError> {
-    let mut rng = Rng::fresh();
+    let mut rng = Rng::new(test_seed("et-bench"));
     println!("== ceilings");
     for th in [16usize, 32, 64] {
         let name = format!("tile_gemm_f16_{th}x{th}");
@@ -388,14 +389,15 @@ fn run_bench(rt: &CudaRuntime, quick: bool) -> Result<(), CudaError> {
     let mut results: Vec<GemmResult> = Vec::new();
     println!("== gemm sweep (f16, tile ms vs cuBLAS dense ms, ratio = cuBLAS/tile; auto kernel first, then the others)");
     for &(n, k) in &shapes {
-        let inp = Inputs::new(rt, &mut rng, *tokens.last().unwrap_or(&4096), n, k)?;
+        let mut inp = Inputs::new(rt, &mut rng, *tokens.last().unwrap_or(&4096), n, k)?;
         for &t in tokens {
             for set in SETS {
                 if t < 4096 && !set.small_m {
                     continue;
                 }
                 for &d in set.densities {
-                    let r = bench::bench_one(rt, &mut rng, &inp, t, set.shape, d, set.mode, None)?;
+                    let r =
+                        bench::bench_one(rt, &mut rng, &mut inp, t, set.shape, d, set.mode, None)?;
                     print_result(&r, d2d);
                     results.push(r);
                 }
@@ -498,7 +500,7 @@ fn dispatch_demo(rt: &CudaRuntime, rng: &mut Rng) -> Result<(), CudaError> {
         ("ffn_out.weight", 768, 3072, 0.1),
         ("qkv.weight", 2304, 768, 1.0),
     ] {
-        let w = rng.vec(n * k, 0.05);
+        let w = rng.symmetric_vec(n * k, 0.05);
         let keep = top_norm_mask(&w, n, k, 16, 16, dens);
         let h = ets::runtime::cuda::host::HostTiles::from_dense(
             &w,
@@ -511,7 +513,8 @@ fn dispatch_demo(rt: &CudaRuntime, rng: &mut Rng) -> Result<(), CudaError> {
         )
         .map_err(CudaError::Invalid)?;
         let tiles = upload::DeviceTiles::upload(rt, &h)?;
-        d.decide(rt, name, &cuda::LinearWeight::Tile(tiles.view), 4096)?;
+        // SAFETY: tiles, the upload the view points into, is alive (kept below).
+        unsafe { d.decide(rt, name, &cuda::LinearWeight::Tile(tiles.view()), 4096)? };
         keep_alive.push(tiles);
     }
     print!("{}", format_table(&d.table()));

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use ets::format::EtsFile;
 use ets::runtime::cuda::encoder::launch;
-use ets::runtime::cuda::{CudaEncoder, CudaRuntime};
+use ets::runtime::cuda::{device_addr, CudaEncoder, CudaRuntime};
 use ets::runtime::TokenBatch;
 use ets_testkit::rng::Rng;
 
@@ -100,21 +100,20 @@ fn attention(args: &[String]) -> Result<(), String> {
         let qkv = rt.upload(&bits).map_err(e)?;
         let bb = rt.upload(&bias).map_err(e)?;
         let cub = rt.upload(&cu).map_err(e)?;
-        let ctx = rt.alloc(total * w * 2).map_err(e)?;
-        let run = || {
-            let input = launch::AttentionInput {
-                q: qkv.ptr(),
-                k: qkv.ptr() + (w * 2) as u64,
-                v: qkv.ptr() + (2 * w * 2) as u64,
-                ld: 3 * w,
-                bias: [
-                    bb.ptr(),
-                    bb.ptr() + (w * 4) as u64,
-                    bb.ptr() + (2 * w * 4) as u64,
-                ],
-            };
-            launch::attention(&rt, &input, cub.ptr(), b, l, heads, d, ctx.ptr())
+        let ctx = rt.alloc::<u16>(total * w).map_err(e)?;
+        let (qa, ba) = (device_addr(&qkv), device_addr(&bb));
+        let input = launch::AttentionInput {
+            q: qa,
+            k: qa + (w * 2) as u64,
+            v: qa + (2 * w * 2) as u64,
+            ld: 3 * w,
+            bias: [ba, ba + (w * 4) as u64, ba + (2 * w * 4) as u64],
         };
+        let (cua, ctxa) = (device_addr(&cub), device_addr(&ctx));
+        // SAFETY: Q, K and V are the thirds of qkv's total rows of 3W f16 (stride 3W), the biases
+        // the thirds of bb's 3W f32, cub holds b + 1 offsets ending at total (each sequence l
+        // long), ctx total x W f16; all alive for the runs.
+        let run = || unsafe { launch::attention(&rt, &input, cua, b, l, heads, d, ctxa) };
         for _ in 0..5 {
             run().map_err(e)?;
         }

@@ -3,11 +3,12 @@
 
 use ets::runtime::cuda::dispatch::median_ms;
 use ets::runtime::cuda::gemm::{self, Epilogue};
-use ets::runtime::cuda::host::{to_bits, HostTiles, Rng};
+use ets::runtime::cuda::host::{to_bits, HostTiles};
 use ets::runtime::cuda::tile::{self, TileKernel};
 use ets::runtime::cuda::upload::DeviceTiles;
 use ets::runtime::cuda::CudaError;
-use ets::runtime::cuda::{CudaRuntime, DevBuf, ElemType};
+use ets::runtime::cuda::{device_addr, CudaRuntime, CudaSlice, ElemType};
+use ets_testkit::rng::Rng;
 
 /// How kept tiles are placed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,10 +90,10 @@ pub fn time_call(
 
 /// Device-to-device copy bandwidth in GB/s (bytes read plus written) over `bytes`-sized buffers.
 pub fn d2d_gbps(rt: &CudaRuntime, bytes: usize) -> Result<f64, CudaError> {
-    let a = rt.alloc(bytes)?;
-    let b = rt.alloc(bytes)?;
-    rt.fill_u16(a.ptr(), 0x3C00, bytes / 2)?;
-    let ms = time_call(rt, || rt.copy_d2d(b.ptr(), a.ptr(), bytes))?;
+    let mut a = rt.alloc::<u16>(bytes / 2)?;
+    let mut b = rt.alloc::<u16>(bytes / 2)?;
+    rt.fill_u16(&mut a, 0x3C00)?;
+    let ms = time_call(rt, || rt.copy_d2d(&mut b, &a))?;
     Ok(2.0 * bytes as f64 / (ms * 1e6))
 }
 
@@ -100,29 +101,29 @@ pub fn d2d_gbps(rt: &CudaRuntime, bytes: usize) -> Result<f64, CudaError> {
 pub fn cublas_tflops(rt: &CudaRuntime, rng: &mut Rng, s: usize) -> Result<f64, CudaError> {
     let x = random_dev(rt, rng, s * s)?;
     let w = random_dev(rt, rng, s * s)?;
-    let y = rt.alloc(s * s * 2)?;
-    // SAFETY: x, w and y each hold s x s f16 values, allocated above.
+    let mut y = rt.alloc::<u16>(s * s)?;
+    let (x, mut y) = (x.as_view(), y.as_view_mut());
+    // SAFETY: w holds s x s f16 values, allocated above and alive.
     let ms = time_call(rt, || unsafe {
-        gemm::dense_gemm(rt, ElemType::F16, x.ptr(), s, s, s, w.ptr(), s, y.ptr())
+        gemm::dense_gemm(rt, ElemType::F16, &x, s, s, s, device_addr(&w), s, &mut y)
     })?;
     Ok(2.0 * (s as f64).powi(3) / (ms * 1e9))
 }
 
 /// Uploads `n` random f16 values in [-1, 1) (generated in 1 Mi chunks, tiled to length).
-pub fn random_dev(rt: &CudaRuntime, rng: &mut Rng, n: usize) -> Result<DevBuf, CudaError> {
+pub fn random_dev(rt: &CudaRuntime, rng: &mut Rng, n: usize) -> Result<CudaSlice<u16>, CudaError> {
     let chunk: Vec<u16> = (0..(1usize << 20).min(n.max(1)))
-        .map(|_| to_bits(ElemType::F16, rng.sym(1.0)))
+        .map(|_| to_bits(ElemType::F16, rng.symmetric(1.0)))
         .collect();
-    let buf = rt.alloc(n * 2)?;
+    let tmp = rt.upload(&chunk)?;
+    let mut buf = rt.alloc::<u16>(n)?;
     let mut off = 0usize;
     while off < n {
         let len = chunk.len().min(n - off);
-        let host: &[u8] = bytemuck::cast_slice(&chunk[..len]);
-        let tmp = rt.upload_bytes(host)?;
-        rt.copy_d2d(buf.ptr() + (off * 2) as u64, tmp.ptr(), len * 2)?;
-        rt.synchronize()?;
+        rt.copy_d2d(&mut buf.slice_mut(off..off + len), &tmp.slice(..len))?;
         off += len;
     }
+    rt.synchronize()?;
     Ok(buf)
 }
 
@@ -154,10 +155,10 @@ pub(crate) fn mask(
 
 /// Shared inputs for a sweep: one random X of the largest size and one dense W per shape.
 pub struct Inputs {
-    x: DevBuf,
+    x: CudaSlice<u16>,
     w_dense: Vec<f32>,
-    w_dev: DevBuf,
-    y: DevBuf,
+    w_dev: CudaSlice<u16>,
+    y: CudaSlice<u16>,
     n: usize,
     k: usize,
 }
@@ -172,12 +173,12 @@ impl Inputs {
         k: usize,
     ) -> Result<Self, CudaError> {
         let scale = 1.0 / (k as f32).sqrt();
-        let w_dense = rng.vec(n * k, scale);
+        let w_dense = rng.symmetric_vec(n * k, scale);
         let bits: Vec<u16> = w_dense.iter().map(|&v| to_bits(ElemType::F16, v)).collect();
         Ok(Self {
             x: random_dev(rt, rng, max_tokens * k)?,
             w_dev: rt.upload(&bits)?,
-            y: rt.alloc(max_tokens * n * 2)?,
+            y: rt.alloc(max_tokens * n)?,
             w_dense,
             n,
             k,
@@ -190,7 +191,7 @@ impl Inputs {
 pub fn bench_one(
     rt: &CudaRuntime,
     rng: &mut Rng,
-    inp: &Inputs,
+    inp: &mut Inputs,
     tokens: usize,
     (th, tw): (usize, usize),
     density: f64,
@@ -203,7 +204,7 @@ pub fn bench_one(
     let h = HostTiles::from_dense(&inp.w_dense, n, k, th, tw, &keep, ElemType::F16)
         .map_err(CudaError::Invalid)?;
     let tiles = DeviceTiles::upload(rt, &h)?;
-    let view = tiles.view;
+    let view = tiles.view();
     let ep = Epilogue::default();
     let dev = rt.limits();
     let auto = tile::auto_kernel(&dev, &view, tokens);
@@ -232,28 +233,21 @@ pub fn bench_one(
     };
     let auto = kernels[0];
     let mut per_kernel = Vec::new();
+    let x = inp.x.as_view();
+    let mut y = inp.y.as_view_mut();
     for kern in kernels {
-        // SAFETY: inp.x holds at least tokens x K and inp.y tokens x N values (Inputs::new for
-        // the largest token count); tiles outlives the calls.
+        // SAFETY: tiles (the upload the view points into) outlives the calls; X and Y are
+        // checked by the launch.
         let ms = time_call(rt, || unsafe {
-            tile::tile_gemm_with(rt, inp.x.ptr(), tokens, &view, &ep, inp.y.ptr(), None, kern)
+            tile::tile_gemm_with(rt, &x, tokens, &view, &ep, &mut y, None, kern)
         })?;
         per_kernel.push((kern, ms));
     }
     let tile_ms = per_kernel.first().map(|p| p.1).unwrap_or(f64::NAN);
-    // SAFETY: as above; inp.w_dev holds N x K values.
+    // SAFETY: inp.w_dev holds N x K values and is alive; X and Y are checked.
+    let w_dev = device_addr(&inp.w_dev);
     let cublas_ms = time_call(rt, || unsafe {
-        gemm::dense_gemm(
-            rt,
-            ElemType::F16,
-            inp.x.ptr(),
-            k,
-            tokens,
-            k,
-            inp.w_dev.ptr(),
-            n,
-            inp.y.ptr(),
-        )
+        gemm::dense_gemm(rt, ElemType::F16, &x, k, tokens, k, w_dev, n, &mut y)
     })?;
     let x_read = x_columns_read(&keep, gr, gc, tw, k);
     let min_bytes =

@@ -12,13 +12,14 @@ use ets::format::{
 use super::bench::{self, MaskMode};
 use ets::runtime::cuda::dispatch::Dispatcher;
 use ets::runtime::cuda::gemm::{self, Epilogue, LinearWeight, Scratch};
-use ets::runtime::cuda::host::{
-    compare, from_bits, reference_linear, round_trip, to_bits, ErrorStats, HostTiles, Rng,
-};
+use ets::runtime::cuda::host::{from_bits, round_trip, to_bits, HostTiles};
 use ets::runtime::cuda::tile::{self, TileKernel, TileShape};
 use ets::runtime::cuda::upload::{DeviceModel, DeviceTiles};
 use ets::runtime::cuda::CudaError;
+use ets::runtime::cuda::{device_addr, CudaView};
 use ets::runtime::cuda::{CudaRuntime, ElemType};
+use ets_testkit::linear::{compare, reference_linear, ErrorStats};
+use ets_testkit::rng::Rng;
 
 /// Largest accepted `max |out - ref| / max |ref|`.
 pub const TOLERANCE: f64 = 1e-2;
@@ -78,36 +79,37 @@ fn run_and_compare(
     w_dense: &[f32],
     gelu: bool,
     with_residual: bool,
-    fallback: Option<u64>,
+    fallback: Option<&CudaView<'_, u16>>,
     path: CheckPath,
 ) -> Result<ErrorStats, CudaError> {
     let (n, k) = w.dims();
-    let x = round_trip(elem, &rng.vec(m * k, 1.0));
-    let bias = rng.vec(n, 0.5);
-    let residual = round_trip(elem, &rng.vec(m * n, 1.0));
+    let x = round_trip(elem, &rng.symmetric_vec(m * k, 1.0));
+    let bias = rng.symmetric_vec(n, 0.5);
+    let residual = round_trip(elem, &rng.symmetric_vec(m * n, 1.0));
     let xd = rt.upload(&bits(elem, &x))?;
     let bd = rt.upload(&bias)?;
     let rd = rt.upload(&bits(elem, &residual))?;
-    let y = rt.alloc(m * n * 2)?;
-    rt.fill_u16(y.ptr(), nan_bits(elem), m * n)?;
+    let mut y = rt.alloc::<u16>(m * n)?;
+    rt.fill_u16(&mut y, nan_bits(elem))?;
     let ep = Epilogue {
-        bias: bd.ptr(),
+        bias: Some(bd.as_view()),
         gelu,
-        residual: if with_residual { rd.ptr() } else { 0 },
+        residual: with_residual.then(|| rd.as_view()),
     };
     let mut scratch = Scratch::default();
-    // SAFETY: xd holds m x K, y and rd m x N values and bd N f32, allocated above; the weight's
-    // upload and the fallback live in the caller.
+    let (x_view, mut y_view) = (xd.as_view(), y.as_view_mut());
+    // SAFETY: the weight's upload lives in the caller; every device buffer is typed and checked
+    // by the launch.
     unsafe {
         match (w, path) {
             (LinearWeight::Tile(v), CheckPath::TileNoSplit) => {
                 let kern = tile::auto_kernel(&rt.limits(), v, m);
-                tile::tile_gemm_with(rt, xd.ptr(), m, v, &ep, y.ptr(), Some(1), kern)?
+                tile::tile_gemm_with(rt, &x_view, m, v, &ep, &mut y_view, Some(1), kern)?
             }
             (LinearWeight::Tile(v), CheckPath::Forced(kern)) => {
-                tile::tile_gemm_with(rt, xd.ptr(), m, v, &ep, y.ptr(), None, kern)?
+                tile::tile_gemm_with(rt, &x_view, m, v, &ep, &mut y_view, None, kern)?
             }
-            _ => gemm::linear(rt, xd.ptr(), m, w, fallback, &ep, y.ptr(), &mut scratch)?,
+            _ => gemm::linear(rt, &x_view, m, w, fallback, &ep, &mut y_view, &mut scratch)?,
         }
     }
     let out: Vec<u16> = rt.download(&y, m * n)?;
@@ -180,7 +182,7 @@ pub fn check_case_masked(
         return Ok(None);
     }
     let scale = 1.0 / (k as f32).sqrt();
-    let w = round_trip(elem, &rng.vec(n * k, scale * 1.7));
+    let w = round_trip(elem, &rng.symmetric_vec(n * k, scale * 1.7));
     let err = match path {
         CheckPath::Tile
         | CheckPath::TileNoSplit
@@ -191,15 +193,27 @@ pub fn check_case_masked(
                 HostTiles::from_dense(&w, n, k, th, tw, &keep, elem).map_err(CudaError::Invalid)?;
             let dense = h.to_dense_f32();
             let tiles = DeviceTiles::upload(rt, &h)?;
-            let view = tiles.view;
+            let view = tiles.view();
             let fb = if path == CheckPath::TileViaCublas {
-                Some(gemm::densify(rt, &view)?)
+                // SAFETY: tiles (the upload the view points into) is alive.
+                Some(unsafe { gemm::densify(rt, &view)? })
             } else {
                 None
             };
             let lw = LinearWeight::Tile(view);
-            let fb = fb.as_ref().map(|d| d.ptr());
-            run_and_compare(rt, rng, elem, m, &lw, &dense, gelu, residual, fb, path)?
+            let fb = fb.as_ref().map(|d| d.as_view());
+            run_and_compare(
+                rt,
+                rng,
+                elem,
+                m,
+                &lw,
+                &dense,
+                gelu,
+                residual,
+                fb.as_ref(),
+                path,
+            )?
         }
         CheckPath::Rows => {
             let keep = rng.mask(n, density);
@@ -214,8 +228,8 @@ pub fn check_case_masked(
             }
             let (wd, id) = (rt.upload(&bits(elem, &compact))?, rt.upload(&inv)?);
             let lw = LinearWeight::Rows {
-                w: wd.ptr(),
-                inv: id.ptr(),
+                w: device_addr(&wd),
+                inv: device_addr(&id),
                 n,
                 nr: kept.len(),
                 k,
@@ -236,8 +250,8 @@ pub fn check_case_masked(
             }
             let (wd, id) = (rt.upload(&bits(elem, &compact))?, rt.upload(&kept)?);
             let lw = LinearWeight::Cols {
-                w: wd.ptr(),
-                idx: id.ptr(),
+                w: device_addr(&wd),
+                idx: device_addr(&id),
                 n,
                 kc: kept.len(),
                 k,
@@ -452,14 +466,18 @@ pub fn write_check_file(path: &Path, rng: &mut Rng) -> Result<(), CudaError> {
         ("cols", 384, 520, 0, 0.5),
     ];
     for (name, n, k, t, d) in specs {
-        let data = rng.vec(n * k, 1.0 / (k as f32).sqrt());
+        let data = rng.symmetric_vec(n * k, 1.0 / (k as f32).sqrt());
         let enc = match name {
             "rows" => {
-                let kept: Vec<u32> = (0..n as u32).filter(|_| rng.uniform() < d as f32).collect();
+                let kept: Vec<u32> = (0..n as u32)
+                    .filter(|_| rng.next_f32() < d as f32)
+                    .collect();
                 EncodedTensor::rows(n, k, &data, &kept, Dtype::F16)
             }
             "cols" => {
-                let kept: Vec<u32> = (0..k as u32).filter(|_| rng.uniform() < d as f32).collect();
+                let kept: Vec<u32> = (0..k as u32)
+                    .filter(|_| rng.next_f32() < d as f32)
+                    .collect();
                 EncodedTensor::cols(n, k, &data, &kept, Dtype::F16)
             }
             _ => {
@@ -470,13 +488,17 @@ pub fn write_check_file(path: &Path, rng: &mut Rng) -> Result<(), CudaError> {
         .map_err(fe)?;
         w.add_tensor(&format!("check.{name}.weight"), &enc)
             .map_err(fe)?;
-        let bias =
-            EncodedTensor::dense(vec![n as u64], Dtype::F32, &rng.vec(n, 0.5)).map_err(fe)?;
+        let bias = EncodedTensor::dense(vec![n as u64], Dtype::F32, &rng.symmetric_vec(n, 0.5))
+            .map_err(fe)?;
         w.add_tensor(&format!("check.{name}.bias"), &bias)
             .map_err(fe)?;
     }
-    let dense =
-        EncodedTensor::dense(vec![256, 384], Dtype::F16, &rng.vec(256 * 384, 0.05)).map_err(fe)?;
+    let dense = EncodedTensor::dense(
+        vec![256, 384],
+        Dtype::F16,
+        &rng.symmetric_vec(256 * 384, 0.05),
+    )
+    .map_err(fe)?;
     w.add_tensor("check.dense.weight", &dense).map_err(fe)?;
     w.finish(
         small_config(384),
@@ -507,13 +529,13 @@ pub fn file_suite(
         let dense = round_trip(elem, &v.to_dense_f32());
         let bias_name = v.name.replace(".weight", ".bias");
         let bias = file.tensor(&bias_name).ok().map(|b| b.to_dense_f32());
-        let x = round_trip(elem, &rng.vec(m * k, 1.0));
+        let x = round_trip(elem, &rng.symmetric_vec(m * k, 1.0));
         let xd = rt.upload(&bits(elem, &x))?;
-        let y = rt.alloc(m * n * 2)?;
+        let mut y = rt.alloc::<u16>(m * n)?;
         let ep = Epilogue {
-            bias: model.f32_values(&bias_name).unwrap_or(0),
+            bias: model.f32_values(&bias_name).ok(),
             gelu: false,
-            residual: 0,
+            residual: None,
         };
         let reference = reference_linear(&x, m, k, &dense, n, bias.as_deref(), false, None);
         let mut scratch = Scratch::default();
@@ -522,21 +544,22 @@ pub fn file_suite(
             runs.push(("tile kernel", true));
         }
         for (label, force_tile) in runs {
-            rt.fill_u16(y.ptr(), nan_bits(elem), m * n)?;
-            // SAFETY: xd holds m x K and y m x N values, the epilogue's buffers N and m x N;
-            // the model's upload outlives this loop.
+            rt.fill_u16(&mut y, nan_bits(elem))?;
+            let (x_view, mut y_view) = (xd.as_view(), y.as_view_mut());
+            // SAFETY: the model's upload outlives this loop; every device buffer is typed and
+            // checked by the launch.
             unsafe {
                 if force_tile {
-                    gemm::linear(rt, xd.ptr(), m, &lw, None, &ep, y.ptr(), &mut scratch)?;
+                    gemm::linear(rt, &x_view, m, &lw, None, &ep, &mut y_view, &mut scratch)?;
                 } else {
                     dispatcher.run_linear(
                         rt,
                         v.name,
-                        xd.ptr(),
+                        &x_view,
                         m,
                         &lw,
                         &ep,
-                        y.ptr(),
+                        &mut y_view,
                         &mut scratch,
                     )?;
                 }

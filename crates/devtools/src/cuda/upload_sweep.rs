@@ -8,8 +8,8 @@ use std::path::Path;
 use std::time::Instant;
 
 use ets::format::{EtsFile, FormatError};
-use ets::runtime::cuda::host::Rng;
-use ets::runtime::cuda::{CudaError, CudaRuntime, DevBuf, DeviceModel, PinnedBuf, UploadMethod};
+use ets::runtime::cuda::{CudaError, CudaRuntime, CudaSlice, DeviceModel, PinnedBuf, UploadMethod};
+use ets_testkit::rng::Rng;
 
 use ets::runtime::cuda::upload::{
     copy_region, first_difference, host_fill_ms, host_fill_whole_ms, pinned_copy_chunked_ms,
@@ -155,7 +155,7 @@ pub fn run(rt: &CudaRuntime, rng: &mut Rng, path: &Path) -> Result<String, CudaE
         rayon::current_num_threads(),
         host.join("; ")
     );
-    let dev = rt.alloc(bytes.next_multiple_of(4).max(4))?;
+    let mut dev = rt.alloc::<u8>(bytes.next_multiple_of(4).max(4))?;
     let mut scratch = rt.alloc_pinned(bytes)?;
     let mut rows = Vec::new();
     let mut checked = 0usize;
@@ -163,7 +163,7 @@ pub fn run(rt: &CudaRuntime, rng: &mut Rng, path: &Path) -> Result<String, CudaE
         let mut ctx = VariantCtx {
             rt,
             path,
-            dev: &dev,
+            dev: &mut dev,
             scratch: &mut scratch,
             extent: extent.clone(),
             rng,
@@ -227,7 +227,7 @@ fn pinned_ms_of(v: &[f64]) -> f64 {
 struct VariantCtx<'a> {
     rt: &'a CudaRuntime,
     path: &'a Path,
-    dev: &'a DevBuf,
+    dev: &'a mut CudaSlice<u8>,
     scratch: &'a mut PinnedBuf,
     extent: Range<usize>,
     rng: &'a mut Rng,
@@ -329,17 +329,21 @@ impl VariantCtx<'_> {
         let rt = self.rt;
         // A fresh poison pattern each run, so bytes left by an earlier run cannot pass the check.
         let poison = self.rng.next_u64() as u32;
-        rt.fill_u32(self.dev.ptr(), poison, self.dev.len() / 4)?;
+        let words = self.dev.len() / 4;
+        // SAFETY: u8 and u32 are plain integers; the view covers the buffer's whole words.
+        let mut as_words = unsafe { self.dev.transmute_mut::<u32>(words) }
+            .ok_or_else(|| CudaError::Invalid("device buffer as u32 words".into()))?;
+        rt.fill_u32(&mut as_words, poison)?;
         rt.synchronize()?;
         let t = Instant::now();
-        copy_region(rt, self.dev.ptr(), region, Some(file), method, cfg)?;
+        copy_region(rt, self.dev, region, Some(file), method, cfg)?;
         let ms = t.elapsed().as_secs_f64() * 1e3;
         let got = self
             .scratch
             .as_mut_slice()
             .get_mut(..region.len())
             .ok_or_else(|| CudaError::Invalid("verification buffer too small".into()))?;
-        rt.download_bytes(self.dev.ptr(), got)?;
+        rt.download_into(&*self.dev, got)?;
         if let Some(i) = first_difference(got, region) {
             return Err(CudaError::Invalid(format!(
                 "upload {label}: device bytes differ from the file at region byte {i} of {}",

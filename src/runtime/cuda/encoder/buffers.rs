@@ -2,7 +2,8 @@
 //! batch that fits.
 
 use crate::format::ModelConfig;
-use crate::runtime::cuda::{CudaError, CudaRuntime, DevBuf, Scratch};
+use crate::runtime::cuda::device::RawPtr;
+use crate::runtime::cuda::{CudaError, CudaRuntime, CudaSlice, Scratch};
 
 use super::graph::Graphs;
 use super::weights::DevWeights;
@@ -20,39 +21,39 @@ pub(crate) struct Buffers {
     pub seqs: usize,
     hidden: usize,
     /// Layer input and output `[tokens, hidden]`.
-    pub x: DevBuf,
+    pub x: CudaSlice<u16>,
     /// After the attention block's LayerNorm `[tokens, hidden]`.
-    pub attn: DevBuf,
+    pub attn: CudaSlice<u16>,
     /// Q, K and V `[tokens, max_width]` each.
-    pub q: DevBuf,
-    pub k: DevBuf,
-    pub v: DevBuf,
+    pub q: CudaSlice<u16>,
+    pub k: CudaSlice<u16>,
+    pub v: CudaSlice<u16>,
     /// Attention context `[tokens, max_width]`.
-    pub ctx: DevBuf,
+    pub ctx: CudaSlice<u16>,
     /// A projection's output before its epilogue `[tokens, hidden]`.
-    pub proj: DevBuf,
+    pub proj: CudaSlice<u16>,
     /// FFN intermediate `[tokens, max_intermediate]`.
-    pub inter: DevBuf,
+    pub inter: CudaSlice<u16>,
     /// Token ids, token types and positions (u32 per token).
-    pub ids: DevBuf,
-    pub types: DevBuf,
-    pub positions: DevBuf,
+    pub ids: CudaSlice<u32>,
+    pub types: CudaSlice<u32>,
+    pub positions: CudaSlice<u32>,
     /// Cumulative sequence offsets (i32, seqs + 1).
-    pub cu: DevBuf,
+    pub cu: CudaSlice<i32>,
     /// `[CLS]` rows and pooler output `[seqs, hidden]`.
-    pub cls16: DevBuf,
-    pub pooled16: DevBuf,
+    pub cls16: CudaSlice<u16>,
+    pub pooled16: CudaSlice<u16>,
     /// Classifier logits before their bias `[seqs, labels]`.
-    pub logits16: DevBuf,
+    pub logits16: CudaSlice<u16>,
     /// f32 outputs: pooled vectors or logits `[seqs, max(hidden, labels)]`.
-    pub out32: DevBuf,
+    pub out32: CudaSlice<f32>,
     /// The linear layer's scratch (kept-rows and kept-columns weights).
     pub scratch: Scratch,
     /// Forward passes captured on these buffers, per batch shape.
     pub graphs: Graphs,
     /// Per layer, the device pointer arrays of its batched Q/K/V GEMM: `[Wq, Wk, Wv]`,
     /// `[x, x, x]`, `[q, k, v]` (9 addresses; zeros for layers without one).
-    pub qkv_ptrs: DevBuf,
+    pub qkv_ptrs: CudaSlice<u64>,
 }
 
 impl Buffers {
@@ -66,7 +67,7 @@ impl Buffers {
     ) -> Result<Buffers, CudaError> {
         let h = c.hidden_size as usize;
         let labels = w.classifier.as_ref().map_or(0, |l| l.n);
-        let f16s = |n: usize| rt.alloc(n * 2);
+        let f16s = |n: usize| rt.alloc::<u16>(n);
         let (x, q, k, v) = (
             f16s(tokens * h)?,
             f16s(tokens * w.max_width)?,
@@ -97,14 +98,14 @@ impl Buffers {
             ctx: f16s(tokens * w.max_width)?,
             proj: f16s(tokens * h)?,
             inter: f16s(tokens * w.max_intermediate)?,
-            ids: rt.alloc(tokens * 4)?,
-            types: rt.alloc(tokens * 4)?,
-            positions: rt.alloc(tokens * 4)?,
-            cu: rt.alloc((seqs + 1) * 4)?,
+            ids: rt.alloc(tokens)?,
+            types: rt.alloc(tokens)?,
+            positions: rt.alloc(tokens)?,
+            cu: rt.alloc(seqs + 1)?,
             cls16: f16s(seqs * h)?,
             pooled16: f16s(seqs * h)?,
             logits16: f16s(seqs * labels)?,
-            out32: rt.alloc(seqs * h.max(labels) * 4)?,
+            out32: rt.alloc(seqs * h.max(labels))?,
             scratch: Scratch::default(),
             graphs: Graphs::default(),
             qkv_ptrs,
@@ -117,57 +118,42 @@ impl Buffers {
     }
 
     /// Fills every activation and output buffer with NaN.
-    pub fn poison(&self, rt: &CudaRuntime) -> Result<(), CudaError> {
+    pub fn poison(&mut self, rt: &CudaRuntime) -> Result<(), CudaError> {
         for b in [
-            &self.x,
-            &self.attn,
-            &self.q,
-            &self.k,
-            &self.v,
-            &self.ctx,
-            &self.proj,
-            &self.inter,
-            &self.cls16,
-            &self.pooled16,
-            &self.logits16,
+            &mut self.x,
+            &mut self.attn,
+            &mut self.q,
+            &mut self.k,
+            &mut self.v,
+            &mut self.ctx,
+            &mut self.proj,
+            &mut self.inter,
+            &mut self.cls16,
+            &mut self.pooled16,
+            &mut self.logits16,
         ] {
-            rt.fill_u16(b.ptr(), NAN_F16, b.len() / 2)?;
+            rt.fill_u16(b, NAN_F16)?;
         }
-        rt.fill_u32(self.out32.ptr(), NAN_F32, self.out32.len() / 4)?;
-        debug_assert!(self.x.len() >= self.tokens * self.hidden * 2);
+        // SAFETY: f32 and u32 have the same size; the buffer is filled with NaN's bit pattern.
+        let mut out = unsafe { self.out32.transmute_mut::<u32>(self.out32.len()) }
+            .ok_or_else(|| CudaError::Invalid("f32 output buffer as u32".into()))?;
+        rt.fill_u32(&mut out, NAN_F32)?;
+        debug_assert!(self.x.len() >= self.tokens * self.hidden);
         Ok(())
     }
 
     /// Copies the batch's index arrays to the device (each no longer than the buffers hold).
     pub fn upload_batch(
-        &self,
+        &mut self,
         rt: &CudaRuntime,
         ids: &[u32],
         types: &[u32],
         positions: &[u32],
         cu: &[i32],
     ) -> Result<(), CudaError> {
-        let copy = |dst: &DevBuf, bytes: &[u8]| -> Result<(), CudaError> {
-            if bytes.len() > dst.len() {
-                return Err(CudaError::Invalid(format!(
-                    "{} bytes of batch indices for a {}-byte buffer",
-                    bytes.len(),
-                    dst.len()
-                )));
-            }
-            if bytes.is_empty() {
-                return Ok(());
-            }
-            // SAFETY: dst holds bytes.len() bytes (checked above); the source outlives the copy
-            // because the stream is synchronized below before this function returns.
-            unsafe { rt.copy_h2d_async(dst.ptr(), bytes.as_ptr(), bytes.len()) }
-        };
-        rt.bind()?;
-        let r = copy(&self.ids, bytemuck::cast_slice(ids))
-            .and_then(|_| copy(&self.types, bytemuck::cast_slice(types)))
-            .and_then(|_| copy(&self.positions, bytemuck::cast_slice(positions)))
-            .and_then(|_| copy(&self.cu, bytemuck::cast_slice(cu)));
-        let synced = rt.synchronize();
-        r.and(synced)
+        rt.copy_to_device(ids, &mut self.ids)?;
+        rt.copy_to_device(types, &mut self.types)?;
+        rt.copy_to_device(positions, &mut self.positions)?;
+        rt.copy_to_device(cu, &mut self.cu)
     }
 }

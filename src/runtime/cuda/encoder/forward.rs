@@ -1,7 +1,10 @@
 //! The forward pass: embeddings, every layer, and the pooler and classifier heads, on buffers
 //! already sized for the batch.
 
-use crate::runtime::cuda::{Choice, CudaError, CudaRuntime, DevBuf, Dispatcher, Epilogue, Scratch};
+use crate::runtime::cuda::device::RawPtr;
+use crate::runtime::cuda::{
+    Choice, CudaError, CudaRuntime, CudaSlice, DeviceModel, Dispatcher, Epilogue, Scratch,
+};
 use crate::runtime::RuntimeError;
 
 use super::buffers::Buffers;
@@ -18,49 +21,37 @@ pub(crate) struct Fuse<'a> {
     /// erf-GELU after the bias.
     pub gelu: bool,
     /// Added last (`m x n` f16).
-    pub residual: Option<&'a DevBuf>,
+    pub residual: Option<&'a CudaSlice<u16>>,
 }
 
-fn too_small(what: &str, p: &Proj, need: usize, have: usize) -> CudaError {
-    CudaError::Invalid(format!(
-        "{}: {what} holds {have} bytes, needs {need}",
-        p.name
-    ))
-}
-
-/// `y = fuse(x p^T)` for `m` rows through the dispatcher (tile kernel or cuBLAS, measured).
+/// `y = fuse(x p^T)` for `m` rows through the dispatcher (tile kernel or cuBLAS, measured); the
+/// bias is the model's tensor. X, Y and the residual are checked by the linear layer.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn project(
     rt: &CudaRuntime,
     dispatcher: &Dispatcher,
+    model: &DeviceModel,
     p: &Proj,
-    x: &DevBuf,
+    x: &CudaSlice<u16>,
     m: usize,
-    y: &DevBuf,
+    y: &mut CudaSlice<u16>,
     fuse: Fuse<'_>,
     scratch: &mut Scratch,
 ) -> Result<Choice, CudaError> {
-    let (xb, yb) = (m * p.k * 2, m * p.n * 2);
-    if x.len() < xb {
-        return Err(too_small("X", p, xb, x.len()));
-    }
-    if y.len() < yb {
-        return Err(too_small("Y", p, yb, y.len()));
-    }
-    let residual = match fuse.residual {
-        Some(r) if r.len() < yb => return Err(too_small("the residual", p, yb, r.len())),
-        Some(r) => r.ptr(),
-        None => 0,
-    };
     let ep = Epilogue {
-        bias: if fuse.bias { p.bias } else { 0 },
+        bias: if fuse.bias {
+            Some(model.f32_values(&p.bias)?)
+        } else {
+            None
+        },
         gelu: fuse.gelu,
-        residual,
+        residual: fuse.residual.map(|r| r.as_view()),
     };
-    // SAFETY: X holds m x K and Y m x N f16 values and the residual m x N (checked above); the
-    // bias holds N f32 values of the model and the weight points into the model's upload (or a
-    // copy owned by `p`), both alive while the encoder is; all on this runtime's device.
-    unsafe { dispatcher.run_linear(rt, &p.name, x.ptr(), m, &p.weight, &ep, y.ptr(), scratch) }
+    let (x, mut y) = (x.as_view(), y.as_view_mut());
+    // SAFETY: the weight points into the model's upload (or a copy owned by `p`), both alive
+    // while the encoder is, on this runtime's device; X, Y and the epilogue are typed and
+    // checked against the weight's shape by the linear layer.
+    unsafe { dispatcher.run_linear(rt, &p.name, &x, m, &p.weight, &ep, &mut y, scratch) }
 }
 
 impl CudaEncoder {
@@ -152,6 +143,7 @@ impl CudaEncoder {
             bias: true,
             ..Fuse::default()
         };
+        let model = &self.weights.model;
         let sc = &mut bufs.scratch;
         match (&layer.qkv, &layer.out) {
             (Some([q, k, v]), Some(out)) => {
@@ -162,11 +154,16 @@ impl CudaEncoder {
                     // are its dense f16 Q/K/V weights ([width, hidden]), bufs.x and bufs.q/k/v,
                     // which hold at least t rows (the buffers fit the batch).
                     unsafe { launch::gemm3(rt, ptrs, t, q.n, q.k)? };
-                    [q.bias, k.bias, v.bias]
+                    let b = |p: &Proj| {
+                        model
+                            .f32_values(&p.bias)
+                            .map(|v| crate::runtime::cuda::device::addr(&v))
+                    };
+                    [b(q)?, b(k)?, b(v)?]
                 } else {
-                    project(rt, d, q, &bufs.x, t, &bufs.q, bias, sc)?;
-                    project(rt, d, k, &bufs.x, t, &bufs.k, bias, sc)?;
-                    project(rt, d, v, &bufs.x, t, &bufs.v, bias, sc)?;
+                    project(rt, d, model, q, &bufs.x, t, &mut bufs.q, bias, sc)?;
+                    project(rt, d, model, k, &bufs.x, t, &mut bufs.k, bias, sc)?;
+                    project(rt, d, model, v, &bufs.x, t, &mut bufs.v, bias, sc)?;
                     [0; 3]
                 };
                 let input = AttentionInput {
@@ -179,13 +176,17 @@ impl CudaEncoder {
                 let (seqs, dh) = (p.lengths.len(), c.head_dim as usize);
                 let ctx = bufs.ctx.ptr();
                 let cu = bufs.cu.ptr();
-                launch::attention(rt, &input, cu, seqs, p.max_len, layer.heads, dh, ctx)?;
+                // SAFETY: Q, K, V and ctx were sized for this batch (Buffers::fits) with row
+                // stride q.n, and `cu` was built from its checked lengths.
+                unsafe {
+                    launch::attention(rt, &input, cu, seqs, p.max_len, layer.heads, dh, ctx)?
+                };
                 let fuse = Fuse {
                     bias: true,
                     gelu: false,
                     residual: Some(&bufs.x),
                 };
-                project(rt, d, out, &bufs.ctx, t, &bufs.proj, fuse, sc)?;
+                project(rt, d, model, out, &bufs.ctx, t, &mut bufs.proj, fuse, sc)?;
                 // proj = ctx Wo^T + bo + x, so the LayerNorm adds nothing.
                 let ln = (layer.ln1.gamma, layer.ln1.beta);
                 launch::bias_residual_ln(
@@ -215,7 +216,7 @@ impl CudaEncoder {
             gelu,
             residual: None,
         };
-        project(rt, d, ffn, &bufs.attn, t, &bufs.inter, fuse, sc)?;
+        project(rt, d, model, ffn, &bufs.attn, t, &mut bufs.inter, fuse, sc)?;
         if !gelu {
             launch::bias_act(rt, bufs.inter.ptr(), 0, t, ffn.n, act)?;
         }
@@ -224,7 +225,17 @@ impl CudaEncoder {
             gelu: false,
             residual: Some(&bufs.attn),
         };
-        project(rt, d, &layer.ffn_out, &bufs.inter, t, &bufs.proj, fuse, sc)?;
+        project(
+            rt,
+            d,
+            model,
+            &layer.ffn_out,
+            &bufs.inter,
+            t,
+            &mut bufs.proj,
+            fuse,
+            sc,
+        )?;
         let ln = (layer.ln2.gamma, layer.ln2.beta);
         launch::bias_residual_ln(rt, t, 0, 0, bufs.proj.ptr(), ln, eps, h, bufs.x.ptr())?;
         Ok(())
@@ -261,10 +272,21 @@ impl CudaEncoder {
             bias: true,
             ..Fuse::default()
         };
+        let model = &w.model;
         let sc = &mut bufs.scratch;
         let pooled = match &w.pooler {
             Some(pl) => {
-                project(rt, d, pl, &bufs.cls16, s, &bufs.pooled16, bias, sc)?;
+                project(
+                    rt,
+                    d,
+                    model,
+                    pl,
+                    &bufs.cls16,
+                    s,
+                    &mut bufs.pooled16,
+                    bias,
+                    sc,
+                )?;
                 let tanh = 4;
                 launch::bias_act(rt, bufs.pooled16.ptr(), 0, s, h, tanh)?;
                 Some(f16_to_f32(&rt.download::<u16>(&bufs.pooled16, s * h)?))
@@ -278,7 +300,7 @@ impl CudaEncoder {
         };
         let logits = match &w.classifier {
             Some(cl) => {
-                project(rt, d, cl, head_in, s, &bufs.logits16, bias, sc)?;
+                project(rt, d, model, cl, head_in, s, &mut bufs.logits16, bias, sc)?;
                 let (l16, out) = (bufs.logits16.ptr(), bufs.out32.ptr());
                 launch::bias_to_f32(rt, l16, 0, s, cl.n, out)?;
                 Some(rt.download::<f32>(&bufs.out32, s * cl.n)?)

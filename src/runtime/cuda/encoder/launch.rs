@@ -4,8 +4,9 @@
 //! the linear layer (`project` in the encoder's `forward` module).
 
 use cudarc::cublas::sys as blas_sys;
+use cudarc::driver::{LaunchArgs, PushKernelArg};
 
-use crate::runtime::cuda::{CudaError, CudaRuntime, KArg};
+use crate::runtime::cuda::{CudaError, CudaRuntime};
 
 /// Threads per block of the row kernels (LayerNorm, pooling).
 const ROW_THREADS: u32 = 256;
@@ -14,15 +15,31 @@ fn grid_1d(total: usize) -> (u32, u32, u32) {
     (total.div_ceil(256).clamp(1, 65_535 * 8) as u32, 1, 1)
 }
 
-fn i32_arg(v: usize) -> Result<KArg, CudaError> {
+fn i32_arg(v: usize) -> Result<i32, CudaError> {
     i32::try_from(v)
-        .map(KArg::I32)
         .map_err(|_| CudaError::Invalid(format!("size {v} does not fit a 32-bit kernel argument")))
 }
 
 /// Dynamic shared memory of a row kernel over `h` features (one f32 per feature).
 fn row_smem(h: usize) -> Result<u32, CudaError> {
     u32::try_from(h * 4).map_err(|_| CudaError::Invalid(format!("hidden size {h} too large")))
+}
+
+/// Launches kernel `name` with the arguments on `b` over `grid` x `block`.
+///
+/// # Safety
+/// As [`CudaRuntime::launch`]: the arguments match the kernel's parameters and the buffers they
+/// name hold what the kernel reads and writes.
+unsafe fn launch(
+    rt: &CudaRuntime,
+    b: &mut LaunchArgs<'_>,
+    name: &str,
+    grid: (u32, u32, u32),
+    block: u32,
+    smem: u32,
+) -> Result<(), CudaError> {
+    // SAFETY: the caller's contract.
+    unsafe { rt.launch(b, name, grid, (block, 1, 1), smem) }
 }
 
 /// Three GEMMs of one shape in one cuBLAS call: `Y_i[m, n] = X_i[m, k] W_i[n, k]^T` for
@@ -94,27 +111,17 @@ pub(crate) fn embed_ln(
     h: usize,
     x: u64,
 ) -> Result<(), CudaError> {
-    let args = [
-        KArg::Ptr(ids),
-        KArg::Ptr(types),
-        KArg::Ptr(positions),
-        KArg::Ptr(tables[0]),
-        KArg::Ptr(tables[1]),
-        KArg::Ptr(tables[2]),
-        KArg::Ptr(ln.0),
-        KArg::Ptr(ln.1),
-        KArg::F32(eps),
-        i32_arg(h)?,
-        KArg::Ptr(x),
-    ];
+    let hi = i32_arg(h)?;
     let grid = (u32::try_from(tokens).unwrap_or(u32::MAX), 1, 1);
-    rt.launch(
-        "enc_embed_ln_f16",
-        grid,
-        (ROW_THREADS, 1, 1),
-        row_smem(h)?,
-        &args,
-    )
+    let (name, smem) = ("enc_embed_ln_f16", row_smem(h)?);
+    let f = rt.kernel(name, smem)?;
+    let mut b = rt.stream().launch_builder(&f);
+    b.arg(&ids).arg(&types).arg(&positions);
+    b.arg(&tables[0]).arg(&tables[1]).arg(&tables[2]);
+    b.arg(&ln.0).arg(&ln.1).arg(&eps).arg(&hi).arg(&x);
+    // SAFETY: the buffers hold what this function's contract states; the arguments follow
+    // the kernel's parameters.
+    unsafe { launch(rt, &mut b, name, grid, ROW_THREADS, smem) }
 }
 
 /// `out = LN(input + bias + residual)` over `tokens` rows of `h` f16 values (`input` may be 0).
@@ -130,24 +137,16 @@ pub(crate) fn bias_residual_ln(
     h: usize,
     out: u64,
 ) -> Result<(), CudaError> {
-    let args = [
-        KArg::Ptr(input),
-        KArg::Ptr(bias),
-        KArg::Ptr(residual),
-        KArg::Ptr(ln.0),
-        KArg::Ptr(ln.1),
-        KArg::F32(eps),
-        i32_arg(h)?,
-        KArg::Ptr(out),
-    ];
+    let hi = i32_arg(h)?;
     let grid = (u32::try_from(tokens).unwrap_or(u32::MAX), 1, 1);
-    rt.launch(
-        "enc_bias_residual_ln_f16",
-        grid,
-        (ROW_THREADS, 1, 1),
-        row_smem(h)?,
-        &args,
-    )
+    let (name, smem) = ("enc_bias_residual_ln_f16", row_smem(h)?);
+    let f = rt.kernel(name, smem)?;
+    let mut b = rt.stream().launch_builder(&f);
+    b.arg(&input).arg(&bias).arg(&residual);
+    b.arg(&ln.0).arg(&ln.1).arg(&eps).arg(&hi).arg(&out);
+    // SAFETY: the buffers hold what this function's contract states; the arguments follow
+    // the kernel's parameters.
+    unsafe { launch(rt, &mut b, name, grid, ROW_THREADS, smem) }
 }
 
 /// `y = act(y + bias)` in place over `m * n` f16 values (`bias`: `n` f32, or 0).
@@ -159,14 +158,14 @@ pub(crate) fn bias_act(
     n: usize,
     act: i32,
 ) -> Result<(), CudaError> {
-    let args = [
-        KArg::Ptr(y),
-        KArg::Ptr(bias),
-        i32_arg(m)?,
-        i32_arg(n)?,
-        KArg::I32(act),
-    ];
-    rt.launch("enc_bias_act_f16", grid_1d(m * n), (256, 1, 1), 0, &args)
+    let (mi, ni) = (i32_arg(m)?, i32_arg(n)?);
+    let name = "enc_bias_act_f16";
+    let f = rt.kernel(name, 0)?;
+    let mut b = rt.stream().launch_builder(&f);
+    b.arg(&y).arg(&bias).arg(&mi).arg(&ni).arg(&act);
+    // SAFETY: the buffers hold what this function's contract states; the arguments follow
+    // the kernel's parameters.
+    unsafe { launch(rt, &mut b, name, grid_1d(m * n), 256, 0) }
 }
 
 /// `y (f32) = x (f16) + bias` over `m * n` values.
@@ -178,14 +177,14 @@ pub(crate) fn bias_to_f32(
     n: usize,
     y: u64,
 ) -> Result<(), CudaError> {
-    let args = [
-        KArg::Ptr(x),
-        KArg::Ptr(bias),
-        i32_arg(m)?,
-        i32_arg(n)?,
-        KArg::Ptr(y),
-    ];
-    rt.launch("enc_bias_to_f32_f16", grid_1d(m * n), (256, 1, 1), 0, &args)
+    let (mi, ni) = (i32_arg(m)?, i32_arg(n)?);
+    let name = "enc_bias_to_f32_f16";
+    let f = rt.kernel(name, 0)?;
+    let mut b = rt.stream().launch_builder(&f);
+    b.arg(&x).arg(&bias).arg(&mi).arg(&ni).arg(&y);
+    // SAFETY: the buffers hold what this function's contract states; the arguments follow
+    // the kernel's parameters.
+    unsafe { launch(rt, &mut b, name, grid_1d(m * n), 256, 0) }
 }
 
 /// Pools each of `seqs` sequences (rows `cu[s]..cu[s + 1]` of `x`, `cu` holding `seqs + 1` i32):
@@ -203,23 +202,16 @@ pub(crate) fn pool(
     out32: u64,
     out16: u64,
 ) -> Result<(), CudaError> {
-    let args = [
-        KArg::Ptr(x),
-        KArg::Ptr(cu),
-        i32_arg(h)?,
-        KArg::I32(cls as i32),
-        KArg::I32(normalize as i32),
-        KArg::Ptr(out32),
-        KArg::Ptr(out16),
-    ];
+    let (hi, cls, normalize) = (i32_arg(h)?, i32::from(cls), i32::from(normalize));
     let grid = (u32::try_from(seqs).unwrap_or(u32::MAX), 1, 1);
-    rt.launch(
-        "enc_pool_f16",
-        grid,
-        (ROW_THREADS, 1, 1),
-        row_smem(h)?,
-        &args,
-    )
+    let (name, smem) = ("enc_pool_f16", row_smem(h)?);
+    let f = rt.kernel(name, smem)?;
+    let mut b = rt.stream().launch_builder(&f);
+    b.arg(&x).arg(&cu).arg(&hi).arg(&cls).arg(&normalize);
+    b.arg(&out32).arg(&out16);
+    // SAFETY: the buffers hold what this function's contract states; the arguments follow
+    // the kernel's parameters.
+    unsafe { launch(rt, &mut b, name, grid, ROW_THREADS, smem) }
 }
 
 /// Head sizes the attention kernel is built for.
@@ -248,8 +240,13 @@ pub struct AttentionInput {
 /// values with stride `ld` (a multiple of 8, addresses 16-byte aligned); `cu` holds the `seqs + 1`
 /// cumulative i32 offsets ending at `tokens`; `ctx` holds `tokens * heads * head_dim` f16;
 /// `max_len` is the longest sequence.
+///
+/// # Safety
+/// The addresses are device allocations of this runtime holding the sizes above, and `cu` is
+/// non-decreasing from 0 with no sequence longer than `max_len` (the kernel reads and writes the
+/// rows `cu` names without bounds).
 #[allow(clippy::too_many_arguments)]
-pub fn attention(
+pub unsafe fn attention(
     rt: &CudaRuntime,
     input: &AttentionInput,
     cu: u64,
@@ -291,24 +288,15 @@ pub fn attention(
     // Q, K and V tiles of 64 rows, each row padded by 8 halves.
     let smem = (3 * 64 * (head_dim + 8) * 2) as u32;
     let scale_log2 = std::f32::consts::LOG2_E / (head_dim as f32).sqrt();
-    let args = [
-        KArg::Ptr(input.q),
-        KArg::Ptr(input.k),
-        KArg::Ptr(input.v),
-        i32_arg(input.ld)?,
-        KArg::Ptr(input.bias[0]),
-        KArg::Ptr(input.bias[1]),
-        KArg::Ptr(input.bias[2]),
-        KArg::Ptr(cu),
-        i32_arg(heads)?,
-        KArg::F32(scale_log2),
-        KArg::Ptr(ctx),
-    ];
-    rt.launch(
-        &format!("attn_fwd_d{head_dim}_f16"),
-        grid,
-        (128, 1, 1),
-        smem,
-        &args,
-    )
+    let (ld, heads_i) = (i32_arg(input.ld)?, i32_arg(heads)?);
+    let name = format!("attn_fwd_d{head_dim}_f16");
+    let f = rt.kernel(&name, smem)?;
+    let mut b = rt.stream().launch_builder(&f);
+    b.arg(&input.q).arg(&input.k).arg(&input.v).arg(&ld);
+    b.arg(&input.bias[0])
+        .arg(&input.bias[1])
+        .arg(&input.bias[2]);
+    b.arg(&cu).arg(&heads_i).arg(&scale_log2).arg(&ctx);
+    // SAFETY: the caller's contract; the arguments follow the kernel's parameters.
+    unsafe { launch(rt, &mut b, &name, grid, 128, smem) }
 }

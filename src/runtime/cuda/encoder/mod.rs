@@ -41,6 +41,7 @@ use std::sync::{Arc, Mutex};
 use half::f16;
 
 use crate::format::{EtsFile, ModelConfig};
+use crate::runtime::cuda::device::RawPtr;
 use crate::runtime::cuda::{CudaError, CudaRuntime, Dispatcher};
 use crate::runtime::{
     check_batch, Encoder, EncoderOutput, ForwardOptions, Pooling, RuntimeError, TokenBatch,
@@ -261,7 +262,7 @@ impl CudaEncoder {
             *guard = Some(Buffers::new(&self.rt, &self.config, &self.weights, t, s)?);
         }
         if self.poison.load(std::sync::atomic::Ordering::Relaxed) {
-            if let Some(b) = guard.as_ref() {
+            if let Some(b) = guard.as_mut() {
                 b.poison(&self.rt)?;
             }
         }

@@ -1,10 +1,10 @@
 //! Per-projection report: what ran for each weight at a batch's token count, its time, and
 //! cuBLAS's time on a dense matrix of the same shape (`et-run --report`).
 
+use crate::runtime::cuda::device::addr;
+use crate::runtime::cuda::dispatch::timing_activations;
 use crate::runtime::cuda::gemm::{dense_gemm, densify};
-use crate::runtime::cuda::{
-    median_ms, Choice, CudaError, CudaRuntime, DevBuf, ElemType, LinearWeight, Scratch,
-};
+use crate::runtime::cuda::{median_ms, Choice, ElemType, LinearWeight, Scratch};
 use crate::runtime::{RuntimeError, TokenBatch};
 
 use super::forward::{project, Fuse};
@@ -71,22 +71,6 @@ pub fn format_report(rows: &[ProjectionReport]) -> String {
     s
 }
 
-/// `len` f16 values uniform in [-1, 1) from a fixed seed, on the device (timing on constant
-/// data can run faster than on real inputs).
-fn random_f16(rt: &CudaRuntime, len: usize) -> Result<DevBuf, CudaError> {
-    let mut state = 0x9E37_79B9_7F4A_7C15u64;
-    let bits: Vec<u16> = (0..len)
-        .map(|_| {
-            state = state
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            let u = (state >> 40) as f32 / (1u64 << 24) as f32;
-            half::f16::from_f32(2.0 * u - 1.0).to_bits()
-        })
-        .collect();
-    rt.upload(&bits)
-}
-
 impl CudaEncoder {
     /// Runs `batch` once (so that every dispatch decision is made), then times each projection
     /// at the batch's token count (the pooler and classifier at its sentence count) as it runs
@@ -111,16 +95,30 @@ impl CudaEncoder {
 
     fn report_one(&self, p: &Proj, m: usize) -> Result<ProjectionReport, RuntimeError> {
         let rt = &*self.rt;
-        let x = random_f16(rt, m * p.k)?;
-        let y = rt.alloc(m * p.n * 2)?;
+        let x = timing_activations(rt, m * p.k)?;
+        let mut y = rt.alloc::<u16>(m * p.n)?;
         let fuse = Fuse {
             bias: true,
             ..Fuse::default()
         };
         let mut scratch = Scratch::default();
-        let entry = self.dispatcher.decide(rt, &p.name, &p.weight, m)?;
+        let model = &self.weights.model;
+        // SAFETY: the weight points into the model's upload (or a copy owned by `p`), alive
+        // while the encoder is.
+        let entry = unsafe { self.dispatcher.decide(rt, &p.name, &p.weight, m)? };
         let ms = median_ms(rt, 5, 10, || {
-            project(rt, &self.dispatcher, p, &x, m, &y, fuse, &mut scratch).map(|_| ())
+            project(
+                rt,
+                &self.dispatcher,
+                model,
+                p,
+                &x,
+                m,
+                &mut y,
+                fuse,
+                &mut scratch,
+            )
+            .map(|_| ())
         })?;
         let owned;
         let dense = match p.weight {
@@ -130,18 +128,20 @@ impl CudaEncoder {
                 ..
             } => w,
             LinearWeight::Tile(v) if !v.has_element_bitmaps && v.elem == ElemType::F16 => {
-                owned = densify(rt, &v)?;
-                owned.ptr()
+                // SAFETY: as above.
+                owned = unsafe { densify(rt, &v)? };
+                addr(&owned)
             }
             _ => {
-                owned = random_f16(rt, p.n * p.k)?;
-                owned.ptr()
+                owned = timing_activations(rt, p.n * p.k)?;
+                addr(&owned)
             }
         };
-        // SAFETY: x holds m x K and y m x N f16 values, dense N x K (all allocated above or the
-        // model's dense f16 weight), on this runtime's device.
+        let (x, mut y) = (x.as_view(), y.as_view_mut());
+        // SAFETY: dense holds N x K f16 values (allocated above or the model's dense f16
+        // weight), alive for the calls; X and Y are checked.
         let cublas_ms = median_ms(rt, 5, 10, || unsafe {
-            dense_gemm(rt, ElemType::F16, x.ptr(), p.k, m, p.k, dense, p.n, y.ptr())
+            dense_gemm(rt, ElemType::F16, &x, p.k, m, p.k, dense, p.n, &mut y)
         })?;
         let ran = match (entry.choice, entry.kernel) {
             (Choice::Tile, Some(k)) => format!("tile {k:?}"),

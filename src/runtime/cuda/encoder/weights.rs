@@ -12,7 +12,10 @@ use half::f16;
 
 use crate::format::names::{self, LayerTensor};
 use crate::format::{Activation, EtsFile, ModelConfig, TensorView};
-use crate::runtime::cuda::{CudaError, CudaRuntime, DevBuf, DeviceModel, ElemType, LinearWeight};
+use crate::runtime::cuda::device::{addr, RawPtr};
+use crate::runtime::cuda::{
+    CudaError, CudaRuntime, CudaSlice, DeviceModel, ElemType, LinearWeight,
+};
 use crate::runtime::RuntimeError;
 
 /// One projection `[n, k]` of the model with its optional bias.
@@ -23,10 +26,10 @@ pub(crate) struct Proj {
     pub k: usize,
     /// The weight as the linear layer reads it.
     pub weight: LinearWeight,
-    /// Device address of the `n` f32 bias values, or 0.
-    pub bias: u64,
+    /// The bias tensor's name (its `n` f32 values are [`DeviceModel::f32_values`]).
+    pub bias: String,
     /// Owns the f16 copy `weight` points into when the stored weight is not f16.
-    _converted: Option<DevBuf>,
+    _converted: Option<CudaSlice<u16>>,
 }
 
 /// A LayerNorm's f32 parameters (device addresses inside the model).
@@ -68,7 +71,7 @@ pub(crate) struct DevWeights {
     /// Bytes of f16 copies made for bf16 weights.
     pub converted_bytes: usize,
     /// Owns the f16 copies of bf16 tables.
-    _tables_owned: Vec<DevBuf>,
+    _tables_owned: Vec<CudaSlice<u16>>,
     /// The file's tensors (every address above points into it or into a copy owned here).
     pub model: DeviceModel,
 }
@@ -101,7 +104,7 @@ fn vector(
     len: usize,
 ) -> Result<u64, RuntimeError> {
     check_shape(&get(file, name)?, &[len])?;
-    Ok(model.f32_values(name)?)
+    Ok(addr(&model.f32_values(name)?))
 }
 
 /// A `[rows, cols]` weight as the linear layer reads it: in place when stored as f16, else an
@@ -113,7 +116,7 @@ fn weight(
     name: &str,
     rows: usize,
     cols: usize,
-) -> Result<(LinearWeight, Option<DevBuf>), RuntimeError> {
+) -> Result<(LinearWeight, Option<CudaSlice<u16>>), RuntimeError> {
     let v = get(file, name)?;
     check_shape(&v, &[rows, cols])?;
     let w = model.linear(name)?;
@@ -144,7 +147,10 @@ fn proj(
         n,
         k,
         weight,
-        bias: vector(model, file, b, n)?,
+        bias: {
+            vector(model, file, b, n)?;
+            b.to_string()
+        },
         _converted: converted,
     })
 }
@@ -157,7 +163,7 @@ fn table(
     name: &str,
     rows: usize,
     h: usize,
-    owned: &mut Vec<DevBuf>,
+    owned: &mut Vec<CudaSlice<u16>>,
 ) -> Result<u64, RuntimeError> {
     match weight(rt, model, file, name, rows, h)? {
         (LinearWeight::Dense { w, .. }, copy) => {

@@ -3,16 +3,14 @@
 //! A CTA of 256 threads owns 128 tokens x 128 features: it builds its group's union of tile
 //! columns in shared memory and walks it in 64-column stages through a 3-stage cp.async ring.
 
+use cudarc::driver::{CudaView, CudaViewMut};
+
 use super::super::device::CudaRuntime;
 use super::super::epilogue::Epilogue;
 use super::super::error::CudaError;
-use super::common::{
-    launch_union, tile_args, union_meta_bytes, TileDeviceView, TileShape, UnionGrid, TILE_BM,
-    TILE_BN,
-};
+use super::common::{launch_union, union_meta_bytes, TileDeviceView, TileShape, TILE_BM, TILE_BN};
 use super::{DeviceLimits, TileFamily, TileKernel};
 
-const THREADS: u32 = 256;
 const STAGE_BYTES: usize = TILE_BM * 64 * 2;
 
 /// Dynamic shared memory of the `mma` kernel for tile height `th`: two operands of a 3-stage
@@ -49,25 +47,15 @@ impl TileFamily for Mma {
         &self,
         rt: &CudaRuntime,
         kern: TileKernel,
-        x: u64,
+        x: &CudaView<'_, u16>,
         m: usize,
         w: &TileDeviceView,
-        ep: &Epilogue,
-        y: u64,
+        ep: &Epilogue<'_>,
+        y: &mut CudaViewMut<'_, u16>,
         splits: usize,
     ) -> Result<(), CudaError> {
-        let name = kern.entry_name(w);
-        let grid = UnionGrid {
-            name: &name,
-            bn: kern.bn(),
-            bm: kern.bm(),
-            persistent: false,
-            threads: THREADS,
-            smem: mma_smem_bytes(w.th),
-        };
-        // The union kernels take the split-K workspace after the common arguments.
-        let args = tile_args(x, m, w, ep, y).to_vec();
-        launch_union(rt, grid, w, m, ep, y, splits, args)
+        // SAFETY: w's upload is the caller's; X, Y and the epilogue are checked by the launch.
+        unsafe { launch_union(rt, kern, mma_smem_bytes(w.th), x, m, w, ep, y, splits) }
     }
 }
 

@@ -15,7 +15,7 @@
 //!
 //! The plan a weight needs is made once at upload ([`TilePrep`]), not at each launch.
 
-mod common;
+pub(crate) mod common;
 pub mod mma;
 pub mod rs;
 pub mod rs_plan;
@@ -30,6 +30,7 @@ pub use common::{
     TILE_MAX_GRID_COLS,
 };
 
+use cudarc::driver::{CudaView, CudaViewMut};
 use sha2::{Digest, Sha256};
 
 use super::device::{CudaRuntime, ElemType};
@@ -168,23 +169,23 @@ pub trait TileFamily: Sync {
         m: usize,
     ) -> Option<String>;
 
-    /// Runs `kern` on `m` tokens of X at `x` into Y at `y` with `splits` K splits (1: no split,
-    /// fused epilogue; families without a split ignore it).
+    /// Runs `kern` on `m` tokens of X into Y with `splits` K splits (1: no split, fused epilogue;
+    /// families without a split ignore it). X, Y and the epilogue are checked against `m` and
+    /// `w` before the launch.
     ///
     /// # Safety
-    /// `x` must hold `m x w.cols` values and `y` `m x w.rows` values of `w`'s element type, the
-    /// epilogue's addresses their [`Epilogue`] bounds, and `w`'s addresses the upload that made it
-    /// (still alive); all on this runtime's device.
+    /// `w`'s addresses are those of the upload that made it, still alive, on this runtime's
+    /// device.
     #[allow(clippy::too_many_arguments)]
     unsafe fn launch(
         &self,
         rt: &CudaRuntime,
         kern: TileKernel,
-        x: u64,
+        x: &CudaView<'_, u16>,
         m: usize,
         w: &TileDeviceView,
-        ep: &Epilogue,
-        y: u64,
+        ep: &Epilogue<'_>,
+        y: &mut CudaViewMut<'_, u16>,
         splits: usize,
     ) -> Result<(), CudaError>;
 }
@@ -299,19 +300,19 @@ pub fn tile_splits(sm_count: usize, m: usize, w: &TileShape, bn: usize) -> usize
     wave.div_ceil(ctas).min(16).min((stages / 2).max(1))
 }
 
-/// Runs tile kernel `kern` with `splits` K splits (None: the kernel's default for this launch).
+/// Runs tile kernel `kern` on `m` tokens of X (`m x K` values) into Y (`m x N`) with `splits` K
+/// splits (None: the kernel's default for this launch). Sizes are checked before the launch.
 ///
 /// # Safety
-/// As [`TileFamily::launch`]: `x`, `y` and the epilogue's addresses hold what `m` and `w` say,
-/// on this runtime's device, and `w`'s upload is alive.
+/// As [`TileFamily::launch`]: `w`'s upload is alive, on this runtime's device.
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn tile_gemm_with(
     rt: &CudaRuntime,
-    x: u64,
+    x: &CudaView<'_, u16>,
     m: usize,
     w: &TileDeviceView,
-    ep: &Epilogue,
-    y: u64,
+    ep: &Epilogue<'_>,
+    y: &mut CudaViewMut<'_, u16>,
     splits: Option<usize>,
     kern: TileKernel,
 ) -> Result<(), CudaError> {
@@ -319,6 +320,7 @@ pub unsafe fn tile_gemm_with(
     if let Some(why) = kernel_unsupported(&dev, kern, w, m) {
         return Err(CudaError::Invalid(format!("tile kernel {kern:?}: {why}")));
     }
+    common::check_io(x, m, w, ep, y)?;
     let splits = splits.unwrap_or_else(|| tile_splits(dev.sm_count, m, w, kern.bn()));
     // SAFETY: the caller's bounds, passed on.
     unsafe { kern.family().launch(rt, kern, x, m, w, ep, y, splits) }
@@ -330,11 +332,11 @@ pub unsafe fn tile_gemm_with(
 /// As [`tile_gemm_with`].
 pub unsafe fn tile_gemm(
     rt: &CudaRuntime,
-    x: u64,
+    x: &CudaView<'_, u16>,
     m: usize,
     w: &TileDeviceView,
-    ep: &Epilogue,
-    y: u64,
+    ep: &Epilogue<'_>,
+    y: &mut CudaViewMut<'_, u16>,
 ) -> Result<(), CudaError> {
     let kern = auto_kernel(&rt.limits(), w, m);
     // SAFETY: the caller's bounds, passed on.

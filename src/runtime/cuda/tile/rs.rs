@@ -6,15 +6,17 @@
 //! tiles); a producer warp copies X by TMA and the weights as the stage plans made at upload
 //! ([`super::rs_plan`]) say; the output is transposed through shared memory and stored by TMA.
 
-use super::super::device::{CudaRuntime, KArg};
+use cudarc::driver::{CudaView, CudaViewMut, PushKernelArg};
+
+use super::super::device::{addr, CudaRuntime};
 use super::super::epilogue::Epilogue;
 use super::super::error::CudaError;
 use super::super::host::group_work_spread;
 use super::common::{
-    launch_union, tile_args, TileDeviceView, TileShape, UnionGrid, TILE_MAX_GRID_COLS,
+    check_io, int, TileDeviceView, TileInts, TileShape, UnionGrid, UnionLaunch, TILE_MAX_GRID_COLS,
 };
 use super::rs_plan::{rs_tile_shape, uniform_row_tiles, TileGeometry, RS_PLAN_BYTES};
-use super::tensor_map::{encode, tile_lines, tiles_per_block_row, x_maps, SW128};
+use super::tensor_map::{encode, tile_lines, tiles_per_block_row, x_maps, TensorMap, SW128};
 use super::{DeviceLimits, TileFamily, TileKernel};
 
 /// Tokens per output tile.
@@ -160,19 +162,22 @@ impl TileFamily for Rs {
         &self,
         rt: &CudaRuntime,
         kern: TileKernel,
-        x: u64,
+        x: &CudaView<'_, u16>,
         m: usize,
         w: &TileDeviceView,
-        ep: &Epilogue,
-        y: u64,
+        ep: &Epilogue<'_>,
+        y: &mut CudaViewMut<'_, u16>,
         splits: usize,
     ) -> Result<(), CudaError> {
+        check_io(x, m, w, ep, y)?;
+        let (xa, ya) = (addr(x), addr(y));
+        let ra = ep.residual.as_ref().map_or(0, addr);
         // The output is written in 16-byte chunks and the residual read the same way.
-        if x % 16 != 0 || y % 16 != 0 || ep.residual % 16 != 0 || w.values % 16 != 0 || m == 0 {
+        if xa % 16 != 0 || ya % 16 != 0 || ra % 16 != 0 || w.values % 16 != 0 || m == 0 {
             return Err(CudaError::Invalid(format!(
                 "register-operand tile kernel: X, Y, the residual and the tile values must be 16-byte \
-                 aligned and M > 0 (X {x:#x}, Y {y:#x}, residual {:#x}, values {:#x}, M {m})",
-                ep.residual, w.values
+                 aligned and M > 0 (X {xa:#x}, Y {ya:#x}, residual {ra:#x}, values {:#x}, M {m})",
+                w.values
             )));
         }
         if w.rs_plans == 0 {
@@ -181,7 +186,10 @@ impl TileFamily for Rs {
                     .into(),
             ));
         }
-        let args = rs_args(rt, x, m, w, ep, y)?;
+        let maps = rs_maps(xa, m, w, ra, ya)?;
+        let stride = int(w.rs_plan_stride)?;
+        let flags = rs_schedule_flags(rt.sm_count() as usize, w, m);
+        let ints = TileInts::new(m, w, ep)?;
         let name = kern.entry_name(w);
         let grid = UnionGrid {
             name: &name,
@@ -191,29 +199,47 @@ impl TileFamily for Rs {
             threads: RS_THREADS,
             smem: rs_smem_bytes(),
         };
-        launch_union(rt, grid, w, m, ep, y, splits, args)
+        let launch = UnionLaunch::new(rt, grid, w, m, splits)?;
+        let f = launch.kernel(rt)?;
+        {
+            // The maps of X, Y and the residual, the weights' stage map and tile map, plans per
+            // group, schedule flags, M, K, the bitmap (the balanced schedule's work), the plans
+            // in place of the row offsets, values, N, grid, bias, residual, GELU, workspace.
+            let mut b = rt.stream().launch_builder(&f);
+            for map in &maps {
+                b.arg(map);
+            }
+            b.arg(&stride).arg(&flags).arg(&ints.m).arg(&ints.k);
+            b.arg(&w.bitmap).arg(&w.rs_plans).arg(&w.values);
+            ints.push_grid(&mut b);
+            ints.push_epilogue(&mut b, ep);
+            launch.push_workspace(&mut b);
+            // SAFETY: X, Y and the epilogue were checked for m tokens of w and are 16-byte
+            // aligned; the maps cover X (m x K), Y and the residual (m x N) and the weight's
+            // values as uploaded; w's addresses (plans included) are the caller's; the
+            // arguments follow the kernel's order.
+            unsafe { launch.launch(rt, &mut b)? };
+        }
+        launch.finish(rt, m, w, ep, y)
     }
 }
 
-/// The kernel's arguments before the workspace: the maps of X, Y and the residual, the weights'
-/// stage map and tile map, plans per group, schedule flags, M, K, the bitmap (the balanced
-/// schedule's work), the plans in place of the row offsets, values, N, grid, bias, residual, GELU.
-fn rs_args(
-    rt: &CudaRuntime,
+/// The kernel's six tensor maps: X (narrow and wide), Y and the residual as (N, M) maps of
+/// 64-feature x 192-token boxes with the 128-byte swizzle (the staging buffer's layout; without a
+/// residual its map is never read and repeats Y's), the weights' stage map and tile map.
+fn rs_maps(
     x: u64,
     m: usize,
     w: &TileDeviceView,
-    ep: &Epilogue,
+    residual: u64,
     y: u64,
-) -> Result<Vec<KArg>, CudaError> {
-    // Y and the residual as (N, M) maps of 64-feature x 192-token boxes with the 128-byte swizzle
-    // (the staging buffer's layout); without a residual its map is never read and repeats Y's.
+) -> Result<[TensorMap; 6], CudaError> {
     let dims = [w.rows as u64, m as u64];
     let pitch = [w.rows as u64 * 2];
     let out_box = [64, RS_BM as u32];
     let map_y = encode(y, w.elem, &dims, &pitch, &out_box, SW128)?;
-    let map_res = if ep.residual != 0 {
-        encode(ep.residual, w.elem, &dims, &pitch, &out_box, SW128)?
+    let map_res = if residual != 0 {
+        encode(residual, w.elem, &dims, &pitch, &out_box, SW128)?
     } else {
         map_y
     };
@@ -229,21 +255,8 @@ fn rs_args(
         (None, _) => map_y,
     };
     let map_w_tile = rs_tile_map(w)?.unwrap_or(map_y);
-    let c = tile_args(x, m, w, ep, y);
-    let mut args = x_maps(x, m, w, RS_BM)?.to_vec();
-    args.extend([
-        KArg::TensorMap(map_y),
-        KArg::TensorMap(map_res),
-        KArg::TensorMap(map_w),
-        KArg::TensorMap(map_w_tile),
-        KArg::I32(w.rs_plan_stride as i32),
-        KArg::I32(rs_schedule_flags(rt.sm_count() as usize, w, m)),
-    ]);
-    args.extend_from_slice(&c[1..3]);
-    args.push(c[4]);
-    args.push(KArg::Ptr(w.rs_plans));
-    args.extend_from_slice(&c[6..13]);
-    Ok(args)
+    let [map_x, map_x_wide] = x_maps(x, m, w, RS_BM)?;
+    Ok([map_x, map_x_wide, map_y, map_res, map_w, map_w_tile])
 }
 
 /// The stage map: the values as (128-byte lines, lines of a block row, block rows), boxes of a
@@ -251,7 +264,7 @@ fn rs_args(
 /// group's block rows, in the file's layout with the 128-byte swizzle (which spreads a tile's rows
 /// over all banks for ldmatrix; the kernel reads such stages with the same XOR). None when the
 /// rows cannot be uniform or the map cannot be encoded.
-fn rs_stage_map(w: &TileDeviceView) -> Option<[u64; 16]> {
+fn rs_stage_map(w: &TileDeviceView) -> Option<TensorMap> {
     let cnt = tiles_per_block_row(w)?;
     let row_lines = (cnt * tile_lines(w)) as u64;
     let dims = [64, row_lines, w.grid_rows as u64];
@@ -263,7 +276,7 @@ fn rs_stage_map(w: &TileDeviceView) -> Option<[u64; 16]> {
 /// The map of single tiles 32 or 64 columns wide, for the stages that are not one box: the values
 /// as (128-byte lines, all lines), boxes of one tile with the 128-byte swizzle. None for 16-column
 /// tiles (copied without a map) and weights without tiles.
-fn rs_tile_map(w: &TileDeviceView) -> Result<Option<[u64; 16]>, CudaError> {
+fn rs_tile_map(w: &TileDeviceView) -> Result<Option<TensorMap>, CudaError> {
     if w.tw == 16 || w.kept == 0 {
         return Ok(None);
     }

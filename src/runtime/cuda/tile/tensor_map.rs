@@ -2,9 +2,9 @@
 //! at each launch (a host-only driver call, no device work) and passed by value as
 //! `__grid_constant__` parameters.
 
-use cudarc::driver::sys;
+use cudarc::driver::{sys, DeviceRepr};
 
-use super::super::device::{ElemType, KArg};
+use super::super::device::ElemType;
 use super::super::error::CudaError;
 use super::common::TileDeviceView;
 use super::rs_plan::uniform_row_tiles;
@@ -16,6 +16,15 @@ pub(super) const SW128: sys::CUtensorMapSwizzle =
     sys::CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_128B;
 /// Columns per narrow TMA copy (one 32-byte swizzle row of 16-bit values).
 pub(super) const SLICE: u32 = 16;
+
+/// A tensor map as a kernel parameter: the driver's 128-byte `CUtensorMap`, 64-byte aligned.
+#[derive(Clone, Copy)]
+#[repr(transparent)]
+pub(crate) struct TensorMap(sys::CUtensorMap);
+
+// SAFETY: CUtensorMap is plain data laid out as the kernels' `const __grid_constant__
+// CUtensorMap` parameter (128 bytes, 64-byte aligned); transparent keeps that layout.
+unsafe impl DeviceRepr for TensorMap {}
 
 fn map_type(elem: ElemType) -> sys::CUtensorMapDataType {
     match elem {
@@ -35,7 +44,7 @@ pub(super) fn encode(
     strides: &[u64],
     boxes: &[u32],
     swizzle: sys::CUtensorMapSwizzle,
-) -> Result<[u64; 16], CudaError> {
+) -> Result<TensorMap, CudaError> {
     if dims.len() != boxes.len() || strides.len() + 1 != dims.len() || dims.len() > 5 {
         return Err(CudaError::Invalid(format!(
             "tensor map: {} dims, {} strides, {} box extents",
@@ -68,7 +77,7 @@ pub(super) fn encode(
     .map_err(CudaError::driver(format!(
         "encoding a tensor map (dims {dims:?}, box {boxes:?})"
     )))?;
-    Ok(map.opaque)
+    Ok(TensorMap(map))
 }
 
 /// The two maps of X every TMA-fed kernel takes: 16-column boxes with the 32-byte swizzle (for
@@ -79,12 +88,12 @@ pub(super) fn x_maps(
     m: usize,
     w: &TileDeviceView,
     bm: usize,
-) -> Result<[KArg; 2], CudaError> {
+) -> Result<[TensorMap; 2], CudaError> {
     let dims = [w.cols as u64, m as u64];
     let pitch = [w.cols as u64 * 2];
     let narrow = encode(x, w.elem, &dims, &pitch, &[SLICE, bm as u32], SW32)?;
     let wide = encode(x, w.elem, &dims, &pitch, &[64, bm as u32], SW128)?;
-    Ok([KArg::TensorMap(narrow), KArg::TensorMap(wide)])
+    Ok([narrow, wide])
 }
 
 /// Tiles per block row when every block row may keep the same number: the kept count is a

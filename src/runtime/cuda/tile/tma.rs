@@ -6,13 +6,15 @@
 //! ([`TileKernel::Tma256`], 4 stages, one CTA). Copies are 16-column slices with the 32-byte
 //! swizzle; 64-column tiles copy whole 128-byte rows with the 128-byte swizzle.
 
-use super::super::device::{CudaRuntime, KArg};
+use cudarc::driver::{CudaView, CudaViewMut, PushKernelArg};
+
+use super::super::device::{addr, CudaRuntime};
 use super::super::epilogue::Epilogue;
 use super::super::error::CudaError;
 use super::common::{
-    launch_union, tile_args, union_meta_bytes, TileDeviceView, TileShape, UnionGrid,
+    check_io, int, union_meta_bytes, TileDeviceView, TileInts, TileShape, UnionGrid, UnionLaunch,
 };
-use super::tensor_map::{encode, tiles_per_block_row, x_maps, SLICE, SW128, SW32};
+use super::tensor_map::{encode, tiles_per_block_row, x_maps, TensorMap, SLICE, SW128, SW32};
 use super::{DeviceLimits, TileFamily, TileKernel};
 
 /// Output features per CTA.
@@ -76,23 +78,25 @@ impl TileFamily for Tma {
         &self,
         rt: &CudaRuntime,
         kern: TileKernel,
-        x: u64,
+        x: &CudaView<'_, u16>,
         m: usize,
         w: &TileDeviceView,
-        ep: &Epilogue,
-        y: u64,
+        ep: &Epilogue<'_>,
+        y: &mut CudaViewMut<'_, u16>,
         splits: usize,
     ) -> Result<(), CudaError> {
+        check_io(x, m, w, ep, y)?;
         let bm = kern.bm();
-        if x % 16 != 0 || y % 16 != 0 || w.values % 16 != 0 || m == 0 {
+        let (xa, ya) = (addr(x), addr(y));
+        if xa % 16 != 0 || ya % 16 != 0 || w.values % 16 != 0 || m == 0 {
             return Err(CudaError::Invalid(format!(
                 "TMA tile kernel: X, Y and the tile values must be 16-byte aligned and M > 0 \
-                 (X {x:#x}, Y {y:#x}, values {:#x}, M {m})",
+                 (X {xa:#x}, Y {ya:#x}, values {:#x}, M {m})",
                 w.values
             )));
         }
         let (th, tw) = (w.th as u64, w.tw as u64);
-        let [map_x, map_x_wide] = x_maps(x, m, w, bm)?;
+        let [map_x, map_x_wide] = x_maps(xa, m, w, bm)?;
         // 64-column tiles are copied in whole 128-byte rows with the 128-byte swizzle; narrower
         // tiles in 16-column slices with the 32-byte swizzle (the kernel's WIDE switch).
         let (slice, swizzle) = if w.tw == 64 {
@@ -103,7 +107,7 @@ impl TileFamily for Tma {
         // With no kept tile every copy falls outside the map (tile index `kept`); the map then
         // needs one (never read) tile of extent, at any aligned address.
         let (values, kept) = if w.kept == 0 {
-            (x, 1)
+            (xa, 1)
         } else {
             (w.values, w.kept)
         };
@@ -116,23 +120,8 @@ impl TileFamily for Tma {
             swizzle,
         )?;
         let (map_rows, wcnt) = tma_stage_map(w).unwrap_or((map_w, 0));
-        // The common tile arguments, with X replaced by its maps and the values by the weight's
-        // maps and kept count: (maps of X, maps of W, tiles per block row or 0, M, K, bitmap, row
-        // offsets, kept, N, grid, epilogue, Y, ldy; the workspace follows).
-        let c = tile_args(x, m, w, ep, y);
-        let mut args = vec![
-            map_x,
-            map_x_wide,
-            KArg::TensorMap(map_w),
-            KArg::TensorMap(map_rows),
-            KArg::I32(wcnt as i32),
-            c[1],
-            c[2],
-            c[4],
-            c[5],
-            KArg::I32(kept as i32),
-        ];
-        args.extend_from_slice(&c[7..15]);
+        let (wcnt, kept) = (int(wcnt)?, int(kept)?);
+        let ints = TileInts::new(m, w, ep)?;
         let name = kern.entry_name(w);
         let grid = UnionGrid {
             name: &name,
@@ -142,7 +131,26 @@ impl TileFamily for Tma {
             threads: TMA_THREADS,
             smem: tma_smem_bytes(bm, w.th),
         };
-        launch_union(rt, grid, w, m, ep, y, splits, args)
+        let launch = UnionLaunch::new(rt, grid, w, m, splits)?;
+        let f = launch.kernel(rt)?;
+        {
+            // The common tile arguments with X replaced by its maps and the values by the
+            // weight's maps and kept count: maps of X, maps of W, tiles per block row or 0, M, K,
+            // bitmap, row offsets, kept, N, grid, epilogue, Y, ldy, workspace.
+            let mut b = rt.stream().launch_builder(&f);
+            b.arg(&map_x).arg(&map_x_wide).arg(&map_w).arg(&map_rows);
+            b.arg(&wcnt).arg(&ints.m).arg(&ints.k);
+            b.arg(&w.bitmap).arg(&w.row_offsets).arg(&kept);
+            ints.push_grid(&mut b);
+            ints.push_epilogue(&mut b, ep);
+            b.arg(&mut *y).arg(&ints.n);
+            launch.push_workspace(&mut b);
+            // SAFETY: X, Y and the epilogue were checked for m tokens of w and are 16-byte
+            // aligned; the maps cover X (m x K) and the weight's values as uploaded; w's
+            // addresses are the caller's; the arguments follow the kernel's order.
+            unsafe { launch.launch(rt, &mut b)? };
+        }
+        launch.finish(rt, m, w, ep, y)
     }
 }
 
@@ -150,7 +158,7 @@ impl TileFamily for Tma {
 /// rows, block rows, tiles of a row), boxes of the stage's four tiles of a group's block rows laid
 /// out as the per-tile copies place them (slot by slot, 32-byte swizzle). None for other tiles,
 /// when the rows cannot be uniform or the map cannot be encoded.
-fn tma_stage_map(w: &TileDeviceView) -> Option<([u64; 16], usize)> {
+fn tma_stage_map(w: &TileDeviceView) -> Option<(TensorMap, usize)> {
     if w.tw != 16 {
         return None;
     }

@@ -5,10 +5,12 @@
 //! tiles, so nothing absent is multiplied. Here: how a weight is split over CTAs (tokens per CTA,
 //! feature parts to fill one wave) and the launch.
 
+use cudarc::driver::{CudaView, CudaViewMut};
+
 use super::super::device::CudaRuntime;
 use super::super::epilogue::Epilogue;
 use super::super::error::CudaError;
-use super::common::{tile_args, TileDeviceView, TileShape};
+use super::common::{check_io, TileDeviceView, TileInts, TileShape};
 use super::{DeviceLimits, TileFamily, TileKernel};
 
 /// Threads per CTA of the row-walk kernel.
@@ -81,11 +83,11 @@ impl TileFamily for Walk {
         &self,
         rt: &CudaRuntime,
         kern: TileKernel,
-        x: u64,
+        x: &CudaView<'_, u16>,
         m: usize,
         w: &TileDeviceView,
-        ep: &Epilogue,
-        y: u64,
+        ep: &Epilogue<'_>,
+        y: &mut CudaViewMut<'_, u16>,
         _splits: usize,
     ) -> Result<(), CudaError> {
         let dev = rt.limits();
@@ -95,10 +97,16 @@ impl TileFamily for Walk {
                 self.unsupported(&dev, kern, w, m).unwrap_or_default()
             ))
         })?;
-        let args = tile_args(x, m, w, ep, y);
+        check_io(x, m, w, ep, y)?;
+        let ints = TileInts::new(m, w, ep)?;
         let name = format!("{}_bm{}", kern.entry_name(w), plan.bm);
         let grid = (plan.parts as u32, m.div_ceil(plan.bm) as u32, 1);
-        rt.launch(&name, grid, (WALK_THREADS, 1, 1), plan.smem as u32, &args)
+        let f = rt.kernel(&name, plan.smem as u32)?;
+        let mut b = rt.stream().launch_builder(&f);
+        ints.push_all(&mut b, x, w, ep, y);
+        // SAFETY: X, Y and the epilogue were checked for m tokens of w, w's addresses are the
+        // caller's, the plan's shared memory fits the device; the arguments follow the kernel.
+        unsafe { rt.launch(&mut b, &name, grid, (WALK_THREADS, 1, 1), plan.smem as u32) }
     }
 }
 

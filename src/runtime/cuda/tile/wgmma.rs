@@ -4,15 +4,13 @@
 //! from shared memory through descriptors. The group size is 64 or 128 features
 //! ([`TileKernel::Wg64`], [`TileKernel::Wg128`]).
 
+use cudarc::driver::{CudaView, CudaViewMut};
+
 use super::super::device::CudaRuntime;
 use super::super::epilogue::Epilogue;
 use super::super::error::CudaError;
-use super::common::{
-    launch_union, tile_args, union_meta_bytes, TileDeviceView, TileShape, UnionGrid, TILE_BM,
-};
+use super::common::{launch_union, union_meta_bytes, TileDeviceView, TileShape, TILE_BM};
 use super::{DeviceLimits, TileFamily, TileKernel};
-
-const THREADS: u32 = 256;
 
 /// Dynamic shared memory of the wgmma kernel with `bn`-feature groups: the stage ring (96 KiB for
 /// both group sizes), 1 KiB for aligning it to the swizzle period, and the union list.
@@ -59,24 +57,27 @@ impl TileFamily for Wgmma {
         &self,
         rt: &CudaRuntime,
         kern: TileKernel,
-        x: u64,
+        x: &CudaView<'_, u16>,
         m: usize,
         w: &TileDeviceView,
-        ep: &Epilogue,
-        y: u64,
+        ep: &Epilogue<'_>,
+        y: &mut CudaViewMut<'_, u16>,
         splits: usize,
     ) -> Result<(), CudaError> {
-        let name = kern.entry_name(w);
-        let grid = UnionGrid {
-            name: &name,
-            bn: kern.bn(),
-            bm: kern.bm(),
-            persistent: false,
-            threads: THREADS,
-            smem: wg_smem_bytes(kern.bn(), w.th),
-        };
-        let args = tile_args(x, m, w, ep, y).to_vec();
-        launch_union(rt, grid, w, m, ep, y, splits, args)
+        // SAFETY: w's upload is the caller's; X, Y and the epilogue are checked by the launch.
+        unsafe {
+            launch_union(
+                rt,
+                kern,
+                wg_smem_bytes(kern.bn(), w.th),
+                x,
+                m,
+                w,
+                ep,
+                y,
+                splits,
+            )
+        }
     }
 }
 

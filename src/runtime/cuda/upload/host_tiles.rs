@@ -1,7 +1,9 @@
 //! Tile weights built on the host ([`HostTiles`]: tests, checks, benchmarks) put on the device
 //! as three small allocations, with the view a tile kernel takes.
 
-use super::super::device::{CudaRuntime, DevBuf};
+use cudarc::driver::CudaSlice;
+
+use super::super::device::{addr, CudaRuntime};
 use super::super::error::CudaError;
 use super::super::host::HostTiles;
 use super::TileDeviceView;
@@ -9,15 +11,19 @@ use super::TileDeviceView;
 /// A host-built tile weight on the device. The buffers live as long as this value; `view` points
 /// into them.
 pub struct DeviceTiles {
-    _bitmap: DevBuf,
-    _row_offsets: DevBuf,
-    _values: DevBuf,
-    _rs_plans: Option<DevBuf>,
-    /// What the tile kernels read.
-    pub view: TileDeviceView,
+    _bitmap: CudaSlice<u64>,
+    _row_offsets: CudaSlice<u32>,
+    _values: CudaSlice<u16>,
+    _rs_plans: Option<CudaSlice<u8>>,
+    view: TileDeviceView,
 }
 
 impl DeviceTiles {
+    /// What the tile kernels read; valid while `self` lives.
+    pub fn view(&self) -> TileDeviceView {
+        self.view
+    }
+
     /// Uploads the bitmap, row offsets and values of `h`.
     pub fn upload(rt: &CudaRuntime, h: &HostTiles) -> Result<Self, CudaError> {
         let (bitmap, row_offsets, values) = (
@@ -26,9 +32,9 @@ impl DeviceTiles {
             rt.upload(&h.values)?,
         );
         let at = super::TileAddrs {
-            bitmap: bitmap.ptr(),
-            row_offsets: row_offsets.ptr(),
-            values: values.ptr(),
+            bitmap: addr(&bitmap),
+            row_offsets: addr(&row_offsets),
+            values: addr(&values),
         };
         let (view, plans) = super::tile_view(
             rt,

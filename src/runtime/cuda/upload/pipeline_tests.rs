@@ -5,7 +5,7 @@ use std::io::Write;
 use std::sync::Mutex;
 
 use super::*;
-use crate::runtime::cuda::host::Rng;
+use ets_testkit::rng::{test_rng, Rng};
 
 fn random_bytes(rng: &mut Rng, n: usize) -> Vec<u8> {
     (0..n).map(|_| rng.next_u64() as u8).collect()
@@ -40,7 +40,7 @@ fn random_ramp(rng: &mut Rng, chunk: usize) -> usize {
 
 #[test]
 fn plan_covers_the_region_once_in_order() {
-    let mut rng = Rng::fresh();
+    let mut rng = test_rng("plan_covers_the_region_once_in_order");
     for _ in 0..400 {
         let chunk = [1usize, 7, 4096, 65536, 1 << 20][below(&mut rng, 5)] + below(&mut rng, 3);
         let len = match below(&mut rng, 4) {
@@ -291,7 +291,7 @@ fn copy_through(
 
 #[test]
 fn both_schedules_copy_every_byte_with_early_and_late_devices() {
-    let mut rng = Rng::fresh();
+    let mut rng = test_rng("both_schedules_copy_every_byte_with_early_and_late_devices");
     let mut file = tempfile::NamedTempFile::new().expect("temp file");
     let prefix = 1 + below(&mut rng, 5000);
     let total = prefix + 600_000;
@@ -348,7 +348,7 @@ fn both_schedules_copy_every_byte_with_early_and_late_devices() {
 
 #[test]
 fn a_file_shorter_than_the_region_is_an_error() {
-    let mut rng = Rng::fresh();
+    let mut rng = test_rng("a_file_shorter_than_the_region_is_an_error");
     let mut file = tempfile::NamedTempFile::new().expect("temp file");
     let data = random_bytes(&mut rng, 10_000);
     file.write_all(&data).expect("write");
@@ -368,7 +368,7 @@ fn a_file_shorter_than_the_region_is_an_error() {
 
 #[test]
 fn the_host_only_sink_runs_to_the_end() {
-    let mut rng = Rng::fresh();
+    let mut rng = test_rng("the_host_only_sink_runs_to_the_end");
     let data = random_bytes(&mut rng, 300_000);
     for (schedule, first) in [
         (Schedule::PerChunk, 0),

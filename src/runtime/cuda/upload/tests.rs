@@ -1,11 +1,11 @@
 //! Offline tests of the upload: extents, the same-file check, byte comparison.
 
 use super::*;
-use crate::runtime::cuda::host::Rng;
+use ets_testkit::rng::{test_rng, Rng};
 
 #[test]
 fn first_difference_finds_the_first_changed_byte() {
-    let mut rng = Rng::fresh();
+    let mut rng = test_rng("first_difference_finds_the_first_changed_byte");
     let n = (3 << 20) + (rng.next_u64() % 5000) as usize;
     let a: Vec<u8> = (0..n).map(|_| rng.next_u64() as u8).collect();
     assert_eq!(first_difference(&a, &a.clone()), None);
@@ -24,13 +24,13 @@ fn write_small_file(path: &Path, rng: &mut Rng) {
     use crate::format::{EncodedTensor, EtsWriter, ModelConfig, WriteOptions};
     let mut w = EtsWriter::create(path, WriteOptions { overwrite: true }).expect("create");
     for (name, n, k, t) in [("a", 300, 264, 16), ("b", 256, 128, 32)] {
-        let data = rng.vec(n * k, 0.1);
+        let data = rng.symmetric_vec(n * k, 0.1);
         let keep = rng.mask(n.div_ceil(t) * k.div_ceil(t), 0.4);
         let enc = EncodedTensor::tile(n, k, &data, t, t, &keep, Dtype::F16).expect("tile");
         w.add_tensor(&format!("check.{name}.weight"), &enc)
             .expect("add");
-        let bias =
-            EncodedTensor::dense(vec![n as u64], Dtype::F32, &rng.vec(n, 0.5)).expect("bias");
+        let bias = EncodedTensor::dense(vec![n as u64], Dtype::F32, &rng.symmetric_vec(n, 0.5))
+            .expect("bias");
         w.add_tensor(&format!("check.{name}.bias"), &bias)
             .expect("add");
     }
@@ -55,7 +55,7 @@ fn write_small_file(path: &Path, rng: &mut Rng) {
 
 #[test]
 fn extent_covers_every_tensor_and_the_file_check_refuses_other_files() {
-    let mut rng = Rng::fresh();
+    let mut rng = test_rng("extent_covers_every_tensor_and_the_file_check_refuses_other_files");
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("m.ets");
     write_small_file(&path, &mut rng);
