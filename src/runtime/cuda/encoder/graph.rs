@@ -102,3 +102,21 @@ impl Graphs {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{Graphs, Plan};
+
+    #[test]
+    fn a_shape_runs_eagerly_first_then_is_captured() {
+        let mut g = Graphs::default();
+        assert!(matches!(g.plan((128, 1, 128)), Plan::Eager));
+        assert!(matches!(g.plan((128, 1, 128)), Plan::Capture));
+        // Another shape starts over.
+        assert!(matches!(g.plan((256, 2, 128)), Plan::Eager));
+        // A shape whose capture failed stays eager.
+        g.failed.insert((128, 1, 128));
+        assert!(matches!(g.plan((128, 1, 128)), Plan::Eager));
+        assert!(matches!(g.plan((128, 1, 128)), Plan::Eager));
+    }
+}
