@@ -196,13 +196,10 @@ fn random_model(
 }
 
 #[test]
+#[ignore = "needs NVRTC (scripts/install_nvrtc.sh)"]
 fn encoder_kernels_compile() {
     if let Err(e) = nvrtc::probe_nvrtc() {
-        if std::env::var("ETS_REQUIRE_NVRTC").as_deref() == Ok("1") {
-            panic!("ETS_REQUIRE_NVRTC=1 but NVRTC is unusable: {e}");
-        }
-        eprintln!("skipping: NVRTC not available ({e})");
-        return;
+        panic!("NVRTC is unusable (run scripts/install_nvrtc.sh): {e}");
     }
     for (file, names) in [
         (
