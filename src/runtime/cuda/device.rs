@@ -241,17 +241,19 @@ impl CudaRuntime {
         Ok(f)
     }
 
-    /// Allocates `n` values of `T` on the device, zeroed.
+    /// Allocates `n` values of `T` on the device, zeroed. The driver refuses empty allocations, so
+    /// an empty buffer holds one unused value (`len()` is then 1).
     pub fn alloc<T: DeviceRepr + ValidAsZeroBits>(
         &self,
         n: usize,
     ) -> Result<CudaSlice<T>, CudaError> {
         self.stream
-            .alloc_zeros(n)
+            .alloc_zeros(n.max(1))
             .map_err(CudaError::driver(format!("allocating {n} values")))
     }
 
-    /// Allocates `n` values of `T` on the device without initializing them.
+    /// Allocates `n` values of `T` on the device (at least one, as [`CudaRuntime::alloc`])
+    /// without initializing them.
     ///
     /// # Safety
     /// The caller writes every value before any is read.
@@ -260,11 +262,19 @@ impl CudaRuntime {
         n: usize,
     ) -> Result<CudaSlice<T>, CudaError> {
         // SAFETY: the caller's contract.
-        unsafe { self.stream.alloc(n) }.map_err(CudaError::driver(format!("allocating {n} values")))
+        unsafe { self.stream.alloc(n.max(1)) }
+            .map_err(CudaError::driver(format!("allocating {n} values")))
     }
 
-    /// Allocates and fills from host values (the copy is ordered before later work on the stream).
-    pub fn upload<T: DeviceRepr>(&self, data: &[T]) -> Result<CudaSlice<T>, CudaError> {
+    /// Allocates and fills from host values (the copy is ordered before later work on the
+    /// stream). Empty data gives a one-value zeroed buffer, as [`CudaRuntime::alloc`].
+    pub fn upload<T: DeviceRepr + ValidAsZeroBits>(
+        &self,
+        data: &[T],
+    ) -> Result<CudaSlice<T>, CudaError> {
+        if data.is_empty() {
+            return self.alloc(0);
+        }
         self.stream
             .clone_htod(data)
             .map_err(CudaError::driver("host-to-device copy"))

@@ -259,6 +259,9 @@ pub fn copy_region(
             staged(rt, dst, Source::Map(src), config).map(|_| UploadMethod::Staged)
         }
         (UploadMethod::Pageable, _) => {
+            // The synchronous copy runs outside the runtime's stream: the allocation (stream
+            // ordered) must be complete first.
+            rt.synchronize()?;
             // SAFETY: dst holds src.len() bytes.
             unsafe { cudarc::driver::result::memcpy_htod_sync(dst, src) }
                 .map_err(CudaError::driver("host-to-device copy"))
@@ -517,10 +520,10 @@ impl DeviceModel {
         let expected = file.bytes().get(extent.clone()).ok_or_else(|| {
             CudaError::Invalid(format!("tensor extent {extent:?} outside the file"))
         })?;
-        if expected.len() != self.data.len() {
+        if expected.len() != self.stats.bytes || self.data.len() < expected.len() {
             return Err(CudaError::Invalid(format!(
                 "device allocation of {} bytes for a {}-byte tensor extent",
-                self.data.len(),
+                self.stats.bytes,
                 expected.len()
             )));
         }
@@ -751,7 +754,7 @@ impl DeviceModel {
 
     /// Bytes held on the device (the one data allocation plus converted side buffers).
     pub fn device_bytes(&self) -> usize {
-        self.data.len() + self.extra.iter().map(|b| b.len()).sum::<usize>()
+        self.stats.bytes + self.extra.iter().map(|b| b.len()).sum::<usize>()
     }
 }
 
