@@ -145,11 +145,19 @@ class Encoder:
     """A sentence encoder: the file's tokenizer, pooling, normalization and maximum length.
 
     `device` is "cpu", "cuda" (an error without a usable GPU) or "auto" (CUDA when usable,
-    else the CPU; `fallback_reason` says why CUDA was not used).
+    else the CPU; `fallback_reason` says why CUDA was not used). `pooling` ("mean", "cls"),
+    `normalize` and `max_length` replace the file's settings, as et-run's options do.
     """
 
-    def __init__(self, path, device: str = "auto"):
-        self._native = _ets.Encoder(str(path), device)
+    def __init__(
+        self,
+        path,
+        device: str = "auto",
+        pooling: Optional[str] = None,
+        normalize: Optional[bool] = None,
+        max_length: Optional[int] = None,
+    ):
+        self._native = _ets.Encoder(str(path), device, pooling, normalize, max_length)
 
     @property
     def device(self) -> str:

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use ets::format::{EtsFile, TensorData, TensorView};
-use ets::runtime::embed::{pooling_name, Overrides};
+use ets::runtime::embed::{pooling_from_name, pooling_name, Overrides};
 use ets::runtime::shared::{Device, SharedEmbedder};
 use pyo3::create_exception;
 use pyo3::exceptions::PyException;
@@ -153,10 +153,28 @@ struct Encoder {
 #[pymethods]
 impl Encoder {
     #[new]
-    fn new(path: &str, device: &str) -> PyResult<Encoder> {
+    #[pyo3(signature = (path, device, pooling=None, normalize=None, max_length=None))]
+    fn new(
+        path: &str,
+        device: &str,
+        pooling: Option<&str>,
+        normalize: Option<bool>,
+        max_length: Option<usize>,
+    ) -> PyResult<Encoder> {
         let device = Device::from_name(device).map_err(err)?;
-        let inner =
-            SharedEmbedder::new(open_file(path)?, device, &Overrides::default()).map_err(err)?;
+        let pooling = match pooling {
+            None => None,
+            Some(name) => Some(
+                pooling_from_name(name)
+                    .ok_or_else(|| err(format!("unknown pooling {name:?} (known: mean, cls)")))?,
+            ),
+        };
+        let overrides = Overrides {
+            pooling,
+            normalize,
+            max_length,
+        };
+        let inner = SharedEmbedder::new(open_file(path)?, device, &overrides).map_err(err)?;
         inner.tokenizer().map_err(|e| err(format!("{path}: {e}")))?;
         Ok(Encoder { inner })
     }

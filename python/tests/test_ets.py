@@ -2,7 +2,6 @@
 (rebuilt here into dense matrices independently of the library), checksums, errors, and sentence
 embeddings compared with et-run's output on the same inputs."""
 
-import json
 import os
 import shutil
 import subprocess
@@ -141,14 +140,18 @@ def test_errors_carry_the_library_messages(tmp_path):
         enc.encode("one string")
 
 
-@pytest.mark.parametrize("path", [TILE_F32, TILE_ELEMENTS_BF16])
-def test_encode_matches_et_run(tmp_path, path):
+def run_et_run(tmp_path, path, options):
     npy = tmp_path / "out.npy"
-    args = [str(et_run()), str(path), "--device", "cpu", "--npy", str(npy)]
+    args = [str(et_run()), str(path), "--device", "cpu", "--npy", str(npy), *options]
     for s in SENTENCES:
         args += ["--text", s]
     subprocess.run(args, check=True, capture_output=True)
-    want = np.load(npy)
+    return np.load(npy)
+
+
+@pytest.mark.parametrize("path", [TILE_F32, TILE_ELEMENTS_BF16])
+def test_encode_matches_et_run(tmp_path, path):
+    want = run_et_run(tmp_path, path, [])
     assert want.shape == (len(SENTENCES), 32) and np.abs(want).sum() > 0
     enc = ets.Encoder(path, device="cpu")
     assert enc.device == "cpu" and enc.hidden_size == 32
@@ -166,3 +169,17 @@ def test_auto_device_runs():
         assert enc.fallback_reason
     assert enc.encode(["hello"]).shape == (1, 32)
     assert enc.settings == {"pooling": "mean", "normalize": False, "max_length": 16}
+
+
+def test_overrides_match_et_run(tmp_path):
+    want = run_et_run(tmp_path, TILE_F32, ["--pooling", "cls", "--normalize", "--max-length", "4"])
+    enc = ets.Encoder(TILE_F32, device="cpu", pooling="cls", normalize=True, max_length=4)
+    assert enc.settings == {"pooling": "cls", "normalize": True, "max_length": 4}
+    got = enc.encode(SENTENCES)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, rtol=1e-5)
+    assert not np.array_equal(got, ets.Encoder(TILE_F32, device="cpu").encode(SENTENCES))
+    with pytest.raises(ets.EtsError, match="maximum length 17 must be 1 to 16"):
+        ets.Encoder(TILE_F32, device="cpu", max_length=17)
+    with pytest.raises(ets.EtsError, match="unknown pooling"):
+        ets.Encoder(TILE_F32, device="cpu", pooling="max")
