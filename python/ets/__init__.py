@@ -15,6 +15,7 @@ from __future__ import annotations
 import builtins
 import json
 import mmap
+import warnings
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -178,9 +179,15 @@ class Encoder:
 
     def encode(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
         """Embeddings of `texts`, float32 of shape (len(texts), hidden_size), the numbers et-run
-        prints (longer texts are truncated to the maximum length)."""
+        prints. Longer texts are truncated to the maximum length, with a warning (UserWarning)
+        per text, as et-run warns."""
         if isinstance(texts, str):
             raise TypeError("encode takes a list of strings, not one string")
         texts = list(texts)
-        data = self._native.encode(texts, batch_size)
+        data, truncated = self._native.encode(texts, batch_size)
+        for index, before, kept in truncated:
+            warnings.warn(
+                f"input {index + 1} has {before} tokens; truncated to {kept} (maximum length)",
+                stacklevel=2,
+            )
         return np.frombuffer(data, dtype="<f4").reshape(len(texts), self.hidden_size)

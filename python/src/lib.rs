@@ -203,19 +203,34 @@ impl Encoder {
         (pooling_name(s.pooling), s.normalize, s.max_length)
     }
 
-    /// Embeddings of `texts` as little-endian f32 bytes, `len(texts) * hidden_size` values.
+    /// Embeddings of `texts` as little-endian f32 bytes, `len(texts) * hidden_size` values,
+    /// and the truncated inputs as `(index, tokens before, tokens kept)`.
+    #[allow(clippy::type_complexity)]
     fn encode<'py>(
         &self,
         py: Python<'py>,
         texts: Vec<String>,
         batch_size: usize,
-    ) -> PyResult<Bound<'py, PyBytes>> {
+    ) -> PyResult<(Bound<'py, PyBytes>, Vec<(usize, usize, usize)>)> {
         if batch_size == 0 {
             return Err(err("batch_size must be at least 1"));
         }
         let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-        let vectors = self.inner.embed(&refs, batch_size).map_err(err)?;
-        Ok(PyBytes::new(py, bytemuck::cast_slice(&vectors)))
+        let tokenized = self
+            .inner
+            .tokenizer()
+            .and_then(|t| t.encode(&refs))
+            .map_err(err)?;
+        let vectors = self
+            .inner
+            .embed_tokens(&tokenized.batch, batch_size)
+            .map_err(err)?;
+        let truncated = tokenized
+            .truncated
+            .iter()
+            .map(|t| (t.index, t.original_len, t.kept_len))
+            .collect();
+        Ok((PyBytes::new(py, bytemuck::cast_slice(&vectors)), truncated))
     }
 }
 

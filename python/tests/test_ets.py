@@ -5,6 +5,7 @@ embeddings compared with et-run's output on the same inputs."""
 import os
 import shutil
 import subprocess
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -145,13 +146,15 @@ def run_et_run(tmp_path, path, options):
     args = [str(et_run()), str(path), "--device", "cpu", "--npy", str(npy), *options]
     for s in SENTENCES:
         args += ["--text", s]
-    subprocess.run(args, check=True, capture_output=True)
-    return np.load(npy)
+    run = subprocess.run(args, check=True, capture_output=True, text=True)
+    prefix = "et-run: warning: "
+    warned = [l[len(prefix):] for l in run.stderr.splitlines() if l.startswith(prefix)]
+    return np.load(npy), warned
 
 
 @pytest.mark.parametrize("path", [TILE_F32, TILE_ELEMENTS_BF16])
 def test_encode_matches_et_run(tmp_path, path):
-    want = run_et_run(tmp_path, path, [])
+    want, _ = run_et_run(tmp_path, path, [])
     assert want.shape == (len(SENTENCES), 32) and np.abs(want).sum() > 0
     enc = ets.Encoder(path, device="cpu")
     assert enc.device == "cpu" and enc.hidden_size == 32
@@ -172,10 +175,15 @@ def test_auto_device_runs():
 
 
 def test_overrides_match_et_run(tmp_path):
-    want = run_et_run(tmp_path, TILE_F32, ["--pooling", "cls", "--normalize", "--max-length", "4"])
+    options = ["--pooling", "cls", "--normalize", "--max-length", "4"]
+    want, et_run_warnings = run_et_run(tmp_path, TILE_F32, options)
     enc = ets.Encoder(TILE_F32, device="cpu", pooling="cls", normalize=True, max_length=4)
     assert enc.settings == {"pooling": "cls", "normalize": True, "max_length": 4}
-    got = enc.encode(SENTENCES)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        got = enc.encode(SENTENCES)
+    messages = [str(w.message) for w in seen]
+    assert messages == et_run_warnings and any(m.startswith("input 4 ") for m in messages)
     np.testing.assert_array_equal(got, want)
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, rtol=1e-5)
     assert not np.array_equal(got, ets.Encoder(TILE_F32, device="cpu").encode(SENTENCES))
