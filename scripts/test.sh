@@ -20,7 +20,7 @@ python_tests() {
     [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
     # The build backend runs the venv's `maturin`.
     local PATH="$venv/bin:$PATH"
-    "$venv/bin/python" -m pip install --quiet --upgrade pip maturin numpy pytest
+    "$venv/bin/python" -m pip install --quiet --upgrade pip "maturin>=1.5,<2" numpy pytest
     "$venv/bin/python" -m pip install --quiet --force-reinstall --no-deps --no-build-isolation ./python
     # Run from outside python/ so that `import ets` is the installed module.
     (cd target && ETS_RUN="$PWD/release/et-run" "$venv/bin/python" -m pytest -q ../python/tests)
