@@ -1,5 +1,6 @@
 //! ets: tile-sparse transformer encoders.
 //!
+//! - [`capi`]: the C ABI of `libets.so` (header `include/ets.h`).
 //! - [`files`]: capped reads, confined inputs, output and temporary-file rules shared by the tools.
 //! - [`format`]: the `.ets` container (spec in `spec/`): reader, writer, tile helpers.
 //! - [`ingest`]: source models (safetensors, ONNX) read as canonical BERT tensors.
@@ -8,6 +9,7 @@
 //! - [`runtime`]: the CPU reference runtime and the CUDA runtime.
 #![deny(missing_docs)]
 
+pub mod capi;
 pub mod convert;
 pub mod files;
 pub mod format;

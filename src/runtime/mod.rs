@@ -21,6 +21,7 @@
 pub mod cpu;
 pub mod cuda;
 pub mod embed;
+pub mod shared;
 
 use crate::format::{FormatError, ModelConfig};
 
