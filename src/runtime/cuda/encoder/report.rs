@@ -28,7 +28,8 @@ pub struct ProjectionReport {
     pub ran: String,
     /// Why the dispatcher chose it.
     pub reason: String,
-    /// Milliseconds of the projection as it runs in the forward pass (epilogue included).
+    /// Milliseconds of the projection as it runs in the forward pass (epilogue included); dense
+    /// Q, K and V run there as one batched GEMM, and are timed here one at a time.
     pub ms: f64,
     /// Milliseconds of cuBLAS on a dense `[n, k]` f16 matrix, no epilogue.
     pub cublas_ms: f64,
@@ -82,13 +83,23 @@ impl CudaEncoder {
         let w = &self.weights;
         let heads: Vec<&Proj> = w.pooler.iter().chain(w.classifier.iter()).collect();
         let mut rows = Vec::new();
+        let batched: Vec<&Proj> = w
+            .layers
+            .iter()
+            .filter(|l| l.qkv_dense.is_some())
+            .flat_map(|l| l.qkv.iter().flatten())
+            .collect();
         for p in w.projections() {
             let m = if heads.iter().any(|h| std::ptr::eq(*h, p)) {
                 seqs
             } else {
                 tokens
             };
-            rows.push(self.report_one(p, m)?);
+            let mut row = self.report_one(p, m)?;
+            if batched.iter().any(|b| std::ptr::eq(*b, p)) {
+                row.ran = "cublas (dense, batched Q/K/V)".into();
+            }
+            rows.push(row);
         }
         Ok(rows)
     }
