@@ -19,9 +19,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, ValueEnum};
 use ets::format::EtsFile;
-use ets::runtime::cpu::{npy, CpuEncoder, TextTokenizer};
-use ets::runtime::cuda::CudaEncoder;
+use ets::runtime::cpu::{npy, TextTokenizer};
 use ets::runtime::embed::{EmbedSettings, Embedder, Overrides};
+use ets::runtime::shared::Device;
 use ets::runtime::{Encoder, EncoderOutput, ForwardOptions, Pooling, TokenBatch};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -140,24 +140,16 @@ fn read_input(path: &Path, column: Option<&str>) -> Result<Vec<String>, Failure>
 /// The encoder for `--device`: `cuda` fails (exit 1) without a usable GPU; `auto` falls back to
 /// the CPU with a note on stderr.
 fn open_encoder(device: DeviceArg, file: &EtsFile) -> Result<Box<dyn Encoder + '_>, Failure> {
-    let cuda = || -> Result<CudaEncoder, String> {
-        ets::runtime::cuda::cuda_available()?;
-        CudaEncoder::new(file).map_err(|e| e.to_string())
+    let device = match device {
+        DeviceArg::Cpu => Device::Cpu,
+        DeviceArg::Cuda => Device::Cuda,
+        DeviceArg::Auto => Device::Auto,
     };
-    match device {
-        DeviceArg::Cpu => Ok(Box::new(CpuEncoder::new(file)?)),
-        DeviceArg::Cuda => match cuda() {
-            Ok(e) => Ok(Box::new(e)),
-            Err(e) => Err(Failure(format!("CUDA runtime not available: {e}"))),
-        },
-        DeviceArg::Auto => match cuda() {
-            Ok(e) => Ok(Box::new(e)),
-            Err(e) => {
-                eprintln!("et-run: CUDA runtime not available ({e}); using the CPU");
-                Ok(Box::new(CpuEncoder::new(file)?))
-            }
-        },
+    let (encoder, _, fallback) = ets::runtime::shared::open_encoder(device, file)?;
+    if let Some(reason) = fallback {
+        eprintln!("et-run: {reason}");
     }
+    Ok(encoder)
 }
 
 fn run(args: &Args) -> Result<(), Failure> {
