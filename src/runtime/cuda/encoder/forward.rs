@@ -106,18 +106,21 @@ impl CudaEncoder {
         let t = p.tokens();
         let eps = c.layer_norm_eps as f32;
         let w = &self.weights;
-        launch::embed_ln(
-            rt,
-            t,
-            bufs.ids.ptr(),
-            bufs.types.ptr(),
-            bufs.positions.ptr(),
-            w.tables,
-            (w.embeddings_ln.gamma, w.embeddings_ln.beta),
-            eps,
-            h,
-            bufs.x.ptr(),
-        )?;
+        // SAFETY: the buffers are this encoder's, sized for the packed batch by `prepare`.
+        unsafe {
+            launch::embed_ln(
+                rt,
+                t,
+                bufs.ids.ptr(),
+                bufs.types.ptr(),
+                bufs.positions.ptr(),
+                w.tables,
+                (w.embeddings_ln.gamma, w.embeddings_ln.beta),
+                eps,
+                h,
+                bufs.x.ptr(),
+            )
+        }?;
         if let Some(s) = states.as_deref_mut() {
             s.push(self.download_hidden(bufs, t)?);
         }
@@ -189,23 +192,27 @@ impl CudaEncoder {
                 project(rt, d, model, out, &bufs.ctx, t, &mut bufs.proj, fuse, sc)?;
                 // proj = ctx Wo^T + bo + x, so the LayerNorm adds nothing.
                 let ln = (layer.ln1.gamma, layer.ln1.beta);
-                launch::bias_residual_ln(
-                    rt,
-                    t,
-                    0,
-                    0,
-                    bufs.proj.ptr(),
-                    ln,
-                    eps,
-                    h,
-                    bufs.attn.ptr(),
-                )?;
+                // SAFETY: the buffers are this encoder's, sized for the packed batch by `prepare`.
+                unsafe {
+                    launch::bias_residual_ln(
+                        rt,
+                        t,
+                        0,
+                        0,
+                        bufs.proj.ptr(),
+                        ln,
+                        eps,
+                        h,
+                        bufs.attn.ptr(),
+                    )
+                }?;
             }
             // Every head pruned: the attention block adds only its output bias.
             _ => {
                 let ln = (layer.ln1.gamma, layer.ln1.beta);
                 let (x, attn) = (bufs.x.ptr(), bufs.attn.ptr());
-                launch::bias_residual_ln(rt, t, 0, layer.out_bias, x, ln, eps, h, attn)?;
+                // SAFETY: the buffers are this encoder's, sized for the packed batch by `prepare`.
+                unsafe { launch::bias_residual_ln(rt, t, 0, layer.out_bias, x, ln, eps, h, attn) }?;
             }
         }
         let act = activation_code(c.activation);
@@ -218,7 +225,8 @@ impl CudaEncoder {
         };
         project(rt, d, model, ffn, &bufs.attn, t, &mut bufs.inter, fuse, sc)?;
         if !gelu {
-            launch::bias_act(rt, bufs.inter.ptr(), 0, t, ffn.n, act)?;
+            // SAFETY: the buffers are this encoder's, sized for the packed batch by `prepare`.
+            unsafe { launch::bias_act(rt, bufs.inter.ptr(), 0, t, ffn.n, act) }?;
         }
         let fuse = Fuse {
             bias: true,
@@ -237,7 +245,10 @@ impl CudaEncoder {
             sc,
         )?;
         let ln = (layer.ln2.gamma, layer.ln2.beta);
-        launch::bias_residual_ln(rt, t, 0, 0, bufs.proj.ptr(), ln, eps, h, bufs.x.ptr())?;
+        // SAFETY: the buffers are this encoder's, sized for the packed batch by `prepare`.
+        unsafe {
+            launch::bias_residual_ln(rt, t, 0, 0, bufs.proj.ptr(), ln, eps, h, bufs.x.ptr())
+        }?;
         Ok(())
     }
 
@@ -267,7 +278,8 @@ impl CudaEncoder {
         let h = self.config.hidden_size as usize;
         let s = p.lengths.len();
         let (x, cu, cls) = (bufs.x.ptr(), bufs.cu.ptr(), bufs.cls16.ptr());
-        launch::pool(rt, x, cu, s, h, true, false, 0, cls)?;
+        // SAFETY: the buffers are this encoder's, sized for the packed batch by `prepare`.
+        unsafe { launch::pool(rt, x, cu, s, h, true, false, 0, cls) }?;
         let bias = Fuse {
             bias: true,
             ..Fuse::default()
@@ -288,7 +300,8 @@ impl CudaEncoder {
                     sc,
                 )?;
                 let tanh = 4;
-                launch::bias_act(rt, bufs.pooled16.ptr(), 0, s, h, tanh)?;
+                // SAFETY: the buffers are this encoder's, sized for the packed batch by `prepare`.
+                unsafe { launch::bias_act(rt, bufs.pooled16.ptr(), 0, s, h, tanh) }?;
                 Some(f16_to_f32(&rt.download::<u16>(&bufs.pooled16, s * h)?))
             }
             None => None,
@@ -302,7 +315,8 @@ impl CudaEncoder {
             Some(cl) => {
                 project(rt, d, model, cl, head_in, s, &mut bufs.logits16, bias, sc)?;
                 let (l16, out) = (bufs.logits16.ptr(), bufs.out32.ptr());
-                launch::bias_to_f32(rt, l16, 0, s, cl.n, out)?;
+                // SAFETY: the buffers are this encoder's, sized for the packed batch by `prepare`.
+                unsafe { launch::bias_to_f32(rt, l16, 0, s, cl.n, out) }?;
                 Some(rt.download::<f32>(&bufs.out32, s * cl.n)?)
             }
             None => None,

@@ -1,5 +1,5 @@
 //! Launches of the encoder's kernels (`kernels/encoder.cu`, `kernels/attention.cu`). Every
-//! function takes raw device addresses; the callers own the buffers and size them for the shapes
+//! function takes raw device addresses and is therefore `unsafe`; the callers own the buffers and size them for the shapes
 //! passed (the bound each launch relies on is stated per function). The projections run through
 //! the linear layer (`project` in the encoder's `forward` module).
 
@@ -98,8 +98,12 @@ pub(crate) unsafe fn gemm3(
 
 /// Embeddings and their LayerNorm for `tokens` tokens: `ids`, `types`, `positions` hold `tokens`
 /// u32 values already checked against the tables' rows; `x` holds `tokens * h` f16.
+///
+/// # Safety
+/// Every address is a live device allocation of this runtime (or 0 where allowed) holding at
+/// least the values stated above, and no other work reads or writes them during the launch.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn embed_ln(
+pub(crate) unsafe fn embed_ln(
     rt: &CudaRuntime,
     tokens: usize,
     ids: u64,
@@ -125,8 +129,12 @@ pub(crate) fn embed_ln(
 }
 
 /// `out = LN(input + bias + residual)` over `tokens` rows of `h` f16 values (`input` may be 0).
+///
+/// # Safety
+/// Every address is a live device allocation of this runtime (or 0 where allowed) holding at
+/// least the values stated above, and no other work reads or writes them during the launch.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn bias_residual_ln(
+pub(crate) unsafe fn bias_residual_ln(
     rt: &CudaRuntime,
     tokens: usize,
     input: u64,
@@ -150,7 +158,11 @@ pub(crate) fn bias_residual_ln(
 }
 
 /// `y = act(y + bias)` in place over `m * n` f16 values (`bias`: `n` f32, or 0).
-pub(crate) fn bias_act(
+///
+/// # Safety
+/// Every address is a live device allocation of this runtime (or 0 where allowed) holding at
+/// least the values stated above, and no other work reads or writes them during the launch.
+pub(crate) unsafe fn bias_act(
     rt: &CudaRuntime,
     y: u64,
     bias: u64,
@@ -169,7 +181,11 @@ pub(crate) fn bias_act(
 }
 
 /// `y (f32) = x (f16) + bias` over `m * n` values.
-pub(crate) fn bias_to_f32(
+///
+/// # Safety
+/// Every address is a live device allocation of this runtime (or 0 where allowed) holding at
+/// least the values stated above, and no other work reads or writes them during the launch.
+pub(crate) unsafe fn bias_to_f32(
     rt: &CudaRuntime,
     x: u64,
     bias: u64,
@@ -190,8 +206,12 @@ pub(crate) fn bias_to_f32(
 /// Pools each of `seqs` sequences (rows `cu[s]..cu[s + 1]` of `x`, `cu` holding `seqs + 1` i32):
 /// `cls` takes the first row, else the mean; `normalize` divides by the L2 norm. Writes `seqs * h`
 /// f32 to `out32` and/or f16 to `out16` (either may be 0).
+///
+/// # Safety
+/// Every address is a live device allocation of this runtime (or 0 where allowed) holding at
+/// least the values stated above, and no other work reads or writes them during the launch.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn pool(
+pub(crate) unsafe fn pool(
     rt: &CudaRuntime,
     x: u64,
     cu: u64,

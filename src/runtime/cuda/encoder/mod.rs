@@ -193,17 +193,20 @@ impl CudaEncoder {
         self.encode(bufs, &p, None)?;
         let h = self.config.hidden_size as usize;
         let s = p.lengths.len();
-        launch::pool(
-            &self.rt,
-            bufs.x.ptr(),
-            bufs.cu.ptr(),
-            s,
-            h,
-            pooling == Pooling::Cls,
-            normalize,
-            bufs.out32.ptr(),
-            0,
-        )?;
+        // SAFETY: the buffers are this encoder's, sized for the packed batch by `prepare`.
+        unsafe {
+            launch::pool(
+                &self.rt,
+                bufs.x.ptr(),
+                bufs.cu.ptr(),
+                s,
+                h,
+                pooling == Pooling::Cls,
+                normalize,
+                bufs.out32.ptr(),
+                0,
+            )
+        }?;
         Ok(self.rt.download::<f32>(&bufs.out32, s * h)?)
     }
 
@@ -226,7 +229,8 @@ impl CudaEncoder {
         let pass = |bufs: &mut Buffers| -> Result<(), RuntimeError> {
             self.run_uploaded(bufs, &p)?;
             let (x, cu, out) = (bufs.x.ptr(), bufs.cu.ptr(), bufs.out32.ptr());
-            launch::pool(&self.rt, x, cu, s, h, false, false, out, 0)?;
+            // SAFETY: the buffers are this encoder's, sized for the packed batch by `prepare`.
+            unsafe { launch::pool(&self.rt, x, cu, s, h, false, false, out, 0) }?;
             Ok(())
         };
         for _ in 0..warmup {
