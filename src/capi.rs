@@ -9,6 +9,8 @@
 //!   `ets_last_error` returns until the next failure on the same thread.
 //! - Buffers belong to the caller and come with their length in elements; one too small for the
 //!   result is an error and is left unwritten.
+//! - The symbols are unmangled except in this crate's own unit-test build, which links the
+//!   library a second time through the test kit and would otherwise define each symbol twice.
 
 use std::cell::RefCell;
 use std::ffi::{c_char, c_int, CStr, CString};
@@ -133,7 +135,7 @@ fn file_handle(file: Arc<EtsFile>) -> Result<EtsFileHandle, String> {
 ///
 /// # Safety
 /// `path` is NULL or a NUL-terminated string.
-#[no_mangle]
+#[cfg_attr(not(test), no_mangle)]
 pub unsafe extern "C" fn ets_open(path: *const c_char) -> *mut EtsFileHandle {
     guard(std::ptr::null_mut(), || {
         let path = c_str(path, "path")?;
@@ -146,7 +148,7 @@ pub unsafe extern "C" fn ets_open(path: *const c_char) -> *mut EtsFileHandle {
 ///
 /// # Safety
 /// `file` is NULL or a handle from `ets_open` not closed before.
-#[no_mangle]
+#[cfg_attr(not(test), no_mangle)]
 pub unsafe extern "C" fn ets_close(file: *mut EtsFileHandle) {
     if !file.is_null() {
         // SAFETY: a handle from `ets_open`, closed once (the caller's contract).
@@ -155,13 +157,13 @@ pub unsafe extern "C" fn ets_close(file: *mut EtsFileHandle) {
 }
 
 /// The message of the last failure on this thread ("" when none).
-#[no_mangle]
+#[cfg_attr(not(test), no_mangle)]
 pub extern "C" fn ets_last_error() -> *const c_char {
     LAST_ERROR.with(|e| e.borrow().as_ptr())
 }
 
 /// The library version, e.g. "0.1.0".
-#[no_mangle]
+#[cfg_attr(not(test), no_mangle)]
 pub extern "C" fn ets_version() -> *const c_char {
     concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast()
 }
@@ -170,7 +172,7 @@ pub extern "C" fn ets_version() -> *const c_char {
 ///
 /// # Safety
 /// `file` is NULL or an open handle.
-#[no_mangle]
+#[cfg_attr(not(test), no_mangle)]
 pub unsafe extern "C" fn ets_tensor_count(file: *const EtsFileHandle) -> usize {
     guard(0, || Ok(non_null(file, "file")?.names.len()))
 }
@@ -180,7 +182,7 @@ pub unsafe extern "C" fn ets_tensor_count(file: *const EtsFileHandle) -> usize {
 ///
 /// # Safety
 /// `file` is NULL or an open handle.
-#[no_mangle]
+#[cfg_attr(not(test), no_mangle)]
 pub unsafe extern "C" fn ets_header_json(file: *const EtsFileHandle) -> *const c_char {
     guard(std::ptr::null(), || {
         Ok(non_null(file, "file")?.header_json.as_ptr())
@@ -191,7 +193,7 @@ pub unsafe extern "C" fn ets_header_json(file: *const EtsFileHandle) -> *const c
 ///
 /// # Safety
 /// `file` is NULL or an open handle.
-#[no_mangle]
+#[cfg_attr(not(test), no_mangle)]
 pub unsafe extern "C" fn ets_tensor_name(
     file: *const EtsFileHandle,
     index: usize,
@@ -211,7 +213,7 @@ pub unsafe extern "C" fn ets_tensor_name(
 ///
 /// # Safety
 /// `file` is NULL or an open handle; `name` NULL or NUL-terminated; `index` NULL or writable.
-#[no_mangle]
+#[cfg_attr(not(test), no_mangle)]
 pub unsafe extern "C" fn ets_tensor_find(
     file: *const EtsFileHandle,
     name: *const c_char,
@@ -232,7 +234,7 @@ pub unsafe extern "C" fn ets_tensor_find(
 ///
 /// # Safety
 /// `file` is NULL or an open handle; `shape` holds `capacity` writable elements; `rank` writable.
-#[no_mangle]
+#[cfg_attr(not(test), no_mangle)]
 pub unsafe extern "C" fn ets_tensor_shape(
     file: *const EtsFileHandle,
     index: usize,
@@ -259,7 +261,7 @@ pub unsafe extern "C" fn ets_tensor_shape(
 ///
 /// # Safety
 /// `file` is NULL or an open handle; `numel` NULL or writable.
-#[no_mangle]
+#[cfg_attr(not(test), no_mangle)]
 pub unsafe extern "C" fn ets_tensor_numel(
     file: *const EtsFileHandle,
     index: usize,
@@ -276,7 +278,7 @@ pub unsafe extern "C" fn ets_tensor_numel(
 ///
 /// # Safety
 /// `file` is NULL or an open handle.
-#[no_mangle]
+#[cfg_attr(not(test), no_mangle)]
 pub unsafe extern "C" fn ets_tensor_dtype(
     file: *const EtsFileHandle,
     index: usize,
@@ -291,7 +293,7 @@ pub unsafe extern "C" fn ets_tensor_dtype(
 ///
 /// # Safety
 /// `file` is NULL or an open handle.
-#[no_mangle]
+#[cfg_attr(not(test), no_mangle)]
 pub unsafe extern "C" fn ets_tensor_encoding(
     file: *const EtsFileHandle,
     index: usize,
@@ -325,7 +327,7 @@ fn static_name(name: &'static str) -> *const c_char {
 ///
 /// # Safety
 /// `file` is NULL or an open handle; `out` holds `len` writable floats.
-#[no_mangle]
+#[cfg_attr(not(test), no_mangle)]
 pub unsafe extern "C" fn ets_tensor_read_f32(
     file: *const EtsFileHandle,
     index: usize,
@@ -351,7 +353,7 @@ pub unsafe extern "C" fn ets_tensor_read_f32(
 ///
 /// # Safety
 /// `file` is NULL or an open handle.
-#[no_mangle]
+#[cfg_attr(not(test), no_mangle)]
 pub unsafe extern "C" fn ets_verify(file: *const EtsFileHandle) -> c_int {
     guard(-1, || {
         let f = non_null(file, "file")?;
@@ -379,7 +381,7 @@ fn encoder_handle(
 ///
 /// # Safety
 /// `path` and `device` are NULL or NUL-terminated strings.
-#[no_mangle]
+#[cfg_attr(not(test), no_mangle)]
 pub unsafe extern "C" fn ets_encoder_open(
     path: *const c_char,
     device: *const c_char,
@@ -393,7 +395,7 @@ pub unsafe extern "C" fn ets_encoder_open(
 ///
 /// # Safety
 /// `file` is NULL or an open handle; `device` NULL or NUL-terminated.
-#[no_mangle]
+#[cfg_attr(not(test), no_mangle)]
 pub unsafe extern "C" fn ets_encoder_from_file(
     file: *const EtsFileHandle,
     device: *const c_char,
@@ -407,7 +409,7 @@ pub unsafe extern "C" fn ets_encoder_from_file(
 ///
 /// # Safety
 /// `encoder` is NULL or a handle not closed before.
-#[no_mangle]
+#[cfg_attr(not(test), no_mangle)]
 pub unsafe extern "C" fn ets_encoder_close(encoder: *mut EtsEncoderHandle) {
     if !encoder.is_null() {
         // SAFETY: a handle from `ets_encoder_open`/`_from_file`, closed once.
@@ -419,7 +421,7 @@ pub unsafe extern "C" fn ets_encoder_close(encoder: *mut EtsEncoderHandle) {
 ///
 /// # Safety
 /// `encoder` is NULL or an open handle.
-#[no_mangle]
+#[cfg_attr(not(test), no_mangle)]
 pub unsafe extern "C" fn ets_encoder_hidden_size(encoder: *const EtsEncoderHandle) -> usize {
     guard(0, || {
         Ok(non_null(encoder, "encoder")?.embedder.hidden_size())
@@ -430,7 +432,7 @@ pub unsafe extern "C" fn ets_encoder_hidden_size(encoder: *const EtsEncoderHandl
 ///
 /// # Safety
 /// `encoder` is NULL or an open handle.
-#[no_mangle]
+#[cfg_attr(not(test), no_mangle)]
 pub unsafe extern "C" fn ets_encoder_device(encoder: *const EtsEncoderHandle) -> *const c_char {
     guard(std::ptr::null(), || {
         Ok(match non_null(encoder, "encoder")?.embedder.device() {
@@ -447,7 +449,7 @@ pub unsafe extern "C" fn ets_encoder_device(encoder: *const EtsEncoderHandle) ->
 /// # Safety
 /// `encoder` is NULL or an open handle; `ids` holds the sum of `lengths`; `lengths` holds
 /// `count`; `out` holds `out_len` writable floats.
-#[no_mangle]
+#[cfg_attr(not(test), no_mangle)]
 pub unsafe extern "C" fn ets_encoder_embed(
     encoder: *const EtsEncoderHandle,
     ids: *const u32,
@@ -503,7 +505,7 @@ pub unsafe extern "C" fn ets_encoder_embed(
 /// # Safety
 /// `encoder` is NULL or an open handle; `texts` holds `count` NUL-terminated strings; `out`
 /// holds `out_len` writable floats.
-#[no_mangle]
+#[cfg_attr(not(test), no_mangle)]
 pub unsafe extern "C" fn ets_encoder_embed_texts(
     encoder: *const EtsEncoderHandle,
     texts: *const *const c_char,
