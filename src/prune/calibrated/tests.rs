@@ -1,41 +1,12 @@
 //! Unit tests of the calibrated pruning solver.
 
 use super::*;
-
-/// Seed from `ETS_TEST_SEED`, else the clock; printed so a failure can be replayed.
-fn seed() -> u64 {
-    let s = std::env::var("ETS_TEST_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(1)
-        });
-    eprintln!("seed {s} (replay with ETS_TEST_SEED={s})");
-    s
-}
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> f32 {
-        // xorshift64*, uniform in [-1, 1).
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        let v = self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 40;
-        v as f32 / (1u64 << 23) as f32 - 1.0
-    }
-    fn vec(&mut self, n: usize) -> Vec<f32> {
-        (0..n).map(|_| self.next()).collect()
-    }
-}
+use ets_testkit::rng::{test_rng, Rng};
 
 /// Correlated inputs: a random mix of `n` features.
 fn inputs(rng: &mut Rng, m: usize, n: usize) -> Vec<f32> {
-    let mix = rng.vec(n * n);
-    let z = rng.vec(m * n);
+    let mix = rng.symmetric_vec(n * n, 1.0);
+    let z = rng.symmetric_vec(m * n, 1.0);
     let mut x = vec![0f32; m * n];
     for i in 0..m {
         for j in 0..n {
@@ -61,7 +32,7 @@ fn objective(g: &[f64], t: &[f64], v: &[f64], d: usize, rows: usize) -> f64 {
 
 #[test]
 fn inverse_of_spd_matrix() {
-    let mut rng = Rng(seed() | 1);
+    let mut rng = test_rng("calibrated::inverse_of_spd_matrix");
     // One block, and several blocks with a ragged last one.
     for n in [37, 150] {
         check_inverse(&mut rng, n);
@@ -69,7 +40,7 @@ fn inverse_of_spd_matrix() {
 }
 
 fn check_inverse(rng: &mut Rng, n: usize) {
-    let m = rng.vec(n * n);
+    let m = rng.symmetric_vec(n * n, 1.0);
     let mut a = vec![0f64; n * n];
     for i in 0..n {
         for j in 0..n {
@@ -110,13 +81,13 @@ fn check_inverse(rng: &mut Rng, n: usize) {
 
 #[test]
 fn refit_toward_dense_output_beats_masking() {
-    let mut rng = Rng(seed() | 1);
+    let mut rng = test_rng("calibrated::refit_toward_dense_output_beats_masking");
     let (m, n, rows) = (400, 24, 8);
     let xd = inputs(&mut rng, m, n);
     // The pruned model's inputs drift from the dense ones.
-    let xp: Vec<f32> = xd.iter().map(|&v| v + 0.3 * rng.next()).collect();
-    let w = rng.vec(rows * n);
-    let b = rng.vec(rows);
+    let xp: Vec<f32> = xd.iter().map(|&v| v + 0.3 * rng.symmetric(1.0)).collect();
+    let w = rng.symmetric_vec(rows * n, 1.0);
+    let b = rng.symmetric_vec(rows, 1.0);
     let mut stats = LinearStats::new(n);
     stats
         .accumulate(&xp[..200 * n], &xd[..200 * n])
@@ -192,7 +163,7 @@ fn brute_force(
 
 #[test]
 fn greedy_removal_finds_known_optima() {
-    let mut rng = Rng(seed() | 1);
+    let mut rng = test_rng("calibrated::greedy_removal_finds_known_optima");
     let (m, n, rows) = (320, 12, 3);
     let units: Vec<_> = (0..n / 2).map(|u| u * 2..u * 2 + 2).collect();
     // Correlated inputs: one removal is exactly optimal for the greedy step.
@@ -213,8 +184,8 @@ fn greedy_removal_finds_known_optima() {
         }
     }
     for (data, keeps) in [(&x, vec![5]), (&ortho, vec![5, 4, 3, 2, 1])] {
-        let w = rng.vec(rows * n);
-        let b = rng.vec(rows);
+        let w = rng.symmetric_vec(rows * n, 1.0);
+        let b = rng.symmetric_vec(rows, 1.0);
         let mut stats = LinearStats::new(n);
         stats.accumulate(data, data).expect("acc");
         let (d, g) = (n + 1, stats.damped_gram());
@@ -248,11 +219,11 @@ fn greedy_removal_finds_known_optima() {
 
 #[test]
 fn tile_fit_keeps_budget_and_is_deterministic() {
-    let mut rng = Rng(seed() | 1);
+    let mut rng = test_rng("calibrated::tile_fit_keeps_budget_and_is_deterministic");
     let (m, n, rows, th, tw) = (200, 32, 16, 8, 8);
     let x = inputs(&mut rng, m, n);
-    let w = rng.vec(rows * n);
-    let b = rng.vec(rows);
+    let w = rng.symmetric_vec(rows * n, 1.0);
+    let b = rng.symmetric_vec(rows, 1.0);
     let mut stats = LinearStats::new(n);
     stats.accumulate(&x, &x).expect("acc");
     let scores = activation_tile_scores(&w, rows, n, &stats.input_energy(), th, tw);
@@ -278,10 +249,10 @@ fn tile_fit_keeps_budget_and_is_deterministic() {
 
 #[test]
 fn statistics_match_direct_sums() {
-    let mut rng = Rng(seed() | 1);
+    let mut rng = test_rng("calibrated::statistics_match_direct_sums");
     let (m, n) = (70, 9);
     let xd = inputs(&mut rng, m, n);
-    let xp: Vec<f32> = xd.iter().map(|&v| v + 0.2 * rng.next()).collect();
+    let xp: Vec<f32> = xd.iter().map(|&v| v + 0.2 * rng.symmetric(1.0)).collect();
     let mut stats = LinearStats::new(n);
     // Two batches: statistics add up across calls.
     stats.accumulate(&xp[..30 * n], &xd[..30 * n]).expect("acc");
@@ -393,18 +364,21 @@ fn greedy_full_downdate(
 
 #[test]
 fn left_looking_greedy_matches_full_downdates() {
-    let mut rng = Rng(seed() | 1);
+    let mut rng = test_rng("calibrated::left_looking_greedy_matches_full_downdates");
     let (m, n, rows) = (300, 30, 5);
     // Units of unequal width, as at a ragged matrix edge.
     let units: Vec<_> = (0..n).step_by(4).map(|c| c..(c + 4).min(n)).collect();
     let xd = inputs(&mut rng, m, n);
-    let xp: Vec<f32> = xd.iter().map(|&v| v + 0.2 * rng.next()).collect();
+    let xp: Vec<f32> = xd.iter().map(|&v| v + 0.2 * rng.symmetric(1.0)).collect();
     let mut stats = LinearStats::new(n);
     stats.accumulate(&xp, &xd).expect("acc");
     let (d, g) = (n + 1, stats.damped_gram());
     let gi = spd_inverse(&g, d).expect("inv");
     let t = stats
-        .targets(&rng.vec(rows * n), &rng.vec(rows))
+        .targets(
+            &rng.symmetric_vec(rows * n, 1.0),
+            &rng.symmetric_vec(rows, 1.0),
+        )
         .expect("targets");
     for keep in [7, 4, 1, 0] {
         let fast = greedy_units(&gi, &t, d, rows, &units, keep).expect("greedy");
