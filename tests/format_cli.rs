@@ -162,3 +162,70 @@ fn inspect_rejects_invalid_files() {
     assert!(String::from_utf8_lossy(&out.stderr).contains(": bad_shape: "));
     assert_eq!(inspect(&[]).status.code(), Some(2));
 }
+
+/// Sum of `data-tiles` over the kept rectangles of each panel of a tile map, by weight name.
+fn map_counts(svg: &str) -> Vec<(String, usize)> {
+    svg.split("<g class=\"panel\" data-name=\"")
+        .skip(1)
+        .map(|panel| {
+            let name = panel.split('"').next().unwrap().to_string();
+            let body = panel.split("</g>").next().unwrap();
+            let tiles = body
+                .split("data-tiles=\"")
+                .skip(1)
+                .map(|s| s.split('"').next().unwrap().parse::<usize>().unwrap())
+                .sum();
+            (name, tiles)
+        })
+        .collect()
+}
+
+#[test]
+fn inspect_tile_map_draws_every_kept_tile() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/sources/tiny-safetensors");
+    let ets = dir.path().join("pruned.ets");
+    let convert = Command::new(env!("CARGO_BIN_EXE_et-convert"))
+        .args([
+            model.join("model.safetensors").to_str().unwrap(),
+            ets.to_str().unwrap(),
+            "--sparsity",
+            "0.5",
+            "--tile",
+            "8x8",
+            "--quiet",
+        ])
+        .output()
+        .unwrap();
+    assert!(convert.status.success(), "{convert:?}");
+    let svg_path = dir.path().join("map.svg");
+    let out = inspect(&[
+        "--json",
+        "--tile-map",
+        svg_path.to_str().unwrap(),
+        ets.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let svg = std::fs::read_to_string(&svg_path).unwrap();
+    assert!(svg.starts_with("<svg ") && svg.trim_end().ends_with("</svg>"));
+    let layers = v["model"]["num_layers"].as_u64().unwrap() as usize;
+    let counts = map_counts(&svg);
+    // One panel per linear weight: six per layer.
+    assert_eq!(counts.len(), 6 * layers);
+    for (name, drawn) in counts {
+        let t = v["tensors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == name.as_str())
+            .unwrap();
+        let kept = t["kept_tiles"].as_u64().unwrap() as usize;
+        assert!(kept > 0 && kept < t["grid_tiles"].as_u64().unwrap() as usize);
+        assert_eq!(drawn, kept, "{name}");
+    }
+    // A map that cannot be written is an error.
+    let bad = dir.path().join("missing").join("map.svg");
+    let out = inspect(&["--tile-map", bad.to_str().unwrap(), ets.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+}

@@ -134,3 +134,44 @@ fn an_unwritable_target_is_an_io_error() {
     assert_eq!(err.code(), "io");
     assert_eq!(listing(dir.path()), Vec::<String>::new());
 }
+
+#[test]
+fn embedding_settings_are_minor_version_1_and_read_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let with = dir.path().join("with.ets");
+    let mut w = EtsWriter::create(&with, WriteOptions::default()).unwrap();
+    w.add_tensor("a", &tensor(1)).unwrap();
+    let settings = ets::format::EmbeddingConfig {
+        pooling: Some("cls".into()),
+        normalize: Some(true),
+        max_length: Some(4),
+    };
+    w.set_embedding(settings.clone());
+    w.finish(
+        tiny_example_config(),
+        serde_json::json!({}),
+        Provenance::default(),
+    )
+    .unwrap();
+    let f = EtsFile::open(&with).unwrap();
+    assert_eq!(f.minor_version(), 1);
+    assert_eq!(f.header().embedding.as_ref(), Some(&settings));
+    f.verify_checksums().unwrap();
+
+    // Without settings (or with an empty set) the file is a 1.0 file without the key.
+    let without = dir.path().join("without.ets");
+    let mut w = EtsWriter::create(&without, WriteOptions::default()).unwrap();
+    w.add_tensor("a", &tensor(1)).unwrap();
+    w.set_embedding(ets::format::EmbeddingConfig::default());
+    w.finish(
+        tiny_example_config(),
+        serde_json::json!({}),
+        Provenance::default(),
+    )
+    .unwrap();
+    let f = EtsFile::open(&without).unwrap();
+    assert_eq!(f.minor_version(), 0);
+    assert_eq!(f.header().embedding, None);
+    let header = String::from_utf8_lossy(&std::fs::read(&without).unwrap()).into_owned();
+    assert!(!header.contains("\"embedding\""));
+}

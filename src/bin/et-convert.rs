@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use ets::convert::{convert, ConvertOptions, ConvertReport};
+use ets::convert::{convert, Allocate, ConvertOptions, ConvertReport};
 use ets::format::Dtype;
 use ets::ingest::IngestOptions;
 use ets::prune::{Method, Recipe, Role};
@@ -14,10 +14,12 @@ use ets::prune::{Method, Recipe, Role};
 #[command(
     name = "et-convert",
     version,
-    about = "Convert a BERT model (.onnx, or .safetensors + config.json) into a tile-sparse .ets file"
+    about = "Convert a BERT model (a Hugging Face or sentence-transformers folder, .onnx, or .safetensors + config.json) into a tile-sparse .ets file"
 )]
 struct Args {
-    /// Source model: .onnx or .safetensors.
+    /// Source model: a model folder (config.json with model.safetensors or its shards, or an ONNX
+    /// export; a sentence-transformers folder also records its pooling, normalization and maximum
+    /// length), a .safetensors file or shard index, or an .onnx file.
     input: PathBuf,
     /// Output .ets file.
     output: PathBuf,
@@ -71,8 +73,23 @@ struct Args {
     #[arg(long, alias = "calibrate-limit", default_value_t = 2048)]
     calibrate_samples: usize,
     /// With --calibrate: fail (exit 1, nothing written) when the output cosine is below this.
-    #[arg(long, requires = "calibrate")]
+    #[arg(long, requires = "calibrate", value_parser = parse_cosine)]
     min_cosine: Option<f64>,
+    /// With --calibrate: `uniform` gives every weight the global sparsity; `sensitivity` measures
+    /// how much each weight alone moves the embeddings and spreads the same global target
+    /// unevenly (sensitive weights keep more tiles). Default with --calibrate: `sensitivity` (it
+    /// kept more accuracy than `uniform` on SST-2 at 50% and 70%, see bench/RESULTS.md), or
+    /// `uniform` when the recipe sets role, layer or tensor sparsities.
+    #[arg(long, value_parser = parse_allocate, requires = "calibrate")]
+    allocate: Option<Allocate>,
+}
+
+fn parse_allocate(s: &str) -> Result<Allocate, String> {
+    match s {
+        "uniform" => Ok(Allocate::Uniform),
+        "sensitivity" => Ok(Allocate::Sensitivity),
+        _ => Err(format!("unknown allocation {s:?}: uniform or sensitivity")),
+    }
 }
 
 fn parse_method(s: &str) -> Result<Method, String> {
@@ -88,6 +105,13 @@ fn parse_fraction(s: &str) -> Result<f64, String> {
         Ok(v)
     } else {
         Err(format!("sparsity {v} must be at least 0 and below 1"))
+    }
+}
+
+fn parse_cosine(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (-1.0..=1.0).contains(&v) => Ok(v),
+        _ => Err(format!("{s:?} is not a cosine (a number from -1 to 1)")),
     }
 }
 
@@ -212,10 +236,21 @@ fn print_table(r: &ConvertReport, recipe: &Recipe) {
         }
         if let Some(p) = &c.pruning {
             println!("calibrated pruning of {} weights: {}", p.weights, p.method);
+            if let Some(a) = &p.allocation {
+                print_allocation(a);
+            }
         }
         println!(
             "output (mean-pooled) cosine {:.6}, lowest sentence {:.6}",
             c.output_cosine, c.output_min_cosine
+        );
+    }
+    if let Some(e) = &r.embedding {
+        println!(
+            "embedding settings recorded: pooling {}, normalize {}, max length {}",
+            e.pooling.as_deref().unwrap_or("-"),
+            e.normalize.map_or("-".to_string(), |b| b.to_string()),
+            e.max_length.map_or("-".to_string(), |n| n.to_string())
         );
     }
     let mb = |b: u64| b as f64 / 1e6;
@@ -229,8 +264,33 @@ fn print_table(r: &ConvertReport, recipe: &Recipe) {
     );
 }
 
+fn print_allocation(a: &ets::convert::allocate::Allocation) {
+    println!(
+        "sensitivity allocation (profile on {} sentences): per weight sparsity / embedding drop when pruned alone",
+        a.profile_sentences
+    );
+    let mut layer = None;
+    for w in &a.weights {
+        let Some((l, role)) = Role::of_name(&w.name) else {
+            continue;
+        };
+        if layer != Some(l) {
+            if layer.is_some() {
+                println!();
+            }
+            print!("{l:>5} ");
+            layer = Some(l);
+        }
+        print!(" {} {:.3}/{:.4}", role.name(), w.sparsity, w.drop);
+    }
+    println!();
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Err(e) = ets::files::exit_cleanly_on_signals() {
+        eprintln!("et-convert: warning: cannot remove temporary files on Ctrl-C: {e}");
+    }
     let recipe = match build_recipe(&args) {
         Ok(r) => r,
         Err(e) => {
@@ -265,9 +325,21 @@ fn main() -> ExitCode {
         calibrate: args.calibrate.clone(),
         calibrate_limit: args.calibrate_samples.max(1),
         min_cosine: args.min_cosine,
+        allocate: args.allocate.unwrap_or(
+            if recipe.roles.is_empty() && recipe.layers.is_empty() && recipe.tensors.is_empty() {
+                Allocate::Sensitivity
+            } else {
+                Allocate::Uniform
+            },
+        ),
     };
     match convert(&args.input, &args.output, &opts) {
         Ok(report) => {
+            if !args.quiet {
+                for w in &report.warnings {
+                    eprintln!("et-convert: warning: {w}");
+                }
+            }
             if args.json {
                 match serde_json::to_string_pretty(&report) {
                     Ok(s) => println!("{s}"),

@@ -1,7 +1,9 @@
 //! Prints what a `.ets` file holds: the model configuration, the pruning recipe, provenance, and
 //! per tensor its shape, dtype, encoding, tile shape, density and size, with totals.
-//! `--json` prints the same as one JSON object. Exit status 1 (with `FILE: CODE: MESSAGE` on
-//! stderr) when the file does not open; checksums are not verified (use `et-verify`).
+//! `--json` prints the same as one JSON object. `--tile-map FILE.svg` also draws which tiles each
+//! linear weight kept: one panel per weight, layers in rows, roles in columns. Exit status 1
+//! (with `FILE: CODE: MESSAGE` on stderr) when the file does not open or the map cannot be
+//! written; checksums are not verified (use `et-verify`).
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -10,6 +12,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use ets::format::{Encoding, EtsFile, TensorData, TensorView, TileView};
+use ets::prune::Role;
 use serde_json::{json, Value};
 
 /// `writeln!` into a String (which cannot fail).
@@ -26,6 +29,9 @@ struct Args {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
+    /// Also write an SVG map of the kept tiles of every linear weight to this file.
+    #[arg(long, value_name = "FILE.svg")]
+    tile_map: Option<PathBuf>,
     /// The file to inspect.
     file: PathBuf,
 }
@@ -151,6 +157,16 @@ fn render_text(args: &Args, f: &EtsFile, rows: &[Row]) -> String {
         m.layer_norm_eps,
         m.num_labels.map_or("none".to_string(), |n| n.to_string())
     );
+    if let Some(e) = &f.header().embedding {
+        let show = |v: Option<String>| v.unwrap_or_else(|| "-".to_string());
+        w!(
+            out,
+            "embedding: pooling {}, normalize {}, max length {}",
+            show(e.pooling.clone()),
+            show(e.normalize.map(|b| b.to_string())),
+            show(e.max_length.map(|n| n.to_string()))
+        );
+    }
     w!(out, "recipe: {}", f.header().recipe);
     let p = &f.header().provenance;
     w!(
@@ -233,6 +249,118 @@ fn totals(f: &EtsFile, rows: &[Row]) -> Value {
     })
 }
 
+/// Pixels per matrix element in the tile map.
+const MAP_SCALE: f64 = 0.2;
+/// Space around and between panels, in pixels.
+const MAP_GAP: f64 = 24.0;
+
+/// One panel of the tile map: the matrix outline, then one rectangle per run of kept tiles (or
+/// kept rows or columns) along each block row, `data-tiles` counting the tiles of a run.
+fn map_panel(out: &mut String, t: &TensorView<'_>, x0: f64, y0: f64) {
+    let (rows, cols) = t.matrix_dims();
+    let (h, w) = (rows as f64 * MAP_SCALE, cols as f64 * MAP_SCALE);
+    let kept = "#1f4e79";
+    let _ = write!(
+        out,
+        "<g class=\"panel\" data-name=\"{}\"><title>{}</title>\
+         <rect x=\"{x0:.2}\" y=\"{y0:.2}\" width=\"{w:.2}\" height=\"{h:.2}\" fill=\"#e8e8e8\"/>",
+        t.name, t.name
+    );
+    let rect = |out: &mut String, x: f64, y: f64, rw: f64, rh: f64, n: usize| {
+        let _ = write!(
+            out,
+            "<rect x=\"{:.2}\" y=\"{:.2}\" width=\"{rw:.2}\" height=\"{rh:.2}\" fill=\"{kept}\" data-tiles=\"{n}\"/>",
+            x0 + x,
+            y0 + y
+        );
+    };
+    match t.data {
+        TensorData::Tile(v) => {
+            for br in 0..v.grid_rows {
+                let y = (br * v.tile_rows) as f64 * MAP_SCALE;
+                let th = (v.tile_rows.min(v.rows - br * v.tile_rows)) as f64 * MAP_SCALE;
+                let cols: Vec<usize> = v.row_tiles(br).map(|(_, bc)| bc).collect();
+                let mut i = 0;
+                while i < cols.len() {
+                    let mut j = i + 1;
+                    while j < cols.len() && cols[j] == cols[j - 1] + 1 {
+                        j += 1;
+                    }
+                    let c0 = cols[i] * v.tile_cols;
+                    let c1 = ((cols[j - 1] + 1) * v.tile_cols).min(v.cols);
+                    let x = c0 as f64 * MAP_SCALE;
+                    rect(out, x, y, (c1 - c0) as f64 * MAP_SCALE, th, j - i);
+                    i = j;
+                }
+            }
+        }
+        TensorData::Rows { indices, .. } => {
+            for &r in indices {
+                rect(out, 0.0, f64::from(r) * MAP_SCALE, w, MAP_SCALE, 1);
+            }
+        }
+        TensorData::Cols { indices, .. } => {
+            for &c in indices {
+                rect(out, f64::from(c) * MAP_SCALE, 0.0, MAP_SCALE, h, 1);
+            }
+        }
+        TensorData::Dense { .. } => rect(out, 0.0, 0.0, w, h, 1),
+    }
+    out.push_str("</g>");
+}
+
+/// The SVG tile map: one row of panels per layer, one column per role.
+fn tile_map(f: &EtsFile) -> String {
+    let mut cells: Vec<(usize, usize, TensorView<'_>)> = f
+        .tensors()
+        .filter_map(|t| {
+            let (layer, role) = Role::of_name(t.name)?;
+            let col = Role::ALL.iter().position(|&r| r == role)?;
+            (t.shape.len() == 2).then_some((layer, col, t))
+        })
+        .collect();
+    cells.sort_by_key(|&(l, c, _)| (l, c));
+    let layers = cells.last().map_or(0, |c| c.0 + 1);
+    let mut col_w = [0f64; 6];
+    let mut row_h = vec![0f64; layers];
+    for (l, c, t) in &cells {
+        let (r, k) = t.matrix_dims();
+        col_w[*c] = col_w[*c].max(k as f64 * MAP_SCALE);
+        row_h[*l] = row_h[*l].max(r as f64 * MAP_SCALE);
+    }
+    let label_w = 70.0;
+    let head_h = 30.0;
+    let x_at = |c: usize| label_w + col_w[..c].iter().map(|w| w + MAP_GAP).sum::<f64>();
+    let y_at = |l: usize| head_h + row_h[..l].iter().map(|h| h + MAP_GAP).sum::<f64>();
+    let width = x_at(6);
+    let height = y_at(layers) + MAP_GAP;
+    let mut out = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width:.0}\" height=\"{height:.0}\" \
+         font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
+    );
+    for (c, role) in Role::ALL.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "<text x=\"{:.1}\" y=\"18\">{}</text>",
+            x_at(c),
+            role.name()
+        );
+    }
+    for l in 0..layers {
+        let _ = writeln!(
+            out,
+            "<text x=\"8\" y=\"{:.1}\">layer {l}</text>",
+            y_at(l) + 12.0
+        );
+    }
+    for (l, c, t) in &cells {
+        map_panel(&mut out, t, x_at(*c), y_at(*l));
+        out.push('\n');
+    }
+    out.push_str("</svg>\n");
+    out
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     let f = match EtsFile::open(&args.file) {
@@ -248,6 +376,12 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    if let Some(path) = &args.tile_map {
+        if let Err(e) = std::fs::write(path, tile_map(&f)) {
+            let _ = writeln!(std::io::stderr(), "{}: {e}", path.display());
+            return ExitCode::from(1);
+        }
+    }
     let rows: Vec<Row> = f.tensors().map(|t| Row::of(&t)).collect();
     let text = if args.json {
         let h = f.header();

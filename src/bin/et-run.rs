@@ -1,22 +1,27 @@
 //! `et-run`: sentence embeddings (or token hidden states) from a `.ets` model.
 //!
 //! ```text
-//! et-run model.ets --text "a sentence" --text "another"      # JSON lines, mean pooling
+//! et-run model.ets --text "a sentence" --text "another"      # JSON lines
 //! et-run model.ets --input sentences.txt --pooling cls --npy out.npy
 //! et-run model.ets --input sentences.txt --device cuda --report  # per-weight table on stderr
+//! cat dev.tsv | et-run model.ets --input - --column sentence --npy out.npy
 //! ```
+//!
+//! Pooling, normalization and the maximum length come from the file (recorded from a
+//! sentence-transformers folder at conversion), else mean pooling, no normalization and the whole
+//! position table; the flags override them.
 //!
 //! Exit status: 0 success, 1 bad input (unreadable model or text file, failed run), 2 usage.
 
-use std::io::{BufWriter, Write};
+use std::io::{BufWriter, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, ValueEnum};
 use ets::format::EtsFile;
 use ets::runtime::cpu::{npy, CpuEncoder, TextTokenizer};
-use ets::runtime::cuda::encoder::format_report;
 use ets::runtime::cuda::CudaEncoder;
+use ets::runtime::embed::{EmbedSettings, Embedder, Overrides};
 use ets::runtime::{Encoder, EncoderOutput, ForwardOptions, Pooling, TokenBatch};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -41,14 +46,32 @@ struct Args {
     /// A sentence to embed (repeatable).
     #[arg(long = "text", value_name = "TEXT")]
     texts: Vec<String>,
-    /// A file with one sentence per line, or a TSV with a `text<TAB>label` header (SST-2 style).
+    /// A file with one sentence per line, or a TSV whose header names the text column (text,
+    /// sentence, sentence1, question, ...; see --column). `-` reads standard input.
     #[arg(long, value_name = "FILE")]
     input: Option<PathBuf>,
-    /// How token states become one vector per sentence.
-    #[arg(long, value_enum, default_value_t = PoolingArg::Mean)]
-    pooling: PoolingArg,
+    /// The TSV column to read from --input (its header must name it).
+    #[arg(long, value_name = "NAME", requires = "input")]
+    column: Option<String>,
+    /// How token states become one vector per sentence (default: the file's setting, else mean).
+    #[arg(long, value_enum)]
+    pooling: Option<PoolingArg>,
+    /// Scale each embedding to unit length (default: the file's setting, else off).
+    #[arg(long, overrides_with = "no_normalize")]
+    normalize: bool,
+    /// Do not scale embeddings to unit length.
+    #[arg(long)]
+    no_normalize: bool,
+    /// Longest input in tokens, special tokens included; longer inputs are truncated (default:
+    /// the file's setting, else max_position_embeddings).
+    #[arg(long, value_name = "TOKENS", value_parser = clap::value_parser!(u32).range(1..))]
+    max_length: Option<u32>,
+    /// A tokenizer.json or vocab.txt to use instead of the one in the file (required when the
+    /// file has none).
+    #[arg(long, value_name = "FILE")]
+    tokenizer: Option<PathBuf>,
     /// Write a `.npy` array instead of JSON lines: `[sentences, hidden]`, or with `--hidden`
-    /// `[sentences, max_tokens, hidden]` zero-padded.
+    /// `[sentences, max_tokens, hidden]` zero-padded. A device or pipe is written through.
     #[arg(long, value_name = "FILE")]
     npy: Option<PathBuf>,
     /// Output token-level hidden states instead of pooled embeddings.
@@ -60,9 +83,6 @@ struct Args {
     /// Sentences per forward pass.
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
     batch_size: u32,
-    /// L2-normalise the pooled embeddings.
-    #[arg(long)]
-    normalize: bool,
     /// On CUDA: print to stderr, per weight, what ran at the first batch's token count, its
     /// time and cuBLAS's time on a dense matrix of the same shape.
     #[arg(long)]
@@ -70,44 +90,6 @@ struct Args {
 }
 
 /// The opened backend.
-enum Backend<'f> {
-    Cpu(Box<CpuEncoder<'f>>),
-    Cuda(Box<CudaEncoder>),
-}
-
-impl Backend<'_> {
-    fn encoder(&self) -> &dyn Encoder {
-        match self {
-            Backend::Cpu(e) => e.as_ref(),
-            Backend::Cuda(e) => e.as_ref(),
-        }
-    }
-
-    /// Pooled vectors of `batch` (on CUDA, pooled and normalised on the device).
-    fn embed(
-        &self,
-        batch: &TokenBatch,
-        pooling: Pooling,
-        normalize: bool,
-    ) -> Result<Vec<f32>, Failure> {
-        Ok(match self {
-            Backend::Cuda(e) => e.embed_with(batch, pooling, normalize)?,
-            Backend::Cpu(e) => {
-                let mut v = e.embed(batch, pooling)?;
-                if normalize {
-                    let h = e.config().hidden_size as usize;
-                    for row in v.chunks_mut(h.max(1)) {
-                        let n = row.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
-                        row.iter_mut().for_each(|x| *x /= n);
-                    }
-                }
-                v
-            }
-        })
-    }
-}
-
-/// A failure that maps to exit status 1.
 struct Failure(String);
 
 impl<E: std::fmt::Display> From<E> for Failure {
@@ -131,7 +113,7 @@ fn main() -> ExitCode {
 fn read_texts(args: &Args) -> Result<Vec<String>, Failure> {
     let mut texts = args.texts.clone();
     if let Some(path) = &args.input {
-        texts.extend(read_input(path)?);
+        texts.extend(read_input(path, args.column.as_deref())?);
     }
     if texts.is_empty() {
         return Err(Failure(
@@ -141,50 +123,38 @@ fn read_texts(args: &Args) -> Result<Vec<String>, Failure> {
     Ok(texts)
 }
 
-fn read_input(path: &Path) -> Result<Vec<String>, Failure> {
-    let raw = std::fs::read(path).map_err(|e| Failure(format!("{}: {e}", path.display())))?;
+/// Reads `--input` (a file, or standard input for `-`) up to the text limit.
+fn read_input(path: &Path, column: Option<&str>) -> Result<Vec<String>, Failure> {
+    let limit = ets::files::MAX_TEXT_BYTES;
+    let raw = if path == Path::new("-") {
+        ets::files::read_capped_from(std::io::stdin().lock(), limit)
+    } else {
+        ets::files::read_capped(path, limit)
+    }
+    .map_err(|e| Failure(format!("{}: {e}", path.display())))?;
     let text = String::from_utf8(raw)
         .map_err(|e| Failure(format!("{}: not UTF-8 text: {e}", path.display())))?;
-    let mut lines = text.lines().peekable();
-    // SST-2 style TSV: header `text<TAB>label`, sentence in the first column.
-    let tsv = lines
-        .peek()
-        .is_some_and(|h| h.trim_end().split('\t').next() == Some("text") && h.contains('\t'));
-    if tsv {
-        lines.next();
-    }
-    Ok(lines
-        .map(|l| {
-            let l = l.trim_end_matches('\r');
-            let l = if tsv {
-                l.split('\t').next().unwrap_or("")
-            } else {
-                l
-            };
-            l.trim().to_string()
-        })
-        .filter(|l| !l.is_empty())
-        .collect())
+    ets::sentences::parse(&text, column).map_err(|e| Failure(format!("{}: {e}", path.display())))
 }
 
 /// The encoder for `--device`: `cuda` fails (exit 1) without a usable GPU; `auto` falls back to
 /// the CPU with a note on stderr.
-fn open_encoder(device: DeviceArg, file: &EtsFile) -> Result<Backend<'_>, Failure> {
+fn open_encoder(device: DeviceArg, file: &EtsFile) -> Result<Box<dyn Encoder + '_>, Failure> {
     let cuda = || -> Result<CudaEncoder, String> {
         ets::runtime::cuda::cuda_available()?;
         CudaEncoder::new(file).map_err(|e| e.to_string())
     };
     match device {
-        DeviceArg::Cpu => Ok(Backend::Cpu(Box::new(CpuEncoder::new(file)?))),
+        DeviceArg::Cpu => Ok(Box::new(CpuEncoder::new(file)?)),
         DeviceArg::Cuda => match cuda() {
-            Ok(e) => Ok(Backend::Cuda(Box::new(e))),
+            Ok(e) => Ok(Box::new(e)),
             Err(e) => Err(Failure(format!("CUDA runtime not available: {e}"))),
         },
         DeviceArg::Auto => match cuda() {
-            Ok(e) => Ok(Backend::Cuda(Box::new(e))),
+            Ok(e) => Ok(Box::new(e)),
             Err(e) => {
                 eprintln!("et-run: CUDA runtime not available ({e}); using the CPU");
-                Ok(Backend::Cpu(Box::new(CpuEncoder::new(file)?)))
+                Ok(Box::new(CpuEncoder::new(file)?))
             }
         },
     }
@@ -194,25 +164,43 @@ fn run(args: &Args) -> Result<(), Failure> {
     let texts = read_texts(args)?;
     let file = EtsFile::open(&args.model)
         .map_err(|e| Failure(format!("{}: {e}", args.model.display())))?;
-    let tokenizer = TextTokenizer::from_file(&file)?;
-    let backend = open_encoder(args.device, &file)?;
-    let encoder = backend.encoder();
+    let overrides = Overrides {
+        pooling: args.pooling.map(|p| match p {
+            PoolingArg::Mean => Pooling::Mean,
+            PoolingArg::Cls => Pooling::Cls,
+        }),
+        normalize: match (args.normalize, args.no_normalize) {
+            (true, _) => Some(true),
+            (_, true) => Some(false),
+            _ => None,
+        },
+        max_length: args.max_length.map(|n| n as usize),
+    };
+    let settings = EmbedSettings::resolve(&file, &overrides)?;
+    let tokenizer = match &args.tokenizer {
+        Some(p) => TextTokenizer::from_path(p, settings.max_length)?,
+        None => TextTokenizer::from_file_with_max_len(&file, settings.max_length).map_err(|e| {
+            Failure(format!(
+                "{}: {e}; give one with --tokenizer FILE (tokenizer.json or vocab.txt)",
+                args.model.display()
+            ))
+        })?,
+    };
+    let embedder = Embedder::new(open_encoder(args.device, &file)?, tokenizer, settings);
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-    let tokenized = tokenizer.encode(&refs)?;
+    let tokenized = embedder.tokenize(&refs)?;
     for t in &tokenized.truncated {
         eprintln!(
-            "et-run: warning: input {} has {} tokens; truncated to {} (max_position_embeddings)",
+            "et-run: warning: input {} has {} tokens; truncated to {} (maximum length)",
             t.index + 1,
             t.original_len,
             t.kept_len
         );
     }
-    let pooling = match args.pooling {
-        PoolingArg::Mean => Pooling::Mean,
-        PoolingArg::Cls => Pooling::Cls,
-    };
     let hidden = file.model().hidden_size as usize;
-    let mut sink = Sink::new(args, hidden, tokenized.batch.max_len());
+    let rows = tokenized.batch.sequences.len();
+    let mut sink = Sink::new(args, hidden, rows, tokenized.batch.max_len())?;
+    let progress = progress_bar(rows, args.batch_size as usize);
     let opts = ForwardOptions::default();
     let started = std::time::Instant::now();
     for chunk in tokenized.batch.sequences.chunks(args.batch_size as usize) {
@@ -220,13 +208,14 @@ fn run(args: &Args) -> Result<(), Failure> {
             sequences: chunk.to_vec(),
         };
         if args.hidden {
-            let out = encoder.forward_with(&batch, &opts)?;
+            let out = embedder.encoder().forward_with(&batch, &opts)?;
             sink.push_hidden(&out)?;
         } else {
-            // Pooled on the backend (the CUDA encoder copies back only the pooled vectors).
-            sink.push_pooled(&backend.embed(&batch, pooling, args.normalize)?)?;
+            sink.push_pooled(&embedder.embed_tokens(&batch, chunk.len())?)?;
         }
+        progress.inc(chunk.len() as u64);
     }
+    progress.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
     eprintln!(
         "et-run: {} sentences in {:.3} s ({:.1} sentences/s)",
@@ -235,54 +224,82 @@ fn run(args: &Args) -> Result<(), Failure> {
         texts.len() as f64 / secs.max(1e-9)
     );
     if args.report {
-        report(&backend, &tokenized.batch, args.batch_size as usize)?;
+        report(
+            embedder.encoder(),
+            &tokenized.batch,
+            args.batch_size as usize,
+        )?;
     }
     sink.finish()
 }
 
-/// `--report`: the per-weight table of the CUDA encoder at the first batch.
-fn report(backend: &Backend<'_>, all: &TokenBatch, batch_size: usize) -> Result<(), Failure> {
-    let Backend::Cuda(enc) = backend else {
-        eprintln!("et-run: --report describes the CUDA runtime; the CPU ran every weight dense");
-        return Ok(());
-    };
+/// `--report`: the per-weight table of the runtime at the first batch.
+fn report(encoder: &dyn Encoder, all: &TokenBatch, batch_size: usize) -> Result<(), Failure> {
     let first = TokenBatch {
         sequences: all.sequences.iter().take(batch_size).cloned().collect(),
     };
-    eprint!("{}", format_report(&enc.report(&first)?));
+    match encoder.dispatch_report(&first)? {
+        Some(table) => eprint!("{table}"),
+        None => {
+            eprintln!("et-run: --report describes the CUDA runtime; the CPU ran every weight dense")
+        }
+    }
     Ok(())
 }
 
-/// Collects results for `.npy` or streams JSON lines to stdout.
-struct Sink<'a> {
-    args: &'a Args,
+/// A bar over the sentences on a terminal's stderr, for inputs of more than a few batches.
+fn progress_bar(rows: usize, batch: usize) -> indicatif::ProgressBar {
+    if rows <= 4 * batch || !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(rows as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} sentences {elapsed} eta {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar
+}
+
+/// Streams results to a `.npy` array or as JSON lines to stdout; holds at most one batch.
+struct Sink {
     hidden: usize,
     max_len: usize,
     rows: usize,
-    data: Vec<f32>,
+    npy: Option<(PathBuf, npy::NpyStream, Vec<usize>)>,
     out: BufWriter<std::io::Stdout>,
 }
 
-impl<'a> Sink<'a> {
-    fn new(args: &'a Args, hidden: usize, max_len: usize) -> Sink<'a> {
-        Sink {
-            args,
+impl Sink {
+    fn new(args: &Args, hidden: usize, rows: usize, max_len: usize) -> Result<Sink, Failure> {
+        let npy = match &args.npy {
+            Some(path) => {
+                let shape = if args.hidden {
+                    vec![rows, max_len, hidden]
+                } else {
+                    vec![rows, hidden]
+                };
+                Some((path.clone(), npy::NpyStream::create(path, &shape)?, shape))
+            }
+            None => None,
+        };
+        Ok(Sink {
             hidden,
             max_len,
             rows: 0,
-            data: Vec::new(),
+            npy,
             out: BufWriter::new(std::io::stdout()),
-        }
+        })
     }
 
     fn push_hidden(&mut self, out: &EncoderOutput) -> Result<(), Failure> {
         let h = self.hidden;
         for i in 0..out.lengths.len() {
             let seq = out.sequence(i).unwrap_or(&[]);
-            if self.args.npy.is_some() {
-                let mut padded = vec![0f32; self.max_len * h];
-                padded[..seq.len()].copy_from_slice(seq);
-                self.data.extend_from_slice(&padded);
+            if let Some((_, stream, _)) = &mut self.npy {
+                stream.push(seq)?;
+                stream.push_zeros(self.max_len * h - seq.len())?;
             } else {
                 let rows: Vec<&[f32]> = seq.chunks_exact(h).collect();
                 let line =
@@ -296,8 +313,8 @@ impl<'a> Sink<'a> {
 
     fn push_pooled(&mut self, pooled: &[f32]) -> Result<(), Failure> {
         for v in pooled.chunks_exact(self.hidden) {
-            if self.args.npy.is_some() {
-                self.data.extend_from_slice(v);
+            if let Some((_, stream, _)) = &mut self.npy {
+                stream.push(v)?;
             } else {
                 let line = serde_json::json!({"index": self.rows, "embedding": v});
                 writeln!(self.out, "{line}")?;
@@ -308,13 +325,8 @@ impl<'a> Sink<'a> {
     }
 
     fn finish(mut self) -> Result<(), Failure> {
-        if let Some(path) = &self.args.npy {
-            let shape = if self.args.hidden {
-                vec![self.rows, self.max_len, self.hidden]
-            } else {
-                vec![self.rows, self.hidden]
-            };
-            npy::write(path, &shape, &self.data)?;
+        if let Some((path, stream, shape)) = self.npy.take() {
+            stream.finish()?;
             eprintln!("et-run: wrote {} {shape:?}", path.display());
         }
         self.out.flush()?;

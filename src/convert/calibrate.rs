@@ -47,6 +47,9 @@ pub struct CalibratedPruning {
     pub method: String,
     /// Weights pruned with calibration.
     pub weights: usize,
+    /// Per-weight sparsities from a sensitivity profile, when allocated.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allocation: Option<super::allocate::Allocation>,
 }
 
 /// The procedure applied to weights that keep tiles when calibration data is given.
@@ -56,28 +59,12 @@ inputs from the already-pruned layers";
 
 /// Reads sentences: one per line, or the text column of a `text<TAB>label` file with a header.
 pub fn read_sentences(path: &Path, limit: usize) -> Result<Vec<String>, ConvertError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ConvertError::Calibration(format!("{}: {e}", path.display())))?;
-    let mut lines = text.lines().peekable();
-    let tsv = lines
-        .peek()
-        .is_some_and(|h| h.starts_with("text\t") || h.starts_with("sentence\t"));
-    if tsv {
-        lines.next();
-    }
-    let sentences: Vec<String> = lines
-        .map(|l| {
-            if tsv {
-                l.split('\t').next().unwrap_or("")
-            } else {
-                l
-            }
-        })
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .take(limit)
-        .map(String::from)
-        .collect();
+    let err = |e: String| ConvertError::Calibration(format!("{}: {e}", path.display()));
+    let bytes = crate::files::read_capped(path, crate::files::MAX_TEXT_BYTES)
+        .map_err(|e| err(e.to_string()))?;
+    let text = String::from_utf8(bytes).map_err(|e| err(format!("not UTF-8 text: {e}")))?;
+    let mut sentences = crate::sentences::parse(&text, None).map_err(err)?;
+    sentences.truncate(limit);
     if sentences.is_empty() {
         return Err(ConvertError::Calibration(format!(
             "{} has no sentences",

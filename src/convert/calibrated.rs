@@ -7,20 +7,18 @@
 //! dense layer's output. Methods that keep tiles (`tile`, `tile-balanced`, `tile-grouped`, and
 //! the tiles of `attention-aware`) are calibrated; the others prune as without calibration.
 
-use std::collections::BTreeMap;
-use std::path::Path;
-
-use super::{write_model, ConvertError};
+use super::ConvertError;
 use crate::format::names::LayerTensor;
-use crate::format::{Dtype, EtsFile, ModelConfig, Provenance};
+use crate::format::{Dtype, Encoding, EtsFile, ModelConfig, Provenance, TensorData, TensorView};
 use crate::ingest::{IngestError, ModelSource, SourceTensor, TokenizerBlob};
 use crate::prune::calibrated::{
     activation_tile_scores, budget_from_scores, fit_tiles, LinearStats,
 };
 use crate::prune::select::{keep_count, GROUP_FEATURES};
 use crate::prune::{Method, Recipe, Role};
-use crate::runtime::cpu::{CpuEncoder, LayerTrace, TextTokenizer};
-use crate::runtime::TokenBatch;
+use crate::runtime::cpu::{CpuEncoder, Layer, TextTokenizer};
+use crate::runtime::RuntimeError;
+use std::collections::BTreeMap;
 
 /// Refitted weights and biases, and the tile masks chosen for the weights.
 #[derive(Debug, Default)]
@@ -29,6 +27,16 @@ pub(crate) struct Fitted {
     pub tensors: BTreeMap<String, SourceTensor>,
     /// Kept tiles of each refitted weight, row-major over its grid.
     pub masks: BTreeMap<String, Vec<bool>>,
+}
+
+impl Fitted {
+    /// The shapes of the replacement tensors, as a tensor view states them.
+    pub(crate) fn shapes(&self) -> BTreeMap<&str, Vec<u64>> {
+        self.tensors
+            .iter()
+            .map(|(k, t)| (k.as_str(), t.shape.iter().map(|&d| d as u64).collect()))
+            .collect()
+    }
 }
 
 /// A source whose tensors are replaced where `map` has them.
@@ -59,10 +67,10 @@ impl ModelSource for Overridden<'_> {
 }
 
 /// A linear weight, its bias and its role.
-type Linear = (LayerTensor, LayerTensor, Role);
+pub(crate) type Linear = (LayerTensor, LayerTensor, Role);
 
 /// The linear stages of a layer, in calibration order, and which trace feeds each.
-const STAGES: [(&[Linear], Stage); 4] = [
+pub(crate) const STAGES: [(&[Linear], Stage); 4] = [
     (
         &[
             (
@@ -105,24 +113,14 @@ const STAGES: [(&[Linear], Stage); 4] = [
     ),
 ];
 
+/// Where a stage's input comes from; `Next` is the next layer's input.
 #[derive(Debug, Clone, Copy)]
-enum Stage {
+pub(crate) enum Stage {
     Hidden,
     Context,
     AttentionOut,
     Intermediate,
-}
-
-impl Stage {
-    fn pick(self, t: &LayerTrace) -> &[f32] {
-        match self {
-            // The layer input is kept by the caller; a trace starts after it.
-            Stage::Hidden => &t.output,
-            Stage::Context => &t.context,
-            Stage::AttentionOut => &t.attention_out,
-            Stage::Intermediate => &t.intermediate,
-        }
-    }
+    Next,
 }
 
 /// Whether calibration applies to weight `role` under `method`.
@@ -151,11 +149,34 @@ fn err(e: &dyn std::fmt::Display) -> ConvertError {
     ConvertError::Calibration(e.to_string())
 }
 
-/// Prunes every calibrated weight of `source` layer by layer; `work` is a scratch path.
+/// One calibration batch at the current layer: sequence lengths, the layer inputs of the dense
+/// model and of the model pruned so far, and the latest stage activations of each (the attention
+/// context, then the attention output).
+struct BatchState {
+    lengths: Vec<usize>,
+    xd: Vec<f32>,
+    xp: Vec<f32>,
+    ad: Vec<f32>,
+    ap: Vec<f32>,
+}
+
+/// The weights of `layer` that `recipe` calibrates in `stage`.
+pub(crate) fn stage_todo(recipe: &Recipe, layer: usize, weights: &'static [Linear]) -> Vec<Linear> {
+    weights
+        .iter()
+        .filter(|&&(w, _, role)| {
+            let p = recipe.plan(&w.name(layer), layer, role);
+            p.sparsity > 0.0 && calibrated_method(p.method, role)
+        })
+        .copied()
+        .collect()
+}
+
+/// Prunes every calibrated weight of `source` layer by layer. The dense model runs from `dense`;
+/// the pruned model runs from the same file with the weights fitted so far replaced in memory.
 pub(crate) fn fit_model(
     source: &dyn ModelSource,
     dense: &EtsFile,
-    work: &Path,
     recipe: &Recipe,
     texts: &[String],
 ) -> Result<Fitted, ConvertError> {
@@ -164,121 +185,156 @@ pub(crate) fn fit_model(
             "{e}; calibration needs a tokenizer (put tokenizer.json or vocab.txt beside the model or pass --tokenizer)"
         ))
     })?;
-    let batches: Vec<TokenBatch> = texts
+    let dense_enc = CpuEncoder::new(dense).map_err(|e| err(&e))?;
+    let mut states: Vec<BatchState> = texts
         .chunks(32)
         .map(|c| {
             let t: Vec<&str> = c.iter().map(String::as_str).collect();
-            tokenizer.encode(&t).map(|t| t.batch).map_err(|e| err(&e))
-        })
-        .collect::<Result<_, _>>()?;
-    let dense_enc = CpuEncoder::new(dense).map_err(|e| err(&e))?;
-    // Each batch's input of the current layer: lengths, dense and pruned-so-far hidden states.
-    let mut states: Vec<(Vec<usize>, Vec<f32>, Vec<f32>)> = batches
-        .iter()
-        .map(|b| {
-            let (x, lengths) = dense_enc.embed_batch(b).map_err(|e| err(&e))?;
-            Ok((lengths, x.clone(), x))
+            let batch = tokenizer.encode(&t).map_err(|e| err(&e))?.batch;
+            let (x, lengths) = dense_enc.embed_batch(&batch).map_err(|e| err(&e))?;
+            Ok(BatchState {
+                lengths,
+                xd: x.clone(),
+                xp: x,
+                ad: Vec::new(),
+                ap: Vec::new(),
+            })
         })
         .collect::<Result<_, ConvertError>>()?;
     let layers = source.config().num_layers as usize;
     let mut fitted = Fitted::default();
     for layer in 0..layers {
         for (weights, stage) in STAGES {
-            let todo: Vec<_> = weights
-                .iter()
-                .filter(|&&(w, _, role)| {
-                    let p = recipe.plan(&w.name(layer), layer, role);
-                    p.sparsity > 0.0 && calibrated_method(p.method, role)
-                })
-                .collect();
-            if todo.is_empty() {
-                continue;
-            }
-            let stats = stage_stats(source, &fitted, &dense_enc, work, &states, layer, stage)?;
-            for &&(w, b, role) in &todo {
-                fit_one(source, recipe, &stats, &mut fitted, layer, w, b, role)?;
+            let todo = stage_todo(recipe, layer, weights);
+            let stats = advance(
+                &dense_enc,
+                dense,
+                &fitted,
+                &mut states,
+                layer,
+                stage,
+                !todo.is_empty(),
+            )?;
+            if let Some(stats) = stats {
+                for &(w, b, role) in &todo {
+                    fit_one(source, recipe, &stats, &mut fitted, layer, w, b, role, true)?;
+                }
             }
         }
         if layer + 1 < layers {
-            let pruned_file = write_current(source, &fitted, work)?;
-            let pruned_enc = CpuEncoder::new(&pruned_file).map_err(|e| err(&e))?;
-            for (lengths, xd, xp) in &mut states {
-                *xd = dense_enc
-                    .trace_layer(layer, xd, lengths)
-                    .map_err(|e| err(&e))?
-                    .output;
-                *xp = pruned_enc
-                    .trace_layer(layer, xp, lengths)
-                    .map_err(|e| err(&e))?
-                    .output;
-            }
+            advance(
+                &dense_enc,
+                dense,
+                &fitted,
+                &mut states,
+                layer,
+                Stage::Next,
+                false,
+            )?;
         }
     }
     Ok(fitted)
 }
 
-/// Writes the source with the tensors fitted so far (dense f32) to `work` and opens it.
-fn write_current(
-    source: &dyn ModelSource,
-    fitted: &Fitted,
-    work: &Path,
-) -> Result<EtsFile, ConvertError> {
-    let current = Overridden {
-        inner: source,
-        map: &fitted.tensors,
+/// Layer `layer` of the pruned model: fitted tensors from `fitted`, the rest from `dense`.
+pub(crate) fn pruned_layer<'g>(
+    dense_enc: &CpuEncoder<'_>,
+    dense: &'g EtsFile,
+    fitted: &'g Fitted,
+    shapes: &'g BTreeMap<&'g str, Vec<u64>>,
+    layer: usize,
+) -> Result<Layer<'g>, ConvertError> {
+    let get = |name: &str| -> Result<TensorView<'g>, RuntimeError> {
+        match (fitted.tensors.get_key_value(name), shapes.get(name)) {
+            (Some((key, t)), Some(shape)) => {
+                let values: &[u8] = bytemuck::cast_slice(&t.data);
+                Ok(TensorView {
+                    name: key,
+                    dtype: Dtype::F32,
+                    shape,
+                    encoding: Encoding::Dense,
+                    offset: 0,
+                    length: values.len() as u64,
+                    data: TensorData::Dense { values },
+                })
+            }
+            _ => dense.tensor(name).map_err(RuntimeError::from),
+        }
     };
-    write_model(
-        &current,
-        work,
-        &Recipe::default(),
-        Dtype::F32,
-        true,
-        false,
-        None,
-        None,
-    )?;
-    Ok(EtsFile::open(work)?)
+    dense_enc.layer_from(layer, &get).map_err(|e| err(&e))
 }
 
-/// Statistics of one stage's input: the model pruned so far against the dense model.
-fn stage_stats(
-    source: &dyn ModelSource,
-    fitted: &Fitted,
+/// Moves every batch to the input of `stage` of `layer` (from the previous stage's
+/// activations) in both models, and returns that input's statistics when `collect`.
+fn advance(
     dense_enc: &CpuEncoder<'_>,
-    work: &Path,
-    states: &[(Vec<usize>, Vec<f32>, Vec<f32>)],
+    dense: &EtsFile,
+    fitted: &Fitted,
+    states: &mut [BatchState],
     layer: usize,
     stage: Stage,
-) -> Result<LinearStats, ConvertError> {
-    let hidden = source.config().hidden_size as usize;
-    if let Stage::Hidden = stage {
-        let mut stats = LinearStats::new(hidden);
-        for (_, xd, xp) in states {
-            stats.accumulate(xp, xd).map_err(|e| err(&e))?;
-        }
-        return Ok(stats);
-    }
-    let pruned_file = write_current(source, fitted, work)?;
-    let pruned_enc = CpuEncoder::new(&pruned_file).map_err(|e| err(&e))?;
+    collect: bool,
+) -> Result<Option<LinearStats>, ConvertError> {
+    let shapes = fitted.shapes();
+    let pl = pruned_layer(dense_enc, dense, fitted, &shapes, layer)?;
+    let dl = dense_enc.layer(layer).map_err(|e| err(&e))?;
+    let e = |e: RuntimeError| err(&e);
     let mut stats: Option<LinearStats> = None;
-    for (lengths, xd, xp) in states {
-        let td = dense_enc
-            .trace_layer(layer, xd, lengths)
-            .map_err(|e| err(&e))?;
-        let tp = pruned_enc
-            .trace_layer(layer, xp, lengths)
-            .map_err(|e| err(&e))?;
-        let (a, b) = (stage.pick(&tp), stage.pick(&td));
-        let tokens: usize = lengths.iter().sum();
-        let s = stats.get_or_insert_with(|| LinearStats::new(b.len() / tokens.max(1)));
-        s.accumulate(a, b).map_err(|e| err(&e))?;
+    for s in states.iter_mut() {
+        // The stage inputs (dense, pruned) for statistics, when they are not kept in `s`.
+        let inputs: Option<(Vec<f32>, Vec<f32>)> = match stage {
+            Stage::Hidden => None,
+            Stage::Context => {
+                s.ad = dense_enc.stage_context(dl, &s.xd, &s.lengths).map_err(e)?;
+                s.ap = dense_enc.stage_context(&pl, &s.xp, &s.lengths).map_err(e)?;
+                None
+            }
+            Stage::AttentionOut => {
+                s.ad = dense_enc.stage_attention_out(dl, &s.ad, &s.xd).map_err(e)?;
+                s.ap = dense_enc
+                    .stage_attention_out(&pl, &s.ap, &s.xp)
+                    .map_err(e)?;
+                None
+            }
+            Stage::Intermediate => {
+                if !collect {
+                    continue;
+                }
+                Some((
+                    dense_enc.stage_intermediate(dl, &s.ad).map_err(e)?,
+                    dense_enc.stage_intermediate(&pl, &s.ap).map_err(e)?,
+                ))
+            }
+            Stage::Next => {
+                let id = dense_enc.stage_intermediate(dl, &s.ad).map_err(e)?;
+                s.xd = dense_enc.stage_output(dl, &id, &s.ad).map_err(e)?;
+                let ip = dense_enc.stage_intermediate(&pl, &s.ap).map_err(e)?;
+                s.xp = dense_enc.stage_output(&pl, &ip, &s.ap).map_err(e)?;
+                None
+            }
+        };
+        if !collect {
+            continue;
+        }
+        let (d, p) = match (&inputs, stage) {
+            (Some((d, p)), _) => (d.as_slice(), p.as_slice()),
+            (None, Stage::Hidden | Stage::Next) => (s.xd.as_slice(), s.xp.as_slice()),
+            (None, _) => (s.ad.as_slice(), s.ap.as_slice()),
+        };
+        let tokens: usize = s.lengths.iter().sum();
+        let st = stats.get_or_insert_with(|| LinearStats::new(d.len() / tokens.max(1)));
+        st.accumulate(p, d).map_err(|e| err(&e))?;
     }
-    stats.ok_or_else(|| ConvertError::Calibration("no calibration sentences".into()))
+    if collect && stats.is_none() {
+        return Err(ConvertError::Calibration("no calibration sentences".into()));
+    }
+    Ok(stats)
 }
 
-/// Fits one weight and its bias under its plan and records them.
+/// Fits one weight and its bias under its plan and records them; `greedy` chooses tiles by
+/// greedy removal, otherwise by activation-aware scores.
 #[allow(clippy::too_many_arguments)]
-fn fit_one(
+pub(crate) fn fit_one(
     source: &dyn ModelSource,
     recipe: &Recipe,
     stats: &LinearStats,
@@ -287,6 +343,7 @@ fn fit_one(
     w: LayerTensor,
     b: LayerTensor,
     role: Role,
+    greedy: bool,
 ) -> Result<(), ConvertError> {
     let (wname, bname) = (w.name(layer), b.name(layer));
     let plan = recipe.plan(&wname, layer, role);
@@ -327,7 +384,7 @@ fn fit_one(
         (th, tw),
         band_rows,
         &budget,
-        true,
+        greedy,
     )
     .map_err(|e| ConvertError::Tensor {
         name: wname.clone(),

@@ -2,6 +2,7 @@
 //! each linear weight as the recipe says, and stream the result into a `.ets` writer. At most the
 //! four attention weights of one layer are in memory at once (for head pruning).
 
+pub mod allocate;
 pub mod calibrate;
 mod calibrated;
 mod heads;
@@ -12,8 +13,9 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use crate::files::TempPath;
 use crate::format::{
-    names, Dtype, EncodedTensor, EtsWriter, FormatError, ModelConfig, WriteOptions,
+    names, Dtype, EmbeddingConfig, EncodedTensor, EtsWriter, FormatError, ModelConfig, WriteOptions,
 };
 use crate::ingest::{open_source, IngestError, IngestOptions, ModelSource, SourceTensor};
 use crate::prune::{prune_matrix, Matrix, Method, PruneReport, Recipe, RecipeError, Role};
@@ -37,6 +39,14 @@ pub enum ConvertError {
         name: String,
         /// What is wrong.
         reason: String,
+    },
+    /// A value is beyond the range of f16 (largest finite 65504), the chosen storage type.
+    #[error("tensor {name}: the value {value} is beyond the f16 range (largest 65504) and would be stored as infinity; convert with --dtype bf16 (or f32)")]
+    F16Overflow {
+        /// Canonical name.
+        name: String,
+        /// The first value out of range.
+        value: f32,
     },
     /// Calibration could not run or the pruned model fell below `--min-cosine`.
     #[error("calibration: {0}")]
@@ -62,6 +72,19 @@ pub struct ConvertOptions {
     pub calibrate_limit: usize,
     /// Fail (and write nothing) when the calibrated output cosine falls below this.
     pub min_cosine: Option<f64>,
+    /// How per-weight sparsities are chosen under the global target when calibrating.
+    pub allocate: Allocate,
+}
+
+/// How calibrated pruning spreads the global sparsity target over the weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Allocate {
+    /// Every weight takes the recipe's sparsity.
+    #[default]
+    Uniform,
+    /// Per-weight sparsities from a measured sensitivity profile ([`allocate`]).
+    Sensitivity,
 }
 
 impl ConvertOptions {
@@ -77,6 +100,7 @@ impl ConvertOptions {
             calibrate: None,
             calibrate_limit: 0,
             min_cosine: None,
+            allocate: Allocate::Uniform,
         }
     }
 }
@@ -102,6 +126,11 @@ pub struct ConvertReport {
     pub tokenizer: bool,
     /// Dense-vs-pruned fidelity, with `--calibrate`.
     pub calibration: Option<calibrate::Calibration>,
+    /// Sentence-embedding settings recorded (from a sentence-transformers folder).
+    pub embedding: Option<EmbeddingConfig>,
+    /// What the user should know: no tokenizer, parts of a sentence-transformers pipeline not
+    /// applied, an output larger than an 8-bit source.
+    pub warnings: Vec<String>,
 }
 
 fn as_matrix<'a>(name: &str, t: &'a SourceTensor) -> Result<Matrix<'a>, ConvertError> {
@@ -133,12 +162,14 @@ pub fn convert(
     }
     let source = open_source(input, &opts.ingest)?;
     opts.recipe.validate(source.config().num_layers as usize)?;
-    let (calibration, fitted) = match &opts.calibrate {
+    let mut warnings = Vec::new();
+    let embedding = embedding_settings(input, source.config(), &mut warnings)?;
+    let (calibration, fitted, recipe) = match &opts.calibrate {
         Some(sentences) => {
-            let (c, f) = run_calibration(&*source, output, sentences, opts)?;
-            (Some(c), f)
+            let (c, f, r) = run_calibration(&*source, output, sentences, opts)?;
+            (Some(c), f, r)
         }
-        None => (None, None),
+        None => (None, None, opts.recipe.clone()),
     };
     let extra = calibration
         .as_ref()
@@ -148,59 +179,105 @@ pub fn convert(
         inner: &*source,
         map: fitted.as_ref().map_or(&empty, |f| &f.tensors),
     };
-    let written = write_model(
+    let written = write_model_with(
         &overridden,
         output,
-        &opts.recipe,
+        &recipe,
         opts.dtype,
         opts.overwrite,
         opts.progress,
         extra,
         fitted.as_ref().map(|f| &f.masks),
+        embedding.as_ref(),
     )?;
-    let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    let size = |p: &Path| source_size(p);
+    if !written.tokenizer {
+        warnings.push(
+            "no tokenizer found beside the model or given with --tokenizer: the file holds none, \
+             so et-run needs --tokenizer FILE (tokenizer.json or vocab.txt) to embed text"
+                .to_string(),
+        );
+    }
+    let (source_bytes, output_bytes) = (size(input), size(output));
+    if source.quantized_int8() && output_bytes > source_bytes {
+        warnings.push(format!(
+            "the output ({:.1} MB) is larger than the source ({:.1} MB): the source stores its \
+             weights as 8-bit integers, and .ets stores them dequantized as {} ({} bytes a value) \
+             so that every runtime reads them directly; prune with --sparsity to shrink it",
+            output_bytes as f64 / 1e6,
+            source_bytes as f64 / 1e6,
+            opts.dtype.name(),
+            opts.dtype.size()
+        ));
+    }
     Ok(ConvertReport {
         input: input.to_path_buf(),
         output: output.to_path_buf(),
         model: written.config,
         tensors: written.reports,
-        source_bytes: size(input),
-        output_bytes: size(output),
+        source_bytes,
+        output_bytes,
         seconds: start.elapsed().as_secs_f64(),
         tokenizer: written.tokenizer,
         calibration,
+        embedding,
+        warnings,
     })
 }
 
-/// Temporary files removed on drop.
-struct TempFiles(Vec<PathBuf>);
-
-impl Drop for TempFiles {
-    fn drop(&mut self) {
-        for p in &self.0 {
-            let _ = std::fs::remove_file(p);
-        }
+/// Bytes of a model: its file, or the files of its folder.
+fn source_size(p: &Path) -> u64 {
+    if p.is_dir() {
+        return std::fs::read_dir(p)
+            .map(|d| {
+                d.filter_map(|e| e.ok()?.metadata().ok())
+                    .filter(|m| m.is_file())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0);
     }
+    std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
+}
+
+/// The sentence-transformers settings of a folder input, with the maximum length capped by the
+/// position table; their warnings join `warnings`.
+fn embedding_settings(
+    input: &Path,
+    config: &ModelConfig,
+    warnings: &mut Vec<String>,
+) -> Result<Option<EmbeddingConfig>, ConvertError> {
+    if !input.is_dir() {
+        return Ok(None);
+    }
+    let Some(st) = crate::ingest::folder::sentence_transformers(input)? else {
+        return Ok(None);
+    };
+    warnings.extend(st.warnings);
+    let mut e = st.embedding;
+    let positions = config.max_position_embeddings;
+    if let Some(n) = e.max_length.filter(|&n| n > positions) {
+        warnings.push(format!(
+            "max_seq_length {n} is above the model's {positions} positions; recording {positions}"
+        ));
+        e.max_length = Some(positions);
+    }
+    Ok((!e.is_empty()).then_some(e))
 }
 
 /// Writes a dense f32 reference and the pruned model to temporary files beside the output,
 /// compares them on the sentences, and enforces `--min-cosine`. When the recipe keeps tiles, the
-/// pruned model is calibrated first: the refitted tensors and masks are returned for the output.
+/// pruned model is calibrated first: the refitted tensors and masks are returned for the output,
+/// with the recipe applied (per-weight sparsities when allocated).
 fn run_calibration(
     source: &dyn ModelSource,
     output: &Path,
     sentences: &Path,
     opts: &ConvertOptions,
-) -> Result<(calibrate::Calibration, Option<calibrated::Fitted>), ConvertError> {
+) -> Result<(calibrate::Calibration, Option<calibrated::Fitted>, Recipe), ConvertError> {
     let texts = calibrate::read_sentences(sentences, opts.calibrate_limit)?;
-    let name = output
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "out.ets".into());
-    let tmp =
-        |suffix: &str| output.with_file_name(format!(".{name}.{}.{suffix}", std::process::id()));
-    let temps = TempFiles(vec![tmp("dense"), tmp("pruned"), tmp("work")]);
-    let (dense, pruned, work) = (&temps.0[0], &temps.0[1], &temps.0[2]);
+    let temps = ["dense", "pruned"].map(|s| TempPath::beside(output, s));
+    let [dense, pruned] = temps.each_ref().map(|t| t.path());
     write_model(
         source,
         dense,
@@ -212,15 +289,16 @@ fn run_calibration(
         None,
     )?;
     let layers = source.config().num_layers as usize;
-    let fitted = if calibrated::applies(&opts.recipe, layers) {
+    let mut recipe = opts.recipe.clone();
+    let mut allocation = None;
+    let fitted = if calibrated::applies(&recipe, layers) {
         let dense_file = crate::format::EtsFile::open(dense)?;
-        Some(calibrated::fit_model(
-            source,
-            &dense_file,
-            work,
-            &opts.recipe,
-            &texts,
-        )?)
+        if opts.allocate == Allocate::Sensitivity {
+            let (r, a) = allocate::sensitivity(source, &dense_file, &recipe, &texts)?;
+            recipe = r;
+            allocation = Some(a);
+        }
+        Some(calibrated::fit_model(source, &dense_file, &recipe, &texts)?)
     } else {
         None
     };
@@ -232,7 +310,7 @@ fn run_calibration(
     write_model(
         &overridden,
         pruned,
-        &opts.recipe,
+        &recipe,
         opts.dtype,
         true,
         opts.progress,
@@ -248,6 +326,7 @@ fn run_calibration(
         result.pruning = Some(calibrate::CalibratedPruning {
             method: calibrate::CALIBRATED_METHOD.to_string(),
             weights: f.masks.len(),
+            allocation,
         });
     }
     if let Some(min) = opts.min_cosine {
@@ -258,7 +337,7 @@ fn run_calibration(
             )));
         }
     }
-    Ok((result, fitted))
+    Ok((result, fitted, recipe))
 }
 
 struct Written {
@@ -279,6 +358,32 @@ fn write_model(
     show_progress: bool,
     calibration: Option<serde_json::Value>,
     masks: Option<&BTreeMap<String, Vec<bool>>>,
+) -> Result<Written, ConvertError> {
+    write_model_with(
+        source,
+        output,
+        recipe,
+        dtype,
+        overwrite,
+        show_progress,
+        calibration,
+        masks,
+        None,
+    )
+}
+
+/// [`write_model`] that also records sentence-embedding settings.
+#[allow(clippy::too_many_arguments)]
+fn write_model_with(
+    source: &dyn ModelSource,
+    output: &Path,
+    recipe: &Recipe,
+    dtype: Dtype,
+    overwrite: bool,
+    show_progress: bool,
+    calibration: Option<serde_json::Value>,
+    masks: Option<&BTreeMap<String, Vec<bool>>>,
+    embedding: Option<&EmbeddingConfig>,
 ) -> Result<Written, ConvertError> {
     let mut config = source.config().clone();
     let names = source.tensor_names();
@@ -341,6 +446,9 @@ fn write_model(
     if let (Some(obj), Some(c)) = (record.as_object_mut(), calibration) {
         obj.insert("calibration".into(), c);
     }
+    if let Some(e) = embedding {
+        writer.set_embedding(e.clone());
+    }
     writer.finish(config.clone(), record, source.provenance())?;
     Ok(Written {
         config,
@@ -362,6 +470,7 @@ fn encode_tensor(
     masks: Option<&BTreeMap<String, Vec<bool>>>,
 ) -> Result<EncodedTensor, ConvertError> {
     let tensor = source.load(name)?;
+    check_values(name, &tensor, dtype)?;
     Ok(match Role::of_name(name) {
         Some((layer, role)) => {
             let plan = recipe.plan(name, layer, role);
@@ -409,6 +518,30 @@ fn encode_tensor(
             EncodedTensor::dense(shape, dtype, &tensor.data)?
         }
     })
+}
+
+/// Refuses a tensor with a value that is not finite, and a matrix stored as f16 with a value beyond
+/// the f16 range (it would become infinity and every output NaN). Vectors are stored as f32.
+fn check_values(name: &str, t: &SourceTensor, dtype: Dtype) -> Result<(), ConvertError> {
+    if let Some(v) = t.data.iter().find(|v| !v.is_finite()) {
+        return Err(ConvertError::Tensor {
+            name: name.to_string(),
+            reason: format!("the source holds the value {v}"),
+        });
+    }
+    if dtype == Dtype::F16 && t.shape.len() > 1 {
+        let too_big = t
+            .data
+            .iter()
+            .find(|v| half::f16::from_f32(**v).is_infinite());
+        if let Some(v) = too_big {
+            return Err(ConvertError::F16Overflow {
+                name: name.to_string(),
+                value: *v,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The recipe as stored in the file: what was asked, and what each weight got.

@@ -343,6 +343,13 @@ pub enum FormatError {
         /// The target.
         path: PathBuf,
     },
+    /// The output path names a device, pipe, folder or dangling link: a writer that renames a
+    /// finished file into place would replace it, so it refuses.
+    #[error("{path} exists and is not a regular file; choose a file name")]
+    OutputNotRegular {
+        /// The target.
+        path: PathBuf,
+    },
 }
 
 impl FormatError {
@@ -390,6 +397,7 @@ impl FormatError {
             MissingTensor { .. } => "missing_tensor",
             InvalidInput { .. } => "invalid_input",
             OutputExists { .. } => "output_exists",
+            OutputNotRegular { .. } => "output_not_regular",
         }
     }
 

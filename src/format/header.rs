@@ -250,6 +250,34 @@ pub struct SectionEntry {
     pub format: Option<String>,
 }
 
+/// Pooling names of the `embedding` object's registry (format 1.1).
+pub const POOLING_NAMES: [&str; 2] = ["mean", "cls"];
+
+/// How the model's token states become one sentence embedding (format 1.1, optional): the settings
+/// of the sentence-transformers model it came from. Every key is optional; a runtime uses its own
+/// default for an absent one (mean pooling, no normalization, the position table's length).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EmbeddingConfig {
+    /// `mean` (over the sequence's tokens) or `cls` (the first token's state). The container
+    /// accepts any string; a runtime refuses to default to a name it does not know.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pooling: Option<String>,
+    /// Whether the pooled vector is scaled to unit L2 norm.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub normalize: Option<bool>,
+    /// Longest input in tokens (special tokens included); longer inputs are truncated. At most
+    /// `model.max_position_embeddings`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_length: Option<u32>,
+}
+
+impl EmbeddingConfig {
+    /// Whether no key is set.
+    pub fn is_empty(&self) -> bool {
+        self.pooling.is_none() && self.normalize.is_none() && self.max_length.is_none()
+    }
+}
+
 /// The whole header.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Header {
@@ -261,6 +289,9 @@ pub struct Header {
     pub recipe: serde_json::Value,
     /// Source and converter.
     pub provenance: Provenance,
+    /// Sentence-embedding settings (format 1.1; absent in 1.0 files).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embedding: Option<EmbeddingConfig>,
     /// Sections in file order.
     pub sections: Vec<SectionEntry>,
 }

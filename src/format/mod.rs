@@ -16,8 +16,8 @@ mod writer;
 
 pub use error::FormatError;
 pub use header::{
-    Activation, Dtype, Encoding, Header, ModelConfig, PartEntry, PartRole, Provenance,
-    SectionEntry, TileLayout,
+    Activation, Dtype, EmbeddingConfig, Encoding, Header, ModelConfig, PartEntry, PartRole,
+    Provenance, SectionEntry, TileLayout, POOLING_NAMES,
 };
 pub use reader::{hex, EtsFile, SectionView, TensorData, TensorView};
 pub use tiles::{EncodedTensor, TileView};
@@ -27,8 +27,10 @@ pub use writer::{EtsWriter, WriteOptions};
 pub const MAGIC: [u8; 8] = *b"\x89ETS\r\n\x1a\n";
 /// Major version this library reads and writes.
 pub const VERSION_MAJOR: u16 = 1;
-/// Minor version this library writes.
+/// Minor version this library writes for files that use only version 1.0 features.
 pub const VERSION_MINOR: u16 = 0;
+/// Minor version written for files with `embedding` metadata (the lowest that defines it).
+pub const VERSION_MINOR_EMBEDDING: u16 = 1;
 /// The endianness marker as a u32; stored little-endian it reads `04 03 02 01`.
 pub const ENDIAN_MARKER: u32 = 0x0102_0304;
 /// Size of the fixed preamble.

@@ -29,7 +29,7 @@ impl Expect {
     /// What a member named `key` of an object of this kind must be.
     fn member(self, key: &str) -> Expect {
         match (self, key) {
-            (Expect::Header, "model" | "provenance") => Expect::Object,
+            (Expect::Header, "model" | "provenance" | "embedding") => Expect::Object,
             (Expect::Header, "sections") => Expect::Sections,
             (Expect::Section, "parts") => Expect::Parts,
             _ => Expect::Any,

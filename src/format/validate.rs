@@ -266,6 +266,13 @@ fn check_model(header: &Header) -> Result<(), FormatError> {
     if !(m.layer_norm_eps.is_finite() && m.layer_norm_eps > 0.0) {
         return bad(format!("layer_norm_eps is {}", m.layer_norm_eps));
     }
+    let max_length = header.embedding.as_ref().and_then(|e| e.max_length);
+    if let Some(n) = max_length.filter(|&n| n == 0 || n > m.max_position_embeddings) {
+        return bad(format!(
+            "embedding.max_length is {n} (1 to max_position_embeddings {})",
+            m.max_position_embeddings
+        ));
+    }
     Ok(())
 }
 

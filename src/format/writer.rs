@@ -12,11 +12,12 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use super::error::FormatError;
-use super::header::{Header, ModelConfig, PartEntry, Provenance, SectionEntry};
+use super::header::{EmbeddingConfig, Header, ModelConfig, PartEntry, Provenance, SectionEntry};
 use super::reader::hex;
 use super::tiles::EncodedTensor;
 use super::validate::align_up;
 use super::*;
+use crate::files::{OutputTarget, TempPath};
 
 /// Options for [`EtsWriter::create`].
 #[derive(Debug, Clone, Copy, Default)]
@@ -36,25 +37,38 @@ pub struct EtsWriter {
     sections: Vec<SectionEntry>,
     alignment: u64,
     overwrite: bool,
+    embedding: Option<EmbeddingConfig>,
+    /// Registrations of the two temporary files, removed on drop (after the data file above is
+    /// closed: fields drop in order) and on a signal.
+    _temps: [TempPath; 2],
 }
 
-fn temp_sibling(target: &Path, suffix: &str) -> PathBuf {
-    let name = target
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "out.ets".into());
-    target.with_file_name(format!(".{name}.{}.{suffix}", std::process::id()))
+/// Refuses an existing target unless `overwrite`, and a target that is not a regular file always
+/// (a device node or pipe is never replaced by a file).
+fn check_target(target: &Path, overwrite: bool) -> Result<(), FormatError> {
+    match OutputTarget::of(target) {
+        OutputTarget::Absent => Ok(()),
+        OutputTarget::Regular if overwrite => Ok(()),
+        OutputTarget::Regular => Err(FormatError::OutputExists {
+            path: target.to_path_buf(),
+        }),
+        OutputTarget::Special => Err(FormatError::OutputNotRegular {
+            path: target.to_path_buf(),
+        }),
+    }
 }
 
 impl EtsWriter {
     /// Starts a file at `target` (nothing appears under that name until [`EtsWriter::finish`]).
     pub fn create(target: impl AsRef<Path>, options: WriteOptions) -> Result<Self, FormatError> {
         let target = target.as_ref().to_path_buf();
-        if !options.overwrite && target.exists() {
-            return Err(FormatError::OutputExists { path: target });
-        }
-        let data_path = temp_sibling(&target, "data");
-        let final_tmp = temp_sibling(&target, "tmp");
+        check_target(&target, options.overwrite)?;
+        let temps = [
+            TempPath::beside(&target, "data"),
+            TempPath::beside(&target, "tmp"),
+        ];
+        let data_path = temps[0].path().to_path_buf();
+        let final_tmp = temps[1].path().to_path_buf();
         let file = File::create(&data_path).map_err(|e| FormatError::io(&data_path, e))?;
         Ok(EtsWriter {
             target,
@@ -65,6 +79,8 @@ impl EtsWriter {
             sections: Vec::new(),
             alignment: MIN_ALIGNMENT,
             overwrite: options.overwrite,
+            embedding: None,
+            _temps: temps,
         })
     }
 
@@ -195,6 +211,12 @@ impl EtsWriter {
         Ok(())
     }
 
+    /// Records sentence-embedding settings in the header (format 1.1: the file is written with
+    /// minor version 1). An empty configuration records nothing.
+    pub fn set_embedding(&mut self, embedding: EmbeddingConfig) {
+        self.embedding = (!embedding.is_empty()).then_some(embedding);
+    }
+
     /// Header bytes with every offset shifted by `data_start`.
     fn header_bytes(&self, header: &Header, data_start: u64) -> Result<Vec<u8>, FormatError> {
         let mut h = header.clone();
@@ -234,6 +256,7 @@ impl EtsWriter {
             model,
             recipe,
             provenance,
+            embedding: self.embedding.take(),
             sections: std::mem::take(&mut self.sections),
         };
         // The header holds absolute offsets, whose digits change its length: iterate to a fixpoint.
@@ -264,25 +287,32 @@ impl EtsWriter {
         } else {
             file_len
         };
-        self.assemble(&bytes, data_start, file_len)?;
+        let minor = if header.embedding.is_some() {
+            VERSION_MINOR_EMBEDDING
+        } else {
+            VERSION_MINOR
+        };
+        self.assemble(&bytes, data_start, file_len, minor)?;
         // Never leave an invalid file under the target name: check it as a reader would.
         super::EtsFile::open(&self.final_tmp)?;
-        if !self.overwrite && self.target.exists() {
-            return Err(FormatError::OutputExists {
-                path: self.target.clone(),
-            });
-        }
+        check_target(&self.target, self.overwrite)?;
         fs::rename(&self.final_tmp, &self.target).map_err(|e| FormatError::io(&self.target, e))?;
         Ok(())
     }
 
-    fn assemble(&self, header: &[u8], data_start: u64, file_len: u64) -> Result<(), FormatError> {
+    fn assemble(
+        &self,
+        header: &[u8],
+        data_start: u64,
+        file_len: u64,
+        minor: u16,
+    ) -> Result<(), FormatError> {
         let io = |e| FormatError::io(&self.final_tmp, e);
         let mut out = File::create(&self.final_tmp).map_err(io)?;
         let mut pre = Vec::with_capacity(PREAMBLE_LEN as usize);
         pre.extend_from_slice(&MAGIC);
         pre.extend_from_slice(&VERSION_MAJOR.to_le_bytes());
-        pre.extend_from_slice(&VERSION_MINOR.to_le_bytes());
+        pre.extend_from_slice(&minor.to_le_bytes());
         pre.extend_from_slice(&ENDIAN_MARKER.to_le_bytes());
         pre.extend_from_slice(&(header.len() as u64).to_le_bytes());
         pre.extend_from_slice(&file_len.to_le_bytes());
@@ -305,13 +335,5 @@ impl EtsWriter {
         }
         out.sync_all().map_err(io)?;
         Ok(())
-    }
-}
-
-impl Drop for EtsWriter {
-    fn drop(&mut self) {
-        // Whatever happened, no temporary file outlives the writer.
-        let _ = fs::remove_file(&self.data_path);
-        let _ = fs::remove_file(&self.final_tmp);
     }
 }

@@ -15,13 +15,29 @@ pub(crate) struct HfConfig {
     pub declared_labels: Option<u32>,
 }
 
+/// The model types this reader converts (Hugging Face `model_type`).
+pub const SUPPORTED_MODEL_TYPES: &[&str] = &["bert"];
+
 /// Parses a `config.json`; every missing or invalid field is reported in one error.
-pub(crate) fn read_hf_config(path: &Path) -> Result<HfConfig, IngestError> {
-    let text = std::fs::read(path).map_err(|e| IngestError::io(path, e))?;
+///
+/// `weight_layers` is the number of encoder layers the weights hold: a `num_hidden_layers` that
+/// differs is refused before anything is sized by it. A `model_type` other than BERT is refused
+/// first, in one line, before any other check.
+pub(crate) fn read_hf_config(path: &Path, weight_layers: u32) -> Result<HfConfig, IngestError> {
+    let text = crate::files::read_capped(path, crate::files::MAX_CONFIG_BYTES)
+        .map_err(|e| IngestError::io(path, e))?;
     let v: Value = serde_json::from_slice(&text).map_err(|e| IngestError::Config {
         path: path.to_path_buf(),
         reason: e.to_string(),
     })?;
+    if let Some(mt) = v.get("model_type").and_then(Value::as_str) {
+        if !SUPPORTED_MODEL_TYPES.contains(&mt) {
+            return Err(IngestError::UnsupportedModel {
+                path: path.to_path_buf(),
+                found: format!("model_type {mt:?}"),
+            });
+        }
+    }
     let mut problems = Vec::new();
     let mut int = |key: &str, default: Option<u32>| -> u32 {
         match v.get(key) {
@@ -70,10 +86,10 @@ pub(crate) fn read_hf_config(path: &Path) -> Result<HfConfig, IngestError> {
             Activation::Gelu
         }
     };
-    if let Some(mt) = v.get("model_type").and_then(Value::as_str) {
-        if mt != "bert" {
-            problems.push(format!("model_type {mt:?} is not a BERT encoder"));
-        }
+    if layers != weight_layers {
+        problems.push(format!(
+            "num_hidden_layers is {layers} but the weights hold {weight_layers} encoder layers"
+        ));
     }
     if heads > 0 && hidden % heads != 0 {
         problems.push(format!(

@@ -22,6 +22,20 @@ pub enum IngestError {
         /// The file.
         path: PathBuf,
     },
+    /// A model folder holds only PyTorch pickles, which ets does not read.
+    #[error("{dir}: only a PyTorch pickle ({file}) found; ets reads safetensors and ONNX, not pickles. Convert to safetensors first, e.g. in Python: `from transformers import AutoModel; AutoModel.from_pretrained(DIR).save_pretrained(DIR, safe_serialization=True)`")]
+    PickleOnly {
+        /// The folder.
+        dir: PathBuf,
+        /// The pickle found.
+        file: PathBuf,
+    },
+    /// A folder without a model file.
+    #[error("{dir}: no model found (expected model.safetensors, model.safetensors.index.json with its shards, model.onnx or onnx/model.onnx)")]
+    NoModelInFolder {
+        /// The folder.
+        dir: PathBuf,
+    },
     /// The safetensors container itself is malformed (truncated, bad header, bad offsets).
     #[error("{path}: invalid safetensors file: {reason}")]
     Safetensors {
@@ -35,6 +49,14 @@ pub enum IngestError {
     MissingConfig {
         /// The model file.
         model: PathBuf,
+    },
+    /// The model is not an architecture this converter supports (found before any other check).
+    #[error("{path}: {found} is not supported; supported: BERT encoders (model_type \"bert\": BERT, MiniLM, sentence-transformers BERT models)")]
+    UnsupportedModel {
+        /// The file that says what the model is.
+        path: PathBuf,
+        /// What was found, e.g. `model_type "gpt2"`.
+        found: String,
     },
     /// config.json is not valid JSON or lacks a required field.
     #[error("{path}: invalid config: {reason}")]
@@ -116,6 +138,23 @@ pub enum IngestError {
         /// What is wrong (absolute path, leaves the model's folder, missing, out of range).
         reason: String,
     },
+    /// A file beside the model that would be embedded is a link out of the model's folder, or not a
+    /// regular file.
+    #[error("{path}: not used: {reason}; only regular files inside the model's folder are embedded (name one with --tokenizer FILE)")]
+    UnsafeFile {
+        /// The file found beside the model.
+        path: PathBuf,
+        /// Where it leads, or what it is.
+        reason: String,
+    },
+    /// A tokenizer file does not parse.
+    #[error("{path}: not a usable tokenizer: {reason}")]
+    Tokenizer {
+        /// The tokenizer file.
+        path: PathBuf,
+        /// The parser's message.
+        reason: String,
+    },
     /// The graph is not a BERT encoder this reader recognises.
     #[error("{path}: not a BERT encoder graph: {reason} (at {at})")]
     NotBert {
@@ -138,6 +177,19 @@ pub enum IngestError {
         /// What is wrong.
         reason: String,
     },
+}
+
+/// Most lines kept in a list of problems; the rest are counted in one last line.
+pub const MAX_PROBLEMS: usize = 20;
+
+/// Keeps the first [`MAX_PROBLEMS`] lines and replaces the rest with `... and N more`.
+pub(crate) fn cap_problems(mut problems: Vec<String>) -> Vec<String> {
+    if problems.len() > MAX_PROBLEMS {
+        let more = problems.len() - MAX_PROBLEMS;
+        problems.truncate(MAX_PROBLEMS);
+        problems.push(format!("... and {more} more"));
+    }
+    problems
 }
 
 impl IngestError {

@@ -7,6 +7,7 @@
 
 mod config;
 mod error;
+pub mod folder;
 mod onnx;
 mod safetensors_src;
 
@@ -15,10 +16,11 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+use crate::files;
 use crate::format::names::{self, LayerTensor};
 use crate::format::{ModelConfig, Provenance};
 
-pub use error::IngestError;
+pub use error::{IngestError, MAX_PROBLEMS};
 pub use onnx::OnnxSource;
 pub use safetensors_src::SafetensorsSource;
 
@@ -62,13 +64,74 @@ pub trait ModelSource {
     fn provenance(&self) -> Provenance;
     /// The tokenizer found beside the model or given in the options.
     fn tokenizer(&self) -> Option<TokenizerBlob>;
+    /// Whether the source stores its weights as 8-bit integers (the output, in f16, bf16 or
+    /// f32, is then larger than the source).
+    fn quantized_int8(&self) -> bool {
+        false
+    }
 }
 
-/// Opens a `.safetensors` (with its `config.json`) or `.onnx` model.
+/// Opens a `.safetensors` (with its `config.json`), a shard index, an `.onnx` model, or a model
+/// folder (see [`folder`]).
 pub fn open_source(
     path: &Path,
     opts: &IngestOptions,
 ) -> Result<Box<dyn ModelSource + Send + Sync>, IngestError> {
+    if path.is_dir() {
+        let (model, opts) = resolve_folder(path, opts)?;
+        return open_file(&model, &opts);
+    }
+    open_file(path, opts)
+}
+
+/// The model file of a folder (inside the Transformer module's folder for sentence-transformers),
+/// and the options with the folder's tokenizer when the model file sits in a subfolder without one.
+pub fn resolve_folder(
+    dir: &Path,
+    opts: &IngestOptions,
+) -> Result<(PathBuf, IngestOptions), IngestError> {
+    let transformer = match folder::sentence_transformers(dir)? {
+        Some(st) => st.transformer_dir,
+        None => dir.to_path_buf(),
+    };
+    let model = folder::model_file(&transformer)?;
+    let mut opts = opts.clone();
+    let beside = model_dir(&model);
+    let has_own = ["tokenizer.json", "vocab.txt"]
+        .iter()
+        .any(|n| std::fs::symlink_metadata(beside.join(n)).is_ok());
+    if opts.tokenizer.is_none() && !has_own {
+        for root in [&transformer, &dir.to_path_buf()] {
+            let found = ["tokenizer.json", "vocab.txt"]
+                .iter()
+                .map(|n| root.join(n))
+                .find(|p| std::fs::symlink_metadata(p).is_ok());
+            if let Some(p) = found {
+                files::confined_file(root, &p).map_err(|reason| IngestError::UnsafeFile {
+                    path: p.clone(),
+                    reason,
+                })?;
+                opts.tokenizer = Some(p);
+                break;
+            }
+        }
+    }
+    if opts.config.is_none() && !beside.join("config.json").is_file() {
+        let p = transformer.join("config.json");
+        if p.is_file() {
+            opts.config = Some(p);
+        }
+    }
+    Ok((model, opts))
+}
+
+fn open_file(
+    path: &Path,
+    opts: &IngestOptions,
+) -> Result<Box<dyn ModelSource + Send + Sync>, IngestError> {
+    if safetensors_src::is_index(path) {
+        return Ok(Box::new(SafetensorsSource::open(path, opts)?));
+    }
     let ext = path
         .extension()
         .and_then(|e| e.to_str())
@@ -134,18 +197,25 @@ enum DigestState {
 impl SourceProvenance {
     /// Starts hashing `path`.
     pub(crate) fn start(path: &Path) -> SourceProvenance {
-        let owned = path.to_path_buf();
+        SourceProvenance::start_files(path, vec![path.to_path_buf()])
+    }
+
+    /// Starts hashing the bytes of `files` one after the other (the shards of a model), under the
+    /// name of `path`.
+    pub(crate) fn start_files(path: &Path, files: Vec<PathBuf>) -> SourceProvenance {
         let handle = std::thread::spawn(move || {
             use std::io::Read;
-            let mut file = File::open(&owned)?;
             let mut hasher = Sha256::new();
             let mut buf = vec![0u8; 1 << 20];
-            loop {
-                let n = file.read(&mut buf)?;
-                if n == 0 {
-                    break;
+            for owned in &files {
+                let mut file = File::open(owned)?;
+                loop {
+                    let n = file.read(&mut buf)?;
+                    if n == 0 {
+                        break;
+                    }
+                    hasher.update(&buf[..n]);
                 }
-                hasher.update(&buf[..n]);
             }
             Ok(crate::format::hex(&hasher.finalize()))
         });
@@ -186,34 +256,66 @@ impl SourceProvenance {
 }
 
 /// Finds the tokenizer: the given file, else `tokenizer.json`, else `vocab.txt` beside the model.
+///
+/// A file found beside the model is embedded in the output, so it must be a regular file inside the
+/// model's folder once symbolic links are resolved (the rule of ONNX external data); a link that
+/// leads elsewhere is refused, never followed. Every tokenizer is read up to
+/// [`files::MAX_TOKENIZER_BYTES`] and parsed here, so that a broken one fails the conversion
+/// rather than the first run.
 pub(crate) fn find_tokenizer(
     model: &Path,
     opts: &IngestOptions,
 ) -> Result<Option<TokenizerBlob>, IngestError> {
     let read = |p: &Path, format: &str| -> Result<TokenizerBlob, IngestError> {
-        let bytes = std::fs::read(p).map_err(|e| IngestError::io(p, e))?;
+        let bytes =
+            files::read_capped(p, files::MAX_TOKENIZER_BYTES).map_err(|e| IngestError::io(p, e))?;
+        crate::runtime::cpu::TextTokenizer::from_bytes(format, &bytes, 512).map_err(|e| {
+            IngestError::Tokenizer {
+                path: p.to_path_buf(),
+                reason: e.to_string(),
+            }
+        })?;
         Ok(TokenizerBlob {
             format: format.to_string(),
             bytes,
         })
     };
     if let Some(p) = &opts.tokenizer {
-        let is_vocab = p.extension().is_some_and(|e| e.eq_ignore_ascii_case("txt"));
-        let format = if is_vocab {
-            "vocab.txt"
-        } else {
-            "tokenizer.json"
-        };
-        return read(p, format).map(Some);
+        return read(p, tokenizer_format(p)).map(Some);
     }
-    let dir = model.parent().unwrap_or_else(|| Path::new("."));
+    let dir = model_dir(model);
     for format in ["tokenizer.json", "vocab.txt"] {
         let p = dir.join(format);
-        if p.is_file() {
-            return read(&p, format).map(Some);
+        if std::fs::symlink_metadata(&p).is_err() {
+            continue;
         }
+        files::confined_file(&dir, &p).map_err(|reason| IngestError::UnsafeFile {
+            path: p.clone(),
+            reason,
+        })?;
+        return read(&p, format).map(Some);
     }
     Ok(None)
+}
+
+/// The tokenizer format a file's name implies: `vocab.txt` for `.txt`, else `tokenizer.json`.
+pub fn tokenizer_format(path: &Path) -> &'static str {
+    if path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("txt"))
+    {
+        "vocab.txt"
+    } else {
+        "tokenizer.json"
+    }
+}
+
+/// The folder of a model file (`.` for a bare file name).
+pub(crate) fn model_dir(model: &Path) -> PathBuf {
+    match model.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
 }
 
 /// Canonical names in canonical order for a model with `layers` layers.
@@ -273,7 +375,7 @@ pub(crate) fn check_shapes(
     } else {
         Err(IngestError::Shapes {
             path: path.to_path_buf(),
-            problems,
+            problems: error::cap_problems(problems),
         })
     }
 }

@@ -14,12 +14,20 @@ use super::{
 use crate::format::names::{self, LayerTensor};
 use crate::format::{ModelConfig, Provenance};
 
-/// A mapped `.safetensors` file with Hugging Face BERT names and its `config.json`.
-pub struct SafetensorsSource {
+/// One mapped `.safetensors` file.
+struct Shard {
     path: PathBuf,
     map: memmap2::Mmap,
     data_start: usize,
-    infos: HashMap<String, TensorInfo>,
+}
+
+/// A mapped `.safetensors` model (one file, or the shards listed by a
+/// `model.safetensors.index.json`) with Hugging Face BERT names and its `config.json`.
+pub struct SafetensorsSource {
+    path: PathBuf,
+    shards: Vec<Shard>,
+    /// Source name -> (shard, tensor info).
+    infos: HashMap<String, (usize, TensorInfo)>,
     /// Canonical name -> source name, for the tensors present.
     sources: Vec<(String, String)>,
     config: ModelConfig,
@@ -82,26 +90,133 @@ pub(crate) fn parse_layer_name(name: &str) -> Option<(usize, LayerTensor)> {
     Some((layer, *t))
 }
 
+/// Encoder layers the weights hold: the distinct `encoder.layer.N` indices, which must be 0 to
+/// N-1 (a file whose indices skip is refused before anything is sized by the largest one).
+fn weight_layers(
+    path: &Path,
+    infos: &HashMap<String, (usize, TensorInfo)>,
+    prefix: &str,
+) -> Result<u32, IngestError> {
+    let head = format!("{prefix}encoder.layer.");
+    let indices: std::collections::BTreeSet<u64> = infos
+        .keys()
+        .filter_map(|k| {
+            k.strip_prefix(&head)?
+                .split('.')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .collect();
+    let count = indices.len() as u64;
+    match indices.last() {
+        Some(&last) if last + 1 != count => Err(IngestError::Shapes {
+            path: path.to_path_buf(),
+            problems: vec![format!(
+                "the weights hold {count} encoder layers numbered up to {last}: layers are missing"
+            )],
+        }),
+        _ => Ok(count as u32),
+    }
+}
+
+/// Whether `path` names a shard index (`*.safetensors.index.json`).
+pub(crate) fn is_index(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.ends_with(".safetensors.index.json"))
+}
+
+/// The shard files an index lists (its `weight_map` values, in order of first appearance). Each
+/// must be a plain file name of a regular file in the index's folder.
+fn shard_files(index: &Path) -> Result<Vec<PathBuf>, IngestError> {
+    let bad = |reason: String| IngestError::Safetensors {
+        path: index.to_path_buf(),
+        reason,
+    };
+    let text = crate::files::read_capped(index, crate::files::MAX_CONFIG_BYTES * 16)
+        .map_err(|e| IngestError::io(index, e))?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&text).map_err(|e| bad(format!("not JSON: {e}")))?;
+    let map = v
+        .get("weight_map")
+        .and_then(serde_json::Value::as_object)
+        .ok_or_else(|| bad("no weight_map object".into()))?;
+    let dir = super::model_dir(index);
+    let mut files: Vec<PathBuf> = Vec::new();
+    for value in map.values() {
+        let name = value
+            .as_str()
+            .ok_or_else(|| bad("a weight_map value is not a file name".into()))?;
+        let plain = Path::new(name).file_name().and_then(|n| n.to_str()) == Some(name);
+        if !plain {
+            return Err(bad(format!(
+                "shard {name:?} is not a file name in the index's folder"
+            )));
+        }
+        let p = dir.join(name);
+        if !files.contains(&p) {
+            crate::files::confined_file(&dir, &p)
+                .map_err(|reason| bad(format!("shard {name:?}: {reason}")))?;
+            files.push(p);
+        }
+    }
+    if files.is_empty() {
+        return Err(bad("the weight_map is empty".into()));
+    }
+    Ok(files)
+}
+
+/// Maps one safetensors file and validates it fully (offsets inside the file, no overlap).
+fn open_shard(path: &Path) -> Result<(Shard, Vec<(String, TensorInfo)>), IngestError> {
+    let map = map_file(path)?;
+    let st_err = |e: safetensors::SafeTensorError| IngestError::Safetensors {
+        path: path.to_path_buf(),
+        reason: format!("{e:?}"),
+    };
+    SafeTensors::deserialize(&map).map_err(st_err)?;
+    let (header_len, meta) = SafeTensors::read_metadata(&map).map_err(st_err)?;
+    let infos = meta
+        .tensors()
+        .into_iter()
+        .map(|(k, v)| (k, v.clone()))
+        .collect();
+    let shard = Shard {
+        path: path.to_path_buf(),
+        map,
+        data_start: 8 + header_len,
+    };
+    Ok((shard, infos))
+}
+
 fn dtype_ok(d: StDtype) -> bool {
     matches!(d, StDtype::F32 | StDtype::F16 | StDtype::BF16)
 }
 
 impl SafetensorsSource {
-    /// Maps `path`, reads its config, checks every tensor's presence and shape.
+    /// Maps `path` (a `.safetensors` file, or a `*.safetensors.index.json` naming shards beside
+    /// it), reads its config, checks every tensor's presence and shape.
     pub fn open(path: &Path, opts: &IngestOptions) -> Result<Self, IngestError> {
-        let map = map_file(path)?;
-        let st_err = |e: safetensors::SafeTensorError| IngestError::Safetensors {
-            path: path.to_path_buf(),
-            reason: format!("{e:?}"),
+        let files = if is_index(path) {
+            shard_files(path)?
+        } else {
+            vec![path.to_path_buf()]
         };
-        // Full validation (offsets inside the file, no overlap); then keep owned metadata only.
-        SafeTensors::deserialize(&map).map_err(st_err)?;
-        let (header_len, meta) = SafeTensors::read_metadata(&map).map_err(st_err)?;
-        let infos: HashMap<String, TensorInfo> = meta
-            .tensors()
-            .into_iter()
-            .map(|(k, v)| (k, v.clone()))
-            .collect();
+        let mut shards = Vec::with_capacity(files.len());
+        let mut all: HashMap<String, (usize, TensorInfo)> = HashMap::new();
+        for (i, file) in files.iter().enumerate() {
+            let (shard, infos) = open_shard(file)?;
+            for (name, info) in infos {
+                if all.insert(name.clone(), (i, info)).is_some() {
+                    return Err(IngestError::Safetensors {
+                        path: file.clone(),
+                        reason: format!("tensor {name} is stored in two shards"),
+                    });
+                }
+            }
+            shards.push(shard);
+        }
+        let infos = all;
 
         let cfg_path = match &opts.config {
             Some(p) => p.clone(),
@@ -115,13 +230,13 @@ impl SafetensorsSource {
                 model: path.to_path_buf(),
             });
         }
-        let hf = read_hf_config(&cfg_path)?;
-        let mut config = hf.model;
-
         let prefix = ["bert.", "", "model."]
             .into_iter()
             .find(|p| infos.contains_key(&format!("{p}embeddings.word_embeddings.weight")))
             .unwrap_or("");
+        let hf = read_hf_config(&cfg_path, weight_layers(path, &infos, prefix)?)?;
+        let mut config = hf.model;
+
         let resolve = |canonical: &str| -> Option<String> {
             let mut c = candidates(canonical);
             if canonical == names::CLASSIFIER_WEIGHT || canonical == names::CLASSIFIER_BIAS {
@@ -138,7 +253,7 @@ impl SafetensorsSource {
             resolve(names::POOLER_WEIGHT).is_some() || resolve(names::POOLER_BIAS).is_some();
         let classifier =
             infos.contains_key("classifier.weight") || infos.contains_key("classifier.bias");
-        if let Some(info) = infos.get("classifier.weight") {
+        if let Some((_, info)) = infos.get("classifier.weight") {
             let rows = info.shape.first().copied().unwrap_or(0) as u32;
             if let Some(d) = hf.declared_labels {
                 if d != rows && d > 0 {
@@ -151,21 +266,13 @@ impl SafetensorsSource {
         } else if classifier {
             config.num_labels = hf.declared_labels;
         }
-        // Layers beyond the config's count mean the config does not describe this file.
-        let extra = format!("{prefix}encoder.layer.{}.", config.num_layers);
-        if infos.keys().any(|k| k.starts_with(&extra)) {
-            problems.push(format!(
-                "the file has tensors {extra}* but config.json says num_hidden_layers = {}",
-                config.num_layers
-            ));
-        }
         let wanted = canonical_names(config.num_layers as usize, pooler, classifier);
         let sources: Vec<(String, String)> = wanted
             .iter()
             .filter_map(|c| resolve(c).map(|s| (c.clone(), s)))
             .collect();
         for (c, s) in &sources {
-            if let Some(info) = infos.get(s) {
+            if let Some((_, info)) = infos.get(s) {
                 if !dtype_ok(info.dtype) {
                     return Err(IngestError::UnsupportedDtype {
                         path: path.to_path_buf(),
@@ -177,7 +284,7 @@ impl SafetensorsSource {
         }
         let shape_of = |c: &str| {
             let s = sources.iter().find(|(k, _)| k == c).map(|(_, s)| s)?;
-            infos.get(s).map(|i| (s.clone(), i.shape.clone()))
+            infos.get(s).map(|(_, i)| (s.clone(), i.shape.clone()))
         };
         if let Err(IngestError::Shapes { problems: p, .. }) =
             check_shapes(path, &config, &wanted, shape_of)
@@ -187,15 +294,14 @@ impl SafetensorsSource {
         if !problems.is_empty() {
             return Err(IngestError::Shapes {
                 path: path.to_path_buf(),
-                problems,
+                problems: super::error::cap_problems(problems),
             });
         }
-        let provenance = SourceProvenance::start(path);
+        let provenance = SourceProvenance::start_files(path, files);
         let tokenizer = find_tokenizer(path, opts)?;
         Ok(SafetensorsSource {
             path: path.to_path_buf(),
-            map,
-            data_start: 8 + header_len,
+            shards,
             infos,
             sources,
             config,
@@ -225,23 +331,24 @@ impl ModelSource for SafetensorsSource {
             .find(|(c, _)| c == name)
             .map(|(_, s)| s)
             .ok_or_else(no_such)?;
-        let info = self.infos.get(src).ok_or_else(no_such)?;
+        let (shard, info) = self.infos.get(src).ok_or_else(no_such)?;
+        let shard = self.shards.get(*shard).ok_or_else(no_such)?;
         let bad = |reason: String| IngestError::BadTensor {
-            path: self.path.clone(),
+            path: shard.path.clone(),
             tensor: src.clone(),
             reason,
         };
         let (a, b) = info.data_offsets;
-        let bytes = self
+        let bytes = shard
             .data_start
             .checked_add(a)
-            .zip(self.data_start.checked_add(b))
-            .and_then(|(a, b)| self.map.get(a..b))
+            .zip(shard.data_start.checked_add(b))
+            .and_then(|(a, b)| shard.map.get(a..b))
             .ok_or_else(|| bad(format!("data offsets {a}..{b} outside the file")))?;
         let count: usize = info.shape.iter().product();
         let data = decode(info.dtype, bytes)
             .ok_or_else(|| bad(format!("{:?} data of {} bytes", info.dtype, bytes.len())))?;
-        release_pages(&self.map, self.data_start + a, bytes.len());
+        release_pages(&shard.map, shard.data_start + a, bytes.len());
         if data.len() != count {
             return Err(bad(format!(
                 "{} values for shape {:?}",

@@ -17,6 +17,13 @@
 
 use rayon::prelude::*;
 
+mod greedy;
+mod linalg;
+
+use greedy::greedy_units;
+pub use linalg::{cholesky, cholesky_solve, spd_inverse};
+use linalg::{matmul, Threads, View};
+
 /// Damping added to the diagonal of `G`: this fraction of its mean diagonal.
 pub const DAMPING: f64 = 0.01;
 
@@ -52,6 +59,24 @@ pub enum CalibratedError {
     NoSamples,
 }
 
+/// `dst[..n, ..n] += prod` for `dst` `d` wide and `prod` `n x n`.
+fn add_block(dst: &mut [f64], d: usize, prod: &[f32], n: usize) {
+    dst.par_chunks_mut(d)
+        .zip(prod.par_chunks(n))
+        .for_each(|(row, p)| {
+            row.iter_mut().zip(p).for_each(|(v, &x)| *v += f64::from(x));
+        });
+}
+
+/// Column sums of a row-major `[m, n]` matrix, in f64.
+fn column_sums(x: &[f32], n: usize) -> Vec<f64> {
+    let mut s = vec![0f64; n];
+    for row in x.chunks_exact(n) {
+        s.iter_mut().zip(row).for_each(|(a, &v)| *a += f64::from(v));
+    }
+    s
+}
+
 /// Second-moment statistics of one linear layer's inputs, bias column included.
 #[derive(Debug, Clone)]
 pub struct LinearStats {
@@ -59,41 +84,6 @@ pub struct LinearStats {
     g: Vec<f64>,
     c: Vec<f64>,
     tokens: usize,
-}
-
-/// Transposes `[m, n]` rows into `[n + 1, m]` columns with a trailing ones column.
-fn columns_with_ones(x: &[f32], m: usize, n: usize) -> Vec<f32> {
-    let mut t = vec![0f32; (n + 1) * m];
-    for (i, row) in x.chunks_exact(n).enumerate() {
-        for (j, &v) in row.iter().enumerate() {
-            t[j * m + i] = v;
-        }
-    }
-    t[n * m..].fill(1.0);
-    t
-}
-
-fn dot(a: &[f32], b: &[f32]) -> f64 {
-    // f32 lanes of 8 for speed, summed in f64 per chunk of 256 to keep precision.
-    let mut total = 0f64;
-    for (ca, cb) in a.chunks(256).zip(b.chunks(256)) {
-        let mut acc = [0f32; 8];
-        let mut ia = ca.chunks_exact(8);
-        let mut ib = cb.chunks_exact(8);
-        for (x, y) in (&mut ia).zip(&mut ib) {
-            for l in 0..8 {
-                acc[l] += x[l] * y[l];
-            }
-        }
-        let tail: f32 = ia
-            .remainder()
-            .iter()
-            .zip(ib.remainder())
-            .map(|(x, y)| x * y)
-            .sum();
-        total += acc.iter().map(|&v| f64::from(v)).sum::<f64>() + f64::from(tail);
-    }
-    total
 }
 
 impl LinearStats {
@@ -131,23 +121,24 @@ impl LinearStats {
         if m == 0 {
             return Ok(());
         }
-        let p = columns_with_ones(x_pruned, m, n);
-        let q = columns_with_ones(x_dense, m, n);
         let d = n + 1;
-        self.g
-            .par_chunks_mut(d)
-            .zip(self.c.par_chunks_mut(d))
-            .enumerate()
-            .for_each(|(i, (g_row, c_row))| {
-                let pi = &p[i * m..(i + 1) * m];
-                for j in 0..d {
-                    // G is symmetric: fill the upper triangle here, mirror once when used.
-                    if j >= i {
-                        g_row[j] += dot(pi, &p[j * m..(j + 1) * m]);
-                    }
-                    c_row[j] += dot(pi, &q[j * m..(j + 1) * m]);
-                }
-            });
+        // Products in f32 over one batch, summed into the f64 statistics.
+        let mut prod = vec![0f32; n * n];
+        let xp = View::rows(x_pruned, m, n);
+        let xd = View::rows(x_dense, m, n);
+        matmul(&mut prod, xp.t(), xp, false, false, Threads::Pool);
+        add_block(&mut self.g, d, &prod, n);
+        matmul(&mut prod, xp.t(), xd, false, false, Threads::Pool);
+        add_block(&mut self.c, d, &prod, n);
+        // The ones column: column sums in the last row and column, the token count in the corner.
+        let (sp, sd) = (column_sums(x_pruned, n), column_sums(x_dense, n));
+        for i in 0..n {
+            self.g[i * d + n] += sp[i];
+            self.c[i * d + n] += sp[i];
+            self.c[n * d + i] += sd[i];
+        }
+        self.g[n * d + n] += m as f64;
+        self.c[n * d + n] += m as f64;
         self.tokens += m;
         Ok(())
     }
@@ -188,95 +179,27 @@ impl LinearStats {
                 actual: weight.len(),
             });
         }
+        // [W | b]' as d x rows, then C [W | b]'.
+        let mut wt = vec![0f64; d * rows];
+        for (r, row) in weight.chunks_exact(n.max(1)).enumerate().take(rows) {
+            for (c, &v) in row.iter().enumerate() {
+                wt[c * rows + r] = f64::from(v);
+            }
+        }
+        for (r, &b) in bias.iter().enumerate() {
+            wt[n * rows + r] = f64::from(b);
+        }
         let mut out = vec![0f64; d * rows];
-        out.par_chunks_mut(rows)
-            .zip(self.c.par_chunks(d))
-            .for_each(|(o, c_row)| {
-                for (r, v) in o.iter_mut().enumerate() {
-                    let w = &weight[r * n..(r + 1) * n];
-                    let s: f64 = w.iter().zip(c_row).map(|(&a, &b)| f64::from(a) * b).sum();
-                    *v = s + f64::from(bias[r]) * c_row[n];
-                }
-            });
+        matmul(
+            &mut out,
+            View::rows(&self.c, d, d),
+            View::rows(&wt, d, rows),
+            false,
+            false,
+            Threads::Pool,
+        );
         Ok(out)
     }
-}
-
-/// Cholesky factor `L` (lower, row-major) of the symmetric positive definite `a` (`n x n`).
-pub fn cholesky(a: &[f64], n: usize) -> Result<Vec<f64>, CalibratedError> {
-    let mut l = vec![0f64; n * n];
-    for j in 0..n {
-        let row_j = &l[j * n..j * n + j];
-        let diag = a[j * n + j] - row_j.iter().map(|v| v * v).sum::<f64>();
-        if diag.is_nan() || diag <= 0.0 {
-            return Err(CalibratedError::NotPositiveDefinite {
-                pivot: j,
-                value: diag,
-            });
-        }
-        let ljj = diag.sqrt();
-        l[j * n + j] = ljj;
-        let (done, rest) = l.split_at_mut((j + 1) * n);
-        let row_j = &done[j * n..j * n + j];
-        rest.par_chunks_mut(n).enumerate().for_each(|(k, row_i)| {
-            let i = j + 1 + k;
-            let s: f64 = row_i[..j].iter().zip(row_j).map(|(x, y)| x * y).sum();
-            row_i[j] = (a[i * n + j] - s) / ljj;
-        });
-    }
-    Ok(l)
-}
-
-/// Solves `L L' x = b` in place for the columns of `b` (`n x k`, row-major).
-pub fn cholesky_solve(l: &[f64], n: usize, b: &mut [f64], k: usize) {
-    for i in 0..n {
-        for p in 0..i {
-            let f = l[i * n + p];
-            if f != 0.0 {
-                for c in 0..k {
-                    b[i * k + c] -= f * b[p * k + c];
-                }
-            }
-        }
-        let d = l[i * n + i];
-        b[i * k..(i + 1) * k].iter_mut().for_each(|v| *v /= d);
-    }
-    for i in (0..n).rev() {
-        for p in i + 1..n {
-            let f = l[p * n + i];
-            if f != 0.0 {
-                for c in 0..k {
-                    b[i * k + c] -= f * b[p * k + c];
-                }
-            }
-        }
-        let d = l[i * n + i];
-        b[i * k..(i + 1) * k].iter_mut().for_each(|v| *v /= d);
-    }
-}
-
-/// Inverse of a symmetric positive definite matrix.
-pub fn spd_inverse(a: &[f64], n: usize) -> Result<Vec<f64>, CalibratedError> {
-    let l = cholesky(a, n)?;
-    let mut inv = vec![0f64; n * n];
-    // Column blocks of the identity solved in parallel, then transposed back (the inverse is
-    // symmetric, so the blocks are its rows).
-    inv.par_chunks_mut(n * 32)
-        .enumerate()
-        .for_each(|(blk, out)| {
-            let cols = out.len() / n;
-            let mut b = vec![0f64; n * cols];
-            for c in 0..cols {
-                b[(blk * 32 + c) * cols + c] = 1.0;
-            }
-            cholesky_solve(&l, n, &mut b, cols);
-            for c in 0..cols {
-                for i in 0..n {
-                    out[c * n + i] = b[i * cols + c];
-                }
-            }
-        });
-    Ok(inv)
 }
 
 /// What [`prune_band`] kept and refitted for one band of output rows.
@@ -288,14 +211,6 @@ pub struct BandFit {
     pub weight: Vec<f32>,
     /// Refitted bias of the band's rows.
     pub bias: Vec<f32>,
-}
-
-/// `Z = A^-1 B` for the `q x q` block `a` and `q x k` right-hand sides `b`.
-fn small_solve(a: &[f64], q: usize, b: &[f64], k: usize) -> Result<Vec<f64>, CalibratedError> {
-    let l = cholesky(a, q)?;
-    let mut z = b.to_vec();
-    cholesky_solve(&l, q, &mut z, k);
-    Ok(z)
 }
 
 /// The block `H[Q, Q]` as `|Q| x |Q|` row-major.
@@ -310,64 +225,6 @@ fn gather_rows(h: &[f64], d: usize, q: &[usize], k: usize) -> Vec<f64> {
     q.iter()
         .flat_map(|&i| h[i * d..i * d + k].iter().copied())
         .collect()
-}
-
-/// Reconstruction error added by removing unit columns `q`, and `H_QQ^-1 W_Q`.
-fn removal_cost(
-    h: &[f64],
-    w: &[f64],
-    d: usize,
-    rows: usize,
-    q: &[usize],
-) -> Result<(f64, Vec<f64>), CalibratedError> {
-    let hqq = square_block(h, d, q);
-    let wq = gather_rows(w, rows, q, rows);
-    let z = small_solve(&hqq, q.len(), &wq, rows)?;
-    let cost = wq.iter().zip(&z).map(|(a, b)| a * b).sum();
-    Ok((cost, z))
-}
-
-/// Removes columns `q` from the optimum `w` (`d x rows`) and the inverse Hessian `h` (`d x d`).
-fn remove_columns(
-    h: &mut [f64],
-    w: &mut [f64],
-    d: usize,
-    rows: usize,
-    q: &[usize],
-    z: &[f64],
-) -> Result<(), CalibratedError> {
-    let hqq = square_block(h, d, q);
-    // M = H_QQ^-1 H_Q,: (|Q| x d); H -= H_:,Q M and W -= H_:,Q Z.
-    let m = small_solve(&hqq, q.len(), &gather_rows(h, d, q, d), d)?;
-    let hq: Vec<f64> = (0..d)
-        .flat_map(|i| q.iter().map(move |&j| (i, j)))
-        .map(|(i, j)| h[i * d + j])
-        .collect();
-    let nq = q.len();
-    h.par_chunks_mut(d).enumerate().for_each(|(i, row)| {
-        let coef = &hq[i * nq..(i + 1) * nq];
-        for (p, &c) in coef.iter().enumerate() {
-            if c != 0.0 {
-                for (v, &mv) in row.iter_mut().zip(&m[p * d..(p + 1) * d]) {
-                    *v -= c * mv;
-                }
-            }
-        }
-    });
-    w.par_chunks_mut(rows).enumerate().for_each(|(i, row)| {
-        let coef = &hq[i * nq..(i + 1) * nq];
-        for (p, &c) in coef.iter().enumerate() {
-            for (v, &zv) in row.iter_mut().zip(&z[p * rows..(p + 1) * rows]) {
-                *v -= c * zv;
-            }
-        }
-    });
-    for &i in q {
-        h[i * d..(i + 1) * d].fill(0.0);
-        (0..d).for_each(|j| h[j * d + i] = 0.0);
-        w[i * rows..(i + 1) * rows].fill(0.0);
-    }
-    Ok(())
 }
 
 /// Least squares over the kept columns (bias always kept): `G[S,S] v = T[S]` for every row.
@@ -427,45 +284,6 @@ pub fn prune_band(
     }
     let bias = (0..rows).map(|r| v[n * rows + r] as f32).collect();
     Ok(BandFit { keep, weight, bias })
-}
-
-/// Greedy group-OBS removal: the kept mask over `units` with `keep_units` left.
-fn greedy_units(
-    gram_inv: &[f64],
-    targets: &[f64],
-    d: usize,
-    rows: usize,
-    units: &[std::ops::Range<usize>],
-    keep_units: usize,
-) -> Result<Vec<bool>, CalibratedError> {
-    let mut h = gram_inv.to_vec();
-    // Optimum over all columns: W = H T.
-    let mut w = vec![0f64; d * rows];
-    w.par_chunks_mut(rows).enumerate().for_each(|(i, out)| {
-        for (k, &hv) in h[i * d..(i + 1) * d].iter().enumerate() {
-            for (o, &t) in out.iter_mut().zip(&targets[k * rows..(k + 1) * rows]) {
-                *o += hv * t;
-            }
-        }
-    });
-    let mut keep = vec![true; units.len()];
-    let cols: Vec<Vec<usize>> = units.iter().map(|u| u.clone().collect()).collect();
-    for _ in keep_units.min(units.len())..units.len() {
-        let mut best: Option<(f64, usize, Vec<f64>)> = None;
-        for (u, q) in cols.iter().enumerate() {
-            if !keep[u] {
-                continue;
-            }
-            let (cost, z) = removal_cost(&h, &w, d, rows, q)?;
-            if best.as_ref().map_or(true, |(b, _, _)| cost < *b) {
-                best = Some((cost, u, z));
-            }
-        }
-        let Some((_, u, z)) = best else { break };
-        remove_columns(&mut h, &mut w, d, rows, &cols[u], &z)?;
-        keep[u] = false;
-    }
-    Ok(keep)
 }
 
 /// Activation-aware tile scores: the sum over each tile of `(|W_ij| * ||x_j||)^2`, row-major over

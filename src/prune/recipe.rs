@@ -221,8 +221,9 @@ impl Recipe {
             path: path.display().to_string(),
             reason,
         };
-        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
-        let recipe: Recipe = serde_json::from_str(&text).map_err(|e| err(e.to_string()))?;
+        let text = crate::files::read_capped(path, crate::files::MAX_RECIPE_BYTES)
+            .map_err(|e| err(e.to_string()))?;
+        let recipe: Recipe = serde_json::from_slice(&text).map_err(|e| err(e.to_string()))?;
         Ok(recipe)
     }
 

@@ -20,6 +20,7 @@
 
 pub mod cpu;
 pub mod cuda;
+pub mod embed;
 
 use crate::format::{FormatError, ModelConfig};
 
@@ -332,6 +333,12 @@ pub trait Encoder {
     /// Pooled sentence vectors `[batch, hidden_size]`.
     fn embed(&self, batch: &TokenBatch, pooling: Pooling) -> Result<Vec<f32>, RuntimeError> {
         Ok(self.forward(batch)?.pool(pooling))
+    }
+    /// A table of what ran for each projection on `batch`, with its time and cuBLAS's, for
+    /// runtimes that choose a kernel per weight (`et-run --report`); `None` where every weight
+    /// runs one way.
+    fn dispatch_report(&self, _batch: &TokenBatch) -> Result<Option<String>, RuntimeError> {
+        Ok(None)
     }
 }
 

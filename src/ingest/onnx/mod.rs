@@ -75,6 +75,15 @@ impl OnnxSource {
             path: path.to_path_buf(),
             dir,
         };
+        if let Some(n) = proto::count_nodes(&map).filter(|&n| n > proto::MAX_NODES) {
+            return Err(IngestError::OnnxDecode {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "the graph has {n} nodes, more than the limit of {}",
+                    proto::MAX_NODES
+                ),
+            });
+        }
         // Decoding from the mapped bytes makes every raw_data a slice of the map, not a copy.
         let model = ModelProto::decode(bytes::Bytes::from_owner(map)).map_err(|e| {
             IngestError::OnnxDecode {
@@ -102,6 +111,7 @@ impl OnnxSource {
             reason: "the model has no graph".into(),
         })?;
         check_ops(&ctx, &graph)?;
+        check_unique_initializers(&ctx, &graph)?;
         for t in &graph.initializer {
             check_external(&ctx, t)?;
         }
@@ -138,6 +148,29 @@ impl OnnxSource {
             provenance,
             tokenizer,
         })
+    }
+}
+
+/// Refuses a graph in which two initializers share a name: which one a node reads would depend on
+/// the reader.
+fn check_unique_initializers(ctx: &Ctx, g: &GraphProto) -> Result<(), IngestError> {
+    let mut seen = std::collections::HashSet::new();
+    let dups: Vec<&str> = g
+        .initializer
+        .iter()
+        .map(|t| t.name.as_str())
+        .filter(|n| !seen.insert(*n))
+        .collect();
+    match dups.first() {
+        None => Ok(()),
+        Some(first) => Err(IngestError::OnnxDecode {
+            path: ctx.path.clone(),
+            reason: format!(
+                "the initializer name {first:?} appears more than once ({} repeated name(s)); \
+                 each initializer must have its own name",
+                dups.len()
+            ),
+        }),
     }
 }
 
@@ -206,5 +239,13 @@ impl ModelSource for OnnxSource {
 
     fn tokenizer(&self) -> Option<TokenizerBlob> {
         self.tokenizer.clone()
+    }
+
+    fn quantized_int8(&self) -> bool {
+        use self::proto::data_type::{INT8, UINT8};
+        self.graph
+            .initializer
+            .iter()
+            .any(|t| matches!(t.data_type, INT8 | UINT8) && t.dims.iter().product::<i64>() >= 4096)
     }
 }

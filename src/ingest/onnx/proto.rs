@@ -167,3 +167,70 @@ pub struct Dimension {
     #[prost(string, optional, tag = "2")]
     pub dim_param: Option<String>,
 }
+
+/// Most nodes a graph may have; a BERT-large export has a few thousand. Decoding costs many times
+/// the bytes of a node, so the count is checked on the raw bytes before decoding.
+pub const MAX_NODES: usize = 100_000;
+
+/// Counts the nodes of the model's graph without decoding anything (`ModelProto.graph` = field 7,
+/// `GraphProto.node` = field 1). `None` when the bytes are not a well-formed message at these two
+/// levels (the decoder then reports why).
+pub fn count_nodes(model: &[u8]) -> Option<usize> {
+    let mut graph = None;
+    walk_fields(model, |field, body| {
+        if field == 7 {
+            graph = body;
+        }
+    })?;
+    let mut nodes = 0usize;
+    walk_fields(graph.unwrap_or(&[]), |field, body| {
+        if field == 1 && body.is_some() {
+            nodes += 1;
+        }
+    })?;
+    Some(nodes)
+}
+
+/// Calls `f(field, Some(bytes))` for each length-delimited field of a message and `f(field, None)`
+/// for the others; `None` when a tag or length runs past the end.
+fn walk_fields<'a>(mut b: &'a [u8], mut f: impl FnMut(u64, Option<&'a [u8]>)) -> Option<()> {
+    while !b.is_empty() {
+        let tag = varint(&mut b)?;
+        let field = tag >> 3;
+        match tag & 7 {
+            0 => {
+                varint(&mut b)?;
+                f(field, None);
+            }
+            1 => {
+                b = b.get(8..)?;
+                f(field, None);
+            }
+            2 => {
+                let len = usize::try_from(varint(&mut b)?).ok()?;
+                let body = b.get(..len)?;
+                b = b.get(len..)?;
+                f(field, Some(body));
+            }
+            5 => {
+                b = b.get(4..)?;
+                f(field, None);
+            }
+            _ => return None,
+        }
+    }
+    Some(())
+}
+
+fn varint(b: &mut &[u8]) -> Option<u64> {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let (&byte, rest) = b.split_first()?;
+        *b = rest;
+        v |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Some(v);
+        }
+    }
+    None
+}

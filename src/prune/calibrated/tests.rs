@@ -62,7 +62,13 @@ fn objective(g: &[f64], t: &[f64], v: &[f64], d: usize, rows: usize) -> f64 {
 #[test]
 fn inverse_of_spd_matrix() {
     let mut rng = Rng(seed() | 1);
-    let n = 37;
+    // One block, and several blocks with a ragged last one.
+    for n in [37, 150] {
+        check_inverse(&mut rng, n);
+    }
+}
+
+fn check_inverse(rng: &mut Rng, n: usize) {
     let m = rng.vec(n * n);
     let mut a = vec![0f64; n * n];
     for i in 0..n {
@@ -71,6 +77,19 @@ fn inverse_of_spd_matrix() {
                 .map(|k| f64::from(m[i * n + k]) * f64::from(m[j * n + k]))
                 .sum::<f64>()
                 + if i == j { 1.0 } else { 0.0 };
+        }
+    }
+    let l = cholesky(&a, n).expect("spd");
+    for i in 0..n {
+        for j in 0..n {
+            let p: f64 = (0..n).map(|k| l[i * n + k] * l[j * n + k]).sum();
+            assert!(
+                (p - a[i * n + j]).abs() < 1e-9 * a[i * n + i],
+                "LL' ({i},{j})"
+            );
+            if j > i {
+                assert_eq!(l[i * n + j], 0.0);
+            }
         }
     }
     let inv = spd_inverse(&a, n).expect("spd");
@@ -255,4 +274,144 @@ fn tile_fit_keeps_budget_and_is_deterministic() {
         fit_tiles(&w, &b, &LinearStats::new(n), (th, tw), th, &budget, true),
         Err(CalibratedError::NoSamples)
     ));
+}
+
+#[test]
+fn statistics_match_direct_sums() {
+    let mut rng = Rng(seed() | 1);
+    let (m, n) = (70, 9);
+    let xd = inputs(&mut rng, m, n);
+    let xp: Vec<f32> = xd.iter().map(|&v| v + 0.2 * rng.next()).collect();
+    let mut stats = LinearStats::new(n);
+    // Two batches: statistics add up across calls.
+    stats.accumulate(&xp[..30 * n], &xd[..30 * n]).expect("acc");
+    stats.accumulate(&xp[30 * n..], &xd[30 * n..]).expect("acc");
+    assert_eq!(stats.tokens(), m);
+    let d = n + 1;
+    let aug = |x: &[f32], t: usize, j: usize| if j == n { 1.0 } else { f64::from(x[t * n + j]) };
+    for i in 0..d {
+        for j in 0..d {
+            let g: f64 = (0..m).map(|t| aug(&xp, t, i) * aug(&xp, t, j)).sum();
+            let c: f64 = (0..m).map(|t| aug(&xp, t, i) * aug(&xd, t, j)).sum();
+            if j >= i {
+                assert!(
+                    (stats.g[i * d + j] - g).abs() < 1e-4 * (1.0 + g.abs()),
+                    "G({i},{j})"
+                );
+            }
+            assert!(
+                (stats.c[i * d + j] - c).abs() < 1e-4 * (1.0 + c.abs()),
+                "C({i},{j})"
+            );
+        }
+    }
+    assert!(matches!(
+        stats.accumulate(&xp[..n + 1], &xd[..n + 1]),
+        Err(CalibratedError::InputShape { .. })
+    ));
+}
+
+/// Greedy removal with the whole inverse Hessian downdated after every removal.
+fn greedy_full_downdate(
+    h0: &[f64],
+    t: &[f64],
+    d: usize,
+    rows: usize,
+    units: &[std::ops::Range<usize>],
+    keep_units: usize,
+) -> Vec<bool> {
+    let mut h = h0.to_vec();
+    let mut w: Vec<f64> = (0..d * rows)
+        .map(|e| {
+            (0..d)
+                .map(|k| h[(e / rows) * d + k] * t[k * rows + e % rows])
+                .sum()
+        })
+        .collect();
+    let mut keep = vec![true; units.len()];
+    for _ in keep_units..units.len() {
+        let mut best: Option<(f64, usize)> = None;
+        for (u, r) in units.iter().enumerate().filter(|(u, _)| keep[*u]) {
+            let q: Vec<usize> = r.clone().collect();
+            let hqq: Vec<f64> = q
+                .iter()
+                .flat_map(|&i| q.iter().map(move |&j| (i, j)))
+                .map(|(i, j)| h[i * d + j])
+                .collect();
+            let l = cholesky(&hqq, q.len()).expect("spd");
+            let mut z: Vec<f64> = q
+                .iter()
+                .flat_map(|&i| w[i * rows..(i + 1) * rows].to_vec())
+                .collect();
+            let wq = z.clone();
+            cholesky_solve(&l, q.len(), &mut z, rows);
+            let cost: f64 = wq.iter().zip(&z).map(|(a, b)| a * b).sum();
+            if best.map_or(true, |(b, _)| cost < b) {
+                best = Some((cost, u));
+            }
+        }
+        let (_, u) = best.expect("a unit left");
+        let q: Vec<usize> = units[u].clone().collect();
+        let nq = q.len();
+        let hqq: Vec<f64> = q
+            .iter()
+            .flat_map(|&i| q.iter().map(move |&j| (i, j)))
+            .map(|(i, j)| h[i * d + j])
+            .collect();
+        let l = cholesky(&hqq, nq).expect("spd");
+        // M = H_QQ^-1 [H[Q,:] | W[Q,:]].
+        let mut mh: Vec<f64> = q
+            .iter()
+            .flat_map(|&i| h[i * d..(i + 1) * d].to_vec())
+            .collect();
+        cholesky_solve(&l, nq, &mut mh, d);
+        let mut mw: Vec<f64> = q
+            .iter()
+            .flat_map(|&i| w[i * rows..(i + 1) * rows].to_vec())
+            .collect();
+        cholesky_solve(&l, nq, &mut mw, rows);
+        let hq: Vec<f64> = (0..d)
+            .flat_map(|i| q.iter().map(move |&j| (i, j)))
+            .map(|(i, j)| h[i * d + j])
+            .collect();
+        for i in 0..d {
+            for p in 0..nq {
+                let c = hq[i * nq + p];
+                (0..d).for_each(|j| h[i * d + j] -= c * mh[p * d + j]);
+                (0..rows).for_each(|j| w[i * rows + j] -= c * mw[p * rows + j]);
+            }
+        }
+        for &i in &q {
+            h[i * d..(i + 1) * d].fill(0.0);
+            (0..d).for_each(|j| h[j * d + i] = 0.0);
+            w[i * rows..(i + 1) * rows].fill(0.0);
+        }
+        keep[u] = false;
+    }
+    keep
+}
+
+#[test]
+fn left_looking_greedy_matches_full_downdates() {
+    let mut rng = Rng(seed() | 1);
+    let (m, n, rows) = (300, 30, 5);
+    // Units of unequal width, as at a ragged matrix edge.
+    let units: Vec<_> = (0..n).step_by(4).map(|c| c..(c + 4).min(n)).collect();
+    let xd = inputs(&mut rng, m, n);
+    let xp: Vec<f32> = xd.iter().map(|&v| v + 0.2 * rng.next()).collect();
+    let mut stats = LinearStats::new(n);
+    stats.accumulate(&xp, &xd).expect("acc");
+    let (d, g) = (n + 1, stats.damped_gram());
+    let gi = spd_inverse(&g, d).expect("inv");
+    let t = stats
+        .targets(&rng.vec(rows * n), &rng.vec(rows))
+        .expect("targets");
+    for keep in [7, 4, 1, 0] {
+        let fast = greedy_units(&gi, &t, d, rows, &units, keep).expect("greedy");
+        assert_eq!(
+            fast,
+            greedy_full_downdate(&gi, &t, d, rows, &units, keep),
+            "keep {keep}"
+        );
+    }
 }

@@ -12,8 +12,11 @@ use super::gemm::PackedX;
 use super::linear::{tensor_row, Linear};
 use super::ops::{add_into, attention, LayerNorm};
 
+/// Looks up a model tensor by canonical name.
+pub(crate) type Lookup<'a, 'f> = &'a dyn Fn(&str) -> Result<TensorView<'f>, RuntimeError>;
+
 /// One encoder layer's weights.
-struct Layer<'f> {
+pub(crate) struct Layer<'f> {
     heads: usize,
     /// Q, K, V projections; absent when every head of the layer was pruned.
     qkv: Option<[Linear<'f>; 3]>,
@@ -69,8 +72,8 @@ fn get<'f>(file: &'f EtsFile, name: &str) -> Result<TensorView<'f>, RuntimeError
     crate::runtime::model_tensor(file, name)
 }
 
-fn vector(file: &EtsFile, name: &str, len: usize) -> Result<Vec<f32>, RuntimeError> {
-    let v = get(file, name)?;
+fn vector(get: Lookup<'_, '_>, name: &str, len: usize) -> Result<Vec<f32>, RuntimeError> {
+    let v = get(name)?;
     if v.shape != [len as u64] {
         return Err(RuntimeError::BadShape {
             name: name.to_string(),
@@ -100,31 +103,31 @@ fn table<'f>(
 }
 
 fn layer_norm(
-    file: &EtsFile,
+    get: Lookup<'_, '_>,
     w: &str,
     b: &str,
     hidden: usize,
     eps: f64,
 ) -> Result<LayerNorm, RuntimeError> {
     Ok(LayerNorm {
-        weight: vector(file, w, hidden)?,
-        bias: vector(file, b, hidden)?,
+        weight: vector(get, w, hidden)?,
+        bias: vector(get, b, hidden)?,
         eps: eps as f32,
     })
 }
 
 fn linear<'f>(
-    file: &'f EtsFile,
+    get: Lookup<'_, 'f>,
     weight: &str,
     bias: Option<&str>,
     n: usize,
     k: usize,
 ) -> Result<Linear<'f>, RuntimeError> {
     let b = match bias {
-        Some(b) => Some(vector(file, b, n)?),
+        Some(b) => Some(vector(get, b, n)?),
         None => None,
     };
-    Linear::new(get(file, weight)?, n, k, b)
+    Linear::new(get(weight)?, n, k, b)
 }
 
 impl<'f> CpuEncoder<'f> {
@@ -144,6 +147,8 @@ impl<'f> CpuEncoder<'f> {
                 "hidden_size and head_dim must be positive".to_string(),
             ));
         }
+        let lookup = |name: &str| get(file, name);
+        let lookup: Lookup<'_, 'f> = &lookup;
         let word = table(file, names::WORD_EMBEDDINGS, c.vocab_size as usize, h)?;
         let position = table(
             file,
@@ -158,18 +163,18 @@ impl<'f> CpuEncoder<'f> {
             h,
         )?;
         let embeddings_ln = layer_norm(
-            file,
+            lookup,
             names::EMBEDDINGS_LN_WEIGHT,
             names::EMBEDDINGS_LN_BIAS,
             h,
             c.layer_norm_eps,
         )?;
         let layers = (0..c.num_layers as usize)
-            .map(|i| load_layer(file, &c, i))
+            .map(|i| load_layer(lookup, &c, i, crate::runtime::ffn_width(file, &c, i)?))
             .collect::<Result<Vec<_>, _>>()?;
         let pooler = if file.has_tensor(names::POOLER_WEIGHT) {
             Some(linear(
-                file,
+                lookup,
                 names::POOLER_WEIGHT,
                 Some(names::POOLER_BIAS),
                 h,
@@ -180,7 +185,7 @@ impl<'f> CpuEncoder<'f> {
         };
         let classifier = match (file.has_tensor(names::CLASSIFIER_WEIGHT), c.num_labels) {
             (true, Some(labels)) => Some(linear(
-                file,
+                lookup,
                 names::CLASSIFIER_WEIGHT,
                 Some(names::CLASSIFIER_BIAS),
                 labels as usize,
@@ -190,7 +195,7 @@ impl<'f> CpuEncoder<'f> {
                 let v = get(file, names::CLASSIFIER_WEIGHT)?;
                 let labels = v.shape.first().copied().unwrap_or(0) as usize;
                 Some(linear(
-                    file,
+                    lookup,
                     names::CLASSIFIER_WEIGHT,
                     Some(names::CLASSIFIER_BIAS),
                     labels,
@@ -296,12 +301,69 @@ impl<'f> CpuEncoder<'f> {
         x: &[f32],
         lengths: &[usize],
     ) -> Result<LayerTrace, RuntimeError> {
-        let Some(l) = self.layers.get(layer) else {
-            return Err(RuntimeError::BadConfig(format!(
-                "layer {layer} of a {}-layer model",
+        let l = self.layer(layer)?;
+        let context = self.stage_context(l, x, lengths)?;
+        let attention_out = self.stage_attention_out(l, &context, x)?;
+        let intermediate = self.stage_intermediate(l, &attention_out)?;
+        let output = self.stage_output(l, &intermediate, &attention_out)?;
+        Ok(LayerTrace {
+            context,
+            attention_out,
+            intermediate,
+            output,
+        })
+    }
+
+    /// This encoder's layer `index`.
+    pub(crate) fn layer(&self, index: usize) -> Result<&Layer<'f>, RuntimeError> {
+        self.layers.get(index).ok_or_else(|| {
+            RuntimeError::BadConfig(format!(
+                "layer {index} of a {}-layer model",
                 self.layers.len()
-            )));
+            ))
+        })
+    }
+
+    /// Layer `index` of this encoder's configuration with its tensors from `get`: how calibrated
+    /// pruning runs a layer whose weights are replaced in memory.
+    pub(crate) fn layer_from<'g>(
+        &self,
+        index: usize,
+        get: Lookup<'_, 'g>,
+    ) -> Result<Layer<'g>, RuntimeError> {
+        let name = LayerTensor::IntermediateWeight.name(index);
+        let h = self.hidden as u64;
+        let inter = match get(&name)?.shape {
+            [n, k] if *k == h && *n > 0 => *n as usize,
+            other => {
+                return Err(RuntimeError::BadShape {
+                    expected: vec![self.config.intermediate_size as u64, h],
+                    actual: other.to_vec(),
+                    name,
+                })
+            }
         };
+        load_layer(get, &self.config, index, inter)
+    }
+
+    /// Checks that `x` holds `tokens` rows of width `width`.
+    fn check_rows(x: &[f32], width: usize, what: &str) -> Result<usize, RuntimeError> {
+        if width == 0 || x.len() % width != 0 {
+            return Err(RuntimeError::BadConfig(format!(
+                "{what} of {} values is not rows of width {width}",
+                x.len()
+            )));
+        }
+        Ok(x.len() / width)
+    }
+
+    /// Q, K, V and attention on the layer input `x`: the attention context.
+    pub(crate) fn stage_context(
+        &self,
+        l: &Layer<'_>,
+        x: &[f32],
+        lengths: &[usize],
+    ) -> Result<Vec<f32>, RuntimeError> {
         let m: usize = lengths.iter().sum();
         if x.len() != m * self.hidden {
             return Err(RuntimeError::BadConfig(format!(
@@ -310,33 +372,72 @@ impl<'f> CpuEncoder<'f> {
                 self.hidden
             )));
         }
-        let (Some([q, k, v]), Some(o)) = (&l.qkv, &l.out) else {
+        let Some([q, k, v]) = &l.qkv else {
             return Err(RuntimeError::BadConfig(
                 "tracing a layer without attention heads".into(),
             ));
         };
         let (qo, ko, vo) = (q.forward(x, m), k.forward(x, m), v.forward(x, m));
-        let ctx = attention(
+        Ok(attention(
             &qo,
             &ko,
             &vo,
             lengths,
             l.heads,
             self.config.head_dim as usize,
-        );
-        let mut attn = o.forward_with(&ctx, None, m, None, Some(x));
+        ))
+    }
+
+    /// Output projection of the context, residual `x`, first LayerNorm.
+    pub(crate) fn stage_attention_out(
+        &self,
+        l: &Layer<'_>,
+        context: &[f32],
+        x: &[f32],
+    ) -> Result<Vec<f32>, RuntimeError> {
+        let m = Self::check_rows(x, self.hidden, "layer input")?;
+        let width = l.heads * self.config.head_dim as usize;
+        let (Some(o), true) = (&l.out, context.len() == m * width) else {
+            return Err(RuntimeError::BadConfig(format!(
+                "attention context of {} values for {m} tokens",
+                context.len()
+            )));
+        };
+        let mut attn = o.forward_with(context, None, m, None, Some(x));
         l.ln1.apply(&mut attn);
-        let inter = l
-            .intermediate
-            .forward_act(&attn, m, Some(self.config.activation));
-        let mut output = l.ffn_out.forward_with(&inter, None, m, None, Some(&attn));
-        l.ln2.apply(&mut output);
-        Ok(LayerTrace {
-            context: ctx,
-            attention_out: attn,
-            intermediate: inter,
-            output,
-        })
+        Ok(attn)
+    }
+
+    /// First FFN linear and its activation.
+    pub(crate) fn stage_intermediate(
+        &self,
+        l: &Layer<'_>,
+        attention_out: &[f32],
+    ) -> Result<Vec<f32>, RuntimeError> {
+        let m = Self::check_rows(attention_out, self.hidden, "attention output")?;
+        Ok(l.intermediate
+            .forward_act(attention_out, m, Some(self.config.activation)))
+    }
+
+    /// Second FFN linear, residual `attention_out`, second LayerNorm: the layer output.
+    pub(crate) fn stage_output(
+        &self,
+        l: &Layer<'_>,
+        intermediate: &[f32],
+        attention_out: &[f32],
+    ) -> Result<Vec<f32>, RuntimeError> {
+        let m = Self::check_rows(attention_out, self.hidden, "attention output")?;
+        if intermediate.len() != m * l.intermediate.n() {
+            return Err(RuntimeError::BadConfig(format!(
+                "FFN activations of {} values for {m} tokens",
+                intermediate.len()
+            )));
+        }
+        let mut out = l
+            .ffn_out
+            .forward_with(intermediate, None, m, None, Some(attention_out));
+        l.ln2.apply(&mut out);
+        Ok(out)
     }
 
     /// Pooler (`tanh`) and classifier outputs on the `[CLS]` rows.
@@ -368,24 +469,28 @@ fn add_into_serial(x: &mut [f32], y: &[f32]) {
     }
 }
 
-fn load_layer<'f>(file: &'f EtsFile, c: &ModelConfig, i: usize) -> Result<Layer<'f>, RuntimeError> {
+fn load_layer<'f>(
+    get: Lookup<'_, 'f>,
+    c: &ModelConfig,
+    i: usize,
+    inter_size: usize,
+) -> Result<Layer<'f>, RuntimeError> {
     let h = c.hidden_size as usize;
     let heads = c.heads_per_layer.get(i).copied().unwrap_or(0) as usize;
     let width = heads * c.head_dim as usize;
     let name = |t: LayerTensor| t.name(i);
-    let out_bias = vector(file, &name(LayerTensor::OutputBias), h)?;
+    let out_bias = vector(get, &name(LayerTensor::OutputBias), h)?;
     let (qkv, out) = if heads == 0 {
         (None, None)
     } else {
-        let proj =
-            |w: LayerTensor, b: LayerTensor| linear(file, &name(w), Some(&name(b)), width, h);
+        let proj = |w: LayerTensor, b: LayerTensor| linear(get, &name(w), Some(&name(b)), width, h);
         let qkv = [
             proj(LayerTensor::QueryWeight, LayerTensor::QueryBias)?,
             proj(LayerTensor::KeyWeight, LayerTensor::KeyBias)?,
             proj(LayerTensor::ValueWeight, LayerTensor::ValueBias)?,
         ];
         let out = linear(
-            file,
+            get,
             &name(LayerTensor::OutputWeight),
             Some(&name(LayerTensor::OutputBias)),
             h,
@@ -393,16 +498,15 @@ fn load_layer<'f>(file: &'f EtsFile, c: &ModelConfig, i: usize) -> Result<Layer<
         )?;
         (Some(qkv), Some(out))
     };
-    let inter_size = crate::runtime::ffn_width(file, c, i)?;
     let intermediate = linear(
-        file,
+        get,
         &name(LayerTensor::IntermediateWeight),
         Some(&name(LayerTensor::IntermediateBias)),
         inter_size,
         h,
     )?;
     let ffn_out = linear(
-        file,
+        get,
         &name(LayerTensor::FfnOutputWeight),
         Some(&name(LayerTensor::FfnOutputBias)),
         h,
@@ -415,7 +519,7 @@ fn load_layer<'f>(file: &'f EtsFile, c: &ModelConfig, i: usize) -> Result<Layer<
         out,
         out_bias,
         ln1: layer_norm(
-            file,
+            get,
             &name(LayerTensor::AttentionLnWeight),
             &name(LayerTensor::AttentionLnBias),
             h,
@@ -424,7 +528,7 @@ fn load_layer<'f>(file: &'f EtsFile, c: &ModelConfig, i: usize) -> Result<Layer<
         intermediate,
         ffn_out,
         ln2: layer_norm(
-            file,
+            get,
             &name(LayerTensor::FfnLnWeight),
             &name(LayerTensor::FfnLnBias),
             h,

@@ -169,6 +169,11 @@ pub(crate) struct Linear<'a> {
 }
 
 impl<'a> Linear<'a> {
+    /// Output features.
+    pub(crate) fn n(&self) -> usize {
+        self.n
+    }
+
     /// Wraps a stored 2-D weight of logical shape `[n, k]` and an optional bias of length `n`.
     pub(crate) fn new(
         view: TensorView<'a>,

@@ -14,5 +14,6 @@ mod ops;
 mod simd;
 pub mod tokenize;
 
+pub(crate) use encoder::Layer;
 pub use encoder::{CpuEncoder, LayerTrace};
 pub use tokenize::{TextTokenizer, Tokenized, Truncation};

@@ -27,8 +27,8 @@ pub enum NpyError {
     },
 }
 
-/// Serializes `data` with shape `shape` as `.npy` bytes.
-pub fn to_bytes(shape: &[usize], data: &[f32]) -> Vec<u8> {
+/// The `.npy` header (magic, version, length, dictionary) for an f32 array of `shape`.
+fn header_bytes(shape: &[usize]) -> Vec<u8> {
     let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
     let shape_txt = if dims.len() == 1 {
         format!("({},)", dims[0])
@@ -40,41 +40,141 @@ pub fn to_bytes(shape: &[usize], data: &[f32]) -> Vec<u8> {
     let unpadded = 10 + header.len() + 1;
     header.push_str(&" ".repeat(unpadded.next_multiple_of(64) - unpadded));
     header.push('\n');
-    let mut out = Vec::with_capacity(10 + header.len() + data.len() * 4);
+    let mut out = Vec::with_capacity(10 + header.len());
     out.extend_from_slice(b"\x93NUMPY\x01\x00");
     out.extend_from_slice(&(header.len() as u16).to_le_bytes());
     out.extend_from_slice(header.as_bytes());
+    out
+}
+
+/// Serializes `data` with shape `shape` as `.npy` bytes.
+pub fn to_bytes(shape: &[usize], data: &[f32]) -> Vec<u8> {
+    let mut out = header_bytes(shape);
+    out.reserve(data.len() * 4);
     for v in data {
         out.extend_from_slice(&v.to_le_bytes());
     }
     out
 }
 
-/// Writes `data` with shape `shape` to `path` atomically (temporary file, then rename).
+/// Writes `data` with shape `shape` to `path` (see [`NpyStream`]).
 pub fn write(path: &Path, shape: &[usize], data: &[f32]) -> Result<(), NpyError> {
-    let io = |source| NpyError::Io {
-        path: path.display().to_string(),
-        source,
-    };
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => std::path::PathBuf::from("."),
-    };
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "out.npy".to_string());
-    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&to_bytes(shape, data))?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+    let mut s = NpyStream::create(path, shape)?;
+    s.push(data)?;
+    s.finish()
+}
+
+/// An `.npy` array written row by row, so that no caller holds the whole array.
+///
+/// A regular file (or a new name) is written to a temporary sibling and renamed into place when
+/// [`NpyStream::finish`] has checked that exactly the values of the shape were written; an
+/// existing device or pipe (`/dev/stdout`, a FIFO) is written through, never replaced.
+pub struct NpyStream {
+    path: std::path::PathBuf,
+    out: std::io::BufWriter<std::fs::File>,
+    temp: Option<crate::files::TempPath>,
+    expected: usize,
+    written: usize,
+}
+
+impl NpyStream {
+    /// Starts an array of `shape` at `path`.
+    pub fn create(path: &Path, shape: &[usize]) -> Result<NpyStream, NpyError> {
+        let io = |source| NpyError::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        let expected = shape
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .ok_or_else(|| NpyError::Invalid {
+                path: path.display().to_string(),
+                reason: format!("shape {shape:?} overflows"),
+            })?;
+        let (file, temp) = match crate::files::OutputTarget::of(path) {
+            crate::files::OutputTarget::Special => {
+                let f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(path)
+                    .map_err(io)?;
+                (f, None)
+            }
+            _ => {
+                let t = crate::files::TempPath::beside(path, "npy");
+                (std::fs::File::create(t.path()).map_err(io)?, Some(t))
+            }
+        };
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+        out.write_all(&header_bytes(shape)).map_err(io)?;
+        Ok(NpyStream {
+            path: path.to_path_buf(),
+            out,
+            temp,
+            expected,
+            written: 0,
+        })
     }
-    result.map_err(io)
+
+    fn io(&self, source: std::io::Error) -> NpyError {
+        NpyError::Io {
+            path: self.path.display().to_string(),
+            source,
+        }
+    }
+
+    /// Appends values in C order.
+    pub fn push(&mut self, values: &[f32]) -> Result<(), NpyError> {
+        if self.written + values.len() > self.expected {
+            return Err(NpyError::Invalid {
+                path: self.path.display().to_string(),
+                reason: format!("more than the {} values of the shape", self.expected),
+            });
+        }
+        for v in values {
+            if let Err(e) = self.out.write_all(&v.to_le_bytes()) {
+                return Err(self.io(e));
+            }
+        }
+        self.written += values.len();
+        Ok(())
+    }
+
+    /// Appends `count` zeros (padding rows).
+    pub fn push_zeros(&mut self, count: usize) -> Result<(), NpyError> {
+        const ZEROS: [f32; 1024] = [0.0; 1024];
+        let mut left = count;
+        while left > 0 {
+            let n = left.min(ZEROS.len());
+            self.push(&ZEROS[..n])?;
+            left -= n;
+        }
+        Ok(())
+    }
+
+    /// Checks the count, flushes, and renames a temporary file into place.
+    pub fn finish(self) -> Result<(), NpyError> {
+        if self.written != self.expected {
+            return Err(NpyError::Invalid {
+                path: self.path.display().to_string(),
+                reason: format!(
+                    "{} values written, the shape holds {}",
+                    self.written, self.expected
+                ),
+            });
+        }
+        let path = self.path.clone();
+        let io = |source| NpyError::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        let file = self.out.into_inner().map_err(|e| io(e.into_error()))?;
+        if let Some(t) = &self.temp {
+            file.sync_all().map_err(io)?;
+            drop(file);
+            std::fs::rename(t.path(), &path).map_err(io)?;
+        }
+        Ok(())
+    }
 }
 
 /// Reads a little-endian f32 (`<f4`) C-order `.npy` file: `(shape, data)`.

@@ -58,6 +58,31 @@ impl TextTokenizer {
         TextTokenizer::from_bytes(&format, section.bytes, max_len)
     }
 
+    /// Builds the tokenizer embedded in `file`, truncating sequences to `max_len` tokens.
+    pub fn from_file_with_max_len(
+        file: &EtsFile,
+        max_len: usize,
+    ) -> Result<TextTokenizer, RuntimeError> {
+        let section = file
+            .section(names::TOKENIZER_SECTION)
+            .ok_or(RuntimeError::NoTokenizer)?;
+        let format = section.entry.format.clone().unwrap_or_default();
+        TextTokenizer::from_bytes(&format, section.bytes, max_len)
+    }
+
+    /// Reads a `tokenizer.json` (or, for a `.txt` name, a `vocab.txt`) file of at most
+    /// [`crate::files::MAX_TOKENIZER_BYTES`], truncating sequences to `max_len` tokens.
+    pub fn from_path(
+        path: &std::path::Path,
+        max_len: usize,
+    ) -> Result<TextTokenizer, RuntimeError> {
+        let bytes = crate::files::read_capped(path, crate::files::MAX_TOKENIZER_BYTES)
+            .map_err(|e| RuntimeError::Tokenizer(format!("{}: {e}", path.display())))?;
+        let format = crate::ingest::tokenizer_format(path);
+        TextTokenizer::from_bytes(format, &bytes, max_len)
+            .map_err(|e| RuntimeError::Tokenizer(format!("{}: {e}", path.display())))
+    }
+
     /// Builds a tokenizer from a `tokenizer.json` or `vocab.txt` blob; sequences are truncated to
     /// `max_len` tokens.
     pub fn from_bytes(

@@ -6,7 +6,9 @@
 //! et-encoder-bench attention 1x128,1x4096 HEADS HEAD_DIM [ITERS]
 //! ```
 //!
-//! `BxL` is B sequences of L tokens each (random ids from a fixed seed).
+//! `BxL` is B sequences of L tokens each, `BxL1-L2` B sequences of mixed lengths from L1 to L2
+//! (sequence i has `L1 + (37 i) mod (L2 - L1 + 1)` tokens, the rule `encoder_bench.py` uses too);
+//! token ids are random from a fixed seed.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -17,14 +19,29 @@ use ets::runtime::cuda::{device_addr, CudaEncoder, CudaRuntime};
 use ets::runtime::TokenBatch;
 use ets_testkit::rng::Rng;
 
-fn sizes(s: &str) -> Result<Vec<(usize, usize)>, String> {
+/// Sequence lengths of one size (`BxL` or `BxL1-L2`).
+fn lengths(p: &str) -> Result<Vec<usize>, String> {
+    let (b, l) = p.split_once('x').ok_or(format!("size {p}: expected BxL"))?;
+    let b: usize = b.parse().map_err(|_| format!("size {p}: bad batch"))?;
+    let num = |v: &str| {
+        v.parse::<usize>()
+            .map_err(|_| format!("size {p}: bad length"))
+    };
+    Ok(match l.split_once('-') {
+        Some((lo, hi)) => {
+            let (lo, hi) = (num(lo)?, num(hi)?);
+            if hi < lo {
+                return Err(format!("size {p}: empty length range"));
+            }
+            (0..b).map(|i| lo + (37 * i) % (hi - lo + 1)).collect()
+        }
+        None => vec![num(l)?; b],
+    })
+}
+
+fn sizes(s: &str) -> Result<Vec<(String, Vec<usize>)>, String> {
     s.split(',')
-        .map(|p| {
-            let (b, l) = p.split_once('x').ok_or(format!("size {p}: expected BxL"))?;
-            let b = b.parse().map_err(|_| format!("size {p}: bad batch"))?;
-            let l = l.parse().map_err(|_| format!("size {p}: bad length"))?;
-            Ok((b, l))
-        })
+        .map(|p| Ok((p.to_string(), lengths(p)?)))
         .collect()
 }
 
@@ -37,17 +54,23 @@ fn encoder(args: &[String]) -> Result<(), String> {
     let enc = CudaEncoder::new(&file).map_err(|e| e.to_string())?;
     let vocab = u64::from(file.model().vocab_size);
     let mut rng = Rng::new(7);
-    for (b, l) in sizes(list)? {
-        let ids = (0..b)
-            .map(|_| (0..l).map(|_| rng.below(vocab) as u32).collect())
+    for (size, lens) in sizes(list)? {
+        let ids = lens
+            .iter()
+            .map(|&l| (0..l).map(|_| rng.below(vocab) as u32).collect())
             .collect();
         let batch = TokenBatch::from_ids(ids);
         let ms = enc
             .time_forward(&batch, 5, iters)
             .map_err(|e| e.to_string())?;
         println!(
-            "{{\"kind\":\"encoder\",\"model\":\"{model}\",\"size\":\"{b}x{l}\",\"ms\":{ms:.5}}}"
+            "{{\"kind\":\"encoder\",\"model\":\"{model}\",\"size\":\"{size}\",\"ms\":{ms:.5}}}"
         );
+        if std::env::var_os("ETS_BENCH_REPORT").is_some() {
+            let rows = enc.report(&batch).map_err(|e| e.to_string())?;
+            eprintln!("{model} {size}");
+            eprint!("{}", ets::runtime::cuda::encoder::format_report(&rows));
+        }
     }
     Ok(())
 }
@@ -62,14 +85,18 @@ fn attention(args: &[String]) -> Result<(), String> {
     let rt = Arc::new(CudaRuntime::new(0).map_err(|e| e.to_string())?);
     let e = |e: ets::runtime::cuda::CudaError| e.to_string();
     let mut rng = Rng::new(11);
-    for (b, l) in sizes(list)? {
+    for (size, lens) in sizes(list)? {
+        let (b, l) = (lens.len(), lens.iter().copied().max().unwrap_or(0));
         let w = heads * d;
-        let total = b * l;
+        let total: usize = lens.iter().sum();
         let bits: Vec<u16> = (0..total * 3 * w)
             .map(|_| half::f16::from_f32(rng.symmetric(1.0)).to_bits())
             .collect();
         let bias: Vec<f32> = (0..3 * w).map(|_| rng.symmetric(0.1)).collect();
-        let cu: Vec<i32> = (0..=b).map(|i| (i * l) as i32).collect();
+        let mut cu = vec![0i32];
+        for &len in &lens {
+            cu.push(cu.last().copied().unwrap_or(0) + len as i32);
+        }
         let qkv = rt.upload(&bits).map_err(e)?;
         let bb = rt.upload(&bias).map_err(e)?;
         let cub = rt.upload(&cu).map_err(e)?;
@@ -96,7 +123,7 @@ fn attention(args: &[String]) -> Result<(), String> {
             run().map_err(e)?;
         }
         let ms = f64::from(timer.stop_ms().map_err(e)?) / iters as f64;
-        println!("{{\"kind\":\"attention\",\"size\":\"{b}x{l}\",\"heads\":{heads},\"d\":{d},\"ms\":{ms:.5}}}");
+        println!("{{\"kind\":\"attention\",\"size\":\"{size}\",\"heads\":{heads},\"d\":{d},\"ms\":{ms:.5}}}");
     }
     Ok(())
 }

@@ -127,6 +127,7 @@ impl Catalog {
         self.preamble()?;
         self.header()?;
         self.model_and_names()?;
+        self.embedding()?;
         self.tensor_meta()?;
         self.layout()?;
         self.parts()?;
@@ -394,6 +395,46 @@ impl Catalog {
         ] {
             let b = edit(&tiny, |r| set_top(r, &["alignment"], v.clone()))?;
             self.open(name, "bad_alignment", &format!("alignment {v}"), b)?;
+        }
+        Ok(())
+    }
+
+    /// The `embedding` object of minor version 1: R9 for a wrong shape or type, R12 for a maximum
+    /// length outside the position table.
+    fn embedding(&mut self) -> Res<()> {
+        let tiny = self.tiny.clone();
+        let cases: [(&str, &str, Value, &str); 4] = [
+            (
+                "r09-embedding-not-object",
+                "invalid_header",
+                json!(["mean", true, 8]),
+                "embedding written as an array of its values",
+            ),
+            (
+                "r09-embedding-normalize-not-bool",
+                "invalid_header",
+                json!({"pooling": "mean", "normalize": 1}),
+                "embedding.normalize is the number 1, not a boolean",
+            ),
+            (
+                "r12-embedding-max-length-0",
+                "invalid_model_config",
+                json!({"max_length": 0}),
+                "embedding.max_length 0",
+            ),
+            (
+                "r12-embedding-max-length-beyond-positions",
+                "invalid_model_config",
+                json!({"pooling": "cls", "max_length": 9}),
+                "embedding.max_length 9 with max_position_embeddings 8",
+            ),
+        ];
+        for (name, code, v, what) in cases {
+            let b = edit(&tiny, |r| {
+                r.minor = 1;
+                set_top(r, &["embedding"], v)
+            })?;
+            self.open(name, code, what, b)?;
         }
         Ok(())
     }

@@ -142,7 +142,7 @@ pub fn generate(dir: &Path) -> Result<Vec<Entry>, FormatError> {
 pub fn manifest_json(entries: &[Entry]) -> Value {
     json!({
         "format": "ets",
-        "version": "1.0",
+        "version": "1.1",
         "about": "Each invalid file breaks the rule named; a conforming reader rejects it with the given code, \
                   at open or only when verifying checksums (stage). Each valid file opens and verifies. \
                   Files with committed=false are written by et-fixtures.",
@@ -158,6 +158,11 @@ fn valid_models(dir: &Path) -> Result<Vec<Entry>, FormatError> {
     entries.push(Entry::valid(
         rel("tiny-example.ets"),
         "a 32x32 f16 matrix in 16x16 tiles keeping the two diagonal tiles, and a dense f16 vector",
+    ));
+    model::write_tiny_example_embedding(&dir.join("minor-1-embedding.ets"))?;
+    entries.push(Entry::valid(
+        rel("minor-1-embedding.ets"),
+        "the tiny example with minor version 1 and its embedding settings: mean pooling, normalized, at most 8 tokens",
     ));
     model::write_encodings_small(&dir.join("encodings-small.ets"))?;
     entries.push(Entry::valid(rel("encodings-small.ets"),

@@ -8,7 +8,8 @@ use sha2::{Digest, Sha256};
 use ets::format::hex;
 use ets::format::names::{self, LayerTensor};
 use ets::format::{
-    Activation, Dtype, EncodedTensor, EtsWriter, FormatError, ModelConfig, Provenance, WriteOptions,
+    Activation, Dtype, EmbeddingConfig, EncodedTensor, EtsWriter, FormatError, ModelConfig,
+    Provenance, WriteOptions,
 };
 
 use crate::rng::Rng;
@@ -291,6 +292,31 @@ pub fn write_tiny_example(path: &Path) -> Result<(), FormatError> {
         tiny_example_config(),
         recipe,
         fixture_provenance("tiny-example"),
+    )
+}
+
+/// Writes the tiny example's tensors with embedding settings (format 1.1): mean pooling,
+/// normalized, at most 8 tokens.
+pub fn write_tiny_example_embedding(path: &Path) -> Result<(), FormatError> {
+    let keep = [true, false, false, true];
+    let tile = EncodedTensor::tile(32, 32, &tiny_example_matrix(), 16, 16, &keep, Dtype::F16)?;
+    let bias: Vec<f32> = (0..32).map(|i| i as f32 / 4.0).collect();
+    let mut w = EtsWriter::create(path, WriteOptions { overwrite: true })?;
+    w.add_tensor(TINY_TILE, &tile)?;
+    w.add_tensor(
+        TINY_DENSE,
+        &EncodedTensor::dense(vec![32], Dtype::F16, &bias)?,
+    )?;
+    w.set_embedding(EmbeddingConfig {
+        pooling: Some("mean".into()),
+        normalize: Some(true),
+        max_length: Some(8),
+    });
+    let recipe = serde_json::json!({"method": "example", "kept_tiles": 2});
+    w.finish(
+        tiny_example_config(),
+        recipe,
+        fixture_provenance("minor-1-embedding"),
     )
 }
 

@@ -72,7 +72,7 @@ pub const RULES: [Rule; 36] = [
     r(
         "R12",
         "invalid_model_config",
-        "the model configuration is consistent (bert, non-zero dimensions, heads per layer)",
+        "the model configuration is consistent (bert, non-zero dimensions, heads per layer, an embedding max_length within the position table)",
     ),
     r(
         "R13",

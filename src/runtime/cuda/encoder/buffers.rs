@@ -2,8 +2,10 @@
 //! batch that fits.
 
 use crate::format::ModelConfig;
+use crate::runtime::cuda::device::RawPtr;
 use crate::runtime::cuda::{CudaError, CudaRuntime, CudaSlice, Scratch};
 
+use super::graph::Graphs;
 use super::weights::DevWeights;
 
 /// A quiet NaN in f16.
@@ -47,6 +49,11 @@ pub(crate) struct Buffers {
     pub out32: CudaSlice<f32>,
     /// The linear layer's scratch (kept-rows and kept-columns weights).
     pub scratch: Scratch,
+    /// Forward passes captured on these buffers, per batch shape.
+    pub graphs: Graphs,
+    /// Per layer, the device pointer arrays of its batched Q/K/V GEMM: `[Wq, Wk, Wv]`,
+    /// `[x, x, x]`, `[q, k, v]` (9 addresses; zeros for layers without one).
+    pub qkv_ptrs: CudaSlice<u64>,
 }
 
 impl Buffers {
@@ -61,15 +68,33 @@ impl Buffers {
         let h = c.hidden_size as usize;
         let labels = w.classifier.as_ref().map_or(0, |l| l.n);
         let f16s = |n: usize| rt.alloc::<u16>(n);
+        let (x, q, k, v) = (
+            f16s(tokens * h)?,
+            f16s(tokens * w.max_width)?,
+            f16s(tokens * w.max_width)?,
+            f16s(tokens * w.max_width)?,
+        );
+        let mut ptrs = Vec::with_capacity(w.layers.len() * 9);
+        for l in &w.layers {
+            match l.qkv_dense {
+                Some(ws) => {
+                    ptrs.extend(ws);
+                    ptrs.extend([x.ptr(); 3]);
+                    ptrs.extend([q.ptr(), k.ptr(), v.ptr()]);
+                }
+                None => ptrs.extend([0u64; 9]),
+            }
+        }
+        let qkv_ptrs = rt.upload(&ptrs)?;
         Ok(Buffers {
             tokens,
             seqs,
             hidden: h,
-            x: f16s(tokens * h)?,
+            x,
             attn: f16s(tokens * h)?,
-            q: f16s(tokens * w.max_width)?,
-            k: f16s(tokens * w.max_width)?,
-            v: f16s(tokens * w.max_width)?,
+            q,
+            k,
+            v,
             ctx: f16s(tokens * w.max_width)?,
             proj: f16s(tokens * h)?,
             inter: f16s(tokens * w.max_intermediate)?,
@@ -82,6 +107,8 @@ impl Buffers {
             logits16: f16s(seqs * labels)?,
             out32: rt.alloc(seqs * h.max(labels))?,
             scratch: Scratch::default(),
+            graphs: Graphs::default(),
+            qkv_ptrs,
         })
     }
 

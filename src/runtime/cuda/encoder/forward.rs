@@ -8,6 +8,7 @@ use crate::runtime::cuda::{
 use crate::runtime::RuntimeError;
 
 use super::buffers::Buffers;
+use super::graph::Plan;
 use super::launch::{self, AttentionInput};
 use super::weights::{activation_code, Proj};
 use super::{f16_to_f32, CudaEncoder, Packed};
@@ -55,8 +56,45 @@ pub(crate) fn project(
 
 impl CudaEncoder {
     /// Embeddings and every layer; leaves the final hidden states in `bufs.x`. With `states`,
-    /// pushes the hidden states after the embeddings and after each layer.
+    /// pushes the hidden states after the embeddings and after each layer (an eager pass);
+    /// without, a repeated batch shape replays a captured graph (see `graph`).
     pub(super) fn encode(
+        &self,
+        bufs: &mut Buffers,
+        p: &Packed,
+        states: Option<&mut Vec<Vec<f32>>>,
+    ) -> Result<(), RuntimeError> {
+        let rt = &*self.rt;
+        bufs.upload_batch(rt, &p.ids, &p.types, &p.positions, &p.cu)?;
+        if states.is_some() {
+            return self.pass(bufs, p, states);
+        }
+        self.run_uploaded(bufs, p)
+    }
+
+    /// [`encode`](Self::encode) without hidden states, on the batch already on the device.
+    pub(super) fn run_uploaded(&self, bufs: &mut Buffers, p: &Packed) -> Result<(), RuntimeError> {
+        let rt = &*self.rt;
+        if !self.graphs_on() {
+            return self.pass(bufs, p, None);
+        }
+        let shape = (p.tokens(), p.lengths.len(), p.max_len);
+        let mut graphs = std::mem::take(&mut bufs.graphs);
+        let r = match graphs.plan(shape) {
+            Plan::Replay => graphs.replay(rt, shape).map_err(RuntimeError::from),
+            Plan::Capture => match graphs.capture(rt, shape, || self.pass(bufs, p, None)) {
+                Ok(()) => graphs.replay(rt, shape).map_err(RuntimeError::from),
+                // The shape is marked to run eagerly from now on.
+                Err(_) => self.pass(bufs, p, None),
+            },
+            Plan::Eager => self.pass(bufs, p, None),
+        };
+        bufs.graphs = graphs;
+        r
+    }
+
+    /// The kernels of one forward pass on the batch already on the device.
+    fn pass(
         &self,
         bufs: &mut Buffers,
         p: &Packed,
@@ -68,7 +106,6 @@ impl CudaEncoder {
         let t = p.tokens();
         let eps = c.layer_norm_eps as f32;
         let w = &self.weights;
-        bufs.upload_batch(rt, &p.ids, &p.types, &p.positions, &p.cu)?;
         launch::embed_ln(
             rt,
             t,
@@ -110,15 +147,31 @@ impl CudaEncoder {
         let sc = &mut bufs.scratch;
         match (&layer.qkv, &layer.out) {
             (Some([q, k, v]), Some(out)) => {
-                project(rt, d, model, q, &bufs.x, t, &mut bufs.q, bias, sc)?;
-                project(rt, d, model, k, &bufs.x, t, &mut bufs.k, bias, sc)?;
-                project(rt, d, model, v, &bufs.x, t, &mut bufs.v, bias, sc)?;
+                let bias3 = if layer.qkv_dense.is_some() {
+                    // Dense Q, K and V: one batched GEMM; the attention kernel adds the biases.
+                    let ptrs = bufs.qkv_ptrs.ptr() + (li * 9 * 8) as u64;
+                    // SAFETY: the buffers were built for this model, so layer li's 9 addresses
+                    // are its dense f16 Q/K/V weights ([width, hidden]), bufs.x and bufs.q/k/v,
+                    // which hold at least t rows (the buffers fit the batch).
+                    unsafe { launch::gemm3(rt, ptrs, t, q.n, q.k)? };
+                    let b = |p: &Proj| {
+                        model
+                            .f32_values(&p.bias)
+                            .map(|v| crate::runtime::cuda::device::addr(&v))
+                    };
+                    [b(q)?, b(k)?, b(v)?]
+                } else {
+                    project(rt, d, model, q, &bufs.x, t, &mut bufs.q, bias, sc)?;
+                    project(rt, d, model, k, &bufs.x, t, &mut bufs.k, bias, sc)?;
+                    project(rt, d, model, v, &bufs.x, t, &mut bufs.v, bias, sc)?;
+                    [0; 3]
+                };
                 let input = AttentionInput {
                     q: bufs.q.ptr(),
                     k: bufs.k.ptr(),
                     v: bufs.v.ptr(),
                     ld: q.n,
-                    bias: [0; 3],
+                    bias: bias3,
                 };
                 let (seqs, dh) = (p.lengths.len(), c.head_dim as usize);
                 let ctx = bufs.ctx.ptr();

@@ -3,6 +3,7 @@
 //! passed (the bound each launch relies on is stated per function). The projections run through
 //! the linear layer (`project` in the encoder's `forward` module).
 
+use cudarc::cublas::sys as blas_sys;
 use cudarc::driver::{LaunchArgs, PushKernelArg};
 
 use crate::runtime::cuda::{CudaError, CudaRuntime};
@@ -39,6 +40,60 @@ unsafe fn launch(
 ) -> Result<(), CudaError> {
     // SAFETY: the caller's contract.
     unsafe { rt.launch(b, name, grid, (block, 1, 1), smem) }
+}
+
+/// Three GEMMs of one shape in one cuBLAS call: `Y_i[m, n] = X_i[m, k] W_i[n, k]^T` for
+/// i = 0, 1, 2, f16 row-major, fp32 accumulation. `ptrs` is a device array of 9 addresses:
+/// `W_0..W_2`, `X_0..X_2`, `Y_0..Y_2`.
+///
+/// # Safety
+/// `ptrs` must hold 9 device addresses of this runtime, the `W_i` holding `n * k`, the `X_i`
+/// `m * k` and the `Y_i` `m * n` f16 values.
+pub(crate) unsafe fn gemm3(
+    rt: &CudaRuntime,
+    ptrs: u64,
+    m: usize,
+    n: usize,
+    k: usize,
+) -> Result<(), CudaError> {
+    let handle = *rt.blas()?.handle();
+    rt.bind()?;
+    let (alpha, beta) = (1.0f32, 0.0f32);
+    let t = blas_sys::cudaDataType::CUDA_R_16F;
+    let dim = |v: usize| {
+        i32::try_from(v).map_err(|_| CudaError::Invalid(format!("GEMM size {v} too large")))
+    };
+    let (mi, ni, ki) = (dim(m)?, dim(n)?, dim(k)?);
+    let arr = |i: u64| (ptrs + i * 3 * 8) as *const *const std::ffi::c_void;
+    // Column-major view: Y^T[n, m] = W[n, k] (stored as W^T) * X^T[k, m].
+    // SAFETY: the caller's bounds; alpha and beta outlive the call.
+    let status = unsafe {
+        blas_sys::cublasGemmBatchedEx(
+            handle,
+            blas_sys::cublasOperation_t::CUBLAS_OP_T,
+            blas_sys::cublasOperation_t::CUBLAS_OP_N,
+            ni,
+            mi,
+            ki,
+            &alpha as *const f32 as *const _,
+            arr(0),
+            t,
+            ki,
+            arr(1),
+            t,
+            ki,
+            &beta as *const f32 as *const _,
+            arr(2) as *const *mut std::ffi::c_void,
+            t,
+            ni,
+            3,
+            blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+            blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+        )
+    };
+    status
+        .result()
+        .map_err(CudaError::cublas(format!("batched Q/K/V gemm {m}x{n}x{k}")))
 }
 
 /// Embeddings and their LayerNorm for `tokens` tokens: `ids`, `types`, `positions` hold `tokens`

@@ -29,6 +29,7 @@
 
 mod buffers;
 mod forward;
+mod graph;
 pub mod launch;
 mod report;
 mod weights;
@@ -57,6 +58,7 @@ pub struct CudaEncoder {
     dispatcher: Dispatcher,
     buffers: Mutex<Option<Buffers>>,
     poison: std::sync::atomic::AtomicBool,
+    graphs: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for CudaEncoder {
@@ -140,6 +142,7 @@ impl CudaEncoder {
             dispatcher,
             buffers: Mutex::new(None),
             poison: std::sync::atomic::AtomicBool::new(false),
+            graphs: std::sync::atomic::AtomicBool::new(true),
         })
     }
 
@@ -163,6 +166,16 @@ impl CudaEncoder {
     /// a value a kernel fails to write shows up as NaN instead of a stale result (for tests).
     pub fn set_poison(&self, on: bool) {
         self.poison.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// When on (the default), a batch shape seen before replays a captured CUDA graph of the
+    /// forward pass instead of launching each kernel.
+    pub fn set_graphs(&self, on: bool) {
+        self.graphs.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn graphs_on(&self) -> bool {
+        self.graphs.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Pooled sentence vectors `[batch, hidden_size]`, computed (and, with `normalize`,
@@ -195,8 +208,8 @@ impl CudaEncoder {
     }
 
     /// Milliseconds per forward pass over `batch` to its pooled (mean) vectors on the device,
-    /// measured with CUDA events over `iters` passes after `warmup` untimed ones. Each pass
-    /// includes copying the batch's token arrays to the device; nothing is copied back.
+    /// measured with CUDA events over `iters` passes after `warmup` untimed ones. The batch's
+    /// token arrays are copied to the device once, before the passes; nothing is copied back.
     pub fn time_forward(
         &self,
         batch: &TokenBatch,
@@ -209,8 +222,9 @@ impl CudaEncoder {
             .ok_or_else(|| CudaError::Invalid("buffers missing after allocation".into()))?;
         let h = self.config.hidden_size as usize;
         let s = p.lengths.len();
+        bufs.upload_batch(&self.rt, &p.ids, &p.types, &p.positions, &p.cu)?;
         let pass = |bufs: &mut Buffers| -> Result<(), RuntimeError> {
-            self.encode(bufs, &p, None)?;
+            self.run_uploaded(bufs, &p)?;
             let (x, cu, out) = (bufs.x.ptr(), bufs.cu.ptr(), bufs.out32.ptr());
             launch::pool(&self.rt, x, cu, s, h, false, false, out, 0)?;
             Ok(())
@@ -289,5 +303,9 @@ impl Encoder for CudaEncoder {
 
     fn embed(&self, batch: &TokenBatch, pooling: Pooling) -> Result<Vec<f32>, RuntimeError> {
         self.embed_with(batch, pooling, false)
+    }
+
+    fn dispatch_report(&self, batch: &TokenBatch) -> Result<Option<String>, RuntimeError> {
+        Ok(Some(report::format_report(&self.report(batch)?)))
     }
 }

@@ -45,6 +45,8 @@ pub(crate) struct DevLayer {
     pub heads: usize,
     /// Q, K and V projections.
     pub qkv: Option<[Proj; 3]>,
+    /// When Q, K and V are all dense f16 of one shape: their addresses, for one batched GEMM.
+    pub qkv_dense: Option<[u64; 3]>,
     pub out: Option<Proj>,
     /// The attention output bias (for layers without heads).
     pub out_bias: u64,
@@ -266,9 +268,25 @@ fn load_layer(
     };
     let inter = crate::runtime::ffn_width(file, c, i)?;
     let ln = |w: LayerTensor, b: LayerTensor| layer_norm(model, file, &name(w), &name(b), h);
+    let dense = |p: &Proj| match p.weight {
+        LinearWeight::Dense {
+            w,
+            elem: ElemType::F16,
+            ..
+        } => Some(w),
+        _ => None,
+    };
+    let qkv_dense = match &qkv {
+        Some([q, k, v]) => match (dense(q), dense(k), dense(v)) {
+            (Some(a), Some(b), Some(c)) => Some([a, b, c]),
+            _ => None,
+        },
+        None => None,
+    };
     Ok(DevLayer {
         heads,
         qkv,
+        qkv_dense,
         out,
         out_bias,
         ln1: ln(LayerTensor::AttentionLnWeight, LayerTensor::AttentionLnBias)?,

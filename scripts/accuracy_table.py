@@ -1,0 +1,95 @@
+"""Table (and optional SVG chart) of SST-2 dev accuracy after pruning, from scripts/accuracy.sh.
+
+    accuracy_table.py WORK_DIR DEV_TSV HEAD_TSV [CHART.svg]
+
+Every `dev_METHOD-TILE-SPARSITY.npy` in WORK_DIR is one cell: the same logistic-regression head,
+trained on the dense model's embeddings of HEAD_TSV, predicts the dev labels from it.
+"""
+import glob
+import os
+import sys
+
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+
+
+def labels(path):
+    return np.array([int(l.rstrip("\n").split("\t")[1]) for l in open(path).readlines()[1:]])
+
+
+def chart(path, cells, dense_acc):
+    """Accuracy against sparsity, one line per method and tile, as a plain SVG."""
+    w, h, left, right, top, bottom = 640, 400, 60, 190, 20, 50
+    pw, ph = w - left - right, h - top - bottom
+    x = lambda s: left + pw * (s - 0.2) / 0.8
+    y = lambda a: top + ph * (1 - (a - 0.45) / 0.4)
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" '
+           'font-family="sans-serif" font-size="12">',
+           f'<rect width="{w}" height="{h}" fill="white"/>']
+    for s in (0.3, 0.5, 0.7, 0.9):
+        out.append(f'<line x1="{x(s):.1f}" y1="{top}" x2="{x(s):.1f}" y2="{top + ph}" stroke="#ddd"/>')
+        out.append(f'<text x="{x(s):.1f}" y="{top + ph + 16}" text-anchor="middle">{s:.0%}</text>')
+    for a in (0.5, 0.6, 0.7, 0.8):
+        out.append(f'<line x1="{left}" y1="{y(a):.1f}" x2="{left + pw}" y2="{y(a):.1f}" stroke="#ddd"/>')
+        out.append(f'<text x="{left - 6}" y="{y(a) + 4:.1f}" text-anchor="end">{a:.2f}</text>')
+    out.append(f'<line x1="{left}" y1="{y(dense_acc):.1f}" x2="{left + pw}" y2="{y(dense_acc):.1f}" '
+               'stroke="black" stroke-dasharray="4 3"/>')
+    out.append(f'<text x="{left + pw + 6}" y="{y(dense_acc) + 4:.1f}">dense {dense_acc:.3f}</text>')
+    out.append(f'<text x="{left + pw / 2}" y="{h - 10}" text-anchor="middle">tile sparsity</text>')
+    out.append(f'<text x="14" y="{top + ph / 2}" transform="rotate(-90 14 {top + ph / 2})" '
+               'text-anchor="middle">SST-2 dev accuracy</text>')
+    colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
+    series = sorted({(c["method"], c["tile"]) for c in cells})
+    for i, (m, t) in enumerate(series):
+        pts = sorted((c["sparsity"], c["acc"]) for c in cells if (c["method"], c["tile"]) == (m, t))
+        col = colors[i % len(colors)]
+        path_d = " ".join(f"{x(s):.1f},{y(a):.1f}" for s, a in pts)
+        out.append(f'<polyline points="{path_d}" fill="none" stroke="{col}" stroke-width="2"/>')
+        for s, a in pts:
+            out.append(f'<circle cx="{x(s):.1f}" cy="{y(a):.1f}" r="3" fill="{col}"/>')
+        ly = top + 14 + 18 * i
+        out.append(f'<line x1="{left + pw + 10}" y1="{ly - 4}" x2="{left + pw + 30}" y2="{ly - 4}" '
+                   f'stroke="{col}" stroke-width="2"/>')
+        out.append(f'<text x="{left + pw + 34}" y="{ly}">{m} {t}</text>')
+    out.append("</svg>")
+    with open(path, "w") as f:
+        f.write("\n".join(out) + "\n")
+
+
+def main():
+    work, dev_tsv, head_tsv = sys.argv[1:4]
+    chart_path = sys.argv[4] if len(sys.argv) > 4 else ""
+    xh, yh = np.load(f"{work}/head_dense.npy"), labels(head_tsv)
+    yd = labels(dev_tsv)
+    clf = LogisticRegression(max_iter=2000, C=1.0).fit(xh, yh)
+    dense = np.load(f"{work}/dev_dense.npy")
+    pd = clf.predict(dense)
+    acc_d = (pd == yd).mean()
+    print(f"dense dev accuracy {acc_d:.4f} ({len(yd)} sentences; head on {len(yh)} train sentences)")
+    print("| method | tile | sparsity | accuracy (share of dense) | agreement | mean cosine | convert s |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    cells = []
+    for f in glob.glob(f"{work}/dev_*.npy"):
+        name = os.path.basename(f)[4:-4]
+        if name == "dense":
+            continue
+        m, tile, s = name.rsplit("-", 2)
+        x = np.load(f)
+        p = clf.predict(x)
+        cos = (x * dense).sum(1) / (np.linalg.norm(x, axis=1) * np.linalg.norm(dense, axis=1) + 1e-30)
+        secs_file = f"{work}/{name}.secs"
+        secs = open(secs_file).read().strip() if os.path.exists(secs_file) else "?"
+        cells.append(dict(method=m, tile=tile, sparsity=float(s), acc=(p == yd).mean(),
+                          agree=(p == pd).mean(), cos=cos.mean(), secs=secs))
+    order = {"weight-norm": 0, "calibrated": 1, "sensitivity": 2}
+    cells.sort(key=lambda c: (c["tile"], order.get(c["method"], 9), c["sparsity"]))
+    for c in cells:
+        print(f"| {c['method']} | {c['tile']} | {c['sparsity']:.0%} | {c['acc']:.4f} "
+              f"({c['acc'] / acc_d:.1%}) | {c['agree']:.4f} | {c['cos']:.4f} | {c['secs']} |")
+    if chart_path:
+        chart(chart_path, cells, acc_d)
+        print(f"chart: {chart_path}")
+
+
+if __name__ == "__main__":
+    main()
