@@ -10,7 +10,8 @@
 //!   reading until memory runs out. The limits are the `MAX_*` constants of this module.
 //! - Files found beside a model (tokenizer, vocabulary) must be regular files inside the model's
 //!   folder after resolving symbolic links ([`confined_file`]): their bytes are embedded in the
-//!   output, which gets shared.
+//!   output, which gets shared. A Hugging Face cache snapshot (`REPO/snapshots/REVISION`) is a
+//!   folder of links into its repository's `REPO/blobs`, so for a snapshot that folder counts too.
 //! - An output path that exists and is not a regular file is never renamed over
 //!   ([`OutputTarget`]): the atomic writers refuse it, and streams write through it.
 //! - Temporary files register themselves ([`TempPath`]); [`remove_temporaries`] deletes every one
@@ -58,7 +59,8 @@ pub fn confined_file(dir: &Path, path: &Path) -> Result<PathBuf, String> {
     let real_dir = dir
         .canonicalize()
         .map_err(|e| format!("cannot resolve the model's folder: {e}"))?;
-    if !real.starts_with(&real_dir) {
+    let in_snapshot_blobs = hub_cache_blobs(&real_dir).is_some_and(|b| real.starts_with(b));
+    if !real.starts_with(&real_dir) && !in_snapshot_blobs {
         return Err(format!(
             "it resolves to {}, outside the model's folder",
             real.display()
@@ -69,6 +71,17 @@ pub fn confined_file(dir: &Path, path: &Path) -> Result<PathBuf, String> {
         return Err("it is not a regular file".to_string());
     }
     Ok(real)
+}
+
+/// The `REPO/blobs` folder (resolved) of a Hugging Face cache snapshot `REPO/snapshots/REVISION`,
+/// where the snapshot's links point; `None` for any other folder.
+fn hub_cache_blobs(real_dir: &Path) -> Option<PathBuf> {
+    let snapshots = real_dir.parent()?;
+    if snapshots.file_name()? != "snapshots" {
+        return None;
+    }
+    let blobs = snapshots.parent()?.join("blobs");
+    blobs.is_dir().then(|| blobs.canonicalize().ok()).flatten()
 }
 
 /// What an output path currently is.
@@ -242,5 +255,31 @@ mod tests {
             let e = confined_file(dir.path(), &link).unwrap_err();
             assert!(e.contains("outside the model's folder"), "{e}");
         }
+    }
+
+    #[test]
+    #[cfg(unix)]
+    fn hub_cache_snapshot_links_into_its_blobs() {
+        let root = tempfile::tempdir().unwrap();
+        let repo = root.path().join("models--org--name");
+        let snapshot = repo.join("snapshots").join("0123abcd");
+        std::fs::create_dir_all(&snapshot).unwrap();
+        std::fs::create_dir_all(repo.join("blobs")).unwrap();
+        std::fs::write(repo.join("blobs").join("f00d"), b"x").unwrap();
+        std::fs::write(root.path().join("secret"), b"x").unwrap();
+        let link = snapshot.join("tokenizer.json");
+        std::os::unix::fs::symlink("../../blobs/f00d", &link).unwrap();
+        assert!(confined_file(&snapshot, &link).is_ok());
+        // A link elsewhere in the cache, or anywhere else, is still refused.
+        let out = snapshot.join("vocab.txt");
+        std::os::unix::fs::symlink("../../../secret", &out).unwrap();
+        let e = confined_file(&snapshot, &out).unwrap_err();
+        assert!(e.contains("outside the model's folder"), "{e}");
+        // The same layout without the `snapshots` name is an ordinary folder.
+        let plain = repo.join("other").join("rev");
+        std::fs::create_dir_all(&plain).unwrap();
+        let l2 = plain.join("tokenizer.json");
+        std::os::unix::fs::symlink("../../blobs/f00d", &l2).unwrap();
+        assert!(confined_file(&plain, &l2).is_err());
     }
 }
