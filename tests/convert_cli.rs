@@ -262,6 +262,36 @@ fn json_report_parses() {
     assert!(String::from_utf8_lossy(&o.stdout).contains("layer"));
 }
 
+/// et-inspect prints the recipe's per-weight results as a count; `--json` keeps them whole.
+#[test]
+fn inspect_summarises_per_weight_results() {
+    let dir = tempfile::tempdir().expect("dir");
+    let out = dir.path().join("out.ets");
+    let input = fixture("tiny-onnx-inline/model.onnx");
+    let o = et_convert(&[&input, &out, &"--sparsity", &"0.5", &"--quiet"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let inspect = |json: bool| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_et-inspect"));
+        cmd.arg(&out);
+        if json {
+            cmd.arg("--json");
+        }
+        let o = cmd.output().expect("run et-inspect");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let text = inspect(false);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("recipe: "))
+        .expect("recipe line");
+    assert!(line.contains("\"results\":\"<12 entries"), "{line}");
+    assert!(line.contains("\"sparsity\":0.5"), "{line}");
+    let v: serde_json::Value = serde_json::from_str(&inspect(true)).expect("JSON");
+    let results = v["recipe"]["results"].as_object().expect("results object");
+    assert_eq!(results.len(), 12);
+}
+
 #[test]
 fn uncalibrated_structured_pruning_warns() {
     let dir = tempfile::tempdir().expect("dir");

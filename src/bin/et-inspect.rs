@@ -167,7 +167,7 @@ fn render_text(args: &Args, f: &EtsFile, rows: &[Row]) -> String {
             show(e.max_length.map(|n| n.to_string()))
         );
     }
-    w!(out, "recipe: {}", f.header().recipe);
+    w!(out, "recipe: {}", recipe_summary(&f.header().recipe));
     let p = &f.header().provenance;
     w!(
         out,
@@ -410,4 +410,26 @@ fn main() -> ExitCode {
     // A closed pipe (`et-inspect FILE | head`) is not an error worth a panic.
     let _ = std::io::stdout().lock().write_all(text.as_bytes());
     ExitCode::SUCCESS
+}
+
+/// The recipe as compact JSON with every object or array of more than eight entries (per-weight
+/// results, calibration cosines) replaced by its size; `--json` prints it whole.
+fn recipe_summary(recipe: &Value) -> String {
+    fn shrink(v: &Value) -> Value {
+        const KEEP: usize = 8;
+        match v {
+            Value::Object(m) if m.len() > KEEP => {
+                Value::String(format!("<{} entries; --json shows them>", m.len()))
+            }
+            Value::Array(a) if a.len() > KEEP => {
+                Value::String(format!("<{} items; --json shows them>", a.len()))
+            }
+            Value::Object(m) => {
+                Value::Object(m.iter().map(|(k, x)| (k.clone(), shrink(x))).collect())
+            }
+            Value::Array(a) => Value::Array(a.iter().map(shrink).collect()),
+            other => other.clone(),
+        }
+    }
+    shrink(recipe).to_string()
 }
