@@ -89,6 +89,25 @@ fn buffer_mut<'a, T>(ptr: *mut T, len: usize, what: &str) -> Result<&'a mut [T],
     Ok(unsafe { std::slice::from_raw_parts_mut(ptr, len) })
 }
 
+/// The caller's output buffer for `count` embeddings of `hidden` floats, and the floats they
+/// take; one too small is an error and stays unwritten.
+fn embedding_output<'a>(
+    out: *mut f32,
+    out_len: usize,
+    count: usize,
+    hidden: usize,
+) -> Result<(&'a mut [f32], usize), String> {
+    let need = count
+        .checked_mul(hidden)
+        .ok_or("the output size overflows")?;
+    if out_len < need {
+        return Err(format!(
+            "buffer of {out_len} floats is too small for {count} embeddings of {hidden} ({need})"
+        ));
+    }
+    Ok((buffer_mut(out, out_len, "out")?, need))
+}
+
 /// An open `.ets` file (`ets_file` in C).
 pub struct EtsFileHandle {
     file: Arc<EtsFile>,
@@ -467,16 +486,7 @@ pub unsafe extern "C" fn ets_encoder_embed(
             .try_fold(0usize, |a, &n| a.checked_add(n))
             .ok_or("the lengths overflow")?;
         let ids = buffer(ids, total, "ids")?;
-        let need = count
-            .checked_mul(e.hidden_size())
-            .ok_or("the output size overflows")?;
-        if out_len < need {
-            return Err(format!(
-                "buffer of {out_len} floats is too small for {count} embeddings of {} ({need})",
-                e.hidden_size()
-            ));
-        }
-        let out = buffer_mut(out, out_len, "out")?;
+        let (out, need) = embedding_output(out, out_len, count, e.hidden_size())?;
         let mut start = 0;
         let sequences = lengths
             .iter()
@@ -521,16 +531,7 @@ pub unsafe extern "C" fn ets_encoder_embed_texts(
             .enumerate()
             .map(|(i, &t)| c_str(t, &format!("texts[{i}]")))
             .collect::<Result<Vec<&str>, String>>()?;
-        let need = count
-            .checked_mul(e.hidden_size())
-            .ok_or("the output size overflows")?;
-        if out_len < need {
-            return Err(format!(
-                "buffer of {out_len} floats is too small for {count} embeddings of {} ({need})",
-                e.hidden_size()
-            ));
-        }
-        let out = buffer_mut(out, out_len, "out")?;
+        let (out, need) = embedding_output(out, out_len, count, e.hidden_size())?;
         let size = if batch_size == 0 {
             DEFAULT_BATCH
         } else {

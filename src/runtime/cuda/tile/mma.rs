@@ -9,7 +9,7 @@ use super::super::device::CudaRuntime;
 use super::super::epilogue::Epilogue;
 use super::super::error::CudaError;
 use super::common::{launch_union, union_meta_bytes, TileDeviceView, TileShape, TILE_BM, TILE_BN};
-use super::{DeviceLimits, TileFamily, TileKernel};
+use super::{smem_over_limit, DeviceLimits, TileFamily, TileKernel};
 
 const STAGE_BYTES: usize = TILE_BM * 64 * 2;
 
@@ -35,12 +35,7 @@ impl TileFamily for Mma {
         _: usize,
     ) -> Option<String> {
         let smem = mma_smem_bytes(w.th);
-        (smem > dev.max_smem).then(|| {
-            format!(
-                "needs {smem} bytes of shared memory (device {})",
-                dev.max_smem
-            )
-        })
+        smem_over_limit(smem, dev)
     }
 
     unsafe fn launch(

@@ -50,6 +50,16 @@ pub struct DeviceLimits {
     pub max_smem: usize,
 }
 
+/// Why a kernel needing `smem` bytes of shared memory per CTA cannot run on `dev`, if it cannot.
+pub(crate) fn smem_over_limit(smem: usize, dev: &DeviceLimits) -> Option<String> {
+    (smem > dev.max_smem).then(|| {
+        format!(
+            "needs {smem} bytes of shared memory (device {})",
+            dev.max_smem
+        )
+    })
+}
+
 impl DeviceLimits {
     /// Whether the device runs the Hopper-only (sm_90a) kernels.
     pub fn hopper(&self) -> bool {

@@ -17,7 +17,7 @@ use super::common::{
 };
 use super::rs_plan::{rs_tile_shape, uniform_row_tiles, TileGeometry, RS_PLAN_BYTES};
 use super::tensor_map::{encode, tile_lines, tiles_per_block_row, x_maps, TensorMap, SW128};
-use super::{DeviceLimits, TileFamily, TileKernel};
+use super::{smem_over_limit, DeviceLimits, TileFamily, TileKernel};
 
 /// Tokens per output tile.
 pub const RS_BM: usize = 192;
@@ -150,12 +150,7 @@ impl TileFamily for Rs {
             ));
         }
         let smem = rs_smem_bytes();
-        (smem > dev.max_smem).then(|| {
-            format!(
-                "needs {smem} bytes of shared memory (device {})",
-                dev.max_smem
-            )
-        })
+        smem_over_limit(smem, dev)
     }
 
     unsafe fn launch(

@@ -15,7 +15,7 @@ use super::common::{
     check_io, int, union_meta_bytes, TileDeviceView, TileInts, TileShape, UnionGrid, UnionLaunch,
 };
 use super::tensor_map::{encode, tiles_per_block_row, x_maps, TensorMap, SLICE, SW128, SW32};
-use super::{DeviceLimits, TileFamily, TileKernel};
+use super::{smem_over_limit, DeviceLimits, TileFamily, TileKernel};
 
 /// Output features per CTA.
 pub const TMA_BN: usize = 128;
@@ -66,12 +66,7 @@ impl TileFamily for Tma {
             return Some(format!("{} kept tiles (at most 2^31 - 2)", w.kept));
         }
         let smem = tma_smem_bytes(kern.bm(), w.th);
-        (smem > dev.max_smem).then(|| {
-            format!(
-                "needs {smem} bytes of shared memory (device {})",
-                dev.max_smem
-            )
-        })
+        smem_over_limit(smem, dev)
     }
 
     unsafe fn launch(

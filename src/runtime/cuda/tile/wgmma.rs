@@ -10,7 +10,7 @@ use super::super::device::CudaRuntime;
 use super::super::epilogue::Epilogue;
 use super::super::error::CudaError;
 use super::common::{launch_union, union_meta_bytes, TileDeviceView, TileShape, TILE_BM};
-use super::{DeviceLimits, TileFamily, TileKernel};
+use super::{smem_over_limit, DeviceLimits, TileFamily, TileKernel};
 
 /// Dynamic shared memory of the wgmma kernel with `bn`-feature groups: the stage ring (96 KiB for
 /// both group sizes), 1 KiB for aligning it to the swizzle period, and the union list.
@@ -45,12 +45,7 @@ impl TileFamily for Wgmma {
             ));
         }
         let smem = wg_smem_bytes(kern.bn(), w.th);
-        (smem > dev.max_smem).then(|| {
-            format!(
-                "needs {smem} bytes of shared memory (device {})",
-                dev.max_smem
-            )
-        })
+        smem_over_limit(smem, dev)
     }
 
     unsafe fn launch(
