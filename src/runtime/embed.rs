@@ -112,6 +112,28 @@ pub fn normalize_rows(values: &mut [f32], hidden: usize) {
     }
 }
 
+/// Pooled (and, when `settings` say so, normalized) vectors of token sequences,
+/// `[sequences * hidden_size]`, computed `batch_size` sequences at a time.
+pub(crate) fn embed_sequences(
+    encoder: &dyn Encoder,
+    settings: &EmbedSettings,
+    batch: &TokenBatch,
+    batch_size: usize,
+) -> Result<Vec<f32>, RuntimeError> {
+    let hidden = encoder.config().hidden_size as usize;
+    let mut out = Vec::with_capacity(batch.sequences.len().saturating_mul(hidden));
+    for chunk in batch.sequences.chunks(batch_size.max(1)) {
+        let part = TokenBatch {
+            sequences: chunk.to_vec(),
+        };
+        out.extend(encoder.embed(&part, settings.pooling)?);
+    }
+    if settings.normalize {
+        normalize_rows(&mut out, hidden);
+    }
+    Ok(out)
+}
+
 /// An encoder with its tokenizer and settings.
 pub struct Embedder<'f> {
     encoder: Box<dyn Encoder + 'f>,
@@ -168,18 +190,7 @@ impl<'f> Embedder<'f> {
         batch: &TokenBatch,
         batch_size: usize,
     ) -> Result<Vec<f32>, RuntimeError> {
-        let hidden = self.hidden_size();
-        let mut out = Vec::with_capacity(batch.sequences.len() * hidden);
-        for chunk in batch.sequences.chunks(batch_size.max(1)) {
-            let part = TokenBatch {
-                sequences: chunk.to_vec(),
-            };
-            out.extend(self.encoder.embed(&part, self.settings.pooling)?);
-        }
-        if self.settings.normalize {
-            normalize_rows(&mut out, hidden);
-        }
-        Ok(out)
+        embed_sequences(&*self.encoder, &self.settings, batch, batch_size)
     }
 
     /// Sentence vectors of texts, `[texts * hidden_size]`.

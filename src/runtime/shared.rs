@@ -19,7 +19,7 @@ use std::sync::Arc;
 use crate::format::EtsFile;
 use crate::runtime::cpu::{CpuEncoder, TextTokenizer};
 use crate::runtime::cuda::{cuda_available, CudaEncoder};
-use crate::runtime::embed::{normalize_rows, EmbedSettings, Overrides};
+use crate::runtime::embed::{embed_sequences, EmbedSettings, Overrides};
 use crate::runtime::{Encoder, RuntimeError, TokenBatch};
 
 /// Where an encoder runs.
@@ -170,18 +170,7 @@ impl SharedEmbedder {
         batch: &TokenBatch,
         batch_size: usize,
     ) -> Result<Vec<f32>, RuntimeError> {
-        let hidden = self.hidden_size();
-        let mut out = Vec::with_capacity(batch.sequences.len().saturating_mul(hidden));
-        for chunk in batch.sequences.chunks(batch_size.max(1)) {
-            let part = TokenBatch {
-                sequences: chunk.to_vec(),
-            };
-            out.extend(self.encoder.embed(&part, self.settings.pooling)?);
-        }
-        if self.settings.normalize {
-            normalize_rows(&mut out, hidden);
-        }
-        Ok(out)
+        embed_sequences(&*self.encoder, &self.settings, batch, batch_size)
     }
 
     /// Sentence vectors of texts, `[texts * hidden_size]` (longer texts truncated to the
