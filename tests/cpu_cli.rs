@@ -124,7 +124,7 @@ fn exit_codes_and_messages() {
     assert!(err.contains("no input"), "{err}");
     let (code, _, err) = et_run(&["/nonexistent/model.ets", "--text", "a"]);
     assert_eq!(code, 1);
-    assert!(err.contains("model.ets"), "{err}");
+    assert_eq!(err.matches("model.ets").count(), 1, "the path once: {err}");
     let notok = tiny_model(tmp.path(), false);
     let (code, _, err) = et_run(&[notok.to_str().unwrap(), "--text", "a"]);
     assert_eq!(code, 1);

@@ -154,8 +154,11 @@ fn open_encoder(device: DeviceArg, file: &EtsFile) -> Result<Box<dyn Encoder + '
 
 fn run(args: &Args) -> Result<(), Failure> {
     let texts = read_texts(args)?;
-    let file = EtsFile::open(&args.model)
-        .map_err(|e| Failure(format!("{}: {e}", args.model.display())))?;
+    // An I/O error already names its path; every other format error is about the model file.
+    let file = EtsFile::open(&args.model).map_err(|e| match e {
+        ets::format::FormatError::Io { .. } => Failure(e.to_string()),
+        e => Failure(format!("{}: {e}", args.model.display())),
+    })?;
     let overrides = Overrides {
         pooling: args.pooling.map(|p| match p {
             PoolingArg::Mean => Pooling::Mean,
