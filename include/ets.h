@@ -72,6 +72,19 @@ int ets_tensor_read_f32(const ets_file *file, size_t index, float *out, size_t l
 ets_encoder *ets_encoder_open(const char *path, const char *device);
 /* Builds an encoder on an open file, which may then be closed first. NULL on failure. */
 ets_encoder *ets_encoder_from_file(const ets_file *file, const char *device);
+/* Embedding settings that replace the file's: pooling "mean" or "cls" (NULL keeps the file's),
+ * normalize 1 or 0 (-1 keeps the file's), max_length in tokens (0 keeps the file's; capped by the
+ * model's position table). */
+typedef struct {
+    const char *pooling;
+    int normalize;
+    size_t max_length;
+} ets_embed_options;
+/* ets_encoder_open and ets_encoder_from_file with options (NULL: the file's settings). */
+ets_encoder *ets_encoder_open_with(const char *path, const char *device,
+                                   const ets_embed_options *options);
+ets_encoder *ets_encoder_from_file_with(const ets_file *file, const char *device,
+                                        const ets_embed_options *options);
 /* Closes an encoder; NULL is ignored. */
 void ets_encoder_close(ets_encoder *encoder);
 /* Width of one embedding (0 with an error when encoder is NULL). */
@@ -79,8 +92,8 @@ size_t ets_encoder_hidden_size(const ets_encoder *encoder);
 /* The runtime in use: "cpu" or "cuda". */
 const char *ets_encoder_device(const ets_encoder *encoder);
 /* Embeds count token-id sequences: sequence i is the next lengths[i] ids of ids (special tokens
- * included, token types 0). Pooling, normalization and maximum length follow the file's embedding
- * settings. Writes count * hidden_size floats to out, which holds out_len; batch_size sequences
+ * included, token types 0). Pooling, normalization and maximum length follow the encoder's settings
+ * (the file's, or its options). Writes count * hidden_size floats to out, which holds out_len; batch_size sequences
  * run at a time (0 means 32). 0, or -1. */
 int ets_encoder_embed(const ets_encoder *encoder, const uint32_t *ids, const size_t *lengths,
                       size_t count, size_t batch_size, float *out, size_t out_len);

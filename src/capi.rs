@@ -381,17 +381,67 @@ pub unsafe extern "C" fn ets_verify(file: *const EtsFileHandle) -> c_int {
     })
 }
 
+/// Embedding settings that replace the file's (`ets_embed_options` in C): `pooling` "mean" or
+/// "cls" (NULL keeps the file's), `normalize` 1 or 0 (-1 keeps the file's), `max_length` (0 keeps
+/// the file's; capped by the position table).
+#[repr(C)]
+pub struct EtsEmbedOptions {
+    /// "mean", "cls", or NULL.
+    pub pooling: *const c_char,
+    /// 1, 0, or -1.
+    pub normalize: c_int,
+    /// Tokens per text, or 0.
+    pub max_length: usize,
+}
+
+/// The overrides `options` asks for (NULL: none).
+///
+/// # Safety
+/// `options` is NULL or points to an initialized `EtsEmbedOptions` whose `pooling` is NULL or
+/// NUL-terminated.
+unsafe fn overrides(options: *const EtsEmbedOptions) -> Result<Overrides, String> {
+    // SAFETY: the caller's contract.
+    let Some(o) = (unsafe { options.as_ref() }) else {
+        return Ok(Overrides::default());
+    };
+    let pooling = if o.pooling.is_null() {
+        None
+    } else {
+        let name = c_str(o.pooling, "options.pooling")?;
+        Some(
+            crate::runtime::embed::pooling_from_name(name)
+                .ok_or_else(|| format!("options.pooling {name:?} is not \"mean\" or \"cls\""))?,
+        )
+    };
+    let normalize = match o.normalize {
+        -1 => None,
+        0 => Some(false),
+        1 => Some(true),
+        n => {
+            return Err(format!(
+                "options.normalize is {n}; use 1, 0, or -1 for the file's"
+            ))
+        }
+    };
+    let max_length = (o.max_length != 0).then_some(o.max_length);
+    Ok(Overrides {
+        pooling,
+        normalize,
+        max_length,
+    })
+}
+
 fn encoder_handle(
     file: Arc<EtsFile>,
     device: *const c_char,
+    overrides: &Overrides,
 ) -> Result<*mut EtsEncoderHandle, String> {
     let device = if device.is_null() {
         Device::Auto
     } else {
         Device::from_name(c_str(device, "device")?).map_err(|e| e.to_string())?
     };
-    let embedder =
-        SharedEmbedder::new(file, device, &Overrides::default()).map_err(|e| e.to_string())?;
+    let embedder = SharedEmbedder::new(file, device, overrides).map_err(|e| e.to_string())?;
     Ok(Box::into_raw(Box::new(EtsEncoderHandle { embedder })))
 }
 
@@ -406,7 +456,29 @@ pub unsafe extern "C" fn ets_encoder_open(
     device: *const c_char,
 ) -> *mut EtsEncoderHandle {
     guard(std::ptr::null_mut(), || {
-        encoder_handle(open_file(c_str(path, "path")?)?, device)
+        encoder_handle(
+            open_file(c_str(path, "path")?)?,
+            device,
+            &Overrides::default(),
+        )
+    })
+}
+
+/// [`ets_encoder_open`] with embedding settings replacing the file's (`options` NULL: none).
+///
+/// # Safety
+/// `path` and `device` are NULL or NUL-terminated strings; `options` is NULL or points to an
+/// initialized `ets_embed_options` whose `pooling` is NULL or NUL-terminated.
+#[cfg_attr(not(test), no_mangle)]
+pub unsafe extern "C" fn ets_encoder_open_with(
+    path: *const c_char,
+    device: *const c_char,
+    options: *const EtsEmbedOptions,
+) -> *mut EtsEncoderHandle {
+    guard(std::ptr::null_mut(), || {
+        // SAFETY: the caller's contract.
+        let overrides = unsafe { overrides(options) }?;
+        encoder_handle(open_file(c_str(path, "path")?)?, device, &overrides)
     })
 }
 
@@ -420,7 +492,33 @@ pub unsafe extern "C" fn ets_encoder_from_file(
     device: *const c_char,
 ) -> *mut EtsEncoderHandle {
     guard(std::ptr::null_mut(), || {
-        encoder_handle(Arc::clone(&non_null(file, "file")?.file), device)
+        encoder_handle(
+            Arc::clone(&non_null(file, "file")?.file),
+            device,
+            &Overrides::default(),
+        )
+    })
+}
+
+/// [`ets_encoder_from_file`] with embedding settings replacing the file's (`options` NULL: none).
+///
+/// # Safety
+/// `file` is NULL or an open handle; `device` NULL or NUL-terminated; `options` is NULL or points
+/// to an initialized `ets_embed_options` whose `pooling` is NULL or NUL-terminated.
+#[cfg_attr(not(test), no_mangle)]
+pub unsafe extern "C" fn ets_encoder_from_file_with(
+    file: *const EtsFileHandle,
+    device: *const c_char,
+    options: *const EtsEmbedOptions,
+) -> *mut EtsEncoderHandle {
+    guard(std::ptr::null_mut(), || {
+        // SAFETY: the caller's contract.
+        let overrides = unsafe { overrides(options) }?;
+        encoder_handle(
+            Arc::clone(&non_null(file, "file")?.file),
+            device,
+            &overrides,
+        )
     })
 }
 

@@ -100,6 +100,26 @@ fn expected(path: &Path) -> String {
         .embed(&["hello world", "a second sentence"], 32)
         .expect("embed texts");
     lines.push(bits("texts", &texts));
+    let cls = Overrides {
+        pooling: Some(ets::runtime::Pooling::Cls),
+        normalize: Some(false),
+        max_length: Some(4),
+    };
+    let settings = EmbedSettings::resolve(&file, &cls).expect("settings");
+    let tokenizer =
+        TextTokenizer::from_file_with_max_len(&file, settings.max_length).expect("tokenizer");
+    let encoder = CpuEncoder::new(&file).expect("encoder");
+    let embedder = Embedder::new(Box::new(encoder), tokenizer, settings);
+    let texts = embedder
+        .embed(&["hello world", "a second sentence"], 32)
+        .expect("embed texts with options");
+    let cls_line = bits("texts-cls", &texts);
+    assert_ne!(
+        cls_line[10..],
+        lines.last().expect("texts line")[6..],
+        "the options must change the embeddings"
+    );
+    lines.push(cls_line);
     lines.push("ok".into());
     lines.join("\n") + "\n"
 }

@@ -122,6 +122,27 @@ static void embed(const char *path, ets_file *f) {
     ets_encoder *by_path = ets_encoder_open(path, NULL);
     CHECK(by_path != NULL, "encoder by path (auto)");
     ets_encoder_close(by_path);
+
+    /* Settings replacing the file's: CLS pooling, no normalization, 4 tokens. */
+    ets_embed_options opts = {"cls", 0, 4};
+    ets_encoder *cls = ets_encoder_open_with(path, "cpu", &opts);
+    CHECK(cls != NULL, "encoder with options");
+    if (cls) {
+        float *v = calloc(2 * hidden, sizeof(float));
+        if (!v) exit(2);
+        CHECK(ets_encoder_embed_texts(cls, texts, 2, 0, v, 2 * hidden) == 0, "embed with options");
+        print_bits("texts-cls", v, 2 * hidden);
+        free(v);
+        ets_encoder_close(cls);
+    }
+    ets_embed_options bad_pooling = {"max", -1, 0};
+    CHECK(ets_encoder_open_with(path, "cpu", &bad_pooling) == NULL, "pooling max accepted");
+    CHECK(strstr(ets_last_error(), "max") != NULL, "the pooling is not in the message");
+    ets_embed_options bad_norm = {NULL, 7, 0};
+    CHECK(ets_encoder_open_with(path, "cpu", &bad_norm) == NULL, "normalize 7 accepted");
+    ets_encoder *plain = ets_encoder_open_with(path, "cpu", NULL);
+    CHECK(plain != NULL, "NULL options keep the file's settings");
+    ets_encoder_close(plain);
 }
 
 int main(int argc, char **argv) {
