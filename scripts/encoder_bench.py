@@ -3,8 +3,11 @@
 
   encoder_bench.py make DIR            a BERT-base-shaped BertModel, random init, saved as
                                        DIR/model.safetensors + DIR/config.json
-  encoder_bench.py torch DIR SIZES     times it in fp16 with SDPA attention: eager and CUDA graph
-                                       replay, and scaled_dot_product_attention alone (JSON lines)
+  encoder_bench.py torch DIR SIZES     times it in fp16 with SDPA attention: eager, CUDA graph
+                                       replay and torch.compile (mode COMPILE_MODE, default
+                                       max-autotune; sizes compiled until COMPILE_BUDGET seconds,
+                                       default 300, are spent; 0 turns it off), and
+                                       scaled_dot_product_attention alone (JSON lines)
   encoder_bench.py st MODEL_DIR TSV     sentence-transformers' encode (fp16, batch 32) on the
                                        sentences of an SST-2 style TSV, sentences per second
   encoder_bench.py table RESULTS       the table of ratios from the JSON lines of both sides
@@ -14,7 +17,9 @@ lengths L1 + (37 i) mod (L2 - L1 + 1), padded with an attention mask on the PyTo
 are CUDA-event milliseconds per forward pass after a warm-up.
 """
 import json
+import os
 import sys
+import time
 
 
 def lengths(size):
@@ -76,6 +81,25 @@ def graphed(model, ids, mask):
     return graph
 
 
+def compiled_ms(model, ids, mask, budget):
+    """torch.compile'd forward time and the seconds its compilation took (inf when skipped)."""
+    import torch
+
+    if budget["left"] <= 0:
+        return float("inf"), 0.0
+    t = time.perf_counter()
+    try:
+        torch._dynamo.reset()
+        fn = torch.compile(model, mode=os.environ.get("COMPILE_MODE", "max-autotune"), dynamic=False)
+        fn(input_ids=ids, attention_mask=mask)
+        torch.cuda.synchronize()
+        spent = time.perf_counter() - t
+        return cuda_ms(lambda: fn(input_ids=ids, attention_mask=mask), 50), spent
+    except Exception as e:  # a compile the installed stack does not allow
+        print(f"torch.compile failed: {e}", file=sys.stderr)
+        return float("inf"), time.perf_counter() - t
+
+
 def bench_torch(model_dir, size_list, attention_sizes):
     import torch
     import torch.nn.functional as F
@@ -84,6 +108,7 @@ def bench_torch(model_dir, size_list, attention_sizes):
     model = BertModel.from_pretrained(model_dir, attn_implementation="sdpa")
     model = model.half().cuda().eval()
     gen = torch.Generator(device="cuda").manual_seed(7)
+    budget = {"left": float(os.environ.get("COMPILE_BUDGET", "300"))}
     with torch.inference_mode():
         for size, lens in sizes(size_list):
             b, l = len(lens), max(lens)
@@ -95,7 +120,10 @@ def bench_torch(model_dir, size_list, attention_sizes):
             except RuntimeError as e:  # a capture the installed transformers does not allow
                 print(f"CUDA graph capture failed at {size}: {e}", file=sys.stderr)
                 replay = float("inf")
-            print(json.dumps({"kind": "torch", "size": size, "eager": eager, "graph": replay}))
+            compiled = compiled_ms(model, ids, mask, budget)
+            budget["left"] -= compiled[1]
+            print(json.dumps({"kind": "torch", "size": size, "eager": eager, "graph": replay,
+                              "compile": compiled[0], "compile_s": compiled[1]}))
         for size, lens in sizes(attention_sizes):
             if len(set(lens)) > 1:
                 continue
@@ -137,15 +165,16 @@ def table(path):
             files += [f] if f not in files else []
             ours.setdefault(r["size"], {})[f] = r["ms"]
     torch_t = {r["size"]: r for r in rows if r["kind"] == "torch"}
-    print("\nBERT-base (12 layers, 768, f16), ms per forward; x = PyTorch best / ours")
-    print(f"{'size':>10} {'eager':>7} {'graph':>7}" + "".join(f" {f:>14}" for f in files))
+    print("\nBERT-base (12 layers, 768, f16), ms per forward; x = PyTorch best / ours (inf: not run)")
+    print(f"{'size':>10} {'eager':>7} {'graph':>7} {'compile':>7}" + "".join(f" {f:>14}" for f in files))
     for size, t in torch_t.items():
-        best = min(t["eager"], t["graph"])
+        comp = t.get("compile", float("inf"))
+        best = min(t["eager"], t["graph"], comp)
         cells = ""
         for f in files:
             ms = ours.get(size, {}).get(f, float("nan"))
             cells += f" {ms:>7.3f} {best / ms:>5.2f}x"
-        print(f"{size:>10} {t['eager']:>7.3f} {t['graph']:>7.3f}{cells}")
+        print(f"{size:>10} {t['eager']:>7.3f} {t['graph']:>7.3f} {comp:>7.3f}{cells}")
     sdpa = {r["size"]: r["ms"] for r in rows if r["kind"] == "sdpa"}
     att = {r["size"]: r["ms"] for r in rows if r["kind"] == "attention"}
     print("\nAttention alone (12 heads, head dim 64, f16), ms; x = SDPA / ours")

@@ -6,7 +6,7 @@
 # Needs a GPU, PyTorch and transformers (sentence-transformers for its row); prints a table of
 # ratios last.
 #
-# Usage: [EXTRA_FILES="NAME:SPARSITY:TILE ..."] [COLD=0] scripts/encoder_bench.sh [BIN_DIR] [WORK_DIR] [MINILM_DIR SST2_TSV]
+# Usage: [EXTRA_FILES="NAME:SPARSITY:TILE[:METHOD] ..."] [COLD=0] scripts/encoder_bench.sh [BIN_DIR] [WORK_DIR] [MINILM_DIR SST2_TSV]
 #   BIN_DIR holds et-convert, et-run and et-encoder-bench (default target/release).
 set -euo pipefail
 
@@ -22,9 +22,11 @@ python3 "$here/encoder_bench.py" make "$work/bert-base"
 src="$work/bert-base/model.safetensors"
 "$bin/et-convert" "$src" "$work/dense.ets" --quiet --force
 "$bin/et-convert" "$src" "$work/tile80.ets" --sparsity 0.8 --quiet --force
-for extra in ${EXTRA_FILES:-}; do  # e.g. EXTRA_FILES="tile90:0.9:16x16 tile80-64x64:0.8:64x64"
-    IFS=: read -r name sp tile <<< "$extra"
-    "$bin/et-convert" "$src" "$work/$name.ets" --sparsity "$sp" --tile "$tile" --quiet --force
+# e.g. EXTRA_FILES="tile90:0.9:16x16 tile80-64x64:0.8:64x64 grouped80:0.8:16x16:tile-grouped"
+for extra in ${EXTRA_FILES:-}; do
+    IFS=: read -r name sp tile method <<< "$extra"
+    "$bin/et-convert" "$src" "$work/$name.ets" --sparsity "$sp" --tile "$tile" \
+        --method "${method:-tile}" --quiet --force
 done
 {
     "$bin/et-encoder-bench" encoder "$work/dense.ets" "$sizes"
