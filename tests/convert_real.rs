@@ -105,7 +105,7 @@ fn check_tile_weight(t: &TensorView<'_>, src: &SourceTensor, sparsity: f64, valu
     }
 }
 
-/// Converts twice (`--method none --dtype f32`, and `--sparsity 0.8` with 16x16 tiles in f16),
+/// Converts twice (`--method none --dtype f32`, and `--sparsity 0.8` with the default tiles in f16),
 /// then walks the source once: the dense file holds every tensor bit for bit; in the pruned file
 /// every linear weight obeys the density and ranking rules (values compared element by element
 /// for layer 0) and everything else stays dense.

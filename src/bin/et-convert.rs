@@ -37,7 +37,8 @@ struct Args {
     /// Sparsity for one layer, e.g. `0=0.3`. Repeatable.
     #[arg(long = "layer-sparsity", value_parser = parse_layer_override)]
     layer_sparsity: Vec<(usize, f64)>,
-    /// Tile shape ROWSxCOLS (edges 8, 16, 32, 64 or 128).
+    /// Tile shape ROWSxCOLS (edges 8, 16, 32, 64 or 128). Default 32x32: it keeps the accuracy of
+    /// 16x16 with calibration and its kernels run faster.
     #[arg(long, value_parser = parse_tile)]
     tile: Option<[usize; 2]>,
     /// A JSON recipe with method, sparsity, tile, roles, layers and per-tensor overrides.

@@ -171,7 +171,7 @@ pub struct Recipe {
 }
 
 fn default_tile() -> [usize; 2] {
-    [16, 16]
+    [32, 32]
 }
 
 /// What applies to one tensor after the precedence rules.
