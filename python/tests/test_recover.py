@@ -211,3 +211,15 @@ def test_written_model_repacks_into_the_same_grid(tmp_path):
         w = got.tensor(n)
         assert np.array_equal(w, tensors[_hf_candidates(n)[0]].astype(np.float32))
         assert not np.any(w[~m])
+
+
+def test_missing_torch_is_a_clear_error(tmp_path, monkeypatch):
+    import sys
+
+    from ets.recover.train import Settings, distill
+
+    monkeypatch.setitem(sys.modules, "torch", None)
+    with pytest.raises(RecoveryError, match="pip install torch transformers"):
+        distill(tmp_path, VALID / "tiny-bert-tile16x16-f32.ets", tmp_path / "t.tsv",
+                tmp_path / "out", Settings())
+    assert not (tmp_path / "out").exists()

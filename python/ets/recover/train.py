@@ -183,7 +183,7 @@ def distill(model_dir, pruned, train_file, out_dir, settings: Settings) -> dict:
             sched.step()
             for p, m in masked.values():
                 p.masked_fill_(~m, 0.0)
-        running.append(float(loss))
+        running.append(loss.item())
         if (step + 1) % settings.log_every == 0 or step + 1 == settings.steps:
             _log(f"step {step + 1}/{settings.steps} loss {np.mean(running):.5f} "
                  f"({time.time() - start:.0f} s)")
