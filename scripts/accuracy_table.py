@@ -81,7 +81,7 @@ def main():
         secs = open(secs_file).read().strip() if os.path.exists(secs_file) else "?"
         cells.append(dict(method=m, tile=tile, sparsity=float(s), acc=(p == yd).mean(),
                           agree=(p == pd).mean(), cos=cos.mean(), secs=secs))
-    order = {"weight-norm": 0, "calibrated": 1, "sensitivity": 2}
+    order = {"weight-norm": 0, "calibrated": 1, "sensitivity": 2, "recovered": 3}
     cells.sort(key=lambda c: (c["tile"], order.get(c["method"], 9), c["sparsity"]))
     for c in cells:
         print(f"| {c['method']} | {c['tile']} | {c['sparsity']:.0%} | {c['acc']:.4f} "

@@ -223,3 +223,19 @@ def test_missing_torch_is_a_clear_error(tmp_path, monkeypatch):
         distill(tmp_path, VALID / "tiny-bert-tile16x16-f32.ets", tmp_path / "t.tsv",
                 tmp_path / "out", Settings())
     assert not (tmp_path / "out").exists()
+
+
+def test_kept_tiles_agree_with_the_bitmaps():
+    from ets.recover import kept_tiles as library_kept, same_tiles
+
+    tiles = ets.open(VALID / "tiny-bert-tile16x16-f32.ets")
+    dense = ets.open(VALID / "tiny-bert-dense-f32.ets")
+    got = library_kept(tiles, (16, 16))
+    want = kept_tiles(tiles, (16, 16))
+    assert sorted(got) == sorted(want)
+    for name, grid in got.items():
+        assert {tuple(i) for i in np.argwhere(grid)} == want[name]
+    assert same_tiles(tiles, tiles, (16, 16)) == []
+    assert same_tiles(tiles, dense, (16, 16)) == sorted(n for n in got if not got[n].all())
+    with pytest.raises(RecoveryError, match="not"):
+        library_kept(tiles, (32, 32))

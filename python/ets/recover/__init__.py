@@ -14,8 +14,10 @@ and transformers are needed only to train (`ets.recover.train`); the mask, name 
 here need only numpy. The same seed on the same machine and device gives the same bytes.
 """
 
-from .files import (RecoveryError, check_zeros, file_masks, model_prefix, read_safetensors,
-                    read_sentences, source_names, write_model_dir, write_safetensors)
+from .files import (RecoveryError, check_zeros, file_masks, kept_tiles, model_prefix,
+                    read_safetensors, read_sentences, same_tiles, source_names, write_model_dir,
+                    write_safetensors)
 
-__all__ = ["RecoveryError", "check_zeros", "file_masks", "model_prefix", "read_safetensors",
-           "read_sentences", "source_names", "write_model_dir", "write_safetensors"]
+__all__ = ["RecoveryError", "check_zeros", "file_masks", "kept_tiles", "model_prefix",
+           "read_safetensors", "read_sentences", "same_tiles", "source_names", "write_model_dir",
+           "write_safetensors"]

@@ -83,6 +83,36 @@ def file_masks(f) -> Dict[str, np.ndarray]:
     return masks
 
 
+def kept_tiles(f, tile) -> Dict[str, np.ndarray]:
+    """Per 2-D layer weight of an open `ets.File`, the boolean grid of kept `tile` = (rows, cols)
+    tiles: a `tile` tensor's bitmap (its tile shape must be `tile`), otherwise the tiles that hold
+    a nonzero value. Two files keep the same tiles when these are equal."""
+    th, tw = tile
+    out = {}
+    for name in f.tensor_names():
+        _, shape, encoding = f.tensor_info(name)
+        if not name.startswith("layers.") or len(shape) != 2:
+            continue
+        gr, gc = -(-shape[0] // th), -(-shape[1] // tw)
+        if encoding.startswith("tile"):
+            t = f.tiles(name)
+            if t.tile_shape != (th, tw):
+                raise RecoveryError(f"{f.path}: {name} has {t.tile_shape} tiles, not {tile}")
+            out[name] = _bits(t.bitmap, gr * gc).reshape(gr, gc)
+        else:
+            w = np.zeros((gr * th, gc * tw), dtype=bool)
+            w[: shape[0], : shape[1]] = f.tensor(name) != 0
+            out[name] = w.reshape(gr, th, gc, tw).any(axis=(1, 3))
+    return out
+
+
+def same_tiles(a, b, tile) -> List[str]:
+    """The layer weights whose kept tiles differ between two open files (empty: the same)."""
+    ka, kb = kept_tiles(a, tile), kept_tiles(b, tile)
+    return sorted(n for n in set(ka) | set(kb)
+                  if n not in ka or n not in kb or not np.array_equal(ka[n], kb[n]))
+
+
 def check_zeros(tensors: Dict[str, np.ndarray], masks: Dict[str, np.ndarray]) -> None:
     """Raises RecoveryError naming every tensor with a nonzero where its mask has a zero (and
     every masked tensor that is missing or of another shape)."""
