@@ -26,14 +26,16 @@ def main(argv=None) -> int:
                    help="drop the first K sentences (e.g. those that calibrated the pruning)")
     p.add_argument("--max-sentences", type=int, default=None)
     p.add_argument("--max-length", type=int, default=128, help="tokens per sentence at most")
+    p.add_argument("--log-every", type=int, default=25, help="steps between progress lines")
     a = p.parse_args(argv)
-    if a.steps < 1 or a.batch_size < 1 or a.lr <= 0 or not 0 <= a.warmup < 1 or a.skip < 0:
-        p.error("--steps and --batch-size must be positive, --lr above 0, --warmup in [0, 1)")
+    if a.steps < 1 or a.batch_size < 1 or a.lr <= 0 or not 0 <= a.warmup < 1 or a.skip < 0 or a.log_every < 1:
+        p.error("--steps and --batch-size must be positive, --lr above 0, --warmup in [0, 1),\n"
+                "--skip at least 0, --log-every positive")
     from .train import Settings, distill
 
     settings = Settings(steps=a.steps, batch_size=a.batch_size, lr=a.lr, warmup=a.warmup,
                         device=a.device, seed=a.seed, skip=a.skip,
-                        max_sentences=a.max_sentences, max_length=a.max_length)
+                        max_sentences=a.max_sentences, max_length=a.max_length, log_every=a.log_every)
     try:
         report = distill(a.model_dir, a.pruned, a.train, a.out_dir, settings)
     except RecoveryError as e:

@@ -105,6 +105,19 @@ def _loss(torch, teacher, student, batch):
     return emb + hidden / (len(s) - 1)
 
 
+def _batches(rng, lengths: List[int], size: int) -> List[np.ndarray]:
+    """One pass over the sentences in random batches of similar length (less padding): a random
+    order, sorted by length within windows of 50 batches, the batches then shuffled."""
+    order = rng.permutation(len(lengths))
+    window = 50 * size
+    out = []
+    for w in range(0, len(order) - size + 1, window):
+        chunk = order[w:w + window]
+        chunk = chunk[np.argsort([lengths[i] for i in chunk], kind="stable")]
+        out += [chunk[i:i + size] for i in range(0, len(chunk) - size + 1, size)]
+    return [out[i] for i in rng.permutation(len(out))]
+
+
 def distill(model_dir, pruned, train_file, out_dir, settings: Settings) -> dict:
     """Runs recovery and writes OUT_DIR (model.safetensors, configuration, tokenizer); returns
     the losses on a fixed probe batch before and after, and the timing."""
@@ -167,12 +180,11 @@ def distill(model_dir, pruned, train_file, out_dir, settings: Settings) -> dict:
         before = float(_loss(torch, teacher, student, probe))
     _log(f"{len(masks)} masked weights, {len(pool)} training sentences, {settings.steps} steps "
          f"of {settings.batch_size} on {device}; probe loss {before:.5f}")
-    order, at, start, running = rng.permutation(len(pool)), 0, time.time(), []
+    batches, start, running = [], time.time(), []
     for step in range(settings.steps):
-        if at + settings.batch_size > len(order):
-            order, at = rng.permutation(len(pool)), 0
-        batch = batch_of([pool[i] for i in order[at:at + settings.batch_size]])
-        at += settings.batch_size
+        if not batches:
+            batches = _batches(rng, [len(t) for t in pool], settings.batch_size)
+        batch = batch_of([pool[i] for i in batches.pop()])
         loss = _loss(torch, teacher, student, batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
