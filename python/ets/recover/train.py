@@ -26,9 +26,9 @@ from .files import (RecoveryError, file_masks, model_prefix, read_safetensors, r
 class Settings:
     """What one recovery run does; the command line's options."""
 
-    steps: int = 300
+    steps: int = 500
     batch_size: int = 32
-    lr: float = 1e-4
+    lr: float = 3e-4
     warmup: float = 0.1
     device: str = "auto"
     seed: int = 0
