@@ -8,7 +8,12 @@
 # Calibration uses train.tsv (its first 2048 sentences, the default); the head is trained on
 # train sentences 2049..7048 (disjoint from calibration); dev is only evaluated.
 # Methods: weight-norm (no calibration), calibrated (--calibrate, uniform sparsity),
-# sensitivity (--calibrate --allocate sensitivity). Set SPARSITIES, TILES, METHODS to narrow the
+# sensitivity (--calibrate --allocate sensitivity), recovered (the sensitivity file, kept as
+# WORK_DIR/pruned-TILE-S.ets, then `python -m ets.recover` on train sentences 7049.. (after the
+# calibration and head rows) and `et-convert --method existing`; RECOVER_PYTHON names a python
+# with torch, transformers and the ets module; RECOVER_STEPS, RECOVER_LR, RECOVER_BATCH and
+# RECOVER_DEVICE set the run; the recovered file must keep the pruned file's tiles, or the
+# script fails). Set SPARSITIES, TILES, METHODS to narrow the
 # grid: cells already measured in WORK_DIR are kept, so the grid can be filled one cell at a time;
 # the table and the chart cover every cell measured so far. CHART=FILE.svg draws accuracy
 # against sparsity. Needs python3 (numpy and scikit-learn are installed into WORK_DIR/venv).
@@ -35,6 +40,29 @@ if [ ! -s "$work/dev_dense.npy" ] || [ ! -s "$work/head_dense.npy" ]; then
   "$bin/et-run" "$work/dense.ets" --input "$data/dev.tsv" --npy "$work/dev_dense.npy"
   rm -f "$work/dense.ets"
 fi
+# A recovered cell: the sensitivity-pruned file (kept for reruns), distillation, repacking with
+# the pruned file's zeros, and the check that the tile grid did not change.
+recover() {
+  local tile=$1 s=$2 name=$3 rpy=${RECOVER_PYTHON:?recovered needs RECOVER_PYTHON}
+  shift 3
+  local pruned="$work/pruned-$tile-$s.ets"
+  [ -s "$pruned" ] || "$bin/et-convert" "$model/model.safetensors" "$pruned" "$@"
+  "$rpy" -m ets.recover "$model" "$pruned" "$data/train.tsv" "$work/$name" --skip 7048 \
+    --steps "${RECOVER_STEPS:-500}" --lr "${RECOVER_LR:-3e-4}" \
+    --batch-size "${RECOVER_BATCH:-32}" --device "${RECOVER_DEVICE:-auto}" --seed 0
+  "$bin/et-convert" "$work/$name/model.safetensors" "$work/$name.ets" --method existing \
+    --tile "$tile" --force --quiet
+  "$rpy" - "$pruned" "$work/$name.ets" "$tile" <<'PY'
+import sys
+import ets
+from ets.recover import same_tiles
+tile = tuple(int(v) for v in sys.argv[3].split("x"))
+bad = same_tiles(ets.open(sys.argv[1]), ets.open(sys.argv[2]), tile)
+if bad:
+    sys.exit(f"the recovered file keeps other tiles than the pruned one in {', '.join(bad)}")
+print("recovered: the same tiles as the pruned file", file=sys.stderr)
+PY
+}
 for tile in $tiles; do
   for s in $sparsities; do
     for m in $methods; do
@@ -44,11 +72,15 @@ for tile in $tiles; do
       case $m in
         weight-norm) ;;
         calibrated) args+=(--calibrate "$data/train.tsv" --allocate uniform) ;;
-        sensitivity) args+=(--calibrate "$data/train.tsv" --allocate sensitivity) ;;
+        sensitivity|recovered) args+=(--calibrate "$data/train.tsv" --allocate sensitivity) ;;
         *) echo "unknown method $m" >&2; exit 2 ;;
       esac
       start=$(date +%s)
-      "$bin/et-convert" "$model/model.safetensors" "$work/$name.ets" "${args[@]}"
+      if [ "$m" = recovered ]; then
+        recover "$tile" "$s" "$name" "${args[@]}"
+      else
+        "$bin/et-convert" "$model/model.safetensors" "$work/$name.ets" "${args[@]}"
+      fi
       echo $(( $(date +%s) - start )) > "$work/$name.secs"
       "$bin/et-run" "$work/$name.ets" --input "$data/dev.tsv" --npy "$work/dev_$name.npy"
       rm -f "$work/$name.ets"

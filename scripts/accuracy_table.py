@@ -13,6 +13,10 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 
 
+# Methods in the order of the table's rows and the chart's legend.
+ORDER = {"weight-norm": 0, "calibrated": 1, "sensitivity": 2, "recovered": 3}
+
+
 def labels(path):
     return np.array([int(l.rstrip("\n").split("\t")[1]) for l in open(path).readlines()[1:]])
 
@@ -39,7 +43,8 @@ def chart(path, cells, dense_acc):
     out.append(f'<text x="14" y="{top + ph / 2}" transform="rotate(-90 14 {top + ph / 2})" '
                'text-anchor="middle">SST-2 dev accuracy</text>')
     colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
-    series = sorted({(c["method"], c["tile"]) for c in cells})
+    series = sorted({(c["method"], c["tile"]) for c in cells},
+                    key=lambda mt: (ORDER.get(mt[0], 9), mt[1]))
     for i, (m, t) in enumerate(series):
         pts = sorted((c["sparsity"], c["acc"]) for c in cells if (c["method"], c["tile"]) == (m, t))
         col = colors[i % len(colors)]
@@ -81,8 +86,7 @@ def main():
         secs = open(secs_file).read().strip() if os.path.exists(secs_file) else "?"
         cells.append(dict(method=m, tile=tile, sparsity=float(s), acc=(p == yd).mean(),
                           agree=(p == pd).mean(), cos=cos.mean(), secs=secs))
-    order = {"weight-norm": 0, "calibrated": 1, "sensitivity": 2}
-    cells.sort(key=lambda c: (c["tile"], order.get(c["method"], 9), c["sparsity"]))
+    cells.sort(key=lambda c: (c["tile"], ORDER.get(c["method"], 9), c["sparsity"]))
     for c in cells:
         print(f"| {c['method']} | {c['tile']} | {c['sparsity']:.0%} | {c['acc']:.4f} "
               f"({c['acc'] / acc_d:.1%}) | {c['agree']:.4f} | {c['cos']:.4f} | {c['secs']} |")
