@@ -239,3 +239,14 @@ def test_kept_tiles_agree_with_the_bitmaps():
     assert same_tiles(tiles, dense, (16, 16)) == sorted(n for n in got if not got[n].all())
     with pytest.raises(RecoveryError, match="not"):
         library_kept(tiles, (32, 32))
+
+
+def test_command_line_errors_are_one_line(tmp_path, capsys):
+    from ets.recover.__main__ import main
+
+    missing = tmp_path / "missing.ets"
+    assert main([str(tmp_path), str(missing), str(tmp_path / "t.tsv"), str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("ets.recover: error: ") and "Traceback" not in err
+    with pytest.raises(SystemExit):
+        main([str(tmp_path), str(missing), "t.tsv", "o", "--steps", "0"])

@@ -36,9 +36,11 @@ def main(argv=None) -> int:
     settings = Settings(steps=a.steps, batch_size=a.batch_size, lr=a.lr, warmup=a.warmup,
                         device=a.device, seed=a.seed, skip=a.skip,
                         max_sentences=a.max_sentences, max_length=a.max_length, log_every=a.log_every)
+    import ets
+
     try:
         report = distill(a.model_dir, a.pruned, a.train, a.out_dir, settings)
-    except RecoveryError as e:
+    except (RecoveryError, ets.EtsError, OSError) as e:
         print(f"ets.recover: error: {e}", file=sys.stderr)
         return 1
     print(json.dumps(report))
