@@ -28,14 +28,16 @@ def main(argv=None) -> int:
     p.add_argument("--max-length", type=int, default=128, help="tokens per sentence at most")
     p.add_argument("--log-every", type=int, default=25, help="steps between progress lines")
     a = p.parse_args(argv)
-    if a.steps < 1 or a.batch_size < 1 or a.lr <= 0 or not 0 <= a.warmup < 1 or a.skip < 0 or a.log_every < 1:
-        p.error("--steps and --batch-size must be positive, --lr above 0, --warmup in [0, 1),\n"
-                "--skip at least 0, --log-every positive")
+    if min(a.steps, a.batch_size, a.log_every) < 1 or a.lr <= 0 or a.skip < 0 \
+            or not 0 <= a.warmup < 1 or (a.max_sentences is not None and a.max_sentences < 1):
+        p.error("--steps, --batch-size, --log-every and --max-sentences must be positive, --lr "
+                "above 0, --warmup in [0, 1), --skip at least 0")
     from .train import Settings, distill
 
     settings = Settings(steps=a.steps, batch_size=a.batch_size, lr=a.lr, warmup=a.warmup,
                         device=a.device, seed=a.seed, skip=a.skip,
-                        max_sentences=a.max_sentences, max_length=a.max_length, log_every=a.log_every)
+                        max_sentences=a.max_sentences, max_length=a.max_length,
+                        log_every=a.log_every)
     import ets
 
     try:

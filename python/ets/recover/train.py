@@ -105,6 +105,13 @@ def _loss(torch, teacher, student, batch):
     return emb + hidden / (len(s) - 1)
 
 
+def _schedule(steps: int, warmup: float):
+    """The learning-rate factor of step i: a linear warm-up over the first `warmup` share of the
+    steps, then a linear decay to zero at the last step."""
+    warm = max(1, int(warmup * steps))
+    return lambda i: min((i + 1) / warm, max(0.0, (steps - i) / (steps - warm + 1)))
+
+
 def _batches(rng, lengths: List[int], size: int) -> List[np.ndarray]:
     """One pass over the sentences in random batches of similar length (less padding): a random
     order, sorted by length within windows of 50 batches, the batches then shuffled."""
@@ -173,9 +180,7 @@ def distill(model_dir, pruned, train_file, out_dir, settings: Settings) -> dict:
     pool = sentences[settings.batch_size:]
     trainable = [p for p in student.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=settings.lr, weight_decay=0.0)
-    warm = max(1, int(settings.warmup * settings.steps))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda i: min((i + 1) / warm, max(0.0, (settings.steps - i) / (settings.steps - warm + 1))))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(settings.steps, settings.warmup))
     with torch.no_grad():
         before = float(_loss(torch, teacher, student, probe))
     _log(f"{len(masks)} masked weights, {len(pool)} training sentences, {settings.steps} steps "
