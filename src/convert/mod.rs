@@ -6,6 +6,7 @@ pub mod allocate;
 pub mod calibrate;
 mod calibrated;
 mod heads;
+mod spill;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -276,8 +277,8 @@ fn run_calibration(
     opts: &ConvertOptions,
 ) -> Result<(calibrate::Calibration, Option<calibrated::Fitted>, Recipe), ConvertError> {
     let texts = calibrate::read_sentences(sentences, opts.calibrate_limit)?;
-    let temps = ["dense", "pruned"].map(|s| TempPath::beside(output, s));
-    let [dense, pruned] = temps.each_ref().map(|t| t.path());
+    let temps = ["dense", "pruned", "activations"].map(|s| TempPath::beside(output, s));
+    let [dense, pruned, activations] = temps.each_ref().map(|t| t.path());
     write_model(
         source,
         dense,
@@ -298,7 +299,13 @@ fn run_calibration(
             recipe = r;
             allocation = Some(a);
         }
-        Some(calibrated::fit_model(source, &dense_file, &recipe, &texts)?)
+        Some(calibrated::fit_model(
+            source,
+            &dense_file,
+            &recipe,
+            &texts,
+            activations,
+        )?)
     } else {
         None
     };

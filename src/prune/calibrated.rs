@@ -78,7 +78,7 @@ fn column_sums(x: &[f32], n: usize) -> Vec<f64> {
 }
 
 /// Second-moment statistics of one linear layer's inputs, bias column included.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct LinearStats {
     n: usize,
     g: Vec<f64>,
