@@ -12,7 +12,7 @@ use crate::format::names::LayerTensor;
 use crate::format::{Dtype, Encoding, EtsFile, ModelConfig, Provenance, TensorData, TensorView};
 use crate::ingest::{IngestError, ModelSource, SourceTensor, TokenizerBlob};
 use crate::prune::calibrated::{
-    activation_tile_scores, budget_from_scores, fit_tiles, LinearStats,
+    activation_tile_scores, budget_from_scores, fit_tiles_prepared, LinearStats, Prepared,
 };
 use crate::prune::select::{keep_count, GROUP_FEATURES};
 use crate::prune::{Method, Recipe, Role};
@@ -168,41 +168,47 @@ pub(crate) fn stage_todo(recipe: &Recipe, layer: usize, weights: &'static [Linea
         .collect()
 }
 
-/// Prunes every calibrated weight of `source` layer by layer. The dense model runs from `dense`;
-/// the pruned model runs from the same file with the weights fitted so far replaced in memory.
-/// The per-token activations of both live in a temporary file at `spill`, one batch in memory
-/// at a time.
+/// Prunes every calibrated weight of `source` layer by layer. The dense model runs from the
+/// f32 reference file at `dense`; the pruned model runs from the same file with the weights fitted
+/// so far replaced in memory. The per-token activations of both live in a temporary file at
+/// `spill`, one batch in memory at a time, and the reference is mapped anew for every layer, so
+/// the pages of finished layers leave memory.
 pub(crate) fn fit_model(
     source: &dyn ModelSource,
-    dense: &EtsFile,
+    dense: &Path,
     recipe: &Recipe,
     texts: &[String],
     spill: &Path,
 ) -> Result<Fitted, ConvertError> {
-    let tokenizer = TextTokenizer::from_file(dense).map_err(|e| {
-        ConvertError::Calibration(format!(
-            "{e}; calibration needs a tokenizer (put tokenizer.json or vocab.txt beside the model or pass --tokenizer)"
-        ))
-    })?;
-    let dense_enc = CpuEncoder::new(dense).map_err(|e| err(&e))?;
     let config = source.config();
     let width =
         (config.hidden_size as usize).max(config.num_heads as usize * config.head_dim as usize);
     let mut states = Spill::create(spill, width)?;
-    for c in texts.chunks(BATCH_SENTENCES) {
-        let t: Vec<&str> = c.iter().map(String::as_str).collect();
-        let batch = tokenizer.encode(&t).map_err(|e| err(&e))?.batch;
-        let (x, lengths) = dense_enc.embed_batch(&batch).map_err(|e| err(&e))?;
-        states.push(lengths, &x)?;
+    {
+        let file = EtsFile::open(dense)?;
+        let tokenizer = TextTokenizer::from_file(&file).map_err(|e| {
+            ConvertError::Calibration(format!(
+                "{e}; calibration needs a tokenizer (put tokenizer.json or vocab.txt beside the model or pass --tokenizer)"
+            ))
+        })?;
+        let enc = CpuEncoder::new(&file).map_err(|e| err(&e))?;
+        for c in texts.chunks(BATCH_SENTENCES) {
+            let t: Vec<&str> = c.iter().map(String::as_str).collect();
+            let batch = tokenizer.encode(&t).map_err(|e| err(&e))?.batch;
+            let (x, lengths) = enc.embed_batch(&batch).map_err(|e| err(&e))?;
+            states.push(lengths, &x)?;
+        }
     }
     let layers = source.config().num_layers as usize;
     let mut fitted = Fitted::default();
     for layer in 0..layers {
+        let file = EtsFile::open(dense)?;
+        let dense_enc = CpuEncoder::new(&file).map_err(|e| err(&e))?;
         for (weights, stage) in STAGES {
             let todo = stage_todo(recipe, layer, weights);
             let stats = advance(
                 &dense_enc,
-                dense,
+                &file,
                 &fitted,
                 &mut states,
                 layer,
@@ -210,15 +216,17 @@ pub(crate) fn fit_model(
                 !todo.is_empty(),
             )?;
             if let Some(stats) = stats {
-                for &(w, b, role) in &todo {
-                    fit_one(source, recipe, &stats, &mut fitted, layer, w, b, role, true)?;
+                let (prepared, jobs) = prepare_stage(source, stats, layer, &todo, true)?;
+                for job in jobs {
+                    fit_one(recipe, &prepared, job, &mut fitted, layer, true)?;
                 }
             }
+            release_free_memory();
         }
         if layer + 1 < layers {
             advance(
                 &dense_enc,
-                dense,
+                &file,
                 &fitted,
                 &mut states,
                 layer,
@@ -228,6 +236,23 @@ pub(crate) fn fit_model(
         }
     }
     Ok(fitted)
+}
+
+/// Returns the allocator's free memory to the system. glibc keeps freed blocks of up to 32 MB in
+/// its heaps (the size it maps on its own rises with every large block freed), so without this
+/// the statistics of earlier stages stay resident through the widest one.
+pub(crate) fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        extern "C" {
+            fn malloc_trim(pad: usize) -> std::ffi::c_int;
+        }
+        // SAFETY: `malloc_trim` only hands free pages of glibc's heaps back to the system; it has
+        // no preconditions and touches no live allocation.
+        unsafe {
+            malloc_trim(0);
+        }
+    }
 }
 
 /// Layer `layer` of the pruned model: fitted tensors from `fitted`, the rest from `dense`.
@@ -348,33 +373,81 @@ fn advance(
     Ok(stats)
 }
 
-/// Fits one weight and its bias under its plan and records them; `greedy` chooses tiles by
-/// greedy removal, otherwise by activation-aware scores.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn fit_one(
+/// One weight of a stage, loaded, with its least-squares targets.
+pub(crate) struct Job {
+    linear: Linear,
+    weight: SourceTensor,
+    bias: SourceTensor,
+    targets: Vec<f64>,
+}
+
+impl Job {
+    /// The weight's canonical name at `layer`.
+    pub(crate) fn name(&self, layer: usize) -> String {
+        self.linear.0.name(layer)
+    }
+}
+
+/// Loads the weights `todo` of one stage and takes their targets from `stats`, then prepares the
+/// statistics (with the inverse for `greedy`): the cross products are gone before the inverse is
+/// made, which bounds the peak memory of the widest stage.
+pub(crate) fn prepare_stage(
     source: &dyn ModelSource,
-    recipe: &Recipe,
-    stats: &LinearStats,
-    fitted: &mut Fitted,
+    stats: LinearStats,
     layer: usize,
-    w: LayerTensor,
-    b: LayerTensor,
-    role: Role,
+    todo: &[Linear],
     greedy: bool,
-) -> Result<(), ConvertError> {
-    let (wname, bname) = (w.name(layer), b.name(layer));
-    let plan = recipe.plan(&wname, layer, role);
-    let weight = source.load(&wname)?;
-    let bias = source.load(&bname)?;
-    let (rows, n) = match weight.shape[..] {
-        [r, c] if r == bias.data.len() && c == stats.inputs() => (r, c),
-        _ => {
+) -> Result<(Prepared, Vec<Job>), ConvertError> {
+    let mut jobs = Vec::with_capacity(todo.len());
+    for &linear in todo {
+        let (w, b, _) = linear;
+        let wname = w.name(layer);
+        let weight = source.load(&wname)?;
+        let bias = source.load(&b.name(layer))?;
+        if !matches!(weight.shape[..], [r, c] if r == bias.data.len() && c == stats.inputs()) {
             return Err(ConvertError::Tensor {
                 name: wname,
                 reason: format!("shape {:?} does not match its bias or inputs", weight.shape),
-            })
+            });
         }
-    };
+        let targets =
+            stats
+                .targets(&weight.data, &bias.data)
+                .map_err(|e| ConvertError::Tensor {
+                    name: wname,
+                    reason: e.to_string(),
+                })?;
+        jobs.push(Job {
+            linear,
+            weight,
+            bias,
+            targets,
+        });
+    }
+    let prepared = stats.prepare(greedy).map_err(|e| err(&e))?;
+    Ok((prepared, jobs))
+}
+
+/// Fits one weight and its bias under its plan and records them; `greedy` chooses tiles by
+/// greedy removal (the statistics prepared with their inverse), otherwise by activation-aware
+/// scores.
+pub(crate) fn fit_one(
+    recipe: &Recipe,
+    prepared: &Prepared,
+    job: Job,
+    fitted: &mut Fitted,
+    layer: usize,
+    greedy: bool,
+) -> Result<(), ConvertError> {
+    let Job {
+        linear: (w, b, role),
+        weight,
+        bias,
+        targets,
+    } = job;
+    let (wname, bname) = (w.name(layer), b.name(layer));
+    let plan = recipe.plan(&wname, layer, role);
+    let (rows, n) = (bias.data.len(), prepared.inputs());
     let (th, tw) = plan.tile;
     let gc = n.div_ceil(tw);
     let keep_fraction = 1.0 - plan.sparsity;
@@ -389,15 +462,16 @@ pub(crate) fn fit_one(
         }
         _ => {
             let scores =
-                activation_tile_scores(&weight.data, rows, n, &stats.input_energy(), th, tw);
+                activation_tile_scores(&weight.data, rows, n, prepared.input_energy(), th, tw);
             let keep = keep_count(scores.len(), keep_fraction);
             (th, budget_from_scores(&scores, gc, keep))
         }
     };
-    let fit = fit_tiles(
+    let fit = fit_tiles_prepared(
         &weight.data,
         &bias.data,
-        stats,
+        prepared,
+        &targets,
         (th, tw),
         band_rows,
         &budget,
@@ -407,6 +481,7 @@ pub(crate) fn fit_one(
         name: wname.clone(),
         reason: e.to_string(),
     })?;
+    drop(targets);
     fitted.masks.insert(wname.clone(), fit.keep);
     fitted.tensors.insert(
         wname,

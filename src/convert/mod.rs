@@ -293,15 +293,15 @@ fn run_calibration(
     let mut recipe = opts.recipe.clone();
     let mut allocation = None;
     let fitted = if calibrated::applies(&recipe, layers) {
-        let dense_file = crate::format::EtsFile::open(dense)?;
         if opts.allocate == Allocate::Sensitivity {
+            let dense_file = crate::format::EtsFile::open(dense)?;
             let (r, a) = allocate::sensitivity(source, &dense_file, &recipe, &texts)?;
             recipe = r;
             allocation = Some(a);
         }
         Some(calibrated::fit_model(
             source,
-            &dense_file,
+            dense,
             &recipe,
             &texts,
             activations,
