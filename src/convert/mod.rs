@@ -309,6 +309,7 @@ fn run_calibration(
     } else {
         None
     };
+    calibrated::release_free_memory();
     let empty = BTreeMap::new();
     let overridden = calibrated::Overridden {
         inner: source,
@@ -328,6 +329,7 @@ fn run_calibration(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
+    calibrated::release_free_memory();
     let mut result = calibrate::compare(dense, pruned, &label, &texts)?;
     if let Some(f) = &fitted {
         result.pruning = Some(calibrate::CalibratedPruning {

@@ -427,31 +427,39 @@ pub fn fit_tiles_prepared(
         (0..gc).map(|c| c * tw..((c + 1) * tw).min(n)).collect();
     let scores = activation_tile_scores(weight, rows, n, &prepared.energy, th, tw);
     let bands = rows.div_ceil(band_rows);
-    let fits: Vec<BandFit> = (0..bands)
-        .into_par_iter()
-        .map(|b| {
-            let r0 = b * band_rows;
-            let r1 = (r0 + band_rows).min(rows);
-            let k = budget.get(b).copied().unwrap_or(gc).min(gc);
-            let t: Vec<f64> = (0..d)
-                .flat_map(|i| targets[i * rows + r0..i * rows + r1].iter().copied())
-                .collect();
-            let fixed = (!greedy).then(|| {
-                let mut band_scores = vec![0f64; gc];
-                for br in r0 / th..r1.div_ceil(th) {
-                    for (s, v) in band_scores.iter_mut().zip(&scores[br * gc..(br + 1) * gc]) {
-                        *s += v;
-                    }
+    let fit_band = |b: usize| {
+        let r0 = b * band_rows;
+        let r1 = (r0 + band_rows).min(rows);
+        let k = budget.get(b).copied().unwrap_or(gc).min(gc);
+        let t: Vec<f64> = (0..d)
+            .flat_map(|i| targets[i * rows + r0..i * rows + r1].iter().copied())
+            .collect();
+        let fixed = (!greedy).then(|| {
+            let mut band_scores = vec![0f64; gc];
+            for br in r0 / th..r1.div_ceil(th) {
+                for (s, v) in band_scores.iter_mut().zip(&scores[br * gc..(br + 1) * gc]) {
+                    *s += v;
                 }
-                let mut order: Vec<usize> = (0..gc).collect();
-                order.sort_by(|&a, &b| band_scores[b].total_cmp(&band_scores[a]).then(a.cmp(&b)));
-                let mut keep = vec![false; gc];
-                order.into_iter().take(k).for_each(|c| keep[c] = true);
-                keep
-            });
-            prune_band(gram, gram_inv, &t, r1 - r0, &units, k, fixed.as_deref())
-        })
-        .collect::<Result<_, _>>()?;
+            }
+            let mut order: Vec<usize> = (0..gc).collect();
+            order.sort_by(|&a, &b| band_scores[b].total_cmp(&band_scores[a]).then(a.cmp(&b)));
+            let mut keep = vec![false; gc];
+            order.into_iter().take(k).for_each(|c| keep[c] = true);
+            keep
+        });
+        prune_band(gram, gram_inv, &t, r1 - r0, &units, k, fixed.as_deref())
+    };
+    // Bands run a pool's width at a time: their solvers fork work of their own, and a thread
+    // waiting on that work would otherwise start further bands and hold their matrices too.
+    let order: Vec<usize> = (0..bands).collect();
+    let mut fits: Vec<BandFit> = Vec::with_capacity(bands);
+    for chunk in order.chunks(rayon::current_num_threads().max(1)) {
+        let part: Vec<BandFit> = chunk
+            .par_iter()
+            .map(|&b| fit_band(b))
+            .collect::<Result<_, _>>()?;
+        fits.extend(part);
+    }
     let mut out = TileFit {
         keep: vec![false; rows.div_ceil(th) * gc],
         weight: Vec::with_capacity(rows * n),
