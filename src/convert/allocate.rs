@@ -12,7 +12,9 @@
 
 use serde::Serialize;
 
-use super::calibrated::{fit_one, pruned_layer, stage_todo, Fitted, STAGES};
+use super::calibrated::{
+    fit_one, prepare_stage, pruned_layer, release_free_memory, stage_todo, Fitted, STAGES,
+};
 use super::ConvertError;
 use crate::format::EtsFile;
 use crate::ingest::ModelSource;
@@ -147,16 +149,16 @@ pub(crate) fn sensitivity(
                 s.accumulate(input, input).map_err(|e| err(&e))?;
             }
             let Some(stats) = stats else { continue };
-            for &(w, b, role) in &todo {
+            let (prepared, jobs) = prepare_stage(source, stats, layer, &todo, false)?;
+            for job in jobs {
+                let name = job.name(layer);
                 let mut alone = Fitted::default();
-                fit_one(source, recipe, &stats, &mut alone, layer, w, b, role, false)?;
-                let params = alone
-                    .tensors
-                    .get(&w.name(layer))
-                    .map_or(0, |t| t.data.len());
+                fit_one(recipe, &prepared, job, &mut alone, layer, false)?;
+                let params = alone.tensors.get(&name).map_or(0, |t| t.data.len());
                 let drop = profile_drop(&enc, dense, &alone, layer, &batches, &reference)?;
+                release_free_memory();
                 weights.push(WeightAllocation {
-                    name: w.name(layer),
+                    name,
                     params,
                     drop,
                     sparsity: recipe.sparsity,

@@ -12,13 +12,16 @@ use crate::format::names::LayerTensor;
 use crate::format::{Dtype, Encoding, EtsFile, ModelConfig, Provenance, TensorData, TensorView};
 use crate::ingest::{IngestError, ModelSource, SourceTensor, TokenizerBlob};
 use crate::prune::calibrated::{
-    activation_tile_scores, budget_from_scores, fit_tiles, LinearStats,
+    activation_tile_scores, budget_from_scores, fit_tiles_prepared, LinearStats, Prepared,
 };
 use crate::prune::select::{keep_count, GROUP_FEATURES};
 use crate::prune::{Method, Recipe, Role};
 use crate::runtime::cpu::{CpuEncoder, Layer, TextTokenizer};
 use crate::runtime::RuntimeError;
 use std::collections::BTreeMap;
+use std::path::Path;
+
+use super::spill::{Slot, Spill};
 
 /// Refitted weights and biases, and the tile masks chosen for the weights.
 #[derive(Debug, Default)]
@@ -149,16 +152,9 @@ fn err(e: &dyn std::fmt::Display) -> ConvertError {
     ConvertError::Calibration(e.to_string())
 }
 
-/// One calibration batch at the current layer: sequence lengths, the layer inputs of the dense
-/// model and of the model pruned so far, and the latest stage activations of each (the attention
-/// context, then the attention output).
-struct BatchState {
-    lengths: Vec<usize>,
-    xd: Vec<f32>,
-    xp: Vec<f32>,
-    ad: Vec<f32>,
-    ap: Vec<f32>,
-}
+/// Calibration sentences per batch: the unit of every forward pass and of the statistics
+/// accumulation (the order of the sums, and so the result, depends on it).
+pub(crate) const BATCH_SENTENCES: usize = 32;
 
 /// The weights of `layer` that `recipe` calibrates in `stage`.
 pub(crate) fn stage_todo(recipe: &Recipe, layer: usize, weights: &'static [Linear]) -> Vec<Linear> {
@@ -172,43 +168,47 @@ pub(crate) fn stage_todo(recipe: &Recipe, layer: usize, weights: &'static [Linea
         .collect()
 }
 
-/// Prunes every calibrated weight of `source` layer by layer. The dense model runs from `dense`;
-/// the pruned model runs from the same file with the weights fitted so far replaced in memory.
+/// Prunes every calibrated weight of `source` layer by layer. The dense model runs from the
+/// f32 reference file at `dense`; the pruned model runs from the same file with the weights fitted
+/// so far replaced in memory. The per-token activations of both live in a temporary file at
+/// `spill`, one batch in memory at a time, and the reference is mapped anew for every layer, so
+/// the pages of finished layers leave memory.
 pub(crate) fn fit_model(
     source: &dyn ModelSource,
-    dense: &EtsFile,
+    dense: &Path,
     recipe: &Recipe,
     texts: &[String],
+    spill: &Path,
 ) -> Result<Fitted, ConvertError> {
-    let tokenizer = TextTokenizer::from_file(dense).map_err(|e| {
-        ConvertError::Calibration(format!(
-            "{e}; calibration needs a tokenizer (put tokenizer.json or vocab.txt beside the model or pass --tokenizer)"
-        ))
-    })?;
-    let dense_enc = CpuEncoder::new(dense).map_err(|e| err(&e))?;
-    let mut states: Vec<BatchState> = texts
-        .chunks(32)
-        .map(|c| {
+    let config = source.config();
+    let width =
+        (config.hidden_size as usize).max(config.num_heads as usize * config.head_dim as usize);
+    let mut states = Spill::create(spill, width)?;
+    {
+        let file = EtsFile::open(dense)?;
+        let tokenizer = TextTokenizer::from_file(&file).map_err(|e| {
+            ConvertError::Calibration(format!(
+                "{e}; calibration needs a tokenizer (put tokenizer.json or vocab.txt beside the model or pass --tokenizer)"
+            ))
+        })?;
+        let enc = CpuEncoder::new(&file).map_err(|e| err(&e))?;
+        for c in texts.chunks(BATCH_SENTENCES) {
             let t: Vec<&str> = c.iter().map(String::as_str).collect();
             let batch = tokenizer.encode(&t).map_err(|e| err(&e))?.batch;
-            let (x, lengths) = dense_enc.embed_batch(&batch).map_err(|e| err(&e))?;
-            Ok(BatchState {
-                lengths,
-                xd: x.clone(),
-                xp: x,
-                ad: Vec::new(),
-                ap: Vec::new(),
-            })
-        })
-        .collect::<Result<_, ConvertError>>()?;
+            let (x, lengths) = enc.embed_batch(&batch).map_err(|e| err(&e))?;
+            states.push(lengths, &x)?;
+        }
+    }
     let layers = source.config().num_layers as usize;
     let mut fitted = Fitted::default();
     for layer in 0..layers {
+        let file = EtsFile::open(dense)?;
+        let dense_enc = CpuEncoder::new(&file).map_err(|e| err(&e))?;
         for (weights, stage) in STAGES {
             let todo = stage_todo(recipe, layer, weights);
             let stats = advance(
                 &dense_enc,
-                dense,
+                &file,
                 &fitted,
                 &mut states,
                 layer,
@@ -216,15 +216,17 @@ pub(crate) fn fit_model(
                 !todo.is_empty(),
             )?;
             if let Some(stats) = stats {
-                for &(w, b, role) in &todo {
-                    fit_one(source, recipe, &stats, &mut fitted, layer, w, b, role, true)?;
+                let (prepared, jobs) = prepare_stage(source, stats, layer, &todo, true)?;
+                for job in jobs {
+                    fit_one(recipe, &prepared, job, &mut fitted, layer, true)?;
                 }
             }
+            release_free_memory();
         }
         if layer + 1 < layers {
             advance(
                 &dense_enc,
-                dense,
+                &file,
                 &fitted,
                 &mut states,
                 layer,
@@ -234,6 +236,23 @@ pub(crate) fn fit_model(
         }
     }
     Ok(fitted)
+}
+
+/// Returns the allocator's free memory to the system. glibc keeps freed blocks of up to 32 MB in
+/// its heaps (the size it maps on its own rises with every large block freed), so without this
+/// the statistics of earlier stages stay resident through the widest one.
+pub(crate) fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        extern "C" {
+            fn malloc_trim(pad: usize) -> std::ffi::c_int;
+        }
+        // SAFETY: `malloc_trim` only hands free pages of glibc's heaps back to the system; it has
+        // no preconditions and touches no live allocation.
+        unsafe {
+            malloc_trim(0);
+        }
+    }
 }
 
 /// Layer `layer` of the pruned model: fitted tensors from `fitted`, the rest from `dense`.
@@ -270,7 +289,7 @@ fn advance(
     dense_enc: &CpuEncoder<'_>,
     dense: &EtsFile,
     fitted: &Fitted,
-    states: &mut [BatchState],
+    states: &mut Spill,
     layer: usize,
     stage: Stage,
     collect: bool,
@@ -280,50 +299,73 @@ fn advance(
     let dl = dense_enc.layer(layer).map_err(|e| err(&e))?;
     let e = |e: RuntimeError| err(&e);
     let mut stats: Option<LinearStats> = None;
-    for s in states.iter_mut() {
-        // The stage inputs (dense, pruned) for statistics, when they are not kept in `s`.
-        let inputs: Option<(Vec<f32>, Vec<f32>)> = match stage {
-            Stage::Hidden => None,
+    for b in 0..states.len() {
+        let lengths = states.lengths(b).to_vec();
+        // The stage inputs (dense, pruned); stored back when they are the next stage's too.
+        let (d, p) = match stage {
+            Stage::Hidden if collect => (
+                states.read(b, Slot::DenseInput)?,
+                states.read(b, Slot::PrunedInput)?,
+            ),
+            Stage::Hidden => continue,
             Stage::Context => {
-                s.ad = dense_enc.stage_context(dl, &s.xd, &s.lengths).map_err(e)?;
-                s.ap = dense_enc.stage_context(&pl, &s.xp, &s.lengths).map_err(e)?;
-                None
+                let (xd, xp) = (
+                    states.read(b, Slot::DenseInput)?,
+                    states.read(b, Slot::PrunedInput)?,
+                );
+                let ad = dense_enc.stage_context(dl, &xd, &lengths).map_err(e)?;
+                let ap = dense_enc.stage_context(&pl, &xp, &lengths).map_err(e)?;
+                states.write(b, Slot::DenseStage, &ad)?;
+                states.write(b, Slot::PrunedStage, &ap)?;
+                (ad, ap)
             }
             Stage::AttentionOut => {
-                s.ad = dense_enc.stage_attention_out(dl, &s.ad, &s.xd).map_err(e)?;
-                s.ap = dense_enc
-                    .stage_attention_out(&pl, &s.ap, &s.xp)
-                    .map_err(e)?;
-                None
+                let (xd, xp) = (
+                    states.read(b, Slot::DenseInput)?,
+                    states.read(b, Slot::PrunedInput)?,
+                );
+                let (cd, cp) = (
+                    states.read(b, Slot::DenseStage)?,
+                    states.read(b, Slot::PrunedStage)?,
+                );
+                let ad = dense_enc.stage_attention_out(dl, &cd, &xd).map_err(e)?;
+                let ap = dense_enc.stage_attention_out(&pl, &cp, &xp).map_err(e)?;
+                states.write(b, Slot::DenseStage, &ad)?;
+                states.write(b, Slot::PrunedStage, &ap)?;
+                (ad, ap)
             }
-            Stage::Intermediate => {
-                if !collect {
-                    continue;
-                }
-                Some((
-                    dense_enc.stage_intermediate(dl, &s.ad).map_err(e)?,
-                    dense_enc.stage_intermediate(&pl, &s.ap).map_err(e)?,
-                ))
+            Stage::Intermediate if collect => {
+                let (ad, ap) = (
+                    states.read(b, Slot::DenseStage)?,
+                    states.read(b, Slot::PrunedStage)?,
+                );
+                (
+                    dense_enc.stage_intermediate(dl, &ad).map_err(e)?,
+                    dense_enc.stage_intermediate(&pl, &ap).map_err(e)?,
+                )
             }
+            Stage::Intermediate => continue,
             Stage::Next => {
-                let id = dense_enc.stage_intermediate(dl, &s.ad).map_err(e)?;
-                s.xd = dense_enc.stage_output(dl, &id, &s.ad).map_err(e)?;
-                let ip = dense_enc.stage_intermediate(&pl, &s.ap).map_err(e)?;
-                s.xp = dense_enc.stage_output(&pl, &ip, &s.ap).map_err(e)?;
-                None
+                let (ad, ap) = (
+                    states.read(b, Slot::DenseStage)?,
+                    states.read(b, Slot::PrunedStage)?,
+                );
+                let id = dense_enc.stage_intermediate(dl, &ad).map_err(e)?;
+                let xd = dense_enc.stage_output(dl, &id, &ad).map_err(e)?;
+                drop(id);
+                let ip = dense_enc.stage_intermediate(&pl, &ap).map_err(e)?;
+                let xp = dense_enc.stage_output(&pl, &ip, &ap).map_err(e)?;
+                states.write(b, Slot::DenseInput, &xd)?;
+                states.write(b, Slot::PrunedInput, &xp)?;
+                continue;
             }
         };
         if !collect {
             continue;
         }
-        let (d, p) = match (&inputs, stage) {
-            (Some((d, p)), _) => (d.as_slice(), p.as_slice()),
-            (None, Stage::Hidden | Stage::Next) => (s.xd.as_slice(), s.xp.as_slice()),
-            (None, _) => (s.ad.as_slice(), s.ap.as_slice()),
-        };
-        let tokens: usize = s.lengths.iter().sum();
+        let tokens: usize = lengths.iter().sum();
         let st = stats.get_or_insert_with(|| LinearStats::new(d.len() / tokens.max(1)));
-        st.accumulate(p, d).map_err(|e| err(&e))?;
+        st.accumulate(&p, &d).map_err(|e| err(&e))?;
     }
     if collect && stats.is_none() {
         return Err(ConvertError::Calibration("no calibration sentences".into()));
@@ -331,33 +373,81 @@ fn advance(
     Ok(stats)
 }
 
-/// Fits one weight and its bias under its plan and records them; `greedy` chooses tiles by
-/// greedy removal, otherwise by activation-aware scores.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn fit_one(
+/// One weight of a stage, loaded, with its least-squares targets.
+pub(crate) struct Job {
+    linear: Linear,
+    weight: SourceTensor,
+    bias: SourceTensor,
+    targets: Vec<f64>,
+}
+
+impl Job {
+    /// The weight's canonical name at `layer`.
+    pub(crate) fn name(&self, layer: usize) -> String {
+        self.linear.0.name(layer)
+    }
+}
+
+/// Loads the weights `todo` of one stage and takes their targets from `stats`, then prepares the
+/// statistics (with the inverse for `greedy`): the cross products are gone before the inverse is
+/// made, which bounds the peak memory of the widest stage.
+pub(crate) fn prepare_stage(
     source: &dyn ModelSource,
-    recipe: &Recipe,
-    stats: &LinearStats,
-    fitted: &mut Fitted,
+    stats: LinearStats,
     layer: usize,
-    w: LayerTensor,
-    b: LayerTensor,
-    role: Role,
+    todo: &[Linear],
     greedy: bool,
-) -> Result<(), ConvertError> {
-    let (wname, bname) = (w.name(layer), b.name(layer));
-    let plan = recipe.plan(&wname, layer, role);
-    let weight = source.load(&wname)?;
-    let bias = source.load(&bname)?;
-    let (rows, n) = match weight.shape[..] {
-        [r, c] if r == bias.data.len() && c == stats.inputs() => (r, c),
-        _ => {
+) -> Result<(Prepared, Vec<Job>), ConvertError> {
+    let mut jobs = Vec::with_capacity(todo.len());
+    for &linear in todo {
+        let (w, b, _) = linear;
+        let wname = w.name(layer);
+        let weight = source.load(&wname)?;
+        let bias = source.load(&b.name(layer))?;
+        if !matches!(weight.shape[..], [r, c] if r == bias.data.len() && c == stats.inputs()) {
             return Err(ConvertError::Tensor {
                 name: wname,
                 reason: format!("shape {:?} does not match its bias or inputs", weight.shape),
-            })
+            });
         }
-    };
+        let targets =
+            stats
+                .targets(&weight.data, &bias.data)
+                .map_err(|e| ConvertError::Tensor {
+                    name: wname,
+                    reason: e.to_string(),
+                })?;
+        jobs.push(Job {
+            linear,
+            weight,
+            bias,
+            targets,
+        });
+    }
+    let prepared = stats.prepare(greedy).map_err(|e| err(&e))?;
+    Ok((prepared, jobs))
+}
+
+/// Fits one weight and its bias under its plan and records them; `greedy` chooses tiles by
+/// greedy removal (the statistics prepared with their inverse), otherwise by activation-aware
+/// scores.
+pub(crate) fn fit_one(
+    recipe: &Recipe,
+    prepared: &Prepared,
+    job: Job,
+    fitted: &mut Fitted,
+    layer: usize,
+    greedy: bool,
+) -> Result<(), ConvertError> {
+    let Job {
+        linear: (w, b, role),
+        weight,
+        bias,
+        targets,
+    } = job;
+    let (wname, bname) = (w.name(layer), b.name(layer));
+    let plan = recipe.plan(&wname, layer, role);
+    let (rows, n) = (bias.data.len(), prepared.inputs());
     let (th, tw) = plan.tile;
     let gc = n.div_ceil(tw);
     let keep_fraction = 1.0 - plan.sparsity;
@@ -372,15 +462,16 @@ pub(crate) fn fit_one(
         }
         _ => {
             let scores =
-                activation_tile_scores(&weight.data, rows, n, &stats.input_energy(), th, tw);
+                activation_tile_scores(&weight.data, rows, n, prepared.input_energy(), th, tw);
             let keep = keep_count(scores.len(), keep_fraction);
             (th, budget_from_scores(&scores, gc, keep))
         }
     };
-    let fit = fit_tiles(
+    let fit = fit_tiles_prepared(
         &weight.data,
         &bias.data,
-        stats,
+        prepared,
+        &targets,
         (th, tw),
         band_rows,
         &budget,
@@ -390,6 +481,7 @@ pub(crate) fn fit_one(
         name: wname.clone(),
         reason: e.to_string(),
     })?;
+    drop(targets);
     fitted.masks.insert(wname.clone(), fit.keep);
     fitted.tensors.insert(
         wname,
@@ -406,4 +498,95 @@ pub(crate) fn fit_one(
         },
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ingest::{open_source, IngestOptions};
+    use crate::runtime::cpu::LayerTrace;
+
+    /// The statistics gathered batch by batch through the activation file are bit for bit those
+    /// of one pass over activations all held in memory (the layer traces of the dense model).
+    #[test]
+    fn spilled_statistics_equal_in_memory_ones() {
+        let dir = tempfile::tempdir().expect("dir");
+        let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures/sources/tiny-safetensors/model.safetensors");
+        let source = open_source(&src, &IngestOptions::default()).expect("source");
+        let dense_path = dir.path().join("dense.ets");
+        super::super::write_model(
+            &*source,
+            &dense_path,
+            &Recipe::default(),
+            Dtype::F32,
+            true,
+            false,
+            None,
+            None,
+        )
+        .expect("dense");
+        let dense = EtsFile::open(&dense_path).expect("open");
+        let enc = CpuEncoder::new(&dense).expect("encoder");
+        let tokenizer = TextTokenizer::from_file(&dense).expect("tokenizer");
+        let words = [
+            "the", "film", "was", "a", "dull", "great", "piece", "of", "work",
+        ];
+        // Three batches, the last one short.
+        let texts: Vec<String> = (0..2 * BATCH_SENTENCES + 5)
+            .map(|i| {
+                (0..3 + i % 7)
+                    .map(|j| words[(i * 5 + j * 3) % words.len()])
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .collect();
+        let config = source.config();
+        let mut spill =
+            Spill::create(&dir.path().join("act.tmp"), config.hidden_size as usize).expect("spill");
+        let mut batches = Vec::new();
+        for c in texts.chunks(BATCH_SENTENCES) {
+            let t: Vec<&str> = c.iter().map(String::as_str).collect();
+            let batch = tokenizer.encode(&t).expect("encode").batch;
+            let (x, lengths) = enc.embed_batch(&batch).expect("embed");
+            spill.push(lengths.clone(), &x).expect("push");
+            batches.push((lengths, x));
+        }
+        let fitted = Fitted::default();
+        for layer in 0..config.num_layers as usize {
+            let traces: Vec<LayerTrace> = batches
+                .iter()
+                .map(|(l, x)| enc.trace_layer(layer, x, l).expect("trace"))
+                .collect();
+            for (i, &(_, stage)) in STAGES.iter().enumerate() {
+                let got = advance(&enc, &dense, &fitted, &mut spill, layer, stage, true)
+                    .expect("advance")
+                    .expect("stats");
+                let mut want: Option<LinearStats> = None;
+                for ((lengths, x), t) in batches.iter().zip(&traces) {
+                    let input: &[f32] = match i {
+                        0 => x,
+                        1 => &t.context,
+                        2 => &t.attention_out,
+                        _ => &t.intermediate,
+                    };
+                    let tokens: usize = lengths.iter().sum();
+                    want.get_or_insert_with(|| LinearStats::new(input.len() / tokens))
+                        .accumulate(input, input)
+                        .expect("accumulate");
+                }
+                let want = want.expect("batches");
+                assert!(want.tokens() > 0);
+                assert_eq!(got, want, "layer {layer}, stage {i}");
+            }
+            advance(&enc, &dense, &fitted, &mut spill, layer, Stage::Next, false).expect("next");
+            for ((_, x), t) in batches.iter_mut().zip(traces) {
+                *x = t.output;
+            }
+        }
+        // The activation file holds the last layer's output, as the in-memory pass does.
+        for (b, (_, x)) in batches.iter().enumerate() {
+            assert_eq!(&spill.read(b, Slot::DenseInput).expect("read"), x);
+        }
+    }
 }

@@ -6,6 +6,7 @@ pub mod allocate;
 pub mod calibrate;
 mod calibrated;
 mod heads;
+mod spill;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -276,8 +277,8 @@ fn run_calibration(
     opts: &ConvertOptions,
 ) -> Result<(calibrate::Calibration, Option<calibrated::Fitted>, Recipe), ConvertError> {
     let texts = calibrate::read_sentences(sentences, opts.calibrate_limit)?;
-    let temps = ["dense", "pruned"].map(|s| TempPath::beside(output, s));
-    let [dense, pruned] = temps.each_ref().map(|t| t.path());
+    let temps = ["dense", "pruned", "activations"].map(|s| TempPath::beside(output, s));
+    let [dense, pruned, activations] = temps.each_ref().map(|t| t.path());
     write_model(
         source,
         dense,
@@ -292,16 +293,23 @@ fn run_calibration(
     let mut recipe = opts.recipe.clone();
     let mut allocation = None;
     let fitted = if calibrated::applies(&recipe, layers) {
-        let dense_file = crate::format::EtsFile::open(dense)?;
         if opts.allocate == Allocate::Sensitivity {
+            let dense_file = crate::format::EtsFile::open(dense)?;
             let (r, a) = allocate::sensitivity(source, &dense_file, &recipe, &texts)?;
             recipe = r;
             allocation = Some(a);
         }
-        Some(calibrated::fit_model(source, &dense_file, &recipe, &texts)?)
+        Some(calibrated::fit_model(
+            source,
+            dense,
+            &recipe,
+            &texts,
+            activations,
+        )?)
     } else {
         None
     };
+    calibrated::release_free_memory();
     let empty = BTreeMap::new();
     let overridden = calibrated::Overridden {
         inner: source,
@@ -321,6 +329,7 @@ fn run_calibration(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
+    calibrated::release_free_memory();
     let mut result = calibrate::compare(dense, pruned, &label, &texts)?;
     if let Some(f) = &fitted {
         result.pruning = Some(calibrate::CalibratedPruning {

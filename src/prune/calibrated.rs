@@ -78,7 +78,7 @@ fn column_sums(x: &[f32], n: usize) -> Vec<f64> {
 }
 
 /// Second-moment statistics of one linear layer's inputs, bias column included.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct LinearStats {
     n: usize,
     g: Vec<f64>,
@@ -145,19 +145,36 @@ impl LinearStats {
 
     /// `G` with its lower triangle filled and the damping added, `(inputs + 1)^2` row-major.
     pub fn damped_gram(&self) -> Vec<f64> {
-        let d = self.n + 1;
         let mut g = self.g.clone();
-        for i in 0..d {
-            for j in 0..i {
-                g[i * d + j] = g[j * d + i];
-            }
-        }
-        let mean_diag = (0..d).map(|i| g[i * d + i]).sum::<f64>() / d as f64;
-        let damp = (DAMPING * mean_diag).max(1e-12);
-        for i in 0..d {
-            g[i * d + i] += damp;
-        }
+        damp(&mut g, self.n + 1);
         g
+    }
+
+    /// What fitting needs once every weight's [`LinearStats::targets`] are taken: the damped Gram
+    /// matrix, made in place, and its inverse when `inverse` (greedy removal). The cross products
+    /// are dropped first, so at most three `(inputs + 1)^2` matrices live at once.
+    pub fn prepare(self, inverse: bool) -> Result<Prepared, CalibratedError> {
+        let energy = self.input_energy();
+        let LinearStats {
+            n,
+            mut g,
+            c,
+            tokens,
+        } = self;
+        drop(c);
+        damp(&mut g, n + 1);
+        let gram_inv = if inverse && tokens > 0 {
+            spd_inverse(&g, n + 1)?
+        } else {
+            Vec::new()
+        };
+        Ok(Prepared {
+            n,
+            tokens,
+            energy,
+            gram: g,
+            gram_inv,
+        })
     }
 
     /// Mean squared input of every feature (the diagonal of `G` over the tokens), for
@@ -199,6 +216,43 @@ impl LinearStats {
             Threads::Pool,
         );
         Ok(out)
+    }
+}
+
+/// Fills the lower triangle of the `d x d` Gram matrix `g` from its upper one and adds
+/// [`DAMPING`] of its mean diagonal to the diagonal.
+fn damp(g: &mut [f64], d: usize) {
+    for i in 0..d {
+        for j in 0..i {
+            g[i * d + j] = g[j * d + i];
+        }
+    }
+    let mean_diag = (0..d).map(|i| g[i * d + i]).sum::<f64>() / d as f64;
+    let damp = (DAMPING * mean_diag).max(1e-12);
+    for i in 0..d {
+        g[i * d + i] += damp;
+    }
+}
+
+/// Statistics made ready for fitting ([`LinearStats::prepare`]).
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    n: usize,
+    tokens: usize,
+    energy: Vec<f64>,
+    gram: Vec<f64>,
+    gram_inv: Vec<f64>,
+}
+
+impl Prepared {
+    /// Input features.
+    pub fn inputs(&self) -> usize {
+        self.n
+    }
+
+    /// Mean squared input of every feature ([`LinearStats::input_energy`]).
+    pub fn input_energy(&self) -> &[f64] {
+        &self.energy
     }
 }
 
@@ -326,53 +380,86 @@ pub fn fit_tiles(
     weight: &[f32],
     bias: &[f32],
     stats: &LinearStats,
+    tile: (usize, usize),
+    band_rows: usize,
+    budget: &[usize],
+    greedy: bool,
+) -> Result<TileFit, CalibratedError> {
+    let targets = stats.targets(weight, bias)?;
+    let prepared = stats.clone().prepare(greedy)?;
+    fit_tiles_prepared(
+        weight, bias, &prepared, &targets, tile, band_rows, budget, greedy,
+    )
+}
+
+/// [`fit_tiles`] from prepared statistics and the weight's `targets` (taken before preparing).
+/// `greedy` needs statistics prepared with their inverse.
+#[allow(clippy::too_many_arguments)]
+pub fn fit_tiles_prepared(
+    weight: &[f32],
+    bias: &[f32],
+    prepared: &Prepared,
+    targets: &[f64],
     (th, tw): (usize, usize),
     band_rows: usize,
     budget: &[usize],
     greedy: bool,
 ) -> Result<TileFit, CalibratedError> {
-    if stats.tokens == 0 {
+    if prepared.tokens == 0 {
         return Err(CalibratedError::NoSamples);
     }
-    let (rows, n, d) = (bias.len(), stats.n, stats.n + 1);
-    let gram = stats.damped_gram();
-    let gram_inv = if greedy {
-        spd_inverse(&gram, d)?
-    } else {
-        Vec::new()
-    };
-    let targets = stats.targets(weight, bias)?;
+    let (rows, n, d) = (bias.len(), prepared.n, prepared.n + 1);
+    let (gram, gram_inv) = (&prepared.gram, &prepared.gram_inv);
+    if targets.len() != d * rows || weight.len() != rows * n {
+        return Err(CalibratedError::WeightShape {
+            expected: d * rows,
+            actual: targets.len(),
+        });
+    }
+    if greedy && gram_inv.len() != d * d {
+        return Err(CalibratedError::WeightShape {
+            expected: d * d,
+            actual: gram_inv.len(),
+        });
+    }
     let gc = n.div_ceil(tw);
     let units: Vec<std::ops::Range<usize>> =
         (0..gc).map(|c| c * tw..((c + 1) * tw).min(n)).collect();
-    let energy = stats.input_energy();
-    let scores = activation_tile_scores(weight, rows, n, &energy, th, tw);
+    let scores = activation_tile_scores(weight, rows, n, &prepared.energy, th, tw);
     let bands = rows.div_ceil(band_rows);
-    let fits: Vec<BandFit> = (0..bands)
-        .into_par_iter()
-        .map(|b| {
-            let r0 = b * band_rows;
-            let r1 = (r0 + band_rows).min(rows);
-            let k = budget.get(b).copied().unwrap_or(gc).min(gc);
-            let t: Vec<f64> = (0..d)
-                .flat_map(|i| targets[i * rows + r0..i * rows + r1].iter().copied())
-                .collect();
-            let fixed = (!greedy).then(|| {
-                let mut band_scores = vec![0f64; gc];
-                for br in r0 / th..r1.div_ceil(th) {
-                    for (s, v) in band_scores.iter_mut().zip(&scores[br * gc..(br + 1) * gc]) {
-                        *s += v;
-                    }
+    let fit_band = |b: usize| {
+        let r0 = b * band_rows;
+        let r1 = (r0 + band_rows).min(rows);
+        let k = budget.get(b).copied().unwrap_or(gc).min(gc);
+        let t: Vec<f64> = (0..d)
+            .flat_map(|i| targets[i * rows + r0..i * rows + r1].iter().copied())
+            .collect();
+        let fixed = (!greedy).then(|| {
+            let mut band_scores = vec![0f64; gc];
+            for br in r0 / th..r1.div_ceil(th) {
+                for (s, v) in band_scores.iter_mut().zip(&scores[br * gc..(br + 1) * gc]) {
+                    *s += v;
                 }
-                let mut order: Vec<usize> = (0..gc).collect();
-                order.sort_by(|&a, &b| band_scores[b].total_cmp(&band_scores[a]).then(a.cmp(&b)));
-                let mut keep = vec![false; gc];
-                order.into_iter().take(k).for_each(|c| keep[c] = true);
-                keep
-            });
-            prune_band(&gram, &gram_inv, &t, r1 - r0, &units, k, fixed.as_deref())
-        })
-        .collect::<Result<_, _>>()?;
+            }
+            let mut order: Vec<usize> = (0..gc).collect();
+            order.sort_by(|&a, &b| band_scores[b].total_cmp(&band_scores[a]).then(a.cmp(&b)));
+            let mut keep = vec![false; gc];
+            order.into_iter().take(k).for_each(|c| keep[c] = true);
+            keep
+        });
+        prune_band(gram, gram_inv, &t, r1 - r0, &units, k, fixed.as_deref())
+    };
+    // Bands run a pool's width at a time: their solvers fork work of their own, and a thread
+    // waiting on that work would otherwise start further bands and hold their matrices too.
+    let order: Vec<usize> = (0..bands).collect();
+    let mut fits: Vec<BandFit> = Vec::with_capacity(bands);
+    for chunk in order.chunks(rayon::current_num_threads().max(1)) {
+        let part: Vec<BandFit> = chunk
+            .par_iter()
+            .map(|&b| fit_band(b))
+            .collect::<Result<_, _>>()?;
+        fits.extend(part);
+    }
     let mut out = TileFit {
         keep: vec![false; rows.div_ceil(th) * gc],
         weight: Vec::with_capacity(rows * n),

@@ -50,7 +50,10 @@ pub(super) fn greedy_units(
         })
         .collect();
     // Downdate factors, transposed: row r of `vt` is column r of V (length d).
-    let mut vt: Vec<f64> = Vec::new();
+    // Reserved once: growing it by doubling would hold up to three times its final size.
+    let removals = units.len() - keep_units.min(units.len());
+    let widest = units.iter().map(|u| u.len()).max().unwrap_or(0);
+    let mut vt: Vec<f64> = Vec::with_capacity(removals * widest * d);
     let mut removed_rows = vec![false; d];
     let mut keep = vec![true; units.len()];
     for _ in keep_units.min(units.len())..units.len() {
