@@ -123,6 +123,74 @@ __device__ __forceinline__ bool sk_reduce(Acc& acc, float* ws, u32* counter, int
     return true;
 }
 
+// The epilogue's inputs for a warp's outputs, loaded before the products so that their latency
+// hides under the products and the reduction: the bias of its features and the residual of its
+// outputs (zero where absent).
+struct EpIn {
+    float b[2][2];        // [feature block][pair]
+    float r[2][2][2][2];  // [token block][row half][feature block][pair]
+};
+
+template <typename T>
+__device__ __forceinline__ void sk_epilogue_inputs(EpIn& e, const float* bias, const T* residual, int tok0, int n0,
+                                                   int g, int M, int N) {
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+#pragma unroll
+        for (int p = 0; p < 2; ++p) {
+            const int n = n0 + j * 8 + p;
+            e.b[j][p] = (bias && n < N) ? bias[n] : 0.f;
+#pragma unroll
+            for (int i = 0; i < 2; ++i) {
+#pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                    const int m = tok0 + i * 16 + h * 8 + g;
+                    e.r[i][h][j][p] = (residual && m < M && n < N)
+                                          ? Conv<T>::to_f(residual[static_cast<size_t>(m) * N + n])
+                                          : 0.f;
+                }
+            }
+        }
+    }
+}
+
+// Bias, GELU, residual, one rounding, and the store of a warp's outputs (as one 32-bit store per
+// pair where both exist and the row pitch keeps them aligned).
+template <typename T>
+__device__ __forceinline__ void sk_store(const Acc& acc, const EpIn& e, int gelu, T* Y, int tok0, int n0, int g,
+                                         int M, int N) {
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+#pragma unroll
+            for (int j = 0; j < 2; ++j) {
+                const int m = tok0 + i * 16 + h * 8 + g, n = n0 + j * 8;
+                if (m >= M || n >= N) continue;
+                float v0 = acc[i][j][2 * h] + e.b[j][0];
+                float v1 = acc[i][j][2 * h + 1] + e.b[j][1];
+                if (gelu) {
+                    v0 = gelu_erf(v0);
+                    v1 = gelu_erf(v1);
+                }
+                v0 += e.r[i][h][j][0];
+                v1 += e.r[i][h][j][1];
+                T* at = Y + static_cast<size_t>(m) * N + n;
+                const bool two = n + 1 < N;
+                if (two && (N & 1) == 0) {
+                    Pair<T> pr;
+                    pr.v[0] = Conv<T>::from_f(v0);
+                    pr.v[1] = Conv<T>::from_f(v1);
+                    *reinterpret_cast<u32*>(at) = pr.u;
+                } else {
+                    at[0] = Conv<T>::from_f(v0);
+                    if (two) at[1] = Conv<T>::from_f(v1);
+                }
+            }
+        }
+    }
+}
+
 template <typename T, bool BF16, int TH, int TW>
 __device__ __forceinline__ void sk_body(const T* __restrict__ X, int M, int K, const T* __restrict__ values, int N,
                                         const uint4* __restrict__ plan, int units, int tbs, float* ws, u32* counters,
@@ -139,7 +207,10 @@ __device__ __forceinline__ void sk_body(const T* __restrict__ X, int M, int K, c
     const int tiles = min(static_cast<int>(h.z & 0xffffu), MAXT);
     const int index = static_cast<int>(h.z >> 16), parts = static_cast<int>(h.w);
     const int tok0 = tb * ESK_TB;
+    const int g = lane >> 2, n0 = slice * 16 + 2 * (lane & 3);
     const T* wbase = values + static_cast<size_t>(h.y) * (TH * TW) + (slice % SUBS) * 16 * TW;
+    EpIn e;
+    sk_epilogue_inputs<T>(e, bias, residual, tok0, n0, g, M, N);
     Acc acc = {};
     sk_products<BF16, TH, TW>(X, M, K, wbase, cw, tiles, tok0, lane, acc);
     if (parts > 1) {
@@ -147,16 +218,7 @@ __device__ __forceinline__ void sk_body(const T* __restrict__ X, int M, int K, c
         const int first_item = (u - index) * tbs + tb;
         if (!sk_reduce(acc, ws, counter, item, first_item, tbs, index, parts, lane)) return;
     }
-    const int g = lane >> 2, n0 = slice * 16 + 2 * (lane & 3);
-#pragma unroll
-    for (int i = 0; i < 2; ++i) {
-#pragma unroll
-        for (int j = 0; j < 2; ++j) {
-            const int m = tok0 + i * 16 + g, n = n0 + j * 8;
-            store_pair<T>(acc[i][j][0], acc[i][j][1], m, n, M, N, bias, residual, gelu, Y, N);
-            store_pair<T>(acc[i][j][2], acc[i][j][3], m + 8, n, M, N, bias, residual, gelu, Y, N);
-        }
-    }
+    sk_store<T>(acc, e, gelu, Y, tok0, n0, g, M, N);
 }
 
 }  // namespace esk
