@@ -275,6 +275,134 @@ mod tests {
         assert_eq!(p.units[1].t0, 5);
     }
 
+    /// The kernel's arithmetic on the host, lane by lane: each lane's 8-byte operand loads (the
+    /// permuted columns), the `m16n8k16` fragments they form, the partials summed in unit order
+    /// and the outputs each lane stores. Returns Y (`m x N`, no epilogue). Indexed loops, as in
+    /// the kernel, keep the two side by side.
+    #[allow(clippy::needless_range_loop)]
+    fn emulate(h: &HostTiles, p: &SkPlan, x: &[f32], m: usize) -> Vec<f32> {
+        let (n, k, th, tw) = (h.rows, h.cols, h.th, h.tw);
+        let (ks, subs) = (tw / 16, th / 16);
+        let w = |i: usize| crate::runtime::cuda::host::from_bits(h.elem, h.values[i]);
+        let mut y = vec![f32::NAN; m * n];
+        type Lanes = [[[[f32; 4]; 2]; 2]; 32];
+        let tbs = m.div_ceil(SK_TOKENS_PER_ITEM);
+        let mut partial = vec![[[[[0f32; 4]; 2]; 2]; 32]; p.units.len() * tbs];
+        for tb in 0..tbs {
+            let tok0 = tb * SK_TOKENS_PER_ITEM;
+            for (ui, u) in p.units.iter().enumerate() {
+                let mut acc: Lanes = [[[[0.0; 4]; 2]; 2]; 32];
+                let sub = u.slice as usize % subs;
+                for s in 0..SK_MAX_STEPS {
+                    let (ti, kk) = (s / ks, s % ks);
+                    if ti >= usize::from(u.tiles) {
+                        continue;
+                    }
+                    // a[i][row][col], b[j][k][col] as the lanes' loads fill them.
+                    let mut a = [[[0f32; 16]; 16]; 2];
+                    let mut b = [[[0f32; 8]; 16]; 2];
+                    for lane in 0..32 {
+                        let (g, q) = (lane / 4, lane % 4);
+                        let tile = (u.t0 as usize + ti) * th * tw;
+                        let kc = usize::from(u.cols[ti]) * tw + kk * 16 + 4 * q;
+                        for e in 0..4 {
+                            // Loaded column 4q + e is the fragment's column 2q + e (e < 2) or
+                            // 2q + 8 + e - 2.
+                            let fc = if e < 2 { 2 * q + e } else { 2 * q + 6 + e };
+                            for j in 0..2 {
+                                let row = sub * 16 + j * 8 + g;
+                                b[j][fc][g] = w(tile + row * tw + kk * 16 + 4 * q + e);
+                            }
+                            for i in 0..2 {
+                                for hh in 0..2 {
+                                    let tok = tok0 + i * 16 + hh * 8 + g;
+                                    if tok < m && kc < k {
+                                        a[i][hh * 8 + g][fc] = x[tok * k + kc + e];
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    for (lane, acc) in acc.iter_mut().enumerate() {
+                        let (g, q) = (lane / 4, lane % 4);
+                        for i in 0..2 {
+                            for j in 0..2 {
+                                for r in 0..4 {
+                                    let (row, col) = (g + 8 * (r / 2), 2 * q + r % 2);
+                                    let dot: f32 =
+                                        (0..16).map(|c| a[i][row][c] * b[j][c][col]).sum();
+                                    acc[i][j][r] += dot;
+                                }
+                            }
+                        }
+                    }
+                }
+                partial[ui * tbs + tb] = acc;
+            }
+            for (ui, u) in p.units.iter().enumerate().filter(|(_, u)| u.index == 0) {
+                let mut sum: Lanes = [[[[0.0; 4]; 2]; 2]; 32];
+                for part in 0..u.parts as usize {
+                    let other = &partial[(ui + part) * tbs + tb];
+                    for (s, o) in sum.iter_mut().zip(other) {
+                        for (s, o) in s.iter_mut().flatten().zip(o.iter().flatten()) {
+                            for (s, o) in s.iter_mut().zip(o) {
+                                *s += o;
+                            }
+                        }
+                    }
+                }
+                for (lane, acc) in sum.iter().enumerate() {
+                    let (g, q) = (lane / 4, lane % 4);
+                    let n0 = u.slice as usize * 16 + 2 * q;
+                    for i in 0..2 {
+                        for hh in 0..2 {
+                            for j in 0..2 {
+                                for e in 0..2 {
+                                    let (row, col) = (tok0 + i * 16 + hh * 8 + g, n0 + j * 8 + e);
+                                    if row < m && col < n {
+                                        y[row * n + col] = acc[i][j][2 * hh + e];
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        y
+    }
+
+    #[test]
+    fn the_kernels_lane_arithmetic_on_this_plan_computes_x_w_t() {
+        for (m, n, k, th, tw, d) in [
+            (33, 300, 200, 16, 16, 0.5),
+            (1, 64, 512, 16, 16, 1.0),
+            (40, 96, 160, 32, 32, 0.6),
+            (20, 128, 256, 64, 64, 0.7),
+            (9, 256, 48, 128, 16, 0.5),
+            (64, 128, 96, 64, 16, 0.0),
+        ] {
+            let h = tiles(n, k, th, tw, d, (m * n + k) as u64);
+            let p = SkPlan::new(&h.bitmap, &h.row_offsets, host_geometry(&h)).unwrap();
+            let mut s = 99u64;
+            let x: Vec<f32> = (0..m * k)
+                .map(|_| (lcg(&mut s) % 17) as f32 / 8.0 - 1.0)
+                .collect();
+            let y = emulate(&h, &p, &x, m);
+            let dense = h.to_dense_f32();
+            for r in 0..m {
+                for c in 0..n {
+                    let want: f32 = (0..k).map(|i| x[r * k + i] * dense[c * k + i]).sum();
+                    let got = y[r * n + c];
+                    assert!(
+                        (got - want).abs() <= 1e-3 * want.abs().max(1.0),
+                        "{n}x{k} {th}x{tw} M{m}: y[{r},{c}] = {got}, want {want}"
+                    );
+                }
+            }
+        }
+    }
+
     #[test]
     fn inconsistent_row_offsets_or_shapes_give_no_plan() {
         let h = tiles(64, 64, 16, 16, 0.5, 4);
