@@ -14,7 +14,9 @@ use super::super::device::{addr, CudaRuntime};
 use super::super::epilogue::Epilogue;
 use super::super::error::CudaError;
 use super::common::{arg_opt, check_io, int, TileDeviceView, TileShape};
-use super::sk_plan::{sk_tile_shape, SK_MAX_TOKENS, SK_TOKENS_PER_ITEM, SK_UNIT_BYTES};
+use super::sk_plan::{
+    sk_tile_shape, SK_MAX_TOKENS, SK_MAX_TOKEN_BLOCKS, SK_TOKENS_PER_ITEM, SK_UNIT_BYTES,
+};
 use super::{DeviceLimits, TileFamily, TileKernel};
 
 /// Warps (work items) per CTA (the kernel's `ESK_WARPS`).
@@ -91,8 +93,10 @@ impl TileFamily for Sk {
         let ctas = u32::try_from(items.div_ceil(SK_WARPS))
             .map_err(|_| CudaError::Invalid(format!("split tile kernel: {items} work items")))?;
         // Every work item owns one partial of the workspace (written only by units that share
-        // their slice).
-        let guard = rt.workspace(items * SK_PARTIAL)?;
+        // their slice). It is sized for the weight's largest launch at once, so that the weight's
+        // later launches at other token counts never reallocate it under a captured graph.
+        let most = w.sk_units * SK_MAX_TOKEN_BLOCKS * SK_PARTIAL;
+        let guard = rt.workspace(most.max(items * SK_PARTIAL))?;
         let ws = guard
             .as_ref()
             .ok_or_else(|| CudaError::Invalid("split tile kernel: no workspace".into()))?;
