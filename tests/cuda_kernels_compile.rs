@@ -124,6 +124,23 @@ fn every_kernel_compiles_for_sm80_and_sm90() {
             // registers.
             no_serialised_mma_or_spills(rs, "tile_rs_");
         }
+        // The split kernel for small token counts: every tile shape, mma.sync from registers
+        // loaded straight from global memory, its reduction's atomics; no spills.
+        let sk = reports
+            .iter()
+            .find(|r| r.file == "tile_sk.cu")
+            .expect("tile_sk.cu compiled");
+        for e in ["f16", "bf16"] {
+            for shape in ["16x16", "32x32", "64x64", "64x16", "128x16"] {
+                let name = format!("tile_sk_{e}_{shape}");
+                assert!(sk.entry_points.contains(&name), "missing entry {name}");
+            }
+        }
+        assert!(
+            sk.ptx.contains("mma.sync.aligned.m16n8k16") && sk.ptx.contains("atom.global.add"),
+            "the split kernel lacks mma.sync or its counter atomics"
+        );
+        no_serialised_mma_or_spills(sk, "tile_sk_");
         let again = compile_all_kernels(arch).unwrap_or_else(|e| panic!("{arch}: {e}"));
         assert!(
             again.iter().all(|r| r.from_cache),

@@ -691,6 +691,7 @@ fn kernel_file_for(name: &str) -> Result<&'static str, CudaError> {
         ("tile_walk_", TileKernel::Walk),
         ("tile_tma_", TileKernel::Tma128),
         ("tile_rs_", TileKernel::Rs),
+        ("tile_sk_", TileKernel::Sk),
     ];
     if let Some((_, k)) = tile.iter().find(|(p, _)| name.starts_with(p)) {
         return Ok(k.family().file());

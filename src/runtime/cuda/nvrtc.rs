@@ -52,6 +52,13 @@ pub const KERNELS: &[(&str, &str)] = &[
         ),
     ),
     (
+        "tile_sk.cu",
+        concat!(
+            include_str!("../../../kernels/common.cuh"),
+            include_str!("../../../kernels/tile_sk.cu")
+        ),
+    ),
+    (
         "tile_tma.cu",
         concat!(
             include_str!("../../../kernels/common.cuh"),

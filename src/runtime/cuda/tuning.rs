@@ -83,9 +83,12 @@ pub struct TuneKey {
 }
 
 impl TuneKey {
+    /// The key as stored. It ends with the labels of every tile kernel the library has, so a
+    /// decision made before a kernel was added is measured again rather than reused.
     fn text(&self) -> String {
+        let kernels: Vec<&str> = TileKernel::ALL.iter().map(|k| k.label()).collect();
         format!(
-            "{}|{}|{}|{}x{}|{}x{}|{}|{}",
+            "{}|{}|{}|{}x{}|{}x{}|{}|{}|{}",
             self.gpu,
             self.arch,
             self.dtype,
@@ -94,7 +97,8 @@ impl TuneKey {
             self.th,
             self.tw,
             crate::format::hex(&self.mask_sha256),
-            self.tokens
+            self.tokens,
+            kernels.join(",")
         )
     }
 }

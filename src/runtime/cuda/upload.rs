@@ -57,8 +57,9 @@ pub(crate) fn host_geometry(h: &HostTiles) -> TileGeometry {
 }
 
 /// Makes a tile weight's plan ([`TilePrep`]) from its bitmap and row offsets on the host, puts
-/// the register-operand kernel's stage plans on the device, and returns the weight's view with
-/// the buffer holding those plans (which must outlive the view).
+/// the kernels' plans (the register-operand kernel's stage plans, the split kernel's units) on the
+/// device in one buffer, and returns the weight's view with that buffer (which must outlive the
+/// view).
 pub(crate) fn tile_view(
     rt: &CudaRuntime,
     bitmap: &[u64],
@@ -70,19 +71,24 @@ pub(crate) fn tile_view(
 ) -> Result<(TileDeviceView, Option<CudaSlice<u8>>), CudaError> {
     let kept = row_offsets.last().copied().unwrap_or(0) as usize;
     let prep = TilePrep::new(bitmap, row_offsets, g);
-    let plans = match &prep.rs_plans {
-        Some((bytes, stride)) => Some((rt.upload(bytes)?, *stride)),
-        None => None,
+    let plans = prep.plan_bytes();
+    let buf = if plans.bytes.is_empty() {
+        None
+    } else {
+        Some(rt.upload(&plans.bytes)?)
     };
+    let base = buf.as_ref().map_or(0, addr);
     let view = TileDeviceView {
         shape: prep.shape(g, rows, kept, elem),
         bitmap: at.bitmap,
         row_offsets: at.row_offsets,
         values: at.values,
-        rs_plans: plans.as_ref().map_or(0, |(b, _)| addr(b)),
-        rs_plan_stride: plans.as_ref().map_or(0, |(_, s)| *s),
+        rs_plans: plans.rs.map_or(0, |(off, _)| base + off as u64),
+        rs_plan_stride: plans.rs.map_or(0, |(_, s)| s),
+        sk_plan: plans.sk.map_or(0, |(off, _)| base + off as u64),
+        sk_units: plans.sk.map_or(0, |(_, u)| u),
     };
-    Ok((view, plans.map(|(b, _)| b)))
+    Ok((view, buf))
 }
 
 /// One tensor on the device.

@@ -3,6 +3,8 @@
 //! - `et-bench all [--ets FILE]...`: correctness checks, then benchmarks, then a short table last.
 //! - `et-bench check [--ets FILE]...`: correctness only (exit code 1 on any failure).
 //! - `et-bench bench [--quick]`: benchmarks only.
+//! - `et-bench small [--tokens 128,512]`: the small-batch sweep (BERT-base shapes, every tile
+//!   kernel and cuBLAS), with the split kernel set beside the others and the seed's times last.
 //! - `et-bench upload`: the model upload sweep only (every method and staging config, a few
 //!   seconds).
 //! - `et-bench resources [--arch sm_90]`: NVRTC compile + `ptxas -v` report (no GPU needed).
@@ -17,6 +19,7 @@ use ets::format::{Dtype, EncodedTensor, EtsFile, EtsWriter, WriteOptions};
 use ets::runtime::cuda::{self, format_table, nvrtc, upload, CudaError, CudaRuntime, Dispatcher};
 use ets_dev::cuda::bench::{self, GemmResult, Inputs, MaskMode};
 use ets_dev::cuda::checks::{self, CheckResult};
+use ets_dev::cuda::small;
 use ets_testkit::linear::top_norm_mask;
 use ets_testkit::rng::{test_seed, Rng};
 
@@ -49,6 +52,13 @@ enum Cmd {
         /// Smaller sweep.
         #[arg(long)]
         quick: bool,
+    },
+    /// The small-batch sweep: BERT-base shapes at few tokens, a table of the split kernel
+    /// against the other tile kernels, cuBLAS and the seed's recorded times last.
+    Small {
+        /// Token counts (comma-separated).
+        #[arg(long, value_delimiter = ',', default_value = "128")]
+        tokens: Vec<usize>,
     },
     /// The model upload sweep only (methods and staging configs, each upload verified).
     Upload,
@@ -113,6 +123,12 @@ fn main() -> ExitCode {
         }),
         Cmd::Check { ets } => open().and_then(|rt| run_checks(&rt, &ets)),
         Cmd::Bench { quick } => open().and_then(|rt| run_bench(&rt, quick).map(|_| true)),
+        Cmd::Small { tokens } => open().and_then(|rt| {
+            let mut rng = Rng::new(test_seed("et-bench small"));
+            let results = small::run(&rt, &mut rng, &tokens, &|r| print_result(r, 4000.0))?;
+            print!("{}", small::table(&results));
+            Ok(true)
+        }),
         Cmd::Upload => open().and_then(|rt| {
             let summary = upload_bench(&rt, &mut Rng::new(test_seed("et-bench upload")))?;
             println!("{summary}");
@@ -406,6 +422,7 @@ fn run_bench(rt: &CudaRuntime, quick: bool) -> Result<(), CudaError> {
     }
     dispatch_demo(rt, &mut rng)?;
     summary(&results, d2d, &up);
+    print!("{}", small::table(&results));
     Ok(())
 }
 

@@ -49,6 +49,10 @@ pub enum CheckPath {
     TileNoSplit,
     /// A specific tile kernel (K splits chosen automatically for its group size).
     Forced(TileKernel),
+    /// A specific tile kernel launched twice on the same upload, the output poisoned again in
+    /// between: the second result is checked, and must equal the first bit for bit (state the
+    /// kernel leaves behind, such as reduction counters, is reset; the sums are deterministic).
+    Repeat(TileKernel),
     /// Tile weight densified on the device, then cuBLAS + epilogue.
     TileViaCublas,
     /// `rows` encoding.
@@ -97,6 +101,7 @@ fn run_and_compare(
         residual: with_residual.then(|| rd.as_view()),
     };
     let mut scratch = Scratch::default();
+    let mut first: Option<Vec<u16>> = None;
     let (x_view, mut y_view) = (xd.as_view(), y.as_view_mut());
     // SAFETY: the weight's upload lives in the caller; every device buffer is typed and checked
     // by the launch.
@@ -109,10 +114,17 @@ fn run_and_compare(
             (LinearWeight::Tile(v), CheckPath::Forced(kern)) => {
                 tile::tile_gemm_with(rt, &x_view, m, v, &ep, &mut y_view, None, kern)?
             }
+            (LinearWeight::Tile(v), CheckPath::Repeat(kern)) => {
+                tile::tile_gemm_with(rt, &x_view, m, v, &ep, &mut y_view, None, kern)?;
+                first = Some(rt.download(&y_view, m * n)?);
+                rt.fill_u16(&mut y_view, nan_bits(elem))?;
+                tile::tile_gemm_with(rt, &x_view, m, v, &ep, &mut y_view, None, kern)?
+            }
             _ => gemm::linear(rt, &x_view, m, w, fallback, &ep, &mut y_view, &mut scratch)?,
         }
     }
     let out: Vec<u16> = rt.download(&y, m * n)?;
+    let differ = first.map_or(0, |f| f.iter().zip(&out).filter(|(a, b)| a != b).count());
     let out: Vec<f32> = out.iter().map(|&b| from_bits(elem, b)).collect();
     let reference = reference_linear(
         &x,
@@ -124,7 +136,15 @@ fn run_and_compare(
         gelu,
         with_residual.then_some(&residual[..]),
     );
-    Ok(compare(&out, &reference))
+    let mut err = compare(&out, &reference);
+    if differ > 0 {
+        println!(
+            "{path:?}: {differ} of {} outputs differ between two launches",
+            m * n
+        );
+        err.max_rel = f64::INFINITY;
+    }
+    Ok(err)
 }
 
 /// One synthetic case: an `n x k` weight of density `density` in tiles `th x tw` (or rows/cols).
@@ -187,7 +207,8 @@ pub fn check_case_masked(
         CheckPath::Tile
         | CheckPath::TileNoSplit
         | CheckPath::TileViaCublas
-        | CheckPath::Forced(_) => {
+        | CheckPath::Forced(_)
+        | CheckPath::Repeat(_) => {
             let keep = bench::mask(rng, n.div_ceil(th), k.div_ceil(tw), th, density, mode);
             let h =
                 HostTiles::from_dense(&w, n, k, th, tw, &keep, elem).map_err(CudaError::Invalid)?;
@@ -317,6 +338,7 @@ pub fn synthetic_suite(rt: &CudaRuntime, rng: &mut Rng) -> Result<Vec<CheckResul
                         TileKernel::Tma128,
                         TileKernel::Tma256,
                         TileKernel::Rs,
+                        TileKernel::Sk,
                     ] {
                         if walk != pick && usable.contains(&walk) {
                             paths.push(CheckPath::Forced(walk));
@@ -432,6 +454,58 @@ pub fn synthetic_suite(rt: &CudaRuntime, rng: &mut Rng) -> Result<Vec<CheckResul
                 )?);
             }
         }
+        out.extend(split_kernel_suite(rt, rng, elem)?);
+    }
+    Ok(out)
+}
+
+/// The split kernel at small token counts, forced: one token, partial token blocks, up to its
+/// largest token count; rows cut into many units (its reduction) and rows keeping no tile;
+/// edges in N and K; every tile shape. Every third case launches twice on one upload (the
+/// reduction's counters reset, the sums deterministic).
+fn split_kernel_suite(
+    rt: &CudaRuntime,
+    rng: &mut Rng,
+    elem: ElemType,
+) -> Result<Vec<CheckResult>, CudaError> {
+    let mut out = Vec::new();
+    for (i, (shape, tile, d)) in [
+        ((1, 768, 768), (16, 16), 0.2),
+        ((17, 2304, 768), (16, 16), 0.2),
+        ((128, 768, 3072), (16, 16), 0.2),
+        ((128, 768, 3072), (16, 16), 1.0),
+        ((128, 3072, 768), (16, 16), 0.1),
+        ((128, 2304, 768), (16, 16), 0.02),
+        ((33, 300, 200), (16, 16), 0.5),
+        ((96, 2000, 3072), (64, 64), 0.5),
+        ((128, 768, 3072), (32, 32), 0.3),
+        ((200, 2000, 768), (128, 16), 0.05),
+        ((64, 1000, 3072), (64, 16), 0.3),
+        ((512, 2304, 768), (16, 16), 0.5),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let view = TileShape::new(shape.1, shape.2, tile.0, tile.1, 0, elem);
+        if !tile::usable_kernels(&rt.limits(), &view, shape.0).contains(&TileKernel::Sk) {
+            continue;
+        }
+        let path = if i % 3 == 0 {
+            CheckPath::Repeat(TileKernel::Sk)
+        } else {
+            CheckPath::Forced(TileKernel::Sk)
+        };
+        out.extend(check_case(
+            rt,
+            rng,
+            elem,
+            path,
+            shape,
+            tile,
+            d,
+            i % 2 == 0,
+            i % 3 != 1,
+        )?);
     }
     Ok(out)
 }

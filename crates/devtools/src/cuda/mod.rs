@@ -2,4 +2,5 @@
 
 pub mod bench;
 pub mod checks;
+pub mod small;
 pub mod upload_sweep;

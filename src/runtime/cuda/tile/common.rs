@@ -115,6 +115,13 @@ pub struct TileDeviceView {
     pub(crate) rs_plans: u64,
     /// Plans per feature group in `rs_plans`.
     pub(crate) rs_plan_stride: usize,
+    /// The split kernel's units on the device, followed by its reduction counters; 0 when the
+    /// weight has no such plan (the kernel then cannot run it). The kernel writes the counters
+    /// and leaves them at zero, so launches on one weight must not overlap (they go to the
+    /// runtime's one stream).
+    pub(crate) sk_plan: u64,
+    /// Units in `sk_plan`.
+    pub(crate) sk_units: usize,
 }
 
 impl Deref for TileDeviceView {

@@ -12,6 +12,9 @@
 //! - [`tma`]: union kernel fed by TMA from a producer warp (sm_90).
 //! - [`rs`]: weights as register operands of the warpgroup MMA, persistent CTAs, stage plans made
 //!   at upload (sm_90).
+//! - [`sk`]: short runs of kept tiles spread over every multiprocessor, partial sums reduced by
+//!   the last unit of each slice, plan made at upload (small token counts, any architecture with
+//!   tensor cores).
 //!
 //! The plan a weight needs is made once at upload ([`TilePrep`]), not at each launch.
 
@@ -19,6 +22,8 @@ pub(crate) mod common;
 pub mod mma;
 pub mod rs;
 pub mod rs_plan;
+pub mod sk;
+pub mod sk_plan;
 mod tensor_map;
 pub mod tma;
 pub mod walk;
@@ -38,6 +43,7 @@ use super::epilogue::Epilogue;
 use super::error::CudaError;
 use super::host::union_fractions;
 use rs_plan::{RsPlans, TileGeometry};
+use sk_plan::SkPlan;
 
 /// What kernel planning needs to know about the device.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,11 +92,14 @@ pub enum TileKernel {
     /// Register-operand warpgroup MMA (sm_90), 128 features x 192 tokens per output tile,
     /// persistent CTAs.
     Rs,
+    /// Split kernel for small token counts (`mma.sync`, any architecture with tensor cores):
+    /// short runs of a block row's kept tiles per warp, reduced per 16-feature slice.
+    Sk,
 }
 
 impl TileKernel {
     /// Every kernel.
-    pub const ALL: [TileKernel; 7] = [
+    pub const ALL: [TileKernel; 8] = [
         TileKernel::Mma,
         TileKernel::Wg64,
         TileKernel::Wg128,
@@ -98,12 +107,14 @@ impl TileKernel {
         TileKernel::Tma128,
         TileKernel::Tma256,
         TileKernel::Rs,
+        TileKernel::Sk,
     ];
 
     /// Output features per CTA (the group whose tile columns are walked together).
     pub fn bn(self) -> usize {
         match self {
             TileKernel::Wg64 => 64,
+            TileKernel::Sk => 16,
             _ => TILE_BN,
         }
     }
@@ -113,6 +124,7 @@ impl TileKernel {
         match self {
             TileKernel::Tma256 => 256,
             TileKernel::Rs => rs::RS_BM,
+            TileKernel::Sk => sk_plan::SK_TOKENS_PER_ITEM,
             _ => TILE_BM,
         }
     }
@@ -125,10 +137,11 @@ impl TileKernel {
             TileKernel::Walk => &walk::Walk,
             TileKernel::Tma128 | TileKernel::Tma256 => &tma::Tma,
             TileKernel::Rs => &rs::Rs,
+            TileKernel::Sk => &sk::Sk,
         }
     }
 
-    /// Short lower-case name (`mma`, `wg64`, `wg128`, `walk`, `tma128`, `tma256`, `rs`).
+    /// Short lower-case name (`mma`, `wg64`, `wg128`, `walk`, `tma128`, `tma256`, `rs`, `sk`).
     pub fn label(self) -> &'static str {
         match self {
             TileKernel::Mma => "mma",
@@ -138,6 +151,7 @@ impl TileKernel {
             TileKernel::Tma128 => "tma128",
             TileKernel::Tma256 => "tma256",
             TileKernel::Rs => "rs",
+            TileKernel::Sk => "sk",
         }
     }
 
@@ -158,6 +172,7 @@ impl TileKernel {
                 format!("tile_tma_{e}_{th}x{tw}_bm{}", self.bm())
             }
             TileKernel::Rs => format!("tile_rs_{e}_{th}x{tw}_bm{}", self.bm()),
+            TileKernel::Sk => format!("tile_sk_{e}_{th}x{tw}"),
             TileKernel::Wg64 | TileKernel::Wg128 => {
                 format!("tile_wg_{e}_{th}x{tw}_bn{}", self.bn())
             }
@@ -354,8 +369,8 @@ pub unsafe fn tile_gemm(
 }
 
 /// What the host derives from a tile weight's bitmap once, at upload: the union fractions and
-/// work spread kernel choice reads, the mask's signature (the tuning cache's key) and the
-/// register-operand kernel's stage plans.
+/// work spread kernel choice reads, the mask's signature (the tuning cache's key), the
+/// register-operand kernel's stage plans and the split kernel's units.
 #[derive(Debug, Clone)]
 pub struct TilePrep {
     /// [`TileShape::unions`].
@@ -367,6 +382,20 @@ pub struct TilePrep {
     /// The stage plans' bytes and plans per group, for tile shapes the register-operand kernel
     /// runs.
     pub rs_plans: Option<(Vec<u8>, usize)>,
+    /// The split kernel's plan, for tile shapes it runs.
+    pub sk_plan: Option<SkPlan>,
+}
+
+/// The plans of one weight as one device buffer: the register-operand kernel's stage plans and
+/// the split kernel's units with their counters, each at a 256-byte aligned offset.
+#[derive(Debug, Clone, Default)]
+pub struct PlanBytes {
+    /// The buffer (empty when the weight has no plan).
+    pub bytes: Vec<u8>,
+    /// Offset of the stage plans and plans per group.
+    pub rs: Option<(usize, usize)>,
+    /// Offset of the split kernel's units and their count.
+    pub sk: Option<(usize, usize)>,
 }
 
 impl TilePrep {
@@ -381,7 +410,24 @@ impl TilePrep {
             work_spread: rs::work_spread(bitmap, g),
             mask_sha256: h.finalize().into(),
             rs_plans: RsPlans::new(bitmap, row_offsets, g).map(|p| (p.to_bytes(), p.stride)),
+            sk_plan: SkPlan::new(bitmap, row_offsets, g),
         }
+    }
+
+    /// Every plan in one buffer, to upload once.
+    pub fn plan_bytes(&self) -> PlanBytes {
+        let mut out = PlanBytes::default();
+        if let Some((b, stride)) = &self.rs_plans {
+            out.rs = Some((0, *stride));
+            out.bytes.extend_from_slice(b);
+        }
+        if let Some(p) = self.sk_plan.as_ref().filter(|p| !p.units.is_empty()) {
+            let at = out.bytes.len().div_ceil(256) * 256;
+            out.bytes.resize(at, 0);
+            out.bytes.extend_from_slice(&p.to_bytes());
+            out.sk = Some((at, p.units.len()));
+        }
+        out
     }
 
     /// The shape of a weight with this plan.

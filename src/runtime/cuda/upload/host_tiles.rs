@@ -14,7 +14,7 @@ pub struct DeviceTiles {
     _bitmap: CudaSlice<u64>,
     _row_offsets: CudaSlice<u32>,
     _values: CudaSlice<u16>,
-    _rs_plans: Option<CudaSlice<u8>>,
+    _plans: Option<CudaSlice<u8>>,
     view: TileDeviceView,
 }
 
@@ -49,7 +49,7 @@ impl DeviceTiles {
             _bitmap: bitmap,
             _row_offsets: row_offsets,
             _values: values,
-            _rs_plans: plans,
+            _plans: plans,
             view,
         })
     }
