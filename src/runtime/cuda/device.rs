@@ -100,6 +100,8 @@ pub struct CudaRuntime {
     blas: OnceLock<Result<CudaBlas, String>>,
     smem_set: Mutex<HashMap<String, u32>>,
     workspace: Mutex<Option<CudaSlice<f32>>>,
+    /// Workspaces replaced by bigger ones, kept for the graphs captured on them.
+    retired_workspaces: Mutex<Vec<CudaSlice<f32>>>,
     staging: Mutex<Vec<PinnedBuf>>,
     reports: Mutex<Vec<KernelReport>>,
 }
@@ -145,6 +147,7 @@ impl CudaRuntime {
             blas: OnceLock::new(),
             smem_set: Mutex::new(HashMap::new()),
             workspace: Mutex::new(None),
+            retired_workspaces: Mutex::new(Vec::new()),
             staging: Mutex::new(Vec::new()),
             reports: Mutex::new(Vec::new()),
         })
@@ -377,6 +380,10 @@ impl CudaRuntime {
 
     /// A device workspace of at least `n` f32 values, reused across calls (all work is on one
     /// stream, so consecutive users are ordered); held until the guard drops.
+    ///
+    /// A smaller buffer that gets replaced is kept, not freed, until the runtime drops: a CUDA
+    /// graph captured earlier still holds its address and may be replayed (sizes double, so the
+    /// kept buffers add up to less than the current one).
     pub(crate) fn workspace(
         &self,
         n: usize,
@@ -386,9 +393,13 @@ impl CudaRuntime {
             .lock()
             .map_err(|_| CudaError::Invalid("workspace lock poisoned".into()))?;
         if !ws.as_ref().is_some_and(|b| b.len() >= n) {
-            self.synchronize()?; // the old buffer may still be in use by queued work
-            *ws = None;
-            *ws = Some(self.alloc(n.next_power_of_two())?);
+            let bigger = self.alloc(n.next_power_of_two())?;
+            if let Some(old) = ws.replace(bigger) {
+                self.retired_workspaces
+                    .lock()
+                    .map_err(|_| CudaError::Invalid("workspace lock poisoned".into()))?
+                    .push(old);
+            }
         }
         Ok(ws)
     }
