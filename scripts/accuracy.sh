@@ -48,7 +48,7 @@ recover() {
   local pruned="$work/pruned-$tile-$s.ets"
   [ -s "$pruned" ] || "$bin/et-convert" "$model/model.safetensors" "$pruned" "$@"
   "$rpy" -m ets.recover "$model" "$pruned" "$data/train.tsv" "$work/$name" --skip 7048 \
-    --steps "${RECOVER_STEPS:-500}" --lr "${RECOVER_LR:-3e-4}" \
+    --steps "${RECOVER_STEPS:-1000}" --lr "${RECOVER_LR:-3e-4}" \
     --batch-size "${RECOVER_BATCH:-32}" --device "${RECOVER_DEVICE:-auto}" --seed 0
   "$bin/et-convert" "$work/$name/model.safetensors" "$work/$name.ets" --method existing \
     --tile "$tile" --force --quiet
