@@ -173,7 +173,19 @@ impl Drop for TempPath {
 /// Removes every registered temporary file. For a signal handler (Ctrl-C, `SIGTERM`) to call just
 /// before the process exits: destructors do not run then.
 pub fn remove_temporaries() {
-    let paths = std::mem::take(&mut *registry());
+    remove_temporaries_where(|_| true);
+}
+
+/// Removes (and unregisters) the registered temporary files that `chosen` picks.
+fn remove_temporaries_where(chosen: impl Fn(&Path) -> bool) {
+    let paths: Vec<PathBuf> = {
+        let mut reg = registry();
+        let (gone, kept) = std::mem::take(&mut *reg)
+            .into_iter()
+            .partition(|p| chosen(p));
+        *reg = kept;
+        gone
+    };
     for p in paths {
         let _ = std::fs::remove_file(p);
     }
@@ -234,8 +246,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let t = TempPath::beside(&dir.path().join("out.ets"), "data");
         std::fs::write(t.path(), b"partial").unwrap();
-        remove_temporaries();
+        // Only this test's files: other tests of this process have temporaries registered too.
+        remove_temporaries_where(|p| p.starts_with(dir.path()));
         assert!(!t.path().exists());
+        assert!(!registry().contains(&t.path().to_path_buf()));
         drop(t);
     }
 
