@@ -455,13 +455,8 @@ pub unsafe extern "C" fn ets_encoder_open(
     path: *const c_char,
     device: *const c_char,
 ) -> *mut EtsEncoderHandle {
-    guard(std::ptr::null_mut(), || {
-        encoder_handle(
-            open_file(c_str(path, "path")?)?,
-            device,
-            &Overrides::default(),
-        )
-    })
+    // SAFETY: the caller's contract; NULL options are allowed.
+    unsafe { ets_encoder_open_with(path, device, std::ptr::null()) }
 }
 
 /// [`ets_encoder_open`] with embedding settings replacing the file's (`options` NULL: none).
@@ -491,13 +486,8 @@ pub unsafe extern "C" fn ets_encoder_from_file(
     file: *const EtsFileHandle,
     device: *const c_char,
 ) -> *mut EtsEncoderHandle {
-    guard(std::ptr::null_mut(), || {
-        encoder_handle(
-            Arc::clone(&non_null(file, "file")?.file),
-            device,
-            &Overrides::default(),
-        )
-    })
+    // SAFETY: the caller's contract; NULL options are allowed.
+    unsafe { ets_encoder_from_file_with(file, device, std::ptr::null()) }
 }
 
 /// [`ets_encoder_from_file`] with embedding settings replacing the file's (`options` NULL: none).
