@@ -148,6 +148,7 @@ class Encoder:
     `device` is "cpu", "cuda" (an error without a usable GPU) or "auto" (CUDA when usable,
     else the CPU; `fallback_reason` says why CUDA was not used). `pooling` ("mean", "cls"),
     `normalize` and `max_length` replace the file's settings, as et-run's options do.
+    One encoder may be shared by threads: `encode` releases the GIL while it tokenizes and runs.
     """
 
     def __init__(

@@ -144,8 +144,9 @@ impl File {
     }
 }
 
-/// A sentence encoder with the file's tokenizer and embedding settings.
-#[pyclass(unsendable, module = "ets._ets")]
+/// A sentence encoder with the file's tokenizer and embedding settings. It may be shared by
+/// Python threads: `encode` releases the GIL while it tokenizes and runs the model.
+#[pyclass(frozen, module = "ets._ets")]
 struct Encoder {
     inner: SharedEmbedder,
 }
@@ -215,15 +216,14 @@ impl Encoder {
         if batch_size == 0 {
             return Err(err("batch_size must be at least 1"));
         }
-        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-        let tokenized = self
-            .inner
-            .tokenizer()
-            .and_then(|t| t.encode(&refs))
-            .map_err(err)?;
-        let vectors = self
-            .inner
-            .embed_tokens(&tokenized.batch, batch_size)
+        let inner = &self.inner;
+        let (tokenized, vectors) = py
+            .detach(|| {
+                let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+                let tokenized = inner.tokenizer().and_then(|t| t.encode(&refs))?;
+                let vectors = inner.embed_tokens(&tokenized.batch, batch_size)?;
+                Ok::<_, ets::runtime::RuntimeError>((tokenized, vectors))
+            })
             .map_err(err)?;
         let truncated = tokenized
             .truncated

@@ -191,3 +191,17 @@ def test_overrides_match_et_run(tmp_path):
         ets.Encoder(TILE_F32, device="cpu", max_length=17)
     with pytest.raises(ets.EtsError, match="unknown pooling"):
         ets.Encoder(TILE_F32, device="cpu", pooling="max")
+
+
+def test_one_encoder_serves_several_threads():
+    # Before, the encoder was bound to the thread that made it; now threads share it (the GIL is
+    # released while it runs) and each gets exactly the result a lone call gives.
+    from concurrent.futures import ThreadPoolExecutor
+
+    enc = ets.Encoder(TILE_F32, device="cpu")
+    inputs = [[f"sentence {i} of thread {t}" for i in range(40)] + SENTENCES for t in range(6)]
+    want = [enc.encode(texts) for texts in inputs]
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        got = list(pool.map(enc.encode, inputs * 3))
+    for i, g in enumerate(got):
+        np.testing.assert_array_equal(g, want[i % len(inputs)])

@@ -318,7 +318,10 @@ pub fn pool_packed(packed: &[f32], lengths: &[usize], hidden: usize, pooling: Po
 }
 
 /// A backend that runs the encoder stored in a `.ets` file.
-pub trait Encoder {
+///
+/// Encoders are `Send + Sync`: one encoder may serve several threads (each call takes what it
+/// needs; the CUDA encoder serialises passes on its buffers).
+pub trait Encoder: Send + Sync {
     /// The model's configuration.
     fn config(&self) -> &ModelConfig;
     /// Runs the encoder with options.
