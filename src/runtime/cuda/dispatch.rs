@@ -203,7 +203,9 @@ impl Dispatcher {
     }
 
     /// Times every tile kernel this device runs for `v` and cuBLAS on a dense copy; returns the
-    /// fastest tile kernel with its time, and the cuBLAS time.
+    /// fastest tile kernel with its time, and the cuBLAS time. Both are timed as a projection
+    /// runs in the forward pass, with a bias epilogue (every encoder projection has one): fused
+    /// into the tile kernel, a separate kernel after cuBLAS.
     ///
     /// # Safety
     /// `v`'s addresses are those of a live upload on this runtime's device.
@@ -220,7 +222,11 @@ impl Dispatcher {
         let x = x.as_view();
         let mut y = rt.alloc::<u16>(tokens * v.rows)?;
         let mut y = y.as_view_mut();
-        let ep = Epilogue::default();
+        let bias = rt.alloc::<f32>(v.rows)?;
+        let ep = Epilogue {
+            bias: Some(bias.as_view()),
+            ..Epilogue::default()
+        };
         let dev = rt.limits();
         let mut kernels = vec![tile::auto_kernel(&dev, v, tokens)];
         for k in tile::usable_kernels(&dev, v, tokens) {
@@ -239,7 +245,8 @@ impl Dispatcher {
             }
         }
         let (kern, tile) = best.unwrap_or((TileKernel::Mma, f64::INFINITY));
-        // SAFETY: dense holds N x K values (made above and alive); X and Y are checked.
+        // SAFETY: dense holds N x K values (made above and alive); X, Y and the epilogue are
+        // checked by the callees.
         let cublas = median_ms(rt, 5, 10, || unsafe {
             gemm::dense_gemm(
                 rt,
@@ -251,7 +258,8 @@ impl Dispatcher {
                 addr(&dense),
                 v.rows,
                 &mut y,
-            )
+            )?;
+            gemm::epilogue(rt, v.elem, &mut y, tokens, v.rows, None, &ep)
         })?;
         Ok((kern, tile, cublas))
     }

@@ -2,7 +2,7 @@
 //! ([`TuningCache`]).
 //!
 //! The dispatcher times the tile kernels against cuBLAS the first time it sees a weight at a
-//! token bucket. With the tuning cache on, the decision is written to `tuning-v1.json` beside the
+//! token bucket. With the tuning cache on, the decision is written to `tuning-v2.json` beside the
 //! kernel cache, so a second process on the same GPU runs the same kernel without timing again.
 //! A decision is keyed by GPU name, compute capability, element type, N x K, tile shape, the
 //! SHA-256 of the weight's bitmap and the token bucket: a different mask, GPU or shape misses.
@@ -55,9 +55,9 @@ impl Default for CudaOptions {
 }
 
 /// Version of the tuning file's layout; a file of another version is ignored (and rewritten).
-pub const TUNING_VERSION: u32 = 1;
+pub const TUNING_VERSION: u32 = 2;
 /// File name of the tuning cache in its directory.
-pub const TUNING_FILE: &str = "tuning-v1.json";
+pub const TUNING_FILE: &str = "tuning-v2.json";
 
 /// What identifies one dispatch decision.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -129,7 +129,7 @@ pub struct TuningCache {
 }
 
 impl TuningCache {
-    /// Loads `dir/tuning-v1.json`. A missing file is an empty cache; an unreadable, corrupt or
+    /// Loads `dir/tuning-v2.json`. A missing file is an empty cache; an unreadable, corrupt or
     /// other-version file is ignored with a warning on stderr ([`TuningCache::warning`]) and
     /// replaced at the next write.
     pub fn open(dir: &Path) -> Self {
@@ -237,7 +237,10 @@ mod tests {
         assert!(again.warning().is_none());
         assert_eq!(again.get(&key()), Some(entry()));
         let text = std::fs::read_to_string(dir.path().join(TUNING_FILE)).expect("read");
-        assert!(text.contains("\"version\": 1"), "{text}");
+        assert!(
+            text.contains(&format!("\"version\": {TUNING_VERSION}")),
+            "{text}"
+        );
     }
 
     #[test]
