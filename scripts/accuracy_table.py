@@ -66,7 +66,7 @@ def labels(path):
 
 def chart(path, cells, dense_acc):
     """Accuracy against sparsity, one line per method and tile, as a plain SVG."""
-    w, h, left, right, top, bottom = 640, 400, 60, 190, 20, 50
+    w, h, left, right, top, bottom = 680, 400, 60, 210, 20, 50
     pw, ph = w - left - right, h - top - bottom
     x = lambda s: left + pw * (s - 0.2) / 0.8
     y = lambda a: top + ph * (1 - (a - 0.45) / 0.4)
@@ -81,7 +81,7 @@ def chart(path, cells, dense_acc):
         out.append(f'<text x="{left - 6}" y="{y(a) + 4:.1f}" text-anchor="end">{a:.2f}</text>')
     out.append(f'<line x1="{left}" y1="{y(dense_acc):.1f}" x2="{left + pw}" y2="{y(dense_acc):.1f}" '
                'stroke="black" stroke-dasharray="4 3"/>')
-    out.append(f'<text x="{left + pw + 6}" y="{y(dense_acc) + 4:.1f}">dense {dense_acc:.3f}</text>')
+    out.append(f'<text x="{left + 6}" y="{y(dense_acc) - 5:.1f}">dense {dense_acc:.3f}</text>')
     out.append(f'<text x="{left + pw / 2}" y="{h - 10}" text-anchor="middle">tile sparsity</text>')
     out.append(f'<text x="14" y="{top + ph / 2}" transform="rotate(-90 14 {top + ph / 2})" '
                'text-anchor="middle">SST-2 dev accuracy</text>')
