@@ -50,7 +50,7 @@ recover() {
   local pruned="$work/pruned-$tile-$s.ets"
   [ -s "$pruned" ] || "$bin/et-convert" "$model/model.safetensors" "$pruned" "$@"
   "$rpy" -m ets.recover "$model" "$pruned" "$data/train.tsv" "$work/$name" --skip 7048 \
-    --steps "${RECOVER_STEPS:-1000}" --lr "${RECOVER_LR:-3e-4}" \
+    --steps "${RECOVER_STEPS:-2000}" --lr "${RECOVER_LR:-3e-4}" \
     --batch-size "${RECOVER_BATCH:-32}" --device "${RECOVER_DEVICE:-auto}" --seed 0
   "$bin/et-convert" "$work/$name/model.safetensors" "$work/$name.ets" --method existing \
     --tile "$tile" --force --quiet
@@ -69,7 +69,7 @@ for tile in $tiles; do
   for s in $sparsities; do
     for m in $methods; do
       name="$m-$tile-$s"
-      [ "$m" = recovered ] && name="recovered-${RECOVER_STEPS:-1000}-$tile-$s"
+      [ "$m" = recovered ] && name="recovered-${RECOVER_STEPS:-2000}-$tile-$s"
       [ -s "$work/dev_$name.npy" ] && continue
       args=(--method tile --tile "$tile" --sparsity "$s" --force --quiet)
       case $m in
