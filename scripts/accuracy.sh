@@ -16,7 +16,9 @@
 # script fails). Set SPARSITIES, TILES, METHODS to narrow the
 # grid: cells already measured in WORK_DIR are kept, so the grid can be filled one cell at a time;
 # the table and the chart cover every cell measured so far. CHART=FILE.svg draws accuracy
-# against sparsity. Needs python3 (numpy and scikit-learn are installed into WORK_DIR/venv).
+# against sparsity. CELLS=FILE.tsv adds the cells recorded there (bench/accuracy_cells.tsv: the
+# standing of bench/RESULTS.md) and rewrites it with those measured in WORK_DIR. A recovered
+# cell is named by its steps (recovered-STEPS), so runs of other lengths are kept apart. Needs python3 (numpy and scikit-learn are installed into WORK_DIR/venv).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 model=${1:-$root/models/all-minilm-l6-v2}
@@ -48,7 +50,7 @@ recover() {
   local pruned="$work/pruned-$tile-$s.ets"
   [ -s "$pruned" ] || "$bin/et-convert" "$model/model.safetensors" "$pruned" "$@"
   "$rpy" -m ets.recover "$model" "$pruned" "$data/train.tsv" "$work/$name" --skip 7048 \
-    --steps "${RECOVER_STEPS:-1000}" --lr "${RECOVER_LR:-3e-4}" \
+    --steps "${RECOVER_STEPS:-2000}" --lr "${RECOVER_LR:-3e-4}" \
     --batch-size "${RECOVER_BATCH:-32}" --device "${RECOVER_DEVICE:-auto}" --seed 0
   "$bin/et-convert" "$work/$name/model.safetensors" "$work/$name.ets" --method existing \
     --tile "$tile" --force --quiet
@@ -67,6 +69,7 @@ for tile in $tiles; do
   for s in $sparsities; do
     for m in $methods; do
       name="$m-$tile-$s"
+      [ "$m" = recovered ] && name="recovered-${RECOVER_STEPS:-2000}-$tile-$s"
       [ -s "$work/dev_$name.npy" ] && continue
       args=(--method tile --tile "$tile" --sparsity "$s" --force --quiet)
       case $m in
@@ -87,4 +90,5 @@ for tile in $tiles; do
     done
   done
 done
-"$py" "$root/scripts/accuracy_table.py" "$work" "$data/dev.tsv" "$work/head.tsv" "${CHART:-}"
+"$py" "$root/scripts/accuracy_table.py" "$work" "$data/dev.tsv" "$work/head.tsv" "${CHART:-}" \
+  ${CELLS:+--cells "$CELLS"}

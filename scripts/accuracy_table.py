@@ -1,10 +1,15 @@
 """Table (and optional SVG chart) of SST-2 dev accuracy after pruning, from scripts/accuracy.sh.
 
-    accuracy_table.py WORK_DIR DEV_TSV HEAD_TSV [CHART.svg]
+    accuracy_table.py WORK_DIR DEV_TSV HEAD_TSV [CHART.svg] [--cells CELLS.tsv]
 
 Every `dev_METHOD-TILE-SPARSITY.npy` in WORK_DIR is one cell: the same logistic-regression head,
-trained on the dense model's embeddings of HEAD_TSV, predicts the dev labels from it.
+trained on the dense model's embeddings of HEAD_TSV, predicts the dev labels from it. A recovered
+cell's method names its steps (`recovered-1000`). `--cells` adds the cells recorded in CELLS.tsv
+(measured earlier, in other work folders; columns method, tile, sparsity, accuracy, agreement,
+cosine, seconds) to the table and the chart; a cell measured in WORK_DIR replaces the recorded
+one, and the file is then rewritten with every cell, so it keeps the standing across runs.
 """
+import argparse
 import glob
 import os
 import sys
@@ -15,6 +20,44 @@ from sklearn.linear_model import LogisticRegression
 
 # Methods in the order of the table's rows and the chart's legend.
 ORDER = {"weight-norm": 0, "calibrated": 1, "sensitivity": 2, "recovered": 3}
+CELL_COLUMNS = ("method", "tile", "sparsity", "accuracy", "agreement", "cosine", "seconds")
+
+
+def rank(method):
+    """Sort key of a method: its row group, then (recovered) the number of steps."""
+    base, _, steps = method.partition("-")
+    if base == "recovered" and steps.isdigit():
+        return (ORDER[base], int(steps))
+    return (ORDER.get(method, 9), 0)
+
+
+def read_cells(path):
+    """The cells recorded in a TSV file (none when it does not exist yet)."""
+    if not os.path.exists(path):
+        return []
+    rows = [l.rstrip("\n").split("\t") for l in open(path) if l.strip()]
+    if not rows or tuple(rows[0]) != CELL_COLUMNS:
+        sys.exit(f"{path}: the first line must name the columns {', '.join(CELL_COLUMNS)}")
+    cells = []
+    for r in rows[1:]:
+        if len(r) != len(CELL_COLUMNS):
+            sys.exit(f"{path}: {len(r)} columns in {r}, expected {len(CELL_COLUMNS)}")
+        cells.append(dict(method=r[0], tile=r[1], sparsity=float(r[2]), acc=float(r[3]),
+                          agree=float(r[4]), cos=float(r[5]), secs=r[6], text=r[3:6]))
+    return cells
+
+
+def figures(c):
+    """Accuracy, agreement and cosine as written: a recorded cell keeps its own digits."""
+    return c.get("text") or [f"{c['acc']:.4f}", f"{c['agree']:.4f}", f"{c['cos']:.4f}"]
+
+
+def write_cells(path, cells):
+    with open(path, "w") as f:
+        f.write("\t".join(CELL_COLUMNS) + "\n")
+        for c in cells:
+            row = [c["method"], c["tile"], f"{c['sparsity']:g}", *figures(c), c["secs"]]
+            f.write("\t".join(row) + "\n")
 
 
 def labels(path):
@@ -23,7 +66,7 @@ def labels(path):
 
 def chart(path, cells, dense_acc):
     """Accuracy against sparsity, one line per method and tile, as a plain SVG."""
-    w, h, left, right, top, bottom = 640, 400, 60, 190, 20, 50
+    w, h, left, right, top, bottom = 680, 400, 60, 210, 20, 50
     pw, ph = w - left - right, h - top - bottom
     x = lambda s: left + pw * (s - 0.2) / 0.8
     y = lambda a: top + ph * (1 - (a - 0.45) / 0.4)
@@ -38,13 +81,14 @@ def chart(path, cells, dense_acc):
         out.append(f'<text x="{left - 6}" y="{y(a) + 4:.1f}" text-anchor="end">{a:.2f}</text>')
     out.append(f'<line x1="{left}" y1="{y(dense_acc):.1f}" x2="{left + pw}" y2="{y(dense_acc):.1f}" '
                'stroke="black" stroke-dasharray="4 3"/>')
-    out.append(f'<text x="{left + pw + 6}" y="{y(dense_acc) + 4:.1f}">dense {dense_acc:.3f}</text>')
+    out.append(f'<text x="{left + 6}" y="{y(dense_acc) - 5:.1f}">dense {dense_acc:.3f}</text>')
     out.append(f'<text x="{left + pw / 2}" y="{h - 10}" text-anchor="middle">tile sparsity</text>')
     out.append(f'<text x="14" y="{top + ph / 2}" transform="rotate(-90 14 {top + ph / 2})" '
                'text-anchor="middle">SST-2 dev accuracy</text>')
-    colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
+    colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2",
+              "#17becf", "#7f7f7f"]
     series = sorted({(c["method"], c["tile"]) for c in cells},
-                    key=lambda mt: (ORDER.get(mt[0], 9), mt[1]))
+                    key=lambda mt: (rank(mt[0]), mt[1]))
     for i, (m, t) in enumerate(series):
         pts = sorted((c["sparsity"], c["acc"]) for c in cells if (c["method"], c["tile"]) == (m, t))
         col = colors[i % len(colors)]
@@ -62,8 +106,14 @@ def chart(path, cells, dense_acc):
 
 
 def main():
-    work, dev_tsv, head_tsv = sys.argv[1:4]
-    chart_path = sys.argv[4] if len(sys.argv) > 4 else ""
+    p = argparse.ArgumentParser(description="SST-2 accuracy table of scripts/accuracy.sh")
+    p.add_argument("work")
+    p.add_argument("dev_tsv")
+    p.add_argument("head_tsv")
+    p.add_argument("chart", nargs="?", default="")
+    p.add_argument("--cells", default="", help="TSV of recorded cells, merged and rewritten")
+    a = p.parse_args()
+    work, dev_tsv, head_tsv, chart_path = a.work, a.dev_tsv, a.head_tsv, a.chart
     xh, yh = np.load(f"{work}/head_dense.npy"), labels(head_tsv)
     yd = labels(dev_tsv)
     clf = LogisticRegression(max_iter=2000, C=1.0).fit(xh, yh)
@@ -86,10 +136,20 @@ def main():
         secs = open(secs_file).read().strip() if os.path.exists(secs_file) else "?"
         cells.append(dict(method=m, tile=tile, sparsity=float(s), acc=(p == yd).mean(),
                           agree=(p == pd).mean(), cos=cos.mean(), secs=secs))
-    cells.sort(key=lambda c: (c["tile"], ORDER.get(c["method"], 9), c["sparsity"]))
+    if a.cells:
+        here = {(c["method"], c["tile"], c["sparsity"]) for c in cells}
+        for c in read_cells(a.cells):
+            if (c["method"], c["tile"], c["sparsity"]) not in here:
+                # A recorded accuracy is a count of dev sentences, rounded to 4 digits.
+                c["acc"] = round(c["acc"] * len(yd)) / len(yd)
+                cells.append(c)
+    cells.sort(key=lambda c: (c["tile"], rank(c["method"]), c["sparsity"]))
+    if a.cells:
+        write_cells(a.cells, cells)
     for c in cells:
-        print(f"| {c['method']} | {c['tile']} | {c['sparsity']:.0%} | {c['acc']:.4f} "
-              f"({c['acc'] / acc_d:.1%}) | {c['agree']:.4f} | {c['cos']:.4f} | {c['secs']} |")
+        acc, agree, cos = figures(c)
+        print(f"| {c['method']} | {c['tile']} | {c['sparsity']:.0%} | {acc} "
+              f"({c['acc'] / acc_d:.1%}) | {agree} | {cos} | {c['secs']} |")
     if chart_path:
         chart(chart_path, cells, acc_d)
         print(f"chart: {chart_path}")

@@ -16,7 +16,7 @@ def main(argv=None) -> int:
     p.add_argument("pruned", help="pruned .ets file (masks and starting weights)")
     p.add_argument("train", help="sentences: one per line, or a TSV with a text column")
     p.add_argument("out_dir", help="output folder")
-    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=3e-4, help="peak learning rate (AdamW)")
     p.add_argument("--warmup", type=float, default=0.1, help="share of steps warming up")

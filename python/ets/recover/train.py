@@ -26,7 +26,7 @@ from .files import (RecoveryError, file_masks, model_prefix, read_safetensors, r
 class Settings:
     """What one recovery run does; the command line's options."""
 
-    steps: int = 1000
+    steps: int = 2000
     batch_size: int = 32
     lr: float = 3e-4
     warmup: float = 0.1
