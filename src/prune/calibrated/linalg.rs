@@ -199,32 +199,55 @@ pub fn cholesky(a: &[f64], n: usize) -> Result<Vec<f64>, CalibratedError> {
     Ok(l)
 }
 
-/// Solves `L L' x = b` in place for the columns of `b` (`n x k`, row-major).
-pub fn cholesky_solve(l: &[f64], n: usize, b: &mut [f64], k: usize) {
+/// Solves `L y = b` in place (forward substitution) for the columns of `b` (`n x k`, row-major).
+pub fn forward_solve(l: &[f64], n: usize, b: &mut [f64], k: usize) {
     for i in 0..n {
+        let (done, rest) = b.split_at_mut(i * k);
+        let row = &mut rest[..k];
         for p in 0..i {
             let f = l[i * n + p];
             if f != 0.0 {
-                for c in 0..k {
-                    b[i * k + c] -= f * b[p * k + c];
-                }
+                row.iter_mut()
+                    .zip(&done[p * k..(p + 1) * k])
+                    .for_each(|(v, &x)| *v -= f * x);
             }
         }
         let d = l[i * n + i];
-        b[i * k..(i + 1) * k].iter_mut().for_each(|v| *v /= d);
+        row.iter_mut().for_each(|v| *v /= d);
     }
+}
+
+/// Solves `L' x = y` in place (backward substitution) for the columns of `y` (`n x k`).
+pub fn backward_solve(l: &[f64], n: usize, y: &mut [f64], k: usize) {
     for i in (0..n).rev() {
+        let (head, done) = y.split_at_mut((i + 1) * k);
+        let row = &mut head[i * k..];
         for p in i + 1..n {
             let f = l[p * n + i];
             if f != 0.0 {
-                for c in 0..k {
-                    b[i * k + c] -= f * b[p * k + c];
-                }
+                let off = (p - i - 1) * k;
+                row.iter_mut()
+                    .zip(&done[off..off + k])
+                    .for_each(|(v, &x)| *v -= f * x);
             }
         }
         let d = l[i * n + i];
-        b[i * k..(i + 1) * k].iter_mut().for_each(|v| *v /= d);
+        row.iter_mut().for_each(|v| *v /= d);
     }
+}
+
+/// Solves `L L' x = b` in place for the columns of `b` (`n x k`, row-major).
+pub fn cholesky_solve(l: &[f64], n: usize, b: &mut [f64], k: usize) {
+    forward_solve(l, n, b, k);
+    backward_solve(l, n, b, k);
+}
+
+/// `L^-1` of the lower triangular `l` (`n x n`, row-major), zero above the diagonal.
+pub(crate) fn lower_inverse(l: &[f64], n: usize) -> Vec<f64> {
+    let mut x = vec![0f64; n * n];
+    (0..n).for_each(|i| x[i * n + i] = 1.0);
+    forward_solve(l, n, &mut x, n);
+    x
 }
 
 /// The transpose of the inverse of the lower triangular `l` (`n x n`, row-major): `L^-T`,
