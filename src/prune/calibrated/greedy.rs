@@ -66,20 +66,26 @@ fn cheapest(
     Ok(best)
 }
 
-/// Maximal runs of kept rows: the kept units merged where adjacent, and the bias row.
+/// Maximal runs of rows `0..d` outside the removed units (the kept units, any column in no
+/// unit, and the bias row).
 fn kept_segments(units: &[Range<usize>], keep: &[bool], d: usize) -> Vec<Range<usize>> {
-    let mut segs: Vec<Range<usize>> = Vec::new();
-    let ranges = units
+    let mut removed: Vec<Range<usize>> = units
         .iter()
         .zip(keep)
-        .filter(|(_, &k)| k)
+        .filter(|(_, &k)| !k)
         .map(|(r, _)| r.clone())
-        .chain(std::iter::once(d - 1..d));
-    for r in ranges {
-        match segs.last_mut() {
-            Some(last) if last.end == r.start => last.end = r.end,
-            _ => segs.push(r),
+        .collect();
+    removed.sort_by_key(|r| r.start);
+    let mut segs = Vec::with_capacity(removed.len() + 1);
+    let mut at = 0;
+    for r in removed {
+        if r.start > at {
+            segs.push(at..r.start);
         }
+        at = at.max(r.end);
+    }
+    if at < d {
+        segs.push(at..d);
     }
     segs
 }

@@ -390,6 +390,18 @@ fn left_looking_greedy_matches_full_downdates() {
             "keep {keep}"
         );
     }
+    // Columns in no unit (always kept) between and after the units.
+    let gappy: Vec<_> = (0..n - 4).step_by(5).map(|c| c..c + 3).collect();
+    for keep in [4, 2, 0] {
+        let fast = greedy_units(&gi, &t, d, rows, &gappy, keep)
+            .expect("greedy")
+            .keep;
+        assert_eq!(
+            fast,
+            greedy_full_downdate(&gi, &t, d, rows, &gappy, keep),
+            "gappy, keep {keep}"
+        );
+    }
 }
 
 #[test]
