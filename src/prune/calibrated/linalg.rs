@@ -199,40 +199,82 @@ pub fn cholesky(a: &[f64], n: usize) -> Result<Vec<f64>, CalibratedError> {
     Ok(l)
 }
 
-/// Solves `L y = b` in place (forward substitution) for the columns of `b` (`n x k`, row-major).
+/// Solves `L y = b` in place (forward substitution) for the columns of `b` (`n x k`, row-major),
+/// by blocks of [`BLOCK`] rows: the rows solved so far enter each block as one product.
 pub fn forward_solve(l: &[f64], n: usize, b: &mut [f64], k: usize) {
-    for i in 0..n {
-        let (done, rest) = b.split_at_mut(i * k);
-        let row = &mut rest[..k];
-        for p in 0..i {
-            let f = l[i * n + p];
-            if f != 0.0 {
-                row.iter_mut()
-                    .zip(&done[p * k..(p + 1) * k])
-                    .for_each(|(v, &x)| *v -= f * x);
-            }
+    for j0 in (0..n).step_by(BLOCK) {
+        let nb = BLOCK.min(n - j0);
+        let (done, rest) = b.split_at_mut(j0 * k);
+        let blk = &mut rest[..nb * k];
+        if j0 > 0 {
+            let lv = View {
+                data: &l[j0 * n..],
+                rows: nb,
+                cols: j0,
+                rs: n,
+                cs: 1,
+            };
+            matmul(blk, lv, View::rows(done, j0, k), true, true, Threads::One);
         }
-        let d = l[i * n + i];
-        row.iter_mut().for_each(|v| *v /= d);
+        for i in 0..nb {
+            let (solved, tail) = blk.split_at_mut(i * k);
+            let row = &mut tail[..k];
+            for p in 0..i {
+                let f = l[(j0 + i) * n + j0 + p];
+                if f != 0.0 {
+                    row.iter_mut()
+                        .zip(&solved[p * k..(p + 1) * k])
+                        .for_each(|(v, &x)| *v -= f * x);
+                }
+            }
+            let d = l[(j0 + i) * n + j0 + i];
+            row.iter_mut().for_each(|v| *v /= d);
+        }
     }
 }
 
-/// Solves `L' x = y` in place (backward substitution) for the columns of `y` (`n x k`).
+/// Solves `L' x = y` in place (backward substitution) for the columns of `y` (`n x k`), by
+/// blocks of [`BLOCK`] rows from the last.
 pub fn backward_solve(l: &[f64], n: usize, y: &mut [f64], k: usize) {
-    for i in (0..n).rev() {
-        let (head, done) = y.split_at_mut((i + 1) * k);
-        let row = &mut head[i * k..];
-        for p in i + 1..n {
-            let f = l[p * n + i];
-            if f != 0.0 {
-                let off = (p - i - 1) * k;
-                row.iter_mut()
-                    .zip(&done[off..off + k])
-                    .for_each(|(v, &x)| *v -= f * x);
-            }
+    let starts: Vec<usize> = (0..n).step_by(BLOCK).collect();
+    for &j0 in starts.iter().rev() {
+        let nb = BLOCK.min(n - j0);
+        let below = n - j0 - nb;
+        let (head, done) = y.split_at_mut((j0 + nb) * k);
+        let blk = &mut head[j0 * k..];
+        if below > 0 {
+            // L[j0 + nb.., j0..j0 + nb]' as an `nb x below` view.
+            let lv = View {
+                data: &l[(j0 + nb) * n + j0..],
+                rows: nb,
+                cols: below,
+                rs: 1,
+                cs: n,
+            };
+            matmul(
+                blk,
+                lv,
+                View::rows(done, below, k),
+                true,
+                true,
+                Threads::One,
+            );
         }
-        let d = l[i * n + i];
-        row.iter_mut().for_each(|v| *v /= d);
+        for i in (0..nb).rev() {
+            let (front, solved) = blk.split_at_mut((i + 1) * k);
+            let row = &mut front[i * k..];
+            for p in i + 1..nb {
+                let f = l[(j0 + p) * n + j0 + i];
+                if f != 0.0 {
+                    let off = (p - i - 1) * k;
+                    row.iter_mut()
+                        .zip(&solved[off..off + k])
+                        .for_each(|(v, &x)| *v -= f * x);
+                }
+            }
+            let d = l[(j0 + i) * n + j0 + i];
+            row.iter_mut().for_each(|v| *v /= d);
+        }
     }
 }
 

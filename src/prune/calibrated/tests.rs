@@ -63,6 +63,21 @@ fn check_inverse(rng: &mut Rng, n: usize) {
             }
         }
     }
+    // Solves by blocks (n above the block size) agree with the matrix.
+    let k = 3;
+    let rhs: Vec<f64> = rng
+        .symmetric_vec(n * k, 1.0)
+        .iter()
+        .map(|&v| f64::from(v))
+        .collect();
+    let mut x = rhs.clone();
+    cholesky_solve(&l, n, &mut x, k);
+    for i in 0..n {
+        for c in 0..k {
+            let p: f64 = (0..n).map(|j| a[i * n + j] * x[j * k + c]).sum();
+            assert!((p - rhs[i * k + c]).abs() < 1e-8, "solve ({i},{c}) {p}");
+        }
+    }
     let inv = spd_inverse(&a, n).expect("spd");
     for i in 0..n {
         for j in 0..n {
