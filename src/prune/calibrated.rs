@@ -12,7 +12,8 @@
 //! columns removed together (the columns of one tile column, or one column). [`prune_band`]
 //! starts from the least-squares optimum over all columns and removes units greedily, each time
 //! the one whose removal adds the least reconstruction error, updating the inverse Hessian as the
-//! group form of Optimal Brain Surgeon does; it ends with an exact refit over the kept columns.
+//! group form of Optimal Brain Surgeon does, whose weight updates keep the band at the least-squares
+//! optimum over the columns still kept (the refit). Fixed selections are refitted directly.
 //! The bias column is never removed.
 
 use rayon::prelude::*;
@@ -305,8 +306,10 @@ pub fn refit(
 /// Chooses which `units` (column ranges of the `d - 1` inputs) a band keeps and refits it.
 ///
 /// `gram` is the damped Gram matrix (`d x d`), `gram_inv` its inverse, `targets` the band's
-/// right-hand sides (`d x rows`). With `fixed`, those units are kept; otherwise units are removed
-/// greedily, cheapest first (ties to the lower index), until `keep_units` remain.
+/// right-hand sides (`d x rows`). With `fixed`, those units are kept and the band is refitted
+/// over them from `gram`; otherwise units are removed greedily, cheapest first (ties to the lower
+/// index), until `keep_units` remain, and the search's own updates give the refit (`gram` is then
+/// not read).
 pub fn prune_band(
     gram: &[f64],
     gram_inv: &[f64],
@@ -318,18 +321,22 @@ pub fn prune_band(
 ) -> Result<BandFit, CalibratedError> {
     let d = (gram.len() as f64).sqrt() as usize;
     let n = d - 1;
-    let keep = match fixed {
-        Some(k) => k.to_vec(),
-        None => greedy_units(gram_inv, targets, d, rows, units, keep_units)?,
+    let (keep, v) = match fixed {
+        Some(k) => {
+            let kept_cols: Vec<usize> = units
+                .iter()
+                .zip(k)
+                .filter(|(_, &k)| k)
+                .flat_map(|(u, _)| u.clone())
+                .chain(std::iter::once(n))
+                .collect();
+            (k.to_vec(), refit(gram, d, targets, rows, &kept_cols)?)
+        }
+        None => {
+            let g = greedy_units(gram_inv, targets, d, rows, units, keep_units)?;
+            (g.keep, g.weights)
+        }
     };
-    let kept_cols: Vec<usize> = units
-        .iter()
-        .zip(&keep)
-        .filter(|(_, &k)| k)
-        .flat_map(|(u, _)| u.clone())
-        .chain(std::iter::once(n))
-        .collect();
-    let v = refit(gram, d, targets, rows, &kept_cols)?;
     let mut weight = vec![0f32; rows * n];
     for r in 0..rows {
         for c in 0..n {

@@ -199,32 +199,97 @@ pub fn cholesky(a: &[f64], n: usize) -> Result<Vec<f64>, CalibratedError> {
     Ok(l)
 }
 
+/// Solves `L y = b` in place (forward substitution) for the columns of `b` (`n x k`, row-major),
+/// by blocks of [`BLOCK`] rows: the rows solved so far enter each block as one product.
+pub fn forward_solve(l: &[f64], n: usize, b: &mut [f64], k: usize) {
+    for j0 in (0..n).step_by(BLOCK) {
+        let nb = BLOCK.min(n - j0);
+        let (done, rest) = b.split_at_mut(j0 * k);
+        let blk = &mut rest[..nb * k];
+        if j0 > 0 {
+            let lv = View {
+                data: &l[j0 * n..],
+                rows: nb,
+                cols: j0,
+                rs: n,
+                cs: 1,
+            };
+            matmul(blk, lv, View::rows(done, j0, k), true, true, Threads::One);
+        }
+        for i in 0..nb {
+            let (solved, tail) = blk.split_at_mut(i * k);
+            let row = &mut tail[..k];
+            for p in 0..i {
+                let f = l[(j0 + i) * n + j0 + p];
+                if f != 0.0 {
+                    row.iter_mut()
+                        .zip(&solved[p * k..(p + 1) * k])
+                        .for_each(|(v, &x)| *v -= f * x);
+                }
+            }
+            let d = l[(j0 + i) * n + j0 + i];
+            row.iter_mut().for_each(|v| *v /= d);
+        }
+    }
+}
+
+/// Solves `L' x = y` in place (backward substitution) for the columns of `y` (`n x k`), by
+/// blocks of [`BLOCK`] rows from the last.
+pub fn backward_solve(l: &[f64], n: usize, y: &mut [f64], k: usize) {
+    let starts: Vec<usize> = (0..n).step_by(BLOCK).collect();
+    for &j0 in starts.iter().rev() {
+        let nb = BLOCK.min(n - j0);
+        let below = n - j0 - nb;
+        let (head, done) = y.split_at_mut((j0 + nb) * k);
+        let blk = &mut head[j0 * k..];
+        if below > 0 {
+            // L[j0 + nb.., j0..j0 + nb]' as an `nb x below` view.
+            let lv = View {
+                data: &l[(j0 + nb) * n + j0..],
+                rows: nb,
+                cols: below,
+                rs: 1,
+                cs: n,
+            };
+            matmul(
+                blk,
+                lv,
+                View::rows(done, below, k),
+                true,
+                true,
+                Threads::One,
+            );
+        }
+        for i in (0..nb).rev() {
+            let (front, solved) = blk.split_at_mut((i + 1) * k);
+            let row = &mut front[i * k..];
+            for p in i + 1..nb {
+                let f = l[(j0 + p) * n + j0 + i];
+                if f != 0.0 {
+                    let off = (p - i - 1) * k;
+                    row.iter_mut()
+                        .zip(&solved[off..off + k])
+                        .for_each(|(v, &x)| *v -= f * x);
+                }
+            }
+            let d = l[(j0 + i) * n + j0 + i];
+            row.iter_mut().for_each(|v| *v /= d);
+        }
+    }
+}
+
 /// Solves `L L' x = b` in place for the columns of `b` (`n x k`, row-major).
 pub fn cholesky_solve(l: &[f64], n: usize, b: &mut [f64], k: usize) {
-    for i in 0..n {
-        for p in 0..i {
-            let f = l[i * n + p];
-            if f != 0.0 {
-                for c in 0..k {
-                    b[i * k + c] -= f * b[p * k + c];
-                }
-            }
-        }
-        let d = l[i * n + i];
-        b[i * k..(i + 1) * k].iter_mut().for_each(|v| *v /= d);
-    }
-    for i in (0..n).rev() {
-        for p in i + 1..n {
-            let f = l[p * n + i];
-            if f != 0.0 {
-                for c in 0..k {
-                    b[i * k + c] -= f * b[p * k + c];
-                }
-            }
-        }
-        let d = l[i * n + i];
-        b[i * k..(i + 1) * k].iter_mut().for_each(|v| *v /= d);
-    }
+    forward_solve(l, n, b, k);
+    backward_solve(l, n, b, k);
+}
+
+/// `L^-1` of the lower triangular `l` (`n x n`, row-major), zero above the diagonal.
+pub(crate) fn lower_inverse(l: &[f64], n: usize) -> Vec<f64> {
+    let mut x = vec![0f64; n * n];
+    (0..n).for_each(|i| x[i * n + i] = 1.0);
+    forward_solve(l, n, &mut x, n);
+    x
 }
 
 /// The transpose of the inverse of the lower triangular `l` (`n x n`, row-major): `L^-T`,

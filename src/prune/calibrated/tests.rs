@@ -63,6 +63,21 @@ fn check_inverse(rng: &mut Rng, n: usize) {
             }
         }
     }
+    // Solves by blocks (n above the block size) agree with the matrix.
+    let k = 3;
+    let rhs: Vec<f64> = rng
+        .symmetric_vec(n * k, 1.0)
+        .iter()
+        .map(|&v| f64::from(v))
+        .collect();
+    let mut x = rhs.clone();
+    cholesky_solve(&l, n, &mut x, k);
+    for i in 0..n {
+        for c in 0..k {
+            let p: f64 = (0..n).map(|j| a[i * n + j] * x[j * k + c]).sum();
+            assert!((p - rhs[i * k + c]).abs() < 1e-8, "solve ({i},{c}) {p}");
+        }
+    }
     let inv = spd_inverse(&a, n).expect("spd");
     for i in 0..n {
         for j in 0..n {
@@ -381,11 +396,66 @@ fn left_looking_greedy_matches_full_downdates() {
         )
         .expect("targets");
     for keep in [7, 4, 1, 0] {
-        let fast = greedy_units(&gi, &t, d, rows, &units, keep).expect("greedy");
+        let fast = greedy_units(&gi, &t, d, rows, &units, keep)
+            .expect("greedy")
+            .keep;
         assert_eq!(
             fast,
             greedy_full_downdate(&gi, &t, d, rows, &units, keep),
             "keep {keep}"
         );
+    }
+    // Columns in no unit (always kept) between and after the units.
+    let gappy: Vec<_> = (0..n - 4).step_by(5).map(|c| c..c + 3).collect();
+    for keep in [4, 2, 0] {
+        let fast = greedy_units(&gi, &t, d, rows, &gappy, keep)
+            .expect("greedy")
+            .keep;
+        assert_eq!(
+            fast,
+            greedy_full_downdate(&gi, &t, d, rows, &gappy, keep),
+            "gappy, keep {keep}"
+        );
+    }
+}
+
+#[test]
+fn greedy_weights_are_the_refit_over_kept_columns() {
+    let mut rng = test_rng("calibrated::greedy_weights_are_the_refit_over_kept_columns");
+    let (m, n, rows) = (400, 40, 6);
+    // Units of unequal width, as at a ragged matrix edge.
+    let units: Vec<_> = (0..n).step_by(6).map(|c| c..(c + 6).min(n)).collect();
+    let xd = inputs(&mut rng, m, n);
+    let xp: Vec<f32> = xd.iter().map(|&v| v + 0.2 * rng.symmetric(1.0)).collect();
+    let mut stats = LinearStats::new(n);
+    stats.accumulate(&xp, &xd).expect("acc");
+    let (d, g) = (n + 1, stats.damped_gram());
+    let gi = spd_inverse(&g, d).expect("inv");
+    let w = rng.symmetric_vec(rows * n, 1.0);
+    let b = rng.symmetric_vec(rows, 1.0);
+    let t = stats.targets(&w, &b).expect("targets");
+    for keep in [6, 3, 1, 0] {
+        let fit = prune_band(&g, &gi, &t, rows, &units, keep, None).expect("greedy");
+        let cols: Vec<usize> = units
+            .iter()
+            .zip(&fit.keep)
+            .filter(|(_, &k)| k)
+            .flat_map(|(u, _)| u.clone())
+            .chain([n])
+            .collect();
+        let v = refit(&g, d, &t, rows, &cols).expect("refit");
+        let scale = v.iter().fold(0f64, |a, x| a.max(x.abs()));
+        for r in 0..rows {
+            for c in 0..n {
+                let want = v[c * rows + r];
+                let got = f64::from(fit.weight[r * n + c]);
+                assert!(
+                    (got - want).abs() <= 1e-6 * scale,
+                    "keep {keep}: weight ({r},{c}) {got} vs refit {want}"
+                );
+            }
+            let (got, want) = (f64::from(fit.bias[r]), v[n * rows + r]);
+            assert!((got - want).abs() <= 1e-6 * scale, "keep {keep}: bias {r}");
+        }
     }
 }
