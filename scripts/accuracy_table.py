@@ -19,7 +19,7 @@ from sklearn.linear_model import LogisticRegression
 
 
 # Methods in the order of the table's rows and the chart's legend.
-ORDER = {"weight-norm": 0, "calibrated": 1, "sensitivity": 2, "recovered": 3}
+ORDER = {"weight-norm": 0, "calibrated": 1, "sensitivity": 2, "grouped": 3, "recovered": 4}
 CELL_COLUMNS = ("method", "tile", "sparsity", "accuracy", "agreement", "cosine", "seconds")
 
 
