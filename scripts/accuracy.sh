@@ -8,7 +8,9 @@
 # Calibration uses train.tsv (its first 2048 sentences, the default); the head is trained on
 # train sentences 2049..7048 (disjoint from calibration); dev is only evaluated.
 # Methods: weight-norm (no calibration), calibrated (--calibrate, uniform sparsity),
-# sensitivity (--calibrate --allocate sensitivity), recovered (the sensitivity file, kept as
+# sensitivity (--calibrate --allocate sensitivity), grouped (the same with --method tile-grouped:
+# every 128-feature group of block rows keeps the same tile columns, the masks the GPU runs
+# fastest), recovered (the sensitivity file, kept as
 # WORK_DIR/pruned-TILE-S.ets, then `python -m ets.recover` on train sentences 7049.. (after the
 # calibration and head rows) and `et-convert --method existing`; RECOVER_PYTHON names a python
 # with torch, transformers and the ets module; RECOVER_STEPS, RECOVER_LR, RECOVER_BATCH and
@@ -71,11 +73,15 @@ for tile in $tiles; do
       name="$m-$tile-$s"
       [ "$m" = recovered ] && name="recovered-${RECOVER_STEPS:-2000}-$tile-$s"
       [ -s "$work/dev_$name.npy" ] && continue
-      args=(--method tile --tile "$tile" --sparsity "$s" --force --quiet)
+      args=(--tile "$tile" --sparsity "$s" --force --quiet)
+      case $m in
+        grouped) args+=(--method tile-grouped) ;;
+        *) args+=(--method tile) ;;
+      esac
       case $m in
         weight-norm) ;;
         calibrated) args+=(--calibrate "$data/train.tsv" --allocate uniform) ;;
-        sensitivity|recovered) args+=(--calibrate "$data/train.tsv" --allocate sensitivity) ;;
+        sensitivity|grouped|recovered) args+=(--calibrate "$data/train.tsv" --allocate sensitivity) ;;
         *) echo "unknown method $m" >&2; exit 2 ;;
       esac
       start=$(date +%s)

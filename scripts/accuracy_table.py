@@ -19,7 +19,7 @@ from sklearn.linear_model import LogisticRegression
 
 
 # Methods in the order of the table's rows and the chart's legend.
-ORDER = {"weight-norm": 0, "calibrated": 1, "sensitivity": 2, "recovered": 3}
+ORDER = {"weight-norm": 0, "calibrated": 1, "sensitivity": 2, "grouped": 3, "recovered": 4}
 CELL_COLUMNS = ("method", "tile", "sparsity", "accuracy", "agreement", "cosine", "seconds")
 
 
@@ -86,7 +86,7 @@ def chart(path, cells, dense_acc):
     out.append(f'<text x="14" y="{top + ph / 2}" transform="rotate(-90 14 {top + ph / 2})" '
                'text-anchor="middle">SST-2 dev accuracy</text>')
     colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2",
-              "#17becf", "#7f7f7f"]
+              "#17becf", "#7f7f7f", "#bcbd22"]
     series = sorted({(c["method"], c["tile"]) for c in cells},
                     key=lambda mt: (rank(mt[0]), mt[1]))
     for i, (m, t) in enumerate(series):
