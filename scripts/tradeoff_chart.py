@@ -103,7 +103,7 @@ def main():
             print(f"{size}\t{m}\t{label}\t{px:.2f}x\t{py:.1%}")
     legend = " ".join(f'<tspan fill="{c}">&#9679; {t}</tspan>' for t, c in COLORS.items())
     out.append(f'<text x="60" y="{h + 30}">{legend} &#160; circle: one shot (sensitivity); '
-               'triangle: one shot, grouped masks; square: recovered; dashed: as fast as PyTorch</text>')
+               'triangle: grouped masks; square: recovered; dashed: PyTorch</text>')
     out.append("</svg>")
     with open(sys.argv[3], "w") as f:
         f.write("\n".join(out) + "\n")
