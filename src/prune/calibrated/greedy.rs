@@ -15,7 +15,7 @@
 use std::ops::Range;
 
 use super::linalg::{
-    backward_solve, cholesky, forward_solve, lower_inverse, matmul, matmul_strided, Threads, View,
+    backward_solve, cholesky, forward_solve, lower_inverse_t, matmul, matmul_strided, Threads, View,
 };
 use super::CalibratedError;
 
@@ -184,13 +184,13 @@ pub(super) fn greedy_units(
         }
         // V = A L^-T with L L' = A[Q,:].
         let l = cholesky(&a[range.start * q..range.end * q], q)?;
-        let linv = lower_inverse(&l, q);
+        let linv_t = lower_inverse_t(&l, q);
         let mut v = vec![0f64; d * q];
         for s in &segments {
             matmul(
                 &mut v[s.start * q..s.end * q],
                 View::rows(&a[s.start * q..s.end * q], s.len(), q),
-                View::rows(&linv, q, q).t(),
+                View::rows(&linv_t, q, q),
                 false,
                 false,
                 Threads::One,

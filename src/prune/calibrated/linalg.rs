@@ -284,17 +284,9 @@ pub fn cholesky_solve(l: &[f64], n: usize, b: &mut [f64], k: usize) {
     backward_solve(l, n, b, k);
 }
 
-/// `L^-1` of the lower triangular `l` (`n x n`, row-major), zero above the diagonal.
-pub(crate) fn lower_inverse(l: &[f64], n: usize) -> Vec<f64> {
-    let mut x = vec![0f64; n * n];
-    (0..n).for_each(|i| x[i * n + i] = 1.0);
-    forward_solve(l, n, &mut x, n);
-    x
-}
-
 /// The transpose of the inverse of the lower triangular `l` (`n x n`, row-major): `L^-T`,
 /// blocked by block columns of `L^-1` (block rows of the result), each computed independently.
-fn lower_inverse_t(l: &[f64], n: usize) -> Vec<f64> {
+pub(crate) fn lower_inverse_t(l: &[f64], n: usize) -> Vec<f64> {
     let mut xt = vec![0f64; n * n];
     // Block column j of X = L^-1: X_jj = L_jj^-1 and, below it,
     // X_ij = -L_ii^-1 (sum_{j<=p<i} L_ip X_pj).

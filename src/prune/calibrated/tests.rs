@@ -377,18 +377,29 @@ fn greedy_full_downdate(
     keep
 }
 
+/// Statistics of correlated dense inputs against noisy "pruned" ones (`m` tokens, `n` features):
+/// the stats, `d = n + 1`, the damped Gram matrix and its inverse.
+fn pruned_vs_dense_stats(
+    rng: &mut Rng,
+    m: usize,
+    n: usize,
+) -> (LinearStats, usize, Vec<f64>, Vec<f64>) {
+    let xd = inputs(rng, m, n);
+    let xp: Vec<f32> = xd.iter().map(|&v| v + 0.2 * rng.symmetric(1.0)).collect();
+    let mut stats = LinearStats::new(n);
+    stats.accumulate(&xp, &xd).expect("acc");
+    let (d, g) = (n + 1, stats.damped_gram());
+    let gi = spd_inverse(&g, d).expect("inv");
+    (stats, d, g, gi)
+}
+
 #[test]
 fn left_looking_greedy_matches_full_downdates() {
     let mut rng = test_rng("calibrated::left_looking_greedy_matches_full_downdates");
     let (m, n, rows) = (300, 30, 5);
     // Units of unequal width, as at a ragged matrix edge.
     let units: Vec<_> = (0..n).step_by(4).map(|c| c..(c + 4).min(n)).collect();
-    let xd = inputs(&mut rng, m, n);
-    let xp: Vec<f32> = xd.iter().map(|&v| v + 0.2 * rng.symmetric(1.0)).collect();
-    let mut stats = LinearStats::new(n);
-    stats.accumulate(&xp, &xd).expect("acc");
-    let (d, g) = (n + 1, stats.damped_gram());
-    let gi = spd_inverse(&g, d).expect("inv");
+    let (stats, d, _, gi) = pruned_vs_dense_stats(&mut rng, m, n);
     let t = stats
         .targets(
             &rng.symmetric_vec(rows * n, 1.0),
@@ -425,12 +436,7 @@ fn greedy_weights_are_the_refit_over_kept_columns() {
     let (m, n, rows) = (400, 40, 6);
     // Units of unequal width, as at a ragged matrix edge.
     let units: Vec<_> = (0..n).step_by(6).map(|c| c..(c + 6).min(n)).collect();
-    let xd = inputs(&mut rng, m, n);
-    let xp: Vec<f32> = xd.iter().map(|&v| v + 0.2 * rng.symmetric(1.0)).collect();
-    let mut stats = LinearStats::new(n);
-    stats.accumulate(&xp, &xd).expect("acc");
-    let (d, g) = (n + 1, stats.damped_gram());
-    let gi = spd_inverse(&g, d).expect("inv");
+    let (stats, d, g, gi) = pruned_vs_dense_stats(&mut rng, m, n);
     let w = rng.symmetric_vec(rows * n, 1.0);
     let b = rng.symmetric_vec(rows, 1.0);
     let t = stats.targets(&w, &b).expect("targets");
