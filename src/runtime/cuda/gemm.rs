@@ -213,6 +213,24 @@ pub unsafe fn epilogue(
             return Err(too_short("the compacted Y", c.yc.len(), m * c.ldc));
         }
     }
+    let aligned = |a: u64| a % 16 == 0;
+    if compact.is_none()
+        && n % 8 == 0
+        && aligned(addr(y))
+        && ep.residual.as_ref().map_or(true, |r| aligned(addr(r)))
+    {
+        let name = format!("epilogue_vec8_{}", elem.suffix());
+        let f = rt.kernel(&name, 0)?;
+        let mut b = rt.stream().launch_builder(&f);
+        b.arg(&mut *y).arg(&mi).arg(&ni);
+        arg_opt(&mut b, &ep.bias);
+        arg_opt(&mut b, &ep.residual);
+        b.arg(&gelu);
+        // SAFETY: Y and the epilogue were checked for m x n; N is a multiple of 8 and Y and the
+        // residual are 16-byte aligned, as the vector kernel requires; the arguments follow its
+        // order.
+        return unsafe { rt.launch(&mut b, &name, grid_1d(m * n / 8), (256, 1, 1), 0) };
+    }
     let name = format!("epilogue_{}", elem.suffix());
     let f = rt.kernel(&name, 0)?;
     let mut b = rt.stream().launch_builder(&f);
