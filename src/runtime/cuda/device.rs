@@ -6,6 +6,8 @@ use std::ffi::c_void;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use cudarc::cublas::CudaBlas;
+
+use super::lt::CublasLt;
 use cudarc::driver::{
     result, sys, CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr,
     DevicePtrMut, DeviceRepr, LaunchArgs, LaunchConfig, ValidAsZeroBits,
@@ -98,6 +100,7 @@ pub struct CudaRuntime {
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
     functions: Mutex<HashMap<String, CudaFunction>>,
     blas: OnceLock<Result<CudaBlas, String>>,
+    lt: OnceLock<Result<CublasLt, String>>,
     smem_set: Mutex<HashMap<String, u32>>,
     workspace: Mutex<Option<CudaSlice<f32>>>,
     /// Workspaces replaced by bigger ones, kept for the graphs captured on them.
@@ -145,6 +148,7 @@ impl CudaRuntime {
             modules: Mutex::new(HashMap::new()),
             functions: Mutex::new(HashMap::new()),
             blas: OnceLock::new(),
+            lt: OnceLock::new(),
             smem_set: Mutex::new(HashMap::new()),
             workspace: Mutex::new(None),
             retired_workspaces: Mutex::new(Vec::new()),
@@ -515,6 +519,29 @@ impl CudaRuntime {
         });
         r.as_ref().map_err(|d| CudaError::LibraryMissing {
             library: "cublas",
+            detail: d.clone(),
+        })
+    }
+
+    /// The cuBLASLt handle of this runtime (created on first use).
+    pub(crate) fn lt(&self) -> Result<&CublasLt, CudaError> {
+        let r = self.lt.get_or_init(|| {
+            // SAFETY: probing only opens the library by name.
+            match catch("cublasLt", || unsafe {
+                cudarc::cublaslt::sys::is_culib_present()
+            }) {
+                Ok(true) => {}
+                Ok(false) => return Err("libcublasLt not found on the library search path".into()),
+                Err(e) => return Err(e.to_string()),
+            }
+            self.bind().map_err(|e| e.to_string())?;
+            match catch("cublasLt", || CublasLt::new(&self.stream)) {
+                Ok(r) => r.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            }
+        });
+        r.as_ref().map_err(|d| CudaError::LibraryMissing {
+            library: "cublasLt",
             detail: d.clone(),
         })
     }

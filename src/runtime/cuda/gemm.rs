@@ -174,6 +174,44 @@ pub unsafe fn dense_gemm(
     .map_err(CudaError::cublas(format!("gemm {m}x{n}x{k}")))
 }
 
+/// `Y = X W^T` followed by the epilogue: one cuBLASLt kernel when the epilogue is a bias and/or a
+/// residual (no GELU) and cuBLASLt has an algorithm for the shape, else cuBLAS then the epilogue
+/// kernel.
+///
+/// # Safety
+/// As [`dense_gemm`].
+#[allow(clippy::too_many_arguments)]
+unsafe fn dense_then(
+    rt: &CudaRuntime,
+    elem: ElemType,
+    x: &CudaView<'_, u16>,
+    ldx: usize,
+    m: usize,
+    k: usize,
+    w: u64,
+    n: usize,
+    ep: &Epilogue<'_>,
+    y: &mut CudaViewMut<'_, u16>,
+) -> Result<(), CudaError> {
+    let x_need = if m == 0 { 0 } else { (m - 1) * ldx + k };
+    if !ep.gelu && m > 0 && n > 0 && k > 0 && x.len() >= x_need && ldx >= k && y.len() >= m * n {
+        ep.check(m, n)?;
+        if let Ok(lt) = rt.lt() {
+            rt.bind()?;
+            let shape = (m, n, k, ldx);
+            let (b, r) = (ep.bias.as_ref(), ep.residual.as_ref());
+            // SAFETY: X, Y, the bias and the residual were checked above; W is the caller's.
+            if unsafe { lt.matmul(rt.stream(), elem, shape, x, w, b, r, y)? } {
+                return Ok(());
+            }
+        }
+    }
+    // SAFETY: the caller's contract.
+    unsafe { dense_gemm(rt, elem, x, ldx, m, k, w, n, y)? };
+    // SAFETY: no compacted rows.
+    unsafe { epilogue(rt, elem, y, m, n, None, ep) }
+}
+
 /// Compacted rows of Y to scatter: `yc` holds `m` rows of pitch `ldc`; `inv` is the device address
 /// of `N` i32 (the compact row of each feature, or -1).
 pub struct Compacted<'a, 'b> {
@@ -315,13 +353,9 @@ pub unsafe fn linear(
             if d.len() < n * k {
                 return Err(too_short("the dense copy", d.len(), n * k));
             }
-            dense_gemm(rt, elem, x, v.cols, m, v.cols, addr(d), v.rows, y)?;
-            epilogue(rt, elem, y, m, v.rows, None, ep)
+            dense_then(rt, elem, x, v.cols, m, v.cols, addr(d), v.rows, ep, y)
         }
-        (LinearWeight::Dense { w, n, k, .. }, _) => {
-            dense_gemm(rt, elem, x, k, m, k, w, n, y)?;
-            epilogue(rt, elem, y, m, n, None, ep)
-        }
+        (LinearWeight::Dense { w, n, k, .. }, _) => dense_then(rt, elem, x, k, m, k, w, n, ep, y),
         (
             LinearWeight::Rows {
                 w, inv, n, nr, k, ..
@@ -361,8 +395,7 @@ pub unsafe fn linear(
                 // column indices below K (the caller's weight); the arguments follow the kernel.
                 rt.launch(&mut b, &name, grid_1d(m * kc), (256, 1, 1), 0)?;
             }
-            dense_gemm(rt, elem, &xc.as_view(), kc, m, kc, w, n, y)?;
-            epilogue(rt, elem, y, m, n, None, ep)
+            dense_then(rt, elem, &xc.as_view(), kc, m, kc, w, n, ep, y)
         }
     }
 }

@@ -24,6 +24,7 @@ mod error;
 pub mod gemm;
 pub mod host;
 pub mod linear;
+mod lt;
 pub mod nvrtc;
 pub mod tile;
 pub mod tuning;

@@ -2,7 +2,7 @@
 //! ([`TuningCache`]).
 //!
 //! The dispatcher times the tile kernels against cuBLAS the first time it sees a weight at a
-//! token bucket. With the tuning cache on, the decision is written to `tuning-v2.json` beside the
+//! token bucket. With the tuning cache on, the decision is written to `tuning-v3.json` beside the
 //! kernel cache, so a second process on the same GPU runs the same kernel without timing again.
 //! A decision is keyed by GPU name, compute capability, element type, N x K, tile shape, the
 //! SHA-256 of the weight's bitmap and the token bucket: a different mask, GPU or shape misses.
@@ -55,9 +55,9 @@ impl Default for CudaOptions {
 }
 
 /// Version of the tuning file's layout; a file of another version is ignored (and rewritten).
-pub const TUNING_VERSION: u32 = 2;
+pub const TUNING_VERSION: u32 = 3;
 /// File name of the tuning cache in its directory.
-pub const TUNING_FILE: &str = "tuning-v2.json";
+pub const TUNING_FILE: &str = "tuning-v3.json";
 
 /// What identifies one dispatch decision.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -129,7 +129,7 @@ pub struct TuningCache {
 }
 
 impl TuningCache {
-    /// Loads `dir/tuning-v2.json`. A missing file is an empty cache; an unreadable, corrupt or
+    /// Loads `dir/tuning-v3.json`. A missing file is an empty cache; an unreadable, corrupt or
     /// other-version file is ignored with a warning on stderr ([`TuningCache::warning`]) and
     /// replaced at the next write.
     pub fn open(dir: &Path) -> Self {
