@@ -214,7 +214,16 @@ fn encoder_kernels_compile() {
         ),
         (
             "attention.cu",
-            &["attn_fwd_d32_f16", "attn_fwd_d64_f16", "attn_fwd_d128_f16"][..],
+            &[
+                "attn_fwd_d32_w4m1_f16",
+                "attn_fwd_d32_w8m1_f16",
+                "attn_fwd_d32_w4m2_f16",
+                "attn_fwd_d64_w4m1_f16",
+                "attn_fwd_d64_w8m1_f16",
+                "attn_fwd_d64_w4m2_f16",
+                "attn_fwd_d128_w4m1_f16",
+                "attn_fwd_d128_w8m1_f16",
+            ][..],
         ),
     ] {
         let src = nvrtc::KERNELS
@@ -246,7 +255,7 @@ fn encoder_kernels_compile() {
     }
 }
 
-/// Softmax attention in f64 on the values the kernel sees (bias added, rounded to f16).
+/// Softmax attention in f64 of `qkv` (rows of Q, K and V, each `heads * d` wide, biases added).
 fn attention_reference(qkv: &[f32], lengths: &[usize], heads: usize, d: usize) -> Vec<f32> {
     let w = heads * d;
     let total: usize = lengths.iter().sum();
@@ -282,64 +291,78 @@ fn attention_reference(qkv: &[f32], lengths: &[usize], heads: usize, d: usize) -
     ctx
 }
 
-#[test]
-#[ignore = "needs an NVIDIA GPU"]
-fn gpu_attention_matches_reference() {
-    let rt = gpu();
-    let mut rng = Rng::new(test_seed("gpu_attention_matches_reference"));
-    for (d, heads, lengths) in [
-        (64, 12, vec![1, 2, 63, 64, 65, 130, 7]),
-        (32, 4, vec![512, 1, 100]),
-        (128, 3, vec![97, 256, 1, 64]),
-        (64, 2, vec![512]),
-    ] {
-        let w = heads * d;
-        let total: usize = lengths.iter().sum();
-        // Scores of a realistic spread (|q.k| / sqrt(d) up to a few units).
-        let raw: Vec<f32> = (0..total * 3 * w).map(|_| rng.symmetric(1.5)).collect();
-        let bias: Vec<f32> = (0..3 * w).map(|_| rng.symmetric(0.5)).collect();
-        let bits: Vec<u16> = raw.iter().map(|&v| f16::from_f32(v).to_bits()).collect();
-        // What the kernel stages: f16(f16(x) + bias).
-        let seen: Vec<f32> = raw
-            .iter()
-            .enumerate()
-            .map(|(i, &v)| {
-                let x = f16::from_f32(v).to_f32() + bias[i % (3 * w)];
-                f16::from_f32(x).to_f32()
-            })
-            .collect();
-        let mut cu = vec![0i32];
-        for &l in &lengths {
-            cu.push(cu.last().unwrap() + l as i32);
-        }
-        let qkv = rt.upload(&bits).unwrap();
-        let b = rt.upload(&bias).unwrap();
-        let cub = rt.upload(&cu).unwrap();
-        let mut ctx = rt.alloc::<u16>(total * w).unwrap();
+/// One attention case on the GPU: Q, K and V as the thirds of one [tokens, 3W] f16 matrix with
+/// biases (or none), every tiling built for `d` and the default one, each on an output poisoned
+/// with NaN, against the f64 reference.
+fn check_attention(
+    rt: &Arc<CudaRuntime>,
+    rng: &mut Rng,
+    d: usize,
+    heads: usize,
+    lengths: &[usize],
+    with_bias: bool,
+) {
+    let w = heads * d;
+    let total: usize = lengths.iter().sum();
+    // Scores of a realistic spread (|q.k| / sqrt(d) up to a few units).
+    let raw: Vec<f32> = (0..total * 3 * w).map(|_| rng.symmetric(1.5)).collect();
+    let bias: Vec<f32> = (0..3 * w)
+        .map(|_| if with_bias { rng.symmetric(0.5) } else { 0.0 })
+        .collect();
+    let bits: Vec<u16> = raw.iter().map(|&v| f16::from_f32(v).to_bits()).collect();
+    // The attention of the f16 inputs with their biases added.
+    let seen: Vec<f32> = raw
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| f16::from_f32(v).to_f32() + bias[i % (3 * w)])
+        .collect();
+    let want = attention_reference(&seen, lengths, heads, d);
+    let mut cu = vec![0i32];
+    for &l in lengths {
+        cu.push(cu.last().unwrap() + l as i32);
+    }
+    let qkv = rt.upload(&bits).unwrap();
+    let b = rt.upload(&bias).unwrap();
+    let cub = rt.upload(&cu).unwrap();
+    let mut ctx = rt.alloc::<u16>(total * w).unwrap();
+    let max_len = *lengths.iter().max().unwrap();
+    let (qa, ba) = (device_addr(&qkv), device_addr(&b));
+    let input = launch::AttentionInput {
+        q: qa,
+        k: qa + (w * 2) as u64,
+        v: qa + (2 * w * 2) as u64,
+        ld: 3 * w,
+        bias: if with_bias {
+            [ba, ba + (w * 4) as u64, ba + (2 * w * 4) as u64]
+        } else {
+            [0; 3]
+        },
+    };
+    let tilings = launch::AttentionTiling::ALL
+        .into_iter()
+        .filter(|t| t.supports(d))
+        .map(Some);
+    for tiling in tilings.chain([None]) {
         rt.fill_u16(&mut ctx, 0x7e00).unwrap();
-        let max_len = *lengths.iter().max().unwrap();
-        let (qa, ba) = (device_addr(&qkv), device_addr(&b));
-        let input = launch::AttentionInput {
-            q: qa,
-            k: qa + (w * 2) as u64,
-            v: qa + (2 * w * 2) as u64,
-            ld: 3 * w,
-            bias: [ba, ba + (w * 4) as u64, ba + (2 * w * 4) as u64],
-        };
+        let (cua, ctxa) = (device_addr(&cub), device_addr(&ctx));
         // SAFETY: Q, K and V are the thirds of qkv's total rows of 3W f16 (stride 3W), the
-        // biases the thirds of b's 3W f32, cub the offsets of `lengths` ending at total (longest
-        // max_len), ctx total x W f16; all alive for the call.
+        // biases the thirds of b's 3W f32 (or none), cub the offsets of `lengths` ending at
+        // total (longest max_len), ctx total x W f16; all alive for the call.
         unsafe {
-            launch::attention(
-                &rt,
-                &input,
-                device_addr(&cub),
-                lengths.len(),
-                max_len,
-                heads,
-                d,
-                device_addr(&ctx),
-            )
+            match tiling {
+                Some(t) => launch::attention_tiled(
+                    rt,
+                    &input,
+                    cua,
+                    lengths.len(),
+                    max_len,
+                    heads,
+                    d,
+                    ctxa,
+                    t,
+                ),
+                None => launch::attention(rt, &input, cua, lengths.len(), max_len, heads, d, ctxa),
+            }
         }
         .unwrap();
         let got: Vec<f32> = rt
@@ -348,16 +371,65 @@ fn gpu_attention_matches_reference() {
             .iter()
             .map(|&v| f16::from_bits(v).to_f32())
             .collect();
-        let want = attention_reference(&seen, &lengths, heads, d);
+        let label = format!(
+            "d={d} heads={heads} bias={with_bias} tiling={} lengths={lengths:?}",
+            tiling.map_or("default", |t| t.name())
+        );
         let mut max_err = 0f32;
         for (i, (&g, &r)) in got.iter().zip(&want).enumerate() {
-            assert!(g.is_finite(), "d={d} lengths={lengths:?}: value {i} is {g}");
+            assert!(g.is_finite(), "{label}: value {i} is {g}");
             max_err = max_err.max((g - r).abs());
         }
         let cos = min_row_cosine(&got, &want, d);
-        eprintln!("attention d={d} heads={heads} lengths={lengths:?}: max |err| {max_err:.2e}, worst cosine {cos:.7}");
-        assert!(max_err < 1e-2, "d={d}: max error {max_err}");
-        assert!(cos >= MIN_COSINE, "d={d}: worst row cosine {cos}");
+        eprintln!("attention {label}: max |err| {max_err:.2e}, worst cosine {cos:.7}");
+        assert!(max_err < 1e-2, "{label}: max error {max_err}");
+        assert!(cos >= MIN_COSINE, "{label}: worst row cosine {cos}");
+    }
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn gpu_attention_matches_reference() {
+    let rt = gpu();
+    let mut rng = Rng::new(test_seed("gpu_attention_matches_reference"));
+    // Lengths around every tile edge (64 keys, 64 and 128 queries) in one packed batch.
+    let mixed = [1, 63, 64, 65, 127, 128, 129, 384, 512, 1000];
+    for (d, heads) in [(64, 3), (32, 2), (128, 2)] {
+        check_attention(&rt, &mut rng, d, heads, &mixed, true);
+    }
+    check_attention(&rt, &mut rng, 64, 12, &[1, 2, 7, 130], false);
+    check_attention(&rt, &mut rng, 64, 2, &[512], true);
+}
+
+#[test]
+fn attention_tiling_rule_picks_a_built_kernel() {
+    for d in launch::ATTENTION_HEAD_DIMS {
+        for (len, heads, seqs) in [
+            (1, 12, 1),
+            (128, 12, 1),
+            (512, 12, 32),
+            (4096, 12, 1),
+            (384, 12, 8),
+        ] {
+            let t = launch::AttentionTiling::choose(len, heads, seqs, d, 132);
+            assert!(t.supports(d), "d={d} len={len}: {t:?}");
+            let blocks = len.div_ceil(t.queries()) * heads * seqs;
+            // Never fewer blocks than SMs where 64-query blocks would give more.
+            if len == 4096 {
+                assert_ne!(
+                    t,
+                    launch::AttentionTiling::Q64,
+                    "d={d}: long sequences take 128 queries per block"
+                );
+            }
+            if blocks < 132 {
+                assert_eq!(
+                    t,
+                    launch::AttentionTiling::Q64,
+                    "d={d} len={len} seqs={seqs}"
+                );
+            }
+        }
     }
 }
 

@@ -151,7 +151,7 @@ impl CudaEncoder {
         match (&layer.qkv, &layer.out) {
             (Some([q, k, v]), Some(out)) => {
                 let bias3 = if layer.qkv_dense.is_some() {
-                    // Dense Q, K and V: one batched GEMM; the attention kernel adds the biases.
+                    // Dense Q, K and V: one batched GEMM; the attention kernel applies the biases.
                     let ptrs = bufs.qkv_ptrs.ptr() + (li * 9 * 8) as u64;
                     // SAFETY: the buffers were built for this model, so layer li's 9 addresses
                     // are its dense f16 Q/K/V weights ([width, hidden]), bufs.x and bufs.q/k/v,
