@@ -3,7 +3,7 @@
 //! ```text
 //! et-run model.ets --text "a sentence" --text "another"      # JSON lines
 //! et-run model.ets --input sentences.txt --pooling cls --npy out.npy
-//! et-run model.ets --input sentences.txt --device cuda --report  # per-weight table on stderr
+//! et-run model.ets --input sentences.txt --device cuda --report  # time by phase, per weight
 //! cat dev.tsv | et-run model.ets --input - --column sentence --npy out.npy
 //! ```
 //!
@@ -84,8 +84,9 @@ struct Args {
     /// Sentences per forward pass.
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
     batch_size: u32,
-    /// On CUDA: print to stderr, per weight, what ran at the first batch's token count, its
-    /// time and cuBLAS's time on a dense matrix of the same shape.
+    /// Print to stderr the time of each phase (opening, warm-up, tokenization, encoding,
+    /// writing); on CUDA also the passes by phase and, per weight, what ran at the first
+    /// batch's token count, its time and cuBLAS's time on a dense matrix of the same shape.
     #[arg(long)]
     report: bool,
 }

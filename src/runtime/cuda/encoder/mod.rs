@@ -13,7 +13,13 @@
 //!
 //! Each projection runs through the [`Dispatcher`]: the tile kernel on the file's tiles or cuBLAS,
 //! whichever it measured faster at the batch's token count. Activations are f16 between kernels,
-//! every reduction is fp32. Device buffers are sized for the largest batch seen so far and reused.
+//! every reduction is fp32. Device buffers are sized for the largest batch seen so far (or once,
+//! by [`CudaEncoder::warm_up`]) and reused.
+//!
+//! With graphs on (the default), a batch is rounded up to a coarser shape (a few extra rows at
+//! the end, see `packed`), so that batches of nearby sizes replay one captured graph; the
+//! results of the batch's own sequences do not change. [`CudaEncoder::stats`] tells where the
+//! host's time went, by phase.
 //!
 //! ```no_run
 //! use ets::format::EtsFile;
