@@ -4,7 +4,8 @@
 //!
 //! Rounding adds rows at the end only, grouped into extra sequences of at most
 //! [`ATTENTION_BLOCK`] rows of token id 0 at position 0 (always in range), and raises the longest
-//! length to a whole number of attention blocks. Every kernel of the pass treats rows
+//! length to a power of two of attention blocks, at least two (query blocks past a sequence's end
+//! return at once, so a larger grid costs next to nothing). Every kernel of the pass treats rows
 //! independently or within the sequence `cu` names (the attention kernel returns for query blocks
 //! past a sequence's end), so the real sequences' results are the same with or without the extra
 //! rows; pooling and every download read the real sequences only.
@@ -16,15 +17,27 @@ use crate::runtime::{RuntimeError, TokenBatch};
 /// through the number of these blocks.
 pub(crate) const ATTENTION_BLOCK: usize = 64;
 
-/// Tokens a batch of `t` tokens is rounded up to: a multiple of 64 up to 1,024 tokens, above that
-/// a multiple of a sixteenth of the next power of two (fewer than an eighth of `t` extra rows).
+/// Tokens a batch of `t` tokens is rounded up to: a multiple of 64 up to 512 tokens, above that
+/// a multiple of an eighth of the next power of two (seven or eight shapes per doubling; fewer
+/// than a quarter of `t` extra rows, about a sixteenth on average).
 pub(crate) fn padded_tokens(t: usize) -> usize {
     let step = pad_step(t);
     t.max(1).div_ceil(step) * step
 }
 
 fn pad_step(t: usize) -> usize {
-    (t.max(1).next_power_of_two() / 16).max(ATTENTION_BLOCK)
+    (t.max(1).next_power_of_two() / 8).max(ATTENTION_BLOCK)
+}
+
+/// The longest sequence a rounded batch is launched for: a power of two of attention blocks, at
+/// least two.
+pub(crate) fn padded_max_len(max_len: usize) -> usize {
+    max_len
+        .max(1)
+        .div_ceil(ATTENTION_BLOCK)
+        .next_power_of_two()
+        .max(2)
+        * ATTENTION_BLOCK
 }
 
 /// Extra sequences that hold the rows added to a batch of `t` tokens (a fixed number for each
@@ -52,8 +65,8 @@ pub(crate) struct Packed {
     pub cu: Vec<i32>,
     /// Lengths of the batch's own sequences.
     pub lengths: Vec<usize>,
-    /// The longest sequence as the attention kernel is launched for (rounded up to whole
-    /// attention blocks when the batch is rounded).
+    /// The longest sequence as the attention kernel is launched for ([`padded_max_len`] when
+    /// the batch is rounded).
     pub max_len: usize,
     /// Tokens of the batch's own sequences.
     pub real_tokens: usize,
@@ -90,7 +103,7 @@ impl Packed {
             p.cu.push(offset(p.ids.len())?);
         }
         if round {
-            p.max_len = p.max_len.max(1).div_ceil(ATTENTION_BLOCK) * ATTENTION_BLOCK;
+            p.max_len = padded_max_len(p.max_len);
             let mut left = rows - tokens;
             for _ in 0..extra_seqs {
                 let n = left.min(ATTENTION_BLOCK);
@@ -139,22 +152,35 @@ mod tests {
         assert_eq!(padded_tokens(1), 64);
         assert_eq!(padded_tokens(64), 64);
         assert_eq!(padded_tokens(65), 128);
+        assert_eq!(padded_tokens(500), 512);
+        // 513..1024 round to multiples of 128, 1025..2048 to 256.
+        assert_eq!(padded_tokens(513), 640);
         assert_eq!(padded_tokens(1000), 1024);
         assert_eq!(padded_tokens(1024), 1024);
-        // 1025..2048 round to multiples of 128, 2049..4096 to 256.
-        assert_eq!(padded_tokens(1025), 1152);
+        assert_eq!(padded_tokens(1025), 1280);
         assert_eq!(padded_tokens(3000), 3072);
-        assert_eq!(padded_tokens(4097), 4608);
+        assert_eq!(padded_tokens(4097), 5120);
+        let mut shapes = std::collections::BTreeSet::new();
         for t in 1..20_000 {
             let r = padded_tokens(t);
             assert!(r >= t && r - t < pad_step(t), "{t} -> {r}");
-            // Fewer than an eighth extra above 1,024 tokens.
-            if t > 1024 {
-                assert!((r - t) * 8 < t, "{t} -> {r}");
+            // Fewer than a quarter extra above 256 tokens.
+            if t > 256 {
+                assert!((r - t) * 4 < t, "{t} -> {r}");
+            }
+            if (513..=1024).contains(&t) {
+                shapes.insert(r);
             }
             // The extra sequences hold every added row in blocks of at most 64.
             assert!(padding_sequences(t) * ATTENTION_BLOCK >= r - t, "{t}");
         }
+        assert_eq!(shapes.len(), 4, "{shapes:?}");
+        assert_eq!(padded_max_len(1), 128);
+        assert_eq!(padded_max_len(128), 128);
+        assert_eq!(padded_max_len(129), 256);
+        assert_eq!(padded_max_len(200), 256);
+        assert_eq!(padded_max_len(300), 512);
+        assert_eq!(padded_max_len(512), 512);
     }
 
     #[test]
@@ -178,7 +204,7 @@ mod tests {
         assert_eq!(p.tokens(), 128);
         assert_eq!(p.real_tokens, 108);
         assert_eq!(p.lengths, lengths.to_vec());
-        assert_eq!(p.max_len, 64);
+        assert_eq!(p.max_len, 128);
         // The batch's own rows and offsets are unchanged.
         assert_eq!(&p.ids[..108], &plain.ids[..]);
         assert_eq!(&p.positions[..108], &plain.positions[..]);
