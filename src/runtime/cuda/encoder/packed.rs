@@ -19,7 +19,7 @@ pub(crate) const ATTENTION_BLOCK: usize = 64;
 
 /// Tokens a batch of `t` tokens is rounded up to: a multiple of 64 up to 512 tokens, above that
 /// a multiple of an eighth of the next power of two (seven or eight shapes per doubling; fewer
-/// than a quarter of `t` extra rows, about a sixteenth on average).
+/// than a quarter of `t` extra rows, under a tenth on average).
 pub(crate) fn padded_tokens(t: usize) -> usize {
     let step = pad_step(t);
     t.max(1).div_ceil(step) * step
