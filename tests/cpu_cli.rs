@@ -164,8 +164,17 @@ fn normalize_gives_unit_vectors_in_the_same_direction() {
     assert_eq!(code, 0, "{err}");
     let (code, unit, err) = et_run(&[m, "--text", "good movie", "--normalize", "--report"]);
     assert_eq!(code, 0, "{err}");
-    // On the CPU, --report only says what it describes.
+    // On the CPU, --report gives the time by phase and says that the per-weight table
+    // describes the CUDA runtime.
     assert!(err.contains("--report describes the CUDA runtime"), "{err}");
+    for phase in ["time by phase", "tokenize", "encode", "write"] {
+        assert!(err.contains(phase), "{phase}: {err}");
+    }
+    assert!(err.contains("start-up not in that time"), "{err}");
+    assert!(
+        !err.contains("encode by phase"),
+        "the CPU keeps no pass times: {err}"
+    );
     let (raw, unit) = (vector(&raw), vector(&unit));
     let norm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
     assert!((norm(&unit) - 1.0).abs() < 1e-5, "norm {}", norm(&unit));

@@ -541,3 +541,56 @@ fn gpu_bad_input_is_a_typed_error() {
     let empty = TokenBatch::from_ids(vec![vec![]]);
     assert!(gpu.forward(&empty).is_err());
 }
+
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn gpu_nearby_batch_sizes_replay_one_graph_and_match_cpu() {
+    let rt = gpu();
+    let s = test_seed("gpu_nearby_batch_sizes_replay_one_graph_and_match_cpu");
+    let mut rng = Rng::new(s);
+    let tmp = tempfile::tempdir().unwrap();
+    let path = random_model(tmp.path(), "nearby", vec![4, 4], 64, 256, s);
+    let file = EtsFile::open(&path).unwrap();
+    let cpu = CpuEncoder::new(&file).unwrap();
+    let gpu = CudaEncoder::with_runtime(rt, &file).unwrap();
+    gpu.set_poison(true);
+    let cfg = file.model().clone();
+    let h = cfg.hidden_size as usize;
+    // Eight sequences of 57-64 tokens (456-512 in all): every batch rounds to 512 rows with
+    // the longest in one attention block, the shape of the warm-up pass.
+    <CudaEncoder as Encoder>::warm_up(&gpu, 512, 8).expect("warm-up");
+    assert_eq!(gpu.stats().passes, 0, "the warm-up is not counted");
+    let mut totals = std::collections::BTreeSet::new();
+    for i in 0..5 {
+        let lengths: Vec<usize> = (0..8).map(|_| 57 + rng.below(8) as usize).collect();
+        totals.insert(lengths.iter().sum::<usize>());
+        let batch = random_batch(&mut rng, &cfg, &lengths);
+        let mut want = cpu.embed(&batch, Pooling::Mean).expect("cpu embed");
+        ets::runtime::embed::normalize_rows(&mut want, h);
+        let got = gpu
+            .embed_normalized(&batch, Pooling::Mean, true)
+            .expect("gpu embed");
+        let c = min_row_cosine(&want, &got, h);
+        assert!(c >= MIN_COSINE, "batch {i} {lengths:?}: cosine {c}");
+    }
+    assert!(
+        totals.len() > 1,
+        "the batches must differ in size: {totals:?}"
+    );
+    let st = gpu.stats();
+    assert_eq!(
+        (
+            st.passes,
+            st.eager,
+            st.captured,
+            st.replayed,
+            st.buffer_growths
+        ),
+        (5, 0, 1, 4, 0),
+        "{st:?}"
+    );
+    assert!(st.rows > st.real_rows, "{st:?}");
+    let text =
+        <CudaEncoder as Encoder>::pass_report(&gpu).expect("the CUDA encoder reports its passes");
+    assert!(text.contains("0 eager, 1 captured, 4 replayed"), "{text}");
+}

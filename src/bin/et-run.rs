@@ -3,7 +3,7 @@
 //! ```text
 //! et-run model.ets --text "a sentence" --text "another"      # JSON lines
 //! et-run model.ets --input sentences.txt --pooling cls --npy out.npy
-//! et-run model.ets --input sentences.txt --device cuda --report  # per-weight table on stderr
+//! et-run model.ets --input sentences.txt --device cuda --report  # time by phase, per weight
 //! cat dev.tsv | et-run model.ets --input - --column sentence --npy out.npy
 //! ```
 //!
@@ -16,6 +16,7 @@
 use std::io::{BufWriter, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
 use ets::format::EtsFile;
@@ -83,8 +84,9 @@ struct Args {
     /// Sentences per forward pass.
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
     batch_size: u32,
-    /// On CUDA: print to stderr, per weight, what ran at the first batch's token count, its
-    /// time and cuBLAS's time on a dense matrix of the same shape.
+    /// Print to stderr the time of each phase (opening, warm-up, tokenization, encoding,
+    /// writing); on CUDA also the passes by phase and, per weight, what ran at the first
+    /// batch's token count, its time and cuBLAS's time on a dense matrix of the same shape.
     #[arg(long)]
     report: bool,
 }
@@ -181,11 +183,18 @@ fn run(args: &Args) -> Result<(), Failure> {
             ))
         })?,
     };
+    let t_open = Instant::now();
     let embedder = Embedder::new(open_encoder(args.device, &file)?, tokenizer, settings);
-    // The reported rate covers tokenization and every forward pass, as a user's call does.
-    let started = std::time::Instant::now();
+    let mut phases = Phases {
+        open: t_open.elapsed(),
+        ..Phases::default()
+    };
+    // The reported rate covers tokenization, every forward pass and writing the results, as a
+    // user's call does; opening the device and the warm-up pass are reported on their own.
+    let started = Instant::now();
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let tokenized = embedder.tokenize(&refs)?;
+    phases.tokenize = started.elapsed();
     for t in &tokenized.truncated {
         eprintln!(
             "et-run: warning: input {} has {} tokens; truncated to {} (maximum length)",
@@ -194,39 +203,122 @@ fn run(args: &Args) -> Result<(), Failure> {
             t.kept_len
         );
     }
+    let batch_size = args.batch_size as usize;
+    let t_warm = Instant::now();
+    let (max_tokens, max_seqs) = largest_batch(&tokenized.batch, batch_size);
+    embedder.encoder().warm_up(max_tokens, max_seqs)?;
+    phases.warm_up = t_warm.elapsed();
     let hidden = file.model().hidden_size as usize;
     let rows = tokenized.batch.sequences.len();
     let mut sink = Sink::new(args, hidden, rows, tokenized.batch.max_len())?;
-    let progress = progress_bar(rows, args.batch_size as usize);
+    let progress = progress_bar(rows, batch_size);
     let opts = ForwardOptions::default();
-    for chunk in tokenized.batch.sequences.chunks(args.batch_size as usize) {
+    for chunk in tokenized.batch.sequences.chunks(batch_size) {
         let batch = TokenBatch {
             sequences: chunk.to_vec(),
         };
+        let t0 = Instant::now();
         if args.hidden {
             let out = embedder.encoder().forward_with(&batch, &opts)?;
+            let t1 = Instant::now();
             sink.push_hidden(&out)?;
+            phases.encode += t1 - t0;
+            phases.write += t1.elapsed();
         } else {
-            sink.push_pooled(&embedder.embed_tokens(&batch, chunk.len())?)?;
+            let pooled = embedder.embed_tokens(&batch, chunk.len())?;
+            let t1 = Instant::now();
+            sink.push_pooled(&pooled)?;
+            phases.encode += t1 - t0;
+            phases.write += t1.elapsed();
         }
+        phases.batches += 1;
         progress.inc(chunk.len() as u64);
     }
     progress.finish_and_clear();
-    let secs = started.elapsed().as_secs_f64();
+    let t_finish = Instant::now();
+    sink.finish()?;
+    phases.write += t_finish.elapsed();
+    let secs = started
+        .elapsed()
+        .saturating_sub(phases.warm_up)
+        .as_secs_f64();
     eprintln!(
         "et-run: {} sentences in {:.3} s ({:.1} sentences/s)",
         texts.len(),
         secs,
         texts.len() as f64 / secs.max(1e-9)
     );
+    eprintln!(
+        "et-run: start-up not in that time: device and model upload {:.3} s, warm-up {:.3} s",
+        phases.open.as_secs_f64(),
+        phases.warm_up.as_secs_f64()
+    );
     if args.report {
-        report(
-            embedder.encoder(),
-            &tokenized.batch,
-            args.batch_size as usize,
-        )?;
+        eprint!("{}", phases.table(texts.len()));
+        if let Some(passes) = embedder.encoder().pass_report() {
+            eprint!("et-run: encode by phase (host clock)\n{passes}");
+        }
+        report(embedder.encoder(), &tokenized.batch, batch_size)?;
     }
-    sink.finish()
+    Ok(())
+}
+
+/// Tokens and sequences of the largest batch of `batch_size` sequences.
+fn largest_batch(all: &TokenBatch, batch_size: usize) -> (usize, usize) {
+    all.sequences
+        .chunks(batch_size.max(1))
+        .map(|c| (c.iter().map(|s| s.len()).sum::<usize>(), c.len()))
+        .fold((0, 0), |(t, s), (ct, cs)| (t.max(ct), s.max(cs)))
+}
+
+/// Host time of each part of a run.
+#[derive(Debug, Default)]
+struct Phases {
+    open: Duration,
+    tokenize: Duration,
+    warm_up: Duration,
+    encode: Duration,
+    write: Duration,
+    batches: usize,
+}
+
+impl Phases {
+    /// The `--report` lines.
+    fn table(&self, sentences: usize) -> String {
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        let per = |d: Duration| ms(d) / self.batches.max(1) as f64;
+        let mut s = format!(
+            "et-run: time by phase (host clock), {sentences} sentences in {} batches\n",
+            self.batches
+        );
+        let rows = [
+            ("open", self.open, "device, model upload (not in the rate)"),
+            (
+                "warm-up",
+                self.warm_up,
+                "kernels, libraries, buffers, one pass (not in the rate)",
+            ),
+            (
+                "tokenize",
+                self.tokenize,
+                "every text, before the first batch",
+            ),
+            (
+                "encode",
+                self.encode,
+                "passes to pooled vectors (or hidden states)",
+            ),
+            ("write", self.write, "output"),
+        ];
+        for (name, d, what) in rows {
+            s.push_str(&format!(
+                "  {name:<9} {:>9.2} ms {:>8.3} ms/batch  {what}\n",
+                ms(d),
+                per(d)
+            ));
+        }
+        s
+    }
 }
 
 /// `--report`: the per-weight table of the runtime at the first batch.

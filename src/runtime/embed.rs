@@ -126,10 +126,7 @@ pub(crate) fn embed_sequences(
         let part = TokenBatch {
             sequences: chunk.to_vec(),
         };
-        out.extend(encoder.embed(&part, settings.pooling)?);
-    }
-    if settings.normalize {
-        normalize_rows(&mut out, hidden);
+        out.extend(encoder.embed_normalized(&part, settings.pooling, settings.normalize)?);
     }
     Ok(out)
 }

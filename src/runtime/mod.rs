@@ -344,6 +344,31 @@ pub trait Encoder: Send + Sync {
     fn dispatch_report(&self, _batch: &TokenBatch) -> Result<Option<String>, RuntimeError> {
         Ok(None)
     }
+    /// Pooled sentence vectors `[batch, hidden_size]`, each scaled to unit length when
+    /// `normalize` is set (a zero vector stays zero).
+    fn embed_normalized(
+        &self,
+        batch: &TokenBatch,
+        pooling: Pooling,
+        normalize: bool,
+    ) -> Result<Vec<f32>, RuntimeError> {
+        let mut v = self.embed(batch, pooling)?;
+        if normalize {
+            embed::normalize_rows(&mut v, self.config().hidden_size as usize);
+        }
+        Ok(v)
+    }
+    /// Gets ready for batches of up to `max_tokens` tokens in up to `max_seqs` sequences
+    /// (buffers sized once, kernels loaded, one pass run), where the runtime has such work to do
+    /// before a first batch; the default does nothing.
+    fn warm_up(&self, _max_tokens: usize, _max_seqs: usize) -> Result<(), RuntimeError> {
+        Ok(())
+    }
+    /// Host time of the passes since [`Encoder::warm_up`] (or the start) by phase, for runtimes
+    /// that keep it (`et-run --report`); `None` elsewhere.
+    fn pass_report(&self) -> Option<String> {
+        None
+    }
 }
 
 /// A tensor of the model by name; a missing one is [`RuntimeError::MissingTensor`].

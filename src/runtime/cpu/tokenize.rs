@@ -118,11 +118,58 @@ impl TextTokenizer {
     }
 
     /// Tokenizes texts (special tokens added), truncating each to [`TextTokenizer::max_len`]
-    /// tokens while keeping a final `[SEP]`.
+    /// tokens while keeping a final `[SEP]`. Large lists are split over the machine's cores;
+    /// the result is the same as one text at a time.
     pub fn encode(&self, texts: &[&str]) -> Result<Tokenized, RuntimeError> {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        self.encode_on(texts, threads)
+    }
+
+    /// [`TextTokenizer::encode`] on at most `threads` threads (each takes at least
+    /// [`MIN_TEXTS_PER_THREAD`] texts).
+    pub fn encode_on(&self, texts: &[&str], threads: usize) -> Result<Tokenized, RuntimeError> {
+        let threads = threads.clamp(1, texts.len().div_ceil(MIN_TEXTS_PER_THREAD).max(1));
+        if threads == 1 {
+            return self.encode_range(texts, 0);
+        }
+        let per = texts.len().div_ceil(threads);
+        let parts: Vec<Result<Tokenized, RuntimeError>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = texts
+                .chunks(per)
+                .enumerate()
+                .map(|(i, chunk)| scope.spawn(move || self.encode_range(chunk, i * per)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(RuntimeError::Tokenizer(
+                            "a tokenizer thread panicked".into(),
+                        ))
+                    })
+                })
+                .collect()
+        });
+        let mut out = Tokenized {
+            batch: TokenBatch {
+                sequences: Vec::with_capacity(texts.len()),
+            },
+            truncated: Vec::new(),
+        };
+        for part in parts {
+            let part = part?;
+            out.batch.sequences.extend(part.batch.sequences);
+            out.truncated.extend(part.truncated);
+        }
+        Ok(out)
+    }
+
+    /// Tokenizes `texts`, the first of which is text number `first` of the caller's list.
+    fn encode_range(&self, texts: &[&str], first: usize) -> Result<Tokenized, RuntimeError> {
         let mut sequences = Vec::with_capacity(texts.len());
         let mut truncated = Vec::new();
-        for (index, text) in texts.iter().enumerate() {
+        for (i, text) in texts.iter().enumerate() {
+            let index = first + i;
             let enc = self
                 .inner
                 .encode(*text, true)
@@ -152,6 +199,9 @@ impl TextTokenizer {
         })
     }
 }
+
+/// Fewest texts a tokenizer thread is started for (below that a thread costs more than it saves).
+pub const MIN_TEXTS_PER_THREAD: usize = 64;
 
 /// The BERT WordPiece pipeline over a `vocab.txt` (one token per line, id = line number).
 fn wordpiece_from_vocab(bytes: &[u8]) -> Result<Tokenizer, RuntimeError> {
@@ -233,6 +283,31 @@ mod tests {
                 kept_len: 4
             }]
         );
+    }
+
+    #[test]
+    fn threads_give_the_same_sequences_and_truncation_indices_in_order() {
+        let t = TextTokenizer::from_bytes("vocab.txt", VOCAB.as_bytes(), 5).unwrap();
+        let words = ["hello", "world", "worlds", ",", "zebra"];
+        let texts: Vec<String> = (0..1000)
+            .map(|i| {
+                (0..1 + i % 7)
+                    .map(|j| words[(i * 3 + j) % words.len()])
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .collect();
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let one = t.encode_on(&refs, 1).unwrap();
+        assert!(
+            one.truncated.len() > 100,
+            "the test must truncate some texts"
+        );
+        for threads in [2, 3, 8, 64] {
+            let many = t.encode_on(&refs, threads).unwrap();
+            assert_eq!(many, one, "{threads} threads");
+        }
+        assert_eq!(t.encode(&refs).unwrap(), one);
     }
 
     #[test]

@@ -2,7 +2,10 @@
 //!
 //! The first call for a (weight shape, tile shape, mask, token bucket) measures every usable tile
 //! kernel and cuBLAS on the device and keeps the answer for the process and, with the tuning cache
-//! on ([`CudaOptions::tuning_cache`]), on disk for the next process ([`TuningCache`]).
+//! on ([`CudaOptions::tuning_cache`]), on disk for the next process ([`TuningCache`]). A bucket
+//! within a factor of two of one already decided (in this process or the tuning file) takes that
+//! decision without measuring, so a run whose batches spread over neighbouring buckets measures
+//! each weight once.
 //! [`Dispatcher::table`] lists every decision with its reason and the measured speedup.
 
 use std::collections::HashMap;
@@ -69,6 +72,32 @@ pub struct Dispatcher {
     cache: Mutex<HashMap<Key, Decision>>,
     entries: Mutex<Vec<DispatchEntry>>,
     dense: Mutex<HashMap<String, CudaSlice<u16>>>,
+    /// Per weight (its key without the bucket), the buckets decided by a measurement or the
+    /// tuning file: the sources a nearby bucket's decision is taken from.
+    measured: Mutex<HashMap<WeightKey, Vec<usize>>>,
+    /// Measurements made, and the time they took.
+    measuring: Mutex<(usize, std::time::Duration)>,
+}
+
+type WeightKey = (usize, usize, usize, usize, usize, Option<[u8; 32]>);
+
+/// A measured bucket whose decision a bucket of `tokens` takes instead of measuring: the
+/// nearest within a factor of two (the larger on a tie), or None. Decisions change with the
+/// token count (the tile kernels win at some counts and lose at others), so a bucket further
+/// away is measured.
+pub(crate) fn nearby_bucket(measured: &[usize], tokens: usize) -> Option<usize> {
+    let distance = |b: usize| {
+        if b >= tokens {
+            b as f64 / tokens.max(1) as f64
+        } else {
+            tokens as f64 / b.max(1) as f64
+        }
+    };
+    measured
+        .iter()
+        .copied()
+        .filter(|&b| b != tokens && distance(b) <= 2.0)
+        .min_by(|&a, &b| distance(a).total_cmp(&distance(b)).then(b.cmp(&a)))
 }
 
 /// Median milliseconds per call of `f`, timed with device events over batches of `per_batch`
@@ -136,9 +165,9 @@ impl Dispatcher {
             .as_ref()
     }
 
-    /// How the options or the tuning cache decide `v` at `tokens` (a bucket), or None when it
-    /// must be measured.
-    fn decide_without_measuring(
+    /// How the options decide `v` at `tokens` (a bucket), or None when they leave it to
+    /// measurement.
+    fn decided_by_options(
         &self,
         rt: &CudaRuntime,
         v: &TileDeviceView,
@@ -162,6 +191,16 @@ impl Dispatcher {
                 return Some((Choice::Tile, None, None, why, Some(k)));
             }
         }
+        None
+    }
+
+    /// The tuning file's decision for `v` at `tokens` (a bucket).
+    fn decided_by_tuning(
+        &self,
+        rt: &CudaRuntime,
+        v: &TileDeviceView,
+        tokens: usize,
+    ) -> Option<Decision> {
         let e = self.tuning()?.get(&tune_key(rt, v, tokens)?)?;
         let choice = if e.kernel.is_some() {
             Choice::Tile
@@ -264,6 +303,87 @@ impl Dispatcher {
         Ok((kern, tile, cublas))
     }
 
+    /// Decides a bucket not decided in this process yet: from the options or the tuning file;
+    /// else from a nearby bucket decided by a measurement or the tuning file
+    /// ([`nearby_bucket`]); else by measuring.
+    ///
+    /// # Safety
+    /// As [`Dispatcher::measure`].
+    unsafe fn decide_bucket(
+        &self,
+        rt: &CudaRuntime,
+        v: &TileDeviceView,
+        tokens: usize,
+    ) -> Result<Decision, CudaError> {
+        let poisoned = || CudaError::Invalid("dispatch cache lock poisoned".into());
+        let wkey = (v.rows, v.cols, v.th, v.tw, v.kept, v.mask_sha256);
+        let measured = |b: usize| -> Result<(), CudaError> {
+            let mut m = self.measured.lock().map_err(|_| poisoned())?;
+            m.entry(wkey).or_default().push(b);
+            Ok(())
+        };
+        if let Some(d) = self.decided_by_options(rt, v, tokens) {
+            return Ok(d);
+        }
+        if let Some(d) = self.decided_by_tuning(rt, v, tokens) {
+            measured(tokens)?;
+            return Ok(d);
+        }
+        let known = self
+            .measured
+            .lock()
+            .map_err(|_| poisoned())?
+            .get(&wkey)
+            .cloned()
+            .unwrap_or_default();
+        // A tile kernel taken from another bucket must run at this one.
+        let usable = |d: &Decision| match d.4 {
+            Some(k) if d.0 == Choice::Tile => {
+                tile::kernel_unsupported(&rt.limits(), k, v, tokens).is_none()
+            }
+            _ => true,
+        };
+        let relabel = |(choice, t, c, why, kern): Decision, b: usize| {
+            (choice, t, c, format!("from bucket {b}: {why}"), kern)
+        };
+        if let Some(b) = nearby_bucket(&known, tokens) {
+            let key = (v.rows, v.cols, v.th, v.tw, v.kept, v.mask_sha256, b);
+            let near = self
+                .cache
+                .lock()
+                .map_err(|_| poisoned())?
+                .get(&key)
+                .cloned();
+            if let Some(d) = near.filter(usable) {
+                return Ok(relabel(d, b));
+            }
+        }
+        // A nearby bucket in the tuning file (a decision of an earlier process).
+        for b in [tokens * 2, tokens / 2] {
+            if b == 0 {
+                continue;
+            }
+            if let Some(d) = self.decided_by_tuning(rt, v, b).filter(usable) {
+                measured(b)?;
+                return Ok(relabel(d, b));
+            }
+        }
+        let t0 = std::time::Instant::now();
+        // SAFETY: the caller's upload.
+        let d = unsafe { self.measure_and_store(rt, v, tokens)? };
+        if let Ok(mut m) = self.measuring.lock() {
+            m.0 += 1;
+            m.1 += t0.elapsed();
+        }
+        measured(tokens)?;
+        Ok(d)
+    }
+
+    /// Measurements made so far, and the host time they took.
+    pub fn measuring(&self) -> (usize, std::time::Duration) {
+        self.measuring.lock().map(|m| *m).unwrap_or_default()
+    }
+
     /// Decides (measuring on first sight) how weight `name` runs at `tokens` tokens.
     ///
     /// # Safety
@@ -291,11 +411,8 @@ impl Dispatcher {
                 let d = match cached {
                     Some(d) => d,
                     None => {
-                        let d = match self.decide_without_measuring(rt, v, tokens_b) {
-                            Some(d) => d,
-                            // SAFETY: the caller's upload.
-                            None => unsafe { self.measure_and_store(rt, v, tokens_b)? },
-                        };
+                        // SAFETY: the caller's upload.
+                        let d = unsafe { self.decide_bucket(rt, v, tokens_b)? };
                         self.cache
                             .lock()
                             .map_err(|_| poisoned())?
@@ -464,4 +581,25 @@ pub fn format_table(entries: &[DispatchEntry]) -> String {
         ));
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::nearby_bucket;
+
+    #[test]
+    fn a_bucket_takes_the_nearest_decided_bucket_within_a_factor_of_two() {
+        assert_eq!(nearby_bucket(&[], 1024), None);
+        assert_eq!(nearby_bucket(&[2048], 1024), Some(2048));
+        assert_eq!(nearby_bucket(&[512], 1024), Some(512));
+        // A tie goes to the larger bucket; the nearer one wins otherwise.
+        assert_eq!(nearby_bucket(&[512, 2048], 1024), Some(2048));
+        assert_eq!(nearby_bucket(&[2048, 512], 1024), Some(2048));
+        assert_eq!(nearby_bucket(&[4096, 2048], 2048 + 1), Some(2048));
+        // Further than a factor of two is measured again.
+        assert_eq!(nearby_bucket(&[4096], 1024), None);
+        assert_eq!(nearby_bucket(&[128, 256], 1024), None);
+        // The bucket itself is not a neighbour.
+        assert_eq!(nearby_bucket(&[1024], 1024), None);
+    }
 }

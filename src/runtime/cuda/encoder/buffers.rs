@@ -34,12 +34,12 @@ pub(crate) struct Buffers {
     pub proj: CudaSlice<u16>,
     /// FFN intermediate `[tokens, max_intermediate]`.
     pub inter: CudaSlice<u16>,
-    /// Token ids, token types and positions (u32 per token).
-    pub ids: CudaSlice<u32>,
-    pub types: CudaSlice<u32>,
-    pub positions: CudaSlice<u32>,
-    /// Cumulative sequence offsets (i32, seqs + 1).
-    pub cu: CudaSlice<i32>,
+    /// The batch's index arrays in one allocation, copied in one transfer: token ids, token
+    /// types and positions (`tokens` u32 each), then the cumulative sequence offsets (`seqs + 1`
+    /// i32).
+    index: CudaSlice<u32>,
+    /// The host side of `index`, reused by every batch.
+    staging: Vec<u32>,
     /// `[CLS]` rows and pooler output `[seqs, hidden]`.
     pub cls16: CudaSlice<u16>,
     pub pooled16: CudaSlice<u16>,
@@ -98,10 +98,8 @@ impl Buffers {
             ctx: f16s(tokens * w.max_width)?,
             proj: f16s(tokens * h)?,
             inter: f16s(tokens * w.max_intermediate)?,
-            ids: rt.alloc(tokens)?,
-            types: rt.alloc(tokens)?,
-            positions: rt.alloc(tokens)?,
-            cu: rt.alloc(seqs + 1)?,
+            index: rt.alloc(3 * tokens + seqs + 1)?,
+            staging: vec![0; 3 * tokens + seqs + 1],
             cls16: f16s(seqs * h)?,
             pooled16: f16s(seqs * h)?,
             logits16: f16s(seqs * labels)?,
@@ -142,7 +140,25 @@ impl Buffers {
         Ok(())
     }
 
-    /// Copies the batch's index arrays to the device (each no longer than the buffers hold).
+    /// Device address of the token ids (`tokens` u32).
+    pub fn ids(&self) -> u64 {
+        self.index.ptr()
+    }
+    /// Device address of the token types (`tokens` u32).
+    pub fn types(&self) -> u64 {
+        self.index.ptr() + 4 * self.tokens as u64
+    }
+    /// Device address of the positions (`tokens` u32).
+    pub fn positions(&self) -> u64 {
+        self.index.ptr() + 8 * self.tokens as u64
+    }
+    /// Device address of the cumulative sequence offsets (`seqs + 1` i32).
+    pub fn cu(&self) -> u64 {
+        self.index.ptr() + 12 * self.tokens as u64
+    }
+
+    /// Copies the batch's index arrays to the device in one transfer (each no longer than the
+    /// buffers hold).
     pub fn upload_batch(
         &mut self,
         rt: &CudaRuntime,
@@ -151,9 +167,24 @@ impl Buffers {
         positions: &[u32],
         cu: &[i32],
     ) -> Result<(), CudaError> {
-        rt.copy_to_device(ids, &mut self.ids)?;
-        rt.copy_to_device(types, &mut self.types)?;
-        rt.copy_to_device(positions, &mut self.positions)?;
-        rt.copy_to_device(cu, &mut self.cu)
+        let t = self.tokens;
+        if ids.len() > t || types.len() > t || positions.len() > t || cu.len() > self.seqs + 1 {
+            return Err(CudaError::Invalid(format!(
+                "a batch of {} tokens in {} sequences does not fit buffers of {t} tokens in {}",
+                ids.len(),
+                cu.len().saturating_sub(1),
+                self.seqs
+            )));
+        }
+        let st = &mut self.staging;
+        st[..ids.len()].copy_from_slice(ids);
+        st[t..t + types.len()].copy_from_slice(types);
+        st[2 * t..2 * t + positions.len()].copy_from_slice(positions);
+        for (d, &c) in st[3 * t..].iter_mut().zip(cu) {
+            // The kernels read the offsets as i32; non-negative by construction.
+            *d = c as u32;
+        }
+        let used = 3 * t + cu.len();
+        rt.copy_to_device(&st[..used], &mut self.index)
     }
 }

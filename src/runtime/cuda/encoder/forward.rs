@@ -10,6 +10,7 @@ use crate::runtime::RuntimeError;
 use super::buffers::Buffers;
 use super::graph::Plan;
 use super::launch::{self, AttentionInput};
+use super::stats::PassKind;
 use super::weights::{activation_code, Proj};
 use super::{f16_to_f32, CudaEncoder, Packed};
 
@@ -55,46 +56,42 @@ pub(crate) fn project(
 }
 
 impl CudaEncoder {
-    /// Embeddings and every layer; leaves the final hidden states in `bufs.x`. With `states`,
-    /// pushes the hidden states after the embeddings and after each layer (an eager pass);
-    /// without, a repeated batch shape replays a captured graph (see `graph`).
-    pub(super) fn encode(
+    /// The forward pass without hidden states, on the batch already on the device; leaves the
+    /// final hidden states in `bufs.x`. A repeated batch shape replays a captured graph (see
+    /// `graph`).
+    pub(super) fn run_uploaded(
         &self,
         bufs: &mut Buffers,
         p: &Packed,
-        states: Option<&mut Vec<Vec<f32>>>,
-    ) -> Result<(), RuntimeError> {
-        let rt = &*self.rt;
-        bufs.upload_batch(rt, &p.ids, &p.types, &p.positions, &p.cu)?;
-        if states.is_some() {
-            return self.pass(bufs, p, states);
-        }
-        self.run_uploaded(bufs, p)
-    }
-
-    /// [`encode`](Self::encode) without hidden states, on the batch already on the device.
-    pub(super) fn run_uploaded(&self, bufs: &mut Buffers, p: &Packed) -> Result<(), RuntimeError> {
+    ) -> Result<PassKind, RuntimeError> {
         let rt = &*self.rt;
         if !self.graphs_on() {
-            return self.pass(bufs, p, None);
+            return self.pass(bufs, p, None).map(|()| PassKind::Eager);
         }
-        let shape = (p.tokens(), p.lengths.len(), p.max_len);
+        let shape = p.shape();
         let mut graphs = std::mem::take(&mut bufs.graphs);
         let r = match graphs.plan(shape) {
-            Plan::Replay => graphs.replay(rt, shape).map_err(RuntimeError::from),
+            Plan::Replay => graphs
+                .replay(rt, shape)
+                .map(|()| PassKind::Replayed)
+                .map_err(RuntimeError::from),
             Plan::Capture => match graphs.capture(rt, shape, || self.pass(bufs, p, None)) {
-                Ok(()) => graphs.replay(rt, shape).map_err(RuntimeError::from),
+                Ok(()) => graphs
+                    .replay(rt, shape)
+                    .map(|()| PassKind::Captured)
+                    .map_err(RuntimeError::from),
                 // The shape is marked to run eagerly from now on.
-                Err(_) => self.pass(bufs, p, None),
+                Err(_) => self.pass(bufs, p, None).map(|()| PassKind::Eager),
             },
-            Plan::Eager => self.pass(bufs, p, None),
+            Plan::Eager => self.pass(bufs, p, None).map(|()| PassKind::Eager),
         };
         bufs.graphs = graphs;
         r
     }
 
-    /// The kernels of one forward pass on the batch already on the device.
-    fn pass(
+    /// The kernels of one forward pass on the batch already on the device; with `states`,
+    /// pushes the hidden states after the embeddings and after each layer.
+    pub(super) fn pass(
         &self,
         bufs: &mut Buffers,
         p: &Packed,
@@ -111,9 +108,9 @@ impl CudaEncoder {
             launch::embed_ln(
                 rt,
                 t,
-                bufs.ids.ptr(),
-                bufs.types.ptr(),
-                bufs.positions.ptr(),
+                bufs.ids(),
+                bufs.types(),
+                bufs.positions(),
                 w.tables,
                 (w.embeddings_ln.gamma, w.embeddings_ln.beta),
                 eps,
@@ -147,6 +144,7 @@ impl CudaEncoder {
             ..Fuse::default()
         };
         let model = &self.weights.model;
+        let cu = bufs.cu();
         let sc = &mut bufs.scratch;
         match (&layer.qkv, &layer.out) {
             (Some([q, k, v]), Some(out)) => {
@@ -176,9 +174,8 @@ impl CudaEncoder {
                     ld: q.n,
                     bias: bias3,
                 };
-                let (seqs, dh) = (p.lengths.len(), c.head_dim as usize);
+                let (seqs, dh) = (p.seqs(), c.head_dim as usize);
                 let ctx = bufs.ctx.ptr();
-                let cu = bufs.cu.ptr();
                 // SAFETY: Q, K, V and ctx were sized for this batch (Buffers::fits) with row
                 // stride q.n, and `cu` was built from its checked lengths.
                 unsafe {
@@ -277,7 +274,7 @@ impl CudaEncoder {
         let d = &self.dispatcher;
         let h = self.config.hidden_size as usize;
         let s = p.lengths.len();
-        let (x, cu, cls) = (bufs.x.ptr(), bufs.cu.ptr(), bufs.cls16.ptr());
+        let (x, cu, cls) = (bufs.x.ptr(), bufs.cu(), bufs.cls16.ptr());
         // SAFETY: the buffers are this encoder's, sized for the packed batch by `prepare`.
         unsafe { launch::pool(rt, x, cu, s, h, true, false, 0, cls) }?;
         let bias = Fuse {

@@ -13,7 +13,13 @@
 //!
 //! Each projection runs through the [`Dispatcher`]: the tile kernel on the file's tiles or cuBLAS,
 //! whichever it measured faster at the batch's token count. Activations are f16 between kernels,
-//! every reduction is fp32. Device buffers are sized for the largest batch seen so far and reused.
+//! every reduction is fp32. Device buffers are sized for the largest batch seen so far (or once,
+//! by [`CudaEncoder::warm_up`]) and reused.
+//!
+//! With graphs on (the default), a batch is rounded up to a coarser shape (a few extra rows at
+//! the end, see `packed`), so that batches of nearby sizes replay one captured graph; the
+//! results of the batch's own sequences do not change. [`CudaEncoder::stats`] tells where the
+//! host's time went, by phase.
 //!
 //! ```no_run
 //! use ets::format::EtsFile;
@@ -31,12 +37,16 @@ mod buffers;
 mod forward;
 mod graph;
 pub mod launch;
+mod packed;
 mod report;
+mod stats;
 mod weights;
 
 pub use report::{format_report, ProjectionReport};
+pub use stats::{format_stats, PassStats};
 
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use half::f16;
 
@@ -48,6 +58,8 @@ use crate::runtime::{
 };
 
 use buffers::Buffers;
+use packed::Packed;
+use stats::PassKind;
 use weights::DevWeights;
 
 /// The encoder of a `.ets` file on a CUDA device.
@@ -59,6 +71,7 @@ pub struct CudaEncoder {
     buffers: Mutex<Option<Buffers>>,
     poison: std::sync::atomic::AtomicBool,
     graphs: std::sync::atomic::AtomicBool,
+    stats: Mutex<PassStats>,
 }
 
 impl std::fmt::Debug for CudaEncoder {
@@ -67,47 +80,6 @@ impl std::fmt::Debug for CudaEncoder {
             .field("device", &self.rt.name())
             .field("layers", &self.weights.layers.len())
             .finish_non_exhaustive()
-    }
-}
-
-/// Packed token arrays of one batch, as the kernels take them.
-struct Packed {
-    ids: Vec<u32>,
-    types: Vec<u32>,
-    positions: Vec<u32>,
-    cu: Vec<i32>,
-    lengths: Vec<usize>,
-    max_len: usize,
-}
-
-impl Packed {
-    fn new(batch: &TokenBatch) -> Result<Packed, RuntimeError> {
-        let tokens = batch.total_tokens();
-        let mut p = Packed {
-            ids: Vec::with_capacity(tokens),
-            types: Vec::with_capacity(tokens),
-            positions: Vec::with_capacity(tokens),
-            cu: Vec::with_capacity(batch.len() + 1),
-            lengths: Vec::with_capacity(batch.len()),
-            max_len: batch.max_len(),
-        };
-        p.cu.push(0);
-        for s in &batch.sequences {
-            p.ids.extend_from_slice(&s.ids);
-            p.types.extend_from_slice(&s.type_ids);
-            p.positions.extend(0..s.ids.len() as u32);
-            p.lengths.push(s.len());
-            let end = i32::try_from(p.ids.len()).map_err(|_| {
-                RuntimeError::Cuda(CudaError::Invalid(format!(
-                    "a batch of {tokens} tokens exceeds the 32-bit offsets of the CUDA encoder"
-                )))
-            })?;
-            p.cu.push(end);
-        }
-        Ok(p)
-    }
-    fn tokens(&self) -> usize {
-        self.ids.len()
     }
 }
 
@@ -143,6 +115,7 @@ impl CudaEncoder {
             buffers: Mutex::new(None),
             poison: std::sync::atomic::AtomicBool::new(false),
             graphs: std::sync::atomic::AtomicBool::new(true),
+            stats: Mutex::new(PassStats::default()),
         })
     }
 
@@ -186,19 +159,24 @@ impl CudaEncoder {
         pooling: Pooling,
         normalize: bool,
     ) -> Result<Vec<f32>, RuntimeError> {
-        let (mut guard, p) = self.prepare(batch)?;
+        let t0 = Instant::now();
+        let (mut guard, p) = self.prepare(batch, self.graphs_on())?;
         let bufs = guard
             .as_mut()
             .ok_or_else(|| CudaError::Invalid("buffers missing after allocation".into()))?;
-        self.encode(bufs, &p, None)?;
+        let t1 = Instant::now();
+        bufs.upload_batch(&self.rt, &p.ids, &p.types, &p.positions, &p.cu)?;
+        let t2 = Instant::now();
+        let kind = self.run_uploaded(bufs, &p)?;
         let h = self.config.hidden_size as usize;
         let s = p.lengths.len();
-        // SAFETY: the buffers are this encoder's, sized for the packed batch by `prepare`.
+        // SAFETY: the buffers are this encoder's, sized for the packed batch by `prepare`; the
+        // pool reads the batch's own sequences only.
         unsafe {
             launch::pool(
                 &self.rt,
                 bufs.x.ptr(),
-                bufs.cu.ptr(),
+                bufs.cu(),
                 s,
                 h,
                 pooling == Pooling::Cls,
@@ -207,19 +185,76 @@ impl CudaEncoder {
                 0,
             )
         }?;
-        Ok(self.rt.download::<f32>(&bufs.out32, s * h)?)
+        let t3 = Instant::now();
+        self.rt.synchronize()?;
+        let t4 = Instant::now();
+        let out = self.rt.download::<f32>(&bufs.out32, s * h)?;
+        self.record(&p, kind, [t0, t1, t2, t3, t4, Instant::now()]);
+        Ok(out)
+    }
+
+    /// Adds one pass to the statistics; `t` holds the instants at the start and after prepare,
+    /// upload, enqueue, wait and download.
+    fn record(&self, p: &Packed, kind: PassKind, t: [Instant; 6]) {
+        if let Ok(mut st) = self.stats.lock() {
+            st.passes += 1;
+            st.count(kind);
+            st.prepare += t[1] - t[0];
+            st.upload += t[2] - t[1];
+            st.enqueue += t[3] - t[2];
+            st.wait += t[4] - t[3];
+            st.download += t[5] - t[4];
+            st.rows += p.tokens() as u64;
+            st.real_rows += p.real_tokens as u64;
+        }
+    }
+
+    /// Host time of the passes so far, by phase.
+    pub fn stats(&self) -> PassStats {
+        self.stats.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Starts the statistics over.
+    pub fn reset_stats(&self) {
+        if let Ok(mut s) = self.stats.lock() {
+            *s = PassStats::default();
+        }
+    }
+
+    /// Sizes the device buffers once for batches of up to `max_tokens` tokens in up to
+    /// `max_seqs` sequences, then runs one pass on a batch of that size (token id 0), so that
+    /// loading the kernels, starting cuBLAS and the dispatcher's decisions for that size happen
+    /// before the first real batch. The statistics start over afterwards.
+    pub fn warm_up(&self, max_tokens: usize, max_seqs: usize) -> Result<(), RuntimeError> {
+        let seqs = max_seqs.clamp(1, max_tokens.max(1));
+        let longest = (self.config.max_position_embeddings as usize).max(1);
+        let each = max_tokens.max(1).div_ceil(seqs).min(longest);
+        let batch = TokenBatch::from_ids(vec![vec![0; each]; seqs]);
+        {
+            let mut guard = self.lock_buffers()?;
+            let (t, s) = packed::padded_capacity(max_tokens.max(each * seqs), seqs);
+            if !guard.as_ref().is_some_and(|b| b.fits(t, s)) {
+                *guard = None;
+                self.rt.synchronize()?;
+                *guard = Some(Buffers::new(&self.rt, &self.config, &self.weights, t, s)?);
+            }
+        }
+        self.embed_with(&batch, Pooling::Mean, false)?;
+        self.reset_stats();
+        Ok(())
     }
 
     /// Milliseconds per forward pass over `batch` to its pooled (mean) vectors on the device,
     /// measured with CUDA events over `iters` passes after `warmup` untimed ones. The batch's
     /// token arrays are copied to the device once, before the passes; nothing is copied back.
+    /// The batch runs at its own shape (not rounded).
     pub fn time_forward(
         &self,
         batch: &TokenBatch,
         warmup: usize,
         iters: usize,
     ) -> Result<f64, RuntimeError> {
-        let (mut guard, p) = self.prepare(batch)?;
+        let (mut guard, p) = self.prepare(batch, false)?;
         let bufs = guard
             .as_mut()
             .ok_or_else(|| CudaError::Invalid("buffers missing after allocation".into()))?;
@@ -228,7 +263,7 @@ impl CudaEncoder {
         bufs.upload_batch(&self.rt, &p.ids, &p.types, &p.positions, &p.cu)?;
         let pass = |bufs: &mut Buffers| -> Result<(), RuntimeError> {
             self.run_uploaded(bufs, &p)?;
-            let (x, cu, out) = (bufs.x.ptr(), bufs.cu.ptr(), bufs.out32.ptr());
+            let (x, cu, out) = (bufs.x.ptr(), bufs.cu(), bufs.out32.ptr());
             // SAFETY: the buffers are this encoder's, sized for the packed batch by `prepare`.
             unsafe { launch::pool(&self.rt, x, cu, s, h, false, false, out, 0) }?;
             Ok(())
@@ -244,18 +279,24 @@ impl CudaEncoder {
         Ok(f64::from(timer.stop_ms()?) / iters.max(1) as f64)
     }
 
-    /// Checks the batch and makes the buffers fit it (poisoned when asked).
+    fn lock_buffers(&self) -> Result<std::sync::MutexGuard<'_, Option<Buffers>>, RuntimeError> {
+        Ok(self
+            .buffers
+            .lock()
+            .map_err(|_| CudaError::Invalid("encoder buffer lock poisoned".into()))?)
+    }
+
+    /// Checks the batch, packs it (rounded with `round`, see `packed`) and makes the buffers fit
+    /// it (poisoned when asked). Bigger buffers take the larger of each dimension seen so far.
     fn prepare(
         &self,
         batch: &TokenBatch,
+        round: bool,
     ) -> Result<(std::sync::MutexGuard<'_, Option<Buffers>>, Packed), RuntimeError> {
         check_batch(&self.config, batch)?;
-        let p = Packed::new(batch)?;
-        let mut guard = self
-            .buffers
-            .lock()
-            .map_err(|_| CudaError::Invalid("encoder buffer lock poisoned".into()))?;
-        let need = (p.tokens(), p.lengths.len());
+        let p = Packed::new(batch, round)?;
+        let mut guard = self.lock_buffers()?;
+        let need = (p.tokens(), p.seqs());
         if !guard.as_ref().is_some_and(|b| b.fits(need.0, need.1)) {
             let (t, s) = match guard.as_ref() {
                 Some(b) => (b.tokens.max(need.0), b.seqs.max(need.1)),
@@ -264,6 +305,9 @@ impl CudaEncoder {
             *guard = None;
             self.rt.synchronize()?;
             *guard = Some(Buffers::new(&self.rt, &self.config, &self.weights, t, s)?);
+            if let Ok(mut st) = self.stats.lock() {
+                st.buffer_growths += 1;
+            }
         }
         if self.poison.load(std::sync::atomic::Ordering::Relaxed) {
             if let Some(b) = guard.as_mut() {
@@ -284,17 +328,32 @@ impl Encoder for CudaEncoder {
         batch: &TokenBatch,
         options: &ForwardOptions,
     ) -> Result<EncoderOutput, RuntimeError> {
-        let (mut guard, p) = self.prepare(batch)?;
+        let t0 = Instant::now();
+        let round = self.graphs_on() && !options.output_hidden_states;
+        let (mut guard, p) = self.prepare(batch, round)?;
         let bufs = guard
             .as_mut()
             .ok_or_else(|| CudaError::Invalid("buffers missing after allocation".into()))?;
+        let t1 = Instant::now();
+        bufs.upload_batch(&self.rt, &p.ids, &p.types, &p.positions, &p.cu)?;
+        let t2 = Instant::now();
         let mut states = options.output_hidden_states.then(Vec::new);
-        self.encode(bufs, &p, states.as_mut())?;
+        let kind = match states.as_mut() {
+            Some(st) => {
+                self.pass(bufs, &p, Some(st))?;
+                PassKind::Eager
+            }
+            None => self.run_uploaded(bufs, &p)?,
+        };
         let (pooler_output, logits) = self.heads(bufs, &p)?;
+        let t3 = Instant::now();
+        self.rt.synchronize()?;
+        let t4 = Instant::now();
         let last_hidden = match states.as_ref().and_then(|s| s.last()) {
             Some(last) => last.clone(),
-            None => self.download_hidden(bufs, p.tokens())?,
+            None => self.download_hidden(bufs, p.real_tokens)?,
         };
+        self.record(&p, kind, [t0, t1, t2, t3, t4, Instant::now()]);
         Ok(EncoderOutput {
             hidden_size: self.config.hidden_size as usize,
             lengths: p.lengths,
@@ -307,6 +366,24 @@ impl Encoder for CudaEncoder {
 
     fn embed(&self, batch: &TokenBatch, pooling: Pooling) -> Result<Vec<f32>, RuntimeError> {
         self.embed_with(batch, pooling, false)
+    }
+
+    fn embed_normalized(
+        &self,
+        batch: &TokenBatch,
+        pooling: Pooling,
+        normalize: bool,
+    ) -> Result<Vec<f32>, RuntimeError> {
+        self.embed_with(batch, pooling, normalize)
+    }
+
+    fn warm_up(&self, max_tokens: usize, max_seqs: usize) -> Result<(), RuntimeError> {
+        CudaEncoder::warm_up(self, max_tokens, max_seqs)
+    }
+
+    fn pass_report(&self) -> Option<String> {
+        let (measured, time) = self.dispatcher.measuring();
+        Some(format_stats(&self.stats(), measured, time))
     }
 
     fn dispatch_report(&self, batch: &TokenBatch) -> Result<Option<String>, RuntimeError> {
