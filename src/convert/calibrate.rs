@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use super::ConvertError;
 use crate::format::EtsFile;
+use crate::prune::Method;
 use crate::runtime::cpu::{CpuEncoder, TextTokenizer};
 use crate::runtime::{pool_packed, Encoder, ForwardOptions, Pooling, TokenBatch};
 
@@ -56,6 +57,38 @@ pub struct CalibratedPruning {
 pub const CALIBRATED_METHOD: &str = "activation-aware tile budgets, greedy tile removal with \
 inverse-Hessian updates, least-squares refit of kept weights and bias toward the dense outputs, \
 inputs from the already-pruned layers";
+
+/// The procedure applied to weights that keep whole output rows.
+pub const CALIBRATED_ROWS: &str = "rows ranked by the dense output energy lost when dropped \
+(beyond its mean, which the bias keeps), kept rows refitted toward the dense outputs, inputs \
+from the already-pruned layers";
+
+/// The procedure applied to weights that keep whole input columns.
+pub const CALIBRATED_COLS: &str = "greedy column removal with inverse-Hessian updates, \
+least-squares refit of kept weights and bias toward the dense outputs, inputs from the \
+already-pruned layers";
+
+/// The procedure applied to layers that keep whole attention heads.
+pub const CALIBRATED_HEADS: &str = "greedy head removal by the attention output projection's \
+reconstruction error with inverse-Hessian updates, output projection refitted over the kept \
+heads toward the dense outputs, inputs from the already-pruned layers";
+
+/// The procedures applied under `methods`, one per kind of unit kept, joined by `"; "`.
+pub fn calibrated_description(methods: impl IntoIterator<Item = Method>) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for m in methods {
+        let p = match m {
+            Method::Rows => CALIBRATED_ROWS,
+            Method::Cols => CALIBRATED_COLS,
+            Method::Heads => CALIBRATED_HEADS,
+            _ => CALIBRATED_METHOD,
+        };
+        if !parts.contains(&p) {
+            parts.push(p);
+        }
+    }
+    parts.join("; ")
+}
 
 /// Reads sentences: one per line, or the text column of a `text<TAB>label` file with a header.
 pub fn read_sentences(path: &Path, limit: usize) -> Result<Vec<String>, ConvertError> {

@@ -20,10 +20,12 @@ use rayon::prelude::*;
 
 mod greedy;
 mod linalg;
+mod rows;
 
 use greedy::greedy_units;
 pub use linalg::{cholesky, cholesky_solve, spd_inverse};
 use linalg::{matmul, Threads, View};
+pub use rows::{fit_rows, RowFit};
 
 /// Damping added to the diagonal of `G`: this fraction of its mean diagonal.
 pub const DAMPING: f64 = 0.01;

@@ -465,3 +465,136 @@ fn greedy_weights_are_the_refit_over_kept_columns() {
         }
     }
 }
+
+/// Squared error of a pruned weight's outputs on `xp` against the dense outputs on `xd`, summed
+/// over tokens and rows.
+fn output_error(
+    xp: &[f32],
+    xd: &[f32],
+    n: usize,
+    (w, b): (&[f32], &[f32]),
+    (wv, bv): (&[f32], &[f32]),
+) -> f64 {
+    let rows = b.len();
+    let mut e = 0f64;
+    for (tp, td) in xp.chunks_exact(n).zip(xd.chunks_exact(n)) {
+        for r in 0..rows {
+            let row = |m: &[f32], x: &[f32]| -> f64 {
+                (0..n)
+                    .map(|j| f64::from(x[j]) * f64::from(m[r * n + j]))
+                    .sum()
+            };
+            let dense = row(w, td) + f64::from(b[r]);
+            let got = row(wv, tp) + f64::from(bv[r]);
+            e += (dense - got).powi(2);
+        }
+    }
+    e
+}
+
+#[test]
+fn row_costs_are_the_objective_of_dropping_each_row() {
+    let mut rng = test_rng("calibrated::row_costs_are_the_objective_of_dropping_each_row");
+    let (m, n, rows) = (300, 16, 12);
+    let (stats, d, g, _) = pruned_vs_dense_stats(&mut rng, m, n);
+    let w = rng.symmetric_vec(rows * n, 1.0);
+    let b = rng.symmetric_vec(rows, 1.0);
+    let t = stats.targets(&w, &b).expect("targets");
+    let prepared = stats.clone().prepare(false).expect("prepare");
+    let fit = fit_rows(&prepared, &t, rows, 3, 2).expect("rows");
+    let all: Vec<usize> = (0..d).collect();
+    let full = refit(&g, d, &t, rows, &all).expect("full");
+    let bias_only = refit(&g, d, &t, rows, &[n]).expect("bias only");
+    for r in 0..rows {
+        let one = |v: &[f64]| -> Vec<f64> { (0..d).map(|i| v[i * rows + r]).collect() };
+        let tr = one(&t);
+        let cost =
+            objective(&g, &tr, &one(&bias_only), d, 1) - objective(&g, &tr, &one(&full), d, 1);
+        assert!(
+            (fit.cost[r] - cost).abs() <= 1e-8 * cost.abs().max(1.0),
+            "row {r}: {} vs {cost}",
+            fit.cost[r]
+        );
+    }
+    // Two rows kept in each group of four: the costliest ones.
+    for grp in 0..3 {
+        let range = grp * 4..grp * 4 + 4;
+        let kept: Vec<usize> = range.clone().filter(|&r| fit.keep[r]).collect();
+        assert_eq!(kept.len(), 2, "group {grp}");
+        for r in range.filter(|&r| !fit.keep[r]) {
+            assert!(kept.iter().all(|&k| fit.cost[k] >= fit.cost[r]));
+            assert!(fit.weight[r * n..(r + 1) * n].iter().all(|&v| v == 0.0));
+        }
+    }
+    assert_eq!(fit_rows(&prepared, &t, rows, 3, 2).expect("again"), fit);
+    assert!(matches!(
+        fit_rows(&prepared, &t, rows, 5, 2),
+        Err(CalibratedError::WeightShape { .. })
+    ));
+}
+
+#[test]
+fn calibrated_rows_beat_weight_norm_rows_on_uneven_inputs() {
+    let mut rng = test_rng("calibrated::calibrated_rows_beat_weight_norm_rows_on_uneven_inputs");
+    let (m, n, rows) = (400, 16, 16);
+    // A few loud input features: odd rows read only them, with small weights; even rows read
+    // only the quiet ones, with large weights. The weight norm keeps the even rows.
+    let loud = |j: usize| if j < 3 { 8.0 } else { 0.3 };
+    let xd: Vec<f32> = inputs(&mut rng, m, n)
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| v * loud(i % n))
+        .collect();
+    let xp: Vec<f32> = xd.iter().map(|&v| v + 0.05 * rng.symmetric(1.0)).collect();
+    let w: Vec<f32> = rng
+        .symmetric_vec(rows * n, 1.0)
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| match ((i / n) % 2, i % n < 3) {
+            (1, true) => 0.3 * v,
+            (0, false) => v,
+            _ => 0.0,
+        })
+        .collect();
+    let b = rng.symmetric_vec(rows, 1.0);
+    let mut stats = LinearStats::new(n);
+    stats.accumulate(&xp, &xd).expect("acc");
+    let t = stats.targets(&w, &b).expect("targets");
+    let fit = fit_rows(&stats.clone().prepare(false).expect("p"), &t, rows, 1, 8).expect("rows");
+    // Dropped rows output the mean of their dense output.
+    for r in (0..rows).filter(|&r| !fit.keep[r]) {
+        let mean: f64 = xd
+            .chunks_exact(n)
+            .map(|x| (0..n).map(|j| f64::from(x[j] * w[r * n + j])).sum::<f64>() + f64::from(b[r]))
+            .sum::<f64>()
+            / m as f64;
+        assert!(
+            (f64::from(fit.bias[r]) - mean).abs() < 1e-4 * (1.0 + mean.abs()),
+            "row {r}"
+        );
+    }
+    let by_norm = crate::prune::select::top_rows(
+        crate::prune::Matrix {
+            rows,
+            cols: n,
+            data: &w,
+        },
+        0.5,
+    );
+    let mut norm_w = vec![0f32; rows * n];
+    for &r in &by_norm {
+        let r = r as usize;
+        norm_w[r * n..(r + 1) * n].copy_from_slice(&w[r * n..(r + 1) * n]);
+    }
+    let e_norm = output_error(&xp, &xd, n, (&w, &b), (&norm_w, &b));
+    let e_fit = output_error(&xp, &xd, n, (&w, &b), (&fit.weight, &fit.bias));
+    assert!(
+        e_fit < 0.2 * e_norm,
+        "calibrated {e_fit} vs weight norm {e_norm}"
+    );
+    assert!(
+        (0..rows).all(|r| fit.keep[r] == (r % 2 == 1)),
+        "{:?}",
+        fit.keep
+    );
+}
