@@ -16,7 +16,10 @@
 # with torch, transformers and the ets module; RECOVER_STEPS, RECOVER_LR, RECOVER_BATCH and
 # RECOVER_DEVICE set the run; the recovered file must keep the pruned file's tiles, or the
 # script fails). Set SPARSITIES, TILES, METHODS to narrow the
-# grid: cells already measured in WORK_DIR are kept, so the grid can be filled one cell at a time;
+# grid. TILES may also name rows, cols or heads: the cell then prunes whole output rows, input
+# columns or attention heads (--method rows|cols|heads) with the same method column
+# (weight-norm, calibrated, sensitivity; heads take no sensitivity allocation). Cells already
+# measured in WORK_DIR are kept, so the grid can be filled one cell at a time;
 # the table and the chart cover every cell measured so far. CHART=FILE.svg draws accuracy
 # against sparsity. CELLS=FILE.tsv adds the cells recorded there (bench/accuracy_cells.tsv: the
 # standing of bench/RESULTS.md) and rewrites it with those measured in WORK_DIR. A recovered
@@ -73,10 +76,13 @@ for tile in $tiles; do
       name="$m-$tile-$s"
       [ "$m" = recovered ] && name="recovered-${RECOVER_STEPS:-2000}-$tile-$s"
       [ -s "$work/dev_$name.npy" ] && continue
-      args=(--tile "$tile" --sparsity "$s" --force --quiet)
-      case $m in
-        grouped) args+=(--method tile-grouped) ;;
-        *) args+=(--method tile) ;;
+      args=(--sparsity "$s" --force --quiet)
+      case $tile:$m in
+        rows:grouped|cols:grouped|heads:grouped|rows:recovered|cols:recovered|heads:recovered)
+          echo "$m needs tiles, not $tile" >&2; exit 2 ;;
+        rows:*|cols:*|heads:*) args+=(--method "$tile") ;;
+        *:grouped) args+=(--tile "$tile" --method tile-grouped) ;;
+        *) args+=(--tile "$tile" --method tile) ;;
       esac
       case $m in
         weight-norm) ;;
