@@ -166,3 +166,29 @@ fn min_cosine_and_allocation_rules_hold_for_rows_and_heads() {
     assert!(e.to_string().contains("--min-cosine"), "{e}");
     assert!(!out.exists());
 }
+
+#[test]
+fn plain_command_calibrates_heads_without_allocation() {
+    let dir = tempfile::tempdir().expect("dir");
+    let input = write_uneven_model(&dir.path().join("model"));
+    let calib = dir.path().join("calib.txt");
+    std::fs::write(&calib, sentences("calibration", 8).join("\n") + "\n").expect("write");
+    let out = dir.path().join("heads.ets");
+    // With calibration data the default allocation is sensitivity, except for head pruning.
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_et-convert"))
+        .arg(&input)
+        .arg(&out)
+        .args(["--method", "heads", "--sparsity", "0.5", "--calibrate"])
+        .arg(&calib)
+        .output()
+        .expect("run et-convert");
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        stdout.contains("calibrated pruning of 2 weights: greedy head removal"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("sensitivity allocation"), "{stdout}");
+    let f = EtsFile::open(&out).expect("open");
+    assert_eq!(f.header().model.heads_per_layer, vec![2, 2]);
+}
