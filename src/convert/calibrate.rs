@@ -43,19 +43,18 @@ pub struct Calibration {
 /// What calibrated pruning did, for the recipe.
 #[derive(Debug, Clone, Serialize)]
 pub struct CalibratedPruning {
-    /// The procedure, in words.
+    /// The procedure, in words ([`crate::prune::calibrated::Stages::describe`]).
     pub method: String,
+    /// How tiles were chosen (`greedy`, or `score` for ablation).
+    pub selection: crate::prune::calibrated::Selection,
+    /// What happened to the kept weights (`dense`: refitted toward the dense outputs; `none`).
+    pub refit: crate::prune::calibrated::Refit,
     /// Weights pruned with calibration.
     pub weights: usize,
     /// Per-weight sparsities from a sensitivity profile, when allocated.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub allocation: Option<super::allocate::Allocation>,
 }
-
-/// The procedure applied to weights that keep tiles when calibration data is given.
-pub const CALIBRATED_METHOD: &str = "activation-aware tile budgets, greedy tile removal with \
-inverse-Hessian updates, least-squares refit of kept weights and bias toward the dense outputs, \
-inputs from the already-pruned layers";
 
 /// Reads sentences: one per line, or the text column of a `text<TAB>label` file with a header.
 pub fn read_sentences(path: &Path, limit: usize) -> Result<Vec<String>, ConvertError> {

@@ -4,7 +4,7 @@
 //! from the CPU runtime on the calibration sentences: from the model pruned so far and from the
 //! dense model. Their statistics drive [`crate::prune::calibrated`]: activation-aware budgets,
 //! greedy tile removal and a least-squares refit of the kept weights and the bias toward the
-//! dense layer's output. Methods that keep tiles (`tile`, `tile-balanced`, `tile-grouped`, and
+//! dense layer's output (the default [`Stages`]; the others turn a stage off for ablation). Methods that keep tiles (`tile`, `tile-balanced`, `tile-grouped`, and
 //! the tiles of `attention-aware`) are calibrated; the others prune as without calibration.
 
 use super::ConvertError;
@@ -12,7 +12,7 @@ use crate::format::names::LayerTensor;
 use crate::format::{Dtype, Encoding, EtsFile, ModelConfig, Provenance, TensorData, TensorView};
 use crate::ingest::{IngestError, ModelSource, SourceTensor, TokenizerBlob};
 use crate::prune::calibrated::{
-    activation_tile_scores, budget_from_scores, fit_tiles_prepared, LinearStats, Prepared,
+    activation_tile_scores, budget_from_scores, fit_tiles_prepared, LinearStats, Prepared, Stages,
 };
 use crate::prune::select::{keep_count, GROUP_FEATURES};
 use crate::prune::{Method, Recipe, Role};
@@ -172,11 +172,12 @@ pub(crate) fn stage_todo(recipe: &Recipe, layer: usize, weights: &'static [Linea
 /// f32 reference file at `dense`; the pruned model runs from the same file with the weights fitted
 /// so far replaced in memory. The per-token activations of both live in a temporary file at
 /// `spill`, one batch in memory at a time, and the reference is mapped anew for every layer, so
-/// the pages of finished layers leave memory.
+/// the pages of finished layers leave memory. `stages` chooses the tile selection and the refit.
 pub(crate) fn fit_model(
     source: &dyn ModelSource,
     dense: &Path,
     recipe: &Recipe,
+    stages: Stages,
     texts: &[String],
     spill: &Path,
 ) -> Result<Fitted, ConvertError> {
@@ -216,9 +217,10 @@ pub(crate) fn fit_model(
                 !todo.is_empty(),
             )?;
             if let Some(stats) = stats {
-                let (prepared, jobs) = prepare_stage(source, stats, layer, &todo, true)?;
+                let inverse = stages.needs_inverse();
+                let (prepared, jobs) = prepare_stage(source, stats, layer, &todo, inverse)?;
                 for job in jobs {
-                    fit_one(recipe, &prepared, job, &mut fitted, layer, true)?;
+                    fit_one(recipe, &prepared, job, &mut fitted, layer, stages)?;
                 }
             }
             release_free_memory();
@@ -389,14 +391,14 @@ impl Job {
 }
 
 /// Loads the weights `todo` of one stage and takes their targets from `stats`, then prepares the
-/// statistics (with the inverse for `greedy`): the cross products are gone before the inverse is
-/// made, which bounds the peak memory of the widest stage.
+/// statistics (with the inverse when `inverse`, for greedy selection): the cross products are gone
+/// before the inverse is made, which bounds the peak memory of the widest stage.
 pub(crate) fn prepare_stage(
     source: &dyn ModelSource,
     stats: LinearStats,
     layer: usize,
     todo: &[Linear],
-    greedy: bool,
+    inverse: bool,
 ) -> Result<(Prepared, Vec<Job>), ConvertError> {
     let mut jobs = Vec::with_capacity(todo.len());
     for &linear in todo {
@@ -424,20 +426,19 @@ pub(crate) fn prepare_stage(
             targets,
         });
     }
-    let prepared = stats.prepare(greedy).map_err(|e| err(&e))?;
+    let prepared = stats.prepare(inverse).map_err(|e| err(&e))?;
     Ok((prepared, jobs))
 }
 
-/// Fits one weight and its bias under its plan and records them; `greedy` chooses tiles by
-/// greedy removal (the statistics prepared with their inverse), otherwise by activation-aware
-/// scores.
+/// Fits one weight and its bias under its plan and records them, its tiles chosen and refitted as
+/// `stages` says (greedy selection needs the statistics prepared with their inverse).
 pub(crate) fn fit_one(
     recipe: &Recipe,
     prepared: &Prepared,
     job: Job,
     fitted: &mut Fitted,
     layer: usize,
-    greedy: bool,
+    stages: Stages,
 ) -> Result<(), ConvertError> {
     let Job {
         linear: (w, b, role),
@@ -475,7 +476,7 @@ pub(crate) fn fit_one(
         (th, tw),
         band_rows,
         &budget,
-        greedy,
+        stages,
     )
     .map_err(|e| ConvertError::Tensor {
         name: wname.clone(),
