@@ -19,7 +19,8 @@ from sklearn.linear_model import LogisticRegression
 
 
 # Methods in the order of the table's rows and the chart's legend.
-ORDER = {"weight-norm": 0, "calibrated": 1, "sensitivity": 2, "grouped": 3, "recovered": 4}
+ORDER = {"weight-norm": 0, "activation-aware": 1, "reconstruction": 2, "calibrated": 3,
+         "sensitivity": 4, "grouped": 5, "recovered": 6}
 CELL_COLUMNS = ("method", "tile", "sparsity", "accuracy", "agreement", "cosine", "seconds")
 
 
@@ -58,6 +59,21 @@ def write_cells(path, cells):
         for c in cells:
             row = [c["method"], c["tile"], f"{c['sparsity']:g}", *figures(c), c["secs"]]
             f.write("\t".join(row) + "\n")
+
+
+def unit_length(x):
+    """Whether every row of an embedding matrix has unit length (a normalized embedding)."""
+    return bool(np.allclose(np.linalg.norm(x, axis=1), 1.0, atol=1e-3))
+
+
+def check_normalization(path, x, dense_unit):
+    """Refuses a cell whose normalization differs from the dense embeddings': the head and the
+    cosine would compare embeddings from different builds or settings."""
+    if unit_length(x) != dense_unit:
+        state = lambda u: "unit length" if u else "not normalized"
+        sys.exit(f"{path}: embeddings {state(unit_length(x))}, but the dense ones are "
+                 f"{state(dense_unit)}: the work folder mixes embeddings from different builds or "
+                 "settings; remove its .npy files (or use another work folder) and measure again")
 
 
 def labels(path):
@@ -115,9 +131,11 @@ def main():
     a = p.parse_args()
     work, dev_tsv, head_tsv, chart_path = a.work, a.dev_tsv, a.head_tsv, a.chart
     xh, yh = np.load(f"{work}/head_dense.npy"), labels(head_tsv)
+    dense = np.load(f"{work}/dev_dense.npy")
+    dense_unit = unit_length(dense)
+    check_normalization(f"{work}/head_dense.npy", xh, dense_unit)
     yd = labels(dev_tsv)
     clf = LogisticRegression(max_iter=2000, C=1.0).fit(xh, yh)
-    dense = np.load(f"{work}/dev_dense.npy")
     pd = clf.predict(dense)
     acc_d = (pd == yd).mean()
     print(f"dense dev accuracy {acc_d:.4f} ({len(yd)} sentences; head on {len(yh)} train sentences)")
@@ -130,6 +148,7 @@ def main():
             continue
         m, tile, s = name.rsplit("-", 2)
         x = np.load(f)
+        check_normalization(f, x, dense_unit)
         p = clf.predict(x)
         cos = (x * dense).sum(1) / (np.linalg.norm(x, axis=1) * np.linalg.norm(dense, axis=1) + 1e-30)
         secs_file = f"{work}/{name}.secs"
