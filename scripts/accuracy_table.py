@@ -103,18 +103,22 @@ def chart(path, cells, dense_acc):
                'text-anchor="middle">SST-2 dev accuracy</text>')
     colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2",
               "#17becf", "#7f7f7f", "#bcbd22"]
+    # One color per method, one dash pattern per tile shape.
+    dashes = {"16x16": "", "32x32": ' stroke-dasharray="7 3"', "64x64": ' stroke-dasharray="2 2"'}
     series = sorted({(c["method"], c["tile"]) for c in cells},
                     key=lambda mt: (rank(mt[0]), mt[1]))
+    methods = sorted({m for m, _ in series}, key=rank)
     for i, (m, t) in enumerate(series):
         pts = sorted((c["sparsity"], c["acc"]) for c in cells if (c["method"], c["tile"]) == (m, t))
-        col = colors[i % len(colors)]
+        col = colors[methods.index(m) % len(colors)]
+        dash = dashes.get(t, ' stroke-dasharray="1 3"')
         path_d = " ".join(f"{x(s):.1f},{y(a):.1f}" for s, a in pts)
-        out.append(f'<polyline points="{path_d}" fill="none" stroke="{col}" stroke-width="2"/>')
+        out.append(f'<polyline points="{path_d}" fill="none" stroke="{col}" stroke-width="2"{dash}/>')
         for s, a in pts:
             out.append(f'<circle cx="{x(s):.1f}" cy="{y(a):.1f}" r="3" fill="{col}"/>')
         ly = top + 14 + 18 * i
         out.append(f'<line x1="{left + pw + 10}" y1="{ly - 4}" x2="{left + pw + 30}" y2="{ly - 4}" '
-                   f'stroke="{col}" stroke-width="2"/>')
+                   f'stroke="{col}" stroke-width="2"{dash}/>')
         out.append(f'<text x="{left + pw + 34}" y="{ly}">{m} {t}</text>')
     out.append("</svg>")
     with open(path, "w") as f:
