@@ -465,6 +465,8 @@ fn sensitivity_allocation_is_the_default_with_calibration() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("--allocate sensitivity"));
 }
 
+/// `--selection` and `--refit` are recorded, each changes the file, each stage brings the output
+/// closer to the dense model, and the defaults are the full method.
 #[test]
 fn calibration_stages_are_chosen_and_recorded() {
     let dir = tempfile::tempdir().expect("dir");
@@ -493,7 +495,7 @@ fn calibration_stages_are_chosen_and_recorded() {
         }
         (et_convert(&args), out)
     };
-    let mut files = Vec::new();
+    let (mut files, mut cosines) = (Vec::new(), Vec::new());
     for (selection, refit) in [
         ("greedy", "dense"),
         ("score", "dense"),
@@ -515,8 +517,18 @@ fn calibration_stages_are_chosen_and_recorded() {
         let p = &f.header().recipe["calibration"]["pruning"];
         assert_eq!(p["selection"], selection, "{p}");
         assert_eq!(p["refit"], refit, "{p}");
+        let c = &f.header().recipe["calibration"]["output_cosine"];
+        cosines.push(c.as_f64().expect("output cosine"));
         files.push(std::fs::read(&out).expect("read"));
     }
+    // Each stage brings the output closer to the dense model's: score only, + refit, + greedy.
+    let [greedy, refitted, score_only, _] = cosines[..] else {
+        panic!("{cosines:?}")
+    };
+    assert!(
+        score_only < refitted && refitted < greedy,
+        "output cosines: score only {score_only}, + refit {refitted}, + greedy {greedy}"
+    );
     // Every stage changes the file; the defaults are greedy selection and the refit.
     for i in 0..files.len() {
         for j in i + 1..files.len() {
