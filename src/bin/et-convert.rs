@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use ets::convert::{convert, Allocate, ConvertOptions, ConvertReport};
+use ets::convert::{convert, Allocate, ConvertOptions, ConvertReport, Refit, Selection, Stages};
 use ets::format::Dtype;
 use ets::ingest::IngestOptions;
 use ets::prune::{Method, Recipe, Role};
@@ -83,6 +83,32 @@ struct Args {
     /// `uniform` when the recipe sets role, layer or tensor sparsities or prunes heads.
     #[arg(long, value_parser = parse_allocate, requires = "calibrate")]
     allocate: Option<Allocate>,
+    /// Ablation (advanced), with --calibrate: how tiles are chosen. `greedy` (default) removes
+    /// tiles one at a time, each the one whose removal adds the least reconstruction error;
+    /// `score` keeps the highest activation-aware scores in one pass. Recorded in the recipe.
+    #[arg(long, value_parser = parse_selection, requires = "calibrate")]
+    selection: Option<Selection>,
+    /// Ablation (advanced), with --calibrate: `dense` (default) refits the kept weights and the
+    /// bias by least squares toward the dense model's layer outputs; `none` keeps their source
+    /// values. Recorded in the recipe.
+    #[arg(long, value_parser = parse_refit, requires = "calibrate")]
+    refit: Option<Refit>,
+}
+
+fn parse_selection(s: &str) -> Result<Selection, String> {
+    match s {
+        "score" => Ok(Selection::Score),
+        "greedy" => Ok(Selection::Greedy),
+        _ => Err(format!("unknown selection {s:?}: score or greedy")),
+    }
+}
+
+fn parse_refit(s: &str) -> Result<Refit, String> {
+    match s {
+        "none" => Ok(Refit::None),
+        "dense" => Ok(Refit::Dense),
+        _ => Err(format!("unknown refit {s:?}: none or dense")),
+    }
 }
 
 fn parse_allocate(s: &str) -> Result<Allocate, String> {
@@ -337,6 +363,10 @@ fn main() -> ExitCode {
                 Allocate::Uniform
             },
         ),
+        stages: Stages {
+            selection: args.selection.unwrap_or_default(),
+            refit: args.refit.unwrap_or_default(),
+        },
     };
     match convert(&args.input, &args.output, &opts) {
         Ok(report) => {

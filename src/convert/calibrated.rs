@@ -10,13 +10,15 @@
 //! removal costs the dense output least go ([`crate::prune::calibrated::fit_rows`]). Heads
 //! (`heads`): greedy removal of the output projection's head column groups, which measures each
 //! head's share of the attention output, and the output projection refitted over the kept heads.
+//! `--selection score` and `--refit none` ([`Stages`]) turn a stage off for ablation.
 
 use super::ConvertError;
 use crate::format::names::LayerTensor;
 use crate::format::{Dtype, Encoding, EtsFile, ModelConfig, Provenance, TensorData, TensorView};
 use crate::ingest::{IngestError, ModelSource, SourceTensor, TokenizerBlob};
 use crate::prune::calibrated::{
-    activation_tile_scores, budget_from_scores, fit_rows, fit_tiles_prepared, LinearStats, Prepared,
+    activation_tile_scores, budget_from_scores, fit_rows, fit_tiles_prepared, LinearStats,
+    Prepared, Refit, Stages,
 };
 use crate::prune::select::{keep_count, GROUP_FEATURES};
 use crate::prune::{Method, Recipe, Role, TensorPlan};
@@ -199,11 +201,12 @@ pub(crate) fn stage_todo(recipe: &Recipe, layer: usize, weights: &'static [Linea
 /// f32 reference file at `dense`; the pruned model runs from the same file with the weights fitted
 /// so far replaced in memory. The per-token activations of both live in a temporary file at
 /// `spill`, one batch in memory at a time, and the reference is mapped anew for every layer, so
-/// the pages of finished layers leave memory.
+/// the pages of finished layers leave memory. `stages` chooses the tile selection and the refit.
 pub(crate) fn fit_model(
     source: &dyn ModelSource,
     dense: &Path,
     recipe: &Recipe,
+    stages: Stages,
     texts: &[String],
     spill: &Path,
 ) -> Result<Fitted, ConvertError> {
@@ -243,9 +246,10 @@ pub(crate) fn fit_model(
                 !todo.is_empty(),
             )?;
             if let Some(stats) = stats {
-                let (prepared, jobs) = prepare_stage(source, stats, layer, &todo, true)?;
+                let inverse = stages.needs_inverse();
+                let (prepared, jobs) = prepare_stage(source, stats, layer, &todo, inverse)?;
                 for job in jobs {
-                    fit_one(recipe, &prepared, job, &mut fitted, layer, true)?;
+                    fit_one(recipe, &prepared, job, &mut fitted, layer, stages)?;
                 }
             }
             release_free_memory();
@@ -418,14 +422,14 @@ impl Job {
 }
 
 /// Loads the weights `todo` of one stage and takes their targets from `stats`, then prepares the
-/// statistics (with the inverse for `greedy`): the cross products are gone before the inverse is
-/// made, which bounds the peak memory of the widest stage.
+/// statistics (with the inverse when `inverse`, for greedy selection): the cross products are gone
+/// before the inverse is made, which bounds the peak memory of the widest stage.
 pub(crate) fn prepare_stage(
     source: &dyn ModelSource,
     stats: LinearStats,
     layer: usize,
     todo: &[Linear],
-    greedy: bool,
+    inverse: bool,
 ) -> Result<(Prepared, Vec<Job>), ConvertError> {
     let mut jobs = Vec::with_capacity(todo.len());
     for &linear in todo {
@@ -455,20 +459,19 @@ pub(crate) fn prepare_stage(
             heads: (c.num_heads as usize, c.head_dim as usize),
         });
     }
-    let prepared = stats.prepare(greedy).map_err(|e| err(&e))?;
+    let prepared = stats.prepare(inverse).map_err(|e| err(&e))?;
     Ok((prepared, jobs))
 }
 
-/// Fits one weight and its bias under its plan and records them; `greedy` chooses tiles and
-/// columns by greedy removal (the statistics prepared with their inverse), otherwise by
-/// activation-aware scores. Heads are always chosen greedily.
+/// Fits one weight and its bias under its plan and records them, its units chosen and refitted
+/// as `stages` says (greedy selection needs the statistics prepared with their inverse).
 pub(crate) fn fit_one(
     recipe: &Recipe,
     prepared: &Prepared,
     job: Job,
     fitted: &mut Fitted,
     layer: usize,
-    greedy: bool,
+    stages: Stages,
 ) -> Result<(), ConvertError> {
     let Job {
         linear: (w, b, role),
@@ -490,6 +493,18 @@ pub(crate) fn fit_one(
     let rows_of = |groups: usize| -> Result<_, ConvertError> {
         let per = keep_count(rows / groups.max(1), keep_fraction);
         let f = fit_rows(prepared, &targets, rows, groups, per).map_err(tensor_err)?;
+        if stages.refit == Refit::None {
+            // Ablation: the chosen rows keep their source values, every bias its own.
+            let mut w = weight.data.clone();
+            for (row, _) in w
+                .chunks_exact_mut(n.max(1))
+                .zip(&f.keep)
+                .filter(|(_, &k)| !k)
+            {
+                row.fill(0.0);
+            }
+            return Ok((f.keep, w, bias.data.clone()));
+        }
         Ok((f.keep, f.weight, f.bias))
     };
     let (keep, fit_w, fit_b) = match plan.method {
@@ -498,6 +513,7 @@ pub(crate) fn fit_one(
         Method::Heads if head_dim > 0 && n == num_heads * head_dim => {
             // Heads are the output projection's column groups: greedy removal prices each by
             // the attention output it carries, and its updates refit the kept heads' columns.
+            // Under `--selection score` they are ranked by activation-aware scores instead.
             let keep = keep_count(num_heads, keep_fraction);
             let f = fit_tiles_prepared(
                 &weight.data,
@@ -507,7 +523,7 @@ pub(crate) fn fit_one(
                 (rows, head_dim),
                 rows,
                 &[keep],
-                true,
+                stages,
             )
             .map_err(tensor_err)?;
             let kept = (0..num_heads).filter(|&h| f.keep[h]).collect();
@@ -533,13 +549,13 @@ pub(crate) fn fit_one(
                 (rows, 1),
                 rows,
                 &budget,
-                greedy,
+                stages,
             )
             .map_err(tensor_err)?;
             (f.keep, f.weight, f.bias)
         }
         _ => {
-            let f = fit_tile_plan(&plan, &weight.data, &bias.data, prepared, &targets, greedy)
+            let f = fit_tile_plan(&plan, &weight.data, &bias.data, prepared, &targets, stages)
                 .map_err(tensor_err)?;
             (f.keep, f.weight, f.bias)
         }
@@ -558,7 +574,7 @@ fn fit_tile_plan(
     bias: &[f32],
     prepared: &Prepared,
     targets: &[f64],
-    greedy: bool,
+    stages: Stages,
 ) -> Result<crate::prune::calibrated::TileFit, crate::prune::calibrated::CalibratedError> {
     let (rows, n) = (bias.len(), prepared.inputs());
     let (th, tw) = plan.tile;
@@ -587,7 +603,7 @@ fn fit_tile_plan(
         (th, tw),
         band_rows,
         &budget,
-        greedy,
+        stages,
     )
 }
 

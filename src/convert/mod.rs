@@ -19,6 +19,7 @@ use crate::format::{
     names, Dtype, EmbeddingConfig, EncodedTensor, EtsWriter, FormatError, ModelConfig, WriteOptions,
 };
 use crate::ingest::{open_source, IngestError, IngestOptions, ModelSource, SourceTensor};
+pub use crate::prune::calibrated::{Refit, Selection, Stages};
 use crate::prune::{prune_matrix, Matrix, Method, PruneReport, Recipe, RecipeError, Role};
 
 /// Everything that can stop a conversion.
@@ -75,6 +76,8 @@ pub struct ConvertOptions {
     pub min_cosine: Option<f64>,
     /// How per-weight sparsities are chosen under the global target when calibrating.
     pub allocate: Allocate,
+    /// How calibrated pruning chooses and refits the kept tiles (default: the full method).
+    pub stages: Stages,
 }
 
 /// How calibrated pruning spreads the global sparsity target over the weights.
@@ -102,6 +105,7 @@ impl ConvertOptions {
             calibrate_limit: 0,
             min_cosine: None,
             allocate: Allocate::Uniform,
+            stages: Stages::default(),
         }
     }
 }
@@ -312,6 +316,7 @@ fn run_calibration(
             source,
             dense,
             &recipe,
+            opts.stages,
             &texts,
             activations,
         )?)
@@ -342,7 +347,9 @@ fn run_calibration(
     let mut result = calibrate::compare(dense, pruned, &label, &texts)?;
     if let Some(f) = &fitted {
         result.pruning = Some(calibrate::CalibratedPruning {
-            method: calibrate::calibrated_description(f.methods.values().copied()),
+            method: calibrate::calibrated_description(f.methods.values().copied(), opts.stages),
+            selection: opts.stages.selection,
+            refit: opts.stages.refit,
             weights: f.methods.len(),
             allocation,
         });
