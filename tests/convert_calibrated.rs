@@ -192,3 +192,39 @@ fn plain_command_calibrates_heads_without_allocation() {
     let f = EtsFile::open(&out).expect("open");
     assert_eq!(f.header().model.heads_per_layer, vec![2, 2]);
 }
+
+#[test]
+fn attention_aware_calibrates_value_rows_per_head() {
+    let dir = tempfile::tempdir().expect("dir");
+    let input = write_uneven_model(&dir.path().join("model"));
+    let calib = dir.path().join("calib.txt");
+    std::fs::write(&calib, sentences("calibration", 16).join("\n") + "\n").expect("write");
+    let mut opts = options(Method::AttentionAware, 0.5);
+    opts.calibrate = Some(calib);
+    opts.calibrate_limit = 16;
+    opts.recipe.tile = [8, 8];
+    let out = dir.path().join("aa.ets");
+    let report = convert(&input, &out, &opts).expect("attention-aware");
+    let pruning = report
+        .calibration
+        .and_then(|c| c.pruning)
+        .expect("calibrated pruning");
+    // Every weight is fitted: tiles for Q, K, O and the FFN, rows for V.
+    assert_eq!(pruning.weights, 12);
+    assert!(pruning.method.contains("tile"), "{}", pruning.method);
+    assert!(pruning.method.contains("rows ranked"), "{}", pruning.method);
+    let f = EtsFile::open(&out).expect("open");
+    for layer in 0..2 {
+        let v = f
+            .tensor(&format!("layers.{layer}.attention.value.weight"))
+            .expect("value");
+        let ets::format::TensorData::Rows { indices, .. } = v.data else {
+            panic!("value of layer {layer} is not rows: {:?}", v.encoding);
+        };
+        // Half of each head's 8 rows.
+        for h in 0..4u32 {
+            let n = indices.iter().filter(|&&r| r / 8 == h).count();
+            assert_eq!(n, 4, "layer {layer} head {h}");
+        }
+    }
+}

@@ -40,7 +40,8 @@ pub(crate) struct Fitted {
     pub masks: BTreeMap<String, Vec<bool>>,
     /// Kept heads, ascending, of each layer whose heads were chosen by calibration.
     pub heads: BTreeMap<usize, Vec<usize>>,
-    /// The method each calibrated weight was pruned with.
+    /// The method each calibrated weight was pruned with (`rows` for the value rows of
+    /// `attention-aware`).
     pub methods: BTreeMap<String, Method>,
 }
 
@@ -562,7 +563,12 @@ pub(crate) fn fit_one(
     };
     drop(targets);
     fitted.masks.insert(wname.clone(), keep);
-    fitted.methods.insert(wname.clone(), plan.method);
+    // The value rows of `attention-aware` are chosen the `rows` way, and described so.
+    let unit = match plan.method {
+        Method::AttentionAware if role == Role::Value => Method::Rows,
+        m => m,
+    };
+    fitted.methods.insert(wname.clone(), unit);
     insert(fitted, wname, bname, rows, n, fit_w, fit_b);
     Ok(())
 }
