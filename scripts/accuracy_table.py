@@ -19,7 +19,8 @@ from sklearn.linear_model import LogisticRegression
 
 
 # Methods in the order of the table's rows and the chart's legend.
-ORDER = {"weight-norm": 0, "calibrated": 1, "sensitivity": 2, "grouped": 3, "recovered": 4}
+ORDER = {"weight-norm": 0, "activation-aware": 1, "reconstruction": 2, "calibrated": 3,
+         "sensitivity": 4, "grouped": 5, "recovered": 6}
 CELL_COLUMNS = ("method", "tile", "sparsity", "accuracy", "agreement", "cosine", "seconds")
 
 
@@ -60,6 +61,21 @@ def write_cells(path, cells):
             f.write("\t".join(row) + "\n")
 
 
+def unit_length(x):
+    """Whether every row of an embedding matrix has unit length (a normalized embedding)."""
+    return bool(np.allclose(np.linalg.norm(x, axis=1), 1.0, atol=1e-3))
+
+
+def check_normalization(path, x, dense_unit):
+    """Refuses a cell whose normalization differs from the dense embeddings': the head and the
+    cosine would compare embeddings from different builds or settings."""
+    if unit_length(x) != dense_unit:
+        state = lambda u: "unit length" if u else "not normalized"
+        sys.exit(f"{path}: embeddings {state(unit_length(x))}, but the dense ones are "
+                 f"{state(dense_unit)}: the work folder mixes embeddings from different builds or "
+                 "settings; remove its .npy files (or use another work folder) and measure again")
+
+
 def labels(path):
     return np.array([int(l.rstrip("\n").split("\t")[1]) for l in open(path).readlines()[1:]])
 
@@ -87,18 +103,22 @@ def chart(path, cells, dense_acc):
                'text-anchor="middle">SST-2 dev accuracy</text>')
     colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2",
               "#17becf", "#7f7f7f", "#bcbd22"]
+    # One color per method, one dash pattern per tile shape.
+    dashes = {"16x16": "", "32x32": ' stroke-dasharray="7 3"', "64x64": ' stroke-dasharray="2 2"'}
     series = sorted({(c["method"], c["tile"]) for c in cells},
                     key=lambda mt: (rank(mt[0]), mt[1]))
+    methods = sorted({m for m, _ in series}, key=rank)
     for i, (m, t) in enumerate(series):
         pts = sorted((c["sparsity"], c["acc"]) for c in cells if (c["method"], c["tile"]) == (m, t))
-        col = colors[i % len(colors)]
+        col = colors[methods.index(m) % len(colors)]
+        dash = dashes.get(t, ' stroke-dasharray="1 3"')
         path_d = " ".join(f"{x(s):.1f},{y(a):.1f}" for s, a in pts)
-        out.append(f'<polyline points="{path_d}" fill="none" stroke="{col}" stroke-width="2"/>')
+        out.append(f'<polyline points="{path_d}" fill="none" stroke="{col}" stroke-width="2"{dash}/>')
         for s, a in pts:
             out.append(f'<circle cx="{x(s):.1f}" cy="{y(a):.1f}" r="3" fill="{col}"/>')
         ly = top + 14 + 18 * i
         out.append(f'<line x1="{left + pw + 10}" y1="{ly - 4}" x2="{left + pw + 30}" y2="{ly - 4}" '
-                   f'stroke="{col}" stroke-width="2"/>')
+                   f'stroke="{col}" stroke-width="2"{dash}/>')
         out.append(f'<text x="{left + pw + 34}" y="{ly}">{m} {t}</text>')
     out.append("</svg>")
     with open(path, "w") as f:
@@ -115,9 +135,11 @@ def main():
     a = p.parse_args()
     work, dev_tsv, head_tsv, chart_path = a.work, a.dev_tsv, a.head_tsv, a.chart
     xh, yh = np.load(f"{work}/head_dense.npy"), labels(head_tsv)
+    dense = np.load(f"{work}/dev_dense.npy")
+    dense_unit = unit_length(dense)
+    check_normalization(f"{work}/head_dense.npy", xh, dense_unit)
     yd = labels(dev_tsv)
     clf = LogisticRegression(max_iter=2000, C=1.0).fit(xh, yh)
-    dense = np.load(f"{work}/dev_dense.npy")
     pd = clf.predict(dense)
     acc_d = (pd == yd).mean()
     print(f"dense dev accuracy {acc_d:.4f} ({len(yd)} sentences; head on {len(yh)} train sentences)")
@@ -130,6 +152,7 @@ def main():
             continue
         m, tile, s = name.rsplit("-", 2)
         x = np.load(f)
+        check_normalization(f, x, dense_unit)
         p = clf.predict(x)
         cos = (x * dense).sum(1) / (np.linalg.norm(x, axis=1) * np.linalg.norm(dense, axis=1) + 1e-30)
         secs_file = f"{work}/{name}.secs"

@@ -464,3 +464,91 @@ fn sensitivity_allocation_is_the_default_with_calibration() {
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("--allocate sensitivity"));
 }
+
+/// `--selection` and `--refit` are recorded, each changes the file, each stage brings the output
+/// closer to the dense model, and the defaults are the full method.
+#[test]
+fn calibration_stages_are_chosen_and_recorded() {
+    let dir = tempfile::tempdir().expect("dir");
+    let input = fixture("tiny-safetensors/model.safetensors");
+    let sentences = dir.path().join("calib.txt");
+    std::fs::write(
+        &sentences,
+        "the movie was great\na dull and lifeless film\nit is a fine piece of work\n\
+         nothing happens here\nbrilliant acting all round\na waste of two hours\n",
+    )
+    .expect("write");
+    let calib = sentences.to_str().expect("utf-8 path");
+    let run = |name: &str, extra: &[&str]| -> (Output, PathBuf) {
+        let out = dir.path().join(name);
+        let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&input, &out];
+        let base = [
+            "--sparsity",
+            "0.5",
+            "--tile",
+            "8x8",
+            "--allocate",
+            "uniform",
+        ];
+        for a in base.iter().chain(extra) {
+            args.push(a);
+        }
+        (et_convert(&args), out)
+    };
+    let (mut files, mut cosines) = (Vec::new(), Vec::new());
+    for (selection, refit) in [
+        ("greedy", "dense"),
+        ("score", "dense"),
+        ("score", "none"),
+        ("greedy", "none"),
+    ] {
+        let name = format!("{selection}-{refit}.ets");
+        let extra = [
+            "--calibrate",
+            calib,
+            "--selection",
+            selection,
+            "--refit",
+            refit,
+        ];
+        let (o, out) = run(&name, &extra);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let f = EtsFile::open(&out).expect("open");
+        let p = &f.header().recipe["calibration"]["pruning"];
+        assert_eq!(p["selection"], selection, "{p}");
+        assert_eq!(p["refit"], refit, "{p}");
+        let c = &f.header().recipe["calibration"]["output_cosine"];
+        cosines.push(c.as_f64().expect("output cosine"));
+        files.push(std::fs::read(&out).expect("read"));
+    }
+    // Each stage brings the output closer to the dense model's: score only, + refit, + greedy.
+    let [greedy, refitted, score_only, _] = cosines[..] else {
+        panic!("{cosines:?}")
+    };
+    assert!(
+        score_only < refitted && refitted < greedy,
+        "output cosines: score only {score_only}, + refit {refitted}, + greedy {greedy}"
+    );
+    // Every stage changes the file; the defaults are greedy selection and the refit.
+    for i in 0..files.len() {
+        for j in i + 1..files.len() {
+            assert_ne!(
+                files[i], files[j],
+                "stage combinations {i} and {j} give one file"
+            );
+        }
+    }
+    let (o, out) = run("default.ets", &["--calibrate", calib]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(std::fs::read(&out).expect("read"), files[0]);
+    // Usage errors: an unknown stage, and a stage without calibration data.
+    for extra in [
+        &["--calibrate", calib, "--selection", "random"][..],
+        &["--calibrate", calib, "--refit", "pruned"][..],
+        &["--selection", "score"][..],
+        &["--refit", "none"][..],
+    ] {
+        let (o, _) = run("bad.ets", extra);
+        assert_eq!(o.status.code(), Some(2), "{extra:?}");
+    }
+}

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use ets::convert::{convert, Allocate, ConvertOptions, ConvertReport};
+use ets::convert::{convert, Allocate, ConvertOptions, ConvertReport, Refit, Selection, Stages};
 use ets::format::Dtype;
 use ets::ingest::IngestOptions;
 use ets::prune::{Method, Recipe, Role};
@@ -64,13 +64,13 @@ struct Args {
     #[arg(long)]
     quiet: bool,
     /// Calibration sentences (one per line, or a tsv with a `text` or `sentence` column such as
-    /// SST-2). Methods that keep tiles choose and refit them layer by layer on these sentences;
-    /// every method then compares the dense source and the result (per-layer cosine and largest
-    /// difference), recorded in the file's recipe.
+    /// SST-2). Methods that keep tiles, rows, columns or heads choose and refit them layer by
+    /// layer on these sentences; every method then compares the dense source and the result
+    /// (per-layer cosine and largest difference), recorded in the file's recipe.
     #[arg(long)]
     calibrate: Option<PathBuf>,
-    /// Calibration sentences used: the first N of the file. With a tile-keeping method, each
-    /// layer's kept tiles are chosen and refitted on them.
+    /// Calibration sentences used: the first N of the file. With a calibrated method, each
+    /// layer's kept tiles, rows, columns or heads are chosen and refitted on them.
     #[arg(long, alias = "calibrate-limit", default_value_t = 2048)]
     calibrate_samples: usize,
     /// With --calibrate: fail (exit 1, nothing written) when the output cosine is below this.
@@ -80,9 +80,35 @@ struct Args {
     /// how much each weight alone moves the embeddings and spreads the same global target
     /// unevenly (sensitive weights keep more tiles). Default with --calibrate: `sensitivity` (it
     /// kept more accuracy than `uniform` on SST-2 at 50% and 70%, see bench/RESULTS.md), or
-    /// `uniform` when the recipe sets role, layer or tensor sparsities.
+    /// `uniform` when the recipe sets role, layer or tensor sparsities or prunes heads.
     #[arg(long, value_parser = parse_allocate, requires = "calibrate")]
     allocate: Option<Allocate>,
+    /// Ablation (advanced), with --calibrate: how tiles are chosen. `greedy` (default) removes
+    /// tiles one at a time, each the one whose removal adds the least reconstruction error;
+    /// `score` keeps the highest activation-aware scores in one pass. Recorded in the recipe.
+    #[arg(long, value_parser = parse_selection, requires = "calibrate")]
+    selection: Option<Selection>,
+    /// Ablation (advanced), with --calibrate: `dense` (default) refits the kept weights and the
+    /// bias by least squares toward the dense model's layer outputs; `none` keeps their source
+    /// values. Recorded in the recipe.
+    #[arg(long, value_parser = parse_refit, requires = "calibrate")]
+    refit: Option<Refit>,
+}
+
+fn parse_selection(s: &str) -> Result<Selection, String> {
+    match s {
+        "score" => Ok(Selection::Score),
+        "greedy" => Ok(Selection::Greedy),
+        _ => Err(format!("unknown selection {s:?}: score or greedy")),
+    }
+}
+
+fn parse_refit(s: &str) -> Result<Refit, String> {
+    match s {
+        "none" => Ok(Refit::None),
+        "dense" => Ok(Refit::Dense),
+        _ => Err(format!("unknown refit {s:?}: none or dense")),
+    }
 }
 
 fn parse_allocate(s: &str) -> Result<Allocate, String> {
@@ -306,10 +332,10 @@ fn main() -> ExitCode {
     if args.calibrate.is_none() && structured > Recipe::UNCALIBRATED_LIMIT && !args.quiet {
         eprintln!(
             "et-convert: warning: {} pruning at {:.0}% sparsity without calibration data keeps \
-             tiles by weight norm alone, and accuracy will collapse (on all-MiniLM-L6-v2 at 50%, \
+             what has the largest weight norm, and accuracy will collapse (on all-MiniLM-L6-v2 at 50%, \
              SST-2 falls to chance). Pass --calibrate FILE (sentences of the task, one per line, \
-             or a tsv with a text or sentence column) to choose the kept tiles on real activations and \
-             refit them toward the dense outputs.",
+             or a tsv with a text or sentence column) to choose what is kept on real activations and \
+             refit it toward the dense outputs.",
             recipe.method.name(),
             100.0 * structured
         );
@@ -327,12 +353,20 @@ fn main() -> ExitCode {
         calibrate_limit: args.calibrate_samples.max(1),
         min_cosine: args.min_cosine,
         allocate: args.allocate.unwrap_or(
-            if recipe.roles.is_empty() && recipe.layers.is_empty() && recipe.tensors.is_empty() {
+            if recipe.roles.is_empty()
+                && recipe.layers.is_empty()
+                && recipe.tensors.is_empty()
+                && recipe.method != Method::Heads
+            {
                 Allocate::Sensitivity
             } else {
                 Allocate::Uniform
             },
         ),
+        stages: Stages {
+            selection: args.selection.unwrap_or_default(),
+            refit: args.refit.unwrap_or_default(),
+        },
     };
     match convert(&args.input, &args.output, &opts) {
         Ok(report) => {

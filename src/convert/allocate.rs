@@ -18,7 +18,7 @@ use super::calibrated::{
 use super::ConvertError;
 use crate::format::EtsFile;
 use crate::ingest::ModelSource;
-use crate::prune::calibrated::LinearStats;
+use crate::prune::calibrated::{LinearStats, Refit, Selection, Stages};
 use crate::prune::recipe::TensorOverride;
 use crate::prune::Recipe;
 use crate::runtime::cpu::{CpuEncoder, LayerTrace, TextTokenizer};
@@ -26,6 +26,12 @@ use crate::runtime::{pool_packed, Encoder, Pooling, RuntimeError};
 
 /// Sentences (the first of the calibration set) the sensitivity profile runs on.
 pub const PROFILE_SENTENCES: usize = 128;
+
+/// The stages of the profile's one-shot pruning: selection by score, refit toward the dense output.
+pub const PROFILE_STAGES: Stages = Stages {
+    selection: Selection::Score,
+    refit: Refit::Dense,
+};
 
 /// The highest sparsity the allocation gives one weight.
 pub const MAX_SPARSITY: f64 = 0.9;
@@ -149,11 +155,12 @@ pub(crate) fn sensitivity(
                 s.accumulate(input, input).map_err(|e| err(&e))?;
             }
             let Some(stats) = stats else { continue };
-            let (prepared, jobs) = prepare_stage(source, stats, layer, &todo, false)?;
+            let inverse = PROFILE_STAGES.needs_inverse();
+            let (prepared, jobs) = prepare_stage(source, stats, layer, &todo, inverse)?;
             for job in jobs {
                 let name = job.name(layer);
                 let mut alone = Fitted::default();
-                fit_one(recipe, &prepared, job, &mut alone, layer, false)?;
+                fit_one(recipe, &prepared, job, &mut alone, layer, PROFILE_STAGES)?;
                 let params = alone.tensors.get(&name).map_or(0, |t| t.data.len());
                 let drop = profile_drop(&enc, dense, &alone, layer, &batches, &reference)?;
                 release_free_memory();

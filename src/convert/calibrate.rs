@@ -8,6 +8,8 @@ use serde::Serialize;
 
 use super::ConvertError;
 use crate::format::EtsFile;
+use crate::prune::calibrated::{Refit, Selection, Stages};
+use crate::prune::Method;
 use crate::runtime::cpu::{CpuEncoder, TextTokenizer};
 use crate::runtime::{pool_packed, Encoder, ForwardOptions, Pooling, TokenBatch};
 
@@ -43,8 +45,12 @@ pub struct Calibration {
 /// What calibrated pruning did, for the recipe.
 #[derive(Debug, Clone, Serialize)]
 pub struct CalibratedPruning {
-    /// The procedure, in words.
+    /// The procedure, in words ([`crate::prune::calibrated::Stages::describe`]).
     pub method: String,
+    /// How tiles were chosen (`greedy`, or `score` for ablation).
+    pub selection: crate::prune::calibrated::Selection,
+    /// What happened to the kept weights (`dense`: refitted toward the dense outputs; `none`).
+    pub refit: crate::prune::calibrated::Refit,
     /// Weights pruned with calibration.
     pub weights: usize,
     /// Per-weight sparsities from a sensitivity profile, when allocated.
@@ -52,10 +58,44 @@ pub struct CalibratedPruning {
     pub allocation: Option<super::allocate::Allocation>,
 }
 
-/// The procedure applied to weights that keep tiles when calibration data is given.
-pub const CALIBRATED_METHOD: &str = "activation-aware tile budgets, greedy tile removal with \
-inverse-Hessian updates, least-squares refit of kept weights and bias toward the dense outputs, \
-inputs from the already-pruned layers";
+/// The procedure applied to weights that keep whole output rows, before the refit.
+const ROWS_SELECTION: &str = "rows ranked by the dense output energy lost when dropped (beyond \
+its mean, which the bias keeps)";
+
+/// The procedures applied under `methods` and `stages`, one per kind of unit kept, joined by
+/// `"; "`: tiles as [`Stages::describe`] says, whole rows, columns and heads in their own words.
+pub fn calibrated_description(methods: impl IntoIterator<Item = Method>, stages: Stages) -> String {
+    let greedy = stages.selection == Selection::Greedy;
+    let refit = match stages.refit {
+        Refit::None => "kept weights and bias unchanged",
+        Refit::Dense => {
+            "least-squares refit of kept weights and bias toward the dense outputs, inputs from \
+             the already-pruned layers"
+        }
+    };
+    let mut parts: Vec<String> = Vec::new();
+    for m in methods {
+        let p = match (m, greedy) {
+            (Method::Rows, _) => format!("{ROWS_SELECTION}, {refit}"),
+            (Method::Cols, true) => {
+                format!("greedy column removal with inverse-Hessian updates, {refit}")
+            }
+            (Method::Cols, false) => format!("columns by activation-aware score, {refit}"),
+            (Method::Heads, true) => format!(
+                "greedy head removal by the attention output projection's reconstruction error \
+                 with inverse-Hessian updates, {refit}"
+            ),
+            (Method::Heads, false) => format!(
+                "heads by the activation-aware score of the output projection's columns, {refit}"
+            ),
+            _ => stages.describe(),
+        };
+        if !parts.contains(&p) {
+            parts.push(p);
+        }
+    }
+    parts.join("; ")
+}
 
 /// Reads sentences: one per line, or the text column of a `text<TAB>label` file with a header.
 pub fn read_sentences(path: &Path, limit: usize) -> Result<Vec<String>, ConvertError> {

@@ -1,21 +1,27 @@
-//! Calibrated tile pruning inside the converter.
+//! Calibrated pruning inside the converter.
 //!
 //! Layer by layer, in the order Q/K/V, O, FFN1, FFN2, the inputs of each linear are taken twice
 //! from the CPU runtime on the calibration sentences: from the model pruned so far and from the
-//! dense model. Their statistics drive [`crate::prune::calibrated`]: activation-aware budgets,
-//! greedy tile removal and a least-squares refit of the kept weights and the bias toward the
-//! dense layer's output. Methods that keep tiles (`tile`, `tile-balanced`, `tile-grouped`, and
-//! the tiles of `attention-aware`) are calibrated; the others prune as without calibration.
+//! dense model. Their statistics drive [`crate::prune::calibrated`]: the kept units are chosen on
+//! them and the kept weights and the bias refitted toward the dense layer's output. Tiles
+//! (`tile`, `tile-balanced`, `tile-grouped`, the tiles of `attention-aware`): activation-aware
+//! budgets and greedy tile removal. Columns (`cols`): greedy column removal, a column being a
+//! tile as tall as the weight. Rows (`rows`, the value rows of `attention-aware`): the rows whose
+//! removal costs the dense output least go ([`crate::prune::calibrated::fit_rows`]). Heads
+//! (`heads`): greedy removal of the output projection's head column groups, which measures each
+//! head's share of the attention output, and the output projection refitted over the kept heads.
+//! `--selection score` and `--refit none` ([`Stages`]) turn a stage off for ablation.
 
 use super::ConvertError;
 use crate::format::names::LayerTensor;
 use crate::format::{Dtype, Encoding, EtsFile, ModelConfig, Provenance, TensorData, TensorView};
 use crate::ingest::{IngestError, ModelSource, SourceTensor, TokenizerBlob};
 use crate::prune::calibrated::{
-    activation_tile_scores, budget_from_scores, fit_tiles_prepared, LinearStats, Prepared,
+    activation_tile_scores, budget_from_scores, fit_rows, fit_tiles_prepared, LinearStats,
+    Prepared, Refit, Stages,
 };
 use crate::prune::select::{keep_count, GROUP_FEATURES};
-use crate::prune::{Method, Recipe, Role};
+use crate::prune::{Method, Recipe, Role, TensorPlan};
 use crate::runtime::cpu::{CpuEncoder, Layer, TextTokenizer};
 use crate::runtime::RuntimeError;
 use std::collections::BTreeMap;
@@ -23,13 +29,20 @@ use std::path::Path;
 
 use super::spill::{Slot, Spill};
 
-/// Refitted weights and biases, and the tile masks chosen for the weights.
+/// Refitted weights and biases, and the units chosen for the weights.
 #[derive(Debug, Default)]
 pub(crate) struct Fitted {
-    /// Replacement tensors by canonical name.
+    /// Replacement tensors by canonical name. A weight under head pruning keeps its full width
+    /// here, zero in the columns of removed heads.
     pub tensors: BTreeMap<String, SourceTensor>,
-    /// Kept tiles of each refitted weight, row-major over its grid.
+    /// Kept units of each refitted weight under its method: tiles (row-major over the grid),
+    /// output rows, or input columns. Head pruning records [`Fitted::heads`] instead.
     pub masks: BTreeMap<String, Vec<bool>>,
+    /// Kept heads, ascending, of each layer whose heads were chosen by calibration.
+    pub heads: BTreeMap<usize, Vec<usize>>,
+    /// The method each calibrated weight was pruned with (`rows` for the value rows of
+    /// `attention-aware`).
+    pub methods: BTreeMap<String, Method>,
 }
 
 impl Fitted {
@@ -126,13 +139,28 @@ pub(crate) enum Stage {
     Next,
 }
 
-/// Whether calibration applies to weight `role` under `method`.
-fn calibrated_method(method: Method, role: Role) -> bool {
-    match method {
+/// The plan of weight `w` (role `role`) of `layer` when calibration prunes it. Under head
+/// pruning the query's plan decides the layer (as when writing), and only the output projection
+/// is fitted: its column groups are the heads.
+pub(crate) fn calibrated_plan(
+    recipe: &Recipe,
+    layer: usize,
+    w: LayerTensor,
+    role: Role,
+) -> Option<TensorPlan> {
+    let query = recipe.plan(&LayerTensor::QueryWeight.name(layer), layer, Role::Query);
+    let plan = if query.method == Method::Heads {
+        query
+    } else {
+        recipe.plan(&w.name(layer), layer, role)
+    };
+    let calibrated = match plan.method {
         Method::Tile | Method::TileBalanced | Method::TileGrouped => true,
-        Method::AttentionAware => role != Role::Value,
-        _ => false,
-    }
+        Method::AttentionAware | Method::Rows | Method::Cols => true,
+        Method::Heads => role == Role::Output,
+        Method::Irregular | Method::Existing | Method::None => false,
+    };
+    (calibrated && plan.sparsity > 0.0).then_some(plan)
 }
 
 /// Whether `recipe` calibrates any weight of a model with `layers` layers.
@@ -141,10 +169,15 @@ pub(crate) fn applies(recipe: &Recipe, layers: usize) -> bool {
         STAGES
             .iter()
             .flat_map(|(w, _)| w.iter())
-            .any(|&(w, _, role)| {
-                let p = recipe.plan(&w.name(l), l, role);
-                p.sparsity > 0.0 && calibrated_method(p.method, role)
-            })
+            .any(|&(w, _, role)| calibrated_plan(recipe, l, w, role).is_some())
+    })
+}
+
+/// Whether `recipe` prunes heads in any of `layers` layers.
+pub(crate) fn prunes_heads(recipe: &Recipe, layers: usize) -> bool {
+    (0..layers).any(|l| {
+        let q = recipe.plan(&LayerTensor::QueryWeight.name(l), l, Role::Query);
+        q.method == Method::Heads && q.sparsity > 0.0
     })
 }
 
@@ -160,10 +193,7 @@ pub(crate) const BATCH_SENTENCES: usize = 32;
 pub(crate) fn stage_todo(recipe: &Recipe, layer: usize, weights: &'static [Linear]) -> Vec<Linear> {
     weights
         .iter()
-        .filter(|&&(w, _, role)| {
-            let p = recipe.plan(&w.name(layer), layer, role);
-            p.sparsity > 0.0 && calibrated_method(p.method, role)
-        })
+        .filter(|&&(w, _, role)| calibrated_plan(recipe, layer, w, role).is_some())
         .copied()
         .collect()
 }
@@ -172,11 +202,12 @@ pub(crate) fn stage_todo(recipe: &Recipe, layer: usize, weights: &'static [Linea
 /// f32 reference file at `dense`; the pruned model runs from the same file with the weights fitted
 /// so far replaced in memory. The per-token activations of both live in a temporary file at
 /// `spill`, one batch in memory at a time, and the reference is mapped anew for every layer, so
-/// the pages of finished layers leave memory.
+/// the pages of finished layers leave memory. `stages` chooses the tile selection and the refit.
 pub(crate) fn fit_model(
     source: &dyn ModelSource,
     dense: &Path,
     recipe: &Recipe,
+    stages: Stages,
     texts: &[String],
     spill: &Path,
 ) -> Result<Fitted, ConvertError> {
@@ -216,9 +247,10 @@ pub(crate) fn fit_model(
                 !todo.is_empty(),
             )?;
             if let Some(stats) = stats {
-                let (prepared, jobs) = prepare_stage(source, stats, layer, &todo, true)?;
+                let inverse = stages.needs_inverse();
+                let (prepared, jobs) = prepare_stage(source, stats, layer, &todo, inverse)?;
                 for job in jobs {
-                    fit_one(recipe, &prepared, job, &mut fitted, layer, true)?;
+                    fit_one(recipe, &prepared, job, &mut fitted, layer, stages)?;
                 }
             }
             release_free_memory();
@@ -379,6 +411,8 @@ pub(crate) struct Job {
     weight: SourceTensor,
     bias: SourceTensor,
     targets: Vec<f64>,
+    /// Heads of the unpruned model and their width.
+    heads: (usize, usize),
 }
 
 impl Job {
@@ -389,14 +423,14 @@ impl Job {
 }
 
 /// Loads the weights `todo` of one stage and takes their targets from `stats`, then prepares the
-/// statistics (with the inverse for `greedy`): the cross products are gone before the inverse is
-/// made, which bounds the peak memory of the widest stage.
+/// statistics (with the inverse when `inverse`, for greedy selection): the cross products are gone
+/// before the inverse is made, which bounds the peak memory of the widest stage.
 pub(crate) fn prepare_stage(
     source: &dyn ModelSource,
     stats: LinearStats,
     layer: usize,
     todo: &[Linear],
-    greedy: bool,
+    inverse: bool,
 ) -> Result<(Prepared, Vec<Job>), ConvertError> {
     let mut jobs = Vec::with_capacity(todo.len());
     for &linear in todo {
@@ -417,37 +451,138 @@ pub(crate) fn prepare_stage(
                     name: wname,
                     reason: e.to_string(),
                 })?;
+        let c = source.config();
         jobs.push(Job {
             linear,
             weight,
             bias,
             targets,
+            heads: (c.num_heads as usize, c.head_dim as usize),
         });
     }
-    let prepared = stats.prepare(greedy).map_err(|e| err(&e))?;
+    let prepared = stats.prepare(inverse).map_err(|e| err(&e))?;
     Ok((prepared, jobs))
 }
 
-/// Fits one weight and its bias under its plan and records them; `greedy` chooses tiles by
-/// greedy removal (the statistics prepared with their inverse), otherwise by activation-aware
-/// scores.
+/// Fits one weight and its bias under its plan and records them, its units chosen and refitted
+/// as `stages` says (greedy selection needs the statistics prepared with their inverse).
 pub(crate) fn fit_one(
     recipe: &Recipe,
     prepared: &Prepared,
     job: Job,
     fitted: &mut Fitted,
     layer: usize,
-    greedy: bool,
+    stages: Stages,
 ) -> Result<(), ConvertError> {
     let Job {
         linear: (w, b, role),
         weight,
         bias,
         targets,
+        heads: (num_heads, head_dim),
     } = job;
     let (wname, bname) = (w.name(layer), b.name(layer));
-    let plan = recipe.plan(&wname, layer, role);
+    let Some(plan) = calibrated_plan(recipe, layer, w, role) else {
+        return Ok(());
+    };
     let (rows, n) = (bias.data.len(), prepared.inputs());
+    let keep_fraction = 1.0 - plan.sparsity;
+    let tensor_err = |e: crate::prune::calibrated::CalibratedError| ConvertError::Tensor {
+        name: wname.clone(),
+        reason: e.to_string(),
+    };
+    let rows_of = |groups: usize| -> Result<_, ConvertError> {
+        let per = keep_count(rows / groups.max(1), keep_fraction);
+        let f = fit_rows(prepared, &targets, rows, groups, per).map_err(tensor_err)?;
+        if stages.refit == Refit::None {
+            // Ablation: the chosen rows keep their source values, every bias its own.
+            let mut w = weight.data.clone();
+            for (row, _) in w
+                .chunks_exact_mut(n.max(1))
+                .zip(&f.keep)
+                .filter(|(_, &k)| !k)
+            {
+                row.fill(0.0);
+            }
+            return Ok((f.keep, w, bias.data.clone()));
+        }
+        Ok((f.keep, f.weight, f.bias))
+    };
+    let (keep, fit_w, fit_b) = match plan.method {
+        Method::Rows => rows_of(1)?,
+        Method::AttentionAware if role == Role::Value => rows_of(num_heads)?,
+        Method::Heads if head_dim > 0 && n == num_heads * head_dim => {
+            // Heads are the output projection's column groups: greedy removal prices each by
+            // the attention output it carries, and its updates refit the kept heads' columns.
+            // Under `--selection score` they are ranked by activation-aware scores instead.
+            let keep = keep_count(num_heads, keep_fraction);
+            let f = fit_tiles_prepared(
+                &weight.data,
+                &bias.data,
+                prepared,
+                &targets,
+                (rows, head_dim),
+                rows,
+                &[keep],
+                stages,
+            )
+            .map_err(tensor_err)?;
+            let kept = (0..num_heads).filter(|&h| f.keep[h]).collect();
+            fitted.heads.insert(layer, kept);
+            fitted.methods.insert(wname.clone(), plan.method);
+            insert(fitted, wname, bname, rows, n, f.weight, f.bias);
+            return Ok(());
+        }
+        Method::Heads => {
+            return Err(ConvertError::Tensor {
+                name: wname,
+                reason: format!("{n} inputs are not {num_heads} heads of {head_dim}"),
+            })
+        }
+        Method::Cols => {
+            // A column is a tile as tall as the weight: one band, greedy column removal.
+            let budget = [keep_count(n, keep_fraction)];
+            let f = fit_tiles_prepared(
+                &weight.data,
+                &bias.data,
+                prepared,
+                &targets,
+                (rows, 1),
+                rows,
+                &budget,
+                stages,
+            )
+            .map_err(tensor_err)?;
+            (f.keep, f.weight, f.bias)
+        }
+        _ => {
+            let f = fit_tile_plan(&plan, &weight.data, &bias.data, prepared, &targets, stages)
+                .map_err(tensor_err)?;
+            (f.keep, f.weight, f.bias)
+        }
+    };
+    drop(targets);
+    fitted.masks.insert(wname.clone(), keep);
+    // The value rows of `attention-aware` are chosen the `rows` way, and described so.
+    let unit = match plan.method {
+        Method::AttentionAware if role == Role::Value => Method::Rows,
+        m => m,
+    };
+    fitted.methods.insert(wname.clone(), unit);
+    insert(fitted, wname, bname, rows, n, fit_w, fit_b);
+    Ok(())
+}
+
+/// Calibrated tile pruning of one weight under a tile-keeping plan.
+fn fit_tile_plan(
+    plan: &TensorPlan,
+    weight: &[f32],
+    bias: &[f32],
+    prepared: &Prepared,
+    targets: &[f64],
+    stages: Stages,
+) -> Result<crate::prune::calibrated::TileFit, crate::prune::calibrated::CalibratedError> {
+    let (rows, n) = (bias.len(), prepared.inputs());
     let (th, tw) = plan.tile;
     let gc = n.div_ceil(tw);
     let keep_fraction = 1.0 - plan.sparsity;
@@ -461,43 +596,47 @@ pub(crate) fn fit_one(
             )
         }
         _ => {
-            let scores =
-                activation_tile_scores(&weight.data, rows, n, prepared.input_energy(), th, tw);
+            let scores = activation_tile_scores(weight, rows, n, prepared.input_energy(), th, tw);
             let keep = keep_count(scores.len(), keep_fraction);
             (th, budget_from_scores(&scores, gc, keep))
         }
     };
-    let fit = fit_tiles_prepared(
-        &weight.data,
-        &bias.data,
+    fit_tiles_prepared(
+        weight,
+        bias,
         prepared,
-        &targets,
+        targets,
         (th, tw),
         band_rows,
         &budget,
-        greedy,
+        stages,
     )
-    .map_err(|e| ConvertError::Tensor {
-        name: wname.clone(),
-        reason: e.to_string(),
-    })?;
-    drop(targets);
-    fitted.masks.insert(wname.clone(), fit.keep);
+}
+
+/// Records a refitted weight (`[rows, n]`) and its bias.
+fn insert(
+    fitted: &mut Fitted,
+    wname: String,
+    bname: String,
+    rows: usize,
+    n: usize,
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+) {
     fitted.tensors.insert(
         wname,
         SourceTensor {
             shape: vec![rows, n],
-            data: fit.weight,
+            data: weight,
         },
     );
     fitted.tensors.insert(
         bname,
         SourceTensor {
             shape: vec![rows],
-            data: fit.bias,
+            data: bias,
         },
     );
-    Ok(())
 }
 
 #[cfg(test)]

@@ -15,6 +15,12 @@ pub(super) struct HeadPlan {
 }
 
 impl HeadPlan {
+    /// A plan whose layers in `kept` keep those heads (chosen by calibration); the others are
+    /// ranked by weight norms on first use.
+    pub fn chosen(kept: BTreeMap<usize, Vec<usize>>) -> HeadPlan {
+        HeadPlan { kept }
+    }
+
     /// Whether heads of `layer` were pruned.
     pub fn is_pruned(&self, layer: usize) -> bool {
         self.kept.contains_key(&layer)

@@ -19,6 +19,7 @@ use crate::format::{
     names, Dtype, EmbeddingConfig, EncodedTensor, EtsWriter, FormatError, ModelConfig, WriteOptions,
 };
 use crate::ingest::{open_source, IngestError, IngestOptions, ModelSource, SourceTensor};
+pub use crate::prune::calibrated::{Refit, Selection, Stages};
 use crate::prune::{prune_matrix, Matrix, Method, PruneReport, Recipe, RecipeError, Role};
 
 /// Everything that can stop a conversion.
@@ -75,6 +76,8 @@ pub struct ConvertOptions {
     pub min_cosine: Option<f64>,
     /// How per-weight sparsities are chosen under the global target when calibrating.
     pub allocate: Allocate,
+    /// How calibrated pruning chooses and refits the kept tiles (default: the full method).
+    pub stages: Stages,
 }
 
 /// How calibrated pruning spreads the global sparsity target over the weights.
@@ -102,6 +105,7 @@ impl ConvertOptions {
             calibrate_limit: 0,
             min_cosine: None,
             allocate: Allocate::Uniform,
+            stages: Stages::default(),
         }
     }
 }
@@ -188,7 +192,7 @@ pub fn convert(
         opts.overwrite,
         opts.progress,
         extra,
-        fitted.as_ref().map(|f| &f.masks),
+        fitted.as_ref(),
         embedding.as_ref(),
     )?;
     let size = |p: &Path| source_size(p);
@@ -267,9 +271,10 @@ fn embedding_settings(
 }
 
 /// Writes a dense f32 reference and the pruned model to temporary files beside the output,
-/// compares them on the sentences, and enforces `--min-cosine`. When the recipe keeps tiles, the
-/// pruned model is calibrated first: the refitted tensors and masks are returned for the output,
-/// with the recipe applied (per-weight sparsities when allocated).
+/// compares them on the sentences, and enforces `--min-cosine`. When the recipe keeps tiles,
+/// rows, columns or heads, the pruned model is calibrated first: the refitted tensors and kept
+/// units are returned for the output, with the recipe applied (per-weight sparsities when
+/// allocated).
 fn run_calibration(
     source: &dyn ModelSource,
     output: &Path,
@@ -293,6 +298,14 @@ fn run_calibration(
     let mut recipe = opts.recipe.clone();
     let mut allocation = None;
     let fitted = if calibrated::applies(&recipe, layers) {
+        if opts.allocate == Allocate::Sensitivity && calibrated::prunes_heads(&recipe, layers) {
+            return Err(ConvertError::Calibration(
+                "--allocate sensitivity gives single weights their own sparsity, and head \
+                 pruning removes heads from four weights of a layer at once: use --allocate \
+                 uniform"
+                    .into(),
+            ));
+        }
         if opts.allocate == Allocate::Sensitivity {
             let dense_file = crate::format::EtsFile::open(dense)?;
             let (r, a) = allocate::sensitivity(source, &dense_file, &recipe, &texts)?;
@@ -303,6 +316,7 @@ fn run_calibration(
             source,
             dense,
             &recipe,
+            opts.stages,
             &texts,
             activations,
         )?)
@@ -323,7 +337,7 @@ fn run_calibration(
         true,
         opts.progress,
         None,
-        fitted.as_ref().map(|f| &f.masks),
+        fitted.as_ref(),
     )?;
     let label = sentences
         .file_name()
@@ -333,8 +347,10 @@ fn run_calibration(
     let mut result = calibrate::compare(dense, pruned, &label, &texts)?;
     if let Some(f) = &fitted {
         result.pruning = Some(calibrate::CalibratedPruning {
-            method: calibrate::CALIBRATED_METHOD.to_string(),
-            weights: f.masks.len(),
+            method: calibrate::calibrated_description(f.methods.values().copied(), opts.stages),
+            selection: opts.stages.selection,
+            refit: opts.stages.refit,
+            weights: f.methods.len(),
             allocation,
         });
     }
@@ -355,8 +371,8 @@ struct Written {
     tokenizer: bool,
 }
 
-/// Streams every tensor of `source` through pruning into a new file at `output`; weights with a
-/// mask in `masks` keep exactly those tiles.
+/// Streams every tensor of `source` through pruning into a new file at `output`; the weights
+/// and layers that calibration fitted keep exactly the tiles, rows, columns or heads it chose.
 #[allow(clippy::too_many_arguments)]
 fn write_model(
     source: &dyn ModelSource,
@@ -366,7 +382,7 @@ fn write_model(
     overwrite: bool,
     show_progress: bool,
     calibration: Option<serde_json::Value>,
-    masks: Option<&BTreeMap<String, Vec<bool>>>,
+    fitted: Option<&calibrated::Fitted>,
 ) -> Result<Written, ConvertError> {
     write_model_with(
         source,
@@ -376,7 +392,7 @@ fn write_model(
         overwrite,
         show_progress,
         calibration,
-        masks,
+        fitted,
         None,
     )
 }
@@ -391,14 +407,15 @@ fn write_model_with(
     overwrite: bool,
     show_progress: bool,
     calibration: Option<serde_json::Value>,
-    masks: Option<&BTreeMap<String, Vec<bool>>>,
+    fitted: Option<&calibrated::Fitted>,
     embedding: Option<&EmbeddingConfig>,
 ) -> Result<Written, ConvertError> {
     let mut config = source.config().clone();
     let names = source.tensor_names();
     let progress = progress_bar(show_progress, names.len() as u64);
     let writer = EtsWriter::create(output, WriteOptions { overwrite })?;
-    let mut heads = heads::HeadPlan::default();
+    let mut heads = heads::HeadPlan::chosen(fitted.map(|f| f.heads.clone()).unwrap_or_default());
+    let masks = fitted.map(|f| &f.masks);
     let mut reports = Vec::new();
     // Pruning and encoding run here while a second thread hashes and writes the previous
     // tensor; the bounded channel keeps at most one encoded tensor waiting.
@@ -499,8 +516,7 @@ fn encode_tensor(
                 .then_some((config.num_heads as usize, config.head_dim as usize));
             let (encoded, report) = match masks.and_then(|k| k.get(name)) {
                 Some(keep) => {
-                    let (th, tw) = plan.tile;
-                    let t = EncodedTensor::tile(m.rows, m.cols, m.data, th, tw, keep, dtype)?;
+                    let t = encode_kept(m, &plan, role, keep, dtype)?;
                     let r = crate::prune::report_for(name, m, &plan, &t);
                     (t, r)
                 }
@@ -527,6 +543,35 @@ fn encode_tensor(
             EncodedTensor::dense(shape, dtype, &tensor.data)?
         }
     })
+}
+
+/// Encodes a weight keeping the units calibration chose: output rows (`rows`, the value rows of
+/// `attention-aware`), input columns (`cols`), or tiles of the plan's grid.
+fn encode_kept(
+    m: Matrix<'_>,
+    plan: &crate::prune::TensorPlan,
+    role: Role,
+    keep: &[bool],
+    dtype: Dtype,
+) -> Result<EncodedTensor, FormatError> {
+    let kept = || -> Vec<u32> {
+        keep.iter()
+            .enumerate()
+            .filter(|(_, &k)| k)
+            .map(|(i, _)| i as u32)
+            .collect()
+    };
+    match plan.method {
+        Method::Rows => EncodedTensor::rows(m.rows, m.cols, m.data, &kept(), dtype),
+        Method::AttentionAware if role == Role::Value => {
+            EncodedTensor::rows(m.rows, m.cols, m.data, &kept(), dtype)
+        }
+        Method::Cols => EncodedTensor::cols(m.rows, m.cols, m.data, &kept(), dtype),
+        _ => {
+            let (th, tw) = plan.tile;
+            EncodedTensor::tile(m.rows, m.cols, m.data, th, tw, keep, dtype)
+        }
+    }
 }
 
 /// Refuses a tensor with a value that is not finite, and a matrix stored as f16 with a value beyond

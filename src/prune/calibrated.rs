@@ -15,18 +15,82 @@
 //! group form of Optimal Brain Surgeon does, whose weight updates keep the band at the least-squares
 //! optimum over the columns still kept (the refit). Fixed selections are refitted directly.
 //! The bias column is never removed.
+//!
+//! [`Stages`] turns the parts off one at a time for ablation: [`Selection::Score`] keeps the
+//! tiles of highest activation-aware score instead of the greedy search, and [`Refit::None`]
+//! keeps the source values of the kept weights and the bias instead of the refit.
 
 use rayon::prelude::*;
 
 mod greedy;
 mod linalg;
+mod rows;
 
 use greedy::greedy_units;
 pub use linalg::{cholesky, cholesky_solve, spd_inverse};
 use linalg::{matmul, Threads, View};
+pub use rows::{fit_rows, RowFit};
 
 /// Damping added to the diagonal of `G`: this fraction of its mean diagonal.
 pub const DAMPING: f64 = 0.01;
+
+/// How calibrated pruning chooses the tiles a weight keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Selection {
+    /// The highest activation-aware tile scores ([`activation_tile_scores`]), in one pass.
+    Score,
+    /// Greedy removal: the tile whose removal adds the least reconstruction error, one at a time.
+    #[default]
+    Greedy,
+}
+
+/// What calibrated pruning does to the weights a tile selection keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Refit {
+    /// Kept weights and the bias keep their source values.
+    None,
+    /// Least-squares refit of the kept weights and the bias toward the dense layer's output.
+    #[default]
+    Dense,
+}
+
+/// The stages of calibrated pruning: how tiles are chosen and whether the kept weights are
+/// refitted. The default (greedy selection, refit toward the dense outputs) is the full method;
+/// the others exist to measure what each stage contributes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub struct Stages {
+    /// Tile selection.
+    pub selection: Selection,
+    /// Treatment of the kept weights.
+    pub refit: Refit,
+}
+
+impl Stages {
+    /// Whether the statistics must be prepared with their inverse (greedy selection).
+    pub fn needs_inverse(self) -> bool {
+        self.selection == Selection::Greedy
+    }
+
+    /// The procedure in words, for reports and the recipe.
+    pub fn describe(self) -> String {
+        let select = match self.selection {
+            Selection::Score => "activation-aware tile budgets and selection by score",
+            Selection::Greedy => {
+                "activation-aware tile budgets, greedy tile removal with inverse-Hessian updates"
+            }
+        };
+        let refit = match self.refit {
+            Refit::None => "kept weights and bias unchanged",
+            Refit::Dense => {
+                "least-squares refit of kept weights and bias toward the dense outputs, inputs \
+                 from the already-pruned layers"
+            }
+        };
+        format!("{select}, {refit}")
+    }
+}
 
 /// Calibrated pruning that cannot proceed.
 #[derive(Debug, thiserror::Error)]
@@ -382,7 +446,7 @@ pub struct TileFit {
 
 /// Calibrated tile pruning of `weight` (`[bias.len(), inputs]`): bands of `band_rows` output rows
 /// (a multiple of `th`) share their kept tile columns; band `i` keeps `budget[i]` tile columns,
-/// chosen greedily when `greedy`, else the highest activation-aware scores.
+/// chosen and refitted as `stages` says.
 pub fn fit_tiles(
     weight: &[f32],
     bias: &[f32],
@@ -390,17 +454,39 @@ pub fn fit_tiles(
     tile: (usize, usize),
     band_rows: usize,
     budget: &[usize],
-    greedy: bool,
+    stages: Stages,
 ) -> Result<TileFit, CalibratedError> {
     let targets = stats.targets(weight, bias)?;
-    let prepared = stats.clone().prepare(greedy)?;
+    let prepared = stats.clone().prepare(stages.needs_inverse())?;
     fit_tiles_prepared(
-        weight, bias, &prepared, &targets, tile, band_rows, budget, greedy,
+        weight, bias, &prepared, &targets, tile, band_rows, budget, stages,
     )
 }
 
+/// The band of rows `r0..r1` of `weight` with the removed units zeroed and its bias unchanged.
+fn masked_band(
+    weight: &[f32],
+    bias: &[f32],
+    n: usize,
+    (r0, r1): (usize, usize),
+    units: &[std::ops::Range<usize>],
+    keep: Vec<bool>,
+) -> BandFit {
+    let mut w = weight[r0 * n..r1 * n].to_vec();
+    for row in w.chunks_exact_mut(n.max(1)) {
+        for (u, _) in units.iter().zip(&keep).filter(|(_, &k)| !k) {
+            row[u.clone()].fill(0.0);
+        }
+    }
+    BandFit {
+        keep,
+        weight: w,
+        bias: bias[r0..r1].to_vec(),
+    }
+}
+
 /// [`fit_tiles`] from prepared statistics and the weight's `targets` (taken before preparing).
-/// `greedy` needs statistics prepared with their inverse.
+/// Greedy selection needs statistics prepared with their inverse ([`Stages::needs_inverse`]).
 #[allow(clippy::too_many_arguments)]
 pub fn fit_tiles_prepared(
     weight: &[f32],
@@ -410,8 +496,9 @@ pub fn fit_tiles_prepared(
     (th, tw): (usize, usize),
     band_rows: usize,
     budget: &[usize],
-    greedy: bool,
+    stages: Stages,
 ) -> Result<TileFit, CalibratedError> {
+    let greedy = stages.selection == Selection::Greedy;
     if prepared.tokens == 0 {
         return Err(CalibratedError::NoSamples);
     }
@@ -454,7 +541,16 @@ pub fn fit_tiles_prepared(
             order.into_iter().take(k).for_each(|c| keep[c] = true);
             keep
         });
-        prune_band(gram, gram_inv, &t, r1 - r0, &units, k, fixed.as_deref())
+        match (stages.refit, fixed) {
+            (Refit::None, Some(keep)) => Ok(masked_band(weight, bias, n, (r0, r1), &units, keep)),
+            (Refit::None, None) => {
+                let fit = prune_band(gram, gram_inv, &t, r1 - r0, &units, k, None)?;
+                Ok(masked_band(weight, bias, n, (r0, r1), &units, fit.keep))
+            }
+            (Refit::Dense, fixed) => {
+                prune_band(gram, gram_inv, &t, r1 - r0, &units, k, fixed.as_deref())
+            }
+        }
     };
     // Bands run a pool's width at a time: their solvers fork work of their own, and a thread
     // waiting on that work would otherwise start further bands and hold their matrices too.

@@ -17,6 +17,17 @@ fn inputs(rng: &mut Rng, m: usize, n: usize) -> Vec<f32> {
     x
 }
 
+/// Every combination of selection and refit.
+fn every_stages() -> [Stages; 4] {
+    let s = |selection, refit| Stages { selection, refit };
+    [
+        s(Selection::Score, Refit::None),
+        s(Selection::Score, Refit::Dense),
+        s(Selection::Greedy, Refit::None),
+        s(Selection::Greedy, Refit::Dense),
+    ]
+}
+
 /// Objective of `v` (`d x rows`) up to a constant: `v'Gv - 2 v'T`, summed over rows.
 fn objective(g: &[f64], t: &[f64], v: &[f64], d: usize, rows: usize) -> f64 {
     let mut total = 0.0;
@@ -244,9 +255,9 @@ fn tile_fit_keeps_budget_and_is_deterministic() {
     let scores = activation_tile_scores(&w, rows, n, &stats.input_energy(), th, tw);
     let budget = budget_from_scores(&scores, n / tw, 4);
     assert_eq!(budget.iter().sum::<usize>(), 4);
-    for greedy in [false, true] {
-        let a = fit_tiles(&w, &b, &stats, (th, tw), th, &budget, greedy).expect("fit");
-        let again = fit_tiles(&w, &b, &stats, (th, tw), th, &budget, greedy).expect("fit");
+    for stages in every_stages() {
+        let a = fit_tiles(&w, &b, &stats, (th, tw), th, &budget, stages).expect("fit");
+        let again = fit_tiles(&w, &b, &stats, (th, tw), th, &budget, stages).expect("fit");
         assert_eq!(a, again);
         assert_eq!(a.keep.iter().filter(|&&k| k).count(), 4);
         for (i, &v) in a.weight.iter().enumerate() {
@@ -257,7 +268,15 @@ fn tile_fit_keeps_budget_and_is_deterministic() {
         }
     }
     assert!(matches!(
-        fit_tiles(&w, &b, &LinearStats::new(n), (th, tw), th, &budget, true),
+        fit_tiles(
+            &w,
+            &b,
+            &LinearStats::new(n),
+            (th, tw),
+            th,
+            &budget,
+            Stages::default()
+        ),
         Err(CalibratedError::NoSamples)
     ));
 }
@@ -464,4 +483,196 @@ fn greedy_weights_are_the_refit_over_kept_columns() {
             assert!((got - want).abs() <= 1e-6 * scale, "keep {keep}: bias {r}");
         }
     }
+}
+
+/// Squared error of a pruned weight's outputs on `xp` against the dense outputs on `xd`, summed
+/// over tokens and rows.
+fn output_error(
+    xp: &[f32],
+    xd: &[f32],
+    n: usize,
+    (w, b): (&[f32], &[f32]),
+    (wv, bv): (&[f32], &[f32]),
+) -> f64 {
+    let rows = b.len();
+    let mut e = 0f64;
+    for (tp, td) in xp.chunks_exact(n).zip(xd.chunks_exact(n)) {
+        for r in 0..rows {
+            let row = |m: &[f32], x: &[f32]| -> f64 {
+                (0..n)
+                    .map(|j| f64::from(x[j]) * f64::from(m[r * n + j]))
+                    .sum()
+            };
+            let dense = row(w, td) + f64::from(b[r]);
+            let got = row(wv, tp) + f64::from(bv[r]);
+            e += (dense - got).powi(2);
+        }
+    }
+    e
+}
+
+#[test]
+fn row_costs_are_the_objective_of_dropping_each_row() {
+    let mut rng = test_rng("calibrated::row_costs_are_the_objective_of_dropping_each_row");
+    let (m, n, rows) = (300, 16, 12);
+    let (stats, d, g, _) = pruned_vs_dense_stats(&mut rng, m, n);
+    let w = rng.symmetric_vec(rows * n, 1.0);
+    let b = rng.symmetric_vec(rows, 1.0);
+    let t = stats.targets(&w, &b).expect("targets");
+    let prepared = stats.clone().prepare(false).expect("prepare");
+    let fit = fit_rows(&prepared, &t, rows, 3, 2).expect("rows");
+    let all: Vec<usize> = (0..d).collect();
+    let full = refit(&g, d, &t, rows, &all).expect("full");
+    let bias_only = refit(&g, d, &t, rows, &[n]).expect("bias only");
+    for r in 0..rows {
+        let one = |v: &[f64]| -> Vec<f64> { (0..d).map(|i| v[i * rows + r]).collect() };
+        let tr = one(&t);
+        let cost =
+            objective(&g, &tr, &one(&bias_only), d, 1) - objective(&g, &tr, &one(&full), d, 1);
+        assert!(
+            (fit.cost[r] - cost).abs() <= 1e-8 * cost.abs().max(1.0),
+            "row {r}: {} vs {cost}",
+            fit.cost[r]
+        );
+    }
+    // Two rows kept in each group of four: the costliest ones.
+    for grp in 0..3 {
+        let range = grp * 4..grp * 4 + 4;
+        let kept: Vec<usize> = range.clone().filter(|&r| fit.keep[r]).collect();
+        assert_eq!(kept.len(), 2, "group {grp}");
+        for r in range.filter(|&r| !fit.keep[r]) {
+            assert!(kept.iter().all(|&k| fit.cost[k] >= fit.cost[r]));
+            assert!(fit.weight[r * n..(r + 1) * n].iter().all(|&v| v == 0.0));
+        }
+    }
+    assert_eq!(fit_rows(&prepared, &t, rows, 3, 2).expect("again"), fit);
+    assert!(matches!(
+        fit_rows(&prepared, &t, rows, 5, 2),
+        Err(CalibratedError::WeightShape { .. })
+    ));
+}
+
+#[test]
+fn calibrated_rows_beat_weight_norm_rows_on_uneven_inputs() {
+    let mut rng = test_rng("calibrated::calibrated_rows_beat_weight_norm_rows_on_uneven_inputs");
+    let (m, n, rows) = (400, 16, 16);
+    // A few loud input features: odd rows read only them, with small weights; even rows read
+    // only the quiet ones, with large weights. The weight norm keeps the even rows.
+    let loud = |j: usize| if j < 3 { 8.0 } else { 0.3 };
+    let xd: Vec<f32> = inputs(&mut rng, m, n)
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| v * loud(i % n))
+        .collect();
+    let xp: Vec<f32> = xd.iter().map(|&v| v + 0.05 * rng.symmetric(1.0)).collect();
+    let w: Vec<f32> = rng
+        .symmetric_vec(rows * n, 1.0)
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| match ((i / n) % 2, i % n < 3) {
+            (1, true) => 0.3 * v,
+            (0, false) => v,
+            _ => 0.0,
+        })
+        .collect();
+    let b = rng.symmetric_vec(rows, 1.0);
+    let mut stats = LinearStats::new(n);
+    stats.accumulate(&xp, &xd).expect("acc");
+    let t = stats.targets(&w, &b).expect("targets");
+    let fit = fit_rows(&stats.clone().prepare(false).expect("p"), &t, rows, 1, 8).expect("rows");
+    // Dropped rows output the mean of their dense output.
+    for r in (0..rows).filter(|&r| !fit.keep[r]) {
+        let mean: f64 = xd
+            .chunks_exact(n)
+            .map(|x| (0..n).map(|j| f64::from(x[j] * w[r * n + j])).sum::<f64>() + f64::from(b[r]))
+            .sum::<f64>()
+            / m as f64;
+        assert!(
+            (f64::from(fit.bias[r]) - mean).abs() < 1e-4 * (1.0 + mean.abs()),
+            "row {r}"
+        );
+    }
+    let by_norm = crate::prune::select::top_rows(
+        crate::prune::Matrix {
+            rows,
+            cols: n,
+            data: &w,
+        },
+        0.5,
+    );
+    let mut norm_w = vec![0f32; rows * n];
+    for &r in &by_norm {
+        let r = r as usize;
+        norm_w[r * n..(r + 1) * n].copy_from_slice(&w[r * n..(r + 1) * n]);
+    }
+    let e_norm = output_error(&xp, &xd, n, (&w, &b), (&norm_w, &b));
+    let e_fit = output_error(&xp, &xd, n, (&w, &b), (&fit.weight, &fit.bias));
+    assert!(
+        e_fit < 0.2 * e_norm,
+        "calibrated {e_fit} vs weight norm {e_norm}"
+    );
+    // Nearly all kept rows are the loud ones (a loud row whose few weights are all small may
+    // lose to a quiet one).
+    let loud_kept = (0..rows).filter(|&r| fit.keep[r] && r % 2 == 1).count();
+    assert!(loud_kept >= 6, "{:?}", fit.keep);
+}
+
+/// Each stage of calibrated pruning lowers the layer's reconstruction error against the dense
+/// output on a seeded synthetic layer: selection by score with the source weights, then the
+/// refit, then greedy selection with the refit. Without the refit, kept weights and the bias are
+/// the source's.
+#[test]
+fn each_stage_lowers_the_reconstruction_error() {
+    let mut rng = test_rng("calibrated::each_stage_lowers_the_reconstruction_error");
+    let (m, n, rows, th, tw) = (600, 48, 16, 8, 8);
+    let xd = inputs(&mut rng, m, n);
+    let xp: Vec<f32> = xd.iter().map(|&v| v + 0.2 * rng.symmetric(1.0)).collect();
+    let w = rng.symmetric_vec(rows * n, 1.0);
+    let b = rng.symmetric_vec(rows, 1.0);
+    let mut stats = LinearStats::new(n);
+    stats.accumulate(&xp, &xd).expect("acc");
+    let gc = n / tw;
+    let scores = activation_tile_scores(&w, rows, n, &stats.input_energy(), th, tw);
+    let budget = budget_from_scores(&scores, gc, scores.len() / 2);
+    let error = |fit: &TileFit| -> f64 {
+        let mut e = 0f64;
+        for i in 0..m {
+            for r in 0..rows {
+                let dot = |x: &[f32], wv: &[f32]| -> f64 {
+                    (0..n)
+                        .map(|j| f64::from(x[i * n + j]) * f64::from(wv[r * n + j]))
+                        .sum()
+                };
+                let dense = dot(&xd, &w) + f64::from(b[r]);
+                let got = dot(&xp, &fit.weight) + f64::from(fit.bias[r]);
+                e += (dense - got).powi(2);
+            }
+        }
+        e
+    };
+    let fit = |selection, refit| {
+        let stages = Stages { selection, refit };
+        fit_tiles(&w, &b, &stats, (th, tw), th, &budget, stages).expect("fit")
+    };
+    let score_only = fit(Selection::Score, Refit::None);
+    let refitted = fit(Selection::Score, Refit::Dense);
+    let greedy = fit(Selection::Greedy, Refit::Dense);
+    // Without the refit: the source values on kept tiles, zero elsewhere, the source bias.
+    assert_eq!(score_only.bias, b);
+    for (i, (&got, &src)) in score_only.weight.iter().zip(&w).enumerate() {
+        let kept = score_only.keep[(i / n / th) * gc + (i % n) / tw];
+        assert_eq!(got, if kept { src } else { 0.0 }, "weight {i}");
+    }
+    // The refit keeps the score's tiles; greedy selection chooses others.
+    assert_eq!(refitted.keep, score_only.keep);
+    assert_ne!(greedy.keep, refitted.keep);
+    let (e0, e1, e2) = (error(&score_only), error(&refitted), error(&greedy));
+    assert!(
+        e0 > e1 && e1 > e2,
+        "errors: score only {e0:.1}, + refit {e1:.1}, + greedy {e2:.1}"
+    );
+    // Greedy selection without the refit keeps greedy's tiles and the source values.
+    let greedy_masked = fit(Selection::Greedy, Refit::None);
+    assert_eq!(greedy_masked.keep, greedy.keep);
+    assert_eq!(greedy_masked.bias, b);
 }
