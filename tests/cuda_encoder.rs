@@ -414,7 +414,6 @@ fn attention_tiling_rule_picks_a_built_kernel() {
             let t = launch::AttentionTiling::choose(len, heads, seqs, d, 132);
             assert!(t.supports(d), "d={d} len={len}: {t:?}");
             let blocks = len.div_ceil(t.queries()) * heads * seqs;
-            // Never fewer blocks than SMs where 64-query blocks would give more.
             if len == 4096 {
                 assert_ne!(
                     t,
@@ -422,6 +421,7 @@ fn attention_tiling_rule_picks_a_built_kernel() {
                     "d={d}: long sequences take 128 queries per block"
                 );
             }
+            // Never fewer blocks than SMs where 64-query blocks would give more.
             if blocks < 132 {
                 assert_eq!(
                     t,
