@@ -319,7 +319,9 @@ __device__ void attention(const __half* q, const __half* k, const __half* v, int
 }  // namespace attn
 
 // attn_fwd_d{D}_w{WARPS}m{MT}_f16: head size D, WARPS warps of MT 16-row tiles each, registers
-// capped so that MINB blocks fit an SM.
+// capped so that MINB blocks fit an SM. Built with 64 queries a block (4 warps of one row tile):
+// blocks of 128 queries (8 warps, or 4 warps of two row tiles) were never faster, from one
+// sequence of 128 tokens to one of 4,096 (bench/RESULTS.md, GPU encoder).
 #define ETS_ATTENTION(D, WARPS, MT, MINB)                                                                   \
     extern "C" __global__ void __launch_bounds__(WARPS * 32, MINB)                                          \
         attn_fwd_d##D##_w##WARPS##m##MT##_f16(const __half* q, const __half* k, const __half* v, int ld,    \
@@ -329,10 +331,5 @@ __device__ void attention(const __half* q, const __half* k, const __half* v, int
     }
 
 ETS_ATTENTION(32, 4, 1, 4)
-ETS_ATTENTION(32, 8, 1, 2)
-ETS_ATTENTION(32, 4, 2, 3)
 ETS_ATTENTION(64, 4, 1, 3)
-ETS_ATTENTION(64, 8, 1, 1)
-ETS_ATTENTION(64, 4, 2, 2)
 ETS_ATTENTION(128, 4, 1, 2)
-ETS_ATTENTION(128, 8, 1, 1)

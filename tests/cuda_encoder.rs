@@ -216,13 +216,8 @@ fn encoder_kernels_compile() {
             "attention.cu",
             &[
                 "attn_fwd_d32_w4m1_f16",
-                "attn_fwd_d32_w8m1_f16",
-                "attn_fwd_d32_w4m2_f16",
                 "attn_fwd_d64_w4m1_f16",
-                "attn_fwd_d64_w8m1_f16",
-                "attn_fwd_d64_w4m2_f16",
                 "attn_fwd_d128_w4m1_f16",
-                "attn_fwd_d128_w8m1_f16",
             ][..],
         ),
     ] {
@@ -292,8 +287,7 @@ fn attention_reference(qkv: &[f32], lengths: &[usize], heads: usize, d: usize) -
 }
 
 /// One attention case on the GPU: Q, K and V as the thirds of one [tokens, 3W] f16 matrix with
-/// biases (or none), every tiling built for `d` and the default one, each on an output poisoned
-/// with NaN, against the f64 reference.
+/// biases (or none), on an output poisoned with NaN, against the f64 reference.
 fn check_attention(
     rt: &Arc<CudaRuntime>,
     rng: &mut Rng,
@@ -338,53 +332,28 @@ fn check_attention(
             [0; 3]
         },
     };
-    let tilings = launch::AttentionTiling::ALL
-        .into_iter()
-        .filter(|t| t.supports(d))
-        .map(Some);
-    for tiling in tilings.chain([None]) {
-        rt.fill_u16(&mut ctx, 0x7e00).unwrap();
-        let (cua, ctxa) = (device_addr(&cub), device_addr(&ctx));
-        // SAFETY: Q, K and V are the thirds of qkv's total rows of 3W f16 (stride 3W), the
-        // biases the thirds of b's 3W f32 (or none), cub the offsets of `lengths` ending at
-        // total (longest max_len), ctx total x W f16; all alive for the call.
-        unsafe {
-            match tiling {
-                Some(t) => launch::attention_tiled(
-                    rt,
-                    &input,
-                    cua,
-                    lengths.len(),
-                    max_len,
-                    heads,
-                    d,
-                    ctxa,
-                    t,
-                ),
-                None => launch::attention(rt, &input, cua, lengths.len(), max_len, heads, d, ctxa),
-            }
-        }
-        .unwrap();
-        let got: Vec<f32> = rt
-            .download::<u16>(&ctx, total * w)
-            .unwrap()
-            .iter()
-            .map(|&v| f16::from_bits(v).to_f32())
-            .collect();
-        let label = format!(
-            "d={d} heads={heads} bias={with_bias} tiling={} lengths={lengths:?}",
-            tiling.map_or("default", |t| t.name())
-        );
-        let mut max_err = 0f32;
-        for (i, (&g, &r)) in got.iter().zip(&want).enumerate() {
-            assert!(g.is_finite(), "{label}: value {i} is {g}");
-            max_err = max_err.max((g - r).abs());
-        }
-        let cos = min_row_cosine(&got, &want, d);
-        eprintln!("attention {label}: max |err| {max_err:.2e}, worst cosine {cos:.7}");
-        assert!(max_err < 1e-2, "{label}: max error {max_err}");
-        assert!(cos >= MIN_COSINE, "{label}: worst row cosine {cos}");
+    rt.fill_u16(&mut ctx, 0x7e00).unwrap();
+    let (cua, ctxa) = (device_addr(&cub), device_addr(&ctx));
+    // SAFETY: Q, K and V are the thirds of qkv's total rows of 3W f16 (stride 3W), the
+    // biases the thirds of b's 3W f32 (or none), cub the offsets of `lengths` ending at
+    // total (longest max_len), ctx total x W f16; all alive for the call.
+    unsafe { launch::attention(rt, &input, cua, lengths.len(), max_len, heads, d, ctxa) }.unwrap();
+    let got: Vec<f32> = rt
+        .download::<u16>(&ctx, total * w)
+        .unwrap()
+        .iter()
+        .map(|&v| f16::from_bits(v).to_f32())
+        .collect();
+    let label = format!("d={d} heads={heads} bias={with_bias} lengths={lengths:?}");
+    let mut max_err = 0f32;
+    for (i, (&g, &r)) in got.iter().zip(&want).enumerate() {
+        assert!(g.is_finite(), "{label}: value {i} is {g}");
+        max_err = max_err.max((g - r).abs());
     }
+    let cos = min_row_cosine(&got, &want, d);
+    eprintln!("attention {label}: max |err| {max_err:.2e}, worst cosine {cos:.7}");
+    assert!(max_err < 1e-2, "{label}: max error {max_err}");
+    assert!(cos >= MIN_COSINE, "{label}: worst row cosine {cos}");
 }
 
 #[test]
@@ -392,45 +361,13 @@ fn check_attention(
 fn gpu_attention_matches_reference() {
     let rt = gpu();
     let mut rng = Rng::new(test_seed("gpu_attention_matches_reference"));
-    // Lengths around every tile edge (64 keys, 64 and 128 queries) in one packed batch.
+    // Lengths around every tile edge (64 keys, 64 queries) in one packed batch.
     let mixed = [1, 63, 64, 65, 127, 128, 129, 384, 512, 1000];
     for (d, heads) in [(64, 3), (32, 2), (128, 2)] {
         check_attention(&rt, &mut rng, d, heads, &mixed, true);
     }
     check_attention(&rt, &mut rng, 64, 12, &[1, 2, 7, 130], false);
     check_attention(&rt, &mut rng, 64, 2, &[512], true);
-}
-
-#[test]
-fn attention_tiling_rule_picks_a_built_kernel() {
-    for d in launch::ATTENTION_HEAD_DIMS {
-        for (len, heads, seqs) in [
-            (1, 12, 1),
-            (128, 12, 1),
-            (512, 12, 32),
-            (4096, 12, 1),
-            (384, 12, 8),
-        ] {
-            let t = launch::AttentionTiling::choose(len, heads, seqs, d, 132);
-            assert!(t.supports(d), "d={d} len={len}: {t:?}");
-            let blocks = len.div_ceil(t.queries()) * heads * seqs;
-            if len == 4096 {
-                assert_ne!(
-                    t,
-                    launch::AttentionTiling::Q64,
-                    "d={d}: long sequences take 128 queries per block"
-                );
-            }
-            // Never fewer blocks than SMs where 64-query blocks would give more.
-            if blocks < 132 {
-                assert_eq!(
-                    t,
-                    launch::AttentionTiling::Q64,
-                    "d={d} len={len} seqs={seqs}"
-                );
-            }
-        }
-    }
 }
 
 #[test]

@@ -3,11 +3,8 @@
 //!
 //! ```text
 //! et-encoder-bench encoder MODEL.ets 1x128,8x128,1x512 [ITERS]
-//! et-encoder-bench attention 1x128,1x4096 HEADS HEAD_DIM [ITERS [TILING]]
+//! et-encoder-bench attention 1x128,1x4096 HEADS HEAD_DIM [ITERS]
 //! ```
-//!
-//! TILING (`q64`, `q128w8`, `q128w4`) times the attention kernel with that tiling instead of
-//! the one the library chooses (`auto`, the default).
 //!
 //! `BxL` is B sequences of L tokens each, `BxL1-L2` B sequences of mixed lengths from L1 to L2
 //! (sequence i has `L1 + (37 i) mod (L2 - L1 + 1)` tokens, the rule `encoder_bench.py` uses too);
@@ -80,18 +77,8 @@ fn encoder(args: &[String]) -> Result<(), String> {
 
 fn attention(args: &[String]) -> Result<(), String> {
     let [list, heads, d, rest @ ..] = args else {
-        return Err("attention SIZES HEADS HEAD_DIM [ITERS [TILING]]".into());
+        return Err("attention SIZES HEADS HEAD_DIM [ITERS]".into());
     };
-    let tiling = match rest.get(1).map(String::as_str) {
-        None | Some("auto") => None,
-        Some(n) => Some(
-            launch::AttentionTiling::ALL
-                .into_iter()
-                .find(|t| t.name() == n)
-                .ok_or(format!("unknown tiling {n}"))?,
-        ),
-    };
-    let tiling_name = tiling.map_or("auto", |t| t.name());
     let heads: usize = heads.parse().map_err(|_| "bad HEADS")?;
     let d: usize = d.parse().map_err(|_| "bad HEAD_DIM")?;
     let iters: usize = rest.first().and_then(|v| v.parse().ok()).unwrap_or(100);
@@ -126,12 +113,7 @@ fn attention(args: &[String]) -> Result<(), String> {
         // SAFETY: Q, K and V are the thirds of qkv's total rows of 3W f16 (stride 3W), the biases
         // the thirds of bb's 3W f32, cub holds b + 1 offsets ending at total (each sequence l
         // long), ctx total x W f16; all alive for the runs.
-        let run = || unsafe {
-            match tiling {
-                Some(t) => launch::attention_tiled(&rt, &input, cua, b, l, heads, d, ctxa, t),
-                None => launch::attention(&rt, &input, cua, b, l, heads, d, ctxa),
-            }
-        };
+        let run = || unsafe { launch::attention(&rt, &input, cua, b, l, heads, d, ctxa) };
         for _ in 0..5 {
             run().map_err(e)?;
         }
@@ -141,7 +123,7 @@ fn attention(args: &[String]) -> Result<(), String> {
             run().map_err(e)?;
         }
         let ms = f64::from(timer.stop_ms().map_err(e)?) / iters as f64;
-        println!("{{\"kind\":\"attention\",\"size\":\"{size}\",\"heads\":{heads},\"d\":{d},\"tiling\":\"{tiling_name}\",\"ms\":{ms:.5}}}");
+        println!("{{\"kind\":\"attention\",\"size\":\"{size}\",\"heads\":{heads},\"d\":{d},\"ms\":{ms:.5}}}");
     }
     Ok(())
 }

@@ -257,75 +257,10 @@ pub struct AttentionInput {
     pub bias: [u64; 3],
 }
 
-/// How the attention kernel splits the queries of a (sequence, head) over its thread blocks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AttentionTiling {
-    /// 64 queries per block: 4 warps of 16 rows (the most blocks, for short or few sequences).
-    Q64,
-    /// 128 queries per block: 8 warps of 16 rows (half the K/V traffic per query).
-    Q128Warps8,
-    /// 128 queries per block: 4 warps of 32 rows (each K/V fragment feeds two row tiles);
-    /// head sizes 32 and 64 only (128 would not fit the registers).
-    Q128Warps4,
-}
+/// Queries per block of the attention kernel (4 warps of 16 rows).
+const ATTENTION_QUERIES: usize = 64;
 
-impl AttentionTiling {
-    /// Every tiling.
-    pub const ALL: [AttentionTiling; 3] = [Self::Q64, Self::Q128Warps8, Self::Q128Warps4];
-
-    /// Queries per thread block.
-    pub fn queries(self) -> usize {
-        match self {
-            Self::Q64 => 64,
-            Self::Q128Warps8 | Self::Q128Warps4 => 128,
-        }
-    }
-
-    /// Warps per thread block.
-    pub fn warps(self) -> usize {
-        match self {
-            Self::Q64 | Self::Q128Warps4 => 4,
-            Self::Q128Warps8 => 8,
-        }
-    }
-
-    /// Whether the kernel is built for head size `head_dim` with this tiling.
-    pub fn supports(self, head_dim: usize) -> bool {
-        ATTENTION_HEAD_DIMS.contains(&head_dim) && (self != Self::Q128Warps4 || head_dim <= 64)
-    }
-
-    /// Short name (`q64`, `q128w8`, `q128w4`).
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Q64 => "q64",
-            Self::Q128Warps8 => "q128w8",
-            Self::Q128Warps4 => "q128w4",
-        }
-    }
-
-    /// The tiling [`attention`] uses: 128 queries per block once the 128-query grid alone
-    /// gives every SM a block (fewer, larger blocks then cost no parallelism and halve the K/V
-    /// traffic per query), else 64. Head sizes up to 64 take 4 warps of 32 rows (every K and V
-    /// fragment read from shared memory feeds two row tiles), 128 takes 8 warps of 16 rows.
-    pub fn choose(
-        max_len: usize,
-        heads: usize,
-        seqs: usize,
-        head_dim: usize,
-        sm_count: usize,
-    ) -> Self {
-        let blocks128 = max_len.div_ceil(128) * heads * seqs;
-        if max_len <= 64 || blocks128 < sm_count.max(1) {
-            Self::Q64
-        } else if head_dim <= 64 {
-            Self::Q128Warps4
-        } else {
-            Self::Q128Warps8
-        }
-    }
-}
-
-/// Fused attention over packed sequences, with the tiling of [`AttentionTiling::choose`].
+/// Fused attention over packed sequences.
 ///
 /// Q, K and V (see [`AttentionInput`]) each hold `tokens` rows of at least `heads * head_dim`
 /// values with stride `ld` (a multiple of 8, addresses 16-byte aligned); `cu` holds the `seqs + 1`
@@ -347,33 +282,9 @@ pub unsafe fn attention(
     head_dim: usize,
     ctx: u64,
 ) -> Result<(), CudaError> {
-    let sms = usize::try_from(rt.sm_count()).unwrap_or(1);
-    let tiling = AttentionTiling::choose(max_len, heads, seqs, head_dim, sms);
-    // SAFETY: the caller's contract, passed on unchanged.
-    unsafe { attention_tiled(rt, input, cu, seqs, max_len, heads, head_dim, ctx, tiling) }
-}
-
-/// [`attention`] with a given tiling (for measuring the tilings against each other).
-///
-/// # Safety
-/// As [`attention`].
-#[allow(clippy::too_many_arguments)]
-pub unsafe fn attention_tiled(
-    rt: &CudaRuntime,
-    input: &AttentionInput,
-    cu: u64,
-    seqs: usize,
-    max_len: usize,
-    heads: usize,
-    head_dim: usize,
-    ctx: u64,
-    tiling: AttentionTiling,
-) -> Result<(), CudaError> {
-    if !tiling.supports(head_dim) {
+    if !ATTENTION_HEAD_DIMS.contains(&head_dim) {
         return Err(CudaError::Invalid(format!(
-            "attention kernel: head_dim {head_dim} with tiling {} is not built (head sizes {ATTENTION_HEAD_DIMS:?}; {} up to 64)",
-            tiling.name(),
-            AttentionTiling::Q128Warps4.name()
+            "attention kernel: head_dim {head_dim} is not one of {ATTENTION_HEAD_DIMS:?}"
         )));
     }
     if seqs == 0 || max_len == 0 || heads == 0 {
@@ -394,7 +305,7 @@ pub unsafe fn attention_tiled(
             .map_err(|_| CudaError::Invalid(format!("attention grid size {v} too large")))
     };
     let grid = (
-        dim(max_len.div_ceil(tiling.queries()))?,
+        dim(max_len.div_ceil(ATTENTION_QUERIES))?,
         dim(heads)?,
         dim(seqs)?,
     );
@@ -404,17 +315,15 @@ pub unsafe fn attention_tiled(
         )));
     }
     // A Q tile and two K and two V tiles of 64 rows, each row padded by 8 halves.
-    let smem = ((tiling.queries() + 4 * 64) * (head_dim + 8) * 2) as u32;
+    let smem = ((ATTENTION_QUERIES + 4 * 64) * (head_dim + 8) * 2) as u32;
     let scale_log2 = std::f32::consts::LOG2_E / (head_dim as f32).sqrt();
     let (ld, heads_i) = (i32_arg(input.ld)?, i32_arg(heads)?);
-    let mt = tiling.queries() / (16 * tiling.warps());
-    let name = format!("attn_fwd_d{head_dim}_w{}m{mt}_f16", tiling.warps());
+    let name = format!("attn_fwd_d{head_dim}_w4m1_f16");
     let f = rt.kernel(&name, smem)?;
     let mut b = rt.stream().launch_builder(&f);
     b.arg(&input.q).arg(&input.k).arg(&input.v).arg(&ld);
     b.arg(&input.bias[0]).arg(&input.bias[2]);
     b.arg(&cu).arg(&heads_i).arg(&scale_log2).arg(&ctx);
-    let threads = (32 * tiling.warps()) as u32;
     // SAFETY: the caller's contract; the arguments follow the kernel's parameters.
-    unsafe { launch(rt, &mut b, &name, grid, threads, smem) }
+    unsafe { launch(rt, &mut b, &name, grid, 128, smem) }
 }
