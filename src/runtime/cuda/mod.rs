@@ -1,12 +1,12 @@
-//! The CUDA runtime: kernels compiled with NVRTC, the tile-sparse GEMM, cuBLAS for dense.
+//! The CUDA runtime: kernels compiled with NVRTC, the tile-sparse GEMM, cuBLAS and cuBLASLt for dense.
 //!
-//! Everything here loads the CUDA libraries (driver, NVRTC, cuBLAS) at run time, so the crate builds
+//! Everything here loads the CUDA libraries (driver, NVRTC, cuBLAS, cuBLASLt) at run time, so the crate builds
 //! and runs on machines without them; [`cuda_available`] and [`CudaRuntime::new`] report their absence
 //! as an error instead of a panic.
 //!
 //! - [`host`]: the CPU half (tile layout building, masks, f32 reference GEMM); no GPU needed.
 //! - [`nvrtc`]: compiling `kernels/*.cu` for an architecture, with an on-disk cache.
-//! - [`CudaRuntime`]: a device context, stream, loaded kernels and a cuBLAS handle.
+//! - [`CudaRuntime`]: a device context, stream, loaded kernels, cuBLAS and cuBLASLt handles.
 //! - [`DeviceModel`]: an `.ets` file's data uploaded as one allocation, with per-tensor views.
 //! - [`linear`]: the safe entry point: a weight of an uploaded model on activations in device
 //!   buffers ([`linear::run_linear`]).
