@@ -11,8 +11,8 @@
 
 mod measure;
 
-pub use measure::{median_ms, FINALISTS, FULL_BATCHES, FULL_CALLS, SCREEN_CALLS};
 pub(crate) use measure::timing_activations;
+pub use measure::{median_ms, FINALISTS, FULL_BATCHES, FULL_CALLS, SCREEN_CALLS};
 
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};

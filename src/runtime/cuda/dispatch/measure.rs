@@ -206,7 +206,9 @@ impl Dispatcher {
         // dispatcher, or the one made above, alive until this returns); X, Y and the epilogue
         // are checked by the callees.
         let dense_ms = median_ms(rt, FULL_BATCHES, FULL_CALLS, || unsafe {
-            gemm::dense_gemm(rt, v.elem, &x, v.cols, tokens, v.cols, dense_at, v.rows, &mut y)?;
+            gemm::dense_gemm(
+                rt, v.elem, &x, v.cols, tokens, v.cols, dense_at, v.rows, &mut y,
+            )?;
             gemm::epilogue(rt, v.elem, &mut y, tokens, v.rows, None, &ep)
         })?;
         Ok(Measured {
@@ -232,7 +234,10 @@ mod tests {
         assert_eq!(finalists(&screened, 9), vec![Sk, Rs, Walk, Wg128]);
         assert_eq!(finalists(&screened, 0), Vec::<TileKernel>::new());
         // A tie keeps the screen's order (the unmeasured default is screened first).
-        assert_eq!(finalists(&[(Rs, 0.01), (Sk, 0.01), (Mma, 0.01)], 2), vec![Rs, Sk]);
+        assert_eq!(
+            finalists(&[(Rs, 0.01), (Sk, 0.01), (Mma, 0.01)], 2),
+            vec![Rs, Sk]
+        );
         // Not a number never passes; infinity ranks last.
         let odd = [(Mma, f64::NAN), (Walk, f64::INFINITY), (Sk, 0.5)];
         assert_eq!(finalists(&odd, 2), vec![Sk, Walk]);

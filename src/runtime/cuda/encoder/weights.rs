@@ -489,7 +489,11 @@ mod tests {
             elem: f16,
         };
         assert!(!qkv_batchable([&cols, &t, &t]), "kept columns");
-        assert!(!qkv_batchable([&t, &tile(768, 768, ElemType::Bf16, false), &t]));
+        assert!(!qkv_batchable([
+            &t,
+            &tile(768, 768, ElemType::Bf16, false),
+            &t
+        ]));
         assert!(!qkv_batchable([&t, &tile(768, 768, f16, true), &t]));
         assert!(!qkv_batchable([&d, &dense(384, 768, f16), &d]), "shapes");
         assert!(!qkv_batchable([&t, &t, &tile(768, 512, f16, false)]));
