@@ -5,7 +5,9 @@
 //! [`TokenBatch`] keeps its tokens packed (sequence after sequence, no padding rows, with
 //! cumulative offsets `cu`), and runs per layer:
 //!
-//! 1. the Q, K and V projections, bias in their epilogue;
+//! 1. the Q, K and V projections, bias in their epilogue; or, where all three run on cuBLAS (dense
+//!    f16 weights, or tile weights the dispatcher sends to cuBLAS on their dense copies), one
+//!    batched GEMM, with the biases added by the attention kernel;
 //! 2. the fused attention kernel (online softmax in fp32, scores never leave registers);
 //! 3. the output projection with bias and residual in its epilogue, then LayerNorm;
 //! 4. the FFN up-projection with bias and GELU in its epilogue, the down-projection with bias and
@@ -117,6 +119,21 @@ impl CudaEncoder {
             graphs: std::sync::atomic::AtomicBool::new(true),
             stats: Mutex::new(PassStats::default()),
         })
+    }
+
+    /// Layers set up to run Q, K and V as one batched GEMM on the current device buffers, in
+    /// order: dense f16 Q/K/V from the start, tile weights once a pass ran them batched (all
+    /// three on cuBLAS at its token count).
+    pub fn batched_qkv_layers(&self) -> Vec<usize> {
+        let Ok(guard) = self.buffers.lock() else {
+            return Vec::new();
+        };
+        let Some(b) = guard.as_ref() else {
+            return Vec::new();
+        };
+        (0..self.weights.layers.len())
+            .filter(|&li| b.qkv_array(li).is_some())
+            .collect()
     }
 
     /// The device runtime.
