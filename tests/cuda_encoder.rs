@@ -568,9 +568,9 @@ fn tile_qkv_model(dir: &Path, seed: u64) -> std::path::PathBuf {
             let qkv = ["query", "key", "value"]
                 .iter()
                 .any(|p| name.contains(&format!("attention.{p}.weight")));
-            let tile = if name.starts_with("layers.0.") && name.ends_with(".weight") {
-                32
-            } else if name.starts_with("layers.1.") && qkv && !name.contains("value") {
+            let layer0 = name.starts_with("layers.0.") && name.ends_with(".weight");
+            let layer1 = name.starts_with("layers.1.") && qkv && !name.contains("value");
+            let tile = if layer0 || layer1 {
                 32
             } else if name.starts_with("layers.2.") && qkv {
                 16
