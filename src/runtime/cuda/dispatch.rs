@@ -322,6 +322,35 @@ impl Dispatcher {
         self.measuring.lock().map(|m| *m).unwrap_or_default()
     }
 
+    /// Counts one measurement made outside the dispatcher (a layer's batched Q/K/V against its
+    /// three projections) and the host time it took.
+    pub(crate) fn count_measurement(&self, took: std::time::Duration) {
+        if let Ok(mut m) = self.measuring.lock() {
+            m.0 += 1;
+            m.1 += took;
+        }
+    }
+
+    /// The address of weight `name`'s dense copy, when the dispatcher holds one.
+    pub(crate) fn held_dense(&self, name: &str) -> Result<Option<u64>, CudaError> {
+        Ok(self
+            .dense
+            .lock()
+            .map_err(|_| CudaError::Invalid("dense cache lock poisoned".into()))?
+            .get(name)
+            .map(addr))
+    }
+
+    /// Keeps `copy` as weight `name`'s dense copy (unless one is held already) and returns the
+    /// address of the copy held. `copy` must be the dense expansion of that weight.
+    pub(crate) fn keep_dense(&self, name: &str, copy: CudaSlice<u16>) -> Result<u64, CudaError> {
+        let mut dense = self
+            .dense
+            .lock()
+            .map_err(|_| CudaError::Invalid("dense cache lock poisoned".into()))?;
+        Ok(addr(dense.entry(name.to_string()).or_insert(copy)))
+    }
+
     /// Decides (measuring on first sight) how weight `name` runs at `tokens` tokens.
     ///
     /// # Safety

@@ -129,6 +129,27 @@ pub(super) struct Measured {
 }
 
 impl Dispatcher {
+    /// Calls `f` with the device addresses of the timing activations (at least `x` values of
+    /// the timing pattern) and of an output buffer (at least `y` f16 values), the buffers the
+    /// dispatcher's own measurements reuse; they stay alive and unused by others while `f` runs.
+    pub(crate) fn with_timing_buffers<R>(
+        &self,
+        rt: &CudaRuntime,
+        x: usize,
+        y: usize,
+        f: impl FnOnce(u64, u64) -> Result<R, CudaError>,
+    ) -> Result<R, CudaError> {
+        let mut timing = self
+            .timing
+            .lock()
+            .map_err(|_| CudaError::Invalid("dispatch timing lock poisoned".into()))?;
+        timing.fit(rt, x, y, 0)?;
+        let missing = || CudaError::Invalid("dispatch timing buffers missing".into());
+        let xa = timing.x.as_ref().map(addr).ok_or_else(missing)?;
+        let ya = timing.y.as_ref().map(addr).ok_or_else(missing)?;
+        f(xa, ya)
+    }
+
     /// Times the tile kernels this device runs for `v` (a screen, then the finalists fully) and
     /// cuBLAS on a dense copy of weight `name`. Both are timed as a projection runs in the
     /// forward pass, with a bias epilogue (every encoder projection has one): fused into the tile

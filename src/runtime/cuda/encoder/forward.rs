@@ -1,10 +1,9 @@
 //! The forward pass: embeddings, every layer, and the pooler and classifier heads, on buffers
 //! already sized for the batch.
 
-use crate::runtime::cuda::device::{addr, RawPtr};
+use crate::runtime::cuda::device::RawPtr;
 use crate::runtime::cuda::{
-    Choice, CudaError, CudaRuntime, CudaSlice, DeviceModel, Dispatcher, Epilogue, LinearWeight,
-    Scratch,
+    Choice, CudaError, CudaRuntime, CudaSlice, DeviceModel, Dispatcher, Epilogue, Scratch,
 };
 use crate::runtime::RuntimeError;
 
@@ -245,96 +244,6 @@ impl CudaEncoder {
             launch::bias_residual_ln(rt, t, 0, 0, bufs.proj.ptr(), ln, eps, h, bufs.x.ptr())
         }?;
         Ok(())
-    }
-
-    /// Q, K and V of layer `li` (which has heads) from `bufs.x` into `bufs.q`, `bufs.k` and
-    /// `bufs.v` for `t` rows; returns the biases the attention kernel adds (zeros when the
-    /// projections added them).
-    fn qkv(&self, bufs: &mut Buffers, li: usize, t: usize) -> Result<[u64; 3], RuntimeError> {
-        let rt = &*self.rt;
-        let model = &self.weights.model;
-        let Some([q, k, v]) = &self.weights.layers[li].qkv else {
-            return Ok([0; 3]);
-        };
-        if let Some(ptrs) = self.qkv_array(bufs, li, t)? {
-            // SAFETY: the array holds layer li's dense f16 Q/K/V weights ([width, hidden], alive
-            // as long as the model and the dispatcher), bufs.x and bufs.q/k/v, which hold at
-            // least t rows (the buffers fit the batch).
-            unsafe { launch::gemm3(rt, ptrs, t, q.n, q.k)? };
-            let b = |p: &Proj| model.f32_values(&p.bias).map(|v| addr(&v));
-            return Ok([b(q)?, b(k)?, b(v)?]);
-        }
-        let bias = Fuse {
-            bias: true,
-            ..Fuse::default()
-        };
-        let (d, sc) = (&self.dispatcher, &mut bufs.scratch);
-        project(rt, d, model, q, &bufs.x, t, &mut bufs.q, bias, sc)?;
-        project(rt, d, model, k, &bufs.x, t, &mut bufs.k, bias, sc)?;
-        project(rt, d, model, v, &bufs.x, t, &mut bufs.v, bias, sc)?;
-        Ok([0; 3])
-    }
-
-    /// Layer `li`'s pointer array for one batched Q/K/V GEMM at `t` rows, or None when it runs
-    /// three projections. Dense f16 Q/K/V always batch; other batchable layers batch when every
-    /// tile weight among them runs on cuBLAS at this token count ([`Self::qkv_cublas_weights`]).
-    /// The array is written in the first pass that batches it, which is eager: a shape is
-    /// captured only after an eager pass of the same shape on the same buffers (see `graph`).
-    /// Should a capture meet an unwritten array all the same, the layer runs three projections
-    /// in that graph, which is correct too.
-    fn qkv_array(
-        &self,
-        bufs: &mut Buffers,
-        li: usize,
-        t: usize,
-    ) -> Result<Option<u64>, RuntimeError> {
-        let Some(ws) = self.qkv_cublas_weights(li, t)? else {
-            return Ok(None);
-        };
-        if let Some(at) = bufs.qkv_array(li) {
-            return Ok(Some(at));
-        }
-        if self.rt.capturing()? {
-            return Ok(None);
-        }
-        Ok(Some(bufs.set_qkv_weights(&self.rt, li, ws)?))
-    }
-
-    /// The dense f16 matrices of layer `li`'s Q, K and V when all three run on cuBLAS at `t`
-    /// rows (a tile weight on the dispatcher's dense copy, made here when missing), else None.
-    /// Every tile weight is decided before any copy is made, so a layer that keeps a tile kernel
-    /// costs no dense copy.
-    pub(super) fn qkv_cublas_weights(
-        &self,
-        li: usize,
-        t: usize,
-    ) -> Result<Option<[u64; 3]>, RuntimeError> {
-        let layer = &self.weights.layers[li];
-        if let Some(ws) = layer.qkv_dense {
-            return Ok(Some(ws));
-        }
-        let (true, Some(ps)) = (layer.qkv_batchable, &layer.qkv) else {
-            return Ok(None);
-        };
-        let (rt, d) = (&*self.rt, &self.dispatcher);
-        for p in ps {
-            if let LinearWeight::Tile(_) = p.weight {
-                // SAFETY: the weight points into the model's upload, alive while the encoder is.
-                if unsafe { d.decide(rt, &p.name, &p.weight, t)? }.choice != Choice::Cublas {
-                    return Ok(None);
-                }
-            }
-        }
-        let mut ws = [0u64; 3];
-        for (w, p) in ws.iter_mut().zip(ps) {
-            *w = match p.weight {
-                LinearWeight::Dense { w, .. } => w,
-                // SAFETY: as above; `v` is the weight called `p.name`.
-                LinearWeight::Tile(v) => unsafe { d.dense_copy(rt, &p.name, &v)? },
-                LinearWeight::Rows { .. } | LinearWeight::Cols { .. } => return Ok(None),
-            };
-        }
-        Ok(Some(ws))
     }
 
     pub(super) fn download_hidden(

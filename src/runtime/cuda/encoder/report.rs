@@ -87,7 +87,7 @@ impl CudaEncoder {
         // the dispatcher's dense copies of tile weights).
         let mut batched: Vec<&Proj> = Vec::new();
         for (li, l) in w.layers.iter().enumerate() {
-            if self.qkv_cublas_weights(li, tokens)?.is_some() {
+            if self.qkv_batched_weights(li, tokens)?.is_some() {
                 batched.extend(l.qkv.iter().flatten());
             }
         }
