@@ -177,17 +177,17 @@ impl CudaEncoder {
         // The dense copies the dispatcher holds, else temporary ones.
         let mut ws = [0u64; 3];
         let mut made = Vec::new();
-        for (w, p) in ws.iter_mut().zip(ps) {
+        for (i, p) in ps.iter().enumerate() {
             let LinearWeight::Tile(v) = p.weight else {
                 return Ok(None);
             };
-            *w = match d.held_dense(&p.name)? {
+            ws[i] = match d.held_dense(&p.name)? {
                 Some(a) => a,
                 None => {
                     // SAFETY: the weight points into the model's upload, alive while the encoder is.
                     let copy = unsafe { densify(rt, &v)? };
                     let a = addr(&copy);
-                    made.push((p.name.clone(), copy));
+                    made.push((i, copy));
                     a
                 }
             };
@@ -215,8 +215,8 @@ impl CudaEncoder {
         })?;
         let batch = batched < separate;
         if batch {
-            for (name, copy) in made {
-                d.keep_dense(&name, copy)?;
+            for (i, copy) in made {
+                ws[i] = d.keep_dense(&ps[i].name, copy)?;
             }
         }
         self.qkv_batch
