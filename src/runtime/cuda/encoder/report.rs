@@ -99,6 +99,10 @@ impl CudaEncoder {
             };
             let mut row = self.report_one(p, m)?;
             if batched.iter().any(|b| std::ptr::eq(*b, p)) {
+                if row.ran.starts_with("tile ") {
+                    // The dispatcher chose a tile kernel; the layer measured the batch faster.
+                    row.reason = format!("{}; batched Q/K/V measured faster", row.reason);
+                }
                 row.ran = format!("cublas ({}, batched Q/K/V)", encoding(&p.weight));
             }
             rows.push(row);
