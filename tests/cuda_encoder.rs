@@ -13,7 +13,7 @@ use ets::format::{Dtype, EncodedTensor, EtsFile, ModelConfig};
 use ets::prune::{Method, Recipe};
 use ets::runtime::cpu::CpuEncoder;
 use ets::runtime::cuda::encoder::launch;
-use ets::runtime::cuda::{device_addr, nvrtc, CudaEncoder, CudaRuntime};
+use ets::runtime::cuda::{device_addr, nvrtc, CudaEncoder, CudaOptions, CudaRuntime, Dispatcher};
 use ets::runtime::{Encoder, ForwardOptions, Pooling, TokenBatch, TokenSequence};
 use ets_testkit::models as synth;
 use ets_testkit::rng::{test_seed, Rng};
@@ -159,6 +159,20 @@ fn random_model(
     hidden: u32,
     seed: u64,
 ) -> std::path::PathBuf {
+    random_model_encoded(dir, name, heads, head_dim, hidden, seed, |_, _, _| None)
+}
+
+/// As [`random_model`], with each matrix encoded by `encode(name, shape, values)` where it
+/// returns a tensor, dense f16 elsewhere.
+fn random_model_encoded(
+    dir: &Path,
+    name: &str,
+    heads: Vec<u32>,
+    head_dim: u32,
+    hidden: u32,
+    seed: u64,
+    mut encode: impl FnMut(&str, &[usize], &[f32]) -> Option<EncodedTensor>,
+) -> std::path::PathBuf {
     let layers = heads.len() as u32;
     let mut cfg = synth::config(layers, hidden, heads, head_dim, 4 * hidden, 1000, 512);
     cfg.num_labels = Some(3);
@@ -181,6 +195,9 @@ fn random_model(
     let tensors: Vec<(String, EncodedTensor)> = weights
         .iter()
         .map(|(n, shape, data)| {
+            if let Some(t) = encode(n, shape, data) {
+                return (n.clone(), t);
+            }
             let dtype = if shape.len() == 2 {
                 Dtype::F16
             } else {
@@ -530,4 +547,104 @@ fn gpu_nearby_batch_sizes_replay_one_graph_and_match_cpu() {
     let text =
         <CudaEncoder as Encoder>::pass_report(&gpu).expect("the CUDA encoder reports its passes");
     assert!(text.contains("0 eager, 1 captured, 4 replayed"), "{text}");
+}
+
+/// A random 4-head model whose layers 0-2 hold Q, K and V as tiles: layer 0 every matrix in
+/// 32x32 tiles, layer 1 Q and K in 32x32 tiles with V dense, layer 2 Q, K and V in 16x16 tiles;
+/// about half the tiles kept, the rest dense f16.
+fn tile_qkv_model(dir: &Path, seed: u64) -> std::path::PathBuf {
+    let mut masks = Rng::new(seed ^ 0x7111e);
+    random_model_encoded(
+        dir,
+        "tile-qkv",
+        vec![4, 4, 4],
+        64,
+        256,
+        seed,
+        |name, shape, data| {
+            let [r, c] = *shape else {
+                return None;
+            };
+            let qkv = ["query", "key", "value"]
+                .iter()
+                .any(|p| name.contains(&format!("attention.{p}.weight")));
+            let layer0 = name.starts_with("layers.0.") && name.ends_with(".weight");
+            let layer1 = name.starts_with("layers.1.") && qkv && !name.contains("value");
+            let tile = if layer0 || layer1 {
+                32
+            } else if name.starts_with("layers.2.") && qkv {
+                16
+            } else {
+                return None;
+            };
+            let keep = synth::random_tile_keep(r, c, tile, tile, 0.5, &mut masks);
+            Some(EncodedTensor::tile(r, c, data, tile, tile, &keep, Dtype::F16).unwrap())
+        },
+    )
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn gpu_tile_qkv_on_cublas_run_batched_and_match_cpu() {
+    let rt = gpu();
+    let s = test_seed("gpu_tile_qkv_on_cublas_run_batched_and_match_cpu");
+    let mut rng = Rng::new(s);
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tile_qkv_model(tmp.path(), s);
+    let file = EtsFile::open(&path).unwrap();
+    let cpu = CpuEncoder::new(&file).unwrap();
+    let cfg = file.model().clone();
+    let forced = CudaOptions {
+        force_cublas: true,
+        tuning_cache: false,
+        ..CudaOptions::default()
+    };
+    let gpu =
+        CudaEncoder::with_dispatcher(rt.clone(), &file, Dispatcher::with_options(forced)).unwrap();
+    gpu.set_poison(true);
+    assert!(gpu.batched_qkv_layers().is_empty(), "no pass ran yet");
+    let mut lengths: Vec<usize> = (0..12).map(|_| 1 + rng.below(200) as usize).collect();
+    lengths.extend([1, 64, 65, 512]);
+    let batch = random_batch(&mut rng, &cfg, &lengths);
+    // Hidden states run eagerly; the pooled passes after them are captured and replayed.
+    compare("tile Q/K/V forced to cuBLAS", &cpu, &gpu, &batch);
+    assert_eq!(gpu.batched_qkv_layers(), vec![0, 1, 2]);
+    let st = gpu.stats();
+    assert!(st.captured >= 1 && st.replayed >= 1, "{st:?}");
+    let report = gpu.report(&batch).unwrap();
+    let ran = |name: &str| {
+        report
+            .iter()
+            .find(|r| r.name == name)
+            .map(|r| r.ran.clone())
+            .unwrap_or_else(|| panic!("{name} missing from the report"))
+    };
+    assert_eq!(
+        ran("layers.0.attention.key.weight"),
+        "cublas (tile, batched Q/K/V)"
+    );
+    assert_eq!(
+        ran("layers.1.attention.value.weight"),
+        "cublas (dense, batched Q/K/V)"
+    );
+    assert_eq!(
+        ran("layers.2.attention.query.weight"),
+        "cublas (tile, batched Q/K/V)"
+    );
+    assert_eq!(ran("layers.0.ffn.output.weight"), "cublas (tile)");
+
+    // Measured decisions (screened tile kernels against cuBLAS) on the same file also match.
+    let measured = CudaOptions {
+        tuning_cache: false,
+        ..CudaOptions::default()
+    };
+    let gpu = CudaEncoder::with_dispatcher(rt, &file, Dispatcher::with_options(measured)).unwrap();
+    gpu.set_poison(true);
+    compare("tile Q/K/V measured", &cpu, &gpu, &batch);
+    let (measurements, _) = gpu.dispatcher().measuring();
+    assert!(measurements > 0, "the tile weights were measured");
+    eprintln!(
+        "{}",
+        ets::runtime::cuda::format_table(&gpu.dispatcher().table())
+    );
 }

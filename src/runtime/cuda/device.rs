@@ -442,6 +442,15 @@ impl CudaRuntime {
             .map_err(CudaError::driver("stream synchronize"))
     }
 
+    /// Whether the runtime's stream is capturing a graph (work enqueued now is recorded, not run).
+    pub(crate) fn capturing(&self) -> Result<bool, CudaError> {
+        let status = self
+            .stream
+            .capture_status()
+            .map_err(CudaError::driver("stream capture status"))?;
+        Ok(status != sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE)
+    }
+
     /// Kernel `name`, allowed `smem` bytes of dynamic shared memory (raised once per kernel above
     /// the 48 KiB default, with the largest carveout so that two CTAs fit on a multiprocessor).
     pub(crate) fn kernel(&self, name: &str, smem: u32) -> Result<CudaFunction, CudaError> {

@@ -1,17 +1,25 @@
 //! Choosing, per weight and token count, between the tile kernel and cuBLAS on a dense copy.
 //!
-//! The first call for a (weight shape, tile shape, mask, token bucket) measures every usable tile
-//! kernel and cuBLAS on the device and keeps the answer for the process and, with the tuning cache
+//! The first call for a (weight shape, tile shape, mask, token bucket) measures on the device: a
+//! short screen of every usable tile kernel, then a full timing of the fastest two and of cuBLAS
+//! (see `measure`) and keeps the answer for the process and, with the tuning cache
 //! on ([`CudaOptions::tuning_cache`]), on disk for the next process ([`TuningCache`]). A bucket
 //! within a factor of two of one already decided (in this process or the tuning file) takes that
 //! decision without measuring, so a run whose batches spread over neighbouring buckets measures
 //! each weight once.
 //! [`Dispatcher::table`] lists every decision with its reason and the measured speedup.
 
+mod measure;
+
+pub(crate) use measure::timing_activations;
+pub use measure::{median_ms, FINALISTS, FULL_BATCHES, FULL_CALLS, SCREEN_CALLS};
+
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
 
 use cudarc::driver::{CudaSlice, CudaView, CudaViewMut};
+
+use measure::TimingBuffers;
 
 use super::device::{addr, CudaRuntime};
 use super::error::CudaError;
@@ -71,7 +79,12 @@ pub struct Dispatcher {
     tuning: OnceLock<Option<TuningCache>>,
     cache: Mutex<HashMap<Key, Decision>>,
     entries: Mutex<Vec<DispatchEntry>>,
+    /// Dense copies of the tile weights that run on cuBLAS, by weight name. A copy is never
+    /// replaced or dropped before the dispatcher, so its address stays valid that long (a
+    /// captured graph or a batched GEMM's pointer array may hold it).
     dense: Mutex<HashMap<String, CudaSlice<u16>>>,
+    /// The measurements' activations and outputs, reused across weights.
+    timing: Mutex<TimingBuffers>,
     /// Per weight (its key without the bucket), the buckets decided by a measurement or the
     /// tuning file: the sources a nearby bucket's decision is taken from.
     measured: Mutex<HashMap<WeightKey, Vec<usize>>>,
@@ -98,30 +111,6 @@ pub(crate) fn nearby_bucket(measured: &[usize], tokens: usize) -> Option<usize> 
         .copied()
         .filter(|&b| b != tokens && distance(b) <= 2.0)
         .min_by(|&a, &b| distance(a).total_cmp(&distance(b)).then(b.cmp(&a)))
-}
-
-/// Median milliseconds per call of `f`, timed with device events over batches of `per_batch`
-/// back-to-back calls (after a warm-up batch).
-pub fn median_ms(
-    rt: &CudaRuntime,
-    batches: usize,
-    per_batch: usize,
-    mut f: impl FnMut() -> Result<(), CudaError>,
-) -> Result<f64, CudaError> {
-    for _ in 0..per_batch.max(1) {
-        f()?;
-    }
-    rt.synchronize()?;
-    let mut times = Vec::with_capacity(batches);
-    for _ in 0..batches.max(1) {
-        let t = rt.timer()?;
-        for _ in 0..per_batch.max(1) {
-            f()?;
-        }
-        times.push(t.stop_ms()? as f64 / per_batch.max(1) as f64);
-    }
-    times.sort_by(|a, b| a.total_cmp(b));
-    Ok(times[times.len() / 2])
 }
 
 fn bucket(tokens: usize) -> usize {
@@ -214,19 +203,29 @@ impl Dispatcher {
         Some((choice, e.tile_ms, e.dense_ms, why, e.kernel))
     }
 
-    /// Measures `v` at `tokens` (a bucket) and stores the decision in the tuning cache.
+    /// Measures weight `name` (`v`) at `tokens` (a bucket) and stores the decision in the tuning
+    /// cache. When cuBLAS wins, the dense copy made for the measurement is kept for the runs.
     ///
     /// # Safety
     /// As [`Dispatcher::measure`].
     unsafe fn measure_and_store(
         &self,
         rt: &CudaRuntime,
+        name: &str,
         v: &TileDeviceView,
         tokens: usize,
     ) -> Result<Decision, CudaError> {
         // SAFETY: the caller's upload.
-        let (kern, t, c) = unsafe { self.measure(rt, v, tokens)? };
+        let m = unsafe { self.measure(rt, name, v, tokens)? };
+        let (kern, t, c) = (m.kernel, m.tile_ms, m.dense_ms);
         let choice = if t <= c { Choice::Tile } else { Choice::Cublas };
+        if let (Choice::Cublas, Some(copy)) = (choice, m.dense) {
+            self.dense
+                .lock()
+                .map_err(|_| CudaError::Invalid("dense cache lock poisoned".into()))?
+                .entry(name.to_string())
+                .or_insert(copy);
+        }
         if let (Some(cache), Some(key)) = (self.tuning(), tune_key(rt, v, tokens)) {
             let entry = TuneEntry {
                 kernel: (choice == Choice::Tile).then_some(kern),
@@ -241,68 +240,6 @@ impl Dispatcher {
         Ok((choice, Some(t), Some(c), why, Some(kern)))
     }
 
-    /// Times every tile kernel this device runs for `v` and cuBLAS on a dense copy; returns the
-    /// fastest tile kernel with its time, and the cuBLAS time. Both are timed as a projection
-    /// runs in the forward pass, with a bias epilogue (every encoder projection has one): fused
-    /// into the tile kernel, a separate kernel after cuBLAS.
-    ///
-    /// # Safety
-    /// `v`'s addresses are those of a live upload on this runtime's device.
-    unsafe fn measure(
-        &self,
-        rt: &CudaRuntime,
-        v: &TileDeviceView,
-        tokens: usize,
-    ) -> Result<(TileKernel, f64, f64), CudaError> {
-        // SAFETY: v's upload is the caller's.
-        let dense = unsafe { gemm::densify(rt, v)? };
-        // Varied activations: timing on constant or zero data can run faster than real inputs.
-        let x = timing_activations(rt, tokens * v.cols)?;
-        let x = x.as_view();
-        let mut y = rt.alloc::<u16>(tokens * v.rows)?;
-        let mut y = y.as_view_mut();
-        let bias = rt.alloc::<f32>(v.rows)?;
-        let ep = Epilogue {
-            bias: Some(bias.as_view()),
-            ..Epilogue::default()
-        };
-        let dev = rt.limits();
-        let mut kernels = vec![tile::auto_kernel(&dev, v, tokens)];
-        for k in tile::usable_kernels(&dev, v, tokens) {
-            if !kernels.contains(&k) {
-                kernels.push(k);
-            }
-        }
-        let mut best: Option<(TileKernel, f64)> = None;
-        for kern in kernels {
-            // SAFETY: v's upload is the caller's; X and Y are checked by the launch.
-            let ms = median_ms(rt, 5, 10, || unsafe {
-                tile::tile_gemm_with(rt, &x, tokens, v, &ep, &mut y, None, kern)
-            })?;
-            if best.map_or(true, |(_, b)| ms < b) {
-                best = Some((kern, ms));
-            }
-        }
-        let (kern, tile) = best.unwrap_or((TileKernel::Mma, f64::INFINITY));
-        // SAFETY: dense holds N x K values (made above and alive); X, Y and the epilogue are
-        // checked by the callees.
-        let cublas = median_ms(rt, 5, 10, || unsafe {
-            gemm::dense_gemm(
-                rt,
-                v.elem,
-                &x,
-                v.cols,
-                tokens,
-                v.cols,
-                addr(&dense),
-                v.rows,
-                &mut y,
-            )?;
-            gemm::epilogue(rt, v.elem, &mut y, tokens, v.rows, None, &ep)
-        })?;
-        Ok((kern, tile, cublas))
-    }
-
     /// Decides a bucket not decided in this process yet: from the options or the tuning file;
     /// else from a nearby bucket decided by a measurement or the tuning file
     /// ([`nearby_bucket`]); else by measuring.
@@ -312,6 +249,7 @@ impl Dispatcher {
     unsafe fn decide_bucket(
         &self,
         rt: &CudaRuntime,
+        name: &str,
         v: &TileDeviceView,
         tokens: usize,
     ) -> Result<Decision, CudaError> {
@@ -370,7 +308,7 @@ impl Dispatcher {
         }
         let t0 = std::time::Instant::now();
         // SAFETY: the caller's upload.
-        let d = unsafe { self.measure_and_store(rt, v, tokens)? };
+        let d = unsafe { self.measure_and_store(rt, name, v, tokens)? };
         if let Ok(mut m) = self.measuring.lock() {
             m.0 += 1;
             m.1 += t0.elapsed();
@@ -382,6 +320,35 @@ impl Dispatcher {
     /// Measurements made so far, and the host time they took.
     pub fn measuring(&self) -> (usize, std::time::Duration) {
         self.measuring.lock().map(|m| *m).unwrap_or_default()
+    }
+
+    /// Counts one measurement made outside the dispatcher (a layer's batched Q/K/V against its
+    /// three projections) and the host time it took.
+    pub(crate) fn count_measurement(&self, took: std::time::Duration) {
+        if let Ok(mut m) = self.measuring.lock() {
+            m.0 += 1;
+            m.1 += took;
+        }
+    }
+
+    /// The address of weight `name`'s dense copy, when the dispatcher holds one.
+    pub(crate) fn held_dense(&self, name: &str) -> Result<Option<u64>, CudaError> {
+        Ok(self
+            .dense
+            .lock()
+            .map_err(|_| CudaError::Invalid("dense cache lock poisoned".into()))?
+            .get(name)
+            .map(addr))
+    }
+
+    /// Keeps `copy` as weight `name`'s dense copy (unless one is held already) and returns the
+    /// address of the copy held. `copy` must be the dense expansion of that weight.
+    pub(crate) fn keep_dense(&self, name: &str, copy: CudaSlice<u16>) -> Result<u64, CudaError> {
+        let mut dense = self
+            .dense
+            .lock()
+            .map_err(|_| CudaError::Invalid("dense cache lock poisoned".into()))?;
+        Ok(addr(dense.entry(name.to_string()).or_insert(copy)))
     }
 
     /// Decides (measuring on first sight) how weight `name` runs at `tokens` tokens.
@@ -412,7 +379,7 @@ impl Dispatcher {
                     Some(d) => d,
                     None => {
                         // SAFETY: the caller's upload.
-                        let d = unsafe { self.decide_bucket(rt, v, tokens_b)? };
+                        let d = unsafe { self.decide_bucket(rt, name, v, tokens_b)? };
                         self.cache
                             .lock()
                             .map_err(|_| poisoned())?
@@ -493,49 +460,57 @@ impl Dispatcher {
             unsafe { tile::tile_gemm_with(rt, x, m, v, ep, y, None, kern)? };
             return Ok(d.choice);
         }
-        let fallback = match (d.choice, w) {
+        let guard;
+        let view = match (d.choice, w) {
             (Choice::Cublas, LinearWeight::Tile(v)) => {
-                let mut dense = self
+                // SAFETY: the caller's upload.
+                unsafe { self.dense_copy(rt, name, v)? };
+                guard = self
                     .dense
                     .lock()
                     .map_err(|_| CudaError::Invalid("dense cache lock poisoned".into()))?;
-                if !dense.contains_key(name) {
-                    // SAFETY: the caller's upload.
-                    dense.insert(name.to_string(), unsafe { gemm::densify(rt, v)? });
-                }
-                dense
+                let copy = guard.get(name).map(|b| b.as_view());
+                Some(copy.ok_or_else(|| {
+                    CudaError::Invalid(format!("the dense copy of {name} is missing"))
+                })?)
             }
-            _ => {
-                // SAFETY: the caller's upload; no dense copy.
-                unsafe { gemm::linear(rt, x, m, w, None, ep, y, scratch)? };
-                return Ok(d.choice);
-            }
+            _ => None,
         };
-        let view = fallback.get(name).map(|b| b.as_view());
-        // SAFETY: the caller's upload; the dense copy holds N x K values and lives in self.
+        // SAFETY: the caller's upload; a dense copy holds N x K values and lives in self.
         unsafe { gemm::linear(rt, x, m, w, view.as_ref(), ep, y, scratch)? };
         Ok(d.choice)
+    }
+
+    /// The device address of weight `name`'s dense f16 copy (`v` expanded), made on first use
+    /// and kept, unchanged, until the dispatcher drops.
+    ///
+    /// # Safety
+    /// `v`'s addresses are those of a live upload on this runtime's device, and `v` is the weight
+    /// called `name` (the copy is found by name).
+    pub unsafe fn dense_copy(
+        &self,
+        rt: &CudaRuntime,
+        name: &str,
+        v: &TileDeviceView,
+    ) -> Result<u64, CudaError> {
+        let mut dense = self
+            .dense
+            .lock()
+            .map_err(|_| CudaError::Invalid("dense cache lock poisoned".into()))?;
+        if let Some(b) = dense.get(name) {
+            return Ok(addr(b));
+        }
+        // SAFETY: the caller's upload.
+        let copy = unsafe { gemm::densify(rt, v)? };
+        let at = addr(&copy);
+        dense.insert(name.to_string(), copy);
+        Ok(at)
     }
 
     /// Every decision so far.
     pub fn table(&self) -> Vec<DispatchEntry> {
         self.entries.lock().map(|e| e.clone()).unwrap_or_default()
     }
-}
-
-/// `n` f16 values spread over [-1, 1) on the device, a fixed pattern of 1 Mi values repeated:
-/// each value's bits come from a multiplicative hash of its index, so the data is the same in
-/// every process and varied enough that the tensor cores do not see constant operands.
-pub(crate) fn timing_activations(rt: &CudaRuntime, n: usize) -> Result<CudaSlice<u16>, CudaError> {
-    let block: Vec<u16> = (0..(1usize << 20).min(n.max(1)) as u64)
-        .map(|i| {
-            let h = (i + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-            let u = (h >> 40) as f32 / (1u64 << 24) as f32;
-            half::f16::from_f32(2.0 * u - 1.0).to_bits()
-        })
-        .collect();
-    let values: Vec<u16> = block.iter().copied().cycle().take(n).collect();
-    rt.upload(&values)
 }
 
 /// The tuning cache's key of `v` at `tokens`; None when the mask's signature is not known.

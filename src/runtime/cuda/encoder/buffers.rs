@@ -52,8 +52,11 @@ pub(crate) struct Buffers {
     /// Forward passes captured on these buffers, per batch shape.
     pub graphs: Graphs,
     /// Per layer, the device pointer arrays of its batched Q/K/V GEMM: `[Wq, Wk, Wv]`,
-    /// `[x, x, x]`, `[q, k, v]` (9 addresses; zeros for layers without one).
+    /// `[x, x, x]`, `[q, k, v]` (9 addresses; zeros for layers without one yet).
     pub qkv_ptrs: CudaSlice<u64>,
+    /// Per layer, whether its array in `qkv_ptrs` is written (from the start for dense Q/K/V;
+    /// for tile weights once their dense copies exist, see [`Buffers::set_qkv_weights`]).
+    qkv_ready: Vec<bool>,
 }
 
 impl Buffers {
@@ -75,6 +78,7 @@ impl Buffers {
             f16s(tokens * w.max_width)?,
         );
         let mut ptrs = Vec::with_capacity(w.layers.len() * 9);
+        let qkv_ready = w.layers.iter().map(|l| l.qkv_dense.is_some()).collect();
         for l in &w.layers {
             match l.qkv_dense {
                 Some(ws) => {
@@ -107,7 +111,49 @@ impl Buffers {
             scratch: Scratch::default(),
             graphs: Graphs::default(),
             qkv_ptrs,
+            qkv_ready,
         })
+    }
+
+    /// Device address of layer `li`'s pointer array for the batched Q/K/V GEMM, when written.
+    pub fn qkv_array(&self, li: usize) -> Option<u64> {
+        self.qkv_ready
+            .get(li)
+            .copied()
+            .unwrap_or(false)
+            .then(|| self.qkv_ptrs.ptr() + (li * 9 * 8) as u64)
+    }
+
+    /// Writes layer `li`'s pointer array for the batched Q/K/V GEMM with the dense f16 weights
+    /// `ws` (each `[width, hidden]`, alive as long as these buffers) and this buffer set's x, q, k
+    /// and v. The copy comes from host memory, so it is made outside a graph capture.
+    pub fn set_qkv_weights(
+        &mut self,
+        rt: &CudaRuntime,
+        li: usize,
+        ws: [u64; 3],
+    ) -> Result<u64, CudaError> {
+        let slot = li * 9;
+        if slot + 9 > self.qkv_ptrs.len() || li >= self.qkv_ready.len() {
+            return Err(CudaError::Invalid(format!(
+                "no batched Q/K/V slot for layer {li}"
+            )));
+        }
+        let x = self.x.ptr();
+        let ptrs = [
+            ws[0],
+            ws[1],
+            ws[2],
+            x,
+            x,
+            x,
+            self.q.ptr(),
+            self.k.ptr(),
+            self.v.ptr(),
+        ];
+        rt.copy_to_device(&ptrs, &mut self.qkv_ptrs.slice_mut(slot..slot + 9))?;
+        self.qkv_ready[li] = true;
+        Ok(self.qkv_ptrs.ptr() + (slot * 8) as u64)
     }
 
     /// Whether a batch of `tokens` tokens in `seqs` sequences fits.

@@ -139,34 +139,11 @@ impl CudaEncoder {
         let t = p.tokens();
         let eps = c.layer_norm_eps as f32;
         let layer = &self.weights.layers[li];
-        let bias = Fuse {
-            bias: true,
-            ..Fuse::default()
-        };
         let model = &self.weights.model;
         let cu = bufs.cu();
-        let sc = &mut bufs.scratch;
         match (&layer.qkv, &layer.out) {
-            (Some([q, k, v]), Some(out)) => {
-                let bias3 = if layer.qkv_dense.is_some() {
-                    // Dense Q, K and V: one batched GEMM; the attention kernel applies the biases.
-                    let ptrs = bufs.qkv_ptrs.ptr() + (li * 9 * 8) as u64;
-                    // SAFETY: the buffers were built for this model, so layer li's 9 addresses
-                    // are its dense f16 Q/K/V weights ([width, hidden]), bufs.x and bufs.q/k/v,
-                    // which hold at least t rows (the buffers fit the batch).
-                    unsafe { launch::gemm3(rt, ptrs, t, q.n, q.k)? };
-                    let b = |p: &Proj| {
-                        model
-                            .f32_values(&p.bias)
-                            .map(|v| crate::runtime::cuda::device::addr(&v))
-                    };
-                    [b(q)?, b(k)?, b(v)?]
-                } else {
-                    project(rt, d, model, q, &bufs.x, t, &mut bufs.q, bias, sc)?;
-                    project(rt, d, model, k, &bufs.x, t, &mut bufs.k, bias, sc)?;
-                    project(rt, d, model, v, &bufs.x, t, &mut bufs.v, bias, sc)?;
-                    [0; 3]
-                };
+            (Some([q, ..]), Some(out)) => {
+                let bias3 = self.qkv(bufs, li, t)?;
                 let input = AttentionInput {
                     q: bufs.q.ptr(),
                     k: bufs.k.ptr(),
@@ -186,7 +163,17 @@ impl CudaEncoder {
                     gelu: false,
                     residual: Some(&bufs.x),
                 };
-                project(rt, d, model, out, &bufs.ctx, t, &mut bufs.proj, fuse, sc)?;
+                project(
+                    rt,
+                    d,
+                    model,
+                    out,
+                    &bufs.ctx,
+                    t,
+                    &mut bufs.proj,
+                    fuse,
+                    &mut bufs.scratch,
+                )?;
                 // proj = ctx Wo^T + bo + x, so the LayerNorm adds nothing.
                 let ln = (layer.ln1.gamma, layer.ln1.beta);
                 // SAFETY: the buffers are this encoder's, sized for the packed batch by `prepare`.
@@ -220,7 +207,17 @@ impl CudaEncoder {
             gelu,
             residual: None,
         };
-        project(rt, d, model, ffn, &bufs.attn, t, &mut bufs.inter, fuse, sc)?;
+        project(
+            rt,
+            d,
+            model,
+            ffn,
+            &bufs.attn,
+            t,
+            &mut bufs.inter,
+            fuse,
+            &mut bufs.scratch,
+        )?;
         if !gelu {
             // SAFETY: the buffers are this encoder's, sized for the packed batch by `prepare`.
             unsafe { launch::bias_act(rt, bufs.inter.ptr(), 0, t, ffn.n, act) }?;
@@ -239,7 +236,7 @@ impl CudaEncoder {
             t,
             &mut bufs.proj,
             fuse,
-            sc,
+            &mut bufs.scratch,
         )?;
         let ln = (layer.ln2.gamma, layer.ln2.beta);
         // SAFETY: the buffers are this encoder's, sized for the packed batch by `prepare`.

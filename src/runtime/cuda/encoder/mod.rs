@@ -5,7 +5,9 @@
 //! [`TokenBatch`] keeps its tokens packed (sequence after sequence, no padding rows, with
 //! cumulative offsets `cu`), and runs per layer:
 //!
-//! 1. the Q, K and V projections, bias in their epilogue;
+//! 1. the Q, K and V projections, bias in their epilogue; or one batched GEMM on dense f16
+//!    matrices, the biases added by the attention kernel, where all three run on cuBLAS or that
+//!    was measured faster (see `qkv`);
 //! 2. the fused attention kernel (online softmax in fp32, scores never leave registers);
 //! 3. the output projection with bias and residual in its epilogue, then LayerNorm;
 //! 4. the FFN up-projection with bias and GELU in its epilogue, the down-projection with bias and
@@ -38,6 +40,7 @@ mod forward;
 mod graph;
 pub mod launch;
 mod packed;
+mod qkv;
 mod report;
 mod stats;
 mod weights;
@@ -72,6 +75,9 @@ pub struct CudaEncoder {
     poison: std::sync::atomic::AtomicBool,
     graphs: std::sync::atomic::AtomicBool,
     stats: Mutex<PassStats>,
+    /// Per (layer, token bucket) whose Q, K and V chose tile kernels: whether one batched GEMM
+    /// on dense copies was measured faster (see `qkv`).
+    qkv_batch: Mutex<std::collections::HashMap<(usize, usize), bool>>,
 }
 
 impl std::fmt::Debug for CudaEncoder {
@@ -116,7 +122,22 @@ impl CudaEncoder {
             poison: std::sync::atomic::AtomicBool::new(false),
             graphs: std::sync::atomic::AtomicBool::new(true),
             stats: Mutex::new(PassStats::default()),
+            qkv_batch: Mutex::new(std::collections::HashMap::new()),
         })
+    }
+
+    /// Layers set up to run Q, K and V as one batched GEMM on the current device buffers, in
+    /// order: dense f16 Q/K/V from the start, tile weights once a pass ran them batched.
+    pub fn batched_qkv_layers(&self) -> Vec<usize> {
+        let Ok(guard) = self.buffers.lock() else {
+            return Vec::new();
+        };
+        let Some(b) = guard.as_ref() else {
+            return Vec::new();
+        };
+        (0..self.weights.layers.len())
+            .filter(|&li| b.qkv_array(li).is_some())
+            .collect()
     }
 
     /// The device runtime.

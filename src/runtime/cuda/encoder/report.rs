@@ -28,8 +28,8 @@ pub struct ProjectionReport {
     pub ran: String,
     /// Why the dispatcher chose it.
     pub reason: String,
-    /// Milliseconds of the projection as it runs in the forward pass (epilogue included); dense
-    /// Q, K and V run there as one batched GEMM, and are timed here one at a time.
+    /// Milliseconds of the projection as it runs in the forward pass (epilogue included); Q, K
+    /// and V that run there as one batched GEMM (`ran` says so) are timed here one at a time.
     pub ms: f64,
     /// Milliseconds of cuBLAS on a dense `[n, k]` f16 matrix, no epilogue.
     pub cublas_ms: f64,
@@ -83,12 +83,14 @@ impl CudaEncoder {
         let w = &self.weights;
         let heads: Vec<&Proj> = w.pooler.iter().chain(w.classifier.iter()).collect();
         let mut rows = Vec::new();
-        let batched: Vec<&Proj> = w
-            .layers
-            .iter()
-            .filter(|l| l.qkv_dense.is_some())
-            .flat_map(|l| l.qkv.iter().flatten())
-            .collect();
+        // Q, K and V that run as one batched GEMM at this token count (on dense weights or on
+        // the dispatcher's dense copies of tile weights).
+        let mut batched: Vec<&Proj> = Vec::new();
+        for (li, l) in w.layers.iter().enumerate() {
+            if self.qkv_batched_weights(li, tokens)?.is_some() {
+                batched.extend(l.qkv.iter().flatten());
+            }
+        }
         for p in w.projections() {
             let m = if heads.iter().any(|h| std::ptr::eq(*h, p)) {
                 seqs
@@ -97,7 +99,11 @@ impl CudaEncoder {
             };
             let mut row = self.report_one(p, m)?;
             if batched.iter().any(|b| std::ptr::eq(*b, p)) {
-                row.ran = "cublas (dense, batched Q/K/V)".into();
+                if row.ran.starts_with("tile ") {
+                    // The dispatcher chose a tile kernel; the layer measured the batch faster.
+                    row.reason = format!("{}; batched Q/K/V measured faster", row.reason);
+                }
+                row.ran = format!("cublas ({}, batched Q/K/V)", encoding(&p.weight));
             }
             rows.push(row);
         }

@@ -47,6 +47,9 @@ pub(crate) struct DevLayer {
     pub qkv: Option<[Proj; 3]>,
     /// When Q, K and V are all dense f16 of one shape: their addresses, for one batched GEMM.
     pub qkv_dense: Option<[u64; 3]>,
+    /// Whether Q, K and V may run as one batched GEMM when the dispatcher sends each tile weight
+    /// among them to cuBLAS ([`qkv_batchable`]); true for `qkv_dense` layers too.
+    pub qkv_batchable: bool,
     pub out: Option<Proj>,
     /// The attention output bias (for layers without heads).
     pub out_bias: u64,
@@ -202,6 +205,23 @@ pub(crate) fn activation_code(a: Activation) -> i32 {
     }
 }
 
+/// Whether three projections can run as one batched f16 GEMM once each has a dense matrix: one
+/// shape, f16, each stored dense or as tiles without element bitmaps (a tile weight the
+/// dispatcher sends to cuBLAS runs on its dense copy). Kept rows or columns never qualify: their
+/// products have other shapes.
+pub(crate) fn qkv_batchable(ws: [&LinearWeight; 3]) -> bool {
+    let dims = ws[0].dims();
+    ws.iter().all(|w| {
+        w.dims() == dims
+            && w.elem() == ElemType::F16
+            && match w {
+                LinearWeight::Dense { .. } => true,
+                LinearWeight::Tile(v) => !v.has_element_bitmaps,
+                LinearWeight::Rows { .. } | LinearWeight::Cols { .. } => false,
+            }
+    })
+}
+
 /// Checks the configuration the kernels rely on.
 pub(crate) fn check_config(c: &ModelConfig) -> Result<(), RuntimeError> {
     if c.heads_per_layer.len() != c.num_layers as usize {
@@ -283,10 +303,15 @@ fn load_layer(
         },
         None => None,
     };
+    let qkv_batchable = match &qkv {
+        Some([q, k, v]) => qkv_batchable([&q.weight, &k.weight, &v.weight]),
+        None => false,
+    };
     Ok(DevLayer {
         heads,
         qkv,
         qkv_dense,
+        qkv_batchable,
         out,
         out_bias,
         ln1: ln(LayerTensor::AttentionLnWeight, LayerTensor::AttentionLnBias)?,
@@ -412,5 +437,65 @@ impl DevWeights {
     /// Every projection of the model, in forward order.
     pub fn projections(&self) -> impl Iterator<Item = &Proj> {
         all_projections(&self.layers, &self.pooler, &self.classifier)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::qkv_batchable;
+    use crate::runtime::cuda::{ElemType, LinearWeight, TileDeviceView, TileShape};
+
+    fn dense(n: usize, k: usize, elem: ElemType) -> LinearWeight {
+        LinearWeight::Dense { w: 0, n, k, elem }
+    }
+
+    fn tile(n: usize, k: usize, elem: ElemType, bitmaps: bool) -> LinearWeight {
+        let mut shape = TileShape::new(n, k, 32, 32, 10, elem);
+        shape.has_element_bitmaps = bitmaps;
+        LinearWeight::Tile(TileDeviceView {
+            shape,
+            bitmap: 0,
+            row_offsets: 0,
+            values: 0,
+            rs_plans: 0,
+            rs_plan_stride: 0,
+            sk_plan: 0,
+            sk_units: 0,
+        })
+    }
+
+    #[test]
+    fn only_same_shape_f16_dense_or_tile_projections_batch() {
+        let f16 = ElemType::F16;
+        let (d, t) = (dense(768, 768, f16), tile(768, 768, f16, false));
+        assert!(qkv_batchable([&d, &d, &d]));
+        assert!(qkv_batchable([&t, &t, &t]));
+        assert!(qkv_batchable([&t, &d, &t]), "dense and tile weights mix");
+        let rows = LinearWeight::Rows {
+            w: 0,
+            inv: 0,
+            n: 768,
+            nr: 384,
+            k: 768,
+            elem: f16,
+        };
+        assert!(!qkv_batchable([&t, &t, &rows]), "kept rows");
+        let cols = LinearWeight::Cols {
+            w: 0,
+            idx: 0,
+            n: 768,
+            kc: 384,
+            k: 768,
+            elem: f16,
+        };
+        assert!(!qkv_batchable([&cols, &t, &t]), "kept columns");
+        assert!(!qkv_batchable([
+            &t,
+            &tile(768, 768, ElemType::Bf16, false),
+            &t
+        ]));
+        assert!(!qkv_batchable([&t, &tile(768, 768, f16, true), &t]));
+        assert!(!qkv_batchable([&d, &dense(384, 768, f16), &d]), "shapes");
+        assert!(!qkv_batchable([&t, &t, &tile(768, 512, f16, false)]));
     }
 }
