@@ -140,3 +140,11 @@ extern "C" __global__ void calib_add_f64(double* acc, const float* prod, long lo
         acc[i] += (double)prod[i];
     }
 }
+
+// y[i] = value: a test aid that fills output buffers with NaN before they are computed.
+extern "C" __global__ void calib_fill_f32(float* y, long long total, float value) {
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total;
+         i += (long long)gridDim.x * blockDim.x) {
+        y[i] = value;
+    }
+}

@@ -78,6 +78,14 @@ impl CalibrationBackend {
         }
     }
 
+    /// Test aid: on the GPU, fill every output buffer with NaN before it is computed, so that a
+    /// value the GPU fails to write shows as NaN. No effect on the CPU.
+    pub fn set_poison(&self, on: bool) {
+        if let Kind::Cuda(c) = &self.kind {
+            c.set_poison(on);
+        }
+    }
+
     /// Whether this is the GPU backend.
     pub fn is_cuda(&self) -> bool {
         matches!(self.kind, Kind::Cuda(_))

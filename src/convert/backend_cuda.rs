@@ -6,6 +6,8 @@
 //! math mode or the environment says, so TF32 never enters calibration.
 
 use cudarc::cublas::{result as blas, sys as blas_sys};
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use cudarc::driver::PushKernelArg;
 
 use super::backend::LAYER_TENSORS;
@@ -48,6 +50,25 @@ fn grid_1d(total: usize) -> (u32, u32, u32) {
 /// A GPU, its cuBLAS handle and the calibration kernels.
 pub(crate) struct CudaCalibration {
     rt: CudaRuntime,
+    poison: AtomicBool,
+}
+
+/// Allocates `n` f32 values for an output; with `poison`, filled with NaN first, so that a value
+/// the computation fails to write shows.
+fn output(rt: &CudaRuntime, n: usize, poison: bool) -> Result<CudaSlice<f32>, ConvertError> {
+    let mut y = rt.alloc::<f32>(n).map_err(cuda)?;
+    if poison {
+        let name = "calib_fill_f32";
+        let f = rt.kernel(name, 0).map_err(cuda)?;
+        let (len, nan) = (y.len(), f32::NAN);
+        let total = len as i64;
+        let mut b = rt.stream().launch_builder(&f);
+        b.arg(&mut y).arg(&total).arg(&nan);
+        // SAFETY: y holds `total` values; the arguments follow the kernel's parameters
+        // (float*, long long, float).
+        unsafe { rt.launch(&mut b, name, grid_1d(len), (THREADS, 1, 1), 0) }.map_err(cuda)?;
+    }
+    Ok(y)
 }
 
 impl CudaCalibration {
@@ -57,7 +78,15 @@ impl CudaCalibration {
         let rt = CudaRuntime::new(ordinal).map_err(unavailable)?;
         rt.blas().map_err(unavailable)?;
         rt.function("calib_add_f64").map_err(unavailable)?;
-        Ok(CudaCalibration { rt })
+        Ok(CudaCalibration {
+            rt,
+            poison: AtomicBool::new(false),
+        })
+    }
+
+    /// Whether outputs are filled with NaN before they are computed.
+    pub(crate) fn set_poison(&self, on: bool) {
+        self.poison.store(on, Ordering::Relaxed);
     }
 
     /// The GPU's name and architecture.
@@ -72,7 +101,7 @@ impl CudaCalibration {
         layer: usize,
         get: &dyn Fn(&str) -> Result<TensorView<'a>, RuntimeError>,
     ) -> Result<CudaLayer<'a>, ConvertError> {
-        CudaLayer::load(&self.rt, config, layer, get)
+        CudaLayer::load(self, config, layer, get)
     }
 
     /// Empty statistics of a linear with `inputs` input features.
@@ -83,7 +112,7 @@ impl CudaCalibration {
             n: inputs,
             g: self.rt.alloc(nn).map_err(cuda)?,
             c: self.rt.alloc(nn).map_err(cuda)?,
-            prod: self.rt.alloc(nn).map_err(cuda)?,
+            prod: output(&self.rt, nn, self.poison.load(Ordering::Relaxed))?,
             sp: vec![0.0; inputs],
             sd: vec![0.0; inputs],
             tokens: 0,
@@ -164,15 +193,16 @@ fn sgemm(
     .map_err(|e| cuda(CudaError::cublas(format!("SGEMM {rows}x{cols}x{k}"))(e)))
 }
 
-/// `Y[m, n] = X[m, k] W[n, k]^T`, row-major.
+/// `Y[m, n] = X[m, k] W[n, k]^T`, row-major (poisoned first with `poison`).
 fn linear(
     rt: &CudaRuntime,
     x: &CudaSlice<f32>,
     (m, k): (usize, usize),
     w: &CudaSlice<f32>,
     n: usize,
+    poison: bool,
 ) -> Result<CudaSlice<f32>, ConvertError> {
-    let mut y = rt.alloc::<f32>(m * n).map_err(cuda)?;
+    let mut y = output(rt, m * n, poison)?;
     // Column-major: Y^T[n, m] = W (stored as W^T, k x n) transposed times X^T[k, m].
     sgemm(rt, (true, false), (n, m, k), w, k, x, k, &mut y)?;
     Ok(y)
@@ -251,6 +281,7 @@ fn bias_residual_ln(
 /// One layer of one model on the GPU: weights `[out, in]` row-major f32, Q, K and V stacked.
 pub(crate) struct CudaLayer<'a> {
     rt: &'a CudaRuntime,
+    poison: bool,
     hidden: usize,
     heads: usize,
     head_dim: usize,
@@ -271,11 +302,12 @@ pub(crate) struct CudaLayer<'a> {
 
 impl<'a> CudaLayer<'a> {
     fn load(
-        rt: &'a CudaRuntime,
+        owner: &'a CudaCalibration,
         config: &ModelConfig,
         layer: usize,
         get: &dyn Fn(&str) -> Result<TensorView<'a>, RuntimeError>,
     ) -> Result<CudaLayer<'a>, ConvertError> {
+        let rt = &owner.rt;
         let hidden = config.hidden_size as usize;
         let heads = config.heads_per_layer.get(layer).copied().unwrap_or(0) as usize;
         let head_dim = config.head_dim as usize;
@@ -337,6 +369,7 @@ impl<'a> CudaLayer<'a> {
         };
         Ok(CudaLayer {
             rt,
+            poison: owner.poison.load(Ordering::Relaxed),
             hidden,
             heads,
             head_dim,
@@ -386,7 +419,7 @@ impl<'a> CudaLayer<'a> {
         }
         let rt = self.rt;
         let xd = rt.upload(x).map_err(cuda)?;
-        let mut qkv = linear(rt, &xd, (m, h), &self.qkv_w, 3 * width)?;
+        let mut qkv = linear(rt, &xd, (m, h), &self.qkv_w, 3 * width, self.poison)?;
         bias_act(rt, &mut qkv, &self.qkv_b, (m, 3 * width), 0)?;
         let (mut start, mut len) = (Vec::with_capacity(m), Vec::with_capacity(m));
         let mut s = 0usize;
@@ -408,7 +441,7 @@ impl<'a> CudaLayer<'a> {
             rt.upload(&start).map_err(cuda)?,
             rt.upload(&len).map_err(cuda)?,
         );
-        let mut ctx = rt.alloc::<f32>(m * width).map_err(cuda)?;
+        let mut ctx = output(rt, m * width, self.poison)?;
         let name = "calib_attention_f32";
         let f = rt.kernel(name, smem as u32).map_err(cuda)?;
         let (ld, w, hd) = (
@@ -467,7 +500,7 @@ impl<'a> CudaLayer<'a> {
             rt.upload(context).map_err(cuda)?,
             rt.upload(x).map_err(cuda)?,
         );
-        let mut y = linear(rt, &cd, (m, width), &self.out_w, h)?;
+        let mut y = linear(rt, &cd, (m, width), &self.out_w, h, self.poison)?;
         let ln = (&self.ln1.0, &self.ln1.1);
         bias_residual_ln(rt, &mut y, &self.out_b, &xd, ln, (m, h), self.eps)?;
         self.download(&y, m * h)
@@ -482,7 +515,7 @@ impl<'a> CudaLayer<'a> {
         }
         let rt = self.rt;
         let ad = rt.upload(attention_out).map_err(cuda)?;
-        let mut y = linear(rt, &ad, (m, h), &self.inter_w, self.inter)?;
+        let mut y = linear(rt, &ad, (m, h), &self.inter_w, self.inter, self.poison)?;
         bias_act(rt, &mut y, &self.inter_b, (m, self.inter), self.act)?;
         self.download(&y, m * self.inter)
     }
@@ -509,7 +542,7 @@ impl<'a> CudaLayer<'a> {
             rt.upload(intermediate).map_err(cuda)?,
             rt.upload(attention_out).map_err(cuda)?,
         );
-        let mut y = linear(rt, &id, (m, self.inter), &self.ffn_w, h)?;
+        let mut y = linear(rt, &id, (m, self.inter), &self.ffn_w, h, self.poison)?;
         let ln = (&self.ln2.0, &self.ln2.1);
         bias_residual_ln(rt, &mut y, &self.ffn_b, &ad, ln, (m, h), self.eps)?;
         self.download(&y, m * h)
