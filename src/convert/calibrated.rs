@@ -22,13 +22,13 @@ use crate::prune::calibrated::{
 };
 use crate::prune::select::{keep_count, GROUP_FEATURES};
 use crate::prune::{Method, Recipe, Role, TensorPlan};
-use crate::runtime::cpu::{CpuEncoder, Layer, TextTokenizer};
+use crate::runtime::cpu::{CpuEncoder, TextTokenizer};
 use crate::runtime::RuntimeError;
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::backend::{CalibrationBackend, Statistics};
-use super::phases::Phases;
+use super::phases::{Phases, ACTIVATIONS, FITTING, STATISTICS};
 use super::spill::{Slot, Spill};
 
 /// Refitted weights and biases, and the units chosen for the weights.
@@ -325,25 +325,6 @@ pub(crate) fn pruned_lookup<'g>(
         _ => dense.tensor(name).map_err(RuntimeError::from),
     }
 }
-
-/// Layer `layer` of the pruned model: fitted tensors from `fitted`, the rest from `dense`.
-pub(crate) fn pruned_layer<'g>(
-    dense_enc: &CpuEncoder<'_>,
-    dense: &'g EtsFile,
-    fitted: &'g Fitted,
-    shapes: &'g BTreeMap<&'g str, Vec<u64>>,
-    layer: usize,
-) -> Result<Layer<'g>, ConvertError> {
-    let get = pruned_lookup(dense, fitted, shapes);
-    dense_enc.layer_from(layer, &get).map_err(|e| err(&e))
-}
-
-/// Phase names of the report.
-pub(crate) const ACTIVATIONS: &str = "activations";
-/// The statistics accumulation.
-pub(crate) const STATISTICS: &str = "statistics";
-/// Choosing the kept units and refitting them.
-pub(crate) const FITTING: &str = "fitting";
 
 /// Moves every batch to the input of `stage` of `layer` (from the previous stage's
 /// activations) in both models on `backend`, and returns that input's statistics when `collect`.

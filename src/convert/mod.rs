@@ -361,7 +361,7 @@ fn run_calibration(
         if opts.allocate == Allocate::Sensitivity {
             let dense_file = crate::format::EtsFile::open(dense)?;
             let (r, a) = phases.time("sensitivity profile", || {
-                allocate::sensitivity(source, &dense_file, &recipe, &texts)
+                allocate::sensitivity(backend, source, &dense_file, &recipe, &texts)
             })?;
             recipe = r;
             allocation = Some(a);

@@ -5,6 +5,13 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+/// The stage forward passes of calibrated pruning (phase names of the report).
+pub(crate) const ACTIVATIONS: &str = "activations";
+/// The statistics accumulation.
+pub(crate) const STATISTICS: &str = "statistics";
+/// Choosing the kept units and refitting them.
+pub(crate) const FITTING: &str = "fitting";
+
 /// Seconds spent in one phase of a conversion.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PhaseTime {
