@@ -1,9 +1,10 @@
 //! Calibrated pruning inside the converter.
 //!
 //! Layer by layer, in the order Q/K/V, O, FFN1, FFN2, the inputs of each linear are taken twice
-//! from the CPU runtime on the calibration sentences: from the model pruned so far and from the
-//! dense model. Their statistics drive [`crate::prune::calibrated`]: the kept units are chosen on
-//! them and the kept weights and the bias refitted toward the dense layer's output. Tiles
+//! on the calibration sentences (by the CPU runtime or the GPU, [`super::backend`]): from the
+//! model pruned so far and from the dense model. Their statistics drive
+//! [`crate::prune::calibrated`]: the kept units are chosen on them and the kept weights and the
+//! bias refitted toward the dense layer's output. Tiles
 //! (`tile`, `tile-balanced`, `tile-grouped`, the tiles of `attention-aware`): activation-aware
 //! budgets and greedy tile removal. Columns (`cols`): greedy column removal, a column being a
 //! tile as tall as the weight. Rows (`rows`, the value rows of `attention-aware`): the rows whose
