@@ -73,7 +73,13 @@ impl CalibrationBackend {
             Device::Cuda => Ok((Self::cuda(0)?, None)),
             Device::Auto => match Self::cuda(0) {
                 Ok(b) => Ok((b, None)),
-                Err(e) => Ok((Self::cpu(), Some(format!("auto: no usable GPU: {e}")))),
+                Err(e) => {
+                    let reason = match e {
+                        ConvertError::DeviceUnavailable { reason } => reason,
+                        other => other.to_string(),
+                    };
+                    Ok((Self::cpu(), Some(format!("auto: no usable GPU: {reason}"))))
+                }
             },
         }
     }

@@ -432,7 +432,8 @@ impl<'a> CudaLayer<'a> {
         }
         let longest = lengths.iter().copied().max().unwrap_or(0);
         let smem = (self.head_dim + longest) * std::mem::size_of::<f32>();
-        if smem > 48 * 1024 {
+        // The default 48 KiB of shared memory per block, less the kernel's static reduction array.
+        if smem + 32 * std::mem::size_of::<f32>() > 48 * 1024 {
             return Err(ConvertError::Calibration(format!(
                 "a sequence of {longest} tokens is too long for the GPU calibration attention"
             )));
