@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use ets::convert::backend::{CalibrationBackend, LayerStages};
-use ets::convert::calibrate::{compare, read_sentences};
+use ets::convert::calibrate::{compare, compare_on, read_sentences};
 use ets::convert::{convert, Allocate, ConvertOptions};
 use ets::format::{Dtype, EtsFile, TensorData};
 use ets::prune::{Method, Recipe};
@@ -210,7 +210,8 @@ fn minilm_dense(dir: &Path) -> PathBuf {
 
 /// Per stage, on real all-MiniLM-L6-v2 activations of 320 SST-2 train sentences, the GPU
 /// backend's activations and statistics against the CPU backend's, from the same inputs (the
-/// CPU's), with every GPU output filled with NaN before it is computed.
+/// CPU's), with every GPU output filled with NaN before it is computed; then the comparison of the
+/// dense model with a 50% tile file on the GPU against the CPU's.
 ///
 /// Bounds: both sides compute in f32 and differ only in the order of sums. A GEMM output's
 /// rounding error is about sqrt(k) * 2^-24 of its terms' size, under 3e-6 for k <= 1536; the
@@ -322,6 +323,39 @@ fn gpu_calibration_stages_match_the_cpu_backend() {
             worst[0], worst[1], worst[2], worst[3]
         );
     }
+    // The comparison of the dense model with a pruned file (tiles at 50%, f16) on the GPU against
+    // the CPU's: every distance within 1e-5 (the cosines are means of thousands of tokens).
+    let pruned = tmp.path().join("tile-50.ets");
+    let recipe = Recipe {
+        method: Method::Tile,
+        sparsity: 0.5,
+        ..Recipe::default()
+    };
+    let src = common::real_model("all-minilm-l6-v2");
+    convert(&src, &pruned, &ConvertOptions::new(recipe, Dtype::F16))
+        .unwrap_or_else(|e| panic!("tile conversion: {e}"));
+    let c = compare(&dense, &pruned, "train", &texts).expect("cpu comparison");
+    let g = compare_on(&gpu, &dense, &pruned, "train", &texts).expect("gpu comparison");
+    let pairs = c.layers.iter().zip(&g.layers);
+    for (lc, lg) in pairs {
+        let d = (lc.cosine - lg.cosine).abs();
+        eprintln!(
+            "comparison, layer {}: cosine CPU {:.6}, GPU {:.6}",
+            lc.layer, lc.cosine, lg.cosine
+        );
+        assert!(
+            d <= 1e-5,
+            "comparison, layer {}: cosines differ by {d:e}",
+            lc.layer
+        );
+    }
+    let d = (c.output_cosine - g.output_cosine).abs();
+    assert!(
+        d <= 1e-5 && g.output_min_cosine.is_finite(),
+        "comparison output cosine: CPU {}, GPU {}",
+        c.output_cosine,
+        g.output_cosine
+    );
 }
 
 /// Kept tiles of every tile-encoded weight of `a` and `b`: (tiles that agree, tiles).
