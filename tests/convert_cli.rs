@@ -552,3 +552,85 @@ fn calibration_stages_are_chosen_and_recorded() {
         assert_eq!(o.status.code(), Some(2), "{extra:?}");
     }
 }
+
+/// `--device`: `cpu` says so in the output; where no GPU is usable, `cuda` exits 1 naming what is
+/// missing and writes nothing, and `auto` calibrates on the CPU, says why, and gives the `cpu`
+/// bytes. Where a GPU is usable, `cuda` and `auto` say they ran on it.
+#[test]
+fn calibration_device_is_chosen_reported_and_refused_without_a_gpu() {
+    let dir = tempfile::tempdir().expect("dir");
+    let input = fixture("tiny-safetensors/model.safetensors");
+    let sentences = dir.path().join("calib.txt");
+    std::fs::write(
+        &sentences,
+        "the movie was great\na dull and lifeless film\nit is a fine piece of work\n",
+    )
+    .expect("write");
+    let calib = sentences.to_str().expect("utf-8 path");
+    let base = [
+        "--sparsity",
+        "0.5",
+        "--tile",
+        "8x8",
+        "--allocate",
+        "uniform",
+        "--calibrate",
+        calib,
+    ];
+    let run = |name: &str, device: &str| -> (PathBuf, String) {
+        let out = dir.path().join(name);
+        let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&input, &out];
+        let dev = ["--device", device];
+        for a in base.iter().chain(&dev) {
+            args.push(a);
+        }
+        let o = et_convert(&args);
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "--device {device}: {stderr}");
+        (out, String::from_utf8_lossy(&o.stdout).into_owned())
+    };
+    let (cpu, stdout) = run("cpu.ets", "cpu");
+    assert!(stdout.contains("calibrated on CPU\n"), "{stdout}");
+    assert!(stdout.contains("time by phase: "), "{stdout}");
+    let gpu = ets::convert::backend::CalibrationBackend::cuda(0);
+    match gpu {
+        Err(e) => {
+            assert!(
+                matches!(e, ets::convert::ConvertError::DeviceUnavailable { .. }),
+                "{e:?}"
+            );
+            let work = dir.path().join("work");
+            std::fs::create_dir(&work).expect("dir");
+            let mut extra = base.to_vec();
+            extra.extend(["--device", "cuda"]);
+            let stderr = expect_failure(&work, &input, &extra, "--device cuda without a GPU");
+            assert!(
+                stderr.contains("--device cuda: no usable GPU for calibration: "),
+                "{stderr}"
+            );
+            let (auto, stdout) = run("auto.ets", "auto");
+            assert!(
+                stdout.contains("calibrated on CPU (auto: no usable GPU: "),
+                "{stdout}"
+            );
+            assert_eq!(
+                std::fs::read(&cpu).expect("cpu"),
+                std::fs::read(&auto).expect("auto"),
+                "auto on the CPU differs from --device cpu"
+            );
+        }
+        Ok(_) => {
+            for device in ["cuda", "auto"] {
+                let (_, stdout) = run(&format!("{device}.ets"), device);
+                assert!(stdout.contains("calibrated on CUDA ("), "{stdout}");
+            }
+        }
+    }
+    let out = dir.path().join("bad.ets");
+    let o = et_convert(&[&input, &out, &"--calibrate", &calib, &"--device", &"tpu"]);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "an unknown device is a usage error"
+    );
+}

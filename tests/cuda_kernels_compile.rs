@@ -40,6 +40,23 @@ fn every_kernel_compiles_for_sm80_and_sm90() {
                 r.millis
             );
         }
+        // Calibration on the GPU: every kernel its backend launches.
+        let calib = reports
+            .iter()
+            .find(|r| r.file == "calib.cu")
+            .expect("calib.cu compiled");
+        for name in [
+            "calib_bias_act_f32",
+            "calib_bias_residual_ln_f32",
+            "calib_attention_f32",
+            "calib_add_f64",
+            "calib_fill_f32",
+        ] {
+            assert!(
+                calib.entry_points.iter().any(|e| e == name),
+                "missing entry {name}"
+            );
+        }
         let tile = reports
             .iter()
             .find(|r| r.file == "tile_gemm.cu")

@@ -4,11 +4,12 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use ets::convert::{convert, Allocate, ConvertOptions, ConvertReport, Refit, Selection, Stages};
 use ets::format::Dtype;
 use ets::ingest::IngestOptions;
 use ets::prune::{Method, Recipe, Role};
+use ets::runtime::shared::Device;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -93,6 +94,20 @@ struct Args {
     /// values. Recorded in the recipe.
     #[arg(long, value_parser = parse_refit, requires = "calibrate")]
     refit: Option<Refit>,
+    /// With --calibrate: where the calibration activations and statistics are computed. `auto`
+    /// uses the GPU when a usable one is present (NVIDIA driver, NVRTC and cuBLAS of CUDA 12),
+    /// else the CPU; `cuda` fails (exit 1) without one. The output says which ran. Files
+    /// calibrated on the CPU and on the GPU may differ in the last bits; each device repeats its
+    /// own bytes.
+    #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
+    device: DeviceArg,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum DeviceArg {
+    Auto,
+    Cpu,
+    Cuda,
 }
 
 fn parse_selection(s: &str) -> Result<Selection, String> {
@@ -280,6 +295,20 @@ fn print_table(r: &ConvertReport, recipe: &Recipe) {
             e.max_length.map_or("-".to_string(), |n| n.to_string())
         );
     }
+    if let Some(d) = &r.calibration_device {
+        match &d.fallback {
+            Some(why) => println!("calibrated on {} ({why})", d.name),
+            None => println!("calibrated on {}", d.name),
+        }
+    }
+    if !r.phases.is_empty() {
+        let parts: Vec<String> = r
+            .phases
+            .iter()
+            .map(|p| format!("{} {:.1} s", p.phase, p.seconds))
+            .collect();
+        println!("time by phase: {}", parts.join(", "));
+    }
     let mb = |b: u64| b as f64 / 1e6;
     println!(
         "size {:.2} MB -> {:.2} MB ({:.1}%), tokenizer {}, {:.2} s",
@@ -366,6 +395,11 @@ fn main() -> ExitCode {
         stages: Stages {
             selection: args.selection.unwrap_or_default(),
             refit: args.refit.unwrap_or_default(),
+        },
+        device: match args.device {
+            DeviceArg::Auto => Device::Auto,
+            DeviceArg::Cpu => Device::Cpu,
+            DeviceArg::Cuda => Device::Cuda,
         },
     };
     match convert(&args.input, &args.output, &opts) {

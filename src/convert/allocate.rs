@@ -12,17 +12,18 @@
 
 use serde::Serialize;
 
+use super::backend::{CalibrationBackend, LayerStages, Statistics};
 use super::calibrated::{
-    fit_one, prepare_stage, pruned_layer, release_free_memory, stage_todo, Fitted, STAGES,
+    fit_one, prepare_stage, pruned_lookup, release_free_memory, stage_todo, Fitted, STAGES,
 };
 use super::ConvertError;
 use crate::format::EtsFile;
 use crate::ingest::ModelSource;
-use crate::prune::calibrated::{LinearStats, Refit, Selection, Stages};
+use crate::prune::calibrated::{Refit, Selection, Stages};
 use crate::prune::recipe::TensorOverride;
 use crate::prune::Recipe;
-use crate::runtime::cpu::{CpuEncoder, LayerTrace, TextTokenizer};
-use crate::runtime::{pool_packed, Encoder, Pooling, RuntimeError};
+use crate::runtime::cpu::{CpuEncoder, TextTokenizer};
+use crate::runtime::{pool_packed, Encoder, Pooling};
 
 /// Sentences (the first of the calibration set) the sensitivity profile runs on.
 pub const PROFILE_SENTENCES: usize = 128;
@@ -75,33 +76,51 @@ fn cosine(a: &[f32], b: &[f32]) -> f64 {
     ab / (aa.sqrt() * bb.sqrt()).max(f64::MIN_POSITIVE)
 }
 
-/// Runs layers `from..` of the dense model on `x` (the input of layer `from`), with layer `from`
-/// replaced by `first` when given, and returns the mean-pooled embeddings.
+/// Runs `layers[from..]` on `x` (the input of layer `from`), with layer `from` replaced by `first`
+/// when given, and returns the mean-pooled embeddings.
 fn run_from(
-    enc: &CpuEncoder<'_>,
-    first: Option<&crate::runtime::cpu::Layer<'_>>,
+    layers: &[LayerStages<'_>],
+    first: Option<&LayerStages<'_>>,
     from: usize,
     x: &[f32],
     lengths: &[usize],
-) -> Result<Vec<f32>, RuntimeError> {
-    let layers = enc.config().num_layers as usize;
+    hidden: usize,
+) -> Result<Vec<f32>, ConvertError> {
     let mut x = x.to_vec();
-    for i in from..layers {
+    for (i, dense) in layers.iter().enumerate().skip(from) {
         let l = match (i == from, first) {
             (true, Some(f)) => f,
-            _ => enc.layer(i)?,
+            _ => dense,
         };
-        let ctx = enc.stage_context(l, &x, lengths)?;
-        let attn = enc.stage_attention_out(l, &ctx, &x)?;
-        let inter = enc.stage_intermediate(l, &attn)?;
-        x = enc.stage_output(l, &inter, &attn)?;
+        let ctx = l.context(&x, lengths)?;
+        let attn = l.attention_out(&ctx, &x)?;
+        let inter = l.intermediate(&attn)?;
+        x = l.output(&inter, &attn)?;
     }
-    let hidden = enc.config().hidden_size as usize;
     Ok(pool_packed(&x, lengths, hidden, Pooling::Mean))
 }
 
-/// Measures the profile and returns `recipe` with one sparsity per calibrated weight.
+/// The inputs of a layer's four linear stages and its output.
+struct Trace {
+    inputs: [Vec<f32>; 4],
+    output: Vec<f32>,
+}
+
+fn trace(l: &LayerStages<'_>, x: &[f32], lengths: &[usize]) -> Result<Trace, ConvertError> {
+    let context = l.context(x, lengths)?;
+    let attention_out = l.attention_out(&context, x)?;
+    let intermediate = l.intermediate(&attention_out)?;
+    let output = l.output(&intermediate, &attention_out)?;
+    Ok(Trace {
+        inputs: [x.to_vec(), context, attention_out, intermediate],
+        output,
+    })
+}
+
+/// Measures the profile and returns `recipe` with one sparsity per calibrated weight. The forward
+/// passes and the statistics run on `backend`.
 pub(crate) fn sensitivity(
+    backend: &CalibrationBackend,
     source: &dyn ModelSource,
     dense: &EtsFile,
     recipe: &Recipe,
@@ -116,6 +135,11 @@ pub(crate) fn sensitivity(
     }
     let tokenizer = TextTokenizer::from_file(dense).map_err(|e| err(&e))?;
     let enc = CpuEncoder::new(dense).map_err(|e| err(&e))?;
+    let hidden = enc.config().hidden_size as usize;
+    let layers = source.config().num_layers as usize;
+    let stages: Vec<LayerStages<'_>> = (0..layers)
+        .map(|l| backend.dense_layer(&enc, dense, l))
+        .collect::<Result<_, _>>()?;
     let texts = &texts[..texts.len().min(PROFILE_SENTENCES)];
     let mut batches: Vec<(Vec<usize>, Vec<f32>)> = texts
         .chunks(32)
@@ -128,33 +152,31 @@ pub(crate) fn sensitivity(
         .collect::<Result<_, ConvertError>>()?;
     let reference: Vec<Vec<f32>> = batches
         .iter()
-        .map(|(l, x)| run_from(&enc, None, 0, x, l).map_err(|e| err(&e)))
+        .map(|(l, x)| run_from(&stages, None, 0, x, l, hidden))
         .collect::<Result<_, _>>()?;
-    let layers = source.config().num_layers as usize;
     let mut weights = Vec::new();
     for layer in 0..layers {
-        let traces: Vec<LayerTrace> = batches
+        let traces: Vec<Trace> = batches
             .iter()
-            .map(|(l, x)| enc.trace_layer(layer, x, l).map_err(|e| err(&e)))
+            .map(|(l, x)| trace(&stages[layer], x, l))
             .collect::<Result<_, _>>()?;
         for (stage_index, (linears, _)) in STAGES.iter().enumerate() {
             let todo = stage_todo(recipe, layer, linears);
             if todo.is_empty() {
                 continue;
             }
-            let mut stats: Option<LinearStats> = None;
-            for ((lengths, x), t) in batches.iter().zip(&traces) {
-                let input: &[f32] = match stage_index {
-                    0 => x,
-                    1 => &t.context,
-                    2 => &t.attention_out,
-                    _ => &t.intermediate,
-                };
+            let mut stats: Option<Statistics<'_>> = None;
+            for ((lengths, _), t) in batches.iter().zip(&traces) {
+                let input = &t.inputs[stage_index];
                 let tokens: usize = lengths.iter().sum();
-                let s = stats.get_or_insert_with(|| LinearStats::new(input.len() / tokens.max(1)));
-                s.accumulate(input, input).map_err(|e| err(&e))?;
+                let s = match &mut stats {
+                    Some(s) => s,
+                    None => stats.insert(backend.statistics(input.len() / tokens.max(1))?),
+                };
+                s.accumulate(input, input)?;
             }
             let Some(stats) = stats else { continue };
+            let stats = stats.finish()?;
             let inverse = PROFILE_STAGES.needs_inverse();
             let (prepared, jobs) = prepare_stage(source, stats, layer, &todo, inverse)?;
             for job in jobs {
@@ -162,7 +184,9 @@ pub(crate) fn sensitivity(
                 let mut alone = Fitted::default();
                 fit_one(recipe, &prepared, job, &mut alone, layer, PROFILE_STAGES)?;
                 let params = alone.tensors.get(&name).map_or(0, |t| t.data.len());
-                let drop = profile_drop(&enc, dense, &alone, layer, &batches, &reference)?;
+                let drop = profile_drop(
+                    backend, &enc, dense, &stages, &alone, layer, &batches, &reference,
+                )?;
                 release_free_memory();
                 weights.push(WeightAllocation {
                     name,
@@ -196,20 +220,24 @@ pub(crate) fn sensitivity(
 }
 
 /// `1 - mean cosine` of the embeddings with layer `layer` taken from `alone`.
+#[allow(clippy::too_many_arguments)]
 fn profile_drop(
+    backend: &CalibrationBackend,
     enc: &CpuEncoder<'_>,
     dense: &EtsFile,
+    stages: &[LayerStages<'_>],
     alone: &Fitted,
     layer: usize,
     batches: &[(Vec<usize>, Vec<f32>)],
     reference: &[Vec<f32>],
 ) -> Result<f64, ConvertError> {
     let shapes = alone.shapes();
-    let l = pruned_layer(enc, dense, alone, &shapes, layer)?;
+    let get = pruned_lookup(dense, alone, &shapes);
+    let l = backend.layer_from(enc, layer, &get)?;
     let hidden = enc.config().hidden_size as usize;
     let (mut sum, mut count) = (0f64, 0usize);
     for ((lengths, x), want) in batches.iter().zip(reference) {
-        let got = run_from(enc, Some(&l), layer, x, lengths).map_err(|e| err(&e))?;
+        let got = run_from(stages, Some(&l), layer, x, lengths, hidden)?;
         for (a, b) in got.chunks_exact(hidden).zip(want.chunks_exact(hidden)) {
             sum += cosine(a, b);
             count += 1;

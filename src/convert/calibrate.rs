@@ -6,6 +6,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use super::backend::{CalibrationBackend, LayerStages};
 use super::ConvertError;
 use crate::format::EtsFile;
 use crate::prune::calibrated::{Refit, Selection, Stages};
@@ -127,6 +128,94 @@ fn cosine(a: &[f32], b: &[f32]) -> f64 {
     ab / (aa.sqrt() * bb.sqrt()).max(f64::MIN_POSITIVE)
 }
 
+/// Per-layer and output distances summed over batches.
+struct Tally {
+    hidden: usize,
+    cos_sum: Vec<f64>,
+    max_diff: Vec<f64>,
+    tokens: usize,
+    out_sum: f64,
+    out_min: f64,
+}
+
+impl Tally {
+    fn new(hidden: usize, layers: usize) -> Tally {
+        Tally {
+            hidden,
+            cos_sum: vec![0.0; layers],
+            max_diff: vec![0.0; layers],
+            tokens: 0,
+            out_sum: 0.0,
+            out_min: f64::INFINITY,
+        }
+    }
+
+    /// Adds a batch: the hidden states of both models after every layer (0 = embeddings) and
+    /// their last hidden states, packed, for sequences of `lengths` tokens.
+    fn add(&mut self, ha: &[Vec<f32>], hb: &[Vec<f32>], last: (&[f32], &[f32]), lengths: &[usize]) {
+        let hidden = self.hidden;
+        let layers = self.cos_sum.len();
+        for (l, (xa, xb)) in ha.iter().zip(hb).enumerate().take(layers) {
+            for (ra, rb) in xa.chunks_exact(hidden).zip(xb.chunks_exact(hidden)) {
+                self.cos_sum[l] += cosine(ra, rb);
+                let d = ra
+                    .iter()
+                    .zip(rb)
+                    .map(|(x, y)| f64::from((x - y).abs()))
+                    .fold(0.0, f64::max);
+                self.max_diff[l] = self.max_diff[l].max(d);
+            }
+        }
+        self.tokens += lengths.iter().sum::<usize>();
+        let pa = pool_packed(last.0, lengths, hidden, Pooling::Mean);
+        let pb = pool_packed(last.1, lengths, hidden, Pooling::Mean);
+        for (ea, eb) in pa.chunks_exact(hidden).zip(pb.chunks_exact(hidden)) {
+            let c = cosine(ea, eb);
+            self.out_sum += c;
+            self.out_min = self.out_min.min(c);
+        }
+    }
+
+    fn finish(self, source: &str, sentences: usize) -> Calibration {
+        let tokens = self.tokens.max(1) as f64;
+        let layers = self
+            .cos_sum
+            .iter()
+            .zip(&self.max_diff)
+            .enumerate()
+            .map(|(l, (c, d))| LayerFidelity {
+                layer: l,
+                cosine: c / tokens,
+                max_abs_diff: *d,
+            })
+            .collect();
+        Calibration {
+            source: source.to_string(),
+            sentences,
+            layers,
+            output_cosine: self.out_sum / sentences.max(1) as f64,
+            output_min_cosine: self.out_min,
+            pruning: None,
+        }
+    }
+}
+
+/// The last of a list of hidden states (empty when there is none).
+fn last(h: &[Vec<f32>]) -> &[f32] {
+    h.last().map(Vec::as_slice).unwrap_or_default()
+}
+
+/// Sentences per batch of the comparison.
+const COMPARE_BATCH: usize = 16;
+
+fn tokenizer_of(file: &EtsFile) -> Result<TextTokenizer, ConvertError> {
+    TextTokenizer::from_file(file).map_err(|e| {
+        ConvertError::Calibration(format!(
+            "{e}; calibration needs a tokenizer (put tokenizer.json or vocab.txt beside the model or pass --tokenizer)"
+        ))
+    })
+}
+
 /// Compares the dense reference file and the pruned file on `sentences`.
 pub fn compare(
     dense: &Path,
@@ -137,21 +226,15 @@ pub fn compare(
     let err = |e: &dyn std::fmt::Display| ConvertError::Calibration(e.to_string());
     let dense_file = EtsFile::open(dense)?;
     let pruned_file = EtsFile::open(pruned)?;
-    let tokenizer = TextTokenizer::from_file(&pruned_file).map_err(|e| {
-        ConvertError::Calibration(format!(
-            "{e}; calibration needs a tokenizer (put tokenizer.json or vocab.txt beside the model or pass --tokenizer)"
-        ))
-    })?;
+    let tokenizer = tokenizer_of(&pruned_file)?;
     let dense_enc = CpuEncoder::new(&dense_file).map_err(|e| err(&e))?;
     let pruned_enc = CpuEncoder::new(&pruned_file).map_err(|e| err(&e))?;
     let hidden = dense_enc.config().hidden_size as usize;
     let options = ForwardOptions {
         output_hidden_states: true,
     };
-    let layers = dense_enc.config().num_layers as usize + 1;
-    let (mut cos_sum, mut max_diff, mut tokens) = (vec![0f64; layers], vec![0f64; layers], 0usize);
-    let (mut out_sum, mut out_min) = (0f64, f64::INFINITY);
-    for chunk in sentences.chunks(16) {
+    let mut tally = Tally::new(hidden, dense_enc.config().num_layers as usize + 1);
+    for chunk in sentences.chunks(COMPARE_BATCH) {
         let texts: Vec<&str> = chunk.iter().map(String::as_str).collect();
         let batch: TokenBatch = tokenizer.encode(&texts).map_err(|e| err(&e))?.batch;
         let a = dense_enc
@@ -165,39 +248,62 @@ pub fn compare(
                 "runtime returned no hidden states".into(),
             ));
         };
-        for (l, (xa, xb)) in ha.iter().zip(hb).enumerate().take(layers) {
-            for (ra, rb) in xa.chunks_exact(hidden).zip(xb.chunks_exact(hidden)) {
-                cos_sum[l] += cosine(ra, rb);
-                let d = ra
-                    .iter()
-                    .zip(rb)
-                    .map(|(x, y)| f64::from((x - y).abs()))
-                    .fold(0.0, f64::max);
-                max_diff[l] = max_diff[l].max(d);
-            }
-        }
-        tokens += batch.total_tokens();
-        let pa = pool_packed(&a.last_hidden, &a.lengths, hidden, Pooling::Mean);
-        let pb = pool_packed(&b.last_hidden, &b.lengths, hidden, Pooling::Mean);
-        for (ea, eb) in pa.chunks_exact(hidden).zip(pb.chunks_exact(hidden)) {
-            let c = cosine(ea, eb);
-            out_sum += c;
-            out_min = out_min.min(c);
-        }
+        tally.add(ha, hb, (&a.last_hidden, &b.last_hidden), &a.lengths);
     }
-    let layers = (0..layers)
-        .map(|l| LayerFidelity {
-            layer: l,
-            cosine: cos_sum[l] / tokens.max(1) as f64,
-            max_abs_diff: max_diff[l],
-        })
-        .collect();
-    Ok(Calibration {
-        source: source.to_string(),
-        sentences: sentences.len(),
-        layers,
-        output_cosine: out_sum / sentences.len().max(1) as f64,
-        output_min_cosine: out_min,
-        pruning: None,
-    })
+    Ok(tally.finish(source, sentences.len()))
+}
+
+/// [`compare`] with the forward passes on `backend`: the CPU backend runs [`compare`] itself; the
+/// GPU runs every layer's stages (the pruned file's tensors expanded to f32), and falls back to
+/// [`compare`] for a file with a layer of no heads, which its stages do not run.
+pub fn compare_on(
+    backend: &CalibrationBackend,
+    dense: &Path,
+    pruned: &Path,
+    source: &str,
+    sentences: &[String],
+) -> Result<Calibration, ConvertError> {
+    let err = |e: &dyn std::fmt::Display| ConvertError::Calibration(e.to_string());
+    let dense_file = EtsFile::open(dense)?;
+    let pruned_file = EtsFile::open(pruned)?;
+    let headless = pruned_file.model().heads_per_layer.contains(&0);
+    if !backend.is_cuda() || headless {
+        return compare(dense, pruned, source, sentences);
+    }
+    let tokenizer = tokenizer_of(&pruned_file)?;
+    let dense_enc = CpuEncoder::new(&dense_file).map_err(|e| err(&e))?;
+    let pruned_enc = CpuEncoder::new(&pruned_file).map_err(|e| err(&e))?;
+    let layers = dense_enc.config().num_layers as usize;
+    let stages = |enc, file| -> Result<Vec<LayerStages<'_>>, ConvertError> {
+        (0..layers)
+            .map(|l| backend.dense_layer(enc, file, l))
+            .collect()
+    };
+    let (da, pa) = (
+        stages(&dense_enc, &dense_file)?,
+        stages(&pruned_enc, &pruned_file)?,
+    );
+    let hidden = dense_enc.config().hidden_size as usize;
+    let mut tally = Tally::new(hidden, layers + 1);
+    let run = |enc: &CpuEncoder<'_>, ls: &[LayerStages<'_>], batch: &TokenBatch| {
+        let (x, lengths) = enc.embed_batch(batch).map_err(|e| err(&e))?;
+        let mut states = vec![x];
+        for l in ls {
+            let x = states.last().map(Vec::as_slice).unwrap_or_default();
+            let ctx = l.context(x, &lengths)?;
+            let attn = l.attention_out(&ctx, x)?;
+            let inter = l.intermediate(&attn)?;
+            let out = l.output(&inter, &attn)?;
+            states.push(out);
+        }
+        Ok::<_, ConvertError>((states, lengths))
+    };
+    for chunk in sentences.chunks(COMPARE_BATCH) {
+        let texts: Vec<&str> = chunk.iter().map(String::as_str).collect();
+        let batch: TokenBatch = tokenizer.encode(&texts).map_err(|e| err(&e))?.batch;
+        let (ha, lengths) = run(&dense_enc, &da, &batch)?;
+        let (hb, _) = run(&pruned_enc, &pa, &batch)?;
+        tally.add(&ha, &hb, (last(&ha), last(&hb)), &lengths);
+    }
+    Ok(tally.finish(source, sentences.len()))
 }

@@ -1,9 +1,10 @@
 //! Calibrated pruning inside the converter.
 //!
 //! Layer by layer, in the order Q/K/V, O, FFN1, FFN2, the inputs of each linear are taken twice
-//! from the CPU runtime on the calibration sentences: from the model pruned so far and from the
-//! dense model. Their statistics drive [`crate::prune::calibrated`]: the kept units are chosen on
-//! them and the kept weights and the bias refitted toward the dense layer's output. Tiles
+//! on the calibration sentences (by the CPU runtime or the GPU, [`super::backend`]): from the
+//! model pruned so far and from the dense model. Their statistics drive
+//! [`crate::prune::calibrated`]: the kept units are chosen on them and the kept weights and the
+//! bias refitted toward the dense layer's output. Tiles
 //! (`tile`, `tile-balanced`, `tile-grouped`, the tiles of `attention-aware`): activation-aware
 //! budgets and greedy tile removal. Columns (`cols`): greedy column removal, a column being a
 //! tile as tall as the weight. Rows (`rows`, the value rows of `attention-aware`): the rows whose
@@ -22,11 +23,13 @@ use crate::prune::calibrated::{
 };
 use crate::prune::select::{keep_count, GROUP_FEATURES};
 use crate::prune::{Method, Recipe, Role, TensorPlan};
-use crate::runtime::cpu::{CpuEncoder, Layer, TextTokenizer};
+use crate::runtime::cpu::{CpuEncoder, TextTokenizer};
 use crate::runtime::RuntimeError;
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use super::backend::{CalibrationBackend, Statistics};
+use super::phases::{Phases, ACTIVATIONS, FITTING, STATISTICS};
 use super::spill::{Slot, Spill};
 
 /// Refitted weights and biases, and the units chosen for the weights.
@@ -202,15 +205,21 @@ pub(crate) fn stage_todo(recipe: &Recipe, layer: usize, weights: &'static [Linea
 /// f32 reference file at `dense`; the pruned model runs from the same file with the weights fitted
 /// so far replaced in memory. The per-token activations of both live in a temporary file at
 /// `spill`, one batch in memory at a time, and the reference is mapped anew for every layer, so
-/// the pages of finished layers leave memory. `stages` chooses the tile selection and the refit.
+/// the pages of finished layers leave memory. The stage forward passes and the statistics run on
+/// `backend`. `stages` chooses the tile selection and the refit; the time of each part is added
+/// to `phases`.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn fit_model(
+    backend: &CalibrationBackend,
     source: &dyn ModelSource,
     dense: &Path,
     recipe: &Recipe,
     stages: Stages,
     texts: &[String],
     spill: &Path,
+    phases: &mut Phases,
 ) -> Result<Fitted, ConvertError> {
+    let t0 = std::time::Instant::now();
     let config = source.config();
     let width =
         (config.hidden_size as usize).max(config.num_heads as usize * config.head_dim as usize);
@@ -230,6 +239,7 @@ pub(crate) fn fit_model(
             states.push(lengths, &x)?;
         }
     }
+    phases.add(ACTIVATIONS, t0.elapsed());
     let layers = source.config().num_layers as usize;
     let mut fitted = Fitted::default();
     for layer in 0..layers {
@@ -238,6 +248,7 @@ pub(crate) fn fit_model(
         for (weights, stage) in STAGES {
             let todo = stage_todo(recipe, layer, weights);
             let stats = advance(
+                backend,
                 &dense_enc,
                 &file,
                 &fitted,
@@ -245,18 +256,22 @@ pub(crate) fn fit_model(
                 layer,
                 stage,
                 !todo.is_empty(),
+                phases,
             )?;
             if let Some(stats) = stats {
+                let t0 = std::time::Instant::now();
                 let inverse = stages.needs_inverse();
                 let (prepared, jobs) = prepare_stage(source, stats, layer, &todo, inverse)?;
                 for job in jobs {
                     fit_one(recipe, &prepared, job, &mut fitted, layer, stages)?;
                 }
+                phases.add(FITTING, t0.elapsed());
             }
             release_free_memory();
         }
         if layer + 1 < layers {
             advance(
+                backend,
                 &dense_enc,
                 &file,
                 &fitted,
@@ -264,6 +279,7 @@ pub(crate) fn fit_model(
                 layer,
                 Stage::Next,
                 false,
+                phases,
             )?;
         }
     }
@@ -287,37 +303,35 @@ pub(crate) fn release_free_memory() {
     }
 }
 
-/// Layer `layer` of the pruned model: fitted tensors from `fitted`, the rest from `dense`.
-pub(crate) fn pruned_layer<'g>(
-    dense_enc: &CpuEncoder<'_>,
+/// The tensors of the pruned model by name: fitted tensors from `fitted` (dense f32 views), the
+/// rest from `dense`.
+pub(crate) fn pruned_lookup<'g>(
     dense: &'g EtsFile,
     fitted: &'g Fitted,
     shapes: &'g BTreeMap<&'g str, Vec<u64>>,
-    layer: usize,
-) -> Result<Layer<'g>, ConvertError> {
-    let get = |name: &str| -> Result<TensorView<'g>, RuntimeError> {
-        match (fitted.tensors.get_key_value(name), shapes.get(name)) {
-            (Some((key, t)), Some(shape)) => {
-                let values: &[u8] = bytemuck::cast_slice(&t.data);
-                Ok(TensorView {
-                    name: key,
-                    dtype: Dtype::F32,
-                    shape,
-                    encoding: Encoding::Dense,
-                    offset: 0,
-                    length: values.len() as u64,
-                    data: TensorData::Dense { values },
-                })
-            }
-            _ => dense.tensor(name).map_err(RuntimeError::from),
+) -> impl Fn(&str) -> Result<TensorView<'g>, RuntimeError> + 'g {
+    move |name: &str| match (fitted.tensors.get_key_value(name), shapes.get(name)) {
+        (Some((key, t)), Some(shape)) => {
+            let values: &[u8] = bytemuck::cast_slice(&t.data);
+            Ok(TensorView {
+                name: key,
+                dtype: Dtype::F32,
+                shape,
+                encoding: Encoding::Dense,
+                offset: 0,
+                length: values.len() as u64,
+                data: TensorData::Dense { values },
+            })
         }
-    };
-    dense_enc.layer_from(layer, &get).map_err(|e| err(&e))
+        _ => dense.tensor(name).map_err(RuntimeError::from),
+    }
 }
 
 /// Moves every batch to the input of `stage` of `layer` (from the previous stage's
-/// activations) in both models, and returns that input's statistics when `collect`.
+/// activations) in both models on `backend`, and returns that input's statistics when `collect`.
+#[allow(clippy::too_many_arguments)]
 fn advance(
+    backend: &CalibrationBackend,
     dense_enc: &CpuEncoder<'_>,
     dense: &EtsFile,
     fitted: &Fitted,
@@ -325,12 +339,14 @@ fn advance(
     layer: usize,
     stage: Stage,
     collect: bool,
+    phases: &mut Phases,
 ) -> Result<Option<LinearStats>, ConvertError> {
+    let mut t0 = std::time::Instant::now();
     let shapes = fitted.shapes();
-    let pl = pruned_layer(dense_enc, dense, fitted, &shapes, layer)?;
-    let dl = dense_enc.layer(layer).map_err(|e| err(&e))?;
-    let e = |e: RuntimeError| err(&e);
-    let mut stats: Option<LinearStats> = None;
+    let get = pruned_lookup(dense, fitted, &shapes);
+    let pl = backend.layer_from(dense_enc, layer, &get)?;
+    let dl = backend.dense_layer(dense_enc, dense, layer)?;
+    let mut stats: Option<Statistics<'_>> = None;
     for b in 0..states.len() {
         let lengths = states.lengths(b).to_vec();
         // The stage inputs (dense, pruned); stored back when they are the next stage's too.
@@ -345,8 +361,8 @@ fn advance(
                     states.read(b, Slot::DenseInput)?,
                     states.read(b, Slot::PrunedInput)?,
                 );
-                let ad = dense_enc.stage_context(dl, &xd, &lengths).map_err(e)?;
-                let ap = dense_enc.stage_context(&pl, &xp, &lengths).map_err(e)?;
+                let ad = dl.context(&xd, &lengths)?;
+                let ap = pl.context(&xp, &lengths)?;
                 states.write(b, Slot::DenseStage, &ad)?;
                 states.write(b, Slot::PrunedStage, &ap)?;
                 (ad, ap)
@@ -360,8 +376,8 @@ fn advance(
                     states.read(b, Slot::DenseStage)?,
                     states.read(b, Slot::PrunedStage)?,
                 );
-                let ad = dense_enc.stage_attention_out(dl, &cd, &xd).map_err(e)?;
-                let ap = dense_enc.stage_attention_out(&pl, &cp, &xp).map_err(e)?;
+                let ad = dl.attention_out(&cd, &xd)?;
+                let ap = pl.attention_out(&cp, &xp)?;
                 states.write(b, Slot::DenseStage, &ad)?;
                 states.write(b, Slot::PrunedStage, &ap)?;
                 (ad, ap)
@@ -371,10 +387,7 @@ fn advance(
                     states.read(b, Slot::DenseStage)?,
                     states.read(b, Slot::PrunedStage)?,
                 );
-                (
-                    dense_enc.stage_intermediate(dl, &ad).map_err(e)?,
-                    dense_enc.stage_intermediate(&pl, &ap).map_err(e)?,
-                )
+                (dl.intermediate(&ad)?, pl.intermediate(&ap)?)
             }
             Stage::Intermediate => continue,
             Stage::Next => {
@@ -382,11 +395,11 @@ fn advance(
                     states.read(b, Slot::DenseStage)?,
                     states.read(b, Slot::PrunedStage)?,
                 );
-                let id = dense_enc.stage_intermediate(dl, &ad).map_err(e)?;
-                let xd = dense_enc.stage_output(dl, &id, &ad).map_err(e)?;
+                let id = dl.intermediate(&ad)?;
+                let xd = dl.output(&id, &ad)?;
                 drop(id);
-                let ip = dense_enc.stage_intermediate(&pl, &ap).map_err(e)?;
-                let xp = dense_enc.stage_output(&pl, &ip, &ap).map_err(e)?;
+                let ip = pl.intermediate(&ap)?;
+                let xp = pl.output(&ip, &ap)?;
                 states.write(b, Slot::DenseInput, &xd)?;
                 states.write(b, Slot::PrunedInput, &xp)?;
                 continue;
@@ -395,14 +408,28 @@ fn advance(
         if !collect {
             continue;
         }
+        phases.add(ACTIVATIONS, t0.elapsed());
+        t0 = std::time::Instant::now();
         let tokens: usize = lengths.iter().sum();
-        let st = stats.get_or_insert_with(|| LinearStats::new(d.len() / tokens.max(1)));
-        st.accumulate(&p, &d).map_err(|e| err(&e))?;
+        let st = match &mut stats {
+            Some(s) => s,
+            None => stats.insert(backend.statistics(d.len() / tokens.max(1))?),
+        };
+        st.accumulate(&p, &d)?;
+        phases.add(STATISTICS, t0.elapsed());
+        t0 = std::time::Instant::now();
     }
-    if collect && stats.is_none() {
+    phases.add(ACTIVATIONS, t0.elapsed());
+    if !collect {
+        return Ok(None);
+    }
+    let Some(stats) = stats else {
         return Err(ConvertError::Calibration("no calibration sentences".into()));
-    }
-    Ok(stats)
+    };
+    let t0 = std::time::Instant::now();
+    let stats = stats.finish()?;
+    phases.add(STATISTICS, t0.elapsed());
+    Ok(Some(stats))
 }
 
 /// One weight of a stage, loaded, with its least-squares targets.
@@ -692,15 +719,27 @@ mod tests {
             batches.push((lengths, x));
         }
         let fitted = Fitted::default();
+        let mut phases = Phases::default();
+        let cpu = CalibrationBackend::cpu();
         for layer in 0..config.num_layers as usize {
             let traces: Vec<LayerTrace> = batches
                 .iter()
                 .map(|(l, x)| enc.trace_layer(layer, x, l).expect("trace"))
                 .collect();
             for (i, &(_, stage)) in STAGES.iter().enumerate() {
-                let got = advance(&enc, &dense, &fitted, &mut spill, layer, stage, true)
-                    .expect("advance")
-                    .expect("stats");
+                let got = advance(
+                    &cpu,
+                    &enc,
+                    &dense,
+                    &fitted,
+                    &mut spill,
+                    layer,
+                    stage,
+                    true,
+                    &mut phases,
+                )
+                .expect("advance")
+                .expect("stats");
                 let mut want: Option<LinearStats> = None;
                 for ((lengths, x), t) in batches.iter().zip(&traces) {
                     let input: &[f32] = match i {
@@ -718,7 +757,18 @@ mod tests {
                 assert!(want.tokens() > 0);
                 assert_eq!(got, want, "layer {layer}, stage {i}");
             }
-            advance(&enc, &dense, &fitted, &mut spill, layer, Stage::Next, false).expect("next");
+            advance(
+                &cpu,
+                &enc,
+                &dense,
+                &fitted,
+                &mut spill,
+                layer,
+                Stage::Next,
+                false,
+                &mut phases,
+            )
+            .expect("next");
             for ((_, x), t) in batches.iter_mut().zip(traces) {
                 *x = t.output;
             }

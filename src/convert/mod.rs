@@ -3,9 +3,12 @@
 //! four attention weights of one layer are in memory at once (for head pruning).
 
 pub mod allocate;
+pub mod backend;
+mod backend_cuda;
 pub mod calibrate;
 mod calibrated;
 mod heads;
+mod phases;
 mod spill;
 
 use std::collections::BTreeMap;
@@ -21,6 +24,8 @@ use crate::format::{
 use crate::ingest::{open_source, IngestError, IngestOptions, ModelSource, SourceTensor};
 pub use crate::prune::calibrated::{Refit, Selection, Stages};
 use crate::prune::{prune_matrix, Matrix, Method, PruneReport, Recipe, RecipeError, Role};
+pub use phases::PhaseTime;
+use phases::Phases;
 
 /// Everything that can stop a conversion.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +58,15 @@ pub enum ConvertError {
     /// Calibration could not run or the pruned model fell below `--min-cosine`.
     #[error("calibration: {0}")]
     Calibration(String),
+    /// `--device cuda` was asked for and no usable GPU is present.
+    #[error("--device cuda: no usable GPU for calibration: {reason}")]
+    DeviceUnavailable {
+        /// What is missing (driver, GPU, NVRTC, cuBLAS), as the CUDA runtime says.
+        reason: String,
+    },
+    /// The GPU failed during calibration.
+    #[error("calibration on the GPU: {0}")]
+    Cuda(#[from] crate::runtime::cuda::CudaError),
 }
 
 /// Options of one conversion.
@@ -78,6 +92,19 @@ pub struct ConvertOptions {
     pub allocate: Allocate,
     /// How calibrated pruning chooses and refits the kept tiles (default: the full method).
     pub stages: Stages,
+    /// Where calibration computes its activations and statistics: `Cpu`, `Cuda` (an error
+    /// without a usable GPU) or `Auto` (the GPU when usable, else the CPU).
+    pub device: crate::runtime::shared::Device,
+}
+
+/// The device a calibrated conversion computed on.
+#[derive(Debug, Clone, Serialize)]
+pub struct CalibrationDevice {
+    /// `CPU`, or `CUDA` with the GPU's name and architecture.
+    pub name: String,
+    /// Why `auto` fell back to the CPU.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<String>,
 }
 
 /// How calibrated pruning spreads the global sparsity target over the weights.
@@ -106,6 +133,7 @@ impl ConvertOptions {
             min_cosine: None,
             allocate: Allocate::Uniform,
             stages: Stages::default(),
+            device: crate::runtime::shared::Device::Cpu,
         }
     }
 }
@@ -136,6 +164,12 @@ pub struct ConvertReport {
     /// What the user should know: no tokenizer, parts of a sentence-transformers pipeline not
     /// applied, an output larger than an 8-bit source.
     pub warnings: Vec<String>,
+    /// The device calibration computed on, with `--calibrate`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub calibration_device: Option<CalibrationDevice>,
+    /// Wall-clock time by phase, with `--calibrate` (empty without).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub phases: Vec<PhaseTime>,
 }
 
 fn as_matrix<'a>(name: &str, t: &'a SourceTensor) -> Result<Matrix<'a>, ConvertError> {
@@ -169,13 +203,22 @@ pub fn convert(
     opts.recipe.validate(source.config().num_layers as usize)?;
     let mut warnings = Vec::new();
     let embedding = embedding_settings(input, source.config(), &mut warnings)?;
+    let mut phases = Phases::default();
+    let mut calibration_device = None;
     let (calibration, fitted, recipe) = match &opts.calibrate {
         Some(sentences) => {
-            let (c, f, r) = run_calibration(&*source, output, sentences, opts)?;
+            let (backend, fallback) = backend::CalibrationBackend::select(opts.device)?;
+            calibration_device = Some(CalibrationDevice {
+                name: backend.describe(),
+                fallback,
+            });
+            let (c, f, r) =
+                run_calibration(&backend, &*source, output, sentences, opts, &mut phases)?;
             (Some(c), f, r)
         }
         None => (None, None, opts.recipe.clone()),
     };
+    let t_write = Instant::now();
     let extra = calibration
         .as_ref()
         .and_then(|c| serde_json::to_value(c).ok());
@@ -195,6 +238,9 @@ pub fn convert(
         fitted.as_ref(),
         embedding.as_ref(),
     )?;
+    if opts.calibrate.is_some() {
+        phases.add("write", t_write.elapsed());
+    }
     let size = |p: &Path| source_size(p);
     if !written.tokenizer {
         warnings.push(
@@ -227,6 +273,8 @@ pub fn convert(
         calibration,
         embedding,
         warnings,
+        calibration_device,
+        phases: phases.into_vec(),
     })
 }
 
@@ -276,14 +324,17 @@ fn embedding_settings(
 /// units are returned for the output, with the recipe applied (per-weight sparsities when
 /// allocated).
 fn run_calibration(
+    backend: &backend::CalibrationBackend,
     source: &dyn ModelSource,
     output: &Path,
     sentences: &Path,
     opts: &ConvertOptions,
+    phases: &mut Phases,
 ) -> Result<(calibrate::Calibration, Option<calibrated::Fitted>, Recipe), ConvertError> {
     let texts = calibrate::read_sentences(sentences, opts.calibrate_limit)?;
     let temps = ["dense", "pruned", "activations"].map(|s| TempPath::beside(output, s));
     let [dense, pruned, activations] = temps.each_ref().map(|t| t.path());
+    let t0 = Instant::now();
     write_model(
         source,
         dense,
@@ -294,6 +345,7 @@ fn run_calibration(
         None,
         None,
     )?;
+    phases.add("dense reference", t0.elapsed());
     let layers = source.config().num_layers as usize;
     let mut recipe = opts.recipe.clone();
     let mut allocation = None;
@@ -308,17 +360,21 @@ fn run_calibration(
         }
         if opts.allocate == Allocate::Sensitivity {
             let dense_file = crate::format::EtsFile::open(dense)?;
-            let (r, a) = allocate::sensitivity(source, &dense_file, &recipe, &texts)?;
+            let (r, a) = phases.time("sensitivity profile", || {
+                allocate::sensitivity(backend, source, &dense_file, &recipe, &texts)
+            })?;
             recipe = r;
             allocation = Some(a);
         }
         Some(calibrated::fit_model(
+            backend,
             source,
             dense,
             &recipe,
             opts.stages,
             &texts,
             activations,
+            phases,
         )?)
     } else {
         None
@@ -329,6 +385,7 @@ fn run_calibration(
         inner: source,
         map: fitted.as_ref().map_or(&empty, |f| &f.tensors),
     };
+    let t0 = Instant::now();
     write_model(
         &overridden,
         pruned,
@@ -339,12 +396,15 @@ fn run_calibration(
         None,
         fitted.as_ref(),
     )?;
+    phases.add("write", t0.elapsed());
     let label = sentences
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     calibrated::release_free_memory();
-    let mut result = calibrate::compare(dense, pruned, &label, &texts)?;
+    let mut result = phases.time("comparison", || {
+        calibrate::compare(dense, pruned, &label, &texts)
+    })?;
     if let Some(f) = &fitted {
         result.pruning = Some(calibrate::CalibratedPruning {
             method: calibrate::calibrated_description(f.methods.values().copied(), opts.stages),

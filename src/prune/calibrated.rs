@@ -134,7 +134,7 @@ fn add_block(dst: &mut [f64], d: usize, prod: &[f32], n: usize) {
 }
 
 /// Column sums of a row-major `[m, n]` matrix, in f64.
-fn column_sums(x: &[f32], n: usize) -> Vec<f64> {
+pub(crate) fn column_sums(x: &[f32], n: usize) -> Vec<f64> {
     let mut s = vec![0f64; n];
     for row in x.chunks_exact(n) {
         s.iter_mut().zip(row).for_each(|(a, &v)| *a += f64::from(v));
@@ -166,6 +166,56 @@ impl LinearStats {
     /// Input features.
     pub fn inputs(&self) -> usize {
         self.n
+    }
+
+    /// Statistics from their parts summed elsewhere (on a GPU): the `n x n` products
+    /// `X_p'X_p` and `X_p'X_d` row-major, the column sums of `X_p` and `X_d`, and the tokens.
+    pub(crate) fn from_products(
+        n: usize,
+        gram: &[f64],
+        cross: &[f64],
+        sum_pruned: &[f64],
+        sum_dense: &[f64],
+        tokens: usize,
+    ) -> Result<LinearStats, CalibratedError> {
+        let nn = n * n;
+        for (len, want) in [
+            (gram.len(), nn),
+            (cross.len(), nn),
+            (sum_pruned.len(), n),
+            (sum_dense.len(), n),
+        ] {
+            if len != want {
+                return Err(CalibratedError::InputShape {
+                    expected: want,
+                    actual: len,
+                });
+            }
+        }
+        let mut s = LinearStats::new(n);
+        let d = n + 1;
+        for i in 0..n {
+            s.g[i * d..i * d + n].copy_from_slice(&gram[i * n..(i + 1) * n]);
+            s.c[i * d..i * d + n].copy_from_slice(&cross[i * n..(i + 1) * n]);
+            s.g[i * d + n] = sum_pruned[i];
+            s.c[i * d + n] = sum_pruned[i];
+            s.c[n * d + i] = sum_dense[i];
+        }
+        s.g[n * d + n] = tokens as f64;
+        s.c[n * d + n] = tokens as f64;
+        s.tokens = tokens;
+        Ok(s)
+    }
+
+    /// The accumulated `X_p'X_p` with the ones column, `(inputs + 1)^2` row-major; its lower
+    /// triangle's bias row is left zero (the fit fills the lower triangle from the upper one).
+    pub fn gram(&self) -> &[f64] {
+        &self.g
+    }
+
+    /// The accumulated `X_p'X_d` with the ones column, `(inputs + 1)^2` row-major.
+    pub fn cross(&self) -> &[f64] {
+        &self.c
     }
 
     /// Tokens accumulated.

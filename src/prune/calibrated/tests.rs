@@ -684,3 +684,40 @@ fn each_stage_lowers_the_reconstruction_error() {
         "errors over 8 layers: + refit {refit_sum:.1}, + greedy {greedy_sum:.1}"
     );
 }
+
+/// Statistics assembled from products summed elsewhere equal those accumulated batch by batch
+/// (integer-valued inputs, so every f32 product and sum is exact in either order).
+#[test]
+fn statistics_from_products_equal_accumulated_ones() {
+    let mut rng = test_rng("statistics_from_products_equal_accumulated_ones");
+    let n = 5;
+    let mut want = LinearStats::new(n);
+    let (mut g, mut c) = (vec![0f64; n * n], vec![0f64; n * n]);
+    let (mut sp, mut sd) = (vec![0f64; n], vec![0f64; n]);
+    let mut tokens = 0;
+    for m in [3, 1, 4] {
+        let int = |rng: &mut Rng| -> Vec<f32> {
+            rng.symmetric_vec(m * n, 8.0)
+                .iter()
+                .map(|v| v.round())
+                .collect()
+        };
+        let (xp, xd) = (int(&mut rng), int(&mut rng));
+        want.accumulate(&xp, &xd).expect("accumulate");
+        for t in 0..m {
+            for i in 0..n {
+                sp[i] += f64::from(xp[t * n + i]);
+                sd[i] += f64::from(xd[t * n + i]);
+                for j in 0..n {
+                    g[i * n + j] += f64::from(xp[t * n + i] * xp[t * n + j]);
+                    c[i * n + j] += f64::from(xp[t * n + i] * xd[t * n + j]);
+                }
+            }
+        }
+        tokens += m;
+    }
+    let got = LinearStats::from_products(n, &g, &c, &sp, &sd, tokens).expect("parts");
+    assert_eq!(got, want);
+    assert_eq!(got.gram().len(), (n + 1) * (n + 1));
+    assert!(LinearStats::from_products(n, &g[1..], &c, &sp, &sd, tokens).is_err());
+}

@@ -749,6 +749,9 @@ fn kernel_file_for(name: &str) -> Result<&'static str, CudaError> {
     if name.starts_with("attn_") {
         return Ok("attention.cu");
     }
+    if name.starts_with("calib_") {
+        return Ok("calib.cu");
+    }
     if [
         "epilogue_",
         "gather_cols_",

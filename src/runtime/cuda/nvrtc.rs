@@ -31,6 +31,7 @@ pub const KERNELS: &[(&str, &str)] = &[
     ),
     ("gemm_aux.cu", include_str!("../../../kernels/gemm_aux.cu")),
     ("encoder.cu", include_str!("../../../kernels/encoder.cu")),
+    ("calib.cu", include_str!("../../../kernels/calib.cu")),
     (
         "attention.cu",
         include_str!("../../../kernels/attention.cu"),
