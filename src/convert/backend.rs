@@ -23,7 +23,6 @@
 
 use super::backend_cuda::{CudaCalibration, CudaLayer, CudaStats};
 use super::ConvertError;
-use crate::format::names::LayerTensor;
 use crate::format::{EtsFile, TensorView};
 use crate::prune::calibrated::LinearStats;
 use crate::runtime::cpu::{CpuEncoder, Layer};
@@ -248,23 +247,3 @@ impl Statistics<'_> {
         }
     }
 }
-
-/// The tensor names of layer `layer` the GPU backend uploads, with their roles there.
-pub(crate) const LAYER_TENSORS: [LayerTensor; 16] = [
-    LayerTensor::QueryWeight,
-    LayerTensor::QueryBias,
-    LayerTensor::KeyWeight,
-    LayerTensor::KeyBias,
-    LayerTensor::ValueWeight,
-    LayerTensor::ValueBias,
-    LayerTensor::OutputWeight,
-    LayerTensor::OutputBias,
-    LayerTensor::AttentionLnWeight,
-    LayerTensor::AttentionLnBias,
-    LayerTensor::IntermediateWeight,
-    LayerTensor::IntermediateBias,
-    LayerTensor::FfnOutputWeight,
-    LayerTensor::FfnOutputBias,
-    LayerTensor::FfnLnWeight,
-    LayerTensor::FfnLnBias,
-];

@@ -10,7 +10,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use cudarc::driver::PushKernelArg;
 
-use super::backend::LAYER_TENSORS;
 use super::ConvertError;
 use crate::format::names::LayerTensor;
 use crate::format::{Activation, ModelConfig, TensorView};
@@ -342,8 +341,8 @@ impl<'a> CudaLayer<'a> {
                 _ => vec![h],
             }
         };
-        let mut host: Vec<Vec<f32>> = Vec::with_capacity(LAYER_TENSORS.len());
-        for t in LAYER_TENSORS {
+        let mut host: Vec<Vec<f32>> = Vec::with_capacity(LayerTensor::ALL.len());
+        for t in LayerTensor::ALL {
             let name = t.name(layer);
             let v = get(&name).map_err(|e| ConvertError::Calibration(e.to_string()))?;
             let want = shape_of(t);
